@@ -1,0 +1,8 @@
+"""Keep an ASGI app's startup data fresh without restarts."""
+
+from ._duration import Duration
+from ._middleware import RefreshMiddleware
+from ._refresher import Refresher
+from ._runtime import RefreshError, RefreshHandle
+
+__all__ = ["Duration", "RefreshError", "RefreshHandle", "RefreshMiddleware", "Refresher"]

@@ -1,0 +1,57 @@
+"""Durations: seconds, ``timedelta`` or strings like ``"90s"``, ``"5m"``, ``"1h30m"``."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import timedelta
+from typing import TypeAlias
+
+Duration: TypeAlias = "int | float | timedelta | str"
+"""What every duration option accepts: seconds, a ``timedelta`` or a string."""
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_WHOLE = re.compile(rf"(?:{_PART.pattern})+")
+EXAMPLES = '"90s", "5m" or "1h30m"'
+
+
+def parse_duration(value: object) -> float:
+    """Return ``value`` as seconds.
+
+    Raises:
+        TypeError: ``value`` is not a number, ``timedelta`` or string.
+        ValueError: a string is not of the form ``"1h30m"``, or the number is not finite.
+    """
+    if isinstance(value, bool):
+        # bool is an int subclass: `every=True` is a mistake, not one second.
+        raise TypeError(f"expected seconds, a timedelta or a string like {EXAMPLES} (got {value!r})")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "").lower()
+        if not _WHOLE.fullmatch(text):
+            raise ValueError(f"expected a duration like {EXAMPLES} (got {value!r})")
+        seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(text))
+    else:
+        raise TypeError(f"expected seconds, a timedelta or a string like {EXAMPLES} (got {value!r})")
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration (got {value!r})")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Return a short human form of ``seconds`` for messages: ``"1h30m"``, ``"2.5s"``."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds < 60 or seconds != int(seconds):
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)

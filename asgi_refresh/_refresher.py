@@ -1,0 +1,168 @@
+"""The ``Refresher`` spec: what to load, how often, and what to do when it fails."""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._duration import Duration, format_duration, parse_duration
+
+RESERVED_NAME = "asgi_refresh"
+
+Fetch = Callable[[], Awaitable[Any]] | Callable[[], Any]
+"""A zero-argument callable: ``async def``, plain ``def`` or an object with ``async __call__``."""
+
+
+@dataclass(frozen=True, init=False)
+class Refresher:
+    """One piece of data to load at startup and keep fresh.
+
+    A `Refresher` is an immutable description; `RefreshMiddleware` runs it. Every
+    argument is checked here, so a mistake fails at import time with a message that
+    names the refresher, not at 3 a.m. in a background task.
+
+    Args:
+        name: Key under ``scope["state"]`` (so ``request.state.<name>``). A Python
+            identifier, unique per middleware; ``asgi_refresh`` is reserved.
+        fetch: Zero-argument callable returning the value. ``async def`` and objects
+            with ``async __call__`` run on the event loop; a plain ``def`` runs in a
+            worker thread so that a blocking client never stalls requests.
+        every: Interval between refreshes: seconds, a ``timedelta`` or a string like
+            ``"90s"``, ``"5m"``, ``"1h30m"``. The schedule is fixed-rate: it is
+            measured from the start of each successful fetch, so it does not drift.
+        required: If true, startup fails unless the first load succeeds within the
+            middleware's ``startup_timeout``. If false, ``default`` is published
+            until a load succeeds.
+        default: Value published before the first successful load of a refresher
+            that is not required.
+        timeout: Longest one fetch may take, or ``None`` for no limit.
+        jitter: Fraction of ``every`` (``0 <= jitter < 1``) by which each refresh
+            is randomly moved *earlier*, so that many workers spread out without
+            any value ever getting older than ``every``.
+        backoff_initial: Delay before the first retry after a failure.
+        backoff_max: Longest delay between retries; ``None`` means ``every``.
+            Never more than ``every``: a failing refresher retries at least as
+            often as a healthy one refreshes.
+        backoff_multiplier: Growth factor of the retry delay per consecutive failure.
+        on_change: Called as ``on_change(old, new)`` after a fetched value that
+            differs from the published one is published (``old`` is the default, or
+            ``None``, on the first load). Sync or async; if it raises, the error is
+            logged and the refresher carries on.
+        on_error: Called as ``on_error(exc)`` after a failed fetch. Sync or async;
+            if it raises, the error is logged and the refresher carries on.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of range.
+    """
+
+    name: str
+    fetch: Fetch
+    every: float
+    required: bool
+    default: Any
+    timeout: float | None
+    jitter: float
+    backoff_initial: float
+    backoff_max: float
+    backoff_multiplier: float
+    on_change: Callable[[Any, Any], object] | None
+    on_error: Callable[[BaseException], object] | None
+
+    def __init__(
+        self,
+        name: str,
+        fetch: Fetch,
+        *,
+        every: Duration,
+        required: bool = True,
+        default: Any = None,
+        timeout: Duration | None = "30s",
+        jitter: float = 0.1,
+        backoff_initial: Duration = "1s",
+        backoff_max: Duration | None = None,
+        backoff_multiplier: float = 2.0,
+        on_change: Callable[[Any, Any], object] | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(
+                f"Refresher name must be a Python identifier so that request.state.<name> "
+                f"works, like 'names' or 'feature_flags' (got {name!r})"
+            )
+        if name == RESERVED_NAME:
+            raise ValueError(
+                f"Refresher name {RESERVED_NAME!r} is reserved for the control handle; choose another name"
+            )
+        problem = _Problems(name)
+        if not callable(fetch):
+            raise TypeError(problem("fetch must be a zero-argument callable", fetch))
+        seconds = problem.duration("every", every)
+        if not isinstance(required, bool):
+            raise TypeError(problem("required must be True or False", required))
+        if not isinstance(jitter, int | float) or isinstance(jitter, bool) or not 0 <= jitter < 1:
+            raise ValueError(problem("jitter must be a fraction of every, 0 <= jitter < 1", jitter))
+        initial = problem.duration("backoff_initial", backoff_initial)
+        cap = seconds if backoff_max is None else problem.duration("backoff_max", backoff_max)
+        if cap > seconds:
+            raise ValueError(
+                problem(
+                    f"backoff_max must not exceed every ({format_duration(seconds)}): a failing "
+                    "refresher must retry at least as often as a healthy one refreshes",
+                    backoff_max,
+                )
+            )
+        if (
+            not isinstance(backoff_multiplier, int | float)
+            or isinstance(backoff_multiplier, bool)
+            or backoff_multiplier < 1
+        ):
+            raise ValueError(problem("backoff_multiplier must be >= 1", backoff_multiplier))
+        for hook_name, hook in (("on_change", on_change), ("on_error", on_error)):
+            if hook is not None and not callable(hook):
+                raise TypeError(problem(f"{hook_name} must be callable or None", hook))
+
+        set_field = object.__setattr__
+        set_field(self, "name", name)
+        set_field(self, "fetch", fetch)
+        set_field(self, "every", seconds)
+        set_field(self, "required", required)
+        set_field(self, "default", default)
+        set_field(self, "timeout", None if timeout is None else problem.duration("timeout", timeout))
+        set_field(self, "jitter", float(jitter))
+        set_field(self, "backoff_initial", min(initial, cap))
+        set_field(self, "backoff_max", cap)
+        set_field(self, "backoff_multiplier", float(backoff_multiplier))
+        set_field(self, "on_change", on_change)
+        set_field(self, "on_error", on_error)
+
+    @property
+    def is_async(self) -> bool:
+        """Whether ``fetch`` runs on the event loop (true) or in a worker thread."""
+        return inspect.iscoroutinefunction(self.fetch) or inspect.iscoroutinefunction(
+            getattr(self.fetch, "__call__", None)  # noqa: B004 - we ask about __call__ itself
+        )
+
+
+class _Problems:
+    """Builds the ``Refresher 'names': ...`` messages."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, what: str, got: object) -> str:
+        return f"Refresher {self.name!r}: {what} (got {got!r})"
+
+    def duration(self, option: str, value: object) -> float:
+        try:
+            seconds = parse_duration(value)
+        except TypeError as exc:
+            raise TypeError(f"Refresher {self.name!r}: {option}: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"Refresher {self.name!r}: {option}: {exc}") from None
+        if seconds <= 0:
+            raise ValueError(self(f"{option} must be > 0", value))
+        return seconds

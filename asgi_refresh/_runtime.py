@@ -1,0 +1,432 @@
+"""One lifespan's worth of running refreshers: load, schedule, back off, publish.
+
+Everything here lives for exactly one lifespan. The middleware creates a `Runtime`
+when the server starts the lifespan and drops it at shutdown, so that one
+middleware instance can serve several lifespans in a row (test clients do that).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import random
+from collections.abc import Iterable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._clock import Clock
+from ._duration import format_duration
+from ._refresher import RESERVED_NAME, Refresher
+
+logger = logging.getLogger("asgi_refresh")
+
+SNAPSHOT_KEY = "asgi_refresh.snapshot"
+"""State key whose value is replaced on every publish: lets a request tell in O(1)
+whether the state dict it was handed is the current snapshot."""
+
+_MAX_ERROR_CHARS = 500
+
+
+class RefreshError(Exception):
+    """``handle.refresh(name)`` could not fetch a new value.
+
+    The previous value stays published. The fetch's own exception is the
+    ``__cause__``.
+
+    Attributes:
+        name: The refresher that failed.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class _Flight:
+    """One fetch that any number of callers wait for: the single-flight unit."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _Slot:
+    """The mutable runtime state of one refresher."""
+
+    def __init__(self, spec: Refresher) -> None:
+        self.spec = spec
+        self.is_async = spec.is_async
+        self.has_value = False  # a fetched value (not the default) is published
+        self.anchor = -math.inf  # monotonic start of the last successful fetch
+        self.next_due = -math.inf
+        self.last_success_mono: float | None = None
+        self.last_success_at: float | None = None
+        self.last_duration: float | None = None
+        self.last_error: str | None = None
+        self.consecutive_failures = 0
+        self.refresh_count = 0
+        self.flight: _Flight | None = None
+        self.wakeup: anyio.CancelScope | None = None
+        self.overridden = False
+        self.attempted = anyio.Event()  # the first fetch has finished, either way
+        self.loaded = anyio.Event()  # the first fetch has succeeded
+
+
+class Runtime:
+    """The running refreshers of one lifespan, publishing into one state dict."""
+
+    def __init__(
+        self,
+        refreshers: Iterable[Refresher],
+        *,
+        state: MutableMapping[str, Any],
+        clock: Clock,
+    ) -> None:
+        self.slots = {spec.name: _Slot(spec) for spec in refreshers}
+        self.state = state
+        self.clock = clock
+        self.handle = RefreshHandle(self)
+        self._random = random.Random()
+        self._task_group: TaskGroup | None = None
+        self._scope = anyio.CancelScope()
+        self._stopped = anyio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run every refresher until `stop`; report started once all loops run."""
+        self.state[RESERVED_NAME] = self.handle
+        for slot in self.slots.values():
+            if not slot.spec.required:
+                self._publish(slot.spec.name, slot.spec.default)
+        self.state[SNAPSHOT_KEY] = object()
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    for slot in self.slots.values():
+                        task_group.start_soon(self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}")
+                    task_status.started()
+        finally:
+            self._task_group = None
+            self._stopped.set()
+
+    async def load(self, startup_timeout: float) -> str | None:
+        """Wait for the first loads; return why startup must fail, or None.
+
+        Loads run concurrently, so this takes as long as the slowest one. Required
+        refreshers must get a value (retrying with backoff until the budget runs
+        out); the others only need to have tried once.
+        """
+        with self.clock.cancel_scope_at(self.clock.monotonic() + startup_timeout):
+            for slot in self.slots.values():
+                await (slot.loaded if slot.spec.required else slot.attempted).wait()
+        failures = []
+        for slot in self.slots.values():
+            if slot.has_value:
+                continue
+            cause = slot.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
+            if slot.spec.required:
+                failures.append(
+                    f"Refresher {slot.spec.name!r} could not load within startup_timeout "
+                    f"({format_duration(startup_timeout)}): {cause}"
+                )
+            else:
+                logger.warning(
+                    "Refresher %r has no value yet (%s); serving its default and retrying",
+                    slot.spec.name,
+                    cause,
+                    extra={"refresher": slot.spec.name},
+                )
+        return "; ".join(failures) or None
+
+    async def stop(self, shutdown_timeout: float) -> list[str]:
+        """Cancel every refresher and wait for them, at most ``shutdown_timeout``.
+
+        Returns:
+            The names of refreshers whose fetch ignored cancellation past the
+            timeout (empty when everything stopped).
+        """
+        self._scope.cancel()
+        with self.clock.cancel_scope_at(self.clock.monotonic() + shutdown_timeout):
+            await self._stopped.wait()
+        if self._stopped.is_set():
+            return []
+        return [name for name, slot in self.slots.items() if slot.flight is not None] or list(self.slots)
+
+    # -- scheduling ----------------------------------------------------------------
+
+    async def _keep_fresh(self, slot: _Slot) -> None:
+        """Fetch whenever the slot is due; the outcome of each fetch sets the next due time."""
+        while True:
+            if slot.next_due > self.clock.monotonic():
+                # A fetch outside the schedule (refresh-now) moves next_due and
+                # cancels this sleep, so the loop re-reads the new due time.
+                with anyio.CancelScope() as slot.wakeup:
+                    if math.isinf(slot.next_due):  # overridden: only a wakeup ends this
+                        await anyio.sleep_forever()
+                    await self.clock.sleep_until(slot.next_due)
+                slot.wakeup = None
+                continue
+            await self._join_flight(slot)
+
+    def _reschedule(self, slot: _Slot, due: float) -> None:
+        slot.next_due = due
+        if slot.wakeup is not None:
+            slot.wakeup.cancel()
+
+    def _scheduled_after_success(self, slot: _Slot) -> float:
+        # Fixed-rate from the start of the successful fetch; jitter only ever moves
+        # a refresh earlier, so `every` stays a bound on the value's age.
+        spec = slot.spec
+        return slot.anchor + spec.every * (1 - spec.jitter * self._random.random())
+
+    def _backoff_delay(self, slot: _Slot) -> float:
+        spec = slot.spec
+        try:
+            delay = spec.backoff_initial * spec.backoff_multiplier ** (slot.consecutive_failures - 1)
+        except OverflowError:
+            delay = spec.backoff_max
+        return min(delay, spec.backoff_max) * (1 - spec.jitter * self._random.random())
+
+    # -- fetching ------------------------------------------------------------------
+
+    async def _join_flight(self, slot: _Slot) -> _Flight:
+        """Wait for the slot's fetch in progress, starting one if there is none."""
+        flight = slot.flight
+        if flight is None:
+            if self._task_group is None:
+                raise RuntimeError(
+                    f"Refresher {slot.spec.name!r} cannot refresh: asgi_refresh is not running "
+                    "(the lifespan has not started or has shut down)"
+                )
+            flight = slot.flight = _Flight()
+            # The fetch runs in the runtime's task group, not in the caller's task:
+            # a request that gives up waiting must not cancel everyone else's fetch.
+            self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
+        await flight.done.wait()
+        return flight
+
+    async def _fly(self, slot: _Slot, flight: _Flight) -> None:
+        try:
+            if slot.overridden:
+                flight.value = self.state[slot.spec.name]
+                return
+            started = self.clock.monotonic()
+            try:
+                value = await self._fetch(slot, started)
+            except Exception as exc:  # any failure of the user's fetch is data, not a crash
+                flight.error = exc
+                await self._record_failure(slot, exc, started)
+            else:
+                flight.value = value
+                await self._record_success(slot, value, started)
+        except BaseException:
+            # Shutdown cancelled us; callers waiting outside (a request) get an error,
+            # not a hang and not a half-finished value.
+            flight.error = RuntimeError(f"asgi_refresh stopped while refreshing {slot.spec.name!r}")
+            raise
+        finally:
+            slot.flight = None
+            flight.done.set()
+
+    async def _fetch(self, slot: _Slot, started: float) -> Any:
+        spec = slot.spec
+        with (
+            self.clock.cancel_scope_at(started + spec.timeout)
+            if spec.timeout is not None
+            else anyio.CancelScope()
+        ) as scope:
+            if slot.is_async:
+                return await spec.fetch()
+            with self.clock.hold():
+                # abandon_on_cancel: a thread cannot be interrupted, so on timeout or
+                # shutdown we stop waiting for it and discard whatever it returns.
+                value = await anyio.to_thread.run_sync(spec.fetch, abandon_on_cancel=True)
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()
+                raise TypeError(
+                    f"Refresher {spec.name!r}: fetch is a plain function that returned an "
+                    "awaitable; declare it with `async def` so it runs on the event loop"
+                )
+            return value
+        assert scope.cancelled_caught  # only our own timeout gets here
+        raise TimeoutError(f"fetch timed out after {format_duration(spec.timeout or 0)}")
+
+    async def _record_success(self, slot: _Slot, value: Any, started: float) -> None:
+        spec, now = slot.spec, self.clock.monotonic()
+        had_value = slot.has_value or not spec.required
+        old = self.state.get(spec.name)
+        failures = slot.consecutive_failures
+        slot.anchor = started
+        slot.last_duration = now - started
+        slot.last_success_mono = now
+        slot.last_success_at = self.clock.wall()
+        slot.last_error = None
+        slot.consecutive_failures = 0
+        slot.refresh_count += 1
+        slot.has_value = True
+        self._publish(spec.name, value)
+        slot.loaded.set()
+        slot.attempted.set()
+        self._reschedule(slot, self._scheduled_after_success(slot))
+        if failures:
+            logger.info(
+                "Refresher %r recovered after %d failed attempts",
+                spec.name,
+                failures,
+                extra={"refresher": spec.name, "outcome": "recovered"},
+            )
+        if spec.on_change is not None and (not had_value or _differs(old, value)):
+            await self._call_hook(spec.name, "on_change", spec.on_change, old, value)
+
+    async def _record_failure(self, slot: _Slot, exc: Exception, started: float) -> None:
+        spec, now = slot.spec, self.clock.monotonic()
+        slot.last_duration = now - started
+        slot.consecutive_failures += 1
+        slot.last_error = describe_error(exc)
+        slot.attempted.set()
+        delay = self._backoff_delay(slot)
+        self._reschedule(slot, now + delay)
+        logger.warning(
+            "Refresher %r failed (%d in a row): %s; %s, retrying in %s",
+            spec.name,
+            slot.consecutive_failures,
+            slot.last_error,
+            "keeping the last good value" if slot.has_value else "no value loaded yet",
+            format_duration(delay),
+            # The traceback once per run of failures is what debugging needs; on every
+            # retry it would only bury the log.
+            exc_info=exc if slot.consecutive_failures == 1 else None,
+            extra={"refresher": spec.name, "outcome": "failed"},
+        )
+        if spec.on_error is not None:
+            await self._call_hook(spec.name, "on_error", spec.on_error, exc)
+
+    async def _call_hook(self, name: str, hook_name: str, hook: Any, *args: Any) -> None:
+        try:
+            result = hook(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception(
+                "Refresher %r: %s hook raised; ignored, the refresher carries on",
+                name,
+                hook_name,
+                extra={"refresher": name, "outcome": "hook_failed"},
+            )
+
+    # -- publishing ----------------------------------------------------------------
+
+    def _publish(self, name: str, value: Any) -> None:
+        # Replace the entry, never mutate the value: a request holding the old
+        # snapshot keeps seeing the old value for its whole life.
+        self.state[name] = value
+        self.state[SNAPSHOT_KEY] = object()
+
+    def override(self, name: str, value: Any) -> None:
+        slot = self._slot(name)
+        slot.overridden = True
+        slot.has_value = True
+        slot.loaded.set()
+        slot.attempted.set()
+        self._publish(name, value)
+        self._reschedule(slot, math.inf)
+
+    def _slot(self, name: str) -> _Slot:
+        try:
+            return self.slots[name]
+        except KeyError:
+            known = ", ".join(sorted(self.slots)) or "none"
+            raise LookupError(f"No refresher named {name!r} (known: {known})") from None
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        now, wall = self.clock.monotonic(), self.clock.wall()
+
+        report = {}
+        for name, slot in self.slots.items():
+            running = self._task_group is not None and not slot.overridden
+            report[name] = {
+                "last_success_at": _iso(slot.last_success_at),
+                "last_error": slot.last_error,
+                "consecutive_failures": slot.consecutive_failures,
+                "refresh_count": slot.refresh_count,
+                "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if running else None,
+                "last_duration": _seconds(slot.last_duration),
+                "age": _seconds(None if slot.last_success_mono is None else now - slot.last_success_mono),
+            }
+        return report
+
+
+class RefreshHandle:
+    """Control of the running refreshers, at ``scope["state"]["asgi_refresh"]``.
+
+    Handlers reach it as ``request.state.asgi_refresh``; tests get it from
+    ``RefreshMiddleware.handle`` or the lifespan state.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @property
+    def names(self) -> list[str]:
+        """The refresher names, in the order they were given."""
+        return list(self._runtime.slots)
+
+    async def refresh(self, name: str) -> Any:
+        """Fetch ``name`` now, publish the value and return it.
+
+        Concurrent calls for one name share one fetch. A successful refresh also
+        restarts the refresher's schedule from now.
+
+        Raises:
+            LookupError: there is no refresher called ``name``.
+            RefreshError: the fetch failed; the previous value stays published.
+            RuntimeError: the refreshers are not running.
+        """
+        runtime = self._runtime
+        flight = await runtime._join_flight(runtime._slot(name))
+        if flight.error is not None:
+            message = f"Refresher {name!r} failed: {describe_error(flight.error)}"
+            raise RefreshError(name, message) from flight.error
+        return flight.value
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Return a JSON-serialisable report keyed by refresher name.
+
+        Each entry has ``last_success_at`` and ``next_refresh_at`` (ISO 8601 UTC
+        or None), ``last_error`` (None or a one-line description, never the
+        value), ``consecutive_failures``, ``refresh_count`` (successful fetches),
+        ``last_duration`` and ``age`` (seconds or None).
+        """
+        return self._runtime.status()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for logs and ``status()``: the exception type and its message, bounded."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _differs(old: Any, new: Any) -> bool:
+    try:
+        return bool(old != new)
+    except Exception:  # values whose != is odd (arrays) or raises count as changed
+        return True
+
+
+def _iso(wall: float | None) -> str | None:
+    return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

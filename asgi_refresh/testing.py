@@ -1,0 +1,157 @@
+"""Helpers for testing apps that use asgi_refresh: simulated time and value overrides.
+
+```python
+from asgi_refresh.testing import FakeClock
+
+clock = FakeClock()
+app = RefreshMiddleware(inner, refreshers=[...], clock=clock)
+async with LifespanManager(app) as manager:
+    await clock.advance("1h")  # the hourly refresh runs now, in milliseconds
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._clock import Clock
+from ._duration import Duration, parse_duration
+from ._runtime import RefreshHandle
+
+__all__ = ["Clock", "FakeClock", "override"]
+
+
+class FakeClock:
+    """A clock that only moves when told to, for tests of schedules.
+
+    Time starts at 0 on the monotonic scale and at ``start`` on the wall clock.
+    `advance` moves it forward, firing every sleep and timeout that falls due on
+    the way, in order, and lets the woken tasks run (including fetches in worker
+    threads) before going further. Works under asyncio and trio.
+
+    Args:
+        start: Wall-clock time at monotonic 0, as epoch seconds or an aware
+            ``datetime``; defaults to the real time now.
+    """
+
+    def __init__(self, start: float | datetime | None = None) -> None:
+        if isinstance(start, datetime):
+            start = start.timestamp()
+        self._wall_at_zero = time.time() if start is None else float(start)
+        self._now = 0.0
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()
+        self._holds = 0
+        self._released: anyio.Event | None = None
+
+    def monotonic(self) -> float:
+        """Simulated seconds since the clock was made."""
+        return self._now
+
+    def wall(self) -> float:
+        """Simulated epoch seconds."""
+        return self._wall_at_zero + self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until `advance` reaches ``deadline``."""
+        if deadline <= self._now:
+            await anyio.lowlevel.checkpoint()
+            return
+        woken = anyio.Event()
+        self._at(deadline, woken.set)
+        await woken.wait()
+
+    def cancel_scope_at(self, deadline: float) -> anyio.CancelScope:
+        """A cancel scope that `advance` cancels when it reaches ``deadline``."""
+        scope = anyio.CancelScope()
+        if deadline <= self._now:
+            scope.cancel()
+        else:
+            self._at(deadline, scope.cancel)
+        return scope
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep `advance` from moving on while the block (a fetch in a thread) runs."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if self._holds == 0 and self._released is not None:
+                self._released.set()
+
+    async def advance(self, duration: Duration) -> None:
+        """Move time forward by ``duration``, running everything that falls due.
+
+        Raises:
+            ValueError: ``duration`` is negative.
+        """
+        seconds = parse_duration(duration)
+        if seconds < 0:
+            raise ValueError(f"FakeClock.advance: time only moves forward (got {duration!r})")
+        target = self._now + seconds
+        await self._settle()
+        while self._timers and self._timers[0][0] <= target:
+            deadline, _, fire = heapq.heappop(self._timers)
+            self._now = max(self._now, deadline)
+            fire()
+            await self._settle()
+        self._now = target
+        await self._settle()
+
+    def _at(self, deadline: float, fire: Callable[[], object]) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._order), fire))
+
+    async def _settle(self) -> None:
+        """Return once every other task is blocked and no thread holds the clock."""
+        while True:
+            await _wait_all_tasks_blocked()
+            if self._holds == 0:
+                return
+            self._released = anyio.Event()
+            await self._released.wait()
+
+
+def override(handle: RefreshHandle, name: str, value: Any) -> None:
+    """Publish ``value`` for ``name`` and stop refreshing it until the lifespan ends.
+
+    For tests that need a known value: later requests see ``value``, and
+    ``handle.refresh(name)`` returns it without fetching.
+
+    Raises:
+        LookupError: there is no refresher called ``name``.
+    """
+    handle._runtime.override(name, value)
+
+
+async def _wait_all_tasks_blocked() -> None:
+    try:
+        asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio's own check is exact and needs no polling
+        await anyio.wait_all_tasks_blocked()
+        return
+    # anyio's asyncio version polls with 0.1 s real sleeps, which would turn
+    # "an hour in milliseconds" into minutes. Yielding with sleep(0) until no other
+    # task is runnable gives the same answer without real waiting.
+    this_task = asyncio.current_task()
+    while True:
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            if task is this_task:
+                continue
+            waiter = task._fut_waiter  # type: ignore[attr-defined]
+            if waiter is None or waiter.done():
+                break
+        else:
+            return
