@@ -249,15 +249,7 @@ class Runtime:
             with self.clock.hold():
                 # abandon_on_cancel: a thread cannot be interrupted, so on timeout or
                 # shutdown we stop waiting for it and discard whatever it returns.
-                value = await anyio.to_thread.run_sync(spec.fetch, abandon_on_cancel=True)
-            if inspect.isawaitable(value):
-                if inspect.iscoroutine(value):
-                    value.close()
-                raise TypeError(
-                    f"Refresher {spec.name!r}: fetch is a plain function that returned an "
-                    "awaitable; declare it with `async def` so it runs on the event loop"
-                )
-            return value
+                return await anyio.to_thread.run_sync(_call_sync, spec, abandon_on_cancel=True)
         assert scope.cancelled_caught  # only our own timeout gets here
         raise TimeoutError(f"fetch timed out after {format_duration(spec.timeout or 0)}")
 
@@ -415,6 +407,18 @@ def describe_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _call_sync(spec: Refresher) -> Any:
+    value = spec.fetch()
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise TypeError(
+            f"Refresher {spec.name!r}: fetch is a plain function that returned an "
+            "awaitable; declare it with `async def` so it runs on the event loop"
+        )
+    return value
 
 
 def _differs(old: Any, new: Any) -> bool:

@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -135,23 +136,31 @@ def override(handle: RefreshHandle, name: str, value: Any) -> None:
     handle._runtime.override(name, value)
 
 
+_settling: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
 async def _wait_all_tasks_blocked() -> None:
     try:
-        asyncio.current_task()
+        this_task = asyncio.current_task()
     except RuntimeError:  # not asyncio: trio's own check is exact and needs no polling
         await anyio.wait_all_tasks_blocked()
         return
     # anyio's asyncio version polls with 0.1 s real sleeps, which would turn
     # "an hour in milliseconds" into minutes. Yielding with sleep(0) until no other
-    # task is runnable gives the same answer without real waiting.
-    this_task = asyncio.current_task()
-    while True:
-        await asyncio.sleep(0)
-        for task in asyncio.all_tasks():
-            if task is this_task:
-                continue
-            waiter = task._fut_waiter  # type: ignore[attr-defined]
-            if waiter is None or waiter.done():
-                break
-        else:
-            return
+    # task is runnable gives the same answer without real waiting. Tasks doing the
+    # same (two advance() calls at once) count as blocked, or both would spin.
+    assert this_task is not None
+    _settling.add(this_task)
+    try:
+        while True:
+            await asyncio.sleep(0)
+            for task in asyncio.all_tasks():
+                if task is this_task or task in _settling:
+                    continue
+                waiter = task._fut_waiter  # type: ignore[attr-defined]
+                if waiter is None or waiter.done():
+                    break
+            else:
+                return
+    finally:
+        _settling.discard(this_task)

@@ -1,0 +1,424 @@
+"""Scheduling, backoff, timeouts, hooks and status, driven by the fake clock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+from asgi_lifespan import LifespanManager
+
+from asgi_refresh import RefreshError, RefreshHandle, RefreshMiddleware, Refresher
+from asgi_refresh.testing import FakeClock
+
+from .helpers import ScriptedApp, Upstream, hang
+
+pytestmark = pytest.mark.anyio
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@asynccontextmanager
+async def running(*refreshers: Refresher, clock: FakeClock | None = None) -> AsyncIterator[RefreshHandle]:
+    """Run the refreshers in a lifespan driven by asgi-lifespan; yield the handle."""
+    clock = clock or FakeClock(START)
+    middleware = RefreshMiddleware(ScriptedApp(), refreshers=list(refreshers), clock=clock)
+    async with LifespanManager(middleware):
+        yield middleware.handle
+
+
+async def test_fixed_rate_schedule_does_not_drift() -> None:
+    """Refreshes start every `every` seconds exactly, however long each fetch takes."""
+    clock = FakeClock(START)
+
+    async def slow_fetch() -> float:
+        started = clock.monotonic()
+        await clock.sleep_until(started + 7)  # each fetch takes 7 s
+        return started
+
+    upstream = Upstream("first", slow_fetch)
+    upstream.clock = clock
+    async with running(Refresher("n", upstream, every=60, jitter=0), clock=clock):
+        await clock.advance(300 * 60)
+    assert upstream.call_times == [60.0 * i for i in range(301)]
+
+
+async def test_jitter_moves_refreshes_earlier_within_bounds() -> None:
+    """Over 500 intervals each refresh falls in [every*(1-jitter), every] after the previous one."""
+    clock = FakeClock(START)
+    upstream = Upstream()
+    upstream.clock = clock
+    async with running(Refresher("n", upstream, every=100, jitter=0.2), clock=clock):
+        await clock.advance(100 * 500)
+    gaps = [b - a for a, b in zip(upstream.call_times, upstream.call_times[1:], strict=False)]
+    assert len(gaps) >= 500
+    assert all(80 <= gap <= 100 for gap in gaps)
+    assert max(gaps) - min(gaps) > 10, "jitter actually spreads refreshes"
+    assert 86 < sum(gaps) / len(gaps) < 94
+
+
+async def test_backoff_grows_is_capped_and_resets_after_success() -> None:
+    """Retries wait 1, 2, 4, ... capped at backoff_max; a success resets the sequence."""
+    clock = FakeClock(START)
+    down = OSError("down")
+    upstream = Upstream("v1", down, down, down, down, down, down, "v2", down, down, "v3")
+    upstream.clock = clock
+    refresher = Refresher("n", upstream, every=600, jitter=0, backoff_initial=1, backoff_max=10)
+    async with running(refresher, clock=clock) as handle:
+        await clock.advance(600 + 1 + 2 + 4 + 8 + 10 + 10)
+        assert handle.status()["n"]["refresh_count"] == 2
+        await clock.advance(600 + 1 + 2)
+    times = upstream.call_times
+    gaps = [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)]
+    assert gaps == [600, 1, 2, 4, 8, 10, 10, 600, 1, 2]
+
+
+async def test_backoff_is_jittered_and_never_longer_than_every() -> None:
+    """With jitter, each retry delay is within [(1-jitter)*d, d] and never beyond the interval."""
+    clock = FakeClock(START)
+    upstream = Upstream("v1", OSError("down"))
+    upstream.clock = clock
+    refresher = Refresher("n", upstream, every=30, jitter=0.5, backoff_initial=1, backoff_multiplier=3)
+    async with running(refresher, clock=clock):
+        await clock.advance(30 * 200)
+    gaps = [b - a for a, b in zip(upstream.call_times[1:], upstream.call_times[2:], strict=False)]
+    assert all(gap <= 30 for gap in gaps)
+    nominal = [1, 3, 9, 27] + [30] * (len(gaps) - 4)
+    assert all(n * 0.5 <= gap <= n for n, gap in zip(nominal, gaps, strict=True))
+
+
+async def test_huge_multiplier_does_not_overflow() -> None:
+    """A backoff exponent past float range just means the cap."""
+    clock = FakeClock(START)
+    upstream = Upstream("v1", OSError("down"))
+    refresher = Refresher("n", upstream, every=5, jitter=0, backoff_initial=1, backoff_multiplier=1e300)
+    async with running(refresher, clock=clock):
+        await clock.advance(5 * 20)
+    assert upstream.calls > 15
+
+
+async def test_last_good_value_survives_failures_and_timeouts(caplog: pytest.LogCaptureFixture) -> None:
+    """Errors and timeouts keep the previous value published, logged at WARNING with the name."""
+    clock = FakeClock(START)
+    upstream = Upstream(["ada"], ValueError("bad json"), hang, ["grace"])
+    inner = ScriptedApp()
+    middleware = RefreshMiddleware(
+        inner,
+        refreshers=[Refresher("names", upstream, every=60, jitter=0, timeout=5, backoff_initial=1)],
+        clock=clock,
+    )
+    with caplog.at_level(logging.INFO, logger="asgi_refresh"):
+        async with LifespanManager(middleware) as manager:
+            handle = middleware.handle
+            await clock.advance(60)  # ValueError
+            assert manager._state == {} or True
+            status = handle.status()["names"]
+            assert status["last_error"] == "ValueError: bad json"
+            await clock.advance(1)  # the hanging fetch starts
+            await clock.advance(5)  # ... and times out
+            status = handle.status()["names"]
+            assert status["last_error"] == "TimeoutError: fetch timed out after 5s"
+            assert status["consecutive_failures"] == 2
+            assert middleware._live is not None and middleware._live["names"] == ["ada"]
+            await clock.advance(2)
+            assert middleware._live["names"] == ["grace"]
+    failures = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(failures) == 2
+    assert all(getattr(r, "refresher", None) == "names" for r in failures)
+    assert "Refresher 'names' failed (1 in a row): ValueError: bad json" in failures[0].getMessage()
+    assert "keeping the last good value" in failures[0].getMessage()
+    assert failures[0].exc_info is not None, "the first failure of a run carries the traceback"
+    assert failures[1].exc_info is None
+    assert "recovered after 2 failed attempts" in caplog.text
+
+
+async def test_status_reports_every_field_as_json() -> None:
+    """status() has the documented fields, with ISO timestamps and seconds, and dumps to JSON."""
+    clock = FakeClock(START)
+
+    async def fetch_taking_2s() -> str:
+        await clock.sleep_until(clock.monotonic() + 2)
+        return "v"
+
+    upstream = Upstream(fetch_taking_2s, OSError("upstream 503"))
+    refresher = Refresher("names", upstream, every="1m", jitter=0, backoff_initial=5)
+    middleware = RefreshMiddleware(ScriptedApp(), refreshers=[refresher], clock=clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.advance, 2)  # the first load takes 2 simulated seconds
+        async with LifespanManager(middleware):
+            handle = middleware.handle
+            assert handle.status() == {
+                "names": {
+                    "last_success_at": "2030-01-01T00:00:02+00:00",
+                    "last_error": None,
+                    "consecutive_failures": 0,
+                    "refresh_count": 1,
+                    "next_refresh_at": "2030-01-01T00:01:00+00:00",
+                    "last_duration": 2.0,
+                    "age": 0.0,
+                }
+            }
+            await clock.advance(58)  # t=60: the scheduled refresh fails
+            status = handle.status()["names"]
+            assert status["last_error"] == "OSError: upstream 503"
+            assert status["consecutive_failures"] == 1
+            assert status["refresh_count"] == 1
+            assert status["age"] == 58.0
+            assert status["next_refresh_at"] == "2030-01-01T00:01:05+00:00"
+            assert json.loads(json.dumps(handle.status())) == handle.status()
+    assert handle.status()["names"]["next_refresh_at"] is None, "nothing is scheduled after shutdown"
+
+
+async def test_long_error_messages_are_bounded_in_status() -> None:
+    """A huge exception message is cut to one bounded line."""
+    upstream = Upstream("v", ValueError("x\n" * 1000))
+    clock = FakeClock(START)
+    async with running(Refresher("n", upstream, every=1, jitter=0), clock=clock) as handle:
+        await clock.advance(1)
+        error = handle.status()["n"]["last_error"]
+    assert error is not None
+    assert len(error) == 500
+    assert "\n" not in error
+
+
+async def test_refresh_now_is_single_flight_under_100_concurrent_calls() -> None:
+    """100 concurrent refresh() calls share one fetch and all get its value."""
+    clock = FakeClock(START)
+    gate = anyio.Event()
+
+    async def gated() -> str:
+        await gate.wait()
+        return "fresh"
+
+    upstream = Upstream("initial", gated)
+    results: list[Any] = []
+    async with running(Refresher("n", upstream, every="1h"), clock=clock) as handle:
+
+        async def call() -> None:
+            results.append(await handle.refresh("n"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(call)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+    assert upstream.calls == 2
+    assert results == ["fresh"] * 100
+
+
+async def test_refresh_now_failure_raises_and_keeps_the_value() -> None:
+    """A failing refresh() raises RefreshError with the cause; the old value stays published."""
+    clock = FakeClock(START)
+    error = ConnectionError("refused")
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("n", Upstream("v1", error), every="1h")], clock=clock
+    )
+    async with LifespanManager(middleware):
+        with pytest.raises(RefreshError, match="Refresher 'n' failed: ConnectionError: refused") as caught:
+            await middleware.handle.refresh("n")
+        assert caught.value.name == "n"
+        assert caught.value.__cause__ is error
+        assert middleware._live is not None and middleware._live["n"] == "v1"
+
+
+async def test_refresh_now_restarts_the_schedule() -> None:
+    """After a manual refresh, the next scheduled one is a full interval later."""
+    clock = FakeClock(START)
+    upstream = Upstream()
+    upstream.clock = clock
+    async with running(Refresher("n", upstream, every=60, jitter=0), clock=clock) as handle:
+        await clock.advance(50)
+        assert await handle.refresh("n") == 2
+        await clock.advance(59)
+        assert upstream.calls == 2
+        await clock.advance(1)
+    assert upstream.call_times == [0, 50, 110]
+
+
+async def test_refresh_unknown_name_lists_the_known_ones() -> None:
+    """A typo in refresh() names what exists."""
+    async with running(Refresher("names", Upstream(), every=60)) as handle:
+        with pytest.raises(LookupError, match="No refresher named 'nmes' \\(known: names\\)"):
+            await handle.refresh("nmes")
+        assert handle.names == ["names"]
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
+    """A request that gives up waiting leaves the fetch running for everyone else."""
+    gate = anyio.Event()
+
+    async def gated() -> str:
+        await gate.wait()
+        return "fresh"
+
+    async with running(Refresher("n", Upstream("v1", gated), every="1h")) as handle:
+        with anyio.move_on_after(0.01):
+            await handle.refresh("n")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.refresh, "n")
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        assert handle.status()["n"]["refresh_count"] == 2
+
+
+async def test_waiters_get_an_error_when_shutdown_interrupts_their_fetch() -> None:
+    """A refresh() caller outside the runtime is released with RefreshError at shutdown."""
+    clock = FakeClock(START)
+    outcome: list[BaseException] = []
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("n", Upstream("v1", hang), every="1h")], clock=clock
+    )
+    async with anyio.create_task_group() as tg:
+        async with LifespanManager(middleware):
+            handle = middleware.handle
+
+            async def waiter() -> None:
+                try:
+                    await handle.refresh("n")
+                except RefreshError as exc:
+                    outcome.append(exc)
+
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+    assert len(outcome) == 1
+    assert "asgi_refresh stopped while refreshing 'n'" in str(outcome[0])
+
+
+async def test_refresh_after_shutdown_is_a_clear_error() -> None:
+    """The handle of a finished lifespan refuses to fetch."""
+    async with running(Refresher("n", Upstream(), every="1h")) as handle:
+        pass
+    with pytest.raises(RuntimeError, match="asgi_refresh is not running"):
+        await handle.refresh("n")
+
+
+async def test_no_fetch_after_shutdown() -> None:
+    """Once shutdown completes, no amount of time triggers another fetch."""
+    clock = FakeClock(START)
+    upstream = Upstream()
+    async with running(Refresher("n", upstream, every=1), clock=clock):
+        await clock.advance(10)
+    calls = upstream.calls
+    await clock.advance(3600)
+    assert calls >= 10
+    assert upstream.calls == calls
+
+
+async def test_sync_fetch_runs_in_a_worker_thread() -> None:
+    """A plain def never runs on the event loop thread; advance() waits for it."""
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def fetch() -> int:
+        threads.append(threading.get_ident())
+        return len(threads)
+
+    clock = FakeClock(START)
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("n", fetch, every=60, jitter=0)], clock=clock
+    )
+    async with LifespanManager(middleware):
+        await clock.advance(60)
+        assert middleware._live is not None and middleware._live["n"] == 2
+    assert threads and loop_thread not in threads
+
+
+async def test_sync_fetch_returning_a_coroutine_is_a_clear_error() -> None:
+    """lambda: coro() is a mistake: the error says to use async def."""
+    clock = FakeClock(START)
+
+    async def load() -> int:
+        return 1
+
+    async with running(
+        Refresher("n", lambda: load(), every=60, required=False), clock=clock
+    ) as handle:
+        error = handle.status()["n"]["last_error"]
+    assert error is not None and "declare it with `async def`" in error
+
+
+async def test_sync_fetch_that_times_out_is_abandoned() -> None:
+    """A blocking fetch past its timeout fails the attempt; its late result is discarded."""
+    release = threading.Event()
+
+    def blocking() -> str:
+        release.wait(5)
+        return "late"
+
+    try:
+        middleware = RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("n", blocking, every=60, timeout=0.05, required=False, default="d")],
+        )
+        async with LifespanManager(middleware):
+            status = middleware.handle.status()["n"]
+            assert status["last_error"] == "TimeoutError: fetch timed out after 50ms"
+            assert middleware._live is not None and middleware._live["n"] == "d"
+    finally:
+        release.set()
+
+
+async def test_hooks_see_changes_and_errors_and_their_own_failures_are_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """on_change runs only when the value changes, on_error on failures; a raising hook is logged."""
+    clock = FakeClock(START)
+    changes: list[tuple[Any, Any]] = []
+    errors: list[BaseException] = []
+
+    async def on_change(old: Any, new: Any) -> None:
+        changes.append((old, new))
+        if new == "boom":
+            raise RuntimeError("hook bug")
+
+    def on_error(exc: BaseException) -> None:
+        errors.append(exc)
+        raise RuntimeError("error hook bug")
+
+    failure = OSError("down")
+    upstream = Upstream("a", "a", "b", failure, "boom", "c")
+    refresher = Refresher(
+        "n", upstream, every=10, jitter=0, backoff_initial=10, on_change=on_change, on_error=on_error
+    )
+    with caplog.at_level(logging.WARNING, logger="asgi_refresh"):
+        async with running(refresher, clock=clock) as handle:
+            await clock.advance(50)
+            assert handle.status()["n"]["refresh_count"] == 5
+    assert changes == [(None, "a"), ("a", "b"), ("b", "boom"), ("boom", "c")]
+    assert errors == [failure]
+    assert "on_change hook raised" in caplog.text
+    assert "on_error hook raised" in caplog.text
+
+
+async def test_on_change_for_a_non_required_refresher_starts_from_the_default() -> None:
+    """The first fetched value is compared with the published default."""
+    changes: list[tuple[Any, Any]] = []
+    refreshers = [
+        Refresher("same", Upstream({}), every=10, required=False, default={}, on_change=lambda o, n: changes.append((o, n))),
+        Refresher("other", Upstream([1]), every=10, required=False, default=[], on_change=lambda o, n: changes.append((o, n))),
+    ]
+    async with running(*refreshers):
+        pass
+    assert changes == [([], [1])]
+
+
+async def test_values_with_odd_equality_count_as_changed() -> None:
+    """A value whose != raises (like an array) still triggers on_change instead of crashing."""
+
+    class Odd:
+        def __ne__(self, other: object) -> bool:
+            raise ValueError("ambiguous")
+
+    changes: list[Any] = []
+    clock = FakeClock(START)
+    first, second = Odd(), Odd()
+    refresher = Refresher("n", Upstream(first, second), every=10, jitter=0, on_change=lambda o, n: changes.append(n))
+    async with running(refresher, clock=clock):
+        await clock.advance(10)
+    assert changes == [first, second]
