@@ -1,6 +1,6 @@
 """Keep an ASGI app's startup data fresh without restarts."""
 
-from .__about__ import __version__
+from .__about__ import __version__ as __version__
 from ._duration import Duration
 from ._middleware import RefreshMiddleware
 from ._refresher import Refresher

@@ -191,3 +191,10 @@ class Upstream:
 async def hang() -> Any:
     """A fetch that never finishes on its own."""
     await anyio.sleep(math.inf)
+
+
+def published(middleware: Any) -> dict[str, Any]:
+    """The state dict the running lifespan publishes into (what new requests copy)."""
+    live: dict[str, Any] | None = middleware._live
+    assert live is not None, "no lifespan is running"
+    return live

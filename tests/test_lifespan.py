@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asgi_refresh import RefreshMiddleware, Refresher
+from asgi_refresh import Refresher, RefreshMiddleware
 from asgi_refresh.testing import FakeClock
 
 from .helpers import FakeServer, ScriptedApp, Upstream, hang
@@ -176,9 +176,7 @@ async def test_app_raising_after_reading_startup_fails_startup_with_its_text() -
     async with anyio.create_task_group() as tg:
         await server.startup(tg)
         await server.finished.wait()
-    assert server.sent == [
-        {"type": "lifespan.startup.failed", "message": "RuntimeError: database is down"}
-    ]
+    assert server.sent == [{"type": "lifespan.startup.failed", "message": "RuntimeError: database is down"}]
 
 
 async def test_shutdown_runs_app_first_then_stops_refreshers() -> None:
@@ -217,12 +215,14 @@ async def test_shutdown_runs_app_first_then_stops_refreshers() -> None:
 async def test_sync_fetch_that_hangs_does_not_block_shutdown() -> None:
     """A blocking fetch in a thread is abandoned: shutdown completes without waiting for it."""
     release = threading.Event()
+    hanging = threading.Event()
     calls = 0
 
     def fetch() -> int:
         nonlocal calls
         calls += 1
         if calls > 1:
+            hanging.set()
             release.wait(10)
         return calls
 
@@ -236,8 +236,7 @@ async def test_sync_fetch_that_hangs_does_not_block_shutdown() -> None:
         with anyio.fail_after(3):
             async with anyio.create_task_group() as tg:
                 await server.startup(tg)
-                while calls < 2:
-                    await anyio.sleep(0.01)
+                assert await anyio.to_thread.run_sync(hanging.wait, 2)
                 assert await server.shutdown() == {"type": "lifespan.shutdown.complete"}
     finally:
         release.set()
@@ -318,9 +317,7 @@ async def test_server_send_exception_on_startup_failed_propagates_unchanged() ->
         pass
 
     error = LifespanFailureError("startup failed")
-    middleware, clock = make(
-        ScriptedApp("fail_startup"), Refresher("names", Upstream(), every="1m")
-    )
+    middleware, _clock = make(ScriptedApp("fail_startup"), Refresher("names", Upstream(), every="1m"))
     to_app, inbox = anyio.create_memory_object_stream[dict[str, Any]](1)
 
     async def send(message: Any) -> None:
@@ -441,7 +438,7 @@ async def test_one_instance_runs_two_lifespans_in_a_row() -> None:
     """Test clients start and stop the same app repeatedly: each lifespan gets fresh runtime."""
     names = Upstream("first", "second")
     inner = ScriptedApp()
-    middleware, clock = make(inner, Refresher("names", names, every="1h"))
+    middleware, _clock = make(inner, Refresher("names", names, every="1h"))
     for expected in ("first", "second"):
         server = FakeServer(middleware)
         async with anyio.create_task_group() as tg:

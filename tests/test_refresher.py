@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from asgi_refresh import RefreshMiddleware, Refresher
+from asgi_refresh import Refresher, RefreshMiddleware
 from asgi_refresh._duration import format_duration, parse_duration
 
 
@@ -61,7 +61,7 @@ def test_durations_of_the_wrong_type_are_rejected(value: Any) -> None:
 
 
 def test_infinite_durations_are_rejected() -> None:
-    """inf and nan would break the schedule."""
+    """Inf and nan would break the schedule."""
     with pytest.raises(ValueError, match="finite"):
         parse_duration(float("inf"))
 
@@ -98,7 +98,7 @@ def test_refresher_equality_and_replace() -> None:
     [(fetch, True), (sync_fetch, False), (AsyncCallable(), True), (lambda: 1, False)],
 )
 def test_refresher_knows_where_fetch_runs(target: Any, is_async: bool) -> None:
-    """async def and async __call__ run on the loop; plain functions in a thread."""
+    """Async def and async __call__ run on the loop; plain functions in a thread."""
     assert Refresher("a", target, every=1).is_async is is_async
 
 

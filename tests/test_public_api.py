@@ -1,0 +1,43 @@
+"""The public surface: what the package exports, sorted and complete."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import asgi_refresh
+import asgi_refresh.testing
+
+
+def test_package_all_is_sorted_and_complete() -> None:
+    """__init__ only re-exports, and __all__ lists every public name it has, sorted."""
+    public = {
+        name
+        for name, value in vars(asgi_refresh).items()
+        if not name.startswith("_") and not inspect.ismodule(value)
+    }
+    assert asgi_refresh.__all__ == sorted(asgi_refresh.__all__)
+    assert set(asgi_refresh.__all__) == public
+
+
+def test_testing_all_is_sorted_and_complete() -> None:
+    """asgi_refresh.testing exports everything it defines, plus the Clock protocol, sorted."""
+    module = asgi_refresh.testing
+    defined = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+    }
+    assert module.__all__ == sorted(module.__all__)
+    assert set(module.__all__) == defined | {"Clock"}
+
+
+def test_pinned_names_are_exported() -> None:
+    """The names DESIGN.md pins are importable from the package."""
+    assert {"RefreshMiddleware", "Refresher"} <= set(asgi_refresh.__all__)
+
+
+def test_package_is_typed_and_versioned() -> None:
+    """py.typed ships with the package and __version__ is set."""
+    assert (Path(inspect.getfile(asgi_refresh)).parent / "py.typed").is_file()
+    assert asgi_refresh.__version__
