@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from asgi_refresh import RefreshMiddleware, Refresher
+from asgi_refresh import Refresher, RefreshMiddleware
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -127,9 +127,7 @@ async def main(refreshers: int, rounds: int, requests: int) -> float:
 
     per_request = {name: statistics.median(values) / requests for name, values in samples.items()}
     ratio = per_request["RefreshMiddleware"] / per_request["pass-through"]
-    print(
-        f"per-request time, trivial Starlette app, {refreshers} refreshers, {rounds} rounds x {requests} requests"
-    )
+    print(f"trivial Starlette app, {refreshers} refreshers, {rounds} rounds x {requests} requests")
     print(f"{'variant':<20} {'median ns/request':>18}")
     for name, value in per_request.items():
         print(f"{name:<20} {value:>18.0f}")

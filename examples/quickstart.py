@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from asgi_refresh import RefreshHandle, RefreshMiddleware, Refresher
+from asgi_refresh import Refresher, RefreshHandle, RefreshMiddleware
 
 _rota = itertools.cycle([["ada", "grace"], ["ada", "grace", "katherine"], ["barbara", "margaret"]])
 
