@@ -258,13 +258,18 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
         await gate.wait()
         return "fresh"
 
-    async with running(Refresher("n", Upstream("v1", gated), every="1h")) as handle:
-        with anyio.move_on_after(0.01):
-            await handle.refresh("n")
+    upstream = Upstream("v1", gated)
+    async with running(Refresher("n", upstream, every="1h")) as handle:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.refresh, "n")
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()  # the first caller gives up mid-fetch
+        assert upstream.calls == 2
         async with anyio.create_task_group() as tg:
             tg.start_soon(handle.refresh, "n")
             await anyio.wait_all_tasks_blocked()
             gate.set()
+        assert upstream.calls == 2, "the second caller joined the fetch the first one left running"
         assert handle.status()["n"]["refresh_count"] == 2
 
 
