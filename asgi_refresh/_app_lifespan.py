@@ -7,6 +7,7 @@ import logging
 import anyio
 from anyio.abc import TaskGroup
 
+from ._clock import Clock
 from ._runtime import describe_error
 from ._types import ASGIApp, Message, Scope
 
@@ -21,16 +22,17 @@ class AppLifespan:
     exchange returns None when the app is fine, or the reason it failed.
     """
 
-    def __init__(self, app: ASGIApp, scope: Scope) -> None:
+    def __init__(self, app: ASGIApp, scope: Scope, clock: Clock) -> None:
         self._app = app
         self._scope = scope
+        self._clock = clock
         self._to_app, self._app_inbox = anyio.create_memory_object_stream[Message](1)
         self._app_outbox, self._from_app = anyio.create_memory_object_stream[Message](1)
         self._cancel_scope = anyio.CancelScope()
         self._finished = anyio.Event()
         self._has_received = False
         self._error: Exception | None = None
-        self.supported = True
+        self._supported = True
 
     async def startup(self, task_group: TaskGroup) -> str | None:
         """Start the app's lifespan; return None once it is up, or why it failed."""
@@ -42,7 +44,7 @@ class AppLifespan:
             return describe_error(self._error)
         # Raised (or returned) before reading its first message: the usual
         # `assert scope["type"] == "http"` of an app without lifespan support.
-        self.supported = False
+        self._supported = False
         reason = "it raised " + describe_error(self._error) if self._error else "it returned"
         logger.info(
             "The wrapped app does not do the ASGI lifespan protocol (%s before answering "
@@ -53,12 +55,13 @@ class AppLifespan:
 
     async def shutdown(self, shutdown_timeout: float) -> str | None:
         """Shut the app's lifespan down; return None, or why it failed."""
-        if not self.supported:
+        if not self._supported:
             return None
         if self._finished.is_set():  # it ended on its own after startup
             return None if self._error is None else describe_error(self._error)
         reply = await self._exchange("lifespan.shutdown")
-        with anyio.move_on_after(shutdown_timeout):
+        # It answered; give it shutdown_timeout to return before cancelling it.
+        with self._clock.move_on_at(self._clock.monotonic() + shutdown_timeout):
             await self._finished.wait()
         self.cancel()
         if reply is not None:

@@ -17,15 +17,15 @@ class Clock(Protocol):
     """
 
     def monotonic(self) -> float:
-        """Seconds on a clock that never goes backwards (for schedules and ages)."""
+        """Seconds on a clock that never goes backwards (schedules and ages); any thread."""
 
     def wall(self) -> float:
-        """Seconds since the epoch (for timestamps in ``status()``)."""
+        """Seconds since the epoch (timestamps in ``status()``); any thread."""
 
     async def sleep_until(self, deadline: float) -> None:
         """Sleep until ``monotonic()`` reaches ``deadline``."""
 
-    def cancel_scope_at(self, deadline: float) -> anyio.CancelScope:
+    def move_on_at(self, deadline: float) -> AbstractContextManager[anyio.CancelScope]:
         """A cancel scope that is cancelled when ``monotonic()`` reaches ``deadline``."""
 
     def hold(self) -> AbstractContextManager[None]:
@@ -33,19 +33,20 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The event loop's clock, as anyio sees it, under asyncio and trio alike."""
+    """Real time: ``time.monotonic()``, readable from any thread, on asyncio and trio."""
 
     def monotonic(self) -> float:
-        return anyio.current_time()
+        return time.monotonic()
 
     def wall(self) -> float:
         return time.time()
 
     async def sleep_until(self, deadline: float) -> None:
-        await anyio.sleep_until(deadline)
+        await anyio.sleep(max(0.0, deadline - time.monotonic()))
 
-    def cancel_scope_at(self, deadline: float) -> anyio.CancelScope:
-        return anyio.CancelScope(deadline=deadline)
+    def move_on_at(self, deadline: float) -> AbstractContextManager[anyio.CancelScope]:
+        # The event loop's clock has its own origin (trio offsets it on purpose).
+        return anyio.CancelScope(deadline=anyio.current_time() + deadline - time.monotonic())
 
     def hold(self) -> AbstractContextManager[None]:
         return nullcontext()

@@ -10,9 +10,9 @@ from typing import TypeAlias
 Duration: TypeAlias = "int | float | timedelta | str"
 """What every duration option accepts: seconds, a ``timedelta`` or a string."""
 
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_WHOLE = re.compile(rf"(?:{_PART.pattern})+")
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+# Each unit at most once, largest first: "1h30m" yes, "30m1h" and "1s1s" no.
+_GRAMMAR = re.compile("-?" + "".join(rf"(?:(?P<{unit}>\d+(?:\.\d+)?){unit})?" for unit in _UNIT_SECONDS))
 EXAMPLES = '"90s", "5m" or "1h30m"'
 
 
@@ -32,9 +32,14 @@ def parse_duration(value: object) -> float:
         seconds = value.total_seconds()
     elif isinstance(value, str):
         text = value.strip().replace(" ", "").lower()
-        if not _WHOLE.fullmatch(text):
+        match = _GRAMMAR.fullmatch(text)
+        if match is None or not any(match.groupdict().values()):
             raise ValueError(f"expected a duration like {EXAMPLES} (got {value!r})")
-        seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(text))
+        seconds = sum(
+            float(number) * _UNIT_SECONDS[unit] for unit, number in match.groupdict().items() if number
+        )
+        if text.startswith("-"):
+            seconds = -seconds
     else:
         raise TypeError(f"expected seconds, a timedelta or a string like {EXAMPLES} (got {value!r})")
     if not math.isfinite(seconds):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import anyio
@@ -91,7 +91,7 @@ class RefreshMiddleware:
             # dict itself, which we mutate) hand the request its own fresh copy.
             state = scope.get("state")
             if state is None or state is live or state.get(SNAPSHOT_KEY) is not live[SNAPSHOT_KEY]:
-                scope["state"] = {**state, **live} if state else dict(live)
+                scope["state"] = {**state, **live} if state and state is not live else dict(live)
         elif not self._warned_no_lifespan:
             self._warned_no_lifespan = True
             logger.warning(
@@ -107,60 +107,59 @@ class RefreshMiddleware:
         state = scope.get("state")
         if state is None:  # a server without lifespan state: we keep our own
             state = {}
+        other = state.get(RESERVED_NAME)
+        if isinstance(other, RefreshHandle) and other._runtime.running:
+            await send(
+                {
+                    "type": "lifespan.startup.failed",
+                    "message": "Two RefreshMiddleware instances wrap the same app; they would "
+                    "overwrite each other's handle. Put all refreshers in one RefreshMiddleware.",
+                }
+            )
+            return
         runtime = Runtime(self.refreshers, state=state, clock=self.clock)
-        app = AppLifespan(self.app, {**scope, "state": state})
+        app = AppLifespan(self.app, {**scope, "state": state}, self.clock)
         server = _ServerSend(send)
-        startup_failure: str | None = None
-        shutdown_reply: Message | None = None
+        outcome: Message | None = None  # for the server, once everything has stopped
         try:
             async with anyio.create_task_group() as task_group:
                 await task_group.start(runtime.run)
-                startup_failure = await runtime.load(self.startup_timeout)
-                if startup_failure is None:
+                failure = await runtime.load(self.startup_timeout)
+                if failure is None:
                     self._live = state
-                    startup_failure = await app.startup(task_group)
-                if startup_failure is not None or not await server.send(
-                    {"type": "lifespan.startup.complete"}
-                ):
-                    app.cancel()
-                    await runtime.stop(self.shutdown_timeout)
-                else:
+                    failure = await app.startup(task_group)
+                if failure is None and await server.send({"type": "lifespan.startup.complete"}):
                     await receive()  # lifespan.shutdown
-                    shutdown_reply = await self._shut_down(app, runtime)
-                    if shutdown_reply["type"] == "lifespan.shutdown.failed" and await server.send(
-                        shutdown_reply
-                    ):
-                        # A fetch that ignores cancellation keeps this task group
-                        # open; the server hears the outcome now, not never.
-                        shutdown_reply = None
+                    failure = await app.shutdown(self.shutdown_timeout)
+                    failure = _join(failure, await self._stop(runtime))
+                    outcome = _reply("shutdown", failure)
+                else:
+                    app.cancel()
+                    failure = _join(failure, await self._stop(runtime))
+                    outcome = None if server.error else _reply("startup", failure)
+                if not runtime.stopped and outcome is not None and await server.send(outcome):
+                    # A fetch ignoring cancellation keeps this task group open: the
+                    # server hears the outcome now, not whenever that fetch ends.
+                    outcome = None
         finally:
             app.close()
             if self._live is state:
                 self._live = None
         if server.error is not None:
             raise server.error
-        # Sent once everything has stopped, and nothing is awaited after them. The
-        # server may raise here (hypercorn does on startup.failed): it propagates.
-        if startup_failure is not None:
-            logger.error("Startup failed: %s", startup_failure)
-            await send({"type": "lifespan.startup.failed", "message": startup_failure})
-        elif shutdown_reply is not None:
-            await send(shutdown_reply)
+        if outcome is not None:
+            # Sent once everything has stopped, and nothing is awaited after it. The
+            # server may raise here (hypercorn does on startup.failed): it propagates.
+            await send(outcome)
 
-    async def _shut_down(self, app: AppLifespan, runtime: Runtime) -> Message:
-        """The app's shutdown first, then the refreshers'; return the message for the server."""
-        failure = await app.shutdown(self.shutdown_timeout)
+    async def _stop(self, runtime: Runtime) -> str | None:
         stuck = await runtime.stop(self.shutdown_timeout)
-        if stuck:
-            failure = _join(
-                failure,
-                f"refreshers {', '.join(map(repr, stuck))} did not stop within "
-                f"shutdown_timeout ({format_duration(self.shutdown_timeout)})",
-            )
-        if failure is None:
-            return {"type": "lifespan.shutdown.complete"}
-        logger.error("Shutdown failed: %s", failure)
-        return {"type": "lifespan.shutdown.failed", "message": failure}
+        if not stuck:
+            return None
+        return (
+            f"refreshers {', '.join(map(repr, stuck))} did not stop within "
+            f"shutdown_timeout ({format_duration(self.shutdown_timeout)})"
+        )
 
 
 class _ServerSend:
@@ -183,8 +182,14 @@ class _ServerSend:
         return True
 
 
-def _join(first: str | None, second: str) -> str:
-    return f"{first}; {second}" if first else second
+def _join(first: str | None, second: str | None) -> str | None:
+    return f"{first}; {second}" if first and second else first or second
+
+
+def _reply(phase: str, failure: str | None) -> Message:
+    if failure is None:
+        return {"type": f"lifespan.{phase}.complete"}
+    return {"type": f"lifespan.{phase}.failed", "message": failure}
 
 
 def _positive_duration(option: str, value: object) -> float:
@@ -198,13 +203,23 @@ def _positive_duration(option: str, value: object) -> float:
 
 
 def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...]:
-    if isinstance(refreshers, Refresher | str | bytes) or not isinstance(refreshers, Iterable):
-        raise TypeError(f"RefreshMiddleware: refreshers must be a list of Refresher (got {refreshers!r})")
+    if isinstance(refreshers, Refresher):
+        raise TypeError(
+            "RefreshMiddleware: refreshers must be a list of Refresher; wrap a single one in "
+            f"a list: refreshers=[Refresher({refreshers.name!r}, ...)]"
+        )
+    if isinstance(refreshers, str | bytes | Mapping) or not isinstance(refreshers, Iterable):
+        raise TypeError(
+            f"RefreshMiddleware: refreshers must be a list of Refresher (got {type(refreshers).__name__})"
+        )
     checked = tuple(refreshers)
     seen: set[str] = set()
     for refresher in checked:
         if not isinstance(refresher, Refresher):
-            raise TypeError(f"RefreshMiddleware: refreshers must be Refresher objects (got {refresher!r})")
+            raise TypeError(
+                "RefreshMiddleware: refreshers must be Refresher objects "
+                f"(got {type(refresher).__name__}: {refresher!r:.80})"
+            )
         if refresher.name in seen:
             raise ValueError(
                 f"RefreshMiddleware: two refreshers are named {refresher.name!r}; names must be unique"

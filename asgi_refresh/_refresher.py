@@ -11,6 +11,8 @@ from typing import Any
 from ._duration import Duration, format_duration, parse_duration
 
 RESERVED_NAME = "asgi_refresh"
+MIN_EVERY = 0.01
+MAX_JITTER = 0.5
 
 Fetch = Callable[[], Awaitable[Any]] | Callable[[], Any]
 """A zero-argument callable: ``async def``, plain ``def`` or an object with ``async __call__``."""
@@ -29,20 +31,24 @@ class Refresher:
             identifier, unique per middleware; ``asgi_refresh`` is reserved.
         fetch: Zero-argument callable returning the value. ``async def`` and objects
             with ``async __call__`` run on the event loop; a plain ``def`` runs in a
-            worker thread so that a blocking client never stalls requests.
+            worker thread so that a blocking client never stalls requests (if it
+            returns a coroutine, as ``lambda: load(url)`` does, that coroutine is
+            then awaited on the event loop).
         every: Interval between refreshes: seconds, a ``timedelta`` or a string like
-            ``"90s"``, ``"5m"``, ``"1h30m"``. The schedule is fixed-rate: it is
-            measured from the start of each successful fetch, so it does not drift.
+            ``"90s"``, ``"5m"``, ``"1h30m"``; at least 10 ms. The schedule is
+            fixed-rate: refreshes keep to a grid ``every`` apart, whatever each
+            fetch takes, so it does not drift.
         required: If true, startup fails unless the first load succeeds within the
             middleware's ``startup_timeout``. If false, ``default`` is published
             until a load succeeds.
         default: Value published before the first successful load of a refresher
             that is not required.
         timeout: Longest one fetch may take, or ``None`` for no limit.
-        jitter: Fraction of ``every`` (``0 <= jitter < 1``) by which each refresh
-            is randomly moved *earlier*, so that many workers spread out without
-            any value ever getting older than ``every``.
-        backoff_initial: Delay before the first retry after a failure.
+        jitter: Fraction of ``every`` (``0 <= jitter <= 0.5``) by which each
+            refresh is randomly moved *earlier* than its slot on the fixed-rate
+            grid, so that many workers spread out; it never makes one later.
+        backoff_initial: Delay before the first retry after a failure (capped
+            by ``backoff_max``).
         backoff_max: Longest delay between retries; ``None`` means ``every``.
             Never more than ``every``: a failing refresher retries at least as
             often as a healthy one refreshes.
@@ -67,7 +73,7 @@ class Refresher:
     timeout: float | None
     jitter: float
     backoff_initial: float
-    backoff_max: float
+    backoff_max: float | None
     backoff_multiplier: float
     on_change: Callable[[Any, Any], object] | None
     on_error: Callable[[BaseException], object] | None
@@ -100,14 +106,24 @@ class Refresher:
         problem = _Problems(name)
         if not callable(fetch):
             raise TypeError(problem("fetch must be a zero-argument callable", fetch))
+        _check_no_arguments(problem, fetch)
         seconds = problem.duration("every", every)
+        if seconds < MIN_EVERY:
+            raise ValueError(
+                problem(
+                    f"every must be at least {format_duration(MIN_EVERY)} (a schedule, not a busy loop)",
+                    every,
+                )
+            )
         if not isinstance(required, bool):
             raise TypeError(problem("required must be True or False", required))
-        if not isinstance(jitter, int | float) or isinstance(jitter, bool) or not 0 <= jitter < 1:
-            raise ValueError(problem("jitter must be a fraction of every, 0 <= jitter < 1", jitter))
+        if not isinstance(jitter, int | float) or isinstance(jitter, bool) or not 0 <= jitter <= MAX_JITTER:
+            raise ValueError(
+                problem(f"jitter must be a fraction of every, 0 <= jitter <= {MAX_JITTER}", jitter)
+            )
         initial = problem.duration("backoff_initial", backoff_initial)
-        cap = seconds if backoff_max is None else problem.duration("backoff_max", backoff_max)
-        if cap > seconds:
+        cap = None if backoff_max is None else problem.duration("backoff_max", backoff_max)
+        if cap is not None and cap > seconds:
             raise ValueError(
                 problem(
                     f"backoff_max must not exceed every ({format_duration(seconds)}): a failing "
@@ -133,7 +149,7 @@ class Refresher:
         set_field(self, "default", default)
         set_field(self, "timeout", None if timeout is None else problem.duration("timeout", timeout))
         set_field(self, "jitter", float(jitter))
-        set_field(self, "backoff_initial", min(initial, cap))
+        set_field(self, "backoff_initial", initial)
         set_field(self, "backoff_max", cap)
         set_field(self, "backoff_multiplier", float(backoff_multiplier))
         set_field(self, "on_change", on_change)
@@ -145,6 +161,24 @@ class Refresher:
         return inspect.iscoroutinefunction(self.fetch) or inspect.iscoroutinefunction(
             getattr(self.fetch, "__call__", None)  # noqa: B004 - we ask about __call__ itself
         )
+
+
+def _check_no_arguments(problem: _Problems, fetch: Callable[..., Any]) -> None:
+    try:
+        signature = inspect.signature(fetch)
+    except (TypeError, ValueError):  # some builtins have no signature: trust them
+        return
+    try:
+        signature.bind()
+    except TypeError:
+        raise TypeError(
+            problem(
+                f"fetch is called with no arguments, but it takes ({', '.join(signature.parameters)}); "
+                "bind them first, "
+                "e.g. functools.partial(fetch, url) or lambda: fetch(url)",
+                fetch,
+            )
+        ) from None
 
 
 class _Problems:

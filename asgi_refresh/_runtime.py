@@ -7,11 +7,13 @@ middleware instance can serve several lifespans in a row (test clients do that).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
 import random
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._clock import Clock
 from ._duration import format_duration
 from ._refresher import RESERVED_NAME, Refresher
+from ._thread import run_in_daemon_thread
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -49,12 +52,13 @@ class RefreshError(Exception):
 class _Flight:
     """One fetch that any number of callers wait for: the single-flight unit."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "on_grid", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_grid: bool) -> None:
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.on_grid = on_grid  # the scheduled refresh of a healthy refresher
 
 
 class _Slot:
@@ -62,10 +66,9 @@ class _Slot:
 
     def __init__(self, spec: Refresher) -> None:
         self.spec = spec
-        self.is_async = spec.is_async
         self.has_value = False  # a fetched value (not the default) is published
-        self.anchor = -math.inf  # monotonic start of the last successful fetch
-        self.next_due = -math.inf
+        self.grid = -math.inf  # nominal time of the next scheduled refresh
+        self.next_due = -math.inf  # when the loop fetches next (grid minus jitter, or a retry)
         self.last_success_mono: float | None = None
         self.last_success_at: float | None = None
         self.last_duration: float | None = None
@@ -75,6 +78,7 @@ class _Slot:
         self.flight: _Flight | None = None
         self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
+        self.thread_busy = False  # a blocking fetch's thread has not returned yet
         self.attempted = anyio.Event()  # the first fetch has finished, either way
         self.loaded = anyio.Event()  # the first fetch has succeeded
 
@@ -97,6 +101,16 @@ class Runtime:
         self._task_group: TaskGroup | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
+
+    @property
+    def running(self) -> bool:
+        """Whether the refreshers are running (between start and stop)."""
+        return self._task_group is not None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether every refresher task has ended after `stop`."""
+        return self._stopped.is_set()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -125,7 +139,7 @@ class Runtime:
         refreshers must get a value (retrying with backoff until the budget runs
         out); the others only need to have tried once.
         """
-        with self.clock.cancel_scope_at(self.clock.monotonic() + startup_timeout):
+        with self.clock.move_on_at(self.clock.monotonic() + startup_timeout):
             for slot in self.slots.values():
                 await (slot.loaded if slot.spec.required else slot.attempted).wait()
         failures = []
@@ -143,7 +157,7 @@ class Runtime:
                     "Refresher %r has no value yet (%s); serving its default and retrying",
                     slot.spec.name,
                     cause,
-                    extra={"refresher": slot.spec.name},
+                    extra={"refresher": slot.spec.name, "outcome": "default"},
                 )
         return "; ".join(failures) or None
 
@@ -155,7 +169,7 @@ class Runtime:
             timeout (empty when everything stopped).
         """
         self._scope.cancel()
-        with self.clock.cancel_scope_at(self.clock.monotonic() + shutdown_timeout):
+        with self.clock.move_on_at(self.clock.monotonic() + shutdown_timeout):
             await self._stopped.wait()
         if self._stopped.is_set():
             return []
@@ -175,30 +189,35 @@ class Runtime:
                     await self.clock.sleep_until(slot.next_due)
                 slot.wakeup = None
                 continue
-            await self._join_flight(slot)
+            await self._join_flight(slot, on_grid=slot.consecutive_failures == 0)
 
     def _reschedule(self, slot: _Slot, due: float) -> None:
         slot.next_due = due
         if slot.wakeup is not None:
             slot.wakeup.cancel()
 
-    def _scheduled_after_success(self, slot: _Slot) -> float:
-        # Fixed-rate from the start of the successful fetch; jitter only ever moves
-        # a refresh earlier, so `every` stays a bound on the value's age.
-        spec = slot.spec
-        return slot.anchor + spec.every * (1 - spec.jitter * self._random.random())
+    def _schedule_after_success(self, slot: _Slot, started: float, on_grid: bool) -> None:
+        # Fixed rate: the scheduled refresh of a healthy refresher keeps the grid, so
+        # neither fetch time nor wake-up latency makes it drift. A first load, a
+        # recovery, a refresh-now or a refresh late by a whole interval re-anchors it.
+        every = slot.spec.every
+        base = slot.grid if on_grid and slot.grid + every > started else started
+        slot.grid = base + every
+        # Jitter only moves a refresh earlier than its grid point, never later.
+        self._reschedule(slot, slot.grid - every * slot.spec.jitter * self._random.random())
 
     def _backoff_delay(self, slot: _Slot) -> float:
         spec = slot.spec
+        cap = spec.every if spec.backoff_max is None else spec.backoff_max
         try:
             delay = spec.backoff_initial * spec.backoff_multiplier ** (slot.consecutive_failures - 1)
         except OverflowError:
-            delay = spec.backoff_max
-        return min(delay, spec.backoff_max) * (1 - spec.jitter * self._random.random())
+            delay = cap
+        return min(delay, cap) * (1 - spec.jitter * self._random.random())
 
     # -- fetching ------------------------------------------------------------------
 
-    async def _join_flight(self, slot: _Slot) -> _Flight:
+    async def _join_flight(self, slot: _Slot, *, on_grid: bool = False) -> _Flight:
         """Wait for the slot's fetch in progress, starting one if there is none."""
         flight = slot.flight
         if flight is None:
@@ -207,7 +226,7 @@ class Runtime:
                     f"Refresher {slot.spec.name!r} cannot refresh: asgi_refresh is not running "
                     "(the lifespan has not started or has shut down)"
                 )
-            flight = slot.flight = _Flight()
+            flight = slot.flight = _Flight(on_grid=on_grid)
             # The fetch runs in the runtime's task group, not in the caller's task:
             # a request that gives up waiting must not cancel everyone else's fetch.
             self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
@@ -215,6 +234,8 @@ class Runtime:
         return flight
 
     async def _fly(self, slot: _Slot, flight: _Flight) -> None:
+        hook: tuple[str, Callable[..., object], tuple[Any, ...]] | None = None
+        cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
                 flight.value = self.state[slot.spec.name]
@@ -222,12 +243,20 @@ class Runtime:
             started = self.clock.monotonic()
             try:
                 value = await self._fetch(slot, started)
+            except cancelled:
+                if not _is_stray_cancellation():
+                    raise
+                # A CancelledError nobody asked for (a library awaiting a future
+                # cancelled elsewhere) is the fetch failing, not us shutting down.
+                error = RuntimeError("fetch raised CancelledError without being cancelled")
+                flight.error = error
+                hook = self._record_failure(slot, error, started)
             except Exception as exc:  # any failure of the user's fetch is data, not a crash
                 flight.error = exc
-                await self._record_failure(slot, exc, started)
+                hook = self._record_failure(slot, exc, started)
             else:
                 flight.value = value
-                await self._record_success(slot, value, started)
+                hook = self._record_success(slot, value, started, flight.on_grid)
         except BaseException:
             # Shutdown cancelled us; callers waiting outside (a request) get an error,
             # not a hang and not a half-finished value.
@@ -236,29 +265,56 @@ class Runtime:
         finally:
             slot.flight = None
             flight.done.set()
+        if hook is not None:
+            # After `done`: a slow or hanging hook delays neither the schedule nor
+            # refresh() callers, and it is bounded like a fetch.
+            await self._call_hook(slot, *hook)
 
     async def _fetch(self, slot: _Slot, started: float) -> Any:
         spec = slot.spec
-        with (
-            self.clock.cancel_scope_at(started + spec.timeout)
-            if spec.timeout is not None
-            else anyio.CancelScope()
-        ) as scope:
-            if slot.is_async:
-                return await spec.fetch()
-            with self.clock.hold():
-                # abandon_on_cancel: a thread cannot be interrupted, so on timeout or
-                # shutdown we stop waiting for it and discard whatever it returns.
-                return await anyio.to_thread.run_sync(_call_sync, spec, abandon_on_cancel=True)
-        assert scope.cancelled_caught  # only our own timeout gets here
-        raise TimeoutError(f"fetch timed out after {format_duration(spec.timeout or 0)}")
+        if spec.timeout is None:
+            return await self._call_fetch(slot)
+        with self.clock.move_on_at(started + spec.timeout):
+            return await self._call_fetch(slot)
+        raise TimeoutError(f"fetch timed out after {format_duration(spec.timeout)}")
 
-    async def _record_success(self, slot: _Slot, value: Any, started: float) -> None:
+    async def _call_fetch(self, slot: _Slot) -> Any:
+        spec = slot.spec
+        if spec.is_async:
+            return await spec.fetch()
+        if slot.thread_busy:
+            raise RuntimeError(
+                "the previous fetch is still blocked in its worker thread (it timed out "
+                "and was abandoned); not starting another until it returns"
+            )
+        slot.thread_busy = True
+
+        def call() -> Any:
+            try:
+                return spec.fetch()
+            finally:
+                slot.thread_busy = False
+
+        with self.clock.hold():
+            value = await run_in_daemon_thread(call, name=f"asgi_refresh:{spec.name}")
+        if inspect.iscoroutine(value):
+            # `lambda: load(url)`: the plain function ran in the thread; the coroutine
+            # it made belongs on the event loop.
+            return await value
+        if inspect.isawaitable(value):
+            raise TypeError(
+                f"Refresher {spec.name!r}: fetch is a plain function that returned "
+                f"{type(value).__name__}; return the value itself, or declare fetch `async def`"
+            )
+        return value
+
+    def _record_success(self, slot: _Slot, value: Any, started: float, on_grid: bool) -> _Hook | None:
+        if slot.overridden:  # overridden while fetching: the pinned value wins
+            return None
         spec, now = slot.spec, self.clock.monotonic()
         had_value = slot.has_value or not spec.required
         old = self.state.get(spec.name)
         failures = slot.consecutive_failures
-        slot.anchor = started
         slot.last_duration = now - started
         slot.last_success_mono = now
         slot.last_success_at = self.clock.wall()
@@ -269,7 +325,7 @@ class Runtime:
         self._publish(spec.name, value)
         slot.loaded.set()
         slot.attempted.set()
-        self._reschedule(slot, self._scheduled_after_success(slot))
+        self._schedule_after_success(slot, started, on_grid)
         if failures:
             logger.info(
                 "Refresher %r recovered after %d failed attempts",
@@ -278,9 +334,12 @@ class Runtime:
                 extra={"refresher": spec.name, "outcome": "recovered"},
             )
         if spec.on_change is not None and (not had_value or _differs(old, value)):
-            await self._call_hook(spec.name, "on_change", spec.on_change, old, value)
+            return ("on_change", spec.on_change, (old, value))
+        return None
 
-    async def _record_failure(self, slot: _Slot, exc: Exception, started: float) -> None:
+    def _record_failure(self, slot: _Slot, exc: BaseException, started: float) -> _Hook | None:
+        if slot.overridden:
+            return None
         spec, now = slot.spec, self.clock.monotonic()
         slot.last_duration = now - started
         slot.consecutive_failures += 1
@@ -301,13 +360,26 @@ class Runtime:
             extra={"refresher": spec.name, "outcome": "failed"},
         )
         if spec.on_error is not None:
-            await self._call_hook(spec.name, "on_error", spec.on_error, exc)
+            return ("on_error", spec.on_error, (exc,))
+        return None
 
-    async def _call_hook(self, name: str, hook_name: str, hook: Any, *args: Any) -> None:
+    async def _call_hook(
+        self, slot: _Slot, hook_name: str, hook: Callable[..., object], args: tuple[Any, ...]
+    ) -> None:
+        name, timeout = slot.spec.name, slot.spec.timeout
         try:
-            result = hook(*args)
-            if inspect.isawaitable(result):
-                await result
+            with self.clock.move_on_at(self.clock.monotonic() + timeout) if timeout else nullcontext():
+                result = hook(*args)
+                if inspect.isawaitable(result):
+                    await result
+                return
+            logger.error(
+                "Refresher %r: %s hook did not finish within %s; cancelled, the refresher carries on",
+                name,
+                hook_name,
+                format_duration(timeout or 0),
+                extra={"refresher": name, "outcome": "hook_failed"},
+            )
         except Exception:
             logger.exception(
                 "Refresher %r: %s hook raised; ignored, the refresher carries on",
@@ -342,20 +414,22 @@ class Runtime:
 
     def status(self) -> dict[str, dict[str, Any]]:
         now, wall = self.clock.monotonic(), self.clock.wall()
-
         report = {}
         for name, slot in self.slots.items():
-            running = self._task_group is not None and not slot.overridden
+            scheduled = self.running and not slot.overridden
             report[name] = {
                 "last_success_at": _iso(slot.last_success_at),
                 "last_error": slot.last_error,
                 "consecutive_failures": slot.consecutive_failures,
                 "refresh_count": slot.refresh_count,
-                "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if running else None,
+                "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if scheduled else None,
                 "last_duration": _seconds(slot.last_duration),
                 "age": _seconds(None if slot.last_success_mono is None else now - slot.last_success_mono),
             }
         return report
+
+
+_Hook = tuple[str, Callable[..., object], tuple[Any, ...]]
 
 
 class RefreshHandle:
@@ -404,21 +478,22 @@ class RefreshHandle:
 
 def describe_error(exc: BaseException) -> str:
     """One line for logs and ``status()``: the exception type and its message, bounded."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # a task group's wrapper says nothing; what it wraps does
     text = " ".join(str(exc).split())
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
 
 
-def _call_sync(spec: Refresher) -> Any:
-    value = spec.fetch()
-    if inspect.isawaitable(value):
-        if inspect.iscoroutine(value):
-            value.close()
-        raise TypeError(
-            f"Refresher {spec.name!r}: fetch is a plain function that returned an "
-            "awaitable; declare it with `async def` so it runs on the event loop"
-        )
-    return value
+def _is_stray_cancellation() -> bool:
+    """Whether a just-caught cancellation exception was raised without anyone cancelling us."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio's Cancelled cannot be raised by user code
+        return False
+    # Every real cancellation (an anyio scope, or the server cancelling the task)
+    # goes through task.cancel(), which counts here until it is handled.
+    return task is not None and task.cancelling() == 0
 
 
 def _differs(old: Any, new: Any) -> bool:

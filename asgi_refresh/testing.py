@@ -19,13 +19,14 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
-from ._clock import Clock
+from ._clock import Clock as Clock
 from ._duration import Duration, parse_duration
 from ._runtime import RefreshHandle
 
@@ -50,7 +51,7 @@ class FakeClock:
             start = start.timestamp()
         self._wall_at_zero = time.time() if start is None else float(start)
         self._now = 0.0
-        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._timers: list[_Timer] = []
         self._order = itertools.count()
         self._holds = 0
         self._released: anyio.Event | None = None
@@ -69,17 +70,17 @@ class FakeClock:
             await anyio.lowlevel.checkpoint()
             return
         woken = anyio.Event()
-        self._at(deadline, woken.set)
-        await woken.wait()
+        with self._timer(deadline, woken.set):
+            await woken.wait()
 
-    def cancel_scope_at(self, deadline: float) -> anyio.CancelScope:
+    @contextmanager
+    def move_on_at(self, deadline: float) -> Iterator[anyio.CancelScope]:
         """A cancel scope that `advance` cancels when it reaches ``deadline``."""
-        scope = anyio.CancelScope()
-        if deadline <= self._now:
-            scope.cancel()
-        else:
-            self._at(deadline, scope.cancel)
-        return scope
+        with anyio.CancelScope() as scope:
+            if deadline <= self._now:
+                scope.cancel()
+            with self._timer(deadline, scope.cancel):
+                yield scope
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -103,16 +104,26 @@ class FakeClock:
             raise ValueError(f"FakeClock.advance: time only moves forward (got {duration!r})")
         target = self._now + seconds
         await self._settle()
-        while self._timers and self._timers[0][0] <= target:
-            deadline, _, fire = heapq.heappop(self._timers)
-            self._now = max(self._now, deadline)
-            fire()
+        while self._timers and self._timers[0].deadline <= target:
+            timer = heapq.heappop(self._timers)
+            if timer.fire is None:  # its sleep or scope ended early
+                continue
+            self._now = max(self._now, timer.deadline)
+            timer.fire()
             await self._settle()
         self._now = target
         await self._settle()
 
-    def _at(self, deadline: float, fire: Callable[[], object]) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._order), fire))
+    @contextmanager
+    def _timer(self, deadline: float, fire: Callable[[], object]) -> Iterator[None]:
+        # Disarmed on exit, so a sleep or scope that ends early never fires later
+        # (possibly in another event loop, when one clock serves several tests).
+        timer = _Timer(deadline, next(self._order), fire)
+        heapq.heappush(self._timers, timer)
+        try:
+            yield
+        finally:
+            timer.fire = None
 
     async def _settle(self) -> None:
         """Return once every other task is blocked and no thread holds the clock."""
@@ -122,6 +133,13 @@ class FakeClock:
                 return
             self._released = anyio.Event()
             await self._released.wait()
+
+
+@dataclass(order=True)
+class _Timer:
+    deadline: float
+    order: int
+    fire: Callable[[], object] | None = field(compare=False)
 
 
 def override(handle: RefreshHandle, name: str, value: Any) -> None:

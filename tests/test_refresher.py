@@ -39,6 +39,8 @@ class AsyncCallable:
         ("1.5h", 5400.0),
         (" 1h 30m ", 5400.0),
         ("2H", 7200.0),
+        ("1d2h3m4s5ms", 93784.005),
+        ("-5s", -5.0),
     ],
 )
 def test_durations_parse_to_seconds(value: Any, seconds: float) -> None:
@@ -46,9 +48,9 @@ def test_durations_parse_to_seconds(value: Any, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["soon", "90", "5 minutes", "", "1h30", "m5", "-5s"])
+@pytest.mark.parametrize("value", ["soon", "90", "5 minutes", "", "1h30", "m5", "1s1s", "30m1h", "-"])
 def test_malformed_duration_strings_are_rejected(value: str) -> None:
-    """A string must be a sequence of <number><unit> parts."""
+    """A string is <number><unit> parts, each unit at most once, largest first."""
     with pytest.raises(ValueError, match='expected a duration like "90s", "5m" or "1h30m"'):
         parse_duration(value)
 
@@ -80,7 +82,7 @@ def test_refresher_normalises_and_is_immutable() -> None:
     refresher = Refresher("names", fetch, every="1h30m", timeout=timedelta(seconds=5))
     assert refresher.every == 5400.0
     assert refresher.timeout == 5.0
-    assert refresher.backoff_max == 5400.0
+    assert refresher.backoff_max is None
     assert refresher.required is True
     assert refresher.jitter > 0
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -88,9 +90,11 @@ def test_refresher_normalises_and_is_immutable() -> None:
 
 
 def test_refresher_equality_and_replace() -> None:
-    """Two specs with the same arguments are equal; dataclasses.replace works."""
+    """Two specs with the same arguments are equal; dataclasses.replace works in both directions."""
     assert Refresher("a", fetch, every=5) == Refresher("a", fetch, every="5s")
-    assert dataclasses.replace(Refresher("a", fetch, every=5), every=10).every == 10
+    hourly = Refresher("a", fetch, every="1h")
+    assert dataclasses.replace(hourly, every="1m").every == 60
+    assert dataclasses.replace(dataclasses.replace(hourly, every="1m"), every="2h").backoff_max is None
 
 
 @pytest.mark.parametrize(
@@ -110,7 +114,12 @@ def test_refresher_knows_where_fetch_runs(target: Any, is_async: bool) -> None:
         ({"every": "soon"}, ValueError, "Refresher 'names': every: expected a duration like"),
         ({"every": None}, TypeError, "Refresher 'names': every: expected seconds"),
         ({"timeout": "0s"}, ValueError, "Refresher 'names': timeout must be > 0 (got '0s')"),
-        ({"jitter": 1}, ValueError, "Refresher 'names': jitter must be a fraction of every"),
+        ({"every": "-5s"}, ValueError, "Refresher 'names': every must be > 0 (got '-5s')"),
+        (
+            {"jitter": 0.6},
+            ValueError,
+            "Refresher 'names': jitter must be a fraction of every, 0 <= jitter <= 0.5",
+        ),
         ({"jitter": -0.1}, ValueError, "jitter must be a fraction"),
         ({"jitter": True}, ValueError, "jitter must be a fraction"),
         ({"required": "yes"}, TypeError, "Refresher 'names': required must be True or False"),
@@ -148,9 +157,26 @@ def test_fetch_must_be_callable() -> None:
         Refresher("names", ["ada"], every=1)  # type: ignore[arg-type]
 
 
-def test_backoff_initial_is_capped_by_backoff_max() -> None:
-    """The first retry never waits longer than the cap."""
-    assert Refresher("a", fetch, every=10, backoff_initial=60).backoff_initial == 10
+@pytest.mark.parametrize("every", [0.001, "5ms", 1e-6])
+def test_every_has_a_floor(every: Any) -> None:
+    """Sub-10 ms schedules are busy loops, not refreshers."""
+    with pytest.raises(ValueError, match="every must be at least 10ms"):
+        Refresher("a", fetch, every=every)
+
+
+def test_fetch_taking_arguments_is_caught_at_construction() -> None:
+    """A fetch that needs arguments fails at import time, with the fix in the message."""
+
+    async def load(url: str) -> str:
+        return url
+
+    with pytest.raises(
+        TypeError,
+        match=r"Refresher 'a': fetch is called with no arguments, but it takes \(url\); bind them first",
+    ):
+        Refresher("a", load, every=1)  # type: ignore[arg-type]
+    assert Refresher("a", lambda *args: 1, every=1).name == "a"
+    assert Refresher("a", print, every=1).name == "a", "builtins without a usable signature are trusted"
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -165,11 +191,23 @@ def test_middleware_rejects_duplicate_names() -> None:
         )
 
 
-@pytest.mark.parametrize("refreshers", [Refresher("names", fetch, every=1), "names", None])
-def test_middleware_wants_a_list_of_refreshers(refreshers: Any) -> None:
-    """A single Refresher (or a string) instead of a list is a clear TypeError."""
-    with pytest.raises(TypeError, match="refreshers must be a list of Refresher"):
+@pytest.mark.parametrize(
+    ("refreshers", "message"),
+    [
+        (
+            Refresher("names", fetch, every=1),
+            "wrap a single one in a list: refreshers=[Refresher('names', ...)]",
+        ),
+        ("names", "refreshers must be a list of Refresher (got str)"),
+        ({"names": fetch}, "refreshers must be a list of Refresher (got dict)"),
+        (None, "refreshers must be a list of Refresher (got NoneType)"),
+    ],
+)
+def test_middleware_wants_a_list_of_refreshers(refreshers: Any, message: str) -> None:
+    """A single Refresher, a string or a dict instead of a list is a clear TypeError."""
+    with pytest.raises(TypeError) as caught:
         RefreshMiddleware(app, refreshers=refreshers)
+    assert message in str(caught.value)
 
 
 def test_middleware_rejects_non_refresher_items() -> None:

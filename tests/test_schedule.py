@@ -51,17 +51,18 @@ async def test_fixed_rate_schedule_does_not_drift() -> None:
 
 
 async def test_jitter_moves_refreshes_earlier_within_bounds() -> None:
-    """Over 500 intervals each refresh falls in [every*(1-jitter), every] after the previous one."""
+    """Over 500 intervals each refresh falls within jitter*every before its grid slot."""
     clock = FakeClock(START)
     upstream = Upstream()
     upstream.clock = clock
     async with running(Refresher("n", upstream, every=100, jitter=0.2), clock=clock):
         await clock.advance(100 * 500)
-    gaps = [b - a for a, b in zip(upstream.call_times, upstream.call_times[1:], strict=False)]
-    assert len(gaps) >= 500
-    assert all(80 <= gap <= 100 for gap in gaps)
-    assert max(gaps) - min(gaps) > 10, "jitter actually spreads refreshes"
-    assert 86 < sum(gaps) / len(gaps) < 94
+    times = upstream.call_times
+    assert len(times) == 501
+    assert all(100 * k - 20 <= t <= 100 * k for k, t in enumerate(times)), "early by at most 20 s, never late"
+    earliness = [100 * k - t for k, t in enumerate(times[1:], start=1)]
+    assert max(earliness) - min(earliness) > 10, "jitter actually spreads refreshes"
+    assert 8 < sum(earliness) / len(earliness) < 12, "uniform within the window"
 
 
 async def test_backoff_grows_is_capped_and_resets_after_success() -> None:
@@ -335,17 +336,38 @@ async def test_sync_fetch_runs_in_a_worker_thread() -> None:
     assert loop_thread not in threads
 
 
-async def test_sync_fetch_returning_a_coroutine_is_a_clear_error() -> None:
-    """lambda: coro() is a mistake: the error says to use async def."""
-    clock = FakeClock(START)
+async def test_plain_function_returning_a_coroutine_is_awaited() -> None:
+    """lambda: load(url) works: the lambda runs in a thread, its coroutine on the loop."""
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
 
-    async def load() -> int:
-        return 1
+    async def load(url: str) -> str:
+        seen.append(threading.get_ident())
+        return url
 
-    async with running(Refresher("n", lambda: load(), every=60, required=False), clock=clock) as handle:
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("n", lambda: load("v"), every=60)], clock=FakeClock(START)
+    )
+    async with LifespanManager(middleware):
+        assert published(middleware)["n"] == "v"
+    assert seen == [loop_thread]
+
+
+async def test_plain_function_returning_another_awaitable_is_a_clear_error() -> None:
+    """Only coroutines are awaited for a plain function; any other awaitable is a mistake."""
+
+    class Pending:
+        def __await__(self) -> Any:
+            yield from ()
+
+    async with running(
+        Refresher("n", lambda: Pending(), every=60, required=False), clock=FakeClock(START)
+    ) as handle:
         error = handle.status()["n"]["last_error"]
-    assert error is not None
-    assert "declare it with `async def`" in error
+    assert error == (
+        "TypeError: Refresher 'n': fetch is a plain function that returned Pending; "
+        "return the value itself, or declare fetch `async def`"
+    )
 
 
 async def test_sync_fetch_that_times_out_is_abandoned() -> None:
