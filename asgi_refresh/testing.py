@@ -26,11 +26,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ._clock import Clock as Clock
 from ._duration import Duration, parse_duration
 from ._runtime import RefreshHandle
 
-__all__ = ["Clock", "FakeClock", "override"]
+__all__ = ["FakeClock", "override"]
 
 
 class FakeClock:

@@ -21,7 +21,7 @@ def test_package_all_is_sorted_and_complete() -> None:
 
 
 def test_testing_all_is_sorted_and_complete() -> None:
-    """asgi_refresh.testing exports everything it defines, plus the Clock protocol, sorted."""
+    """asgi_refresh.testing exports everything it defines, sorted."""
     module = asgi_refresh.testing
     defined = {
         name
@@ -29,7 +29,7 @@ def test_testing_all_is_sorted_and_complete() -> None:
         if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
     }
     assert module.__all__ == sorted(module.__all__)
-    assert set(module.__all__) == defined | {"Clock"}
+    assert set(module.__all__) == defined
 
 
 def test_pinned_names_are_exported() -> None:

@@ -93,8 +93,8 @@ def test_refresher_equality_and_replace() -> None:
     """Two specs with the same arguments are equal; dataclasses.replace works in both directions."""
     assert Refresher("a", fetch, every=5) == Refresher("a", fetch, every="5s")
     hourly = Refresher("a", fetch, every="1h")
-    assert dataclasses.replace(hourly, every="1m").every == 60
-    assert dataclasses.replace(dataclasses.replace(hourly, every="1m"), every="2h").backoff_max is None
+    assert dataclasses.replace(hourly, every=60).every == 60
+    assert dataclasses.replace(dataclasses.replace(hourly, every=60), every=7200).backoff_max is None
 
 
 @pytest.mark.parametrize(

@@ -336,6 +336,27 @@ async def test_sync_fetch_runs_in_a_worker_thread() -> None:
     assert loop_thread not in threads
 
 
+async def test_sync_fetch_errors_are_failures_like_any_other() -> None:
+    """An exception raised in the worker thread is recorded and the last value kept."""
+    calls = 0
+
+    def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise ValueError("bad row 7")
+        return "v1"
+
+    clock = FakeClock(START)
+    middleware = RefreshMiddleware(ScriptedApp(), refreshers=[Refresher("n", fetch, every=60)], clock=clock)
+    async with LifespanManager(middleware):
+        with pytest.raises(RefreshError) as caught:
+            await middleware.handle.refresh("n")
+        assert isinstance(caught.value.__cause__, ValueError)
+        assert middleware.handle.status()["n"]["last_error"] == "ValueError: bad row 7"
+        assert published(middleware)["n"] == "v1"
+
+
 async def test_plain_function_returning_a_coroutine_is_awaited() -> None:
     """lambda: load(url) works: the lambda runs in a thread, its coroutine on the loop."""
     loop_thread = threading.get_ident()
