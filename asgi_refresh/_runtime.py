@@ -49,6 +49,10 @@ class RefreshError(Exception):
         self.name = name
 
 
+class _FetchTimeout(TimeoutError):
+    """A fetch ran past its ``timeout``; shown as ``TimeoutError`` in status and logs."""
+
+
 class _Flight:
     """One fetch that any number of callers wait for: the single-flight unit."""
 
@@ -276,7 +280,7 @@ class Runtime:
             return await self._call_fetch(slot)
         with self.clock.move_on_at(started + spec.timeout):
             return await self._call_fetch(slot)
-        raise TimeoutError(f"fetch timed out after {format_duration(spec.timeout)}")
+        raise _FetchTimeout(f"fetch timed out after {format_duration(spec.timeout)}")
 
     async def _call_fetch(self, slot: _Slot) -> Any:
         spec = slot.spec
@@ -355,8 +359,8 @@ class Runtime:
             "keeping the last good value" if slot.has_value else "no value loaded yet",
             format_duration(delay),
             # The traceback once per run of failures is what debugging needs; on every
-            # retry it would only bury the log.
-            exc_info=exc if slot.consecutive_failures == 1 else None,
+            # retry it would only bury the log. A timeout's traceback is our own code.
+            exc_info=exc if slot.consecutive_failures == 1 and not isinstance(exc, _FetchTimeout) else None,
             extra={"refresher": spec.name, "outcome": "failed"},
         )
         if spec.on_error is not None:
@@ -481,7 +485,8 @@ def describe_error(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # a task group's wrapper says nothing; what it wraps does
     text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    kind = "TimeoutError" if isinstance(exc, _FetchTimeout) else type(exc).__name__
+    line = f"{kind}: {text}" if text else kind
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
 
 

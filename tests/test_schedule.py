@@ -391,7 +391,7 @@ async def test_plain_function_returning_another_awaitable_is_a_clear_error() -> 
     )
 
 
-async def test_sync_fetch_that_times_out_is_abandoned() -> None:
+async def test_sync_fetch_that_times_out_is_abandoned(caplog: pytest.LogCaptureFixture) -> None:
     """A blocking fetch past its timeout fails the attempt; its late result is discarded."""
     release = threading.Event()
 
@@ -407,6 +407,8 @@ async def test_sync_fetch_that_times_out_is_abandoned() -> None:
         async with LifespanManager(middleware):
             status = middleware.handle.status()["n"]
             assert status["last_error"] == "TimeoutError: fetch timed out after 50ms"
+            assert "failed (1 in a row): TimeoutError: fetch timed out after 50ms" in caplog.text
+            assert "Traceback" not in caplog.text, "a timeout's traceback would only show our own code"
             assert published(middleware)["n"] == "d"
     finally:
         release.set()
