@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._clock import Clock
 from ._duration import format_duration
 from ._refresher import RESERVED_NAME, Refresher
-from ._thread import run_in_daemon_thread
+from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -82,7 +82,8 @@ class _Slot:
         self.flight: _Flight | None = None
         self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
-        self.thread_busy = False  # a blocking fetch's thread has not returned yet
+        self.thread: ThreadCall | None = None  # the last blocking fetch's thread
+        self.hook_lock = anyio.Lock()  # hooks of one refresher run one at a time, in order
         self.attempted = anyio.Event()  # the first fetch has finished, either way
         self.loaded = anyio.Event()  # the first fetch has succeeded
 
@@ -259,8 +260,10 @@ class Runtime:
                 flight.error = exc
                 hook = self._record_failure(slot, exc, started)
             else:
-                flight.value = value
                 hook = self._record_success(slot, value, started, flight.on_grid)
+                # Overridden meanwhile, the fetched value was dropped: callers get
+                # what is published.
+                flight.value = self.state[slot.spec.name] if slot.overridden else value
         except BaseException:
             # Shutdown cancelled us; callers waiting outside (a request) get an error,
             # not a hang and not a half-finished value.
@@ -271,8 +274,10 @@ class Runtime:
             flight.done.set()
         if hook is not None:
             # After `done`: a slow or hanging hook delays neither the schedule nor
-            # refresh() callers, and it is bounded like a fetch.
-            await self._call_hook(slot, *hook)
+            # refresh() callers, and it is bounded like a fetch. The lock keeps one
+            # refresher's hooks in order, so on_change never sees changes reordered.
+            async with slot.hook_lock:
+                await self._call_hook(slot, *hook)
 
     async def _fetch(self, slot: _Slot, started: float) -> Any:
         spec = slot.spec
@@ -286,21 +291,16 @@ class Runtime:
         spec = slot.spec
         if spec.is_async:
             return await spec.fetch()
-        if slot.thread_busy:
+        if slot.thread is not None and slot.thread.is_running():
             raise RuntimeError(
                 "the previous fetch is still blocked in its worker thread (it timed out "
                 "and was abandoned); not starting another until it returns"
             )
-        slot.thread_busy = True
-
-        def call() -> Any:
-            try:
-                return spec.fetch()
-            finally:
-                slot.thread_busy = False
-
+        call = ThreadCall(spec.fetch, name=f"asgi_refresh:{spec.name}")
+        call.start()
+        slot.thread = call
         with self.clock.hold():
-            value = await run_in_daemon_thread(call, name=f"asgi_refresh:{spec.name}")
+            value = await call.result()
         if inspect.iscoroutine(value):
             # `lambda: load(url)`: the plain function ran in the thread; the coroutine
             # it made belongs on the event loop.

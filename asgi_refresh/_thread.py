@@ -13,32 +13,51 @@ import anyio.from_thread
 import anyio.lowlevel
 
 
-async def run_in_daemon_thread(func: Callable[[], Any], *, name: str) -> Any:
-    """Call ``func`` in a new daemon thread and return (or raise) what it does.
+class ThreadCall:
+    """One call of a blocking function in a daemon thread of its own.
 
-    If the caller is cancelled it stops waiting at once; the thread runs on and its
-    outcome is dropped. The thread is a daemon, so a call that never returns cannot
-    keep the process alive after the server has shut down (anyio's worker threads
-    would). One thread per call is fine at refresh rates.
+    The caller may stop waiting (``result`` cancelled) at any time: the thread runs
+    on and its outcome is dropped. Being a daemon, a call that never returns cannot
+    keep the process alive after the server has shut down, as one of anyio's
+    worker threads would. A thread per call is cheap at refresh rates.
     """
-    token = anyio.lowlevel.current_token()
-    finished = anyio.Event()
-    outcome: list[tuple[bool, Any]] = []
-    context = contextvars.copy_context()
 
-    def work() -> None:
+    def __init__(self, func: Callable[[], Any], *, name: str) -> None:
+        self._func = func
+        self._context = contextvars.copy_context()
+        self._token = anyio.lowlevel.current_token()
+        self._finished = anyio.Event()
+        self._outcome: tuple[bool, Any] = (False, None)
+        self._returned = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread; raises if the system cannot start one."""
+        self._thread.start()
+
+    def is_running(self) -> bool:
+        """Whether the function has not returned yet (any thread may ask)."""
+        return self._thread.is_alive() and not self._returned
+
+    async def result(self) -> Any:
+        """Wait for the call and return its value or raise its exception."""
+        await self._finished.wait()
+        succeeded, value = self._outcome
+        if succeeded:
+            return value
+        if not isinstance(value, Exception):
+            # SystemExit and the like end a thread, not the server: to the caller
+            # they are a failed call like any other.
+            raise RuntimeError(f"the call raised {value!r} in its thread") from value
+        raise value
+
+    def _work(self) -> None:
         try:
-            outcome.append((True, context.run(func)))
+            self._outcome = (True, self._context.run(self._func))
         except BaseException as exc:  # handed to the event loop, raised there
-            outcome.append((False, exc))
+            self._outcome = (False, exc)
         finally:
+            self._returned = True
             # If the event loop is gone, nobody is waiting any more.
             with contextlib.suppress(Exception):
-                anyio.from_thread.run_sync(finished.set, token=token)
-
-    threading.Thread(target=work, name=name, daemon=True).start()
-    await finished.wait()
-    succeeded, result = outcome[0]
-    if succeeded:
-        return result
-    raise result
+                anyio.from_thread.run_sync(self._finished.set, token=self._token)

@@ -101,6 +101,95 @@ async def test_refresh_returns_without_waiting_for_hooks() -> None:
         hook_done.set()
 
 
+async def test_refresh_racing_an_override_returns_the_pinned_value() -> None:
+    """A refresh() whose fetch finishes after override() returns what is published."""
+    gate = anyio.Event()
+
+    async def gated() -> str:
+        await gate.wait()
+        return "fetched"
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("n", Upstream("v1", gated), every=60)], clock=FakeClock()
+    )
+    async with LifespanManager(middleware):
+        results: list[Any] = []
+
+        async def call() -> None:
+            results.append(await middleware.handle.refresh("n"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await anyio.wait_all_tasks_blocked()
+            override(middleware.handle, "n", "PINNED")
+            gate.set()
+        assert results == ["PINNED"]
+        assert published(middleware)["n"] == "PINNED"
+
+
+async def test_on_change_hooks_run_one_at_a_time_in_order() -> None:
+    """A slow hook does not let a later change's hook overtake it."""
+    seen: list[Any] = []
+    first_hook_may_finish = anyio.Event()
+
+    async def on_change(old: Any, new: Any) -> None:
+        if new == 2:
+            await first_hook_may_finish.wait()
+        seen.append(new)
+
+    refresher = Refresher("n", Upstream(), every=60, on_change=on_change, timeout=None)
+    middleware = RefreshMiddleware(ScriptedApp(), refreshers=[refresher], clock=FakeClock())
+    async with LifespanManager(middleware):
+        await middleware.handle.refresh("n")  # 2: its hook waits
+        await middleware.handle.refresh("n")  # 3
+        await anyio.wait_all_tasks_blocked()
+        first_hook_may_finish.set()
+        await anyio.wait_all_tasks_blocked()
+    assert seen == [1, 2, 3]
+
+
+async def test_a_thread_that_cannot_start_does_not_block_the_refresher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failing to start a worker thread is one failed attempt; the next one starts normally."""
+    original = threading.Thread.start
+    failures = iter([RuntimeError("can't start new thread")])
+
+    def start(self: threading.Thread) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        original(self)
+
+    def fetch() -> str:
+        return "v"
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("n", fetch, every=60, required=False)], clock=FakeClock()
+    )
+    async with LifespanManager(middleware):
+        assert middleware.handle.status()["n"]["last_error"] == "RuntimeError: can't start new thread"
+        assert await middleware.handle.refresh("n") == "v"
+
+
+async def test_sys_exit_in_a_blocking_fetch_is_a_failed_fetch() -> None:
+    """SystemExit raised in the worker thread fails the fetch; it does not end the lifespan."""
+
+    def fetch() -> str:
+        raise SystemExit(3)
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("n", fetch, every=60, required=False, default="d")],
+        clock=FakeClock(),
+    )
+    async with LifespanManager(middleware):
+        error = middleware.handle.status()["n"]["last_error"]
+        assert error == "RuntimeError: the call raised SystemExit(3) in its thread"
+        assert published(middleware)["n"] == "d"
+
+
 async def test_stacked_middlewares_fail_startup_clearly() -> None:
     """Two RefreshMiddleware around one app would overwrite each other's handle: say so."""
     inner = RefreshMiddleware(ScriptedApp(), refreshers=[Refresher("flags", Upstream(), every=60)])
@@ -152,11 +241,12 @@ def test_one_fake_clock_serves_lifespans_on_both_backends() -> None:
     app = RefreshMiddleware(ScriptedApp(), refreshers=[Refresher("n", Upstream(), every=60)], clock=clock)
 
     async def scenario() -> None:
+        # Leaves the refresher's sleep (due at 60) behind when the lifespan ends;
+        # the next run's advance passes 60, where a stale timer would fire.
         async with LifespanManager(app):
             for _ in range(20):
                 await app.handle.refresh("n")
             await clock.advance(30)
-        await clock.advance(3600)
 
     anyio.run(scenario, backend="asyncio")
     anyio.run(scenario, backend="trio")

@@ -50,6 +50,21 @@ async def test_fixed_rate_schedule_does_not_drift() -> None:
     assert upstream.call_times == [60.0 * i for i in range(301)]
 
 
+async def test_a_fetch_slower_than_every_re_anchors_instead_of_catching_up() -> None:
+    """A refresh that ends more than an interval late is followed by one, not a burst."""
+    clock = FakeClock(START)
+
+    async def slow() -> str:
+        await clock.sleep_until(clock.monotonic() + 150)
+        return "slow"
+
+    upstream = Upstream("v1", slow, "v3")
+    upstream.clock = clock
+    async with running(Refresher("n", upstream, every=60, jitter=0, timeout=None), clock=clock):
+        await clock.advance(300)
+    assert upstream.call_times == [0, 60, 210, 270]
+
+
 async def test_jitter_moves_refreshes_earlier_within_bounds() -> None:
     """Over 500 intervals each refresh falls within jitter*every before its grid slot."""
     clock = FakeClock(START)
