@@ -33,6 +33,9 @@ whether the state dict it was handed is the current snapshot."""
 
 _MAX_ERROR_CHARS = 500
 
+_Hook = tuple[str, Callable[..., object], tuple[Any, ...]]
+"""A hook to call once a fetch is done: (its option name, the hook, its arguments)."""
+
 
 class RefreshError(Exception):
     """``handle.refresh(name)`` could not fetch a new value.
@@ -239,7 +242,7 @@ class Runtime:
         return flight
 
     async def _fly(self, slot: _Slot, flight: _Flight) -> None:
-        hook: tuple[str, Callable[..., object], tuple[Any, ...]] | None = None
+        hook: _Hook | None = None
         cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
@@ -431,9 +434,6 @@ class Runtime:
                 "age": _seconds(None if slot.last_success_mono is None else now - slot.last_success_mono),
             }
         return report
-
-
-_Hook = tuple[str, Callable[..., object], tuple[Any, ...]]
 
 
 class RefreshHandle:
