@@ -47,6 +47,22 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def positive_duration(owner: str, option: str, value: object) -> float:
+    """Parse a duration option that must be > 0, with errors that name its owner.
+
+    Raises:
+        TypeError: ``value`` is not a duration (``"<owner>: <option>: expected ..."``).
+        ValueError: malformed, or not > 0 (``"<owner>: <option> must be > 0 (got ...)"``).
+    """
+    try:
+        seconds = parse_duration(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{owner}: {option}: {exc}") from None
+    if seconds <= 0:
+        raise ValueError(f"{owner}: {option} must be > 0 (got {value!r})")
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     """Return a short human form of ``seconds`` for messages: ``"1h30m"``, ``"2.5s"``."""
     if seconds < 1:

@@ -10,7 +10,7 @@ import anyio
 
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
-from ._duration import Duration, format_duration, parse_duration
+from ._duration import Duration, format_duration, positive_duration
 from ._refresher import RESERVED_NAME, Refresher
 from ._runtime import SNAPSHOT_KEY, RefreshHandle, Runtime
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -58,8 +58,8 @@ class RefreshMiddleware:
     ) -> None:
         self.app = app
         self.refreshers = _checked_refreshers(refreshers)
-        self.startup_timeout = _positive_duration("startup_timeout", startup_timeout)
-        self.shutdown_timeout = _positive_duration("shutdown_timeout", shutdown_timeout)
+        self.startup_timeout = positive_duration("RefreshMiddleware", "startup_timeout", startup_timeout)
+        self.shutdown_timeout = positive_duration("RefreshMiddleware", "shutdown_timeout", shutdown_timeout)
         self.clock: Clock = clock if clock is not None else SystemClock()
         # The state dict of the lifespan that is running now, if any. The runtime
         # itself lives in `_lifespan`'s locals so that lifespans never share it.
@@ -190,16 +190,6 @@ def _reply(phase: str, failure: str | None) -> Message:
     if failure is None:
         return {"type": f"lifespan.{phase}.complete"}
     return {"type": f"lifespan.{phase}.failed", "message": failure}
-
-
-def _positive_duration(option: str, value: object) -> float:
-    try:
-        seconds = parse_duration(value)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"RefreshMiddleware: {option}: {exc}") from None
-    if seconds <= 0:
-        raise ValueError(f"RefreshMiddleware: {option} must be > 0 (got {value!r})")
-    return seconds
 
 
 def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...]:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._duration import Duration, format_duration, parse_duration
+from ._duration import Duration, format_duration, positive_duration
 
 RESERVED_NAME = "asgi_refresh"
 MIN_EVERY = 0.01
@@ -185,18 +185,10 @@ class _Problems:
     """Builds the ``Refresher 'names': ...`` messages."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.owner = f"Refresher {name!r}"
 
     def __call__(self, what: str, got: object) -> str:
-        return f"Refresher {self.name!r}: {what} (got {got!r})"
+        return f"{self.owner}: {what} (got {got!r})"
 
     def duration(self, option: str, value: object) -> float:
-        try:
-            seconds = parse_duration(value)
-        except TypeError as exc:
-            raise TypeError(f"Refresher {self.name!r}: {option}: {exc}") from None
-        except ValueError as exc:
-            raise ValueError(f"Refresher {self.name!r}: {option}: {exc}") from None
-        if seconds <= 0:
-            raise ValueError(self(f"{option} must be > 0", value))
-        return seconds
+        return positive_duration(self.owner, option, value)

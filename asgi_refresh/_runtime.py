@@ -73,7 +73,6 @@ class _Slot:
 
     def __init__(self, spec: Refresher) -> None:
         self.spec = spec
-        self.has_value = False  # a fetched value (not the default) is published
         self.grid = -math.inf  # nominal time of the next scheduled refresh
         self.next_due = -math.inf  # when the loop fetches next (grid minus jitter, or a retry)
         self.last_success_mono: float | None = None
@@ -88,7 +87,7 @@ class _Slot:
         self.thread: ThreadCall | None = None  # the last blocking fetch's thread
         self.hook_lock = anyio.Lock()  # hooks of one refresher run one at a time, in order
         self.attempted = anyio.Event()  # the first fetch has finished, either way
-        self.loaded = anyio.Event()  # the first fetch has succeeded
+        self.loaded = anyio.Event()  # a fetched value (not the default) is published
 
 
 class Runtime:
@@ -152,7 +151,7 @@ class Runtime:
                 await (slot.loaded if slot.spec.required else slot.attempted).wait()
         failures = []
         for slot in self.slots.values():
-            if slot.has_value:
+            if slot.loaded.is_set():
                 continue
             cause = slot.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
             if slot.spec.required:
@@ -319,7 +318,7 @@ class Runtime:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return None
         spec, now = slot.spec, self.clock.monotonic()
-        had_value = slot.has_value or not spec.required
+        had_value = slot.loaded.is_set() or not spec.required
         old = self.state.get(spec.name)
         failures = slot.consecutive_failures
         slot.last_duration = now - started
@@ -328,7 +327,6 @@ class Runtime:
         slot.last_error = None
         slot.consecutive_failures = 0
         slot.refresh_count += 1
-        slot.has_value = True
         self._publish(spec.name, value)
         slot.loaded.set()
         slot.attempted.set()
@@ -359,7 +357,7 @@ class Runtime:
             spec.name,
             slot.consecutive_failures,
             slot.last_error,
-            "keeping the last good value" if slot.has_value else "no value loaded yet",
+            "keeping the last good value" if slot.loaded.is_set() else "no value loaded yet",
             format_duration(delay),
             # The traceback once per run of failures is what debugging needs; on every
             # retry it would only bury the log. A timeout's traceback is our own code.
@@ -406,7 +404,6 @@ class Runtime:
     def override(self, name: str, value: Any) -> None:
         slot = self._slot(name)
         slot.overridden = True
-        slot.has_value = True
         slot.loaded.set()
         slot.attempted.set()
         self._publish(name, value)
