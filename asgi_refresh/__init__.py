@@ -3,8 +3,22 @@
 from .__about__ import __version__ as __version__
 from ._clock import Clock
 from ._duration import Duration
+from ._file import FileSource
+from ._http import HTTPSource
 from ._middleware import RefreshMiddleware
+from ._outcome import Fresh, SourceError
 from ._refresher import Refresher
 from ._runtime import RefreshError, RefreshHandle
 
-__all__ = ["Clock", "Duration", "RefreshError", "RefreshHandle", "RefreshMiddleware", "Refresher"]
+__all__ = [
+    "Clock",
+    "Duration",
+    "FileSource",
+    "Fresh",
+    "HTTPSource",
+    "RefreshError",
+    "RefreshHandle",
+    "RefreshMiddleware",
+    "Refresher",
+    "SourceError",
+]

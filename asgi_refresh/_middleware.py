@@ -124,9 +124,11 @@ class RefreshMiddleware:
         try:
             async with anyio.create_task_group() as task_group:
                 await task_group.start(runtime.run)
+                # Live from now on: a fetch may read another refresher's value
+                # through `handle` while the first loads run.
+                self._live = state
                 failure = await runtime.load(self.startup_timeout)
                 if failure is None:
-                    self._live = state
                     failure = await app.startup(task_group)
                 if failure is None and await server.send({"type": "lifespan.startup.complete"}):
                     await receive()  # lifespan.shutdown

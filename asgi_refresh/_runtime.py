@@ -12,9 +12,10 @@ import inspect
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, MutableMapping
-from contextlib import nullcontext
+from collections.abc import Callable, Coroutine, Iterable, MutableMapping
+from contextlib import AsyncExitStack, nullcontext
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import anyio
@@ -22,7 +23,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
 from ._duration import format_duration
+from ._outcome import Fetched, Fresh, SourceError
 from ._refresher import RESERVED_NAME, Refresher
+from ._source_context import SourceContext, done_opening, opening
 from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")
@@ -32,6 +35,8 @@ SNAPSHOT_KEY = "asgi_refresh.snapshot"
 whether the state dict it was handed is the current snapshot."""
 
 _MAX_ERROR_CHARS = 500
+_MIN_REFRESH_IN = 1.0  # an already expired token is renewed this often at most, not in a busy loop
+_CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
 
 _Hook = tuple[str, Callable[..., object], tuple[Any, ...]]
 """A hook to call once a fetch is done: (its option name, the hook, its arguments)."""
@@ -81,7 +86,10 @@ class _Slot:
         self.last_error: str | None = None
         self.consecutive_failures = 0
         self.refresh_count = 0
+        self.last_changed_at: float | None = None
+        self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
         self.flight: _Flight | None = None
+        self.refresh_again = False  # a watched file changed while a fetch was under way
         self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
         self.thread: ThreadCall | None = None  # the last blocking fetch's thread
@@ -108,6 +116,9 @@ class Runtime:
         self._task_group: TaskGroup | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
+        self._shared: dict[str, Any] = {}  # resources the sources share (one HTTP client)
+        self._close_deadline: float | None = None
+        self.open_failure: str | None = None
 
     @property
     def running(self) -> bool:
@@ -128,16 +139,64 @@ class Runtime:
             if not slot.spec.required:
                 self._publish(slot.spec.name, slot.spec.default)
         self.state[SNAPSHOT_KEY] = object()
+        sources = AsyncExitStack()
         try:
             with self._scope:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
-                    for slot in self.slots.values():
-                        task_group.start_soon(self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}")
+                    self.open_failure = await self._open_sources(sources, task_group)
+                    if self.open_failure is None:
+                        for slot in self.slots.values():
+                            task_group.start_soon(
+                                self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}"
+                            )
                     task_status.started()
         finally:
             self._task_group = None
+            await self._close_sources(sources)
             self._stopped.set()
+
+    async def _open_sources(self, sources: AsyncExitStack, task_group: TaskGroup) -> str | None:
+        """Enter every fetch that is an async context manager (an HTTP source) for the lifespan."""
+        failures = []
+        for slot in self.slots.values():
+            fetch = slot.spec.fetch
+            if not (hasattr(type(fetch), "__aenter__") and hasattr(type(fetch), "__aexit__")):
+                continue
+            name = slot.spec.name
+            context = SourceContext(
+                name=name,
+                clock=self.clock,
+                shared=self._shared,
+                stack=sources,
+                start_soon=partial(_start_soon, task_group, f"asgi_refresh:{name}:source"),
+                refresh_soon=partial(self._refresh_soon, slot),
+            )
+            token = opening(context)
+            try:
+                await sources.enter_async_context(fetch)  # type: ignore[arg-type]
+            except Exception as exc:  # a source that cannot open is a startup failure, named
+                failures.append(f"Refresher {name!r} could not open its source: {describe_error(exc)}")
+            finally:
+                done_opening(token)
+        return "; ".join(failures) or None
+
+    async def _close_sources(self, sources: AsyncExitStack) -> None:
+        deadline = self._close_deadline or self.clock.monotonic() + _CLOSE_TIMEOUT
+        # Shielded: shutdown cancelled us, and a source must still close its client.
+        with anyio.CancelScope(shield=True), self.clock.move_on_at(deadline):
+            try:
+                await sources.aclose()
+            except Exception:
+                logger.exception("asgi_refresh: closing a source failed; ignored at shutdown")
+
+    def _refresh_soon(self, slot: _Slot) -> None:
+        if slot.overridden:
+            return
+        if slot.flight is not None:
+            slot.refresh_again = True  # that fetch may have read the old data
+        else:
+            self._reschedule(slot, self.clock.monotonic())
 
     async def load(self, startup_timeout: float) -> str | None:
         """Wait for the first loads; return why startup must fail, or None.
@@ -146,6 +205,8 @@ class Runtime:
         refreshers must get a value (retrying with backoff until the budget runs
         out); the others only need to have tried once.
         """
+        if self.open_failure is not None:
+            return self.open_failure
         with self.clock.move_on_at(self.clock.monotonic() + startup_timeout):
             for slot in self.slots.values():
                 await (slot.loaded if slot.spec.required else slot.attempted).wait()
@@ -175,8 +236,9 @@ class Runtime:
             The names of refreshers whose fetch ignored cancellation past the
             timeout (empty when everything stopped).
         """
+        self._close_deadline = self.clock.monotonic() + shutdown_timeout
         self._scope.cancel()
-        with self.clock.move_on_at(self.clock.monotonic() + shutdown_timeout):
+        with self.clock.move_on_at(self._close_deadline):
             await self._stopped.wait()
         if self._stopped.is_set():
             return []
@@ -203,15 +265,23 @@ class Runtime:
         if slot.wakeup is not None:
             slot.wakeup.cancel()
 
-    def _schedule_after_success(self, slot: _Slot, started: float, on_grid: bool) -> None:
-        # Fixed rate: the scheduled refresh of a healthy refresher keeps the grid, so
-        # neither fetch time nor wake-up latency makes it drift. A first load, a
-        # recovery, a refresh-now or a refresh late by a whole interval re-anchors it.
+    def _schedule_after_success(
+        self, slot: _Slot, started: float, on_grid: bool, refresh_in: float | None
+    ) -> None:
         every = slot.spec.every
-        base = slot.grid if on_grid and slot.grid + every > started else started
-        slot.grid = base + every
+        if refresh_in is not None:
+            # The upstream said when (an expiry, caching headers): a new anchor.
+            slot.grid = self.clock.monotonic() + refresh_in
+            spread = min(every, refresh_in)
+        else:
+            # Fixed rate: the scheduled refresh of a healthy refresher keeps the grid, so
+            # neither fetch time nor wake-up latency makes it drift. A first load, a
+            # recovery, a refresh-now or a refresh late by a whole interval re-anchors it.
+            base = slot.grid if on_grid and slot.grid + every > started else started
+            slot.grid = base + every
+            spread = every
         # Jitter only moves a refresh earlier than its grid point, never later.
-        self._reschedule(slot, slot.grid - every * slot.spec.jitter * self._random.random())
+        self._reschedule(slot, slot.grid - spread * slot.spec.jitter * self._random.random())
 
     def _backoff_delay(self, slot: _Slot) -> float:
         spec = slot.spec
@@ -263,9 +333,9 @@ class Runtime:
                 hook = self._record_failure(slot, exc, started)
             else:
                 hook = self._record_success(slot, value, started, flight.on_grid)
-                # Overridden meanwhile, the fetched value was dropped: callers get
-                # what is published.
-                flight.value = self.state[slot.spec.name] if slot.overridden else value
+                # What is published now: the fetched value, or the equal one already
+                # there, or the pinned one if the refresher was overridden meanwhile.
+                flight.value = self.state[slot.spec.name]
         except BaseException:
             # Shutdown cancelled us; callers waiting outside (a request) get an error,
             # not a hang and not a half-finished value.
@@ -274,6 +344,9 @@ class Runtime:
         finally:
             slot.flight = None
             flight.done.set()
+            if slot.refresh_again:
+                slot.refresh_again = False
+                self._reschedule(slot, self.clock.monotonic())
         if hook is not None:
             # After `done`: a slow or hanging hook delays neither the schedule nor
             # refresh() callers, and it is bounded like a fetch. The lock keeps one
@@ -314,10 +387,11 @@ class Runtime:
             )
         return value
 
-    def _record_success(self, slot: _Slot, value: Any, started: float, on_grid: bool) -> _Hook | None:
+    def _record_success(self, slot: _Slot, result: Any, started: float, on_grid: bool) -> _Hook | None:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return None
         spec, now = slot.spec, self.clock.monotonic()
+        value, not_modified, refresh_in = _unwrap(spec, result)
         had_value = slot.loaded.is_set() or not spec.required
         old = self.state.get(spec.name)
         failures = slot.consecutive_failures
@@ -327,10 +401,18 @@ class Runtime:
         slot.last_error = None
         slot.consecutive_failures = 0
         slot.refresh_count += 1
-        self._publish(spec.name, value)
+        # Only a different value is published: an equal one would hand requests a
+        # new object for nothing and wake on_change for no change.
+        changed = not had_value or (not not_modified and _differs(old, value))
+        if changed:
+            self._publish(spec.name, value)
+            slot.last_changed_at = slot.last_success_at
+            slot.last_outcome = "changed"
+        else:
+            slot.last_outcome = "not_modified" if not_modified else "unchanged"
         slot.loaded.set()
         slot.attempted.set()
-        self._schedule_after_success(slot, started, on_grid)
+        self._schedule_after_success(slot, started, on_grid, refresh_in)
         if failures:
             logger.info(
                 "Refresher %r recovered after %d failed attempts",
@@ -338,7 +420,7 @@ class Runtime:
                 failures,
                 extra={"refresher": spec.name, "outcome": "recovered"},
             )
-        if spec.on_change is not None and (not had_value or _differs(old, value)):
+        if spec.on_change is not None and changed:
             return ("on_change", spec.on_change, (old, value))
         return None
 
@@ -349,8 +431,11 @@ class Runtime:
         slot.last_duration = now - started
         slot.consecutive_failures += 1
         slot.last_error = describe_error(exc)
+        slot.last_outcome = "failed"
         slot.attempted.set()
         delay = self._backoff_delay(slot)
+        if isinstance(exc, SourceError) and exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)  # the upstream asked us to wait (Retry-After)
         self._reschedule(slot, now + delay)
         logger.warning(
             "Refresher %r failed (%d in a row): %s; %s, retrying in %s",
@@ -423,6 +508,8 @@ class Runtime:
             scheduled = self.running and not slot.overridden
             report[name] = {
                 "last_success_at": _iso(slot.last_success_at),
+                "last_changed_at": _iso(slot.last_changed_at),
+                "last_outcome": slot.last_outcome,
                 "last_error": slot.last_error,
                 "consecutive_failures": slot.consecutive_failures,
                 "refresh_count": slot.refresh_count,
@@ -469,12 +556,48 @@ class RefreshHandle:
     def status(self) -> dict[str, dict[str, Any]]:
         """Return a JSON-serialisable report keyed by refresher name.
 
-        Each entry has ``last_success_at`` and ``next_refresh_at`` (ISO 8601 UTC
-        or None), ``last_error`` (None or a one-line description, never the
-        value), ``consecutive_failures``, ``refresh_count`` (successful fetches),
-        ``last_duration`` and ``age`` (seconds or None).
+        Each entry has ``last_success_at``, ``last_changed_at`` and
+        ``next_refresh_at`` (ISO 8601 UTC or None), ``last_outcome`` (``"changed"``,
+        ``"unchanged"``, ``"not_modified"``, ``"failed"`` or None before the first
+        fetch), ``last_error`` (None or a one-line description, never the value),
+        ``consecutive_failures``, ``refresh_count`` (successful fetches, including
+        unchanged and not-modified ones), ``last_duration`` and ``age`` (seconds
+        since the last successful fetch, or None).
         """
         return self._runtime.status()
+
+    def value(self, name: str) -> Any:
+        """The value published for ``name`` right now.
+
+        For code outside a request that needs a refreshed value, such as the
+        fetch of another refresher (an API call that needs the current token).
+
+        Raises:
+            LookupError: there is no refresher called ``name``, or it is required
+                and has not loaded yet.
+        """
+        runtime = self._runtime
+        slot = runtime._slot(name)
+        if not slot.loaded.is_set() and slot.spec.required:
+            raise LookupError(
+                f"Refresher {name!r} has not loaded a value yet; `await handle.wait_for({name!r})` waits for it"
+            )
+        return runtime.state[name]
+
+    async def wait_for(self, name: str) -> Any:
+        """The value published for ``name``, once it has one.
+
+        Waits for the first load of a required refresher, so the fetch of another
+        refresher can depend on it (an API call that needs the current token)
+        without failing while both load at startup.
+
+        Raises:
+            LookupError: there is no refresher called ``name``.
+        """
+        slot = self._runtime._slot(name)
+        if slot.spec.required:
+            await slot.loaded.wait()
+        return self._runtime.state[name]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -496,6 +619,25 @@ def _is_stray_cancellation() -> bool:
     # Every real cancellation (an anyio scope, or the server cancelling the task)
     # goes through task.cancel(), which counts here until it is handled.
     return task is not None and task.cancelling() == 0
+
+
+def _unwrap(spec: Refresher, result: Any) -> tuple[Any, bool, float | None]:
+    """Split a fetch result into (value, not_modified, seconds until the next refresh)."""
+    not_modified, refresh_in = False, None
+    if isinstance(result, Fetched):
+        not_modified, refresh_in, result = result.not_modified, result.refresh_in, result.value
+    if isinstance(result, Fresh):
+        # Renew before expiry, never later than `every`, never in a busy loop.
+        until_expiry = min(
+            max(result.expires_in - result.leeway, min(_MIN_REFRESH_IN, spec.every)), spec.every
+        )
+        refresh_in = until_expiry if refresh_in is None else min(refresh_in, until_expiry)
+        result = result.value
+    return result, not_modified, refresh_in
+
+
+def _start_soon(task_group: TaskGroup, name: str, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    task_group.start_soon(func, name=name)
 
 
 def _differs(old: Any, new: Any) -> bool:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
+from asgi_lifespan import LifespanManager
 
+from asgi_refresh import Refresher, RefreshHandle, RefreshMiddleware
 from asgi_refresh._types import ASGIApp, Message, Receive, Scope, Send
+from asgi_refresh.testing import FakeClock
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
 
 StateMode = Literal["copy", "none", "startup_copy", "shared"]
 
@@ -198,3 +205,28 @@ def published(middleware: Any) -> dict[str, Any]:
     live: dict[str, Any] | None = middleware._live
     assert live is not None, "no lifespan is running"
     return live
+
+
+@asynccontextmanager
+async def running(*refreshers: Refresher, clock: FakeClock | None = None) -> AsyncIterator[RefreshHandle]:
+    """Run the refreshers in a lifespan driven by asgi-lifespan; yield the handle."""
+    clock = clock or FakeClock(START)
+    middleware = RefreshMiddleware(ScriptedApp(), refreshers=list(refreshers), clock=clock)
+    async with LifespanManager(middleware):
+        yield middleware.handle
+
+
+async def startup_failure(*refreshers: Refresher, startup_timeout: str = "10s") -> str:
+    """Start a lifespan whose startup must fail; return the startup.failed message."""
+    clock = FakeClock(START)
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=list(refreshers), clock=clock, startup_timeout=startup_timeout
+    )
+    server = FakeServer(middleware)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.startup, tg)
+        await clock.advance(startup_timeout)
+        await server.finished.wait()
+    assert [message["type"] for message in server.sent] == ["lifespan.startup.failed"], server.sent
+    message: str = server.sent[0]["message"]
+    return message

@@ -6,32 +6,18 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshError, RefreshHandle, RefreshMiddleware
+from asgi_refresh import Refresher, RefreshError, RefreshMiddleware
 from asgi_refresh.testing import FakeClock
 
-from .helpers import ScriptedApp, Upstream, hang, published
+from .helpers import START, ScriptedApp, Upstream, hang, published, running
 
 pytestmark = pytest.mark.anyio
-
-START = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-@asynccontextmanager
-async def running(*refreshers: Refresher, clock: FakeClock | None = None) -> AsyncIterator[RefreshHandle]:
-    """Run the refreshers in a lifespan driven by asgi-lifespan; yield the handle."""
-    clock = clock or FakeClock(START)
-    middleware = RefreshMiddleware(ScriptedApp(), refreshers=list(refreshers), clock=clock)
-    async with LifespanManager(middleware):
-        yield middleware.handle
 
 
 async def test_fixed_rate_schedule_does_not_drift() -> None:
@@ -173,6 +159,8 @@ async def test_status_reports_every_field_as_json() -> None:
             assert handle.status() == {
                 "names": {
                     "last_success_at": "2030-01-01T00:00:02+00:00",
+                    "last_changed_at": "2030-01-01T00:00:02+00:00",
+                    "last_outcome": "changed",
                     "last_error": None,
                     "consecutive_failures": 0,
                     "refresh_count": 1,
@@ -186,6 +174,8 @@ async def test_status_reports_every_field_as_json() -> None:
             assert status["last_error"] == "OSError: upstream 503"
             assert status["consecutive_failures"] == 1
             assert status["refresh_count"] == 1
+            assert status["last_outcome"] == "failed"
+            assert status["last_changed_at"] == "2030-01-01T00:00:02+00:00"
             assert status["age"] == 58.0
             assert status["next_refresh_at"] == "2030-01-01T00:01:05+00:00"
             assert json.loads(json.dumps(handle.status())) == handle.status()

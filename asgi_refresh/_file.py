@@ -1,0 +1,204 @@
+"""`FileSource`: load a local file, only when it changed, safely mid-write."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from ._outcome import Fetched, SourceError
+from ._parsing import Format, Parser, Validate
+from ._source_context import SourceContext
+
+logger = logging.getLogger("asgi_refresh")
+
+_FORMAT_BY_SUFFIX: dict[str, Format] = {".json": "json", ".toml": "toml", ".txt": "text"}
+# How quickly a watched change is picked up; editors write in bursts.
+_WATCH_DEBOUNCE_MS = 50
+_WATCH_STEP_MS = 20
+
+
+class FileSource:
+    """Load a local file (config, flags): use it as the ``fetch`` of a `Refresher`.
+
+    ```python
+    Refresher("flags", FileSource("flags.toml"), every="5s")
+    ```
+
+    Each poll costs one ``stat()`` while the file is unchanged: it is read only
+    when its modification time, size or inode moved, and then parsed only if its
+    content hash differs. A file replaced by rename (how editors and Kubernetes
+    ConfigMaps write) is picked up; a half-written file that does not parse is
+    reported and the last good value stays until a good version appears. A
+    missing file fails the fetch: at startup that fails a required refresher,
+    later it is reported and the last value stays.
+
+    Args:
+        path: The file. A relative path is resolved against the current directory
+            now, when the source is made.
+        format: ``"json"``, ``"toml"``, ``"text"`` (UTF-8), ``"bytes"``, or a
+            callable that takes the file's bytes (``yaml.safe_load`` works).
+            Defaults from the extension: ``.json``, ``.toml``, ``.txt``.
+        validate: Called with the parsed value; returns the value to publish
+            (possibly converted) or raises. ``pydantic.TypeAdapter(T).validate_python``
+            works as is.
+        watch: Also reload as soon as the file changes, using ``watchfiles``
+            (``pip install 'asgi-refresh[watch]'``); polling every ``every``
+            continues as the fallback.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: the format is unknown, or cannot be told from the extension.
+        ImportError: ``watch=True`` without ``watchfiles`` installed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: Format | None = None,
+        validate: Validate | None = None,
+        watch: bool = False,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"FileSource: path must be a str or a Path (got {type(path).__name__})")
+        self.path = Path(path).absolute()
+        owner = f"FileSource({str(self.path)!r})"
+        if format is None:
+            format = _FORMAT_BY_SUFFIX.get(self.path.suffix.lower())
+            if format is None:
+                raise ValueError(
+                    f"{owner}: cannot tell the format from the extension {self.path.suffix or '(none)'!r}; "
+                    "pass format='json', 'toml', 'text', 'bytes' or a parse callable (e.g. yaml.safe_load)"
+                )
+        self._parser = Parser(owner, "format", format, validate)
+        if not isinstance(watch, bool):
+            raise TypeError(f"{owner}: watch must be True or False (got {watch!r})")
+        if watch:
+            try:
+                import watchfiles  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    f"{owner}: watch=True needs watchfiles: pip install 'asgi-refresh[watch]'"
+                ) from None
+        self.watch = watch
+        self._lock = threading.Lock()  # one read at a time, even past an abandoned one
+        self._context: SourceContext | None = None
+        self._signature: tuple[int, ...] | None = None
+        self._digest: bytes | None = None
+        self._value: Any = None
+
+    def __repr__(self) -> str:
+        return f"FileSource({str(self.path)!r})"
+
+    async def __aenter__(self) -> FileSource:
+        if self._context is not None:
+            raise RuntimeError(
+                f"{self!r} is already open: a source serves one refresher of one running "
+                "middleware; create one source per refresher"
+            )
+        self._context = SourceContext.current(repr(self))
+        self._signature = self._digest = self._value = None
+        if self.watch and not self._context.start_soon(self._watch):
+            logger.info("%r: watch needs a running middleware; polling only", self)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._context = None
+
+    async def __call__(self) -> Fetched:
+        """Load the file if it changed since the last good load.
+
+        Raises:
+            SourceError: the file is missing, unreadable, or does not parse or validate.
+            RuntimeError: the source is not open.
+        """
+        context = self._context
+        if context is None:
+            raise RuntimeError(
+                f"{self!r} is not open: use it as the fetch of a Refresher, or enter it "
+                "first with `async with source:`"
+            )
+        read = await context.run_in_thread(self._read_if_changed)
+        if isinstance(read, Fetched):
+            return read
+        signature, digest, data = read
+        value = await self._parser(context, data, str(self.path))
+        # Remembered only once it parses: a half-written file is read again next time.
+        self._signature, self._digest, self._value = signature, digest, value
+        return Fetched(value)
+
+    def _read_if_changed(self) -> Fetched | tuple[tuple[int, ...], bytes, bytes]:
+        """In a thread: a not-modified result, or the new content with its signature and hash."""
+        if not self._lock.acquire(blocking=False):
+            raise SourceError(f"{self.path}: the previous read is still blocked (a hung file system?)")
+        try:
+            try:
+                stat = os.stat(self.path)
+            except FileNotFoundError:
+                raise SourceError(f"{self.path}: file not found") from None
+            except OSError as exc:
+                raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+            signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns)
+            if signature == self._signature:
+                return Fetched(self._value, not_modified=True)
+            try:
+                data = self.path.read_bytes()
+            except OSError as exc:
+                raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            if digest == self._digest:  # touched, or rewritten with the same content
+                self._signature = signature
+                return Fetched(self._value, not_modified=True)
+            return signature, digest, data
+        finally:
+            self._lock.release()
+
+    async def _watch(self) -> None:
+        import watchfiles
+
+        context = self._context
+        assert context is not None
+
+        def is_ours(change: watchfiles.Change, path: str) -> bool:
+            return Path(path) == self.path
+
+        # watchfiles waits in a thread that only checks its stop event: set it the
+        # moment shutdown cancels us, or shutdown would wait for the thread.
+        stop = anyio.Event()
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(_set_when_cancelled, stop)
+                async for _changes in watchfiles.awatch(
+                    self.path.parent,
+                    watch_filter=is_ours,
+                    debounce=_WATCH_DEBOUNCE_MS,
+                    step=_WATCH_STEP_MS,
+                    stop_event=stop,
+                    recursive=False,
+                ):
+                    context.refresh_soon()
+                task_group.cancel_scope.cancel()
+        except Exception as exc:
+            logger.warning(
+                "Refresher %r: cannot watch %s (%s); polling only",
+                context.name,
+                self.path,
+                exc,
+                extra={"refresher": context.name, "outcome": "watch_failed"},
+            )
+
+
+async def _set_when_cancelled(event: anyio.Event) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        event.set()

@@ -1,0 +1,322 @@
+"""`HTTPSource`: fetch a document over HTTP with httpx, politely and safely."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+from collections.abc import Mapping
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from .__about__ import __version__
+from ._duration import Duration, format_duration, positive_duration
+from ._outcome import Fetched, Fresh, SourceError
+from ._parsing import Format, Parser, Validate
+from ._source_context import SourceContext
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+MAX_RETRY_AFTER = 3600.0  # a broken Retry-After must not stop refreshes for days
+_SHARED_CLIENT_KEY = "asgi_refresh.httpx.AsyncClient"
+_URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+class HTTPSource:
+    """Fetch a document over HTTP: use it as the ``fetch`` of a `Refresher`.
+
+    ```python
+    Refresher("names", HTTPSource("https://api.example.com/names"), every="1h")
+    ```
+
+    Every poll is a conditional request once a value is loaded (``If-None-Match``
+    / ``If-Modified-Since`` from the last ``ETag`` / ``Last-Modified``); a ``304``
+    keeps the value, counts as a success and calls no ``on_change``. The body is
+    streamed and given up as soon as it passes ``max_bytes``. A ``429`` or ``503``
+    with ``Retry-After`` delays the next attempt as asked (at most an hour). Any
+    failure (a non-2xx status, a timeout, a refused connection, a body that does
+    not parse or validate) is reported with the status code and the URL without
+    its query string or credentials; the last good value stays published.
+
+    All sources of one middleware share one ``httpx.AsyncClient``, opened at
+    startup and closed at shutdown, unless you pass ``client``: yours is used as is
+    and never closed by us.
+
+    Args:
+        url: Absolute ``http://`` or ``https://`` URL.
+        method: HTTP method.
+        headers: Request headers. Their values are never logged or shown.
+        params: Query parameters (never logged or shown).
+        auth: Any httpx authentication: ``("user", "password")``, an
+            ``httpx.Auth``, or a callable that takes and returns the request.
+        data: Form fields to send as the body (an OAuth token request).
+        json: A JSON body to send.
+        timeout: httpx timeout for each request (connect, read, write, pool), or
+            None for none; the refresher's own ``timeout`` bounds the whole fetch.
+        client: Your own ``httpx.AsyncClient`` (proxies, certificates, transports).
+        parse: ``"json"`` (the default), ``"toml"``, ``"text"`` (decoded with the
+            response's charset, else UTF-8), ``"bytes"``, or a callable that takes
+            the body's bytes. It may return a `Fresh` (a token endpoint).
+        validate: Called with the parsed value; returns the value to publish
+            (possibly converted) or raises. ``pydantic.TypeAdapter(T).validate_python``
+            works as is.
+        max_bytes: Largest body accepted, after decompression.
+        min_every: With ``max_every``, lets the server's caching headers choose the
+            next refresh: ``Cache-Control: max-age`` (less ``Age``) or ``Expires``,
+            clamped to ``[min_every, max_every]``. Without them, ``every`` rules.
+        max_every: See ``min_every``.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        url: str | httpx.URL,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        auth: httpx.Auth | tuple[str, str] | Any = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        timeout: Duration | None = "10s",
+        client: httpx.AsyncClient | None = None,
+        parse: Format = "json",
+        validate: Validate | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        min_every: Duration | None = None,
+        max_every: Duration | None = None,
+    ) -> None:
+        try:
+            parsed = httpx.URL(url)
+        except (TypeError, httpx.InvalidURL) as exc:
+            raise ValueError(f"HTTPSource: url is not a valid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(
+                f"HTTPSource: url must be an absolute http:// or https:// URL (got {safe_url(parsed)!r})"
+            )
+        self.url = parsed
+        self.safe_url = safe_url(parsed)
+        owner = f"HTTPSource({self.safe_url!r})"
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValueError(f"{owner}: method must be an HTTP method like 'GET' (got {method!r})")
+        self.method = method.upper()
+        self.where = f"{self.method} {self.safe_url}"
+        if client is not None and not isinstance(client, httpx.AsyncClient):
+            raise TypeError(f"{owner}: client must be an httpx.AsyncClient (got {type(client).__name__})")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"{owner}: max_bytes must be a positive number of bytes (got {max_bytes!r})")
+        if (min_every is None) != (max_every is None):
+            raise ValueError(
+                f"{owner}: set both min_every and max_every to follow the server's caching headers, "
+                "or neither"
+            )
+        self.min_every = None if min_every is None else positive_duration(owner, "min_every", min_every)
+        self.max_every = None if max_every is None else positive_duration(owner, "max_every", max_every)
+        if self.min_every is not None and self.max_every is not None and self.min_every > self.max_every:
+            raise ValueError(
+                f"{owner}: min_every ({format_duration(self.min_every)}) must not exceed "
+                f"max_every ({format_duration(self.max_every)})"
+            )
+        self._request: dict[str, Any] = {
+            "headers": dict(headers or {}),
+            "params": dict(params or {}),
+            "auth": auth,
+            "data": data,
+            "json": json,
+            "timeout": None if timeout is None else positive_duration(owner, "timeout", timeout),
+        }
+        self._client = client
+        self._parser = Parser(owner, "parse", parse, validate)
+        self.max_bytes = max_bytes
+        # Per lifespan, between enter and exit:
+        self._context: SourceContext | None = None
+        self._open_client: httpx.AsyncClient | None = None
+        self._etag: str | None = None
+        self._last_modified: str | None = None
+        self._cached: Any = None
+        self._has_cached = False
+
+    def __repr__(self) -> str:
+        return f"HTTPSource({self.safe_url!r}, method={self.method!r})"
+
+    async def __aenter__(self) -> HTTPSource:
+        if self._context is not None:
+            raise RuntimeError(
+                f"{self!r} is already open: a source serves one refresher of one running "
+                "middleware; create one source per refresher"
+            )
+        context = SourceContext.current(repr(self))
+        self._context = context
+        self._etag = self._last_modified = None
+        self._cached, self._has_cached = None, False
+        self._open_client = self._client or await context.shared(_SHARED_CLIENT_KEY, _new_client)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        context, self._context, self._open_client = self._context, None, None
+        if context is not None:
+            await context.aclose_standalone()
+
+    async def __call__(self) -> Fetched:
+        """Fetch once; returns the value with what the server said about its freshness.
+
+        Raises:
+            SourceError: the request failed or the body is unusable.
+            RuntimeError: the source is not open (not run by a middleware, nor
+                entered with ``async with``).
+        """
+        context, client = self._context, self._open_client
+        if context is None or client is None:
+            raise RuntimeError(
+                f"{self!r} is not open: use it as the fetch of a Refresher, or enter it "
+                "first with `async with source:`"
+            )
+        headers = dict(self._request["headers"])
+        if self._has_cached:
+            if self._etag is not None:
+                headers["If-None-Match"] = self._etag
+            if self._last_modified is not None:
+                headers["If-Modified-Since"] = self._last_modified
+        try:
+            async with client.stream(
+                self.method, self.url, **{**self._request, "headers": headers}
+            ) as response:
+                if response.status_code == 304 and self._has_cached:
+                    self._remember_validators(response, keep_missing=True)
+                    return Fetched(self._cached, not_modified=True, refresh_in=self._refresh_in(response))
+                if not response.is_success:
+                    raise self._status_error(response)
+                body = await self._read(response)
+                encoding = response.charset_encoding
+        except httpx.TimeoutException as exc:
+            raise SourceError(f"{self.where}: timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise SourceError(f"{self.where}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        value = await self._parser(context, body, self.where, encoding)
+        # Remembered only once the body is good: a broken document must be fetched
+        # in full next time, not confirmed with a 304.
+        self._remember_validators(response, keep_missing=False)
+        self._cached = value.value if isinstance(value, Fresh) else value
+        self._has_cached = True
+        return Fetched(value, refresh_in=self._refresh_in(response))
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise self._too_big(f"Content-Length is {int(declared)} bytes")
+        chunks, size = [], 0
+        async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
+            async for chunk in body:  # decompressed: a zip bomb counts in full
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise self._too_big(f"over {size} bytes read")
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_big(self, detail: str) -> SourceError:
+        return SourceError(
+            f"{self.where}: response body exceeds max_bytes ({self.max_bytes} bytes; {detail}); "
+            "raise max_bytes if the document really is that big"
+        )
+
+    def _status_error(self, response: httpx.Response) -> SourceError:
+        code = response.status_code
+        retry_after = _retry_after(response, self._wall()) if code in (429, 503) else None
+        reason = f" {response.reason_phrase}" if response.reason_phrase else ""
+        return SourceError(f"HTTP {code}{reason} from {self.where}", retry_after=retry_after)
+
+    def _remember_validators(self, response: httpx.Response, *, keep_missing: bool) -> None:
+        etag = response.headers.get("ETag")
+        last_modified = response.headers.get("Last-Modified")
+        if etag is not None or not keep_missing:
+            self._etag = etag
+        if last_modified is not None or not keep_missing:
+            self._last_modified = last_modified
+
+    def _refresh_in(self, response: httpx.Response) -> float | None:
+        if self.min_every is None or self.max_every is None:
+            return None
+        lifetime = _freshness_lifetime(response.headers, self._wall())
+        if lifetime is None:
+            return None
+        return min(max(lifetime, self.min_every), self.max_every)
+
+    def _wall(self) -> float:
+        assert self._context is not None
+        return self._context.clock.wall()
+
+    def _scrub(self, text: str) -> str:
+        # httpx messages rarely carry a URL, but one may hold credentials or a key.
+        text = _URL_IN_TEXT.sub(lambda match: _safe_url_text(match.group()) + "…", text)
+        query = self.url.query.decode("ascii", "replace")
+        if query:
+            text = text.replace(query, "…")
+        return " ".join(text.split()) or "no details"
+
+
+def safe_url(url: httpx.URL) -> str:
+    """``url`` without credentials, query string or fragment: what logs may show."""
+    return str(url.copy_with(userinfo=None, query=None, fragment=None)) if url.host else str(url.path)
+
+
+def _safe_url_text(text: str) -> str:
+    try:
+        return safe_url(httpx.URL(text))
+    except (TypeError, httpx.InvalidURL):
+        return "(a URL)"
+
+
+def _new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(follow_redirects=True, headers={"User-Agent": f"asgi-refresh/{__version__}"})
+
+
+def _freshness_lifetime(headers: httpx.Headers, now: float) -> float | None:
+    """Seconds the response stays fresh per RFC 9111, or None if the server did not say."""
+    directives = {}
+    for part in headers.get("Cache-Control", "").split(","):
+        key, _, value = part.strip().partition("=")
+        directives[key.lower()] = value.strip().strip('"')
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    if "max-age" in directives:
+        try:
+            max_age = int(directives["max-age"])
+        except ValueError:
+            return 0.0  # an invalid max-age means stale
+        age = headers.get("Age", "0")
+        return max_age - (int(age) if age.isdigit() else 0)
+    if "Expires" in headers:
+        expires = _http_date(headers["Expires"])
+        if expires is None:
+            return 0.0  # an invalid Expires (often "0") means already expired
+        return expires - (_http_date(headers.get("Date", "")) or now)
+    return None
+
+
+def _retry_after(response: httpx.Response, now: float) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        when = _http_date(value)
+        if when is None:
+            return None
+        # Against the server's own clock when it sent one: clocks disagree.
+        seconds = when - (_http_date(response.headers.get("Date", "")) or now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    timestamp = when.timestamp()
+    return timestamp if math.isfinite(timestamp) else None

@@ -1,0 +1,107 @@
+"""Turning a fetched body into a value: parse, validate, and errors that say where."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable
+from typing import Any, Literal, TypeAlias
+
+from ._outcome import Fresh, SourceError
+from ._source_context import SourceContext
+
+Format: TypeAlias = "Literal['json', 'toml', 'text', 'bytes'] | Callable[[bytes], Any]"
+"""How a body becomes a value: a format name, or a callable that takes the raw bytes."""
+
+Validate: TypeAlias = "Callable[[Any], Any]"
+
+FORMATS = ("json", "toml", "text", "bytes")
+# Parsing a big document on the event loop would stall every request meanwhile.
+THREAD_THRESHOLD = 64 * 1024
+
+
+class Parser:
+    """Parse then validate a body, off the event loop when it is big."""
+
+    def __init__(self, owner: str, option: str, format: Format, validate: Validate | None) -> None:
+        if not callable(format) and format not in FORMATS:
+            raise ValueError(
+                f"{owner}: {option} must be one of {', '.join(map(repr, FORMATS))} or a callable that "
+                f"takes the body's bytes (got {format!r})"
+            )
+        if validate is not None and not callable(validate):
+            raise TypeError(
+                f"{owner}: validate must be a callable that returns the value or raises, such as "
+                f"pydantic.TypeAdapter(list[str]).validate_python (got {validate!r})"
+            )
+        self.format = format
+        self.validate = validate
+
+    async def __call__(
+        self, context: SourceContext, body: bytes, where: str, encoding: str | None = None
+    ) -> Any:
+        """The value of ``body``; raises `SourceError` naming ``where`` if it is unusable."""
+        if len(body) < THREAD_THRESHOLD:
+            return self._value(body, where, encoding)
+        return await context.run_in_thread(lambda: self._value(body, where, encoding))
+
+    def _value(self, body: bytes, where: str, encoding: str | None) -> Any:
+        try:
+            value = self._parse(body, encoding or "utf-8")
+        except Exception as exc:
+            kind = self.format if isinstance(self.format, str) else "body"
+            raise SourceError(f"{where}: invalid {kind}: {_reason(exc)}") from None
+        if self.validate is None:
+            return value
+        if isinstance(value, Fresh):  # a token parser: validate what it wraps
+            return Fresh(
+                self._validated(value.value, where), expires_in=value.expires_in, leeway=value.leeway
+            )
+        return self._validated(value, where)
+
+    def _parse(self, body: bytes, encoding: str) -> Any:
+        if self.format == "json":
+            return json.loads(body)  # detects UTF-8/16/32 itself
+        if self.format == "toml":
+            return tomllib.loads(body.decode("utf-8"))
+        if self.format == "text":
+            return body.decode(encoding)
+        if self.format == "bytes":
+            return body
+        assert callable(self.format)
+        return self.format(body)
+
+    def _validated(self, value: Any, where: str) -> Any:
+        assert self.validate is not None
+        try:
+            valid = self.validate(value)
+        except Exception as exc:
+            raise SourceError(f"{where}: validation failed: {_reason(exc)}") from None
+        if valid is None and value is not None:
+            raise SourceError(
+                f"{where}: validate returned None; it must return the (possibly converted) value "
+                "or raise, e.g. `lambda v: (check(v), v)[1]` for a checker that returns nothing"
+            )
+        return valid
+
+
+def _reason(exc: Exception) -> str:
+    """The exception in one line, without the input when the library can leave it out."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        # pydantic's ValidationError: its str() quotes the offending input, which
+        # may be the secret we are loading; its errors() can leave it out.
+        try:
+            details = errors(include_url=False, include_input=False)
+        except TypeError:
+            details = None
+        if isinstance(details, list) and details:
+            parts = [
+                f"{'.'.join(map(str, item.get('loc', ()))) or '(root)'}: {item.get('msg', '?')}"
+                for item in details[:5]
+                if isinstance(item, dict)
+            ]
+            more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
+            return f"{type(exc).__name__}: " + "; ".join(parts) + more
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,101 @@
+"""What a source gets from the lifespan it runs in: clock, shared resources, threads.
+
+The runtime enters every source that is an async context manager at startup. While
+it does, `SourceContext.current()` returns the context of that source's refresher,
+which the source keeps until it is exited. A source entered by hand (a script, a
+test) gets a standalone context: the system clock, and resources of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from ._clock import Clock, SystemClock
+from ._thread import ThreadCall
+
+T = TypeVar("T")
+
+_opening: ContextVar[SourceContext | None] = ContextVar("asgi_refresh_opening_source", default=None)
+
+
+class SourceContext:
+    """The lifespan as one source sees it; only valid between its enter and exit."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        clock: Clock,
+        shared: dict[str, Any],
+        stack: AsyncExitStack,
+        start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None,
+        refresh_soon: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self._shared = shared
+        self._stack = stack
+        self._start_soon = start_soon
+        self._refresh_soon = refresh_soon
+
+    @staticmethod
+    def current(owner: str) -> SourceContext:
+        """The context of the refresher being opened, or a standalone one for ``owner``."""
+        context = _opening.get()
+        if context is not None:
+            return context
+        return SourceContext(name=owner, clock=SystemClock(), shared={}, stack=AsyncExitStack())
+
+    @property
+    def standalone(self) -> bool:
+        """Whether the source was entered by hand rather than by a running middleware."""
+        return self._refresh_soon is None
+
+    async def shared(self, key: str, factory: Callable[[], AbstractAsyncContextManager[T]]) -> T:
+        """One object per lifespan for ``key`` (an HTTP client), closed when the lifespan ends."""
+        if key not in self._shared:
+            self._shared[key] = await self._stack.enter_async_context(factory())
+        value: T = self._shared[key]
+        return value
+
+    async def aclose_standalone(self) -> None:
+        """Close what a standalone context opened; the lifespan closes its own."""
+        if self.standalone:
+            await self._stack.aclose()
+
+    async def run_in_thread(self, func: Callable[[], T]) -> T:
+        """Run a blocking call (file I/O, a big parse) off the event loop.
+
+        A daemon thread, so that a hung call (a dead network file system) cannot
+        keep the process alive at shutdown; test clocks hold still meanwhile.
+        """
+        call = ThreadCall(func, name=f"asgi_refresh:{self.name}")
+        call.start()
+        with self.clock.hold():
+            result: T = await call.result()
+        return result
+
+    def start_soon(self, func: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``func`` in the lifespan's task group until shutdown; False if standalone."""
+        if self._start_soon is None:
+            return False
+        self._start_soon(func)
+        return True
+
+    def refresh_soon(self) -> None:
+        """Ask for a refresh of this source's refresher now (a watched file changed)."""
+        if self._refresh_soon is not None:
+            self._refresh_soon()
+
+
+def opening(context: SourceContext) -> Any:
+    """Make ``context`` what `SourceContext.current` returns; returns the reset token."""
+    return _opening.set(context)
+
+
+def done_opening(token: Any) -> None:
+    """Undo `opening`."""
+    _opening.reset(token)
