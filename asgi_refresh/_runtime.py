@@ -580,7 +580,8 @@ class RefreshHandle:
         slot = runtime._slot(name)
         if not slot.loaded.is_set() and slot.spec.required:
             raise LookupError(
-                f"Refresher {name!r} has not loaded a value yet; `await handle.wait_for({name!r})` waits for it"
+                f"Refresher {name!r} has not loaded a value yet; "
+                f"`await handle.wait_for({name!r})` waits for it"
             )
         return runtime.state[name]
 

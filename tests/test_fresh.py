@@ -171,4 +171,6 @@ async def test_a_fetch_can_wait_for_another_refreshers_first_load() -> None:
             status = middleware.handle.status()["api"]
             assert status["consecutive_failures"] == 0
             assert status["last_duration"] == 5.0
-    assert seen == ["Refresher 'token' has not loaded a value yet; `await handle.wait_for('token')` waits for it"]
+    assert seen == [
+        "Refresher 'token' has not loaded a value yet; `await handle.wait_for('token')` waits for it"
+    ]

@@ -1,0 +1,121 @@
+"""A local upstream for the demo, the end-to-end tests and the benchmarks.
+
+A tiny ASGI app (no framework) that serves documents the caller sets, with the
+HTTP caching a real API has: an ``ETag`` per document, ``304 Not Modified`` for
+a matching ``If-None-Match``, and counters of requests and body bytes sent. It
+also issues short-lived tokens at ``POST /token``. `serve` runs it under uvicorn
+on 127.0.0.1 in a background thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from asgi_refresh._types import Receive, Scope, Send
+
+
+@dataclass(frozen=True)
+class Document:
+    """One served body with its validator."""
+
+    body: bytes
+    content_type: str
+    etag: str
+
+
+class Upstream:
+    """An ASGI app serving documents with ETags; counts what it sends.
+
+    Args:
+        token_lifetime: ``expires_in`` of the tokens ``POST /token`` issues, in seconds.
+    """
+
+    def __init__(self, *, token_lifetime: int = 60) -> None:
+        self.documents: dict[str, Document] = {}
+        self.requests: Counter[str] = Counter()
+        self.not_modified: Counter[str] = Counter()
+        self.bytes_sent: Counter[str] = Counter()
+        self.token_lifetime = token_lifetime
+        self.tokens: list[str] = []
+        self._lock = threading.Lock()
+
+    def set(self, path: str, value: Any, *, content_type: str = "application/json") -> None:
+        """Serve ``value`` at ``path``: JSON-encoded unless it is bytes already."""
+        body = value if isinstance(value, bytes) else json.dumps(value).encode()
+        etag = '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
+        with self._lock:
+            self.documents[path] = Document(body, content_type, etag)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request."""
+        if scope["type"] != "http":
+            return  # no lifespan: nothing to set up
+        path, method = scope["path"], scope["method"]
+        with self._lock:
+            self.requests[path] += 1
+        if path == "/token" and method == "POST":
+            token = secrets.token_urlsafe(16)
+            self.tokens.append(token)
+            body = json.dumps({"access_token": token, "expires_in": self.token_lifetime}).encode()
+            await _respond(send, 200, body, [(b"content-type", b"application/json")])
+            return
+        if path == "/protected":
+            authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
+            if not self.tokens or authorization != f"Bearer {self.tokens[-1]}":
+                await _respond(send, 401, b"", [])
+                return
+        document = self.documents.get(path)
+        if document is None or method != "GET":
+            await _respond(send, 404 if document is None else 405, b"", [])
+            return
+        headers = [(b"etag", document.etag.encode())]
+        if dict(scope["headers"]).get(b"if-none-match", b"").decode() == document.etag:
+            with self._lock:
+                self.not_modified[path] += 1
+            await _respond(send, 304, b"", headers)
+            return
+        with self._lock:
+            self.bytes_sent[path] += len(document.body)
+        headers.append((b"content-type", document.content_type.encode()))
+        await _respond(send, 200, document.body, headers)
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def serve(app: Any, *, port: int = 0) -> Iterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL.
+
+    ``port=0`` picks a free port. Needs uvicorn (the ``demo`` and ``test`` extras).
+    """
+    import uvicorn
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the local upstream did not start")
+            threading.Event().wait(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        sock.close()

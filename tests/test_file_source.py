@@ -1,0 +1,311 @@
+"""FileSource: formats, change detection by stat then hash, atomic rename, partial writes, watch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pydantic
+import pytest
+from asgi_lifespan import LifespanManager
+
+from asgi_refresh import FileSource, Refresher, RefreshError, RefreshMiddleware
+from asgi_refresh.testing import FakeClock
+
+from .helpers import START, ScriptedApp, running, startup_failure
+
+pytestmark = pytest.mark.anyio
+
+
+def write(path: Path, text: str) -> None:
+    """Write ``text`` and move the modification time on, as a later edit would."""
+    path.write_text(text)
+    bump(path)
+
+
+def bump(path: Path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def replace_atomically(path: Path, text: str) -> None:
+    """How editors and ConfigMaps write: a new file renamed over the old one."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+class Counting:
+    """Counts the stat() and read_bytes() calls on one file."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+        self.stats = 0
+        self.reads = 0
+        real_stat, real_read = os.stat, Path.read_bytes
+
+        def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            self.stats += isinstance(path, str | os.PathLike) and Path(path) == target
+            return real_stat(path, *args, **kwargs)
+
+        def read_bytes(path: Path) -> bytes:
+            self.reads += path == target
+            return real_read(path)
+
+        monkeypatch.setattr("asgi_refresh._file.os.stat", stat)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "format", "expected"),
+    [
+        ("flags.json", '{"beta": true}', None, {"beta": True}),
+        ("flags.toml", "beta = true", None, {"beta": True}),
+        ("motd.txt", "héllo", None, "héllo"),
+        ("blob.bin", "\x01", "bytes", b"\x01"),
+        ("data.csv", "a,b", lambda body: body.decode().split(","), ["a", "b"]),
+        ("FLAGS.JSON", "[1]", None, [1]),
+    ],
+)
+async def test_formats(tmp_path: Path, name: str, content: str, format: Any, expected: Any) -> None:
+    """The format comes from the extension, or from ``format``."""
+    path = tmp_path / name
+    path.write_text(content)
+    async with running(Refresher("data", FileSource(path, format=format), every="5s")) as handle:
+        assert handle.value("data") == expected
+
+
+async def test_unchanged_file_costs_one_stat_per_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the file is unchanged, each poll is one stat() and no read; status says not modified."""
+    path = tmp_path / "flags.json"
+    path.write_text('{"beta": true}')
+    clock = FakeClock(START)
+    counting = Counting(monkeypatch, path)
+    async with running(Refresher("flags", FileSource(path), every="1s", jitter=0), clock=clock) as handle:
+        first = handle.value("flags")
+        await clock.advance("100s")
+        assert counting.stats == 101
+        assert counting.reads == 1
+        assert handle.value("flags") is first
+        status = handle.status()["flags"]
+        assert status["last_outcome"] == "not_modified"
+        assert status["refresh_count"] == 101
+
+
+async def test_a_touched_file_is_read_but_not_republished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new mtime with the same content is read once, hashed, and publishes nothing new."""
+    path = tmp_path / "flags.json"
+    path.write_text("[1]")
+    clock = FakeClock(START)
+    changes: list[Any] = []
+    counting = Counting(monkeypatch, path)
+    refresher = Refresher(
+        "flags", FileSource(path), every="1s", jitter=0, on_change=lambda old, new: changes.append(new)
+    )
+    async with running(refresher, clock=clock) as handle:
+        bump(path)
+        await clock.advance("1s")
+        assert counting.reads == 2
+        assert handle.status()["flags"]["last_outcome"] == "not_modified"
+        await clock.advance("1s")
+        assert counting.reads == 2, "the new stat is remembered"
+    assert changes == [[1]]
+
+
+async def test_a_changed_file_is_published_and_calls_on_change(tmp_path: Path) -> None:
+    """An edit is picked up at the next poll; on_change sees old and new."""
+    path = tmp_path / "flags.json"
+    path.write_text('{"beta": false}')
+    clock = FakeClock(START)
+    changes: list[tuple[Any, Any]] = []
+    refresher = Refresher(
+        "flags", FileSource(path), every="5s", jitter=0, on_change=lambda old, new: changes.append((old, new))
+    )
+    async with running(refresher, clock=clock) as handle:
+        write(path, '{"beta": true}')
+        await clock.advance("5s")
+        assert handle.value("flags") == {"beta": True}
+        assert handle.status()["flags"]["last_outcome"] == "changed"
+    assert changes == [(None, {"beta": False}), ({"beta": False}, {"beta": True})]
+
+
+async def test_atomic_rename_is_picked_up(tmp_path: Path) -> None:
+    """A file replaced by rename (a new inode) is read at the next poll."""
+    path = tmp_path / "flags.toml"
+    path.write_text("beta = false")
+    clock = FakeClock(START)
+    async with running(Refresher("flags", FileSource(path), every="5s", jitter=0), clock=clock) as handle:
+        replace_atomically(path, "beta = true")
+        await clock.advance("5s")
+        assert handle.value("flags") == {"beta": True}
+
+
+async def test_a_half_written_file_keeps_the_last_value_until_it_is_complete(tmp_path: Path) -> None:
+    """A partial write fails to parse: reported, last value kept, and the finished file is read."""
+    path = tmp_path / "flags.json"
+    path.write_text('{"beta": false}')
+    clock = FakeClock(START)
+    async with running(Refresher("flags", FileSource(path), every="5s", jitter=0), clock=clock) as handle:
+        good = handle.value("flags")
+        path.write_text('{"be')  # the writer is mid-way
+        with pytest.raises(RefreshError, match=r"flags.json: invalid json: JSONDecodeError"):
+            await handle.refresh("flags")
+        assert handle.value("flags") is good
+        status = handle.status()["flags"]
+        assert status["consecutive_failures"] == 1
+        assert str(path) in status["last_error"]
+        # Finished within the same mtime tick and at the same size would still be read:
+        # a signature that failed to parse is never remembered.
+        with path.open("r+") as file:
+            file.write('{"be')
+        path.write_text('{"beta": true}')
+        assert await handle.refresh("flags") == {"beta": True}
+
+
+async def test_a_deleted_file_is_reported_and_its_value_kept(tmp_path: Path) -> None:
+    """Deletion is an error with the path; the value stays; the file coming back is read."""
+    path = tmp_path / "flags.json"
+    path.write_text("[1]")
+    async with running(Refresher("flags", FileSource(path), every="5s")) as handle:
+        path.unlink()
+        with pytest.raises(RefreshError, match=f"SourceError: {path}: file not found"):
+            await handle.refresh("flags")
+        assert handle.value("flags") == [1]
+        path.write_text("[2]")
+        assert await handle.refresh("flags") == [2]
+
+
+async def test_an_unreadable_file_is_reported(tmp_path: Path) -> None:
+    """A path that is a directory (or unreadable) is an error, not a crash."""
+    path = tmp_path / "flags.json"
+    path.mkdir()
+    message = await startup_failure(Refresher("flags", FileSource(path), every="5s"))
+    assert f"{path}: cannot read:" in message
+
+
+async def test_a_missing_file_fails_startup_of_a_required_refresher(tmp_path: Path) -> None:
+    """Startup fails naming the refresher and the absolute path."""
+    message = await startup_failure(Refresher("flags", FileSource(tmp_path / "nope.toml"), every="5s"))
+    assert message.startswith("Refresher 'flags' could not load within startup_timeout (10s): ")
+    assert f"SourceError: {tmp_path / 'nope.toml'}: file not found" in message
+
+
+async def test_a_missing_file_for_an_optional_refresher_serves_the_default(tmp_path: Path) -> None:
+    """Not required: the default is served and the file is picked up once it appears."""
+    path = tmp_path / "flags.json"
+    clock = FakeClock(START)
+    refresher = Refresher("flags", FileSource(path), every="5s", required=False, default={}, jitter=0)
+    async with running(refresher, clock=clock) as handle:
+        assert handle.value("flags") == {}
+        path.write_text('{"beta": true}')
+        await clock.advance("5s")
+        assert handle.value("flags") == {"beta": True}
+
+
+async def test_validate_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validate converts the value; a relative path is resolved when the source is made."""
+    (tmp_path / "limits.json").write_text('{"rps": "10"}')
+    monkeypatch.chdir(tmp_path)
+    source = FileSource("limits.json", validate=pydantic.TypeAdapter(dict[str, int]).validate_python)
+    assert source.path == tmp_path / "limits.json"
+    monkeypatch.chdir("/")
+    async with running(Refresher("limits", source, every="5s")) as handle:
+        assert handle.value("limits") == {"rps": 10}
+
+
+async def test_a_big_file_is_parsed(tmp_path: Path) -> None:
+    """A file past the thread threshold parses like a small one."""
+    document = {f"key-{i}": i for i in range(20_000)}
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(document))
+    async with running(Refresher("big", FileSource(path), every="5s")) as handle:
+        assert handle.value("big") == document
+
+
+async def test_a_source_can_be_used_by_hand(tmp_path: Path) -> None:
+    """``async with FileSource(...)`` works outside a middleware; calling it unopened is an error."""
+    path = tmp_path / "a.json"
+    path.write_text("[1]")
+    source = FileSource(path)
+    with pytest.raises(RuntimeError, match="is not open"):
+        await source()
+    async with source:
+        assert (await source()).value == [1]
+        assert (await source()).not_modified
+
+
+def test_bad_arguments_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown extensions and formats, wrong types, and watch without watchfiles."""
+    with pytest.raises(ValueError, match=r"cannot tell the format from the extension '\.yaml'; pass format="):
+        FileSource("config.yaml")
+    with pytest.raises(ValueError, match=r"extension '\(none\)'"):
+        FileSource("config")
+    with pytest.raises(ValueError, match="format must be one of 'json', 'toml', 'text', 'bytes'"):
+        FileSource("config.json", format="yaml")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="path must be a str or a Path"):
+        FileSource(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="watch must be True or False"):
+        FileSource("a.json", watch="yes")  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "watchfiles", None)
+    with pytest.raises(ImportError, match=r"pip install 'asgi-refresh\[watch\]'"):
+        FileSource("a.json", watch=True)
+
+
+# -- watch: real files, real time ------------------------------------------------------
+
+
+async def wait_until(condition: Any, seconds: float = 5.0) -> None:
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - polling what a background watcher changes
+            await anyio.sleep(0.02)
+
+
+async def test_watch_reloads_at_once_and_stops_promptly(tmp_path: Path) -> None:
+    """With watch=True an edit is live in well under a second, though ``every`` is an hour."""
+    path = tmp_path / "flags.json"
+    path.write_text('{"beta": false}')
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("flags", FileSource(path, watch=True), every="1h")]
+    )
+    async with LifespanManager(middleware):
+        handle = middleware.handle
+        await anyio.sleep(0.2)  # the watcher starts
+        started = time.monotonic()
+        replace_atomically(path, '{"beta": true}')
+        await wait_until(lambda: handle.value("flags") == {"beta": True})
+        assert time.monotonic() - started < 2
+        path.write_text('{"beta": "again"}')
+        await wait_until(lambda: handle.value("flags") == {"beta": "again"})
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 1, "the watcher does not hold up shutdown"
+
+
+async def test_watch_of_a_missing_directory_falls_back_to_polling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A watch that cannot start is logged once; polling still serves the refresher."""
+    path = tmp_path / "gone" / "flags.json"
+    refresher = Refresher("flags", FileSource(path, watch=True), every="1h", required=False, default={})
+    middleware = RefreshMiddleware(ScriptedApp(), refreshers=[refresher])
+    async with LifespanManager(middleware):
+        await wait_until(lambda: "polling only" in caplog.text)
+        assert middleware.handle.value("flags") == {}
+    assert f"Refresher 'flags': cannot watch {path}" in caplog.text
+
+
+async def test_watch_by_hand_is_polling_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Outside a middleware there is no task group to watch in: it says so and works."""
+    path = tmp_path / "a.json"
+    path.write_text("[1]")
+    with caplog.at_level("INFO", logger="asgi_refresh"):
+        async with FileSource(path, watch=True) as source:
+            assert (await source()).value == [1]
+    assert "watch needs a running middleware; polling only" in caplog.text
