@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -13,7 +12,7 @@ from typing import Any
 import anyio
 
 from ._outcome import Fetched, SourceError
-from ._parsing import Format, Parser, Validate
+from ._parsing import Format, Parser, Validate, blake2b
 from ._source_context import SourceContext
 
 logger = logging.getLogger("asgi_refresh")
@@ -154,7 +153,7 @@ class FileSource:
                 data = self.path.read_bytes()
             except OSError as exc:
                 raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
-            digest = hashlib.blake2b(data, digest_size=16).digest()
+            digest = blake2b(data)
             if digest == self._digest:  # touched, or rewritten with the same content
                 self._signature = signature
                 return Fetched(self._value, not_modified=True)

@@ -15,7 +15,7 @@ import httpx
 from .__about__ import __version__
 from ._duration import Duration, format_duration, positive_duration
 from ._outcome import Fetched, Fresh, SourceError
-from ._parsing import Format, Parser, Validate
+from ._parsing import Format, Parser, Validate, digest
 from ._source_context import SourceContext
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
@@ -140,6 +140,7 @@ class HTTPSource:
         self._last_modified: str | None = None
         self._cached: Any = None
         self._has_cached = False
+        self._digest: bytes | None = None  # of the body behind the cached value
 
     def __repr__(self) -> str:
         return f"HTTPSource({self.safe_url!r}, method={self.method!r})"
@@ -153,7 +154,7 @@ class HTTPSource:
         context = SourceContext.current(repr(self))
         self._context = context
         self._etag = self._last_modified = None
-        self._cached, self._has_cached = None, False
+        self._cached, self._has_cached, self._digest = None, False, None
         self._open_client = self._client or await context.shared(_SHARED_CLIENT_KEY, _new_client)
         return self
 
@@ -190,7 +191,9 @@ class HTTPSource:
             ) as response:
                 if response.status_code == 304 and self._has_cached:
                     self._remember_validators(response, keep_missing=True)
-                    return Fetched(self._cached, not_modified=True, refresh_in=self._refresh_in(response))
+                    # A 304 says nothing new about a token's expiry: the value alone.
+                    value = self._cached.value if isinstance(self._cached, Fresh) else self._cached
+                    return Fetched(value, not_modified=True, refresh_in=self._refresh_in(response))
                 if not response.is_success:
                     raise self._status_error(response)
                 body = await self._read(response)
@@ -199,13 +202,19 @@ class HTTPSource:
             raise SourceError(f"{self.where}: timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             raise SourceError(f"{self.where}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        refresh_in = self._refresh_in(response)
+        body_digest = await digest(context, body)
+        if self._has_cached and body_digest == self._digest:
+            # The same body again (a server without validators): no parse, no
+            # comparison of two big values, nothing new to publish.
+            self._remember_validators(response, keep_missing=False)
+            return Fetched(self._cached, not_modified=True, refresh_in=refresh_in)
         value = await self._parser(context, body, self.where, encoding)
         # Remembered only once the body is good: a broken document must be fetched
         # in full next time, not confirmed with a 304.
         self._remember_validators(response, keep_missing=False)
-        self._cached = value.value if isinstance(value, Fresh) else value
-        self._has_cached = True
-        return Fetched(value, refresh_in=self._refresh_in(response))
+        self._cached, self._has_cached, self._digest = value, True, body_digest
+        return Fetched(value, refresh_in=refresh_in)
 
     async def _read(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("Content-Length", "")

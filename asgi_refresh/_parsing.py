@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from collections.abc import Callable
@@ -18,6 +19,22 @@ Validate: TypeAlias = "Callable[[Any], Any]"
 FORMATS = ("json", "toml", "text", "bytes")
 # Parsing a big document on the event loop would stall every request meanwhile.
 THREAD_THRESHOLD = 64 * 1024
+
+
+async def digest(context: SourceContext, body: bytes) -> bytes:
+    """A hash of ``body`` to tell an unchanged document without parsing it.
+
+    Big bodies are hashed in a thread: hashlib lets go of the GIL while it works,
+    so the event loop runs on meanwhile.
+    """
+    if len(body) < THREAD_THRESHOLD:
+        return blake2b(body)
+    return await context.run_in_thread(lambda: blake2b(body))
+
+
+def blake2b(data: bytes) -> bytes:
+    """The content hash both sources use: 128 bits of BLAKE2b."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class Parser:

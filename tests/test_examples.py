@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+
+from asgi_refresh.demo.upstream import Upstream, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -38,3 +41,21 @@ async def test_quickstart_serves_and_refreshes_on_demand() -> None:
             refreshed = (await client.post("/refresh")).json()
             assert refreshed["data"]["names"] != first["data"]["names"]
             assert (await client.get("/")).json()["status"]["refresh_count"] == 2
+
+
+async def test_token_renewal_renews_before_expiry_and_feeds_orders() -> None:
+    """The token endpoint's grant is used by the orders refresher; renewal is due before expiry."""
+    upstream = Upstream(token_lifetime=20)
+    upstream.set("/protected", {"orders": ["#1"]})
+    with serve(upstream) as upstream_url:
+        app = load("token_renewal").make_app(upstream_url)
+        async with LifespanManager(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                page = (await client.get("/")).json()
+    assert page["orders"] == {"orders": ["#1"]}
+    renewed = datetime.fromisoformat(page["token renewed at"])
+    assert datetime.fromisoformat(page["next renewal at"]) - renewed == pytest.approx(
+        timedelta(seconds=18), abs=timedelta(seconds=2)
+    )
+    assert upstream.requests["/token"] == 1

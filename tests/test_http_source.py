@@ -487,3 +487,38 @@ def test_bad_arguments_are_clear_errors(kwargs: dict[str, Any], error: type[Exce
     with pytest.raises(error, match=message) as raised:
         HTTPSource(**kwargs)
     assert "PW" not in str(raised.value)
+
+
+async def test_the_same_body_again_is_not_parsed_again(upstream: respx.MockRouter) -> None:
+    """A server without validators sending identical bytes: no parse, nothing new published."""
+    upstream.get(URL).respond(json=["a"])
+    parsed: list[bytes] = []
+
+    def parse(body: bytes) -> Any:
+        parsed.append(body)
+        return json.loads(body)
+
+    async with running(Refresher("names", HTTPSource(URL, parse=parse), every="1m")) as handle:
+        first = handle.value("names")
+        assert await handle.refresh("names") is first
+        assert handle.status()["names"]["last_outcome"] == "not_modified"
+    assert len(parsed) == 1
+
+
+async def test_the_same_token_body_keeps_its_expiry(upstream: respx.MockRouter) -> None:
+    """An identical token grant still schedules by its expiry; a 304 falls back to every."""
+    route = upstream.post("https://auth.example.com/token")
+    grant = httpx.Response(200, json={"access_token": "t", "expires_in": 300}, headers={"ETag": '"g"'})
+    route.side_effect = [grant, grant, httpx.Response(304)]
+    source = HTTPSource(
+        "https://auth.example.com/token",
+        method="POST",
+        parse=lambda body: Fresh(json.loads(body)["access_token"], expires_in=json.loads(body)["expires_in"]),
+    )
+    clock = FakeClock(START)
+    async with running(Refresher("token", source, every="1h", jitter=0), clock=clock) as handle:
+        await clock.advance(270)
+        assert status_of(handle, "token")["next_refresh_at"] == at(540)
+        await clock.advance(270)
+        assert handle.value("token") == "t"
+        assert status_of(handle, "token")["next_refresh_at"] == at(540 + 3600)
