@@ -12,6 +12,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from asgi_refresh import RefreshError
 from asgi_refresh.demo.upstream import Upstream, serve
 
 pytestmark = pytest.mark.anyio
@@ -29,9 +30,9 @@ def load(name: str) -> ModuleType:
     return module
 
 
-async def test_quickstart_serves_and_refreshes_on_demand() -> None:
+async def test_starlette_app_serves_and_refreshes_on_demand() -> None:
     """GET / shows the data and its status; POST /refresh loads the next value."""
-    app = load("quickstart").app
+    app = load("starlette_app").app
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -59,3 +60,46 @@ async def test_token_renewal_renews_before_expiry_and_feeds_orders() -> None:
         timedelta(seconds=18), abs=timedelta(seconds=2)
     )
     assert upstream.requests["/token"] == 1
+
+
+def client_for(app: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")  # type: ignore[arg-type]
+
+
+async def test_plain_asgi_serves_the_refreshed_quote() -> None:
+    """The framework-less app reads scope["state"]: the quote and its age."""
+    app = load("plain_asgi").app
+    async with LifespanManager(app), client_for(app) as client:
+        page = (await client.get("/")).json()
+    assert page["quote"] in ("Simple is better than complex.", "Flat is better than nested.")
+    assert page["age"] >= 0
+
+
+async def test_fastapi_app_converts_with_refreshed_rates() -> None:
+    """Typed Refreshed parameters, refresh-now and status through RefreshControl."""
+    app = load("fastapi_app").app
+    async with LifespanManager(app) as manager, client_for(manager.app) as client:
+        first = (await client.get("/convert", params={"amount": 10, "currency": "USD"})).json()
+        assert first["currency"] == "USD"
+        assert first["amount"] == round(10 * first["rate"], 2)
+        refreshed = (await client.post("/rates/refresh")).json()
+        assert refreshed["USD"] != first["rate"]
+        assert (await client.get("/status")).json()["rates"]["refresh_count"] == 2
+
+
+async def test_config_reload_picks_up_an_edit_and_survives_a_broken_file(tmp_path: Path) -> None:
+    """An edit shows at the next request after a refresh; a broken save keeps the last good config."""
+    config = tmp_path / "config.toml"
+    config.write_text('greeting = "hello"\n')
+    app = load("config_reload").make_app(config)
+    async with LifespanManager(app), client_for(app) as client:
+        assert (await client.get("/")).json()["config"] == {"greeting": "hello"}
+        config.write_text('greeting = "hi"\n')
+        await app.handle.refresh("config")
+        assert (await client.get("/")).json()["config"] == {"greeting": "hi"}
+        config.write_text('greeting = "unterminated\n')
+        with pytest.raises(RefreshError):
+            await app.handle.refresh("config")
+        page = (await client.get("/")).json()
+        assert page["config"] == {"greeting": "hi"}
+        assert "invalid toml" in page["error"]

@@ -1,6 +1,6 @@
 """A Starlette app whose data refreshes every few seconds, without a restart.
 
-    python examples/quickstart.py      # then open http://127.0.0.1:8000/
+    python examples/starlette_app.py   # then open http://127.0.0.1:8000/
 
 The "upstream" here is a local function so the example runs offline; in a real app
 `load_names` would call an API or read a file.
