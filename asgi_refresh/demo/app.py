@@ -1,0 +1,191 @@
+"""The demo: a FastAPI app kept fresh from a local upstream that keeps changing.
+
+    python -m asgi_refresh.demo [--port 8000]
+
+Four refreshers, all fed from 127.0.0.1, no internet needed:
+
+- ``names``: JSON over HTTP with an ETag (polls that find nothing new are 304s);
+- ``settings``: a TOML file the demo rewrites now and then;
+- ``token``: a token from a local token endpoint, renewed before it expires;
+- ``orders``: JSON fetched with that token.
+
+Open the printed URL: the page shows each value, its age and what happens next,
+and updates itself every two seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import html
+import itertools
+import json
+import logging
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from asgi_refresh import FileSource, Fresh, HTTPSource, Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh.demo.upstream import Upstream, serve
+from asgi_refresh.fastapi import RefreshControl
+
+logger = logging.getLogger("asgi_refresh.demo")
+
+NAMES = [["ada", "grace"], ["ada", "grace", "katherine"], ["barbara", "margaret", "radia"]]
+SETTINGS = ['greeting = "hello"\nbanner = false\n', 'greeting = "bonjour"\nbanner = true\n']
+
+
+def token_grant(body: bytes) -> Fresh[str]:
+    """An OAuth-style grant: the token, good for ``expires_in`` seconds."""
+    grant = json.loads(body)
+    return Fresh(grant["access_token"], expires_in=grant["expires_in"])
+
+
+class BearerFrom(httpx.Auth):
+    """Authenticates with the token another refresher keeps fresh."""
+
+    def __init__(self, handle: Callable[[], RefreshHandle], name: str) -> None:
+        self.handle, self.name = handle, name
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """Wait for the first token at startup, then send the current one."""
+        token = await self.handle().wait_for(self.name)
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def build(
+    upstream: Upstream, upstream_url: str, settings: Path, *, change_every: float = 7.0
+) -> RefreshMiddleware:
+    """The demo app, wrapped, and the story it tells: the upstream changes every ``change_every``."""
+    upstream.set("/names", NAMES[0])
+    upstream.set("/protected", {"open orders": 3})
+    settings.write_text(SETTINGS[0])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The app's own lifespan runs after the first loads: the data is already here.
+        logger.info("first values loaded: %s", ", ".join(middleware.handle.names))
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(change_the_world, upstream, settings, change_every)
+            yield
+            task_group.cancel_scope.cancel()
+
+    app = FastAPI(title="asgi_refresh demo", lifespan=lifespan)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page(control: RefreshControl) -> str:
+        return render(snapshot(control))
+
+    @app.get("/data")
+    async def data(control: RefreshControl) -> dict[str, Any]:
+        """Each value with its age and schedule."""
+        return snapshot(control)
+
+    @app.get("/status")
+    async def status(control: RefreshControl) -> dict[str, Any]:
+        """``handle.status()``: what each refresher is doing."""
+        return control.status()
+
+    @app.post("/refresh/{name}")
+    async def refresh(name: str, control: RefreshControl) -> Any:
+        """Refresh one now."""
+        return await control.refresh(name)
+
+    def announce(name: str) -> Callable[[Any, Any], None]:
+        def on_change(old: Any, new: Any) -> None:
+            logger.info("%s changed: %s", name, "(a new token)" if name == "token" else new)
+
+        return on_change
+
+    middleware = RefreshMiddleware(
+        app,
+        refreshers=[
+            Refresher("names", HTTPSource(f"{upstream_url}/names"), every="3s", on_change=announce("names")),
+            Refresher("settings", FileSource(settings), every="2s", on_change=announce("settings")),
+            Refresher(
+                "token",
+                HTTPSource(f"{upstream_url}/token", method="POST", parse=token_grant),
+                every="1h",
+                on_change=announce("token"),
+            ),
+            Refresher(
+                "orders",
+                HTTPSource(f"{upstream_url}/protected", auth=BearerFrom(lambda: middleware.handle, "token")),
+                every="5s",
+            ),
+        ],
+    )
+    return middleware
+
+
+async def change_the_world(upstream: Upstream, settings: Path, every: float) -> None:
+    """Move the upstream on: new names, rewritten settings (by rename), more orders."""
+    for turn in itertools.count(1):
+        await anyio.sleep(every)
+        upstream.set("/names", NAMES[turn % len(NAMES)])
+        upstream.set("/protected", {"open orders": 3 + turn})
+        temporary = settings.with_suffix(".tmp")
+        temporary.write_text(SETTINGS[turn % len(SETTINGS)])
+        temporary.replace(settings)
+
+
+def snapshot(control: RefreshHandle) -> dict[str, Any]:
+    """Each refresher's value (never the token's) with its age and schedule."""
+    status = control.status()
+    return {
+        name: {
+            "value": "(secret)" if name == "token" else control.value(name),
+            "age": status[name]["age"],
+            "last_outcome": status[name]["last_outcome"],
+            "last_changed_at": status[name]["last_changed_at"],
+            "next_refresh_at": status[name]["next_refresh_at"],
+            "refresh_count": status[name]["refresh_count"],
+        }
+        for name in control.names
+    }
+
+
+def render(rows: dict[str, Any]) -> str:
+    """The page: a table of ``snapshot`` that reloads itself."""
+    cells = "".join(
+        "<tr>"
+        + f"<td>{html.escape(name)}</td><td><code>{html.escape(json.dumps(row['value']))}</code></td>"
+        + f"<td>{row['age']:.1f} s</td><td>{row['last_outcome']}</td><td>{row['refresh_count']}</td>"
+        + f"<td>{row['next_refresh_at'] or ''}</td></tr>"
+        for name, row in rows.items()
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>asgi_refresh demo</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem}}td,th{{padding:.3rem .8rem;text-align:left}}
+tr:nth-child(even){{background:#f4f4f4}}code{{font-size:.9em}}</style></head>
+<body><h1>asgi_refresh demo</h1>
+<p>Values kept fresh from a local upstream that changes every few seconds. This page reloads itself.
+JSON: <a href="/data">/data</a>, <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
+<table><tr><th>refresher</th><th>value</th><th>age</th><th>last fetch</th><th>fetches</th>
+<th>next refresh (UTC)</th></tr>{cells}</table></body></html>"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start the local upstream and the demo app under uvicorn on 127.0.0.1."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m asgi_refresh.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    upstream = Upstream(token_lifetime=15)
+    with (
+        tempfile.TemporaryDirectory(prefix="asgi-refresh-demo-") as directory,
+        serve(upstream) as upstream_url,
+    ):
+        app = build(upstream, upstream_url, Path(directory) / "settings.toml")
+        print(f"\n  asgi_refresh demo: open http://127.0.0.1:{args.port}/  (Ctrl+C stops)\n", flush=True)
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
