@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from contextlib import aclosing
 from types import TracebackType
@@ -156,12 +158,17 @@ class HTTPSource:
         self._etag = self._last_modified = None
         self._cached, self._has_cached, self._digest = None, False, None
         self._open_client = self._client or await context.shared(_SHARED_CLIENT_KEY, _new_client)
+        _redact.endpoints[_endpoint(self.url)] += 1
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         context, self._context, self._open_client = self._context, None, None
+        endpoint = _endpoint(self.url)
+        _redact.endpoints[endpoint] -= 1
+        if _redact.endpoints[endpoint] <= 0:
+            del _redact.endpoints[endpoint]
         if context is not None:
             await context.aclose_standalone()
 
@@ -268,6 +275,37 @@ class HTTPSource:
         if query:
             text = text.replace(query, "…")
         return " ".join(text.split()) or "no details"
+
+
+class _RedactSourceURLs(logging.Filter):
+    """Keeps httpx's own INFO line ("HTTP Request: GET <url> ...") free of our secrets.
+
+    httpx logs every request's full URL, query string included. For requests to
+    an open HTTPSource's endpoint, the URL in that line loses its query string and
+    credentials; other requests are left alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.endpoints: Counter[tuple[bytes, str, int | None, str]] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(arg, httpx.URL) for arg in record.args):
+            record.args = tuple(
+                safe_url(arg) + ("?…" if arg.query else "")
+                if isinstance(arg, httpx.URL) and _endpoint(arg) in self.endpoints
+                else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _endpoint(url: httpx.URL) -> tuple[bytes, str, int | None, str]:
+    return (url.raw_scheme, url.host, url.port, url.path)
+
+
+_redact = _RedactSourceURLs()
+logging.getLogger("httpx").addFilter(_redact)
 
 
 def safe_url(url: httpx.URL) -> str:

@@ -522,3 +522,21 @@ async def test_the_same_token_body_keeps_its_expiry(upstream: respx.MockRouter) 
         await clock.advance(270)
         assert handle.value("token") == "t"
         assert status_of(handle, "token")["next_refresh_at"] == at(540 + 3600)
+
+
+async def test_httpx_own_request_log_shows_no_query_string(
+    upstream: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Httpx logs each request's URL at INFO; for our sources it loses query and credentials."""
+    upstream.get(url__startswith="https://api.example.com/").respond(json=1)
+    with caplog.at_level(logging.INFO):
+        async with (
+            running(Refresher("names", HTTPSource(SECRET_URL, params={"t": "PARAMSECRET"}), every="1h")),
+            httpx.AsyncClient() as theirs,
+        ):  # not ours: left alone
+            await theirs.get("https://api.example.com/other?mine=VISIBLE")
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any(line.startswith("HTTP Request: GET https://api.example.com/names?… ") for line in lines), lines
+    assert any("mine=VISIBLE" in line for line in lines)
+    for secret in ("PASSWORD", "QUERYSECRET", "PARAMSECRET"):
+        assert secret not in caplog.text
