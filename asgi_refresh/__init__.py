@@ -1,6 +1,7 @@
 """Keep an ASGI app's startup data fresh without restarts."""
 
 from .__about__ import __version__ as __version__
+from ._bearer import BearerToken
 from ._clock import Clock
 from ._duration import Duration
 from ._file import FileSource
@@ -11,6 +12,7 @@ from ._refresher import Refresher
 from ._runtime import RefreshError, RefreshHandle
 
 __all__ = [
+    "BearerToken",
     "Clock",
     "Duration",
     "FileSource",

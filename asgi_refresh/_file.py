@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,6 +18,7 @@ from ._source_context import SourceContext
 
 logger = logging.getLogger("asgi_refresh")
 
+_RACY_NS = 2_000_000_000  # newer than this, a file's stat signature is not trusted
 _FORMAT_BY_SUFFIX: dict[str, Format] = {".json": "json", ".toml": "toml", ".txt": "text"}
 # How quickly a watched change is picked up; editors write in bursts.
 _WATCH_DEBOUNCE_MS = 50
@@ -67,7 +69,7 @@ class FileSource:
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"FileSource: path must be a str or a Path (got {type(path).__name__})")
-        self.path = Path(path).absolute()
+        self.path = Path(path).expanduser().absolute()
         owner = f"FileSource({str(self.path)!r})"
         if format is None:
             format = _FORMAT_BY_SUFFIX.get(self.path.suffix.lower())
@@ -89,7 +91,7 @@ class FileSource:
         self.watch = watch
         self._lock = threading.Lock()  # one read at a time, even past an abandoned one
         self._context: SourceContext | None = None
-        self._signature: tuple[int, ...] | None = None
+        self._signature: tuple[int, ...] | None = None  # of the last good content, once settled
         self._digest: bytes | None = None
         self._value: Any = None
 
@@ -135,24 +137,14 @@ class FileSource:
         self._signature, self._digest, self._value = signature, digest, value
         return Fetched(value)
 
-    def _read_if_changed(self) -> Fetched | tuple[tuple[int, ...], bytes, bytes]:
+    def _read_if_changed(self) -> Fetched | tuple[tuple[int, ...] | None, bytes, bytes]:
         """In a thread: a not-modified result, or the new content with its signature and hash."""
         if not self._lock.acquire(blocking=False):
             raise SourceError(f"{self.path}: the previous read is still blocked (a hung file system?)")
         try:
-            try:
-                stat = os.stat(self.path)
-            except FileNotFoundError:
-                raise SourceError(f"{self.path}: file not found") from None
-            except OSError as exc:
-                raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
-            signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns)
-            if signature == self._signature:
+            if _signature(self._stat()) == self._signature:
                 return Fetched(self._value, not_modified=True)
-            try:
-                data = self.path.read_bytes()
-            except OSError as exc:
-                raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+            signature, data = self._read()
             digest = blake2b(data)
             if digest == self._digest:  # touched, or rewritten with the same content
                 self._signature = signature
@@ -161,14 +153,37 @@ class FileSource:
         finally:
             self._lock.release()
 
+    def _stat(self) -> os.stat_result:
+        try:
+            return os.stat(self.path)
+        except FileNotFoundError:
+            raise SourceError(f"{self.path}: file not found") from None
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+
+    def _read(self) -> tuple[tuple[int, ...] | None, bytes]:
+        """The content, and the signature to remember for it (None if it may still change)."""
+        try:
+            with open(self.path, "rb") as file:
+                before = os.fstat(file.fileno())
+                data = file.read()
+                after = os.fstat(file.fileno())
+        except FileNotFoundError:
+            raise SourceError(f"{self.path}: file not found") from None
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        # "Racy clean", as git calls it: a file written in the last moments may be
+        # written again within the same timestamp tick (coarse on some file systems)
+        # at the same size, and its signature would then hide that change. Such a
+        # file is not trusted by signature; it is re-read and re-hashed next time.
+        settled = _signature(before) == _signature(after) and time.time_ns() - after.st_mtime_ns > _RACY_NS
+        return (_signature(after) if settled else None), data
+
     async def _watch(self) -> None:
         import watchfiles
 
         context = self._context
         assert context is not None
-
-        def is_ours(change: watchfiles.Change, path: str) -> bool:
-            return Path(path) == self.path
 
         # watchfiles waits in a thread that only checks its stop event: set it the
         # moment shutdown cancels us, or shutdown would wait for the thread.
@@ -178,7 +193,10 @@ class FileSource:
                 task_group.start_soon(_set_when_cancelled, stop)
                 async for _changes in watchfiles.awatch(
                     self.path.parent,
-                    watch_filter=is_ours,
+                    # Any change in the directory, not only events naming our file: a
+                    # Kubernetes ConfigMap update swaps a symlink (`..data`), and a
+                    # poll that finds nothing new costs one stat().
+                    watch_filter=None,
                     debounce=_WATCH_DEBOUNCE_MS,
                     step=_WATCH_STEP_MS,
                     stop_event=stop,
@@ -201,3 +219,7 @@ async def _set_when_cancelled(event: anyio.Event) -> None:
         await anyio.sleep_forever()
     finally:
         event.set()
+
+
+def _signature(stat: os.stat_result) -> tuple[int, ...]:
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns)

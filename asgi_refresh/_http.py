@@ -9,18 +9,21 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import aclosing
+from datetime import UTC
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from .__about__ import __version__
+from ._bearer import BearerToken, _BoundBearer
 from ._duration import Duration, format_duration, positive_duration
 from ._outcome import Fetched, Fresh, SourceError
 from ._parsing import Format, Parser, Validate, digest
 from ._source_context import SourceContext
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_TIMEOUT = 10.0
 MAX_RETRY_AFTER = 3600.0  # a broken Retry-After must not stop refreshes for days
 _SHARED_CLIENT_KEY = "asgi_refresh.httpx.AsyncClient"
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
@@ -85,7 +88,7 @@ class HTTPSource:
         auth: httpx.Auth | tuple[str, str] | Any = None,
         data: Mapping[str, Any] | None = None,
         json: Any = None,
-        timeout: Duration | None = "10s",
+        timeout: Duration | None = None,
         client: httpx.AsyncClient | None = None,
         parse: Format = "json",
         validate: Validate | None = None,
@@ -101,9 +104,19 @@ class HTTPSource:
             raise ValueError(
                 f"HTTPSource: url must be an absolute http:// or https:// URL (got {safe_url(parsed)!r})"
             )
-        self.url = parsed
+        # The query of the URL and `params` together, once: httpx would let one replace the other.
+        self.url = parsed.copy_merge_params(params) if params else parsed
         self.safe_url = safe_url(parsed)
         owner = f"HTTPSource({self.safe_url!r})"
+        for header, value in (headers or {}).items():
+            if not isinstance(value, str) or value != value.strip() or "\n" in value or "\r" in value:
+                # Not echoed back: it is likely a credential read from a file with its newline.
+                raise ValueError(
+                    f"{owner}: the value of header {header!r} must be a string without surrounding "
+                    "whitespace or line breaks (was it read from a file with its newline?)"
+                )
+        if data is not None and json is not None:
+            raise ValueError(f"{owner}: pass a form body (data=) or a JSON body (json=), not both")
         if not isinstance(method, str) or not method.isalpha():
             raise ValueError(f"{owner}: method must be an HTTP method like 'GET' (got {method!r})")
         self.method = method.upper()
@@ -126,12 +139,12 @@ class HTTPSource:
             )
         self._request: dict[str, Any] = {
             "headers": dict(headers or {}),
-            "params": dict(params or {}),
             "auth": auth,
             "data": data,
             "json": json,
-            "timeout": None if timeout is None else positive_duration(owner, "timeout", timeout),
         }
+        if timeout is not None:  # otherwise the client's own: 10 s on the shared one
+            self._request["timeout"] = positive_duration(owner, "timeout", timeout)
         self._client = client
         self._parser = Parser(owner, "parse", parse, validate)
         self.max_bytes = max_bytes
@@ -143,6 +156,7 @@ class HTTPSource:
         self._cached: Any = None
         self._has_cached = False
         self._digest: bytes | None = None  # of the body behind the cached value
+        self._expires_at: float | None = None  # of the cached value, if it was a Fresh (monotonic)
 
     def __repr__(self) -> str:
         return f"HTTPSource({self.safe_url!r}, method={self.method!r})"
@@ -156,8 +170,11 @@ class HTTPSource:
         context = SourceContext.current(repr(self))
         self._context = context
         self._etag = self._last_modified = None
-        self._cached, self._has_cached, self._digest = None, False, None
+        self._cached, self._has_cached, self._digest, self._expires_at = None, False, None, None
         self._open_client = self._client or await context.shared(_SHARED_CLIENT_KEY, _new_client)
+        auth = self._request["auth"]
+        if isinstance(auth, BearerToken):
+            self._request["auth"] = auth._bind(context.handle)
         _redact.endpoints[_endpoint(self.url)] += 1
         return self
 
@@ -165,6 +182,8 @@ class HTTPSource:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         context, self._context, self._open_client = self._context, None, None
+        if isinstance(self._request["auth"], _BoundBearer):
+            self._request["auth"] = self._request["auth"].token
         endpoint = _endpoint(self.url)
         _redact.endpoints[endpoint] -= 1
         if _redact.endpoints[endpoint] <= 0:
@@ -187,7 +206,9 @@ class HTTPSource:
                 "first with `async with source:`"
             )
         headers = dict(self._request["headers"])
-        if self._has_cached:
+        # Validators only make a read conditional: on a POST, If-None-Match is a
+        # precondition the server must fail with 412.
+        if self._has_cached and self.method in ("GET", "HEAD"):
             if self._etag is not None:
                 headers["If-None-Match"] = self._etag
             if self._last_modified is not None:
@@ -198,15 +219,21 @@ class HTTPSource:
             ) as response:
                 if response.status_code == 304 and self._has_cached:
                     self._remember_validators(response, keep_missing=True)
-                    # A 304 says nothing new about a token's expiry: the value alone.
-                    value = self._cached.value if isinstance(self._cached, Fresh) else self._cached
-                    return Fetched(value, not_modified=True, refresh_in=self._refresh_in(response))
+                    return Fetched(
+                        self._cached_now(), not_modified=True, refresh_in=self._refresh_in(response)
+                    )
                 if not response.is_success:
                     raise self._status_error(response)
                 body = await self._read(response)
                 encoding = response.charset_encoding
         except httpx.TimeoutException as exc:
             raise SourceError(f"{self.where}: timed out ({type(exc).__name__})") from None
+        except httpx.LocalProtocolError as exc:
+            # Its message quotes the offending header or body: possibly a credential.
+            raise SourceError(
+                f"{self.where}: {type(exc).__name__}: httpx refused to send the request "
+                "(a header or body it cannot encode)"
+            ) from None
         except httpx.HTTPError as exc:
             raise SourceError(f"{self.where}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
         refresh_in = self._refresh_in(response)
@@ -214,14 +241,25 @@ class HTTPSource:
         if self._has_cached and body_digest == self._digest:
             # The same body again (a server without validators): no parse, no
             # comparison of two big values, nothing new to publish.
+            # A token grant sent again is good for its expires_in from now.
             self._remember_validators(response, keep_missing=False)
+            self._expires_at = _expiry(context, self._cached)
             return Fetched(self._cached, not_modified=True, refresh_in=refresh_in)
         value = await self._parser(context, body, self.where, encoding)
         # Remembered only once the body is good: a broken document must be fetched
         # in full next time, not confirmed with a 304.
         self._remember_validators(response, keep_missing=False)
         self._cached, self._has_cached, self._digest = value, True, body_digest
+        self._expires_at = _expiry(context, value)
         return Fetched(value, refresh_in=refresh_in)
+
+    def _cached_now(self) -> Any:
+        """The cached value, a token with what is left of its lifetime."""
+        if not isinstance(self._cached, Fresh) or self._expires_at is None:
+            return self._cached
+        assert self._context is not None
+        left = max(self._expires_at - self._context.clock.monotonic(), 0.0)
+        return Fresh(self._cached.value, expires_in=left, leeway=min(self._cached.leeway, left))
 
     async def _read(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("Content-Length", "")
@@ -308,6 +346,10 @@ _redact = _RedactSourceURLs()
 logging.getLogger("httpx").addFilter(_redact)
 
 
+def _expiry(context: SourceContext, value: Any) -> float | None:
+    return context.clock.monotonic() + value.expires_in if isinstance(value, Fresh) else None
+
+
 def safe_url(url: httpx.URL) -> str:
     """``url`` without credentials, query string or fragment: what logs may show."""
     return str(url.copy_with(userinfo=None, query=None, fragment=None)) if url.host else str(url.path)
@@ -321,7 +363,29 @@ def _safe_url_text(text: str) -> str:
 
 
 def _new_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(follow_redirects=True, headers={"User-Agent": f"asgi-refresh/{__version__}"})
+    return httpx.AsyncClient(
+        follow_redirects=True,
+        timeout=DEFAULT_TIMEOUT,
+        headers={"User-Agent": f"asgi-refresh/{__version__}"},
+        event_hooks={"response": [_refuse_leaving_redirects]},
+    )
+
+
+async def _refuse_leaving_redirects(response: httpx.Response) -> None:
+    """Follow redirects within the origin only: our headers (an API key) must not travel.
+
+    httpx drops only ``Authorization`` when a redirect leaves the origin; a key in
+    another header would go to the new host, and over plain HTTP after a downgrade.
+    """
+    if not response.has_redirect_location:
+        return
+    source, target = response.request.url, response.request.url.join(response.headers["Location"])
+    if (target.scheme, target.host, target.port) != (source.scheme, source.host, source.port):
+        raise SourceError(
+            f"{response.request.method} {safe_url(source)}: redirected to another origin "
+            f"({safe_url(target)}); not followed, so that request headers do not leak. Use the new "
+            "URL, or pass your own client= that follows such redirects"
+        )
 
 
 def _freshness_lifetime(headers: httpx.Headers, now: float) -> float | None:
@@ -365,5 +429,7 @@ def _http_date(value: str) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # asctime dates carry no zone; HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
     timestamp = when.timestamp()
     return timestamp if math.isfinite(timestamp) else None

@@ -66,8 +66,11 @@ class Parser:
         try:
             value = self._parse(body, encoding or "utf-8")
         except Exception as exc:
-            kind = self.format if isinstance(self.format, str) else "body"
-            raise SourceError(f"{where}: invalid {kind}: {_reason(exc)}") from None
+            if isinstance(self.format, str):
+                raise SourceError(f"{where}: invalid {self.format}: {_reason(exc)}") from None
+            # A third-party parser's message may quote the document (yaml does): its
+            # type and position only.
+            raise SourceError(f"{where}: the parse function raised {_kind_and_position(exc)}") from None
         if self.validate is None:
             return value
         if isinstance(value, Fresh):  # a token parser: validate what it wraps
@@ -100,6 +103,16 @@ class Parser:
                 "or raise, e.g. `lambda v: (check(v), v)[1]` for a checker that returns nothing"
             )
         return valid
+
+
+def _kind_and_position(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:  # yaml counts from 0
+        line, column = getattr(mark, "line", -1) + 1, getattr(mark, "column", -1) + 1
+    else:  # json and toml style, from 1
+        line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    where = f" at line {line}, column {column}" if isinstance(line, int) and isinstance(column, int) else ""
+    return f"{type(exc).__name__}{where} (its message is not shown: it may quote the document)"
 
 
 def _reason(exc: Exception) -> str:

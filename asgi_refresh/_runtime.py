@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Iterable, MutableMapping
 from contextlib import AsyncExitStack, nullcontext
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -25,7 +25,7 @@ from ._clock import Clock
 from ._duration import format_duration
 from ._outcome import Fetched, Fresh, SourceError
 from ._refresher import RESERVED_NAME, Refresher
-from ._source_context import SourceContext, done_opening, opening
+from ._source_context import SharedResources, SourceContext, done_opening, opening
 from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")
@@ -90,6 +90,10 @@ class _Slot:
         self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
         self.flight: _Flight | None = None
         self.refresh_again = False  # a watched file changed while a fetch was under way
+        fetch_type = type(spec.fetch)
+        self.opened = not (hasattr(fetch_type, "__aenter__") and hasattr(fetch_type, "__aexit__"))
+        self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
+        self.leeway = 0.0
         self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
         self.thread: ThreadCall | None = None  # the last blocking fetch's thread
@@ -116,9 +120,9 @@ class Runtime:
         self._task_group: TaskGroup | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
-        self._shared: dict[str, Any] = {}  # resources the sources share (one HTTP client)
+        self._shared = SharedResources()  # what the sources share (one HTTP client)
+        self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
-        self.open_failure: str | None = None
 
     @property
     def running(self) -> bool:
@@ -139,54 +143,50 @@ class Runtime:
             if not slot.spec.required:
                 self._publish(slot.spec.name, slot.spec.default)
         self.state[SNAPSHOT_KEY] = object()
-        sources = AsyncExitStack()
         try:
             with self._scope:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
-                    self.open_failure = await self._open_sources(sources, task_group)
-                    if self.open_failure is None:
-                        for slot in self.slots.values():
-                            task_group.start_soon(
-                                self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}"
-                            )
+                    for slot in self.slots.values():
+                        task_group.start_soon(self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}")
                     task_status.started()
         finally:
             self._task_group = None
-            await self._close_sources(sources)
+            await self._close_sources()
             self._stopped.set()
 
-    async def _open_sources(self, sources: AsyncExitStack, task_group: TaskGroup) -> str | None:
-        """Enter every fetch that is an async context manager (an HTTP source) for the lifespan."""
-        failures = []
-        for slot in self.slots.values():
-            fetch = slot.spec.fetch
-            if not (hasattr(type(fetch), "__aenter__") and hasattr(type(fetch), "__aexit__")):
-                continue
-            name = slot.spec.name
-            context = SourceContext(
-                name=name,
-                clock=self.clock,
-                shared=self._shared,
-                stack=sources,
-                start_soon=partial(_start_soon, task_group, f"asgi_refresh:{name}:source"),
-                refresh_soon=partial(self._refresh_soon, slot),
-            )
-            token = opening(context)
-            try:
-                await sources.enter_async_context(fetch)  # type: ignore[arg-type]
-            except Exception as exc:  # a source that cannot open is a startup failure, named
-                failures.append(f"Refresher {name!r} could not open its source: {describe_error(exc)}")
-            finally:
-                done_opening(token)
-        return "; ".join(failures) or None
+    async def _open_source(self, slot: _Slot) -> None:
+        """Enter a fetch that is an async context manager (a source) for the rest of the lifespan.
 
-    async def _close_sources(self, sources: AsyncExitStack) -> None:
+        Done as part of its first fetch, so it is bounded and retried like one:
+        a source that cannot open is a failed load, not a crash.
+        """
+        assert self._task_group is not None
+        name = slot.spec.name
+        context = SourceContext(
+            name=name,
+            clock=self.clock,
+            shared=self._shared,
+            stack=self._sources,
+            handle=self.handle,
+            start_soon=partial(_start_soon, self._task_group, f"asgi_refresh:{name}:source"),
+            refresh_soon=partial(self._refresh_soon, slot),
+        )
+        token = opening(context)
+        try:
+            await self._sources.enter_async_context(slot.spec.fetch)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise SourceError(f"could not open its source: {describe_error(exc)}") from exc
+        finally:
+            done_opening(token)
+        slot.opened = True
+
+    async def _close_sources(self) -> None:
         deadline = self._close_deadline or self.clock.monotonic() + _CLOSE_TIMEOUT
         # Shielded: shutdown cancelled us, and a source must still close its client.
         with anyio.CancelScope(shield=True), self.clock.move_on_at(deadline):
             try:
-                await sources.aclose()
+                await self._sources.aclose()
             except Exception:
                 logger.exception("asgi_refresh: closing a source failed; ignored at shutdown")
 
@@ -205,8 +205,6 @@ class Runtime:
         refreshers must get a value (retrying with backoff until the budget runs
         out); the others only need to have tried once.
         """
-        if self.open_failure is not None:
-            return self.open_failure
         with self.clock.move_on_at(self.clock.monotonic() + startup_timeout):
             for slot in self.slots.values():
                 await (slot.loaded if slot.spec.required else slot.attempted).wait()
@@ -364,6 +362,8 @@ class Runtime:
 
     async def _call_fetch(self, slot: _Slot) -> Any:
         spec = slot.spec
+        if not slot.opened:
+            await self._open_source(slot)
         if spec.is_async:
             return await spec.fetch()
         if slot.thread is not None and slot.thread.is_running():
@@ -391,7 +391,9 @@ class Runtime:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return None
         spec, now = slot.spec, self.clock.monotonic()
-        value, not_modified, refresh_in = _unwrap(spec, result)
+        value, not_modified, refresh_in, fresh = _unwrap(spec, result)
+        slot.expires_at = None if fresh is None else now + fresh.expires_in
+        slot.leeway = 0.0 if fresh is None else fresh.leeway
         had_value = slot.loaded.is_set() or not spec.required
         old = self.state.get(spec.name)
         failures = slot.consecutive_failures
@@ -434,6 +436,12 @@ class Runtime:
         slot.last_outcome = "failed"
         slot.attempted.set()
         delay = self._backoff_delay(slot)
+        if slot.expires_at is not None:
+            # An expiring value (a token) must not be left expired for a whole
+            # backoff cap: retry by its expiry, and then within its leeway.
+            until_expiry = slot.expires_at - now
+            bound = until_expiry if until_expiry > 0 else max(slot.leeway, spec.backoff_initial)
+            delay = min(delay, max(bound, min(_MIN_REFRESH_IN, spec.every)))
         if isinstance(exc, SourceError) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)  # the upstream asked us to wait (Retry-After)
         self._reschedule(slot, now + delay)
@@ -445,8 +453,11 @@ class Runtime:
             "keeping the last good value" if slot.loaded.is_set() else "no value loaded yet",
             format_duration(delay),
             # The traceback once per run of failures is what debugging needs; on every
-            # retry it would only bury the log. A timeout's traceback is our own code.
-            exc_info=exc if slot.consecutive_failures == 1 and not isinstance(exc, _FetchTimeout) else None,
+            # retry it would only bury the log. A timeout's traceback is our own code,
+            # and a SourceError's message already says all it knows.
+            exc_info=exc
+            if slot.consecutive_failures == 1 and not isinstance(exc, _FetchTimeout | SourceError)
+            else None,
             extra={"refresher": spec.name, "outcome": "failed"},
         )
         if spec.on_error is not None:
@@ -510,6 +521,7 @@ class Runtime:
                 "last_success_at": _iso(slot.last_success_at),
                 "last_changed_at": _iso(slot.last_changed_at),
                 "last_outcome": slot.last_outcome,
+                "expires_at": None if slot.expires_at is None else _iso(wall + slot.expires_at - now),
                 "last_error": slot.last_error,
                 "consecutive_failures": slot.consecutive_failures,
                 "refresh_count": slot.refresh_count,
@@ -622,19 +634,25 @@ def _is_stray_cancellation() -> bool:
     return task is not None and task.cancelling() == 0
 
 
-def _unwrap(spec: Refresher, result: Any) -> tuple[Any, bool, float | None]:
-    """Split a fetch result into (value, not_modified, seconds until the next refresh)."""
-    not_modified, refresh_in = False, None
+class _Unwrapped(NamedTuple):
+    value: Any
+    not_modified: bool
+    refresh_in: float | None  # seconds until the next refresh, if not `every` on the grid
+    fresh: Fresh[Any] | None  # what the fetch said about the value's expiry
+
+
+def _unwrap(spec: Refresher, result: Any) -> _Unwrapped:
+    """Split a fetch result into the value and what the upstream said about it."""
+    not_modified, refresh_in, fresh = False, None, None
     if isinstance(result, Fetched):
         not_modified, refresh_in, result = result.not_modified, result.refresh_in, result.value
     if isinstance(result, Fresh):
+        fresh = result
         # Renew before expiry, never later than `every`, never in a busy loop.
-        until_expiry = min(
-            max(result.expires_in - result.leeway, min(_MIN_REFRESH_IN, spec.every)), spec.every
-        )
+        until_expiry = min(max(fresh.expires_in - fresh.leeway, min(_MIN_REFRESH_IN, spec.every)), spec.every)
         refresh_in = until_expiry if refresh_in is None else min(refresh_in, until_expiry)
-        result = result.value
-    return result, not_modified, refresh_in
+        result = fresh.value
+    return _Unwrapped(result, not_modified, refresh_in, fresh)
 
 
 def _start_soon(task_group: TaskGroup, name: str, func: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -13,10 +13,21 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+import anyio
+
 from ._clock import Clock, SystemClock
 from ._thread import ThreadCall
 
 T = TypeVar("T")
+
+
+class SharedResources:
+    """Objects the sources of one lifespan share, made once per key (one HTTP client)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Any] = {}
+        self.lock = anyio.Lock()  # two sources opening at once must not make two clients
+
 
 _opening: ContextVar[SourceContext | None] = ContextVar("asgi_refresh_opening_source", default=None)
 
@@ -29,8 +40,9 @@ class SourceContext:
         *,
         name: str,
         clock: Clock,
-        shared: dict[str, Any],
+        shared: SharedResources,
         stack: AsyncExitStack,
+        handle: Any = None,
         start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None,
         refresh_soon: Callable[[], None] | None = None,
     ) -> None:
@@ -38,6 +50,7 @@ class SourceContext:
         self.clock = clock
         self._shared = shared
         self._stack = stack
+        self.handle = handle  # the RefreshHandle of the running middleware; None standalone
         self._start_soon = start_soon
         self._refresh_soon = refresh_soon
 
@@ -47,7 +60,9 @@ class SourceContext:
         context = _opening.get()
         if context is not None:
             return context
-        return SourceContext(name=owner, clock=SystemClock(), shared={}, stack=AsyncExitStack())
+        return SourceContext(
+            name=owner, clock=SystemClock(), shared=SharedResources(), stack=AsyncExitStack()
+        )
 
     @property
     def standalone(self) -> bool:
@@ -56,9 +71,10 @@ class SourceContext:
 
     async def shared(self, key: str, factory: Callable[[], AbstractAsyncContextManager[T]]) -> T:
         """One object per lifespan for ``key`` (an HTTP client), closed when the lifespan ends."""
-        if key not in self._shared:
-            self._shared[key] = await self._stack.enter_async_context(factory())
-        value: T = self._shared[key]
+        async with self._shared.lock:
+            if key not in self._shared.objects:
+                self._shared.objects[key] = await self._stack.enter_async_context(factory())
+        value: T = self._shared.objects[key]
         return value
 
     async def aclose_standalone(self) -> None:

@@ -11,34 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from asgi_refresh import Fresh, HTTPSource, Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh import BearerToken, Fresh, HTTPSource, Refresher, RefreshMiddleware
 
 
 def token_grant(body: bytes) -> Fresh[str]:
     """Read an OAuth token response: the token, valid for ``expires_in`` seconds."""
     grant = json.loads(body)
     return Fresh(grant["access_token"], expires_in=grant["expires_in"])
-
-
-class BearerFrom(httpx.Auth):
-    """Authenticates each request with the token another refresher keeps fresh."""
-
-    def __init__(self, handle: Callable[[], RefreshHandle], name: str) -> None:
-        self.handle, self.name = handle, name
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        # At startup both refreshers load at once: wait for the first token.
-        token = await self.handle().wait_for(self.name)
-        request.headers["Authorization"] = f"Bearer {token}"
-        yield request
 
 
 async def index(request: Request) -> JSONResponse:
@@ -61,12 +46,11 @@ def make_app(upstream_url: str) -> RefreshMiddleware:
         auth=("demo-client", "demo-secret"),
         parse=token_grant,
     )
-    orders = HTTPSource(f"{upstream_url}/protected", auth=BearerFrom(lambda: app.handle, "token"))
-    app = RefreshMiddleware(
+    orders = HTTPSource(f"{upstream_url}/protected", auth=BearerToken("token"))
+    return RefreshMiddleware(
         Starlette(routes=[Route("/", index)]),
         refreshers=[Refresher("token", token, every="1h"), Refresher("orders", orders, every="5s")],
     )
-    return app
 
 
 if __name__ == "__main__":

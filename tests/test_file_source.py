@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sys
@@ -22,15 +23,16 @@ from .helpers import START, ScriptedApp, running, startup_failure
 pytestmark = pytest.mark.anyio
 
 
-def write(path: Path, text: str) -> None:
-    """Write ``text`` and move the modification time on, as a later edit would."""
+def write(path: Path, text: str, *, seconds_ago: float = 10) -> None:
+    """Write ``text`` dated ``seconds_ago``: settled, as a file edited a while back is."""
     path.write_text(text)
-    bump(path)
+    bump(path, seconds_ago)
 
 
-def bump(path: Path) -> None:
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+def bump(path: Path, seconds_ago: float = 10) -> None:
+    """Set the modification time ``seconds_ago``, as ``touch -d`` would."""
+    when = time.time_ns() - int(seconds_ago * 1e9)
+    os.utime(path, ns=(when, when))
 
 
 def replace_atomically(path: Path, text: str) -> None:
@@ -41,23 +43,23 @@ def replace_atomically(path: Path, text: str) -> None:
 
 
 class Counting:
-    """Counts the stat() and read_bytes() calls on one file."""
+    """Counts the stat() calls on one file, and the times it is opened to be read."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
         self.stats = 0
         self.reads = 0
-        real_stat, real_read = os.stat, Path.read_bytes
+        real_stat, real_open = os.stat, builtins.open
 
         def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
             self.stats += isinstance(path, str | os.PathLike) and Path(path) == target
             return real_stat(path, *args, **kwargs)
 
-        def read_bytes(path: Path) -> bytes:
-            self.reads += path == target
-            return real_read(path)
+        def open_(path: Any, *args: Any, **kwargs: Any) -> Any:
+            self.reads += isinstance(path, str | os.PathLike) and Path(path) == target
+            return real_open(path, *args, **kwargs)
 
         monkeypatch.setattr("asgi_refresh._file.os.stat", stat)
-        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        monkeypatch.setattr(builtins, "open", open_)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +86,7 @@ async def test_unchanged_file_costs_one_stat_per_poll(
 ) -> None:
     """While the file is unchanged, each poll is one stat() and no read; status says not modified."""
     path = tmp_path / "flags.json"
-    path.write_text('{"beta": true}')
+    write(path, '{"beta": true}', seconds_ago=60)
     clock = FakeClock(START)
     counting = Counting(monkeypatch, path)
     async with running(Refresher("flags", FileSource(path), every="1s", jitter=0), clock=clock) as handle:
@@ -103,7 +105,7 @@ async def test_a_touched_file_is_read_but_not_republished(
 ) -> None:
     """A new mtime with the same content is read once, hashed, and publishes nothing new."""
     path = tmp_path / "flags.json"
-    path.write_text("[1]")
+    write(path, "[1]", seconds_ago=60)
     clock = FakeClock(START)
     changes: list[Any] = []
     counting = Counting(monkeypatch, path)
@@ -309,3 +311,50 @@ async def test_watch_by_hand_is_polling_only(tmp_path: Path, caplog: pytest.LogC
         async with FileSource(path, watch=True) as source:
             assert (await source()).value == [1]
     assert "watch needs a running middleware; polling only" in caplog.text
+
+
+async def test_a_parse_functions_message_is_not_shown(tmp_path: Path) -> None:
+    """A third-party parser may quote the document in its error: type and position only."""
+
+    class Mark:
+        line, column = 2, 4
+
+    class ScannerError(Exception):
+        problem_mark = Mark()
+
+    def parse(body: bytes) -> Any:
+        raise ScannerError(f"cannot parse {body!r}")
+
+    path = tmp_path / "secrets.yaml"
+    path.write_text("password: SECRET")
+    message = await startup_failure(Refresher("config", FileSource(path, format=parse), every="5s"))
+    assert message.endswith(
+        f"SourceError: {path}: the parse function raised ScannerError at line 3, column 5 "
+        "(its message is not shown: it may quote the document)"
+    )
+    assert "SECRET" not in message
+
+
+async def test_watch_follows_a_configmap_style_symlink_swap(tmp_path: Path) -> None:
+    """Kubernetes swaps a ..data symlink: no event names our file, the reload happens anyway."""
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "flags.json").write_text(json.dumps({"version": version}))
+    (tmp_path / "..data").symlink_to("v1")
+    path = tmp_path / "flags.json"
+    path.symlink_to("..data/flags.json")
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("flags", FileSource(path, watch=True), every="1h")]
+    )
+    async with LifespanManager(middleware):
+        await anyio.sleep(0.2)  # the watcher starts
+        swap = tmp_path / "..data_tmp"
+        swap.symlink_to("v2")
+        os.replace(swap, tmp_path / "..data")
+        await wait_until(lambda: middleware.handle.value("flags") == {"version": "v2"})
+
+
+def test_a_home_relative_path_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``~/flags.toml`` means the home directory, as in a shell."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert FileSource("~/flags.toml").path == tmp_path / "flags.toml"

@@ -174,3 +174,16 @@ async def test_a_fetch_can_wait_for_another_refreshers_first_load() -> None:
     assert seen == [
         "Refresher 'token' has not loaded a value yet; `await handle.wait_for('token')` waits for it"
     ]
+
+
+async def test_an_expiring_value_is_retried_by_its_expiry_then_within_its_leeway() -> None:
+    """Failed renewals retry no later than expiry, then at most a leeway apart, not `every`."""
+    clock = FakeClock(START)
+    upstream = Upstream(Fresh("t", expires_in=100), *[SourceError("auth server down")] * 20)
+    upstream.clock = clock
+    refresher = Refresher("token", upstream, every="1h", jitter=0, backoff_initial="4s")
+    async with running(refresher, clock=clock) as handle:
+        assert handle.status()["token"]["expires_at"] == (START + timedelta(seconds=100)).isoformat()
+        await clock.advance(200)
+    # 90 renewal fails; backoff 4 and 8 s; then capped by expiry at 100; then the 10 s leeway.
+    assert upstream.call_times[:7] == [0, 90, 94, 100, 110, 120, 130]

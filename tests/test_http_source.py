@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from email.utils import format_datetime
@@ -14,7 +16,7 @@ import pydantic
 import pytest
 import respx
 
-from asgi_refresh import Fresh, HTTPSource, Refresher, RefreshError
+from asgi_refresh import BearerToken, Fresh, HTTPSource, Refresher, RefreshError
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, running, startup_failure
@@ -442,8 +444,9 @@ async def test_one_source_in_two_refreshers_fails_startup(upstream: respx.MockRo
     upstream.get(URL).respond(json=1)
     source = HTTPSource(URL)
     message = await startup_failure(Refresher("a", source, every="1h"), Refresher("b", source, every="1h"))
-    assert message.startswith("Refresher 'b' could not open its source: RuntimeError: HTTPSource(")
-    assert "already open" in message
+    assert re.match(r"Refresher '[ab]' could not load within startup_timeout \(10s\): ", message)
+    assert "SourceError: could not open its source: RuntimeError: HTTPSource(" in message
+    assert "already open: a source serves one refresher" in message
 
 
 async def test_a_token_endpoint_parse_can_return_fresh(upstream: respx.MockRouter) -> None:
@@ -506,7 +509,7 @@ async def test_the_same_body_again_is_not_parsed_again(upstream: respx.MockRoute
 
 
 async def test_the_same_token_body_keeps_its_expiry(upstream: respx.MockRouter) -> None:
-    """An identical token grant still schedules by its expiry; a 304 falls back to every."""
+    """An identical grant is a new lifetime from now; a 304 keeps what is left of the old one."""
     route = upstream.post("https://auth.example.com/token")
     grant = httpx.Response(200, json={"access_token": "t", "expires_in": 300}, headers={"ETag": '"g"'})
     route.side_effect = [grant, grant, httpx.Response(304)]
@@ -521,7 +524,9 @@ async def test_the_same_token_body_keeps_its_expiry(upstream: respx.MockRouter) 
         assert status_of(handle, "token")["next_refresh_at"] == at(540)
         await clock.advance(270)
         assert handle.value("token") == "t"
-        assert status_of(handle, "token")["next_refresh_at"] == at(540 + 3600)
+        # 30 s of the grant left at the 304, all of it leeway: renewed at once (the 1 s floor).
+        assert status_of(handle, "token")["next_refresh_at"] == at(541)
+        assert status_of(handle, "token")["expires_at"] == at(570)
 
 
 async def test_httpx_own_request_log_shows_no_query_string(
@@ -540,3 +545,129 @@ async def test_httpx_own_request_log_shows_no_query_string(
     assert any("mine=VISIBLE" in line for line in lines)
     for secret in ("PASSWORD", "QUERYSECRET", "PARAMSECRET"):
         assert secret not in caplog.text
+
+
+# -- review: URLs, methods, redirects, timeouts ----------------------------------------
+
+
+async def test_the_urls_query_and_params_both_reach_the_server(upstream: respx.MockRouter) -> None:
+    """A query in the URL is kept, and params are added to it, not put in its place."""
+    route = upstream.get(url__startswith="https://api.example.com/names").respond(json=1)
+    source = HTTPSource(f"{URL}?api_key=K&v=2", params={"limit": 10})
+    async with running(Refresher("names", source, every="1h")):
+        pass
+    assert route.calls.last.request.url == httpx.URL(f"{URL}?api_key=K&v=2&limit=10")
+
+
+async def test_a_post_never_sends_validators(upstream: respx.MockRouter) -> None:
+    """If-None-Match on a POST is a precondition (412), not a cache check: only reads send it."""
+    route = upstream.post(URL)
+    route.side_effect = [httpx.Response(200, json=1, headers={"ETag": '"a"'}), httpx.Response(200, json=2)]
+    async with running(Refresher("names", HTTPSource(URL, method="POST"), every="1h")) as handle:
+        assert await handle.refresh("names") == 2
+    assert "If-None-Match" not in route.calls.last.request.headers
+
+
+async def test_redirects_are_followed_within_the_origin_only(upstream: respx.MockRouter) -> None:
+    """A same-origin redirect is followed; one to another origin is refused, headers kept home."""
+    upstream.get(URL).respond(301, headers={"Location": "/v2/names"})
+    upstream.get("https://api.example.com/v2/names").respond(json=["moved"])
+    elsewhere = upstream.get("http://other.example.net/names").respond(json=["stolen"])
+    upstream.get("https://api.example.com/away").respond(
+        302, headers={"Location": "http://other.example.net/names"}
+    )
+    source = HTTPSource(URL, headers={"X-Api-Key": "KEYSECRET"})
+    away = HTTPSource("https://api.example.com/away", headers={"X-Api-Key": "KEYSECRET"})
+    refreshers = [Refresher("names", source, every="1h"), Refresher("away", away, every="1h", required=False)]
+    async with running(*refreshers) as handle:
+        assert handle.value("names") == ["moved"]
+        error = handle.status()["away"]["last_error"]
+    assert error.startswith(
+        "SourceError: GET https://api.example.com/away: redirected to another origin (http://other.example.net/names); not followed"
+    )
+    assert not elsewhere.called
+
+
+async def test_timeouts_default_to_the_clients_own(upstream: respx.MockRouter) -> None:
+    """The shared client times out after 10 s; your client keeps its timeout unless you pass one."""
+    route = upstream.get(URL).respond(json=1)
+    async with running(Refresher("names", HTTPSource(URL), every="1h")):
+        assert route.calls.last.request.extensions["timeout"] == httpx.Timeout(10.0).as_dict()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60, connect=2)) as client:
+        async with running(Refresher("names", HTTPSource(URL, client=client), every="1h")):
+            assert route.calls.last.request.extensions["timeout"] == httpx.Timeout(60, connect=2).as_dict()
+        async with running(Refresher("names", HTTPSource(URL, client=client, timeout=3), every="1h")):
+            assert route.calls.last.request.extensions["timeout"] == httpx.Timeout(3).as_dict()
+
+
+async def test_an_error_that_would_quote_a_header_is_not_shown(upstream: respx.MockRouter) -> None:
+    """Httpx's LocalProtocolError quotes the header it refused: only its kind is reported."""
+    route = upstream.get(URL)
+    route.side_effect = [
+        httpx.Response(200, json=1),
+        httpx.LocalProtocolError("Illegal header value b'HEADERSECRET'"),
+    ]
+    async with running(Refresher("names", HTTPSource(URL), every="1h")) as handle:
+        with pytest.raises(RefreshError) as raised:
+            await handle.refresh("names")
+        assert "HEADERSECRET" not in json.dumps(handle.status())
+    assert "HEADERSECRET" not in str(raised.value)
+    assert "LocalProtocolError: httpx refused to send the request" in str(raised.value)
+
+
+def test_header_values_and_bodies_are_checked_up_front() -> None:
+    """A header value with a newline (a token read from a file) or two bodies fail at once."""
+    with pytest.raises(
+        ValueError, match="the value of header 'Authorization' must be a string without"
+    ) as raised:
+        HTTPSource(URL, headers={"Authorization": "Bearer SECRET\n"})
+    assert "SECRET" not in str(raised.value)
+    with pytest.raises(ValueError, match=r"pass a form body \(data=\) or a JSON body \(json=\), not both"):
+        HTTPSource(URL, data={"a": "1"}, json={"b": 2})
+
+
+async def test_an_asctime_expires_is_read_as_gmt(
+    upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old-style dates without a zone are GMT, whatever the machine's time zone."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        expires = time.asctime(time.gmtime(datetime_after(900).timestamp()))
+        upstream.get(URL).respond(json=1, headers={"Expires": expires})
+        async with running(Refresher("names", freshness_source(), every="2m", jitter=0)) as handle:
+            assert status_of(handle)["next_refresh_at"] == at(900)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+# -- BearerToken ------------------------------------------------------------------------
+
+
+async def test_bearer_token_sends_the_other_refreshers_current_value(upstream: respx.MockRouter) -> None:
+    """auth=BearerToken("token") waits for the token at startup and sends the current one."""
+    tokens = upstream.post("https://auth.example.com/token")
+    tokens.side_effect = [httpx.Response(200, json="t1"), httpx.Response(200, json="t2")]
+    orders = upstream.get(URL).respond(json=[])
+    refreshers = [
+        Refresher("token", HTTPSource("https://auth.example.com/token", method="POST"), every="1h"),
+        Refresher("names", HTTPSource(URL, auth=BearerToken("token")), every="1h"),
+    ]
+    async with running(*refreshers) as handle:
+        assert orders.calls.last.request.headers["Authorization"] == "Bearer t1"
+        await handle.refresh("token")
+        await handle.refresh("names")
+        assert orders.calls.last.request.headers["Authorization"] == "Bearer t2"
+
+
+async def test_bearer_token_needs_a_running_middleware() -> None:
+    """Entered by hand there is no other refresher to read: a clear error; bad names fail early."""
+    with pytest.raises(RuntimeError, match=r"BearerToken\('token'\) reads another refresher's value"):
+        async with HTTPSource(URL, auth=BearerToken("token")):
+            pass  # pragma: no cover
+    with pytest.raises(ValueError, match="BearerToken: refresher must be a refresher name"):
+        BearerToken("a token")
+    bound = BearerToken("token")._bind(object())
+    with pytest.raises(RuntimeError, match=r"works with httpx\.AsyncClient only"):
+        next(bound.sync_auth_flow(httpx.Request("GET", URL)))

@@ -252,4 +252,6 @@ def test_the_compatibility_table_in_the_docs_is_what_the_servers_do() -> None:
     if os.environ.get("ASGI_REFRESH_WRITE_DOCS"):
         COMPATIBILITY.write_text(f"{head}{begin}\n{table()}\n{end}{tail}")
         return
-    assert without_versions(current.strip()) == without_versions(table()), "run with ASGI_REFRESH_WRITE_DOCS=1 to update docs/compatibility.md"
+    assert without_versions(current.strip()) == without_versions(table()), (
+        "run with ASGI_REFRESH_WRITE_DOCS=1 to update docs/compatibility.md"
+    )

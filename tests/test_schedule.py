@@ -161,6 +161,7 @@ async def test_status_reports_every_field_as_json() -> None:
                     "last_success_at": "2030-01-01T00:00:02+00:00",
                     "last_changed_at": "2030-01-01T00:00:02+00:00",
                     "last_outcome": "changed",
+                    "expires_at": None,
                     "last_error": None,
                     "consecutive_failures": 0,
                     "refresh_count": 1,

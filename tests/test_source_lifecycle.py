@@ -68,11 +68,29 @@ async def test_a_source_that_fails_to_close_is_logged_and_shutdown_completes(
     assert "OSError: cannot close" in caplog.text
 
 
-async def test_a_source_that_cannot_open_fails_startup_naming_its_refresher() -> None:
-    """Whether required or not, a source that cannot open is a startup failure."""
+async def test_a_source_that_cannot_open_is_a_failed_load() -> None:
+    """Opening is part of the first fetch: a required refresher fails startup naming it."""
     source = RecordingSource(fail_on_enter=True)
-    message = await startup_failure(Refresher("n", source, every="1h", required=False))
-    assert message == "Refresher 'n' could not open its source: ConnectionError: cannot open"
+    message = await startup_failure(Refresher("n", source, every="1h"))
+    assert message.startswith("Refresher 'n' could not load within startup_timeout (10s): ")
+    assert message.endswith("SourceError: could not open its source: ConnectionError: cannot open")
+
+
+async def test_a_source_that_cannot_open_yet_is_retried() -> None:
+    """Not required: the default is served, the open is retried with backoff, and then it loads."""
+    clock = FakeClock(START)
+    source = RecordingSource(fail_on_enter=True)
+    refresher = Refresher("n", source, every="1h", required=False, default=0, backoff_initial="1s", jitter=0)
+    async with running(refresher, clock=clock) as handle:
+        assert handle.value("n") == 0
+        assert (
+            handle.status()["n"]["last_error"]
+            == "SourceError: could not open its source: ConnectionError: cannot open"
+        )
+        source.fail_on_enter = False
+        await clock.advance("1s")
+        assert handle.value("n") == 1
+    assert source.events == ["enter", "fetch", "exit"]
 
 
 async def test_a_change_signalled_during_a_fetch_triggers_another_fetch() -> None:

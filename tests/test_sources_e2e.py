@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Fresh, HTTPSource, Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh import BearerToken, Fresh, HTTPSource, Refresher, RefreshMiddleware
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .helpers import ScriptedApp
@@ -23,18 +22,6 @@ def upstream() -> Iterator[tuple[Upstream, str]]:
     app = Upstream(token_lifetime=300)
     with serve(app) as base_url:
         yield app, base_url
-
-
-class BearerFrom(httpx.Auth):
-    """Sends the token another refresher keeps fresh (the pattern in docs/sources.md)."""
-
-    def __init__(self, handle: Callable[[], RefreshHandle], name: str) -> None:
-        self.handle, self.name = handle, name
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        token = await self.handle().wait_for(self.name)
-        request.headers["Authorization"] = f"Bearer {token}"
-        yield request
 
 
 def token(body: bytes) -> Fresh[str]:
@@ -66,12 +53,11 @@ async def test_a_token_refresher_feeds_a_second_refresher(upstream: tuple[Upstre
     """The token endpoint's grant is renewed before expiry and used by another refresher's requests."""
     server, base_url = upstream
     server.set("/protected", {"orders": 3})
-    bearer = BearerFrom(lambda: middleware.handle, "token")
     middleware = RefreshMiddleware(
         ScriptedApp(),
         refreshers=[
             Refresher("token", HTTPSource(f"{base_url}/token", method="POST", parse=token), every="1h"),
-            Refresher("orders", HTTPSource(f"{base_url}/protected", auth=bearer), every="1h"),
+            Refresher("orders", HTTPSource(f"{base_url}/protected", auth=BearerToken("token")), every="1h"),
         ],
     )
     async with LifespanManager(middleware):

@@ -22,16 +22,23 @@ import itertools
 import json
 import logging
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from asgi_refresh import FileSource, Fresh, HTTPSource, Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh import (
+    BearerToken,
+    FileSource,
+    Fresh,
+    HTTPSource,
+    Refresher,
+    RefreshHandle,
+    RefreshMiddleware,
+)
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.fastapi import RefreshControl
 
@@ -45,19 +52,6 @@ def token_grant(body: bytes) -> Fresh[str]:
     """An OAuth-style grant: the token, good for ``expires_in`` seconds."""
     grant = json.loads(body)
     return Fresh(grant["access_token"], expires_in=grant["expires_in"])
-
-
-class BearerFrom(httpx.Auth):
-    """Authenticates with the token another refresher keeps fresh."""
-
-    def __init__(self, handle: Callable[[], RefreshHandle], name: str) -> None:
-        self.handle, self.name = handle, name
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        """Wait for the first token at startup, then send the current one."""
-        token = await self.handle().wait_for(self.name)
-        request.headers["Authorization"] = f"Bearer {token}"
-        yield request
 
 
 def build(
@@ -117,7 +111,7 @@ def build(
             ),
             Refresher(
                 "orders",
-                HTTPSource(f"{upstream_url}/protected", auth=BearerFrom(lambda: middleware.handle, "token")),
+                HTTPSource(f"{upstream_url}/protected", auth=BearerToken("token")),
                 every="5s",
             ),
         ],
@@ -173,7 +167,8 @@ JSON: <a href="/data">/data</a>, <a href="/status">/status</a>, API docs: <a hre
 <th>next refresh (UTC)</th></tr>{cells}</table></body></html>"""
 
 
-def main(argv: list[str] | None = None) -> None:
+# Run as a subprocess by tests/test_demo.py, where coverage does not follow it.
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover
     """Start the local upstream and the demo app under uvicorn on 127.0.0.1."""
     import uvicorn
 
