@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 from typing import Any
 
+from _common import Row, Server, print_rows
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -46,60 +46,8 @@ def constant(value: int) -> Any:
     return fetch
 
 
-class Server:
-    """Runs one app's lifespan and serves requests to it, uvicorn-style."""
-
-    def __init__(self, app: Any, padding: int) -> None:
-        self.app = app
-        self.state: dict[str, Any] = {f"pad{i}": i for i in range(padding)}
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def start(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
-        self.task = asyncio.ensure_future(self.app(scope, self.inbox.get, self.outbox.put))
-        await self.inbox.put({"type": "lifespan.startup"})
-        reply = await self.outbox.get()
-        assert reply["type"] == "lifespan.startup.complete", reply
-
-    async def stop(self) -> None:
-        await self.inbox.put({"type": "lifespan.shutdown"})
-        await self.outbox.get()
-        await self.task
-
-    async def requests(self, count: int) -> int:
-        """Serve ``count`` GET / requests; return the elapsed nanoseconds."""
-        body = {"type": "http.request", "body": b"", "more_body": False}
-
-        async def receive() -> dict[str, Any]:
-            return body
-
-        async def send(message: dict[str, Any]) -> None:
-            pass
-
-        app, state = self.app, self.state
-        started = time.perf_counter_ns()
-        for _ in range(count):
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "GET",
-                "scheme": "http",
-                "path": "/",
-                "raw_path": b"/",
-                "query_string": b"",
-                "root_path": "",
-                "headers": [],
-                "client": ("127.0.0.1", 5000),
-                "server": ("127.0.0.1", 8000),
-                "state": state.copy(),
-            }
-            await app(scope, receive, send)
-        return time.perf_counter_ns() - started
-
-
-async def main(refreshers: int, rounds: int, requests: int) -> float:
+async def measure(refreshers: int = 100, rounds: int = 40, requests: int = 2000) -> Row:
+    """Per-request time behind RefreshMiddleware over the pass-through's, median of rounds."""
     routes = [Route("/", hello)]
     refreshed = RefreshMiddleware(
         Starlette(routes=routes),
@@ -126,13 +74,12 @@ async def main(refreshers: int, rounds: int, requests: int) -> float:
         await server.stop()
 
     per_request = {name: statistics.median(values) / requests for name, values in samples.items()}
-    ratio = per_request["RefreshMiddleware"] / per_request["pass-through"]
-    print(f"trivial Starlette app, {refreshers} refreshers, {rounds} rounds x {requests} requests")
-    print(f"{'variant':<20} {'median ns/request':>18}")
-    for name, value in per_request.items():
-        print(f"{name:<20} {value:>18.0f}")
-    print(f"ratio RefreshMiddleware / pass-through: {ratio:.3f} (target <= 1.03)")
-    return ratio
+    return Row(
+        f"per-request time in process, {refreshers} refreshers (<= 1.03)",
+        f"{per_request['RefreshMiddleware']:.0f} ns",
+        f"{per_request['pass-through']:.0f} ns",
+        per_request["RefreshMiddleware"] / per_request["pass-through"],
+    )
 
 
 if __name__ == "__main__":
@@ -143,4 +90,4 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--requests", type=int, default=2000)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.refreshers, arguments.rounds, arguments.requests))
+    print_rows([asyncio.run(measure(arguments.refreshers, arguments.rounds, arguments.requests))])

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+from _common import Row, Server, print_rows
 
 from asgi_refresh import HTTPSource, Refresher, RefreshMiddleware
 from asgi_refresh.demo.upstream import Upstream, serve
@@ -59,33 +60,12 @@ async def bytes_per_poll(upstream: Upstream, base_url: str, polls: int) -> tuple
     middleware = RefreshMiddleware(
         trivial_app, refreshers=[Refresher("doc", HTTPSource(f"{base_url}/doc-1mb"), every="1h")]
     )
-    async with lifespan(middleware):
+    async with Server(middleware):
         before = upstream.bytes_sent["/doc-1mb"]
         for _ in range(polls):
             await middleware.handle.refresh("doc")
         conditional = (upstream.bytes_sent["/doc-1mb"] - before) / polls
     return plain, conditional
-
-
-class lifespan:
-    """Drive an app's lifespan in process (what the server would do)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def __aenter__(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-        self.task = asyncio.ensure_future(self.app(scope, self.inbox.get, self.outbox.put))
-        await self.inbox.put({"type": "lifespan.startup"})
-        reply = await self.outbox.get()
-        assert reply["type"] == "lifespan.startup.complete", reply
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.inbox.put({"type": "lifespan.shutdown"})
-        await self.outbox.get()
-        await self.task
 
 
 async def worst_latency(app: Any, seconds: float, background: Callable[[], Awaitable[None]] | None) -> float:
@@ -139,7 +119,7 @@ async def stalls(upstream: Upstream, base_url: str, rounds: int, seconds: float)
         await middleware.handle.refresh("doc")
 
     results: dict[str, list[float]] = {"no refresh": [], "HTTPSource": [], "hand-written": []}
-    async with lifespan(middleware), httpx.AsyncClient() as client:
+    async with Server(middleware), httpx.AsyncClient() as client:
 
         async def hand_written() -> None:
             change()
@@ -152,7 +132,21 @@ async def stalls(upstream: Upstream, base_url: str, rounds: int, seconds: float)
     return {name: statistics.median(values) for name, values in results.items()}
 
 
-async def main() -> None:
+async def measure(polls: int = 50, rounds: int = 5, seconds: float = 2.0) -> list[Row]:
+    """Bytes per poll with and without conditional requests; loop stalls while fetching 5 MB."""
+    upstream = Upstream()
+    with serve(upstream) as base_url:
+        plain, conditional = await bytes_per_poll(upstream, base_url, polls)
+        worst = await stalls(upstream, base_url, rounds, seconds)
+    base = worst["no refresh"]
+    return [
+        Row("body bytes per poll, unchanged 1 MB JSON: HTTPSource / GET", f"{conditional:,.0f} B", f"{plain:,.0f} B", conditional / plain),
+        Row("worst request latency, 5 MB JSON fetched: HTTPSource / idle", f"{worst['HTTPSource'] * 1000:.1f} ms", f"{base * 1000:.1f} ms", worst["HTTPSource"] / base),
+        Row("worst request latency, 5 MB JSON fetched: hand-written / idle", f"{worst['hand-written'] * 1000:.1f} ms", f"{base * 1000:.1f} ms", worst["hand-written"] / base),
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -160,22 +154,4 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the stall measurement")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one stall round")
     args = parser.parse_args()
-
-    upstream = Upstream()
-    with serve(upstream) as base_url:
-        plain, conditional = await bytes_per_poll(upstream, base_url, args.polls)
-        worst = await stalls(upstream, base_url, args.rounds, args.seconds)
-
-    print("Bytes per poll, unchanged ~1 MB JSON document (body bytes sent by the upstream)")
-    print(f"  plain GET every poll        {plain:12,.0f}")
-    print(f"  HTTPSource (conditional)    {conditional:12,.0f}")
-    print(f"  ratio conditional / plain   {conditional / plain:12.6f}")
-    print()
-    print("Worst latency of a trivial endpoint while a ~5 MB JSON document is fetched and parsed")
-    base = worst["no refresh"]
-    for name, value in worst.items():
-        print(f"  {name:<27} {value * 1000:9.1f} ms   x{value / base:6.2f} of no refresh")
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    print_rows(asyncio.run(measure(args.polls, args.rounds, args.seconds)))

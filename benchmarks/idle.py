@@ -1,0 +1,89 @@
+"""Memory and idle CPU of 10,000 refreshers on a 60 s schedule.
+
+Memory: Python allocations (tracemalloc) made by starting the middleware, per
+refresher, against the allocations of the values alone. Idle CPU: process CPU
+time over a window with no refresh due, as a percentage of one core, against the
+same event loop running nothing (the baseline).
+
+    python benchmarks/idle.py [--refreshers 10000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from _common import Row, Server, print_rows
+
+from asgi_refresh import Refresher, RefreshMiddleware
+
+
+def constant(value: int) -> Callable[[], Awaitable[int]]:
+    async def fetch() -> int:
+        return value
+
+    return fetch
+
+
+async def inner(scope: Any, receive: Any, send: Any) -> None:
+    pass
+
+
+async def cpu_percent(seconds: float) -> float:
+    """Percent of one core this process uses while the event loop waits for ``seconds``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    return 100 * (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
+async def measure(refreshers: int = 10_000, seconds: float = 10.0) -> list[Row]:
+    baseline_cpu = await cpu_percent(seconds)
+    specs = [Refresher(f"r{i}", constant(i), every="60s") for i in range(refreshers)]
+
+    started = time.perf_counter()
+    async with Server(RefreshMiddleware(inner, refreshers=specs)):
+        startup = time.perf_counter() - started
+        idle_cpu = await cpu_percent(seconds)  # the first refreshes are 54-60 s away
+
+    # Memory in a second lifespan of its own: tracemalloc slows everything down.
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    async with Server(RefreshMiddleware(inner, refreshers=specs)):
+        after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    per = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / refreshers
+    value_bytes = 28  # a small int: the value each refresher publishes
+    return [
+        Row(
+            f"memory per running refresher, {refreshers:,} (bytes / its value's)",
+            f"{per:,.0f} B",
+            f"{value_bytes} B",
+            per / value_bytes,
+        ),
+        Row(
+            f"idle CPU, {refreshers:,} refreshers every 60 s (% of a core / idle loop)",
+            f"{idle_cpu:.2f} %",
+            f"{baseline_cpu:.2f} %",
+            None,
+        ),
+        Row(
+            f"startup, {refreshers:,} refreshers with instant first loads",
+            f"{startup * 1000:,.0f} ms",
+            "",
+            None,
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--refreshers", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    print_rows(asyncio.run(measure(args.refreshers, args.seconds)))

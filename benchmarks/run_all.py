@@ -1,0 +1,58 @@
+"""Run every benchmark and print one table of figures, baselines and ratios.
+
+Each ratio is measured side by side with its baseline in this run; on a shared
+machine, absolute figures mean little. ``--quick`` runs each one briefly (a smoke
+run for CI: its figures mean nothing).
+
+    python benchmarks/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import time
+
+import idle
+import overhead
+import sources
+import startup
+import throughput
+import uvicorn_load
+from _common import Row, print_rows
+
+
+async def run(quick: bool) -> list[Row]:
+    if quick:
+        return [
+            await overhead.measure(refreshers=10, rounds=2, requests=200),
+            *await uvicorn_load.measure(rounds=1, seconds=0.5),
+            await startup.measure(rounds=1),
+            *await idle.measure(refreshers=1000, seconds=0.5),
+            await throughput.measure(refreshers=100, seconds=0.5),
+            *await sources.measure(polls=2, rounds=1, seconds=0.2),
+        ]
+    return [
+        await overhead.measure(),
+        *await uvicorn_load.measure(),
+        await startup.measure(),
+        *await idle.measure(),
+        await throughput.measure(),
+        *await sources.measure(),
+    ]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: every benchmark, briefly")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    rows = asyncio.run(run(args.quick))
+    print(
+        f"asgi_refresh benchmarks on {platform.python_implementation()} {platform.python_version()}, {platform.machine()}"
+    )
+    print_rows(rows)
+    print(f"({time.perf_counter() - started:.0f} s{', quick: figures mean nothing' if args.quick else ''})")
