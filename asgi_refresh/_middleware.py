@@ -123,10 +123,10 @@ class RefreshMiddleware:
         outcome: Message | None = None  # for the server, once everything has stopped
         try:
             async with anyio.create_task_group() as task_group:
-                await task_group.start(runtime.run)
                 # Live from now on: a fetch may read another refresher's value
                 # through `handle` while the first loads run.
                 self._live = state
+                await task_group.start(runtime.run)
                 failure = await runtime.load(self.startup_timeout)
                 if failure is None:
                     failure = await app.startup(task_group)

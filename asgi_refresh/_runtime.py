@@ -97,9 +97,11 @@ class _Slot:
         self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
         self.thread: ThreadCall | None = None  # the last blocking fetch's thread
-        self.hook_lock = anyio.Lock()  # hooks of one refresher run one at a time, in order
-        self.attempted = anyio.Event()  # the first fetch has finished, either way
-        self.loaded = anyio.Event()  # a fetched value (not the default) is published
+        # Hooks of one refresher run one at a time, in order (made only if it has hooks:
+        # with thousands of refreshers, every object per refresher counts).
+        self.hook_lock = anyio.Lock() if spec.on_change or spec.on_error else None
+        self.attempted = False  # the first fetch has finished, either way
+        self.loaded = False  # a fetched value (not the default) is published
 
 
 class Runtime:
@@ -123,6 +125,7 @@ class Runtime:
         self._shared = SharedResources()  # what the sources share (one HTTP client)
         self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
+        self._progress = anyio.Event()  # set, and replaced, whenever a slot is attempted or loaded
 
     @property
     def running(self) -> bool:
@@ -206,11 +209,14 @@ class Runtime:
         out); the others only need to have tried once.
         """
         with self.clock.move_on_at(self.clock.monotonic() + startup_timeout):
-            for slot in self.slots.values():
-                await (slot.loaded if slot.spec.required else slot.attempted).wait()
+            await self._until(
+                lambda: all(
+                    slot.loaded if slot.spec.required else slot.attempted for slot in self.slots.values()
+                )
+            )
         failures = []
         for slot in self.slots.values():
-            if slot.loaded.is_set():
+            if slot.loaded:
                 continue
             cause = slot.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
             if slot.spec.required:
@@ -226,6 +232,18 @@ class Runtime:
                     extra={"refresher": slot.spec.name, "outcome": "default"},
                 )
         return "; ".join(failures) or None
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds; it is checked whenever a slot makes progress."""
+        while True:
+            progress = self._progress
+            if condition():
+                return
+            await progress.wait()
+
+    def _note_progress(self) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
 
     async def stop(self, shutdown_timeout: float) -> list[str]:
         """Cancel every refresher and wait for them, at most ``shutdown_timeout``.
@@ -256,7 +274,18 @@ class Runtime:
                     await self.clock.sleep_until(slot.next_due)
                 slot.wakeup = None
                 continue
-            await self._join_flight(slot, on_grid=slot.consecutive_failures == 0)
+            flight = slot.flight
+            if flight is not None:  # a refresh-now is under way: it is this refresh
+                await flight.done.wait()
+                continue
+            # The scheduled fetch runs right here, in this refresher's own task: no
+            # task per refresh. Hooks still run apart, so they never delay the schedule.
+            flight = slot.flight = _Flight(on_grid=slot.consecutive_failures == 0)
+            hook = await self._fly(slot, flight)
+            if hook is not None and self._task_group is not None:
+                self._task_group.start_soon(
+                    self._run_hook, slot, hook, name=f"asgi_refresh:hook:{slot.spec.name}"
+                )
 
     def _reschedule(self, slot: _Slot, due: float) -> None:
         slot.next_due = due
@@ -304,17 +333,33 @@ class Runtime:
             flight = slot.flight = _Flight(on_grid=on_grid)
             # The fetch runs in the runtime's task group, not in the caller's task:
             # a request that gives up waiting must not cancel everyone else's fetch.
-            self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
+            self._task_group.start_soon(
+                self._fly_then_hook, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}"
+            )
         await flight.done.wait()
         return flight
 
-    async def _fly(self, slot: _Slot, flight: _Flight) -> None:
+    async def _fly_then_hook(self, slot: _Slot, flight: _Flight) -> None:
+        hook = await self._fly(slot, flight)
+        if hook is not None:
+            await self._run_hook(slot, hook)
+
+    async def _run_hook(self, slot: _Slot, hook: _Hook) -> None:
+        # After `done`: a slow or hanging hook delays neither the schedule nor
+        # refresh() callers, and it is bounded like a fetch. The lock keeps one
+        # refresher's hooks in order, so on_change never sees changes reordered.
+        assert slot.hook_lock is not None
+        async with slot.hook_lock:
+            await self._call_hook(slot, *hook)
+
+    async def _fly(self, slot: _Slot, flight: _Flight) -> _Hook | None:
+        """Run one fetch for everyone waiting on ``flight``; return the hook to call, if any."""
         hook: _Hook | None = None
         cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
                 flight.value = self.state[slot.spec.name]
-                return
+                return None
             started = self.clock.monotonic()
             try:
                 value = await self._fetch(slot, started)
@@ -345,12 +390,7 @@ class Runtime:
             if slot.refresh_again:
                 slot.refresh_again = False
                 self._reschedule(slot, self.clock.monotonic())
-        if hook is not None:
-            # After `done`: a slow or hanging hook delays neither the schedule nor
-            # refresh() callers, and it is bounded like a fetch. The lock keeps one
-            # refresher's hooks in order, so on_change never sees changes reordered.
-            async with slot.hook_lock:
-                await self._call_hook(slot, *hook)
+        return hook
 
     async def _fetch(self, slot: _Slot, started: float) -> Any:
         spec = slot.spec
@@ -394,7 +434,7 @@ class Runtime:
         value, not_modified, refresh_in, fresh = _unwrap(spec, result)
         slot.expires_at = None if fresh is None else now + fresh.expires_in
         slot.leeway = 0.0 if fresh is None else fresh.leeway
-        had_value = slot.loaded.is_set() or not spec.required
+        had_value = slot.loaded or not spec.required
         old = self.state.get(spec.name)
         failures = slot.consecutive_failures
         slot.last_duration = now - started
@@ -412,8 +452,8 @@ class Runtime:
             slot.last_outcome = "changed"
         else:
             slot.last_outcome = "not_modified" if not_modified else "unchanged"
-        slot.loaded.set()
-        slot.attempted.set()
+        slot.loaded = slot.attempted = True
+        self._note_progress()
         self._schedule_after_success(slot, started, on_grid, refresh_in)
         if failures:
             logger.info(
@@ -434,7 +474,8 @@ class Runtime:
         slot.consecutive_failures += 1
         slot.last_error = describe_error(exc)
         slot.last_outcome = "failed"
-        slot.attempted.set()
+        slot.attempted = True
+        self._note_progress()
         delay = self._backoff_delay(slot)
         if slot.expires_at is not None:
             # An expiring value (a token) must not be left expired for a whole
@@ -450,7 +491,7 @@ class Runtime:
             spec.name,
             slot.consecutive_failures,
             slot.last_error,
-            "keeping the last good value" if slot.loaded.is_set() else "no value loaded yet",
+            "keeping the last good value" if slot.loaded else "no value loaded yet",
             format_duration(delay),
             # The traceback once per run of failures is what debugging needs; on every
             # retry it would only bury the log. A timeout's traceback is our own code,
@@ -500,8 +541,8 @@ class Runtime:
     def override(self, name: str, value: Any) -> None:
         slot = self._slot(name)
         slot.overridden = True
-        slot.loaded.set()
-        slot.attempted.set()
+        slot.loaded = slot.attempted = True
+        self._note_progress()
         self._publish(name, value)
         self._reschedule(slot, math.inf)
 
@@ -590,7 +631,7 @@ class RefreshHandle:
         """
         runtime = self._runtime
         slot = runtime._slot(name)
-        if not slot.loaded.is_set() and slot.spec.required:
+        if not slot.loaded and slot.spec.required:
             raise LookupError(
                 f"Refresher {name!r} has not loaded a value yet; "
                 f"`await handle.wait_for({name!r})` waits for it"
@@ -609,7 +650,7 @@ class RefreshHandle:
         """
         slot = self._runtime._slot(name)
         if slot.spec.required:
-            await slot.loaded.wait()
+            await self._runtime._until(lambda: slot.loaded)
         return self._runtime.state[name]
 
 

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import threading
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -494,3 +495,27 @@ async def test_values_with_odd_equality_count_as_changed() -> None:
     async with running(refresher, clock=clock):
         await clock.advance(10)
     assert changes == [first, second]
+
+
+async def test_a_refresh_due_while_a_refresh_now_runs_joins_it() -> None:
+    """The schedule coming due during a refresh-now waits for that fetch instead of starting another."""
+    clock = FakeClock(START)
+    release = anyio.Event()
+    calls: list[float] = []
+
+    async def fetch() -> int:
+        calls.append(clock.monotonic())
+        if len(calls) == 2:
+            await release.wait()
+        return len(calls)
+
+    async with running(Refresher("n", fetch, every="1m", jitter=0, timeout=None), clock=clock) as handle:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.refresh, "n")
+            await clock.advance(30)  # the refresh-now is blocked
+            await clock.advance(40)  # and the scheduled refresh (t=60) came due meanwhile
+            assert calls == [0, 0], "no second fetch while the first runs"
+            release.set()
+        # It ended late: the refresh due at 60 follows at once, and the grid holds.
+        assert calls == [0, 0, 70]
+        assert handle.status()["n"]["next_refresh_at"] == (START + timedelta(seconds=120)).isoformat()
