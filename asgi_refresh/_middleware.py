@@ -123,8 +123,9 @@ class RefreshMiddleware:
         outcome: Message | None = None  # for the server, once everything has stopped
         try:
             async with anyio.create_task_group() as task_group:
-                # Live from now on: a fetch may read another refresher's value
-                # through `handle` while the first loads run.
+                # Live from now on, complete: a fetch may read another refresher's
+                # value through `handle` while the first loads run.
+                runtime.prepare()
                 self._live = state
                 await task_group.start(runtime.run)
                 failure = await runtime.load(self.startup_timeout)

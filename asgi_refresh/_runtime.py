@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, MutableMapping
 from contextlib import AsyncExitStack, nullcontext
 from datetime import UTC, datetime
@@ -100,6 +101,8 @@ class _Slot:
         # Hooks of one refresher run one at a time, in order (made only if it has hooks:
         # with thousands of refreshers, every object per refresher counts).
         self.hook_lock = anyio.Lock() if spec.on_change or spec.on_error else None
+        self.hooks: deque[_Hook] = deque()  # hooks due, oldest first (each has one runner task)
+        self.loaded_event: anyio.Event | None = None  # made when someone waits for the first load
         self.attempted = False  # the first fetch has finished, either way
         self.loaded = False  # a fetched value (not the default) is published
 
@@ -139,13 +142,20 @@ class Runtime:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run every refresher until `stop`; report started once all loops run."""
+    def prepare(self) -> None:
+        """Put the handle, the defaults and a snapshot marker in the state, before anything runs.
+
+        Synchronous, so that nothing (a request, ``middleware.handle``) can see the
+        state half-filled.
+        """
         self.state[RESERVED_NAME] = self.handle
         for slot in self.slots.values():
             if not slot.spec.required:
                 self._publish(slot.spec.name, slot.spec.default)
         self.state[SNAPSHOT_KEY] = object()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run every refresher until `stop`; report started once all loops run (after `prepare`)."""
         try:
             with self._scope:
                 async with anyio.create_task_group() as task_group:
@@ -241,9 +251,13 @@ class Runtime:
                 return
             await progress.wait()
 
-    def _note_progress(self) -> None:
+    def _note_progress(self, slot: _Slot) -> None:
+        # One Event for `load` (its only waiter), and one per slot only once someone
+        # waits for that slot: thousands of refreshers, few waiters.
         self._progress.set()
         self._progress = anyio.Event()
+        if slot.loaded and slot.loaded_event is not None:
+            slot.loaded_event.set()
 
     async def stop(self, shutdown_timeout: float) -> list[str]:
         """Cancel every refresher and wait for them, at most ``shutdown_timeout``.
@@ -286,11 +300,8 @@ class Runtime:
         # The scheduled fetch runs right here, in this refresher's own task: no task
         # per refresh. Hooks still run apart, so they never delay the schedule.
         flight = slot.flight = _Flight(on_grid=slot.consecutive_failures == 0)
-        hook = await self._fly(slot, flight)
-        if hook is not None and self._task_group is not None:
-            self._task_group.start_soon(
-                self._run_hook, slot, hook, name=f"asgi_refresh:hook:{slot.spec.name}"
-            )
+        if await self._fly(slot, flight) and self._task_group is not None:
+            self._task_group.start_soon(self._run_hook, slot, name=f"asgi_refresh:hook:{slot.spec.name}")
 
     def _reschedule(self, slot: _Slot, due: float) -> None:
         slot.next_due = due
@@ -345,26 +356,26 @@ class Runtime:
         return flight
 
     async def _fly_then_hook(self, slot: _Slot, flight: _Flight) -> None:
-        hook = await self._fly(slot, flight)
-        if hook is not None:
-            await self._run_hook(slot, hook)
+        if await self._fly(slot, flight):
+            await self._run_hook(slot)
 
-    async def _run_hook(self, slot: _Slot, hook: _Hook) -> None:
+    async def _run_hook(self, slot: _Slot) -> None:
         # After `done`: a slow or hanging hook delays neither the schedule nor
-        # refresh() callers, and it is bounded like a fetch. The lock keeps one
-        # refresher's hooks in order, so on_change never sees changes reordered.
+        # refresh() callers, and it is bounded like a fetch. Hooks are queued in the
+        # order fetches finished and each runner takes the oldest under the lock, so
+        # on_change never sees changes reordered, whichever runner gets the lock first.
         assert slot.hook_lock is not None
         async with slot.hook_lock:
-            await self._call_hook(slot, *hook)
+            await self._call_hook(slot, *slot.hooks.popleft())
 
-    async def _fly(self, slot: _Slot, flight: _Flight) -> _Hook | None:
-        """Run one fetch for everyone waiting on ``flight``; return the hook to call, if any."""
+    async def _fly(self, slot: _Slot, flight: _Flight) -> bool:
+        """Run one fetch for everyone waiting on ``flight``; return whether a hook is due."""
         hook: _Hook | None = None
         cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
                 flight.value = self.state[slot.spec.name]
-                return None
+                return False
             started = self.clock.monotonic()
             try:
                 value = await self._fetch(slot, started)
@@ -395,7 +406,10 @@ class Runtime:
             if slot.refresh_again:
                 slot.refresh_again = False
                 self._reschedule(slot, self.clock.monotonic())
-        return hook
+        if hook is None:
+            return False
+        slot.hooks.append(hook)
+        return True
 
     async def _fetch(self, slot: _Slot, started: float) -> Any:
         spec = slot.spec
@@ -458,7 +472,7 @@ class Runtime:
         else:
             slot.last_outcome = "not_modified" if not_modified else "unchanged"
         slot.loaded = slot.attempted = True
-        self._note_progress()
+        self._note_progress(slot)
         self._schedule_after_success(slot, started, on_grid, refresh_in)
         if failures:
             logger.info(
@@ -480,7 +494,7 @@ class Runtime:
         slot.last_error = describe_error(exc)
         slot.last_outcome = "failed"
         slot.attempted = True
-        self._note_progress()
+        self._note_progress(slot)
         delay = self._backoff_delay(slot)
         if slot.expires_at is not None:
             # An expiring value (a token) must not be left expired for a whole
@@ -547,7 +561,7 @@ class Runtime:
         slot = self._slot(name)
         slot.overridden = True
         slot.loaded = slot.attempted = True
-        self._note_progress()
+        self._note_progress(slot)
         self._publish(name, value)
         self._reschedule(slot, math.inf)
 
@@ -654,8 +668,10 @@ class RefreshHandle:
             LookupError: there is no refresher called ``name``.
         """
         slot = self._runtime._slot(name)
-        if slot.spec.required:
-            await self._runtime._until(lambda: slot.loaded)
+        if slot.spec.required and not slot.loaded:
+            if slot.loaded_event is None:
+                slot.loaded_event = anyio.Event()
+            await slot.loaded_event.wait()
         return self._runtime.state[name]
 
 

@@ -28,14 +28,22 @@ async def load_names() -> list[str]:
     return list(NAMES)
 
 
-def _app(lifespan: Any = None) -> FastAPI:
+def _app(lifespan: Any = None, *, per_request: bool = False) -> FastAPI:
+    """The app; its handler reads ``request.state.names`` or ``request.app.state.names``."""
     app = FastAPI(lifespan=lifespan)
+    if per_request:
 
-    @app.get("/")
-    async def names(request: Request) -> list[str]:
-        state = request.state if hasattr(request.state, "names") else request.app.state
-        names: list[str] = state.names
-        return names
+        @app.get("/")
+        async def from_request(request: Request) -> list[str]:
+            names: list[str] = request.state.names
+            return names
+
+    else:
+
+        @app.get("/")
+        async def from_app(request: Request) -> list[str]:
+            names: list[str] = request.app.state.names
+            return names
 
     return app
 
@@ -43,7 +51,9 @@ def _app(lifespan: Any = None) -> FastAPI:
 bare = _app()
 bare.state.names = NAMES
 
-refreshed = RefreshMiddleware(_app(), refreshers=[Refresher("names", load_names, every="60s")])
+refreshed = RefreshMiddleware(
+    _app(per_request=True), refreshers=[Refresher("names", load_names, every="60s")]
+)
 
 
 @contextlib.asynccontextmanager

@@ -62,8 +62,10 @@ def _start(variant: str) -> tuple[subprocess.Popen[bytes], int]:
 
 async def measure(rounds: int = 5, seconds: float = 3.0, connections: int = 16) -> list[Row]:
     """Median requests per second per variant; each one's ratio to the bare app."""
-    servers = {variant: _start(variant) for variant in VARIANTS}
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
+        for variant in VARIANTS:
+            servers[variant] = _start(variant)
         samples: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
         for _, port in servers.values():  # warm up
             await requests_per_second(port, connections=connections, seconds=min(1.0, seconds))
@@ -77,7 +79,11 @@ async def measure(rounds: int = 5, seconds: float = 3.0, connections: int = 16) 
     finally:
         for process, _ in servers.values():
             process.terminate()
-            process.wait(10)
+        for process, _ in servers.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
     rate = {variant: statistics.median(values) for variant, values in samples.items()}
     return [
         Row(

@@ -27,7 +27,7 @@ class FakeServer:
     ``state`` says how the server treats lifespan state, like the real ones do:
     ``copy`` (uvicorn, hypercorn/asyncio: a copy per request), ``none`` (no state at
     all, daphne-like), ``startup_copy`` (one copy taken at startup and handed to
-    every request, like hypercorn's trio worker) and ``shared`` (the lifespan dict
+    every request, as older hypercorn trio workers did) and ``shared`` (the lifespan dict
     itself in every request).
     """
 

@@ -18,7 +18,7 @@ import anyio
 from asgi_refresh import Refresher, RefreshMiddleware
 
 _counter = itertools.count(1)
-SEEN: dict[str, Any] = {"lifespan": False, "lifespan_state": False}
+SEEN: dict[str, Any] = {"lifespan": False, "lifespan_state": False, "request_state": None}
 
 
 async def count() -> int:
@@ -58,7 +58,6 @@ async def inner(scope: MutableMapping[str, Any], receive: Any, send: Any) -> Non
         {
             "pid": os.getpid(),
             "counter": state.get("counter"),
-            "request_state": "state" in scope,
             **SEEN,
         }
     ).encode()
@@ -79,8 +78,19 @@ middleware = RefreshMiddleware(
 
 
 async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-    """The probe: records what the server hands over, then the middleware."""
+    """The probe: records what the server hands over, before the middleware sees it."""
     if scope["type"] == "lifespan":
         SEEN["lifespan"] = True
         SEEN["lifespan_state"] = "state" in scope
+    elif scope["type"] == "http":
+        state = scope.get("state")
+        if state is None:
+            SEEN["request_state"] = "none"
+        else:
+            # A marker left on the dict tells a fresh copy from one handed out again.
+            SEEN["request_state"] = "same dict every time" if state.get(_MARK) else "a copy per request"
+            state[_MARK] = True
     await middleware(scope, receive, send)
+
+
+_MARK = "real_server_app.seen"

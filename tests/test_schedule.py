@@ -519,3 +519,27 @@ async def test_a_refresh_due_while_a_refresh_now_runs_joins_it() -> None:
         # It ended late: the refresh due at 60 follows at once, and the grid holds.
         assert calls == [0, 0, 70]
         assert handle.status()["n"]["next_refresh_at"] == (START + timedelta(seconds=120)).isoformat()
+
+
+async def test_on_change_sees_changes_in_order_when_refreshes_race() -> None:
+    """Scheduled refreshes and refresh-now racing (trio shuffles task order): hooks stay in order.
+
+    Real time, briefly: the race needs the event loop's own scheduling.
+    """
+    counter = itertools.count(1)
+    changes: list[tuple[Any, Any]] = []
+
+    async def fetch() -> int:
+        return next(counter)
+
+    refresher = Refresher(
+        "n", fetch, every="10ms", jitter=0, on_change=lambda old, new: changes.append((old, new))
+    )
+    middleware = RefreshMiddleware(ScriptedApp(), refreshers=[refresher])
+    async with LifespanManager(middleware):
+        with anyio.move_on_after(0.5):
+            while True:
+                await anyio.sleep(0.01)
+                await middleware.handle.refresh("n")
+    assert len(changes) > 20
+    assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(changes)), changes

@@ -89,8 +89,9 @@ def build(
 
     @app.post("/refresh/{name}")
     async def refresh(name: str, control: RefreshControl) -> Any:
-        """Refresh one now."""
-        return await control.refresh(name)
+        """Refresh one now; answers like one entry of /data (the token stays hidden)."""
+        await control.refresh(name)
+        return snapshot(control)[name]
 
     def announce(name: str) -> Callable[[Any, Any], None]:
         def on_change(old: Any, new: Any) -> None:
