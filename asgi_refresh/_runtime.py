@@ -38,6 +38,7 @@ whether the state dict it was handed is the current snapshot."""
 _MAX_ERROR_CHARS = 500
 _MIN_REFRESH_IN = 1.0  # an already expired token is renewed this often at most, not in a busy loop
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
+_REPEAT_WARNING_EVERY = 300.0  # the same failure, again and again, is logged this often
 
 _Hook = tuple[str, Callable[..., object], tuple[Any, ...]]
 """A hook to call once a fetch is done: (its option name, the hook, its arguments)."""
@@ -91,6 +92,8 @@ class _Slot:
         self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
         self.flight: _Flight | None = None
         self.refresh_again = False  # a watched file changed while a fetch was under way
+        self.logged_error: str | None = None  # the failure last logged at WARNING, and when
+        self.logged_at = -math.inf
         fetch_type = type(spec.fetch)
         self.opened = not (hasattr(fetch_type, "__aenter__") and hasattr(fetch_type, "__aexit__"))
         self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
@@ -505,7 +508,18 @@ class Runtime:
         if isinstance(exc, SourceError) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)  # the upstream asked us to wait (Retry-After)
         self._reschedule(slot, now + delay)
-        logger.warning(
+        # One WARNING when a run of failures starts, then only when the error
+        # changes or every few minutes: a refresher that fails for an hour with a
+        # 1 s backoff must not write a thousand lines. The rest go out at DEBUG.
+        repeat = (
+            slot.consecutive_failures > 1
+            and slot.last_error == slot.logged_error
+            and now - slot.logged_at < _REPEAT_WARNING_EVERY
+        )
+        if not repeat:
+            slot.logged_error, slot.logged_at = slot.last_error, now
+        logger.log(
+            logging.DEBUG if repeat else logging.WARNING,
             "Refresher %r failed (%d in a row): %s; %s, retrying in %s",
             spec.name,
             slot.consecutive_failures,

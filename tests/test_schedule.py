@@ -543,3 +543,26 @@ async def test_on_change_sees_changes_in_order_when_refreshes_race() -> None:
                 await middleware.handle.refresh("n")
     assert len(changes) > 20
     assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(changes)), changes
+
+
+async def test_a_failure_that_repeats_is_logged_once_then_every_five_minutes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One WARNING when failures start, then on a changed error or every 5 minutes; the rest at DEBUG."""
+    clock = FakeClock(START)
+    errors = [OSError("upstream down")] * 50 + [OSError("upstream on fire")] * 5 + ["ok"]
+    upstream = Upstream("v", *errors)
+    refresher = Refresher("n", upstream, every="1h", jitter=0, backoff_initial="10s", backoff_max="10s")
+    caplog.set_level(logging.DEBUG, logger="asgi_refresh")
+    async with running(refresher, clock=clock):
+        await clock.advance("1h")  # the scheduled refresh starts the run of failures
+        await clock.advance(55 * 10)  # 55 failures 10 s apart, then a success
+    failures = [r for r in caplog.records if r.getMessage().startswith("Refresher 'n' failed")]
+    warnings = [r.getMessage() for r in failures if r.levelno == logging.WARNING]
+    assert len(failures) == 55
+    assert [w.split(": ", 1)[1].split(";")[0] for w in warnings] == [
+        "OSError: upstream down",  # the first
+        "OSError: upstream down",  # 5 minutes later
+        "OSError: upstream on fire",  # a new error
+    ]
+    assert "recovered after 55 failed attempts" in caplog.text
