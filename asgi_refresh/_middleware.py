@@ -121,6 +121,7 @@ class RefreshMiddleware:
         app = AppLifespan(self.app, {**scope, "state": state}, self.clock)
         server = _ServerSend(send)
         outcome: Message | None = None  # for the server, once everything has stopped
+        reported: Message | None = None
         try:
             async with anyio.create_task_group() as task_group:
                 # Live from now on, complete: a fetch may read another refresher's
@@ -140,6 +141,7 @@ class RefreshMiddleware:
                     app.cancel()
                     failure = _join(failure, await self._stop(runtime))
                     outcome = None if server.error else _reply("startup", failure)
+                reported = outcome
                 if not runtime.stopped and outcome is not None and await server.send(outcome):
                     # A fetch ignoring cancellation keeps this task group open: the
                     # server hears the outcome now, not whenever that fetch ends.
@@ -154,6 +156,11 @@ class RefreshMiddleware:
             # Sent once everything has stopped, and nothing is awaited after it. The
             # server may raise here (hypercorn does on startup.failed): it propagates.
             await send(outcome)
+        if reported is not None and reported["type"].endswith(".failed"):
+            # Raise after reporting, as Starlette's router does: test clients
+            # (TestClient, asgi-lifespan) then surface the failure instead of carrying
+            # on without values; servers have the message already and ignore this.
+            raise RuntimeError(reported["message"])
 
     async def _stop(self, runtime: Runtime) -> str | None:
         stuck = await runtime.stop(self.shutdown_timeout)

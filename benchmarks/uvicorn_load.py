@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import socket
 import statistics
 import subprocess
@@ -62,6 +63,8 @@ def _start(variant: str) -> tuple[subprocess.Popen[bytes], int]:
 
 async def measure(rounds: int = 5, seconds: float = 3.0, connections: int = 16) -> list[Row]:
     """Median requests per second per variant; each one's ratio to the bare app."""
+    if importlib.util.find_spec("fastapi_utils") is None:
+        raise SystemExit('uvicorn_load needs fastapi-utils: python -m pip install -e ".[bench]"')
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for variant in VARIANTS:

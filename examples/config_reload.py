@@ -2,6 +2,9 @@
 
     python examples/config_reload.py [CONFIG]    # then edit CONFIG, reload http://127.0.0.1:8000/
 
+Without CONFIG, it writes a sample config in the system's temporary directory and
+prints where.
+
 The file is polled every 5 s at the cost of one ``stat()``, and with the
 ``watch`` extra (``pip install 'asgi-refresh[watch]'``) reloaded the moment it
 changes. A file that does not parse (saved half-way) is reported and the last
@@ -11,8 +14,8 @@ good config stays in use.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
+import tempfile
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -22,7 +25,7 @@ from starlette.routing import Route
 
 from asgi_refresh import FileSource, Refresher, RefreshMiddleware
 
-CONFIG = Path(os.environ.get("CONFIG", "config.toml"))
+CONFIG = Path(tempfile.gettempdir()) / "asgi-refresh-example-config.toml"
 WATCH = importlib.util.find_spec("watchfiles") is not None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 
 from asgi_refresh import Refresher, RefreshMiddleware
 from asgi_refresh.fastapi import RefreshControl, Refreshed
@@ -33,6 +33,8 @@ async def convert(
     amount: float, currency: str, rates: Annotated[dict[str, float], Refreshed("rates")]
 ) -> Any:
     """Convert an amount in EUR with the current rates."""
+    if currency not in rates:
+        raise HTTPException(404, f"no rate for {currency!r}; known: {', '.join(sorted(rates))}")
     return {"amount": round(amount * rates[currency], 2), "currency": currency, "rate": rates[currency]}
 
 

@@ -3,8 +3,9 @@
     python examples/token_renewal.py      # then open http://127.0.0.1:8000/
 
 A local token endpoint (from `asgi_refresh.demo.upstream`) issues tokens that live
-20 seconds; the "token" refresher renews each one 2 seconds before it expires, and
-the "orders" refresher authenticates with whichever token is current.
+20 seconds; the "token" refresher renews each one at least 2 seconds before it
+expires (jitter makes it 16 to 18 s), and the "orders" refresher authenticates
+with whichever token is current.
 """
 
 from __future__ import annotations
@@ -62,5 +63,5 @@ if __name__ == "__main__":
     upstream = Upstream(token_lifetime=20)
     upstream.set("/protected", {"orders": ["#1001", "#1002"]})
     with serve(upstream) as upstream_url:
-        print("Serving on http://127.0.0.1:8000/ - the token is renewed every 18 s (Ctrl+C stops)")
+        print("Serving on http://127.0.0.1:8000/ - the token is renewed every 16-18 s (Ctrl+C stops)")
         uvicorn.run(make_app(upstream_url), host="127.0.0.1", port=8000, lifespan="on")

@@ -50,6 +50,7 @@ async def test_the_demo_shows_values_that_change(
             await anyio.sleep(0.4)  # the world changes once
             for name in ("names", "settings", "orders"):
                 assert (await client.post(f"/refresh/{name}")).status_code == 200
+            assert (await client.post("/refresh/nope")).status_code == 404
             renewed = await client.post("/refresh/token")
             assert renewed.json()["value"] == "(secret)"
             assert upstream.tokens[-1] not in renewed.text + (await client.get("/status")).text

@@ -82,6 +82,8 @@ async def test_fastapi_app_converts_with_refreshed_rates() -> None:
         first = (await client.get("/convert", params={"amount": 10, "currency": "USD"})).json()
         assert first["currency"] == "USD"
         assert first["amount"] == round(10 * first["rate"], 2)
+        unknown = await client.get("/convert", params={"amount": 10, "currency": "GBP"})
+        assert unknown.status_code == 404
         refreshed = (await client.post("/rates/refresh")).json()
         assert refreshed["USD"] != first["rate"]
         assert (await client.get("/status")).json()["rates"]["refresh_count"] == 2

@@ -222,3 +222,41 @@ async def _handle_from_request(app: Any) -> asgi_refresh.RefreshHandle:
     state: dict[str, Any] = scope["state"]  # type: ignore[assignment]
     handle: asgi_refresh.RefreshHandle = state["asgi_refresh"]
     return handle
+
+
+def test_testclient_raises_the_startup_failure_and_does_not_hang() -> None:
+    """A required refresher that cannot load: TestClient raises its message when entered."""
+
+    async def unreachable() -> list[str]:
+        raise ConnectionError("upstream down")
+
+    app = RefreshMiddleware(
+        Starlette(), refreshers=[Refresher("names", unreachable, every="1h")], startup_timeout="0.1s"
+    )
+    with (
+        pytest.raises(
+            RuntimeError, match=r"Refresher 'names' could not load within startup_timeout \(100ms\)"
+        ),
+        TestClient(app),
+    ):
+        pass  # pragma: no cover
+
+
+async def test_lifespan_manager_raises_the_startup_failure() -> None:
+    """asgi-lifespan surfaces the failure at once instead of timing out after 5 s."""
+
+    async def unreachable() -> list[str]:
+        raise ConnectionError("upstream down")
+
+    app = RefreshMiddleware(
+        Starlette(), refreshers=[Refresher("names", unreachable, every="1h")], startup_timeout="0.1s"
+    )
+    errors: tuple[BaseException, ...] = ()
+    with anyio.fail_after(3):
+        try:
+            async with LifespanManager(app):
+                pass  # pragma: no cover
+        except* RuntimeError as failed:  # an ExceptionGroup under trio
+            errors = failed.exceptions
+    assert [type(error) for error in errors] == [RuntimeError]
+    assert str(errors[0]).startswith("Refresher 'names' could not load within startup_timeout")

@@ -80,6 +80,8 @@ async def test_required_refresher_that_cannot_load_fails_startup() -> None:
     assert "'names'" in failed["message"]
     assert "ConnectionRefusedError: upstream refused" in failed["message"]
     assert "startup_timeout (10s)" in failed["message"]
+    assert isinstance(server.error, RuntimeError), "raised after reporting, as Starlette's router does"
+    assert str(server.error) == failed["message"]
     assert names.calls > 1, "a required refresher retries within the startup budget"
     assert inner.events == [], "the app's own startup never ran"
     calls = names.calls

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
 from asgi_refresh import (
@@ -90,6 +90,8 @@ def build(
     @app.post("/refresh/{name}")
     async def refresh(name: str, control: RefreshControl) -> Any:
         """Refresh one now; answers like one entry of /data (the token stays hidden)."""
+        if name not in control.names:
+            raise HTTPException(404, f"no refresher named {name!r}; there are {', '.join(control.names)}")
         await control.refresh(name)
         return snapshot(control)[name]
 
@@ -164,7 +166,7 @@ tr:nth-child(even){{background:#f4f4f4}}code{{font-size:.9em}}</style></head>
 <body><h1>asgi_refresh demo</h1>
 <p>Values kept fresh from a local upstream that changes every few seconds. This page reloads itself.
 JSON: <a href="/data">/data</a>, <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
-<table><tr><th>refresher</th><th>value</th><th>age</th><th>last fetch</th><th>fetches</th>
+<table><tr><th>refresher</th><th>value</th><th>since last fetch</th><th>last fetch</th><th>fetches</th>
 <th>next refresh (UTC)</th></tr>{cells}</table></body></html>"""
 
 
