@@ -99,12 +99,7 @@ class FileSource:
         return f"FileSource({str(self.path)!r})"
 
     async def __aenter__(self) -> FileSource:
-        if self._context is not None:
-            raise RuntimeError(
-                f"{self!r} is already open: a source serves one refresher of one running "
-                "middleware; create one source per refresher"
-            )
-        self._context = SourceContext.current(repr(self))
+        self._context = SourceContext.entering(self, self._context)
         self._signature = self._digest = self._value = None
         if self.watch and not self._context.start_soon(self._watch):
             logger.info("%r: watch needs a running middleware; polling only", self)
@@ -122,12 +117,7 @@ class FileSource:
             SourceError: the file is missing, unreadable, or does not parse or validate.
             RuntimeError: the source is not open.
         """
-        context = self._context
-        if context is None:
-            raise RuntimeError(
-                f"{self!r} is not open: use it as the fetch of a Refresher, or enter it "
-                "first with `async with source:`"
-            )
+        context = SourceContext.required(self, self._context)
         read = await context.run_in_thread(self._read_if_changed)
         if isinstance(read, Fetched):
             return read

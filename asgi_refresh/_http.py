@@ -162,12 +162,7 @@ class HTTPSource:
         return f"HTTPSource({self.safe_url!r}, method={self.method!r})"
 
     async def __aenter__(self) -> HTTPSource:
-        if self._context is not None:
-            raise RuntimeError(
-                f"{self!r} is already open: a source serves one refresher of one running "
-                "middleware; create one source per refresher"
-            )
-        context = SourceContext.current(repr(self))
+        context = SourceContext.entering(self, self._context)
         self._context = context
         self._etag = self._last_modified = None
         self._cached, self._has_cached, self._digest, self._expires_at = None, False, None, None
@@ -199,12 +194,9 @@ class HTTPSource:
             RuntimeError: the source is not open (not run by a middleware, nor
                 entered with ``async with``).
         """
-        context, client = self._context, self._open_client
-        if context is None or client is None:
-            raise RuntimeError(
-                f"{self!r} is not open: use it as the fetch of a Refresher, or enter it "
-                "first with `async with source:`"
-            )
+        context = SourceContext.required(self, self._context)
+        client = self._open_client
+        assert client is not None  # set whenever the context is
         headers = dict(self._request["headers"])
         # Validators only make a read conditional: on a POST, If-None-Match is a
         # precondition the server must fail with 412.

@@ -55,6 +55,31 @@ class SourceContext:
         self._refresh_soon = refresh_soon
 
     @staticmethod
+    def entering(source: object, open_context: SourceContext | None) -> SourceContext:
+        """The context for ``source`` being entered; refuses one that is open already.
+
+        Args:
+            source: The source (its repr names it in messages).
+            open_context: The context the source holds now, if it is open.
+        """
+        if open_context is not None:
+            raise RuntimeError(
+                f"{source!r} is already open: a source serves one refresher of one running "
+                "middleware; create one source per refresher"
+            )
+        return SourceContext.current(repr(source))
+
+    @staticmethod
+    def required(source: object, open_context: SourceContext | None) -> SourceContext:
+        """The context of an open ``source``; a clear error if it was never entered."""
+        if open_context is None:
+            raise RuntimeError(
+                f"{source!r} is not open: use it as the fetch of a Refresher, or enter it "
+                "first with `async with source:`"
+            )
+        return open_context
+
+    @staticmethod
     def current(owner: str) -> SourceContext:
         """The context of the refresher being opened, or a standalone one for ``owner``."""
         context = _opening.get()
