@@ -162,14 +162,20 @@ class HTTPSource:
         return f"HTTPSource({self.safe_url!r}, method={self.method!r})"
 
     async def __aenter__(self) -> HTTPSource:
-        context = SourceContext.entering(self, self._context)
-        self._context = context
+        # Claimed before the first await, so that a second refresher sharing this
+        # source is refused; released again if opening fails, so it can be retried.
+        self._context = context = SourceContext.entering(self, self._context)
+        try:
+            auth = self._request["auth"]
+            if isinstance(auth, BearerToken):
+                auth = auth._bind(context.handle)
+            client = self._client or await context.shared(_SHARED_CLIENT_KEY, _new_client)
+        except BaseException:
+            self._context = None
+            raise
+        self._open_client, self._request["auth"] = client, auth
         self._etag = self._last_modified = None
         self._cached, self._has_cached, self._digest, self._expires_at = None, False, None, None
-        self._open_client = self._client or await context.shared(_SHARED_CLIENT_KEY, _new_client)
-        auth = self._request["auth"]
-        if isinstance(auth, BearerToken):
-            self._request["auth"] = auth._bind(context.handle)
         _redact.endpoints[_endpoint(self.url)] += 1
         return self
 
