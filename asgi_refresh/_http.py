@@ -6,8 +6,9 @@ import email.utils
 import logging
 import math
 import re
+import zlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import aclosing
 from datetime import UTC
 from types import TracebackType
@@ -263,13 +264,22 @@ class HTTPSource:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise self._too_big(f"Content-Length is {int(declared)} bytes")
+        inflate = _Inflater.for_encoding(response.headers.get("Content-Encoding", ""))
+        # gzip and deflate (nearly all compressed APIs) are inflated here, never past
+        # the cap, so a compression bomb cannot expand one chunk into gigabytes;
+        # other encodings are left to httpx and counted as they come out.
+        stream = response.aiter_raw() if inflate else response.aiter_bytes()
         chunks, size = [], 0
-        async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
-            async for chunk in body:  # decompressed: a zip bomb counts in full
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise self._too_big(f"over {size} bytes read")
-                chunks.append(chunk)
+        try:
+            async with aclosing(stream) as body:  # type: ignore[type-var]
+                async for raw in body:
+                    for chunk in inflate.feed(raw, self.max_bytes - size + 1) if inflate else (raw,):
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise self._too_big(f"over {self.max_bytes} bytes read")
+                        chunks.append(chunk)
+        except zlib.error as exc:
+            raise SourceError(f"{self.where}: the body does not decompress ({exc})") from None
         return b"".join(chunks)
 
     def _too_big(self, detail: str) -> SourceError:
@@ -342,6 +352,43 @@ def _endpoint(url: httpx.URL) -> tuple[bytes, str, int | None, str]:
 
 _redact = _RedactSourceURLs()
 logging.getLogger("httpx").addFilter(_redact)
+
+
+class _Inflater:
+    """Inflates gzip or deflate, never more than asked for at once (``max_length``)."""
+
+    def __init__(self, wbits: int) -> None:
+        self._wbits = wbits
+        self._zlib = zlib.decompressobj(wbits)
+        self._started = False
+
+    @staticmethod
+    def for_encoding(encoding: str) -> _Inflater | None:
+        name = encoding.strip().lower()
+        if name in ("gzip", "x-gzip"):
+            return _Inflater(16 + zlib.MAX_WBITS)
+        if name == "deflate":
+            return _Inflater(zlib.MAX_WBITS)
+        return None
+
+    def feed(self, data: bytes, limit: int) -> Iterator[bytes]:
+        """Inflate ``data`` in pieces of at most ``limit`` bytes (the caller stops past its cap).
+
+        Raises:
+            zlib.error: the body is not valid gzip or deflate.
+        """
+        while data:
+            try:
+                piece = self._zlib.decompress(data, max(limit, 1))
+            except zlib.error:
+                if self._started or self._wbits != zlib.MAX_WBITS:
+                    raise
+                # "deflate" is sometimes sent raw, without the zlib header (httpx allows it too).
+                self._wbits, self._zlib = -zlib.MAX_WBITS, zlib.decompressobj(-zlib.MAX_WBITS)
+                continue
+            self._started = True
+            data = self._zlib.unconsumed_tail
+            yield piece
 
 
 def _expiry(context: SourceContext, value: Any) -> float | None:

@@ -30,6 +30,7 @@ class Document:
     body: bytes
     content_type: str
     etag: str
+    content_encoding: str | None = None
 
 
 class Upstream:
@@ -48,12 +49,23 @@ class Upstream:
         self.tokens: list[str] = []
         self._lock = threading.Lock()
 
-    def set(self, path: str, value: Any, *, content_type: str = "application/json") -> None:
-        """Serve ``value`` at ``path``: JSON-encoded unless it is bytes already."""
+    def set(
+        self,
+        path: str,
+        value: Any,
+        *,
+        content_type: str = "application/json",
+        content_encoding: str | None = None,
+    ) -> None:
+        """Serve ``value`` at ``path``: JSON-encoded unless it is bytes already.
+
+        With ``content_encoding``, bytes are sent as they are, labelled with it
+        (compress them yourself).
+        """
         body = value if isinstance(value, bytes) else json.dumps(value).encode()
         etag = '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
         with self._lock:
-            self.documents[path] = Document(body, content_type, etag)
+            self.documents[path] = Document(body, content_type, etag, content_encoding)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request."""
@@ -86,6 +98,8 @@ class Upstream:
         with self._lock:
             self.bytes_sent[path] += len(document.body)
         headers.append((b"content-type", document.content_type.encode()))
+        if document.content_encoding:
+            headers.append((b"content-encoding", document.content_encoding.encode()))
         await _respond(send, 200, document.body, headers)
 
 
