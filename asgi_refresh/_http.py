@@ -155,7 +155,6 @@ class HTTPSource:
         self._etag: str | None = None
         self._last_modified: str | None = None
         self._cached: Any = None
-        self._has_cached = False
         self._digest: bytes | None = None  # of the body behind the cached value
         self._expires_at: float | None = None  # of the cached value, if it was a Fresh (monotonic)
 
@@ -176,7 +175,7 @@ class HTTPSource:
             raise
         self._open_client, self._request["auth"] = client, auth
         self._etag = self._last_modified = None
-        self._cached, self._has_cached, self._digest, self._expires_at = None, False, None, None
+        self._cached, self._digest, self._expires_at = None, None, None
         _redact.endpoints[_endpoint(self.url)] += 1
         return self
 
@@ -207,7 +206,7 @@ class HTTPSource:
         headers = dict(self._request["headers"])
         # Validators only make a read conditional: on a POST, If-None-Match is a
         # precondition the server must fail with 412.
-        if self._has_cached and self.method in ("GET", "HEAD"):
+        if self._loaded and self.method in ("GET", "HEAD"):
             if self._etag is not None:
                 headers["If-None-Match"] = self._etag
             if self._last_modified is not None:
@@ -216,7 +215,7 @@ class HTTPSource:
             async with client.stream(
                 self.method, self.url, **{**self._request, "headers": headers}
             ) as response:
-                if response.status_code == 304 and self._has_cached:
+                if response.status_code == 304 and self._loaded:
                     self._remember_validators(response, keep_missing=True)
                     return Fetched(
                         self._cached_now(), not_modified=True, refresh_in=self._refresh_in(response)
@@ -237,7 +236,7 @@ class HTTPSource:
             raise SourceError(f"{self.where}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
         refresh_in = self._refresh_in(response)
         body_digest = await digest(context, body)
-        if self._has_cached and body_digest == self._digest:
+        if self._loaded and body_digest == self._digest:
             # The same body again (a server without validators): no parse, no
             # comparison of two big values, nothing new to publish.
             # A token grant sent again is good for its expires_in from now.
@@ -248,9 +247,14 @@ class HTTPSource:
         # Remembered only once the body is good: a broken document must be fetched
         # in full next time, not confirmed with a 304.
         self._remember_validators(response, keep_missing=False)
-        self._cached, self._has_cached, self._digest = value, True, body_digest
+        self._cached, self._digest = value, body_digest
         self._expires_at = _expiry(context, value)
         return Fetched(value, refresh_in=refresh_in)
+
+    @property
+    def _loaded(self) -> bool:
+        """Whether a body has been parsed and cached (what a 304 may confirm)."""
+        return self._digest is not None
 
     def _cached_now(self) -> Any:
         """The cached value, a token with what is left of its lifetime."""

@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+
+async def trivial_app(scope: Any, receive: Any, send: Any) -> None:
+    """An app with nothing of its own to start, answering every request with "ok"."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def constant(value: int) -> Callable[[], Awaitable[int]]:
+    """A fetch that returns ``value`` at once."""
+
+    async def fetch() -> int:
+        return value
+
+    return fetch
 
 
 @dataclass(frozen=True)

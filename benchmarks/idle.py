@@ -16,22 +16,10 @@ import asyncio
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from _common import Row, Server, print_rows
+from _common import Row, Server, constant, print_rows, trivial_app
 
 from asgi_refresh import Refresher, RefreshMiddleware
-
-
-def constant(value: int) -> Callable[[], Awaitable[int]]:
-    async def fetch() -> int:
-        return value
-
-    return fetch
-
-
-async def inner(scope: Any, receive: Any, send: Any) -> None:
-    pass
 
 
 async def cpu_percent(seconds: float) -> float:
@@ -80,13 +68,13 @@ async def measure(refreshers: int = 10_000, seconds: float = 10.0) -> list[Row]:
     specs = [Refresher(f"r{i}", constant(i), every="60s") for i in range(refreshers)]
 
     started = time.perf_counter()
-    async with Server(RefreshMiddleware(inner, refreshers=specs)):
+    async with Server(RefreshMiddleware(trivial_app, refreshers=specs)):
         startup = time.perf_counter() - started
         idle_cpu = await cpu_percent(seconds)  # the first refreshes are 54-60 s away
 
     # Memory in runs of their own: tracemalloc slows everything down.
     with allocations() as ours:
-        async with Server(RefreshMiddleware(inner, refreshers=specs)):
+        async with Server(RefreshMiddleware(trivial_app, refreshers=specs)):
             ours.measure()
     with allocations() as theirs:
         await hand_written(refreshers, theirs)

@@ -16,7 +16,7 @@ import asyncio
 import statistics
 from typing import Any
 
-from _common import Row, Server, print_rows
+from _common import Row, Server, constant, print_rows
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -37,13 +37,6 @@ class PassThrough:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
-
-
-def constant(value: int) -> Any:
-    async def fetch() -> int:
-        return value
-
-    return fetch
 
 
 async def measure(refreshers: int = 100, rounds: int = 40, requests: int = 2000) -> Row:

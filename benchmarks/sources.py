@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-from _common import Row, Server, print_rows
+from _common import Row, Server, print_rows, trivial_app
 
 from asgi_refresh import HTTPSource, Refresher, RefreshMiddleware
 from asgi_refresh.demo.upstream import Upstream, serve
@@ -36,16 +36,6 @@ def document(megabytes: float, salt: int = 0) -> list[dict[str, Any]]:
     """A JSON array of small records, about ``megabytes`` once encoded."""
     count = int(megabytes * 1024 * 1024 / 64)
     return [{"id": i, "name": f"user-{i}-{salt}", "active": i % 3 == 0} for i in range(count)]
-
-
-async def trivial_app(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
 
 
 async def bytes_per_poll(upstream: Upstream, base_url: str, polls: int) -> tuple[float, float]:

@@ -14,9 +14,8 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from _common import Row, Server, print_rows
+from _common import Row, Server, print_rows, trivial_app
 
 from asgi_refresh import Refresher, RefreshMiddleware
 
@@ -29,17 +28,14 @@ def slow_load(seconds: float) -> Callable[[], Awaitable[float]]:
     return load
 
 
-async def inner(scope: Any, receive: Any, send: Any) -> None:
-    pass  # no lifespan of its own: startup is the refreshers alone
-
-
 async def measure(refreshers: int = 100, load_ms: float = 100, rounds: int = 5) -> Row:
     """Median startup time over rounds, against refreshers x load time."""
     load = load_ms / 1000
     times = []
     for _ in range(rounds):
         app = RefreshMiddleware(
-            inner, refreshers=[Refresher(f"r{i}", slow_load(load), every="1h") for i in range(refreshers)]
+            trivial_app,
+            refreshers=[Refresher(f"r{i}", slow_load(load), every="1h") for i in range(refreshers)],
         )
         started = time.perf_counter()
         async with Server(app):

@@ -16,9 +16,8 @@ import asyncio
 import itertools
 import statistics
 import time
-from typing import Any
 
-from _common import Row, Server, print_rows
+from _common import Row, Server, print_rows, trivial_app
 
 from asgi_refresh import Refresher, RefreshMiddleware
 
@@ -27,10 +26,6 @@ _counter = itertools.count()
 
 async def fetch() -> int:
     return next(_counter)  # a new value each time: every refresh publishes
-
-
-async def inner(scope: Any, receive: Any, send: Any) -> None:
-    pass
 
 
 async def hand_written(refreshers: int, seconds: float) -> float:
@@ -60,7 +55,7 @@ async def refreshed(refreshers: int, seconds: float) -> float:
     """Refreshes per second of as many refreshers behind RefreshMiddleware."""
 
     app = RefreshMiddleware(
-        inner, refreshers=[Refresher(f"r{i}", fetch, every="10ms", jitter=0) for i in range(refreshers)]
+        trivial_app, refreshers=[Refresher(f"r{i}", fetch, every="10ms", jitter=0) for i in range(refreshers)]
     )
     async with Server(app):
         status = app.handle.status()
