@@ -131,7 +131,7 @@ class Runtime:
         self._shared = SharedResources()  # what the sources share (one HTTP client)
         self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
-        self._progress = anyio.Event()  # set, and replaced, whenever a slot is attempted or loaded
+        self._progress: anyio.Event | None = None  # while `load` waits: set when a slot makes progress
 
     @property
     def running(self) -> bool:
@@ -248,17 +248,17 @@ class Runtime:
 
     async def _until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; it is checked whenever a slot makes progress."""
-        while True:
-            progress = self._progress
-            if condition():
-                return
-            await progress.wait()
+        while not condition():
+            if self._progress is None:
+                self._progress = anyio.Event()
+            await self._progress.wait()
 
     def _note_progress(self, slot: _Slot) -> None:
-        # One Event for `load` (its only waiter), and one per slot only once someone
-        # waits for that slot: thousands of refreshers, few waiters.
-        self._progress.set()
-        self._progress = anyio.Event()
+        # Events only while someone waits (startup, a fetch waiting for a token), not
+        # one per refresh for the lifetime of the app.
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
         if slot.loaded and slot.loaded_event is not None:
             slot.loaded_event.set()
 
