@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 
@@ -58,6 +58,8 @@ class FileSource:
         ValueError: the format is unknown, or cannot be told from the extension.
         ImportError: ``watch=True`` without ``watchfiles`` installed.
     """
+
+    source_kind: ClassVar[str] = "file"  # what status() reports as the refresher's "source"
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import aclosing
 from datetime import UTC
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -78,6 +78,8 @@ class HTTPSource:
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
     """
+
+    source_kind: ClassVar[str] = "http"  # what status() reports as the refresher's "source"
 
     def __init__(
         self,

@@ -53,6 +53,11 @@ class Refresher:
             Never more than ``every``: a failing refresher retries at least as
             often as a healthy one refreshes.
         backoff_multiplier: Growth factor of the retry delay per consecutive failure.
+        max_stale: How old the last good value may get before it counts as stale:
+            ``status()`` then says ``"stale": true`` and the admin health endpoint
+            answers 503 while a required refresher is stale. ``None`` (the
+            default) means no limit. Give it room for a few failed refreshes,
+            e.g. three times ``every``.
         on_change: Called as ``on_change(old, new)`` after a fetched value that
             differs from the published one is published (``old`` is the default, or
             ``None``, on the first load). Sync or async; if it raises, the error is
@@ -75,6 +80,7 @@ class Refresher:
     backoff_initial: float
     backoff_max: float | None
     backoff_multiplier: float
+    max_stale: float | None
     on_change: Callable[[Any, Any], object] | None
     on_error: Callable[[BaseException], object] | None
 
@@ -91,6 +97,7 @@ class Refresher:
         backoff_initial: Duration = "1s",
         backoff_max: Duration | None = None,
         backoff_multiplier: float = 2.0,
+        max_stale: Duration | None = None,
         on_change: Callable[[Any, Any], object] | None = None,
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
@@ -137,6 +144,15 @@ class Refresher:
             or backoff_multiplier < 1
         ):
             raise ValueError(problem("backoff_multiplier must be >= 1", backoff_multiplier))
+        stale_after = None if max_stale is None else problem.duration("max_stale", max_stale)
+        if stale_after is not None and stale_after < seconds:
+            raise ValueError(
+                problem(
+                    f"max_stale must be at least every ({format_duration(seconds)}): a healthy "
+                    "refresher's value gets that old between two refreshes",
+                    max_stale,
+                )
+            )
         for hook_name, hook in (("on_change", on_change), ("on_error", on_error)):
             if hook is not None and not callable(hook):
                 raise TypeError(problem(f"{hook_name} must be callable or None", hook))
@@ -152,6 +168,7 @@ class Refresher:
         set_field(self, "backoff_initial", initial)
         set_field(self, "backoff_max", cap)
         set_field(self, "backoff_multiplier", float(backoff_multiplier))
+        set_field(self, "max_stale", stale_after)
         set_field(self, "on_change", on_change)
         set_field(self, "on_error", on_error)
 

@@ -159,6 +159,9 @@ async def test_status_reports_every_field_as_json() -> None:
             handle = middleware.handle
             assert handle.status() == {
                 "names": {
+                    "source": "python",
+                    "required": True,
+                    "stale": False,
                     "last_success_at": "2030-01-01T00:00:02+00:00",
                     "last_changed_at": "2030-01-01T00:00:02+00:00",
                     "last_outcome": "changed",
