@@ -4,6 +4,7 @@ from .__about__ import __version__ as __version__
 from ._bearer import BearerToken
 from ._clock import Clock
 from ._duration import Duration
+from ._events import RefreshEvent
 from ._file import FileSource
 from ._http import HTTPSource
 from ._middleware import RefreshMiddleware
@@ -19,6 +20,7 @@ __all__ = [
     "Fresh",
     "HTTPSource",
     "RefreshError",
+    "RefreshEvent",
     "RefreshHandle",
     "RefreshMiddleware",
     "Refresher",

@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
 from ._duration import format_duration
+from ._events import Events, Listener
 from ._outcome import Fetched, Fresh, SourceError
 from ._refresher import RESERVED_NAME, Refresher
 from ._source_context import SharedResources, SourceContext, done_opening, opening
@@ -119,8 +120,11 @@ class Runtime:
         *,
         state: MutableMapping[str, Any],
         clock: Clock,
+        listeners: Iterable[Listener] = (),
     ) -> None:
         self.slots = {spec.name: _Slot(spec) for spec in refreshers}
+        events = Events(listeners, clock)
+        self.events = events if events.wanted else None
         self.state = state
         self.clock = clock
         self.handle = RefreshHandle(self)
@@ -163,6 +167,8 @@ class Runtime:
             with self._scope:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
+                    if self.events is not None:
+                        task_group.start_soon(self.events.run, name="asgi_refresh:events")
                     for slot in self.slots.values():
                         task_group.start_soon(self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}")
                     task_status.started()
@@ -340,8 +346,14 @@ class Runtime:
 
     # -- fetching ------------------------------------------------------------------
 
-    async def _join_flight(self, slot: _Slot, *, on_grid: bool = False) -> _Flight:
+    async def _join_flight(self, slot: _Slot) -> _Flight:
         """Wait for the slot's fetch in progress, starting one if there is none."""
+        flight = self.start_refresh(slot)
+        await flight.done.wait()
+        return flight
+
+    def start_refresh(self, slot: _Slot) -> _Flight:
+        """Start a fetch outside the schedule, unless one is under way: then that is it."""
         flight = slot.flight
         if flight is None:
             if self._task_group is None:
@@ -349,13 +361,12 @@ class Runtime:
                     f"Refresher {slot.spec.name!r} cannot refresh: asgi_refresh is not running "
                     "(the lifespan has not started or has shut down)"
                 )
-            flight = slot.flight = _Flight(on_grid=on_grid)
+            flight = slot.flight = _Flight(on_grid=False)
             # The fetch runs in the runtime's task group, not in the caller's task:
             # a request that gives up waiting must not cancel everyone else's fetch.
             self._task_group.start_soon(
                 self._fly_then_hook, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}"
             )
-        await flight.done.wait()
         return flight
 
     async def _fly_then_hook(self, slot: _Slot, flight: _Flight) -> None:
@@ -380,6 +391,8 @@ class Runtime:
                 flight.value = self.state[slot.spec.name]
                 return False
             started = self.clock.monotonic()
+            if self.events is not None:
+                self.events.emit("started", slot.spec.name)
             try:
                 value = await self._fetch(slot, started)
             except cancelled:
@@ -459,7 +472,7 @@ class Runtime:
         had_value = slot.loaded or not spec.required
         old = self.state.get(spec.name)
         failures = slot.consecutive_failures
-        slot.last_duration = now - started
+        slot.last_duration = duration = now - started
         slot.last_success_mono = now
         slot.last_success_at = self.clock.wall()
         slot.last_error = None
@@ -482,8 +495,20 @@ class Runtime:
                 "Refresher %r recovered after %d failed attempts",
                 spec.name,
                 failures,
-                extra={"refresher": spec.name, "outcome": "recovered"},
+                extra={"refresher": spec.name, "outcome": "recovered", "duration": duration},
             )
+        else:
+            logger.debug(
+                "Refresher %r refreshed: %s in %s",
+                spec.name,
+                slot.last_outcome,
+                format_duration(duration),
+                extra={"refresher": spec.name, "outcome": slot.last_outcome, "duration": duration},
+            )
+        if self.events is not None:
+            self.events.emit("not_modified" if not_modified else "succeeded", spec.name, duration)
+            if changed:
+                self.events.emit("changed", spec.name, duration)
         if spec.on_change is not None and changed:
             return ("on_change", spec.on_change, (old, value))
         return None
@@ -532,8 +557,16 @@ class Runtime:
             exc_info=exc
             if slot.consecutive_failures == 1 and not isinstance(exc, _FetchTimeout | SourceError)
             else None,
-            extra={"refresher": spec.name, "outcome": "failed"},
+            extra={
+                "refresher": spec.name,
+                "outcome": "failed",
+                "duration": slot.last_duration,
+                "error": slot.last_error,
+                "consecutive_failures": slot.consecutive_failures,
+            },
         )
+        if self.events is not None:
+            self.events.emit("failed", spec.name, slot.last_duration, exc, slot.last_error)
         if spec.on_error is not None:
             return ("on_error", spec.on_error, (exc,))
         return None
@@ -586,12 +619,41 @@ class Runtime:
             known = ", ".join(sorted(self.slots)) or "none"
             raise LookupError(f"No refresher named {name!r} (known: {known})") from None
 
+    def age(self, slot: _Slot, now: float) -> float | None:
+        """Seconds since the slot's last successful fetch, or None if it has none."""
+        return None if slot.last_success_mono is None else now - slot.last_success_mono
+
+    def is_stale(self, slot: _Slot, now: float) -> bool:
+        """Whether the slot's value is older than its ``max_stale`` (or it has no fetched value)."""
+        if slot.overridden or slot.spec.max_stale is None:
+            return False
+        age = self.age(slot, now)
+        return age is None or age > slot.spec.max_stale
+
+    def unhealthy(self) -> list[dict[str, Any]]:
+        """The required refreshers without a value younger than their ``max_stale``."""
+        now = self.clock.monotonic()
+        return [
+            {
+                "name": name,
+                "reason": "stale" if slot.loaded else "not loaded",
+                "age": _seconds(self.age(slot, now)),
+                "max_stale": slot.spec.max_stale,
+                "last_error": slot.last_error,
+            }
+            for name, slot in self.slots.items()
+            if slot.spec.required and (not slot.loaded or self.is_stale(slot, now))
+        ]
+
     def status(self) -> dict[str, dict[str, Any]]:
         now, wall = self.clock.monotonic(), self.clock.wall()
         report = {}
         for name, slot in self.slots.items():
             scheduled = self.running and not slot.overridden
             report[name] = {
+                "source": getattr(type(slot.spec.fetch), "source_kind", "python"),
+                "required": slot.spec.required,
+                "stale": self.is_stale(slot, now),
                 "last_success_at": _iso(slot.last_success_at),
                 "last_changed_at": _iso(slot.last_changed_at),
                 "last_outcome": slot.last_outcome,
@@ -601,7 +663,7 @@ class Runtime:
                 "refresh_count": slot.refresh_count,
                 "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if scheduled else None,
                 "last_duration": _seconds(slot.last_duration),
-                "age": _seconds(None if slot.last_success_mono is None else now - slot.last_success_mono),
+                "age": _seconds(self.age(slot, now)),
             }
         return report
 
@@ -642,7 +704,10 @@ class RefreshHandle:
     def status(self) -> dict[str, dict[str, Any]]:
         """Return a JSON-serialisable report keyed by refresher name.
 
-        Each entry has ``last_success_at``, ``last_changed_at`` and
+        Each entry has ``source`` (``"http"``, ``"file"`` or ``"python"`` for
+        any other fetch), ``required``, ``stale`` (true when the value is older
+        than the refresher's ``max_stale``, or it has no fetched value yet and
+        a ``max_stale`` is set), ``last_success_at``, ``last_changed_at`` and
         ``next_refresh_at`` (ISO 8601 UTC or None), ``last_outcome`` (``"changed"``,
         ``"unchanged"``, ``"not_modified"``, ``"failed"`` or None before the first
         fetch), ``last_error`` (None or a one-line description, never the value),

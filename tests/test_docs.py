@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import pytest
 
 ROOT = Path(__file__).parent.parent
@@ -60,6 +61,9 @@ def test_the_docs_have_samples_to_run() -> None:
 async def test_samples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each sample of the page compiles and runs (constructors check every argument)."""
     monkeypatch.chdir(tmp_path)
+    # Samples register metrics in the default registry, as a reader's app would; each
+    # run gets its own so that the same page can run again (asyncio, then trio).
+    monkeypatch.setattr(prometheus_client, "REGISTRY", prometheus_client.CollectorRegistry())
     namespace: dict[str, Any] = {
         "__name__": "docs_sample",
         "app": your_app,

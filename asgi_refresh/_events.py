@@ -1,0 +1,160 @@
+"""Refresh events: what happened to each fetch, for metrics, alerts and tracing."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._clock import Clock
+
+logger = logging.getLogger("asgi_refresh")
+
+EventKind = Literal["started", "succeeded", "not_modified", "failed", "changed"]
+
+Listener = Callable[["RefreshEvent"], object]
+"""A callable taking a `RefreshEvent`; plain or ``async def``."""
+
+_QUEUE_SIZE = 10_000  # async listener calls waiting to run; beyond this, events are dropped
+_LISTENER_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshEvent:
+    """Something that happened to one refresher's fetch.
+
+    Every fetch sends ``started`` and then exactly one of ``succeeded``,
+    ``not_modified`` (the source said the data is unchanged: an HTTP 304 or an
+    unchanged file) or ``failed``. A ``succeeded`` fetch whose value differs from
+    the published one is followed by ``changed`` once the new value is published.
+
+    Attributes:
+        kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"`` or
+            ``"changed"``.
+        name: The refresher's name.
+        at: When it happened, in seconds since the epoch (the middleware's clock).
+        duration: How long the fetch took, in seconds; None for ``started``.
+        error: One line describing the failure (``"TimeoutError: ..."``) for
+            ``failed``, else None. Never the value, never a secret from a URL.
+        exception: The exception of a ``failed`` fetch, else None.
+    """
+
+    kind: EventKind
+    name: str
+    at: float
+    duration: float | None = None
+    error: str | None = None
+    exception: BaseException | None = None
+
+
+class Events:
+    """Hands events to the listeners: plain ones at once, async ones in order on one task.
+
+    A plain listener runs inline, where the event happens, so it must be quick (a
+    counter, a log line). An ``async`` listener's calls are queued and awaited
+    one at a time on a task of their own, so a slow one never delays a fetch or
+    the schedule. A listener that raises, or an async one that takes longer than
+    30 s, is logged and skipped; the refreshers carry on.
+    """
+
+    def __init__(self, listeners: Iterable[Listener], clock: Clock) -> None:
+        self._listeners = tuple(listeners)
+        self._clock = clock
+        self._send: MemoryObjectSendStream[tuple[Listener, Awaitable[object]]] | None = None
+        self._receive: MemoryObjectReceiveStream[tuple[Listener, Awaitable[object]]] | None = None
+        self._dropped = False
+
+    def emit(
+        self,
+        kind: EventKind,
+        name: str,
+        duration: float | None = None,
+        exception: BaseException | None = None,
+        error: str | None = None,
+    ) -> None:
+        event = RefreshEvent(kind, name, self._clock.wall(), duration, error, exception)
+        for listener in self._listeners:
+            try:
+                result = listener(event)
+            except Exception:
+                _log_raised(listener, event)
+                continue
+            if inspect.isawaitable(result):
+                self._queue(listener, result)
+
+    def _queue(self, listener: Listener, call: Awaitable[object]) -> None:
+        if self._send is None:
+            self._send, self._receive = anyio.create_memory_object_stream[tuple[Listener, Awaitable[object]]](
+                _QUEUE_SIZE
+            )
+        try:
+            self._send.send_nowait((listener, call))
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            _close(call)
+            if not self._dropped:
+                self._dropped = True
+                logger.error(
+                    "asgi_refresh: event listener %s is not keeping up (or the refreshers have "
+                    "stopped); dropping its events",
+                    _describe(listener),
+                )
+
+    async def run(self) -> None:
+        """Await queued async listener calls, in order, until cancelled."""
+        if self._receive is None:
+            self._send, self._receive = anyio.create_memory_object_stream[tuple[Listener, Awaitable[object]]](
+                _QUEUE_SIZE
+            )
+        receive = self._receive
+        try:
+            async for listener, call in receive:
+                try:
+                    with self._clock.move_on_at(self._clock.monotonic() + _LISTENER_TIMEOUT) as scope:
+                        await call
+                    if scope.cancelled_caught:
+                        logger.error(
+                            "asgi_refresh: event listener %s did not finish within %gs; cancelled",
+                            _describe(listener),
+                            _LISTENER_TIMEOUT,
+                        )
+                except Exception:
+                    _log_raised(listener, None)
+        finally:
+            assert self._send is not None
+            self._send.close()
+            # Calls never awaited are closed, so Python does not warn "never awaited".
+            while True:
+                try:
+                    _, call = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                _close(call)
+            receive.close()
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anyone listens (else emitting is skipped entirely)."""
+        return bool(self._listeners)
+
+
+def _close(call: Awaitable[object]) -> None:
+    close: Callable[[], Any] | None = getattr(call, "close", None)
+    if close is not None:
+        close()
+
+
+def _describe(listener: Listener) -> str:
+    return getattr(listener, "__qualname__", None) or type(listener).__qualname__
+
+
+def _log_raised(listener: Listener, event: RefreshEvent | None) -> None:
+    logger.exception(
+        "asgi_refresh: event listener %s raised%s; ignored, the refreshers carry on",
+        _describe(listener),
+        "" if event is None else f" on {event.kind!r} of {event.name!r}",
+    )
