@@ -8,9 +8,11 @@ from typing import Any
 
 import anyio
 
+from ._admin import Admin, TokenCheck, checked_admin_path
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
 from ._duration import Duration, format_duration, positive_duration
+from ._events import Listener
 from ._refresher import RESERVED_NAME, Refresher
 from ._runtime import SNAPSHOT_KEY, RefreshHandle, Runtime
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +43,22 @@ class RefreshMiddleware:
             shut down, even if a fetch ignores cancellation.
         clock: Where the schedule reads time; tests pass
             `asgi_refresh.testing.FakeClock` to run hours of schedule in milliseconds.
+        listeners: Callables given a `RefreshEvent` for every fetch started,
+            succeeded, not modified or failed, and every value changed (metrics,
+            alerts). Plain ones run inline and must be quick; ``async`` ones run
+            in order on a task of their own. One that raises is logged and ignored.
+        admin_path: Serve the admin endpoints under this prefix, like
+            ``"/_refresh"``: ``GET`` it for the JSON status (or the status page
+            in a browser), ``POST {admin_path}/{name}`` to refresh now, ``GET
+            {admin_path}/health`` for readiness. Off (None) by default. Requires
+            ``admin_token`` or ``admin_loopback_only``.
+        admin_token: The bearer token the admin endpoints require (at least 16
+            characters; compared in constant time), or a callable given the
+            presented token that returns (or awaits to) True to let it in. The
+            health endpoint needs no token.
+        admin_loopback_only: Serve the admin endpoints only to requests from
+            127.0.0.1 / ::1 with a loopback ``Host``; without ``admin_token``, this
+            is what allows them unauthenticated.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -55,12 +73,29 @@ class RefreshMiddleware:
         startup_timeout: Duration = "30s",
         shutdown_timeout: Duration = "10s",
         clock: Clock | None = None,
+        listeners: Iterable[Listener] = (),
+        admin_path: str | None = None,
+        admin_token: str | TokenCheck | None = None,
+        admin_loopback_only: bool = False,
     ) -> None:
         self.app = app
         self.refreshers = _checked_refreshers(refreshers)
         self.startup_timeout = positive_duration("RefreshMiddleware", "startup_timeout", startup_timeout)
         self.shutdown_timeout = positive_duration("RefreshMiddleware", "shutdown_timeout", shutdown_timeout)
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self.listeners = _checked_listeners(listeners)
+        self._admin = (
+            None
+            if admin_path is None
+            else Admin(checked_admin_path(admin_path), token=admin_token, loopback_only=admin_loopback_only)
+        )
+        self._admin_prefix = None if self._admin is None else self._admin.path
+        self._admin_prefix_end = "" if self._admin is None else self._admin.path + "\U0010ffff"
+        if self._admin is None and (admin_token is not None or admin_loopback_only):
+            raise ValueError(
+                "RefreshMiddleware: admin_token and admin_loopback_only need admin_path, the "
+                'prefix to serve the admin endpoints under (e.g. admin_path="/_refresh")'
+            )
         # The state dict of the lifespan that is running now, if any. The runtime
         # itself lives in `_lifespan`'s locals so that lifespans never share it.
         self._live: MutableMapping[str, Any] | None = None
@@ -84,6 +119,14 @@ class RefreshMiddleware:
             await self._lifespan(scope, receive, send)
             return
         live = self._live
+        # Paths that start with the prefix are exactly those in [prefix, prefix + U+10FFFF):
+        # two string comparisons are cheaper than a startswith() method call, and this
+        # runs for every request when the admin endpoints are on.
+        prefix = self._admin_prefix
+        if prefix is not None and prefix <= scope["path"] < self._admin_prefix_end and self._is_admin(scope):
+            assert self._admin is not None
+            await self._admin(scope, send, None if live is None else live[RESERVED_NAME])
+            return
         if live is not None:
             # O(1) on servers that copy the lifespan state into each request
             # (uvicorn, hypercorn/asyncio): the copy carries the current snapshot
@@ -102,6 +145,9 @@ class RefreshMiddleware:
             )
         await self.app(scope, receive, send)
 
+    def _is_admin(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and self._admin is not None and self._admin.owns(scope["path"])
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup: the only thing a server sends first
         state = scope.get("state")
@@ -117,7 +163,7 @@ class RefreshMiddleware:
                 }
             )
             return
-        runtime = Runtime(self.refreshers, state=state, clock=self.clock)
+        runtime = Runtime(self.refreshers, state=state, clock=self.clock, listeners=self.listeners)
         app = AppLifespan(self.app, {**scope, "state": state}, self.clock)
         server = _ServerSend(send)
         outcome: Message | None = None  # for the server, once everything has stopped
@@ -200,6 +246,22 @@ def _reply(phase: str, failure: str | None) -> Message:
     if failure is None:
         return {"type": f"lifespan.{phase}.complete"}
     return {"type": f"lifespan.{phase}.failed", "message": failure}
+
+
+def _checked_listeners(listeners: Iterable[Listener]) -> tuple[Listener, ...]:
+    if callable(listeners) or not isinstance(listeners, Iterable):
+        raise TypeError(
+            "RefreshMiddleware: listeners must be a list of callables; wrap a single one "
+            f"in a list: listeners=[{getattr(listeners, '__name__', 'listener')}]"
+        )
+    checked = tuple(listeners)
+    for listener in checked:
+        if not callable(listener):
+            raise TypeError(
+                "RefreshMiddleware: each listener must be a callable taking a RefreshEvent "
+                f"(got {listener!r:.80})"
+            )
+    return checked
 
 
 def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...]:

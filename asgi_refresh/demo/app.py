@@ -118,6 +118,9 @@ def build(
                 every="5s",
             ),
         ],
+        # The demo listens on 127.0.0.1 only, so its admin endpoints need no token.
+        admin_path="/_refresh",
+        admin_loopback_only=True,
     )
     return middleware
 
@@ -165,7 +168,8 @@ def render(rows: dict[str, Any]) -> str:
 tr:nth-child(even){{background:#f4f4f4}}code{{font-size:.9em}}</style></head>
 <body><h1>asgi_refresh demo</h1>
 <p>Values kept fresh from a local upstream that changes every few seconds. This page reloads itself.
-JSON: <a href="/data">/data</a>, <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.</p>
+JSON: <a href="/data">/data</a>, <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.
+The operators' status page, with a refresh button per refresher: <a href="/_refresh">/_refresh</a>.</p>
 <table><tr><th>refresher</th><th>value</th><th>since last fetch</th><th>last fetch</th><th>fetches</th>
 <th>next refresh (UTC)</th></tr>{cells}</table></body></html>"""
 

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from asgi_refresh._types import Receive, Scope, Send
 
@@ -109,24 +109,25 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
 
 
 @contextmanager
-def serve(app: Any, *, port: int = 0) -> Iterator[str]:
+def serve(app: Any, *, port: int = 0, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL.
 
-    ``port=0`` picks a free port. Needs uvicorn (the ``demo`` and ``test`` extras).
+    ``port=0`` picks a free port; ``lifespan="on"`` runs the app's lifespan (and
+    fails if its startup fails). Needs uvicorn (the ``demo`` and ``test`` extras).
     """
     import uvicorn
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         while not server.started:
             if not thread.is_alive():
-                raise RuntimeError("the local upstream did not start")
+                raise RuntimeError("the local server did not start")
             threading.Event().wait(0.01)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

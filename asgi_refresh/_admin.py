@@ -1,0 +1,266 @@
+"""The admin endpoints: status, refresh-now, readiness and a status page, under one prefix.
+
+Served by the middleware itself, before the wrapped app, for HTTP requests whose
+path is the prefix or under it. Nothing else is touched: the only cost for every
+other request is one string comparison.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
+from ._runtime import RefreshError, RefreshHandle, describe_error
+from ._types import Scope, Send
+
+logger = logging.getLogger("asgi_refresh")
+
+TokenCheck = Callable[[str], bool | Awaitable[bool]]
+"""A custom check of the bearer token a request presents: true lets it in."""
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_NOT_RUNNING = "asgi_refresh is not running (no lifespan)"
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
+_JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+def checked_admin_path(path: object) -> str:
+    """The prefix, without a trailing slash; a clear error for anything else."""
+    if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "":
+        raise ValueError(
+            "RefreshMiddleware: admin_path must be a path under the root that starts with '/', "
+            f'like "/_refresh" (got {path!r})'
+        )
+    if any(part in ("", ".", "..") for part in path.rstrip("/").split("/")[1:]) or "?" in path:
+        raise ValueError(
+            f'RefreshMiddleware: admin_path must be a plain path like "/_refresh" (got {path!r})'
+        )
+    return path.rstrip("/")
+
+
+class Admin:
+    """The admin endpoints of one middleware (see `RefreshMiddleware`'s ``admin_*`` options)."""
+
+    def __init__(self, path: str, *, token: str | TokenCheck | None, loopback_only: bool) -> None:
+        if token is None and not loopback_only:
+            raise ValueError(
+                "RefreshMiddleware: admin_path is set but admin_token is not. Pass admin_token= "
+                "(a secret string, or a callable that checks the bearer token), or "
+                "admin_loopback_only=True to serve the admin endpoints without a token to "
+                "requests from 127.0.0.1 / ::1 only"
+            )
+        if isinstance(token, str):
+            if len(token.strip()) < 16:
+                raise ValueError(
+                    "RefreshMiddleware: admin_token must be at least 16 characters, e.g. "
+                    "secrets.token_urlsafe(32) read from the environment (got a shorter one)"
+                )
+            secret = token.encode()
+            self._check: TokenCheck | None = lambda presented: hmac.compare_digest(presented.encode(), secret)
+        elif token is None or callable(token):
+            self._check = token
+        else:
+            raise TypeError(
+                "RefreshMiddleware: admin_token must be a string, a callable taking the bearer "
+                f"token and returning a bool, or None (got {type(token).__name__})"
+            )
+        if not isinstance(loopback_only, bool):
+            raise TypeError(
+                f"RefreshMiddleware: admin_loopback_only must be True or False (got {loopback_only!r})"
+            )
+        self.path = path
+        self._under = path + "/"
+        self._loopback_only = loopback_only
+
+    def owns(self, path: str) -> bool:
+        """Whether a request for ``path`` is an admin request."""
+        return path == self.path or path.startswith(self._under)
+
+    async def __call__(self, scope: Scope, send: Send, handle: RefreshHandle | None) -> None:
+        reply = _Reply(send, scope["method"] == "HEAD")
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        target = scope["path"][len(self.path) :].strip("/")
+        headers = _Headers(scope["headers"])
+        if "/" in target:
+            await reply.json(404, {"error": "not found"})
+            return
+        if target == "health" and method == "GET":
+            # Unauthenticated on purpose: a readiness probe (kubelet) carries no secret
+            # and does not come from loopback. It shows names and ages, never values.
+            await self._health(reply, handle)
+            return
+        if target == "health" and (method != "POST" or handle is None or target not in handle.names):
+            await reply.json(405, {"error": "use GET"}, allow=b"GET, HEAD")
+            return
+        if self._loopback_only and not _from_loopback(scope, headers):
+            await reply.json(403, {"error": "the admin endpoints answer requests from 127.0.0.1 / ::1 only"})
+            return
+        if target == "" and method == "GET" and "text/html" in headers.get(b"accept"):
+            await reply.page()  # a static shell: it fetches the data with the token typed in it
+            return
+        if method == "POST" and not _same_origin(scope, headers):
+            await reply.json(403, {"error": "cross-origin requests are refused"})
+            return
+        if self._check is not None and not await self._authorized(reply, headers):
+            return
+        if handle is None:
+            await reply.json(503, {"error": _NOT_RUNNING})
+            return
+        if target == "":
+            if method != "GET":
+                await reply.json(405, {"error": "use GET"}, allow=b"GET, HEAD")
+                return
+            await reply.json(200, {"refreshers": handle.status()})
+            return
+        if target not in handle.names:
+            await reply.json(404, {"error": f"no refresher named {target!r}"})
+            return
+        if method != "POST":
+            await reply.json(405, {"error": "use POST to refresh"}, allow=b"POST")
+            return
+        wait = _query_flag(scope, "wait")
+        if wait is None:
+            await reply.json(400, {"error": "wait must be true or false"})
+            return
+        await self._refresh(reply, handle, target, wait=wait)
+
+    async def _authorized(self, reply: _Reply, headers: _Headers) -> bool:
+        scheme, _, presented = headers.get(b"authorization").partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            hint = "send the admin token as 'Authorization: Bearer <token>'"
+            await reply.json(401, {"error": hint}, challenge="")
+            return False
+        assert self._check is not None
+        try:
+            allowed = self._check(presented)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        except Exception:
+            logger.exception("asgi_refresh: the admin_token check raised; the request is refused")
+            await reply.json(500, {"error": "the admin token check failed"})
+            return False
+        if allowed is not True:
+            await reply.json(401, {"error": "invalid admin token"}, challenge=', error="invalid_token"')
+            return False
+        return True
+
+    async def _health(self, reply: _Reply, handle: RefreshHandle | None) -> None:
+        if handle is None:
+            await reply.json(503, {"status": "unavailable", "error": _NOT_RUNNING})
+            return
+        failing = handle._runtime.unhealthy()
+        if failing:
+            await reply.json(503, {"status": "unavailable", "failing": failing})
+        else:
+            await reply.json(200, {"status": "ok"})
+
+    async def _refresh(self, reply: _Reply, handle: RefreshHandle, name: str, *, wait: bool) -> None:
+        runtime = handle._runtime
+        if not wait:
+            runtime.start_refresh(runtime.slots[name])
+            await reply.json(202, {"name": name, "refreshing": True})
+            return
+        try:
+            await handle.refresh(name)
+        except RefreshError as exc:
+            cause = exc.__cause__
+            error = describe_error(cause) if cause is not None else str(exc)
+            await reply.json(502, {"name": name, "error": error, "status": handle.status()[name]})
+            return
+        await reply.json(200, {"name": name, "status": handle.status()[name]})
+
+
+class _Headers:
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, name: bytes) -> str:
+        for key, value in self._raw:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return ""
+
+
+class _Reply:
+    def __init__(self, send: Send, head: bool) -> None:
+        self._send = send
+        self._head = head
+
+    async def json(
+        self, status: int, body: Any, *, allow: bytes | None = None, challenge: str | None = None
+    ) -> None:
+        headers = list(_JSON_HEADERS)
+        if allow is not None:
+            headers.append((b"allow", allow))
+        if challenge is not None:
+            headers.append((b"www-authenticate", f'Bearer realm="asgi_refresh"{challenge}'.encode()))
+        await self._body(status, headers, json.dumps(body).encode())
+
+    async def page(self) -> None:
+        headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+        await self._body(200, headers, PAGE)
+
+    async def _body(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": b"" if self._head else body})
+
+
+def _from_loopback(scope: Scope, headers: _Headers) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        if not ipaddress.ip_address(client[0]).is_loopback:
+            return False
+    except ValueError:
+        return False
+    # The Host must be a loopback name too. A reverse proxy on this host would make
+    # every request look local (its Host is the public name), and a web page using
+    # DNS rebinding reaches 127.0.0.1 under its own host name: both are refused.
+    host = urlsplit("//" + headers.get(b"host")).hostname
+    return host is None or host in _LOOPBACK_HOSTS or _is_loopback_address(host)
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_origin(scope: Scope, headers: _Headers) -> bool:
+    """A POST from a web page of another origin (a form, a fetch) must not refresh anything."""
+    origin = headers.get(b"origin")
+    if not origin:
+        return True  # not from a browser page (curl, a probe, a script)
+    if headers.get(b"sec-fetch-site") not in ("", "same-origin", "none"):
+        return False
+    host = headers.get(b"host")
+    return urlsplit(origin).netloc == host if host else False
+
+
+def _query_flag(scope: Scope, name: str) -> bool | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get(name)
+    if not values:
+        return False
+    value = values[-1].lower()
+    return True if value in _TRUE else False if value in _FALSE else None
