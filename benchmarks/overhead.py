@@ -3,7 +3,8 @@
 Both variants wrap the same trivial Starlette app and run under the same in-process
 "server" that, like uvicorn, copies the lifespan state into every request. The
 pass-through's lifespan state is padded to the same size, so the only difference
-is the middleware itself. Variants are timed in alternating rounds in one run, and
+is the middleware itself. A third variant has the admin endpoints enabled
+(``admin_path="/_refresh"``) and is sent the same requests, outside that prefix. Variants are timed in alternating rounds in one run, and
 the ratio of medians is printed: absolute times on a shared machine mean little.
 
     python benchmarks/overhead.py [--refreshers 100] [--rounds 40] [--requests 2000]
@@ -39,17 +40,25 @@ class PassThrough:
         await self.app(scope, receive, send)
 
 
-async def measure(refreshers: int = 100, rounds: int = 40, requests: int = 2000) -> Row:
-    """Per-request time behind RefreshMiddleware over the pass-through's, median of rounds."""
+async def measure(refreshers: int = 100, rounds: int = 40, requests: int = 2000) -> list[Row]:
+    """Per-request time behind RefreshMiddleware (without, then with admin endpoints) over the
+    pass-through's, median of rounds."""
     routes = [Route("/", hello)]
-    refreshed = RefreshMiddleware(
-        Starlette(routes=routes),
-        refreshers=[Refresher(f"r{i}", constant(i), every="1h") for i in range(refreshers)],
-    )
+
+    def refreshed(**options: Any) -> RefreshMiddleware:
+        return RefreshMiddleware(
+            Starlette(routes=routes),
+            refreshers=[Refresher(f"r{i}", constant(i), every="1h") for i in range(refreshers)],
+            **options,
+        )
+
     # Same number of state entries as the refreshed app: values, handle, snapshot marker.
     servers = {
         "pass-through": Server(PassThrough(Starlette(routes=routes)), padding=refreshers + 2),
-        "RefreshMiddleware": Server(refreshed, padding=0),
+        "RefreshMiddleware": Server(refreshed(), padding=0),
+        "with admin": Server(
+            refreshed(admin_path="/_refresh", admin_token="benchmark-admin-token"), padding=0
+        ),
     }
     for server in servers.values():
         await server.start()
@@ -67,12 +76,16 @@ async def measure(refreshers: int = 100, rounds: int = 40, requests: int = 2000)
         await server.stop()
 
     per_request = {name: statistics.median(values) / requests for name, values in samples.items()}
-    return Row(
-        f"per-request time in process, {refreshers} refreshers (<= 1.03)",
-        f"{per_request['RefreshMiddleware']:.0f} ns",
-        f"{per_request['pass-through']:.0f} ns",
-        per_request["RefreshMiddleware"] / per_request["pass-through"],
-    )
+    baseline = per_request["pass-through"]
+    return [
+        Row(
+            f"per-request time in process, {refreshers} refreshers{suffix} (<= 1.03)",
+            f"{per_request[name]:.0f} ns",
+            f"{baseline:.0f} ns",
+            per_request[name] / baseline,
+        )
+        for name, suffix in (("RefreshMiddleware", ""), ("with admin", ", admin on"))
+    ]
 
 
 if __name__ == "__main__":
@@ -83,4 +96,4 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--requests", type=int, default=2000)
     arguments = parser.parse_args()
-    print_rows([asyncio.run(measure(arguments.refreshers, arguments.rounds, arguments.requests))])
+    print_rows(asyncio.run(measure(arguments.refreshers, arguments.rounds, arguments.requests)))

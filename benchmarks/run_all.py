@@ -26,7 +26,7 @@ from _common import Row, print_rows
 async def run(quick: bool) -> list[Row]:
     if quick:
         return [
-            await overhead.measure(refreshers=10, rounds=2, requests=200),
+            *await overhead.measure(refreshers=10, rounds=2, requests=200),
             *await uvicorn_load.measure(rounds=1, seconds=0.5),
             await startup.measure(rounds=1),
             *await idle.measure(refreshers=1000, seconds=0.5),
@@ -34,7 +34,7 @@ async def run(quick: bool) -> list[Row]:
             *await sources.measure(polls=2, rounds=1, seconds=0.2),
         ]
     return [
-        await overhead.measure(),
+        *await overhead.measure(),
         *await uvicorn_load.measure(),
         await startup.measure(),
         *await idle.measure(),
