@@ -51,7 +51,9 @@ _DURATION_EXAMPLE = '"5m"'
 _IMPORT_STRING = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VARIABLE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
-_OWNER_PREFIX = re.compile(r"^(?:Refresher|HTTPSource|FileSource|RefreshMiddleware)(?:\([^)]*\)| '[^']*')?: ")
+_OWNER_PREFIX = re.compile(
+    r"^(?:Refresher|HTTPSource|FileSource|RefreshMiddleware|BearerToken)(?:\([^)]*\)| '[^']*')?: "
+)
 _MIN_SECRET_CHARS = 4
 
 
@@ -288,7 +290,10 @@ def load_config(
     else:
         raise ConfigError(
             "(argument)",
-            [f"expected a path to a .toml or .json file, or a mapping (got {type(source).__name__})"],
+            [
+                "(argument): expected a path to a .toml or .json file, or a mapping "
+                f"(got {type(source).__name__})"
+            ],
         )
     builder = _Builder(base, os.environ if environ is None else environ)
     config = builder.build(document, origin)
@@ -355,6 +360,7 @@ class _Builder:
         self.problems: list[str] = []
         self.secrets: set[str] = set()
         self.from_env: dict[str, str] = {}  # key path -> the variable its value came from
+        self.broken: set[str] = set()  # key paths whose interpolation failed (reported already)
         self._imports: dict[str, Any] = {}
 
     def problem(self, path: str, message: str) -> None:
@@ -424,7 +430,10 @@ class _Builder:
             )
             return ""
 
+        count = len(self.problems)
         result = _REFERENCE.sub(replace, text)
+        if len(self.problems) > count:
+            self.broken.add(path)
         if variables:
             self.from_env[path] = variables[0]
         return result
@@ -624,7 +633,9 @@ class _Builder:
             if positions:
                 parameter = min(positions, key=lambda p: positions[p])
                 path = (*here, by_parameter[parameter])
-                for prefix in (f"{parameter}: ", f"{parameter} "):
+                for prefix in (
+                    (f"{parameter}: ", f"{parameter} ") if by_parameter[parameter] == parameter else ()
+                ):
                     if message.startswith(prefix):
                         message = message[len(prefix) :]
                         break
@@ -654,6 +665,8 @@ class _Builder:
     def convert(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         """The value to pass for ``option``; (False, None) after recording a problem."""
         path = _key(*parts)
+        if any(broken == path or broken.startswith(path + ".") for broken in self.broken):
+            return False, None
         kind = option.kind
         if value is None or (
             isinstance(value, str)
@@ -901,7 +914,21 @@ _EXPECTED = {
 
 def _expected(option: Option) -> str:
     expected = _EXPECTED[option.kind]
-    return f'{expected} or "{NONE_WORD}"' if option.nullable else expected
+    return f'{expected} or "{NONE_WORD}"' if _none_word_applies(option) else expected
+
+
+def _none_word_applies(option: Option) -> bool:
+    """Whether ``"none"`` is worth mentioning: a nullable option that is not a table or free text."""
+    return option.nullable and option.kind not in (
+        "table",
+        "str_table",
+        "any",
+        "str",
+        "url",
+        "path",
+        "callables",
+        "objects",
+    )
 
 
 # -- the reference page -------------------------------------------------------------------
@@ -929,7 +956,7 @@ _TYPE_NAMES = {
 
 def _type_name(option: Option) -> str:
     name = _TYPE_NAMES[option.kind]
-    return f'{name} or `"{NONE_WORD}"`' if option.nullable else name
+    return f'{name} or `"{NONE_WORD}"`' if _none_word_applies(option) else name
 
 
 def _default_text(option: Option) -> str:
