@@ -947,7 +947,7 @@ _TYPE_NAMES = {
     "callable": "import string",
     "callables": "list of import strings",
     "objects": "list of import strings",
-    "format": f"{' / '.join(FORMATS)} or import string",
+    "format": " / ".join(f'`"{name}"`' for name in FORMATS) + " or import string",
     "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
     "any": "any",
     "unknown": "see the API reference",
@@ -983,8 +983,16 @@ def _rows(options: list[Option]) -> list[str]:
     for option in options:
         meaning = option.meaning
         if option.kind == "path":
-            meaning += " In a file, a relative path is resolved against the file's directory."
-        if option.key != option.parameter:
+            meaning += (
+                " From a config file, a relative path is resolved against that file's directory "
+                "instead; from a mapping, against the current directory."
+            )
+        if option.kind == "auth":
+            meaning += (
+                ' In a config: `["user", "password"]` (basic auth), `{ bearer = "token" }` (a `BearerToken`: '
+                "the value of refresher `token`) or the import string of an `httpx.Auth` or a callable."
+            )
+        if option.key != option.parameter and option.owner != "python":
             meaning = f"`{option.owner}`'s `{option.parameter}`. {meaning}"
         lines.append(
             f"| `{option.key}` | {_type_name(option)} | {_default_text(option)} | {_cell(meaning)} |"
