@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +39,8 @@ exit status:
   0  check: the configuration is valid; fetch: every required refresher loaded
      (a refresher with required = false may have failed: it is reported, not fatal)
   1  fetch: at least one required refresher failed
-  2  the configuration is invalid or unreadable, or the command line is wrong
+  2  the configuration is invalid or unreadable, a NAME is unknown, or the
+     command line is wrong
 
 Values are read from the environment for ${VAR} and ${VAR:-default}; values that
 came from the environment, header values and credentials are never printed.
@@ -98,8 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     program = "python -m asgi_refresh" if _run_as_module() else "asgi-refresh"
     parser = argparse.ArgumentParser(
         prog=program,
-        description="Check an asgi_refresh configuration file (TOML or JSON) and try its "
-        "refreshers, before deploying it.",
+        description=_wrapped(
+            "Check an asgi_refresh configuration file (TOML or JSON) and try its refreshers, "
+            "before deploying it."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -113,8 +117,10 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         parents=[common],
         help="validate CONFIG and list its refreshers",
-        description="Validate CONFIG (every problem at once) and list its refreshers: name, "
-        "source, schedule and whether it is required. Nothing is fetched.",
+        description=_wrapped(
+            "Validate CONFIG (every problem at once) and list its refreshers: name, "
+            "source, schedule and whether it is required. Nothing is fetched."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -122,10 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         "fetch",
         parents=[common],
         help="fetch each refresher once and show what came back",
-        description="Fetch each refresher of CONFIG once, as the middleware does at startup "
-        "(sources opened and closed, one shared HTTP client), and show the outcome, the time "
-        "it took, the size and a short preview of each value. A refresher that authenticates "
-        "with another one's token (auth = { bearer = ... }) fetches that one too.",
+        description=_wrapped(
+            "Fetch each refresher of CONFIG once, as the middleware does at startup "
+            "(sources opened and closed, one shared HTTP client), and show the outcome, the time "
+            "it took, the size and a short preview of each value. A refresher that authenticates "
+            "with another one's token (auth = { bearer = ... }) fetches that one too."
+        ),
         epilog=EPILOG
         + "\nThe preview shows the data itself (except for refreshers whose name or value looks\n"
         "like a secret); use --no-preview when the data is confidential.\n",
@@ -136,10 +144,15 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         default="1m",
         type=_duration,
+        metavar="DURATION",
         help="give up on fetches still running after this long (default: 1m)",
     )
     fetch.add_argument("--no-preview", action="store_true", help="do not show any part of the values")
     return parser
+
+
+def _wrapped(text: str) -> str:
+    return textwrap.fill(text, width=80)
 
 
 def _run_as_module() -> bool:

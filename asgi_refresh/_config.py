@@ -600,7 +600,7 @@ class _Builder:
             )
         if len(self.problems) > count or refresher is None or fetch is None:
             return None
-        target = table[TARGET_KEY] if source == PYTHON_SOURCE and isinstance(table[TARGET_KEY], str) else ""
+        target = _import_string(table[TARGET_KEY]) if source == PYTHON_SOURCE else ""
         return refresher, str(source), target, needed
 
     def _other_source_hint(self, key: str, source: str) -> str:
@@ -886,6 +886,13 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:
 
 def _quoted(values: Iterable[str]) -> str:
     return ", ".join(f'"{value}"' for value in values)
+
+
+def _import_string(value: Any) -> str:
+    """How to name a target: as written, or the function's own module and name (from a mapping)."""
+    if isinstance(value, str):
+        return value
+    return f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', type(value).__name__)}"
 
 
 def _placeholder() -> None:

@@ -789,6 +789,7 @@ def test_a_mapping_may_hold_python_objects() -> None:
         }
     )
     names, other = config.refreshers
+    assert config.targets["names"] == "tests.test_config:load_names"
     assert names.fetch is load_names
     assert names.on_change is on_change
     assert other.fetch._request["auth"] is auth  # type: ignore[union-attr]
