@@ -3,6 +3,7 @@
 from .__about__ import __version__ as __version__
 from ._bearer import BearerToken
 from ._clock import Clock
+from ._config import ConfigError
 from ._duration import Duration
 from ._events import RefreshEvent
 from ._file import FileSource
@@ -15,6 +16,7 @@ from ._runtime import RefreshError, RefreshHandle
 __all__ = [
     "BearerToken",
     "Clock",
+    "ConfigError",
     "Duration",
     "FileSource",
     "Fresh",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
@@ -100,6 +101,36 @@ class RefreshMiddleware:
         # itself lives in `_lifespan`'s locals so that lifespans never share it.
         self._live: MutableMapping[str, Any] | None = None
         self._warned_no_lifespan = False
+
+    @classmethod
+    def from_config(
+        cls, app: ASGIApp, config: str | os.PathLike[str] | Mapping[str, Any], **options: Any
+    ) -> RefreshMiddleware:
+        """Wrap ``app`` with the refreshers and options of a configuration file or mapping.
+
+        ```python
+        app = RefreshMiddleware.from_config(app, "refresh.toml")
+        ```
+
+        The whole configuration is checked before anything runs, and every problem
+        is reported at once. See the configuration page for the format.
+
+        Args:
+            app: The ASGI app to wrap.
+            config: A ``.toml`` or ``.json`` file, or a mapping of the same shape.
+                Relative paths in a file are resolved against the file's directory;
+                in a mapping, against the current directory.
+            **options: Middleware options that override the ``[middleware]`` table,
+                such as ``clock=FakeClock()`` in tests.
+
+        Raises:
+            ConfigError: the configuration cannot be read or is invalid; its
+                ``problems`` list each one with its key path.
+        """
+        from ._config import load_config
+
+        loaded = load_config(config)
+        return cls(app, refreshers=loaded.refreshers, **{**loaded.middleware, **options})
 
     @property
     def handle(self) -> RefreshHandle:

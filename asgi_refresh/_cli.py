@@ -1,0 +1,417 @@
+"""``asgi-refresh check|fetch CONFIG``: what an operator runs on a configuration before deploying it."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from .__about__ import __version__
+from ._clock import SystemClock
+from ._config import Config, ConfigError, load_config
+from ._duration import format_duration, parse_duration
+from ._file import FileSource
+from ._http import HTTPSource
+from ._refresher import Refresher
+from ._runtime import Runtime
+
+EXIT_OK = 0
+EXIT_REQUIRED_FAILED = 1
+EXIT_INVALID = 2
+
+PREVIEW_CHARS = 60
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "apikey", "api_key", "private")
+_POLL = 0.02
+
+EPILOG = """\
+exit status:
+  0  check: the configuration is valid; fetch: every required refresher loaded
+     (a refresher with required = false may have failed: it is reported, not fatal)
+  1  fetch: at least one required refresher failed
+  2  the configuration is invalid or unreadable, a NAME is unknown, or the
+     command line is wrong
+
+Values are read from the environment for ${VAR} and ${VAR:-default}; values that
+came from the environment, header values and credentials are never printed.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Args:
+        argv: The arguments after the program name; defaults to ``sys.argv[1:]``.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    with _log_to_stderr(args.verbose):
+        return _run(args)
+
+
+@contextmanager
+def _log_to_stderr(verbose: bool) -> Iterator[None]:
+    """The package's log on stderr with --verbose; otherwise the output says it all."""
+    logger = logging.getLogger("asgi_refresh")
+    handler: logging.Handler = logging.StreamHandler(sys.stderr) if verbose else logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    saved = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    if verbose:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = saved
+
+
+def _run(args: argparse.Namespace) -> int:
+    # As `python -m` and uvicorn do: `target = "myapp.rates:load"` imports from here.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        if args.json:
+            _print_json({"config": str(args.config), "ok": False, "problems": exc.problems})
+        else:
+            print(f"{args.config}: invalid configuration ({len(exc.problems)} problems)", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.command == "check":
+        return _check(args, config)
+    return _fetch(args, config)
+
+
+def _parser() -> argparse.ArgumentParser:
+    program = "python -m asgi_refresh" if _run_as_module() else "asgi-refresh"
+    parser = argparse.ArgumentParser(
+        prog=program,
+        description=_wrapped(
+            "Check an asgi_refresh configuration file (TOML or JSON) and try its refreshers, "
+            "before deploying it."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"asgi_refresh {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("config", metavar="CONFIG", help="the configuration file: *.toml or *.json")
+    common.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
+    common.add_argument("-v", "--verbose", action="store_true", help="also show the package's log on stderr")
+    commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate CONFIG and list its refreshers",
+        description=_wrapped(
+            "Validate CONFIG (every problem at once) and list its refreshers: name, "
+            "source, schedule and whether it is required. Nothing is fetched."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fetch = commands.add_parser(
+        "fetch",
+        parents=[common],
+        help="fetch each refresher once and show what came back",
+        description=_wrapped(
+            "Fetch each refresher of CONFIG once, as the middleware does at startup "
+            "(sources opened and closed, one shared HTTP client), and show the outcome, the time "
+            "it took, the size and a short preview of each value. A refresher that authenticates "
+            "with another one's token (auth = { bearer = ... }) fetches that one too."
+        ),
+        epilog=EPILOG
+        + "\nThe preview shows the data itself (except for refreshers whose name or value looks\n"
+        "like a secret); use --no-preview when the data is confidential.\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="only these refreshers (default: all)")
+    fetch.add_argument(
+        "--timeout",
+        default="1m",
+        type=_duration,
+        metavar="DURATION",
+        help="give up on fetches still running after this long (default: 1m)",
+    )
+    fetch.add_argument("--no-preview", action="store_true", help="do not show any part of the values")
+    return parser
+
+
+def _wrapped(text: str) -> str:
+    return textwrap.fill(text, width=80)
+
+
+def _run_as_module() -> bool:
+    return os.path.basename(sys.argv[0]) == "__main__.py"
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text!r})")
+    return seconds
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+# -- check --------------------------------------------------------------------------------
+
+
+def _describe(config: Config, refresher: Refresher) -> dict[str, Any]:
+    """What ``check`` says about one refresher: never a header, a credential or a query."""
+    source = config.sources[refresher.name]
+    fetch = refresher.fetch
+    if isinstance(fetch, HTTPSource):
+        where = f"{fetch.method} {fetch.safe_url}"
+    elif isinstance(fetch, FileSource):
+        where = str(fetch.path)
+    else:
+        where = config.targets[refresher.name]
+    schedule = f"every {format_duration(refresher.every)}"
+    if isinstance(fetch, HTTPSource) and fetch.min_every is not None and fetch.max_every is not None:
+        schedule += (
+            f" (cache headers, {format_duration(fetch.min_every)}..{format_duration(fetch.max_every)})"
+        )
+    if isinstance(fetch, FileSource) and fetch.watch:
+        schedule += " + watch"
+    return {
+        "name": refresher.name,
+        "source": source,
+        "from": config.scrub(where),
+        "every": refresher.every,
+        "schedule": schedule,
+        "timeout": refresher.timeout,
+        "required": refresher.required,
+        "needs": list(config.needs.get(refresher.name, ())),
+    }
+
+
+def _check(args: argparse.Namespace, config: Config) -> int:
+    described = [_describe(config, refresher) for refresher in config.refreshers]
+    if args.json:
+        _print_json({"config": str(args.config), "ok": True, "refreshers": described})
+        return EXIT_OK
+    count = len(described)
+    print(f"{args.config}: valid, {count} refresher{'s' if count != 1 else ''}")
+    print()
+    rows = [
+        [
+            item["name"],
+            f"{item['source']} {item['from']}",
+            item["schedule"],
+            "yes" if item["required"] else "no",
+        ]
+        for item in described
+    ]
+    print(_table(rows, ["NAME", "SOURCE", "SCHEDULE", "REQUIRED"]))
+    return EXIT_OK
+
+
+# -- fetch --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Result:
+    name: str
+    required: bool
+    outcome: str  # ok, failed
+    duration: float | None
+    size: int | None
+    size_of: str | None
+    preview: str | None
+    error: str | None
+    needed_by: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "required": self.required,
+            "outcome": self.outcome,
+            "duration": None if self.duration is None else round(self.duration, 6),
+            "size": self.size,
+            "size_of": self.size_of,
+            "preview": self.preview,
+            "error": self.error,
+            "needed_by": self.needed_by,
+        }
+
+
+def _fetch(args: argparse.Namespace, config: Config) -> int:
+    by_name = {refresher.name: refresher for refresher in config.refreshers}
+    unknown = [name for name in args.names if name not in by_name]
+    if unknown:
+        for name in unknown:
+            close = difflib.get_close_matches(name, by_name, n=1)
+            suggestion = f"; did you mean {close[0]!r}?" if close else ""
+            print(
+                f"{args.config}: no refresher named {name!r} (known: {', '.join(by_name)}){suggestion}",
+                file=sys.stderr,
+            )
+        return EXIT_INVALID
+    selected = _with_needs(config, args.names or list(by_name))
+    needed_by: dict[str, list[str]] = {name: [] for name in selected}
+    for name in selected:
+        for needed in config.needs.get(name, ()):
+            needed_by[needed].append(name)
+    results = anyio.run(_fetch_once, config, [by_name[name] for name in selected], args.timeout)
+    for result in results:
+        result.needed_by = needed_by[result.name]
+        if args.no_preview:
+            result.preview = None
+        if result.error is not None:
+            result.error = config.scrub(result.error)
+    failed_required = any(result.required and result.outcome != "ok" for result in results)
+    if args.json:
+        _print_json(
+            {
+                "config": str(args.config),
+                "ok": not failed_required,
+                "refreshers": [result.as_json() for result in results],
+            }
+        )
+    else:
+        rows = [
+            [
+                result.name,
+                result.outcome
+                if result.outcome == "ok"
+                else f"FAILED{'' if result.required else ' (not required)'}",
+                "-" if result.duration is None else _milliseconds(result.duration),
+                "-" if result.size is None else f"{result.size} B {result.size_of}",
+                (result.error or "") if result.outcome != "ok" else (result.preview or "(not shown)"),
+            ]
+            for result in results
+        ]
+        print(_table(rows, ["NAME", "OUTCOME", "TIME", "SIZE", "PREVIEW / ERROR"]))
+        failures = sum(result.outcome != "ok" for result in results)
+        print()
+        print(
+            f"{len(results) - failures} ok, {failures} failed"
+            + ("; a required refresher failed" if failed_required else "")
+        )
+    return EXIT_REQUIRED_FAILED if failed_required else EXIT_OK
+
+
+def _with_needs(config: Config, names: list[str]) -> list[str]:
+    """``names`` and every refresher they take a token from, in the config's order."""
+    wanted: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name not in wanted:
+            wanted.add(name)
+            pending.extend(config.needs.get(name, ()))
+    return [refresher.name for refresher in config.refreshers if refresher.name in wanted]
+
+
+async def _fetch_once(config: Config, refreshers: list[Refresher], limit: float) -> list[_Result]:
+    """Run the refreshers' first fetches the way the middleware does, then stop them."""
+    runtime = Runtime(refreshers, state={}, clock=SystemClock())
+    results: dict[str, _Result] = {}
+    deadline = time.monotonic() + limit
+    runtime.prepare()
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(runtime.run)
+        while len(results) < len(refreshers):
+            status = runtime.status()
+            for refresher in refreshers:
+                name = refresher.name
+                if name in results:
+                    continue
+                entry = status[name]
+                if entry["last_outcome"] is not None:
+                    results[name] = _result(refresher, entry, runtime.state.get(name))
+                    continue
+                # Waiting for a token that failed would only wait for our own timeout.
+                failed = [
+                    needed
+                    for needed in config.needs.get(name, ())
+                    if needed in results and results[needed].outcome != "ok"
+                ]
+                if failed:
+                    results[name] = _failed(refresher, f"not fetched: it needs {failed[0]!r}, which failed")
+                elif time.monotonic() >= deadline:
+                    results[name] = _failed(
+                        refresher, f"no result within {format_duration(limit)} (--timeout)"
+                    )
+            await anyio.sleep(_POLL)
+        await runtime.stop(parse_duration(config.middleware.get("shutdown_timeout", "10s")))
+    return [results[refresher.name] for refresher in refreshers]
+
+
+def _failed(refresher: Refresher, error: str) -> _Result:
+    return _Result(refresher.name, refresher.required, "failed", None, None, None, None, error, [])
+
+
+def _result(refresher: Refresher, entry: dict[str, Any], value: Any) -> _Result:
+    if entry["last_outcome"] == "failed":
+        return _Result(
+            refresher.name,
+            refresher.required,
+            "failed",
+            entry["last_duration"],
+            None,
+            None,
+            None,
+            entry["last_error"],
+            [],
+        )
+    size, size_of, text = _measure(value)
+    secret = entry.get("expires_at") is not None or any(
+        word in refresher.name.lower() for word in _SECRET_WORDS
+    )
+    preview = "(hidden: looks like a secret)" if secret else _preview(text)
+    return _Result(
+        refresher.name, refresher.required, "ok", entry["last_duration"], size, size_of, preview, None, []
+    )
+
+
+def _measure(value: Any) -> tuple[int, str, str]:
+    """The value's size and what it counts, and its text for the preview."""
+    if isinstance(value, bytes):
+        return len(value), "bytes", repr(value)
+    if isinstance(value, str):
+        return len(value.encode()), "UTF-8 text", json.dumps(value, ensure_ascii=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = repr(value)
+        return len(text.encode()), "repr", text
+    return len(text.encode()), "JSON", text
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms" if seconds < 10 else f"{seconds:.1f}s"
+
+
+def _preview(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"

@@ -1,0 +1,1051 @@
+"""Declarative configuration: a TOML or JSON file, or a mapping, checked whole, built into the real objects.
+
+There is no second description of the options here. The keys, their types and
+defaults come from the signatures of `Refresher`, `HTTPSource`, `FileSource` and
+`RefreshMiddleware`, and their meaning from the ``Args:`` sections of their
+docstrings; the values are checked by those classes' own constructors. An option
+added to one of them is a config key (and a line of the reference page) at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ._bearer import BearerToken
+from ._duration import parse_duration
+from ._file import FileSource
+from ._http import HTTPSource
+from ._parsing import FORMATS
+from ._refresher import Refresher
+
+TABLES = ("defaults", "refreshers", "middleware")
+SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource}
+PYTHON_SOURCE = "python"
+TARGET_KEY = "target"
+NONE_WORD = "none"  # TOML has no null: this string stands for None where an option accepts it
+
+EXCLUDED: dict[str, str] = {
+    "Refresher.name": "the name of the `[refreshers.<name>]` table",
+    "Refresher.fetch": 'chosen by `source` (`target` for `source = "python"`)',
+    "HTTPSource.client": "a live `httpx.AsyncClient` cannot come from a file; build that refresher in Python",
+    "RefreshMiddleware.app": "the app you pass to `from_config`",
+    "RefreshMiddleware.refreshers": "the `[refreshers.<name>]` tables",
+    "RefreshMiddleware.clock": "a live object; tests pass it to `from_config` as a keyword argument",
+}
+"""Parameters that cannot sensibly come from a file, and where they come from instead."""
+
+_DURATION_EXAMPLE = '"5m"'
+_IMPORT_STRING = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VARIABLE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+_OWNER_PREFIX = re.compile(
+    r"^(?:Refresher|HTTPSource|FileSource|RefreshMiddleware|BearerToken)(?:\([^)]*\)| '[^']*')?: "
+)
+_MIN_SECRET_CHARS = 4
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; every problem found is listed, each with its key path.
+
+    Raised by `RefreshMiddleware.from_config` before anything runs, for a file that
+    cannot be read or parsed, and for values that are missing, of the wrong type,
+    out of range, unknown (with a did-you-mean) or that name an import that fails.
+
+    Attributes:
+        problems: One line per problem, like
+            ``refreshers.names.every: expected a duration like "5m", got "soon"``.
+    """
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.problems = list(problems)
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        super().__init__(
+            f"invalid configuration {origin} ({count}):\n" + "\n".join(f"  {p}" for p in problems)
+        )
+
+
+# -- the options, read from the real signatures ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key: a parameter of one of the classes the config builds."""
+
+    owner: str
+    parameter: str
+    key: str
+    kind: str
+    nullable: bool
+    default: Any
+    meaning: str
+
+    @property
+    def required(self) -> bool:
+        """Whether the parameter has no default."""
+        return self.default is inspect.Parameter.empty
+
+
+def _kind(annotation: str) -> tuple[str, bool]:
+    """The config kind of a parameter annotation (a string: annotations are postponed)."""
+    text = annotation.replace(" ", "")
+    parts = [part for part in _split_union(text) if part != "None"]
+    nullable = len(parts) != len(_split_union(text))
+    core = "|".join(parts)
+    if "Duration" in parts:
+        return "duration", nullable
+    simple = {
+        "bool": "bool",
+        "int": "int",
+        "float": "number",
+        "int|float": "number",
+        "str": "str",
+        "str|httpx.URL": "url",
+        "str|os.PathLike[str]": "path",
+        "Format": "format",
+        "httpx.Auth|tuple[str,str]|Any": "auth",
+        "str|TokenCheck": "token",
+        "Any": "any",
+        "Mapping[str,str]": "str_table",
+        "Mapping[str,Any]": "table",
+        "Fetch": "callable",
+        "Validate": "callable",
+    }
+    if core in simple:
+        return simple[core], nullable
+    if core.startswith("Callable["):
+        return "callable", nullable
+    for outer in ("Iterable[", "Sequence[", "list[", "tuple["):
+        if core.startswith(outer) and core.endswith("]"):
+            inner = core[len(outer) : -1].removesuffix(",...")
+            if inner.startswith("Callable[") or inner in ("Fetch", "Validate"):
+                return "callables", nullable
+            if re.fullmatch(r"[A-Z]\w*", inner):  # a protocol or alias of objects to import
+                return "objects", nullable
+    return "unknown", nullable
+
+
+def _split_union(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _meanings(cls: type) -> dict[str, str]:
+    """The ``Args:`` section of a Google-style class docstring, one line per argument."""
+    meanings: dict[str, str] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    inside, current, indent = False, "", 0
+    for line in lines:
+        if not inside:
+            inside = line.strip() == "Args:"
+            continue
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        if width == 0:
+            break  # the next section (Raises:)
+        match = re.match(r"(\w+): ?(.*)", line.strip())
+        if match and (not current or width <= indent):
+            current, indent = match[1], width
+            meanings[current] = match[2]
+        elif current:
+            meanings[current] += " " + line.strip()
+    return meanings
+
+
+def options_of(cls: type) -> list[Option]:
+    """Every config key that ``cls``'s constructor takes, in signature order."""
+    meanings = _meanings(cls)
+    found = []
+    for parameter in list(inspect.signature(cls).parameters.values()):
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if f"{cls.__name__}.{parameter.name}" in EXCLUDED:
+            continue
+        annotation = parameter.annotation if isinstance(parameter.annotation, str) else "Any"
+        kind, nullable = _kind(annotation)
+        key = parameter.name
+        if cls in SOURCES.values() and key in _refresher_parameters():
+            # One table holds both: the source's option takes its source's prefix.
+            key = f"{_source_name(cls)}_{key}"
+        found.append(
+            Option(
+                owner=cls.__name__,
+                parameter=parameter.name,
+                key=key,
+                kind=kind,
+                nullable=nullable,
+                default=parameter.default,
+                meaning=meanings.get(parameter.name, ""),
+            )
+        )
+    return found
+
+
+def _refresher_parameters() -> set[str]:
+    return set(inspect.signature(Refresher).parameters)
+
+
+def _source_name(cls: type) -> str:
+    return next(name for name, source in SOURCES.items() if source is cls)
+
+
+def refresher_options() -> list[Option]:
+    """The keys of ``[defaults]`` and of every ``[refreshers.<name>]``."""
+    return options_of(Refresher)
+
+
+def source_options(source: str) -> list[Option]:
+    """The keys a ``[refreshers.<name>]`` table with ``source = <source>`` adds."""
+    if source == PYTHON_SOURCE:
+        return [
+            Option(
+                owner="python",
+                parameter="fetch",
+                key=TARGET_KEY,
+                kind="callable",
+                nullable=False,
+                default=inspect.Parameter.empty,
+                meaning=(
+                    'Import string ``"module:attribute"`` of the fetch: a zero-argument callable, '
+                    "as for `Refresher`'s ``fetch``."
+                ),
+            )
+        ]
+    return options_of(SOURCES[source])
+
+
+def middleware_options() -> list[Option]:
+    """The keys of ``[middleware]``."""
+    from ._middleware import RefreshMiddleware
+
+    return options_of(RefreshMiddleware)
+
+
+# -- loading and interpolation ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """A checked configuration, built into the objects of the Python API."""
+
+    origin: str
+    refreshers: tuple[Refresher, ...]
+    middleware: dict[str, Any]
+    sources: dict[str, str]
+    targets: dict[str, str]
+    needs: dict[str, tuple[str, ...]]
+    secrets: frozenset[str] = field(default_factory=frozenset)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every value read from the environment replaced by ``***``."""
+        return scrub(text, self.secrets)
+
+
+def scrub(text: str, secrets: frozenset[str]) -> str:
+    """``text`` without any of ``secrets`` (values read from the environment)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read, interpolate and check a configuration, and build its objects.
+
+    Args:
+        source: A ``.toml`` or ``.json`` file, or a mapping of the same shape.
+        environ: Where ``${VAR}`` is looked up; defaults to ``os.environ``.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or anything in it is invalid.
+    """
+    if isinstance(source, Mapping):
+        origin, base, document = "(a mapping)", Path.cwd(), source
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
+        origin, base = f"in {str(path)!r}", path.absolute().parent
+        document = _read(path, origin)
+    else:
+        raise ConfigError(
+            "(argument)",
+            [
+                "(argument): expected a path to a .toml or .json file, or a mapping "
+                f"(got {type(source).__name__})"
+            ],
+        )
+    builder = _Builder(base, os.environ if environ is None else environ)
+    config = builder.build(document, origin)
+    if builder.problems:
+        secrets = frozenset(builder.secrets)
+        raise ConfigError(origin, [scrub(problem, secrets) for problem in builder.problems])
+    assert config is not None
+    return config
+
+
+class _Duplicates(dict[str, Any]):
+    """A JSON object that had a key twice (JSON keeps the last one silently)."""
+
+    twice: list[str]
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    counted = _Duplicates(result)
+    counted.twice = sorted({key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1})
+    return counted
+
+
+def _read(path: Path, origin: str) -> Any:
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise ConfigError(
+            origin,
+            [f"{path}: cannot tell the format: name the file *.toml or *.json (got {suffix or 'none'!r})"],
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(origin, [f"{path}: file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(origin, [f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(data.decode("utf-8"))
+        return json.loads(data, object_pairs_hook=_json_object)
+    except UnicodeDecodeError:
+        raise ConfigError(origin, [f"{path}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(origin, [f"{path}: invalid TOML: {exc}"]) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            origin, [f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
+        ) from None
+
+
+def _key(*parts: str) -> str:
+    """A key path as TOML writes it: ``refreshers.names.headers."X-Token"``."""
+    return ".".join(part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part) for part in parts)
+
+
+class _Builder:
+    """Collects every problem of one configuration while building it."""
+
+    def __init__(self, base: Path, environ: Mapping[str, str]) -> None:
+        self.base = base
+        self.environ = environ
+        self.problems: list[str] = []
+        self.secrets: set[str] = set()
+        self.from_env: dict[str, str] = {}  # key path -> the variable its value came from
+        self.broken: set[str] = set()  # key paths whose interpolation failed (reported already)
+        self._imports: dict[str, Any] = {}
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def got(self, path: str, value: Any) -> str:
+        """``value`` for a message, unless it came from the environment (a secret, maybe)."""
+        if path in self.from_env:
+            return f"the value of ${{{self.from_env[path]}}} (not shown)"
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, dict):
+            return "a table"
+        if isinstance(value, list):
+            return "a list"
+        text = repr(value)
+        return text if len(text) <= 60 else text[:59] + "…"
+
+    # -- interpolation
+
+    def interpolate(self, value: Any, path: tuple[str, ...]) -> Any:
+        """``value`` with ``${VAR}`` in every string replaced; tables and lists walked."""
+        if isinstance(value, Mapping):
+            for key in getattr(value, "twice", ()):
+                self.problem(_key(*path, key), "defined twice (JSON keeps only the last); remove one")
+            return {key: self.interpolate(item, (*path, str(key))) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.interpolate(item, (*path, str(index))) for index, item in enumerate(value)]
+        if isinstance(value, str) and "$" in value:
+            return self._substitute(value, _key(*path))
+        return value
+
+    def _substitute(self, text: str, path: str) -> str:
+        variables: list[str] = []
+
+        def replace(match: re.Match[str]) -> str:
+            if match[0] == "$${":
+                return "${"
+            reference = match[1]
+            if reference is None:
+                self.problem(path, "unterminated ${ (write $${ for a literal ${)")
+                return ""
+            parsed = _VARIABLE.fullmatch(reference)
+            if parsed is None:
+                self.problem(
+                    path, f"bad reference ${{{reference}}}: expected ${{NAME}} or ${{NAME:-default}}"
+                )
+                return ""
+            name, default = parsed["name"], parsed["default"]
+            found = self.environ.get(name)
+            if found:
+                variables.append(name)
+                if len(found) >= _MIN_SECRET_CHARS:
+                    self.secrets.add(found)
+                return found
+            if default is not None:
+                return default
+            self.problem(
+                path,
+                f"environment variable {name} is not set"
+                + (" (it is empty)" if found == "" else "")
+                + f"; set it, or give a default: ${{{name}:-default}}",
+            )
+            return ""
+
+        count = len(self.problems)
+        result = _REFERENCE.sub(replace, text)
+        if len(self.problems) > count:
+            self.broken.add(path)
+        if variables:
+            self.from_env[path] = variables[0]
+        return result
+
+    # -- the document
+
+    def build(self, raw: Any, origin: str) -> Config | None:
+        if not isinstance(raw, Mapping):
+            self.problem("(top level)", f"expected a table with {', '.join(TABLES)}, got {self.got('', raw)}")
+            return None
+        document = self.interpolate(raw, ())
+        for key in document:
+            if key not in TABLES:
+                self.unknown(_key(key), key, TABLES)
+        defaults = self.table(document, "defaults")
+        refresher_keys = {option.key: option for option in refresher_options() if option.parameter != "fetch"}
+        converted_defaults = {}
+        for key, value in defaults.items():
+            option = refresher_keys.get(key)
+            if option is None:
+                hint = ""
+                if any(key in {o.key for o in source_options(s)} for s in (*SOURCES, PYTHON_SOURCE)):
+                    hint = "; source options go in each [refreshers.<name>] table"
+                self.unknown(_key("defaults", key), key, refresher_keys, hint)
+                continue
+            ok, converted = self.convert(option, value, ("defaults", key))
+            if ok:
+                converted_defaults[key] = converted
+
+        tables = self.table(document, "refreshers")
+        if "refreshers" not in document:
+            self.problem("refreshers", "missing: add one [refreshers.<name>] table per refresher")
+        elif not tables and isinstance(document.get("refreshers"), Mapping):
+            self.problem("refreshers", "no refreshers: add one [refreshers.<name>] table per refresher")
+        names = [str(name) for name in tables]
+        built: list[Refresher] = []
+        sources: dict[str, str] = {}
+        targets: dict[str, str] = {}
+        needs: dict[str, tuple[str, ...]] = {}
+        for name, table in tables.items():
+            result = self.refresher(str(name), table, converted_defaults, names)
+            if result is not None:
+                refresher, source, target, needed = result
+                built.append(refresher)
+                sources[refresher.name] = source
+                targets[refresher.name] = target
+                needs[refresher.name] = needed
+
+        middleware = self.middleware(self.table(document, "middleware"), built)
+        if self.problems:
+            return None
+        return Config(
+            origin=origin,
+            refreshers=tuple(built),
+            middleware=middleware,
+            sources=sources,
+            targets=targets,
+            needs=needs,
+            secrets=frozenset(self.secrets),
+        )
+
+    def table(self, document: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = document.get(key, {})
+        if not isinstance(value, Mapping):
+            self.problem(_key(key), f"expected a table, got {self.got(_key(key), value)}")
+            return {}
+        return dict(value)
+
+    def unknown(self, path: str, key: str, known: Iterable[str], hint: str = "") -> None:
+        candidates = sorted(known)
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        if close:
+            suggestion = f"; did you mean {close[0]!r}?"
+        else:
+            suggestion = "" if hint.startswith(";") else f"; known keys: {', '.join(candidates)}"
+        self.problem(path, f"unknown key{hint}{suggestion}")
+
+    def refresher(
+        self, name: str, raw: Any, defaults: dict[str, Any], names: list[str]
+    ) -> tuple[Refresher, str, str, tuple[str, ...]] | None:
+        here = ("refreshers", name)
+        if not isinstance(raw, Mapping):
+            self.problem(_key(*here), f"expected a table, got {self.got(_key(*here), raw)}")
+            return None
+        count = len(self.problems)
+        table = dict(raw)
+        source = table.pop("source", None)
+        choices = (*SOURCES, PYTHON_SOURCE)
+        if source is None:
+            self.problem(
+                _key(*here, "source"), f"missing: say where the data comes from, one of {_quoted(choices)}"
+            )
+            source_keys: dict[str, Option] = {}
+        elif source not in choices:
+            close = difflib.get_close_matches(str(source), choices, n=1)
+            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+            self.problem(
+                _key(*here, "source"),
+                f"expected one of {_quoted(choices)}, "
+                f"got {self.got(_key(*here, 'source'), source)}{suggestion}",
+            )
+            source_keys = {}
+        else:
+            source_keys = {option.key: option for option in source_options(source)}
+        refresher_keys = {o.key: o for o in refresher_options() if o.parameter not in ("name", "fetch")}
+        known = {**refresher_keys, **source_keys}
+
+        refresher_kwargs: dict[str, Any] = {}
+        source_kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            path = (*here, key)
+            option = known.get(key)
+            if option is None:
+                if source in choices:
+                    self.unknown(_key(*path), key, [*known, "source"], self._other_source_hint(key, source))
+                continue
+            ok, converted = self.convert(option, value, path)
+            if not ok:
+                continue
+            if option.owner == "Refresher":
+                refresher_kwargs[option.parameter] = converted
+            else:
+                source_kwargs[option.parameter] = converted
+        for key, value in defaults.items():
+            refresher_kwargs.setdefault(refresher_keys[key].parameter, value)
+        for option in (*source_keys.values(), *refresher_keys.values()):
+            given = source_kwargs if option.owner != "Refresher" else refresher_kwargs
+            if option.required and option.parameter not in given and option.key not in table:
+                where = " (here or in [defaults])" if option.owner == "Refresher" else ""
+                self.problem(_key(*here, option.key), f"missing{where}; expected {_expected(option)}")
+
+        needed: tuple[str, ...] = ()
+        auth = source_kwargs.get("auth")
+        if isinstance(auth, BearerToken):
+            needed = (auth.refresher,)
+            if auth.refresher not in names:
+                close = difflib.get_close_matches(auth.refresher, names, n=1)
+                suggestion = f"; did you mean {close[0]!r}?" if close else ""
+                self.problem(
+                    _key(*here, "auth", "bearer"),
+                    f"no refresher named {auth.refresher!r} to take the token from{suggestion}",
+                )
+            elif auth.refresher == name:
+                self.problem(
+                    _key(*here, "auth", "bearer"), "a refresher cannot authenticate with its own value"
+                )
+
+        # Each constructor runs whenever its required values are there, so that its
+        # complaints are reported along with everything else.
+        fetch: Any = None
+        if source == PYTHON_SOURCE:
+            fetch = source_kwargs.get("fetch")
+        elif source in SOURCES and all(
+            option.parameter in source_kwargs for option in source_keys.values() if option.required
+        ):
+            fetch = self.construct(SOURCES[source], source_kwargs, here, source_keys)
+        refresher = None
+        if all(option.parameter in refresher_kwargs for option in refresher_keys.values() if option.required):
+            refresher = self.construct(
+                Refresher,
+                {"name": name, "fetch": _placeholder if fetch is None else fetch, **refresher_kwargs},
+                here,
+                {**refresher_keys, **source_keys},
+            )
+        if len(self.problems) > count or refresher is None or fetch is None:
+            return None
+        target = _import_string(table[TARGET_KEY]) if source == PYTHON_SOURCE else ""
+        return refresher, str(source), target, needed
+
+    def _other_source_hint(self, key: str, source: str) -> str:
+        for other in (*SOURCES, PYTHON_SOURCE):
+            if other != source and key in {option.key for option in source_options(other)}:
+                return f" for source {source!r} ({key!r} is an option of source {other!r})"
+        if key == "fetch":
+            return '; give source = "python" and target = "module:function"'
+        return ""
+
+    def construct(
+        self,
+        cls: Callable[..., Any],
+        kwargs: dict[str, Any],
+        here: tuple[str, ...],
+        options: Mapping[str, Option],
+    ) -> Any:
+        """Call the real constructor; its complaint becomes a problem at the key it names."""
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, ImportError) as exc:
+            message = _OWNER_PREFIX.sub("", str(exc))
+            by_parameter = {option.parameter: option.key for option in options.values()}
+            positions = {
+                parameter: found.start()
+                for parameter in by_parameter
+                if (found := re.search(rf"(?<![\w.]){re.escape(parameter)}(?!\w)", message))
+            }
+            path = here
+            if positions:
+                parameter = min(positions, key=lambda p: positions[p])
+                path = (*here, by_parameter[parameter])
+                for prefix in (
+                    (f"{parameter}: ", f"{parameter} ") if by_parameter[parameter] == parameter else ()
+                ):
+                    if message.startswith(prefix):
+                        message = message[len(prefix) :]
+                        break
+            self.problem(_key(*path), message)
+            return None
+
+    def middleware(self, table: dict[str, Any], refreshers: list[Refresher]) -> dict[str, Any]:
+        from ._middleware import RefreshMiddleware
+
+        options = {option.key: option for option in middleware_options()}
+        kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            option = options.get(key)
+            if option is None:
+                self.unknown(_key("middleware", key), key, options)
+                continue
+            ok, converted = self.convert(option, value, ("middleware", key))
+            if ok:
+                kwargs[option.parameter] = converted
+        self.construct(
+            RefreshMiddleware, {"app": _no_app, "refreshers": refreshers, **kwargs}, ("middleware",), options
+        )
+        return kwargs
+
+    # -- values
+
+    def convert(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """The value to pass for ``option``; (False, None) after recording a problem."""
+        path = _key(*parts)
+        if any(broken == path or broken.startswith(path + ".") for broken in self.broken):
+            return False, None
+        kind = option.kind
+        if value is None or (
+            isinstance(value, str)
+            and value.lower() == NONE_WORD
+            and kind not in ("str", "any", "url", "path")
+        ):
+            if option.nullable or kind == "any" or option.default is None:
+                return True, None
+            self.problem(path, f"expected {_expected(option)}, got {self.got(path, value)}")
+            return False, None
+        converter = getattr(self, f"_to_{kind}", None)
+        if converter is None:  # a kind this module does not know: the constructor checks it
+            return True, value
+        result: tuple[bool, Any] = converter(option, value, parts)
+        return result
+
+    def _wrong(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        path = _key(*parts)
+        self.problem(path, f"expected {_expected(option)}, got {self.got(path, value)}")
+        return False, None
+
+    def _to_duration(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if isinstance(value, bool) or not isinstance(value, int | float | str | timedelta):
+            return self._wrong(option, value, parts)
+        try:
+            seconds = parse_duration(value)
+        except (TypeError, ValueError):
+            return self._wrong(option, value, parts)
+        if seconds < 0:
+            path = _key(*parts)
+            self.problem(
+                path, f"expected a positive duration like {_DURATION_EXAMPLE}, got {self.got(path, value)}"
+            )
+            return False, None
+        return True, value
+
+    def _from_env_text(self, parts: tuple[str, ...], value: Any) -> Any:
+        """A number or boolean written as ``"${VAR}"`` arrives as text: read it as written."""
+        if not (isinstance(value, str) and _key(*parts) in self.from_env):
+            return value
+        lowered = value.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        for number in (int, float):
+            try:
+                return number(lowered)
+            except ValueError:
+                pass
+        return value
+
+    def _to_bool(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        value = self._from_env_text(parts, value)
+        if not isinstance(value, bool):
+            return self._wrong(option, value, parts)
+        return True, value
+
+    def _to_int(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        value = self._from_env_text(parts, value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return self._wrong(option, value, parts)
+        return True, value
+
+    def _to_number(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        value = self._from_env_text(parts, value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return self._wrong(option, value, parts)
+        return True, value
+
+    def _to_str(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if not isinstance(value, str):
+            return self._wrong(option, value, parts)
+        return True, value
+
+    _to_url = _to_str
+
+    def _to_path(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if not isinstance(value, str | os.PathLike):
+            return self._wrong(option, value, parts)
+        path = Path(value).expanduser()
+        return True, path if path.is_absolute() else self.base / path
+
+    def _to_any(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        return True, value
+
+    def _to_table(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if not isinstance(value, Mapping):
+            return self._wrong(option, value, parts)
+        return True, dict(value)
+
+    def _to_str_table(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if not isinstance(value, Mapping):
+            return self._wrong(option, value, parts)
+        ok = True
+        for key, item in value.items():
+            if not isinstance(item, str):
+                path = _key(*parts, str(key))
+                self.problem(path, f"expected a string, got {self.got(path, item)}")
+                ok = False
+        return ok, dict(value) if ok else None
+
+    def _to_callable(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if callable(value) and not isinstance(value, str):  # a mapping built in Python may hold the function
+            return True, value
+        found = self.imported(value, parts)
+        if found is _FAILED:
+            return False, None
+        if not callable(found):
+            path = _key(*parts)
+            self.problem(
+                path, f"{value!r} is not callable (it is {type(found).__name__}); name a function or class"
+            )
+            return False, None
+        return True, found
+
+    def _to_callables(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if not isinstance(value, list):
+            return self._wrong(option, value, parts)
+        results = [self._to_callable(option, item, (*parts, str(index))) for index, item in enumerate(value)]
+        return all(ok for ok, _ in results), [found for _, found in results]
+
+    def _to_objects(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if not isinstance(value, list):
+            return self._wrong(option, value, parts)
+        found = [
+            item if not isinstance(item, str) else self.imported(item, (*parts, str(index)))
+            for index, item in enumerate(value)
+        ]
+        return all(item is not _FAILED for item in found), found
+
+    def _to_format(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        if isinstance(value, str) and value in FORMATS:
+            return True, value
+        if isinstance(value, str) and ":" not in value:
+            path = _key(*parts)
+            close = difflib.get_close_matches(value, FORMATS, n=1)
+            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+            self.problem(
+                path,
+                f'expected one of {_quoted(FORMATS)} or an import string like "yaml:safe_load", '
+                f"got {self.got(path, value)}{suggestion}",
+            )
+            return False, None
+        return self._to_callable(option, value, parts)
+
+    def _to_token(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """A secret string (from ``${VAR}``, not written in the file), or ``{ check = "mod:func" }``."""
+        if isinstance(value, str) or (callable(value) and not isinstance(value, Mapping)):
+            return True, value
+        if isinstance(value, Mapping) and set(value) == {"check"}:
+            return self._to_callable(option, value["check"], (*parts, "check"))
+        return self._wrong(option, value, parts)
+
+    def _to_auth(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        path = _key(*parts)
+        if isinstance(value, list):
+            if len(value) == 2 and all(isinstance(item, str) for item in value):
+                return True, (value[0], value[1])
+        elif isinstance(value, Mapping):
+            if set(value) == {"bearer"} and isinstance(value["bearer"], str):
+                try:
+                    return True, BearerToken(value["bearer"])
+                except ValueError as exc:
+                    self.problem(_key(*parts, "bearer"), _OWNER_PREFIX.sub("", str(exc)))
+                    return False, None
+        elif isinstance(value, str):
+            found = self.imported(value, parts)
+            if found is _FAILED:
+                return False, None
+            if isinstance(found, httpx.Auth) or callable(found):
+                return True, found
+            self.problem(path, f"{value!r} is {type(found).__name__}: expected an httpx.Auth or a callable")
+            return False, None
+        elif isinstance(value, httpx.Auth | BearerToken | tuple) or callable(value):
+            return True, value
+        return self._wrong(option, value, parts)
+
+    def imported(self, value: Any, parts: tuple[str, ...]) -> Any:
+        """The object an import string names, or `_FAILED` after recording why not."""
+        path = _key(*parts)
+        if not isinstance(value, str) or not _IMPORT_STRING.fullmatch(value):
+            self.problem(
+                path, f'expected an import string like "myapp.rates:load", got {self.got(path, value)}'
+            )
+            return _FAILED
+        if value in self._imports:
+            return self._imports[value]
+        module_name, _, attribute = value.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                self.problem(
+                    path,
+                    f"module {module_name!r} not found (in {value!r}); is it installed, and is the "
+                    "directory that holds it on sys.path (the current directory, for the CLI)?",
+                )
+            else:
+                self.problem(path, f"importing {module_name!r} failed: {type(exc).__name__}: {exc}")
+            return _FAILED
+        except Exception as exc:
+            self.problem(path, f"importing {module_name!r} raised {type(exc).__name__}: {exc}")
+            return _FAILED
+        found: Any = module
+        walked: list[str] = []
+        for part in attribute.split("."):
+            if not hasattr(found, part):
+                owner = ".".join([module_name, *walked]) if walked else module_name
+                names = [name for name in dir(found) if not name.startswith("_")]
+                close = difflib.get_close_matches(part, names, n=1)
+                suggestion = f"; did you mean {close[0]!r}?" if close else ""
+                self.problem(path, f"{owner!r} has no attribute {part!r} (in {value!r}){suggestion}")
+                return _FAILED
+            found = getattr(found, part)
+            walked.append(part)
+        self._imports[value] = found
+        return found
+
+
+_FAILED = object()
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """Stands for the app while the [middleware] table is checked."""
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join(f'"{value}"' for value in values)
+
+
+def _import_string(value: Any) -> str:
+    """How to name a target: as written, or the function's own module and name (from a mapping)."""
+    if isinstance(value, str):
+        return value
+    return f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', type(value).__name__)}"
+
+
+def _placeholder() -> None:
+    """Stands for a fetch that could not be made, so that the refresher's own options are checked."""
+
+
+_EXPECTED = {
+    "duration": f"a duration like {_DURATION_EXAMPLE}",
+    "bool": "true or false",
+    "int": "an integer",
+    "number": "a number",
+    "str": "a string",
+    "url": 'a URL like "https://api.example.com/names"',
+    "path": "a file path",
+    "table": "a table",
+    "str_table": "a table of strings",
+    "callable": 'an import string like "myapp.rates:load"',
+    "callables": 'a list of import strings like ["myapp.hooks:notify"]',
+    "objects": 'a list of import strings like ["myapp.hooks:listener"]',
+    "format": f'one of {_quoted(FORMATS)} or an import string like "yaml:safe_load"',
+    "auth": '["user", "password"], { bearer = "<refresher>" } or an import string',
+    "token": 'a string like "${ADMIN_TOKEN}" or { check = "myapp.auth:check_token" }',
+    "any": "any value",
+    "unknown": "a value",
+}
+
+
+def _expected(option: Option) -> str:
+    expected = _EXPECTED[option.kind]
+    return f'{expected} or "{NONE_WORD}"' if _none_word_applies(option) else expected
+
+
+def _none_word_applies(option: Option) -> bool:
+    """Whether ``"none"`` is worth mentioning: a nullable option that is not a table or free text."""
+    return option.nullable and option.kind not in (
+        "table",
+        "str_table",
+        "any",
+        "str",
+        "url",
+        "path",
+        "callables",
+        "objects",
+    )
+
+
+# -- the reference page -------------------------------------------------------------------
+
+
+_TYPE_NAMES = {
+    "duration": "duration",
+    "bool": "boolean",
+    "int": "integer",
+    "number": "number",
+    "str": "string",
+    "url": "string (URL)",
+    "path": "string (path)",
+    "table": "table",
+    "str_table": "table of strings",
+    "callable": "import string",
+    "callables": "list of import strings",
+    "objects": "list of import strings",
+    "format": " / ".join(f'`"{name}"`' for name in FORMATS) + " or import string",
+    "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
+    "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
+    "any": "any",
+    "unknown": "see the API reference",
+}
+
+
+def _type_name(option: Option) -> str:
+    name = _TYPE_NAMES[option.kind]
+    return f'{name} or `"{NONE_WORD}"`' if _none_word_applies(option) else name
+
+
+def _default_text(option: Option) -> str:
+    if option.required:
+        return "required"
+    default = option.default
+    if default is None:
+        return "not set"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, str):
+        return f'`"{default}"`'
+    if isinstance(default, int) and option.kind == "int" and default >= 1024:
+        return f"`{default}`"
+    return f"`{default!r}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _rows(options: list[Option]) -> list[str]:
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for option in options:
+        meaning = option.meaning
+        if option.kind == "path":
+            meaning += (
+                " From a config file, a relative path is resolved against that file's directory "
+                "instead; from a mapping, against the current directory."
+            )
+        if option.kind == "auth":
+            meaning += (
+                ' In a config: `["user", "password"]` (basic auth), `{ bearer = "token" }` (a `BearerToken`: '
+                "the value of refresher `token`) or the import string of an `httpx.Auth` or a callable."
+            )
+        if option.key != option.parameter and option.owner != "python":
+            meaning = f"`{option.owner}`'s `{option.parameter}`. {meaning}"
+        lines.append(
+            f"| `{option.key}` | {_type_name(option)} | {_default_text(option)} | {_cell(meaning)} |"
+        )
+    return lines
+
+
+_SOURCE_CHOICES = [f'`"{source}"`' for source in (*SOURCES, PYTHON_SOURCE)]
+
+
+def reference_markdown() -> str:
+    """The reference tables of the configuration page, generated from the signatures."""
+    refresher = [o for o in refresher_options() if o.parameter not in ("name", "fetch")]
+    out = [
+        "### `[defaults]` and `[refreshers.<name>]`: refresher options",
+        "",
+        "In `[defaults]` they apply to every refresher; in a refresher's own table they override",
+        "the default.",
+        "",
+        *_rows(refresher),
+        "",
+        "### `[refreshers.<name>]`: `source` and its options",
+        "",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+        f"| `source` | {' / '.join(_SOURCE_CHOICES)} | required | "
+        "Where the data comes from: `HTTPSource`, `FileSource`, or a function of yours. |",
+        "",
+    ]
+    for source in (*SOURCES, PYTHON_SOURCE):
+        title = (
+            "`HTTPSource`" if source == "http" else "`FileSource`" if source == "file" else "your function"
+        )
+        out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
+    out += ["### `[middleware]`", "", *_rows(middleware_options()), "", "### Not configurable in a file", ""]
+    out += ["| parameter | instead |", "| --- | --- |"]
+    out += [f"| `{name}` | {reason} |" for name, reason in EXCLUDED.items()]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,438 @@
+"""The command line, ``python -m asgi_refresh check|fetch``, against a local upstream and temp files.
+
+Every test runs twice: as a real subprocess (what an operator runs) and in-process
+through ``main()`` (so that coverage sees it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asgi_refresh._cli import main
+from asgi_refresh.demo.upstream import Upstream, serve
+
+SECRET = "sekrit-cli-value-123"
+
+TOKENS_MODULE = """\
+import json
+
+import anyio
+
+from asgi_refresh import Fresh
+
+
+def grant(body):
+    data = json.loads(body)
+    return Fresh(data["access_token"], expires_in=data["expires_in"])
+
+
+async def hang():
+    await anyio.sleep(3600)
+
+
+def a_set():
+    return {1}
+"""
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+Run = Callable[..., Ran]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[Upstream, str]]:
+    app = Upstream(token_lifetime=300)
+    app.set("/names", ["ada", "grace"])
+    app.set("/protected", {"orders": 3})
+    with serve(app) as base_url:
+        yield app, base_url
+
+
+@pytest.fixture(params=["subprocess", "in-process"])
+def cli(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Run:
+    """Run the command line in tmp_path with NAMES_TOKEN set, one way or the other."""
+    (tmp_path / "cli_tokens.py").write_text(TOKENS_MODULE)
+    env = {"NAMES_TOKEN": SECRET}
+
+    def subprocess_run(*args: str) -> Ran:
+        done = subprocess.run(
+            [sys.executable, "-m", "asgi_refresh", *args],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return Ran(done.returncode, done.stdout, done.stderr)
+
+    def in_process(*args: str) -> Ran:
+        monkeypatch.chdir(tmp_path)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        path = list(sys.path)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.path[:] = path
+            sys.modules.pop("cli_tokens", None)
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return subprocess_run if request.param == "subprocess" else in_process
+
+
+def write(tmp_path: Path, base_url: str, extra: str = "") -> str:
+    (tmp_path / "flags.toml").write_text("dark_mode = true\n")
+    (tmp_path / "refresh.toml").write_text(
+        f"""
+[defaults]
+timeout = "10s"
+
+[refreshers.names]
+source = "http"
+url = "{base_url}/names?key=${{NAMES_TOKEN}}"
+headers = {{ Authorization = "Bearer ${{NAMES_TOKEN}}", X-Api-Key = "literal-key-in-file" }}
+every = "1h"
+
+[refreshers.token]
+source = "http"
+url = "{base_url}/token"
+method = "POST"
+parse = "cli_tokens:grant"
+every = "1h"
+
+[refreshers.orders]
+source = "http"
+url = "{base_url}/protected"
+auth = {{ bearer = "token" }}
+every = "5m"
+
+[refreshers.flags]
+source = "file"
+path = "flags.toml"
+every = "5s"
+watch = true
+required = false
+default = {{}}
+{extra}
+"""
+    )
+    return "refresh.toml"
+
+
+def no_secrets(ran: Ran) -> None:
+    for text in (ran.out, ran.err):
+        assert SECRET not in text
+        assert "literal-key-in-file" not in text
+        assert "key=" not in text
+
+
+# -- check ----------------------------------------------------------------------------------
+
+
+def test_check_prints_a_table_of_the_refreshers(cli: Run, tmp_path: Path) -> None:
+    """Check validates and lists name, source, schedule and required; no header or query is shown."""
+    ran = cli("check", write(tmp_path, "https://api.example.com"))
+    assert ran.code == 0, ran.err
+    lines = ran.out.splitlines()
+    assert lines[0] == "refresh.toml: valid, 4 refreshers"
+    assert lines[2].split() == ["NAME", "SOURCE", "SCHEDULE", "REQUIRED"]
+    assert lines[3].split() == ["names", "http", "GET", "https://api.example.com/names", "every", "1h", "yes"]
+    assert lines[4].split() == [
+        "token",
+        "http",
+        "POST",
+        "https://api.example.com/token",
+        "every",
+        "1h",
+        "yes",
+    ]
+    assert lines[5].split() == [
+        "orders",
+        "http",
+        "GET",
+        "https://api.example.com/protected",
+        "every",
+        "5m",
+        "yes",
+    ]
+    assert lines[6].split() == [
+        "flags",
+        "file",
+        str(tmp_path / "flags.toml"),
+        "every",
+        "5s",
+        "+",
+        "watch",
+        "no",
+    ]
+    no_secrets(ran)
+
+
+def test_check_json_is_one_document(cli: Run, tmp_path: Path) -> None:
+    """Check --json prints one JSON document for scripts."""
+    ran = cli("check", "--json", write(tmp_path, "https://api.example.com"))
+    assert ran.code == 0
+    document = ran.json
+    assert document["ok"] is True
+    assert [item["name"] for item in document["refreshers"]] == ["names", "token", "orders", "flags"]
+    assert document["refreshers"][2] == {
+        "name": "orders",
+        "source": "http",
+        "from": "GET https://api.example.com/protected",
+        "every": 300.0,
+        "schedule": "every 5m",
+        "timeout": 10.0,
+        "required": True,
+        "needs": ["token"],
+    }
+    no_secrets(ran)
+
+
+def test_check_shows_cache_header_schedules(cli: Run, tmp_path: Path) -> None:
+    """A source that follows caching headers says so in the schedule, with its bounds."""
+    (tmp_path / "refresh.json").write_text(
+        json.dumps(
+            {
+                "refreshers": {
+                    "rates": {
+                        "source": "http",
+                        "url": "https://x/rates",
+                        "every": "1h",
+                        "min_every": "1m",
+                        "max_every": "1h",
+                    }
+                }
+            }
+        )
+    )
+    ran = cli("check", "refresh.json")
+    assert ran.code == 0
+    assert "every 1h (cache headers, 1m..1h)" in ran.out
+    assert ran.out.startswith("refresh.json: valid, 1 refresher\n")
+
+
+def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Path) -> None:
+    """Problems go to stderr, one per line with its key path, and the exit status is 2."""
+    path = write(tmp_path, "https://x", '[refreshers.extra]\nsource = "htp"\nevery = "soon"\n')
+    ran = cli("check", path)
+    assert ran.code == 2
+    assert ran.out == ""
+    assert ran.err.splitlines() == [
+        "refresh.toml: invalid configuration (2 problems)",
+        '  refreshers.extra.source: expected one of "http", "file", "python", got "htp" (did you mean \'http\'?)',
+        '  refreshers.extra.every: expected a duration like "5m", got "soon"',
+    ]
+    as_json = cli("fetch", "--json", path)
+    assert as_json.code == 2
+    assert as_json.json["ok"] is False
+    assert len(as_json.json["problems"]) == 2
+
+
+def test_a_missing_file_exits_2(cli: Run) -> None:
+    """A config that does not exist is an invalid config, not a traceback."""
+    ran = cli("check", "nowhere.toml")
+    assert ran.code == 2
+    assert "nowhere.toml: file not found" in ran.err
+
+
+# -- fetch ----------------------------------------------------------------------------------
+
+
+def test_fetch_runs_each_refresher_once(cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]) -> None:
+    """Fetch shows outcome, time, size and preview; a token's value is hidden; exit 0."""
+    ran = cli("fetch", write(tmp_path, upstream[1]))
+    assert ran.code == 0, ran.out + ran.err
+    rows = {line.split()[0]: line for line in ran.out.splitlines()[1:5]}
+    assert rows.keys() == {"names", "token", "orders", "flags"}
+    assert rows["names"].split()[1] == "ok"
+    assert rows["names"].split()[3:] == ["15", "B", "JSON", '["ada","grace"]']
+    assert rows["token"].endswith("(hidden: looks like a secret)")
+    assert rows["orders"].endswith('{"orders":3}')
+    assert rows["flags"].endswith('{"dark_mode":true}')
+    assert ran.out.splitlines()[-1] == "4 ok, 0 failed"
+    no_secrets(ran)
+
+
+def test_fetch_json_and_a_failed_required_refresher(
+    cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    """A required refresher that fails makes the exit status 1; --json says which, and why."""
+    path = write(
+        tmp_path,
+        upstream[1],
+        f'[refreshers.gone]\nsource = "http"\nurl = "{upstream[1]}/gone"\nevery = "1h"\n',
+    )
+    ran = cli("fetch", "--json", path)
+    assert ran.code == 1
+    document = ran.json
+    assert document["ok"] is False
+    gone = document["refreshers"][-1]
+    assert gone["name"] == "gone"
+    assert gone["outcome"] == "failed"
+    assert gone["error"] == f"SourceError: HTTP 404 Not Found from GET {upstream[1]}/gone"
+    names = document["refreshers"][0]
+    assert names["size"] == 15
+    assert names["size_of"] == "JSON"
+    assert names["duration"] > 0
+    assert document["refreshers"][1]["needed_by"] == ["orders"]
+    table = cli("fetch", path)
+    assert table.code == 1
+    assert table.out.splitlines()[-1] == "4 ok, 1 failed; a required refresher failed"
+    no_secrets(ran)
+
+
+def test_a_failed_refresher_that_is_not_required_still_exits_0(
+    cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    """Required = false failing is reported, not fatal."""
+    extra = (
+        f'[refreshers.gone]\nsource = "http"\nurl = "{upstream[1]}/gone"\nevery = "1h"\nrequired = false\n'
+    )
+    ran = cli("fetch", write(tmp_path, upstream[1], extra), "gone", "-v")
+    assert ran.code == 0
+    assert "FAILED (not required)" in ran.out
+    assert ran.out.splitlines()[-1] == "0 ok, 1 failed"
+    assert "WARNING asgi_refresh: Refresher 'gone' failed" in ran.err  # -v shows the log
+
+
+def test_fetching_one_name_fetches_what_it_needs(
+    cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    """Fetch orders also fetches token, which orders authenticates with."""
+    ran = cli("fetch", "--json", write(tmp_path, upstream[1]), "orders")
+    assert ran.code == 0
+    assert [item["name"] for item in ran.json["refreshers"]] == ["token", "orders"]
+    assert ran.json["refreshers"][1]["preview"] == '{"orders":3}'
+
+
+def test_a_failed_dependency_is_named(cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]) -> None:
+    """When the token fails, orders is reported as not fetched because of it, at once."""
+    path = write(tmp_path, upstream[1])
+    config = (tmp_path / path).read_text().replace(f"{upstream[1]}/token", f"{upstream[1]}/no-token")
+    (tmp_path / path).write_text(config)
+    ran = cli("fetch", path, "orders", "--json")
+    assert ran.code == 1
+    token, orders = ran.json["refreshers"]
+    assert token["outcome"] == orders["outcome"] == "failed"
+    assert orders["error"] == "not fetched: it needs 'token', which failed"
+
+
+def test_fetch_gives_up_after_timeout(cli: Run, tmp_path: Path) -> None:
+    """A fetch with no timeout of its own that hangs is cut off by --timeout."""
+    (tmp_path / "refresh.toml").write_text(
+        '[refreshers.slow]\nsource = "python"\ntarget = "cli_tokens:hang"\nevery = "1h"\ntimeout = "none"\n'
+    )
+    ran = cli("fetch", "refresh.toml", "--timeout", "300ms")
+    assert ran.code == 1
+    assert "no result within 300ms (--timeout)" in ran.out
+
+
+def test_sizes_say_what_they_count(cli: Run, tmp_path: Path) -> None:
+    """Text is counted in UTF-8 bytes, bytes as bytes, other values by their repr; --no-preview hides data."""
+    (tmp_path / "note.txt").write_text("héllo\n")
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "refresh.toml").write_text(
+        '[defaults]\nevery = "1h"\n'
+        '[refreshers.note]\nsource = "file"\npath = "note.txt"\n'
+        '[refreshers.blob]\nsource = "file"\npath = "blob.bin"\nformat = "bytes"\n'
+        '[refreshers.odd]\nsource = "python"\ntarget = "cli_tokens:a_set"\n'
+    )
+    ran = cli("fetch", "--json", "refresh.toml")
+    assert ran.code == 0
+    note, blob, odd = ran.json["refreshers"]
+    assert (note["size"], note["size_of"], note["preview"]) == (7, "UTF-8 text", '"héllo\\n"')
+    assert (blob["size"], blob["size_of"], blob["preview"]) == (2, "bytes", "b'\\x00\\x01'")
+    assert (odd["size"], odd["size_of"], odd["preview"]) == (3, "repr", "{1}")
+    hidden = cli("fetch", "--json", "--no-preview", "refresh.toml")
+    assert [item["preview"] for item in hidden.json["refreshers"]] == [None, None, None]
+
+
+def test_a_long_preview_is_cut_to_one_line(cli: Run, tmp_path: Path) -> None:
+    """The preview is one line of at most 60 characters."""
+    (tmp_path / "long.json").write_text(json.dumps({"text": "word " * 40}, indent=2))
+    (tmp_path / "refresh.toml").write_text(
+        '[refreshers.long]\nsource = "file"\npath = "long.json"\nevery = "1h"\n'
+    )
+    preview = cli("fetch", "--json", "refresh.toml").json["refreshers"][0]["preview"]
+    assert len(preview) == 60
+    assert preview.endswith("…")
+    assert "\n" not in preview
+
+
+def test_an_unknown_name_exits_2(cli: Run, tmp_path: Path) -> None:
+    """Fetch of a name the config does not have says which names it has."""
+    ran = cli("fetch", write(tmp_path, "https://x"), "order")
+    assert ran.code == 2
+    assert ran.err.strip() == (
+        "refresh.toml: no refresher named 'order' (known: names, token, orders, flags); did you mean 'orders'?"
+    )
+
+
+# -- the command line itself ------------------------------------------------------------------
+
+
+def test_help_reads_well(cli: Run) -> None:
+    """--help lists the commands and the exit statuses; each command has its own help."""
+    ran = cli("--help")
+    assert ran.code == 0
+    assert "check     validate CONFIG and list its refreshers" in ran.out
+    assert "fetch     fetch each refresher once and show what came back" in ran.out
+    assert "  1  fetch: at least one required refresher failed" in ran.out
+    fetch = cli("fetch", "--help")
+    assert fetch.code == 0
+    assert "--no-preview" in fetch.out
+    assert "The preview shows the data itself" in fetch.out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "the following arguments are required: COMMAND"),
+        (("check",), "the following arguments are required: CONFIG"),
+        (("lint", "x.toml"), "invalid choice: 'lint'"),
+        (("fetch", "x.toml", "--timeout", "soon"), "argument --timeout: expected a duration like"),
+        (("fetch", "x.toml", "--timeout", "0s"), "argument --timeout: must be > 0 (got '0s')"),
+    ],
+)
+def test_usage_errors_exit_2(cli: Run, args: tuple[str, ...], expected: str) -> None:
+    """A wrong command line is exit status 2 with argparse's usage message."""
+    ran = cli(*args)
+    assert ran.code == 2
+    assert expected in ran.err
+
+
+def test_the_console_script_is_declared() -> None:
+    """Pyproject declares asgi-refresh = asgi_refresh._cli:main."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"] == {"asgi-refresh": "asgi_refresh._cli:main"}

@@ -1,0 +1,935 @@
+"""Declarative configuration: loading, interpolation, validation, and equivalence with the Python API."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from asgi_refresh import (
+    BearerToken,
+    ConfigError,
+    FileSource,
+    HTTPSource,
+    Refresher,
+    RefreshMiddleware,
+)
+from asgi_refresh._config import load_config, middleware_options, options_of, refresher_options
+from asgi_refresh.testing import FakeClock
+
+from .helpers import START, ScriptedApp
+
+pytestmark = pytest.mark.anyio
+
+
+async def load_names() -> list[str]:
+    """A fetch for `source = "python"` tests: ``tests.test_config:load_names``."""
+    return ["ada", "grace"]
+
+
+def on_change(old: Any, new: Any) -> None:
+    """A hook for the tests."""
+
+
+def check_names(value: Any) -> Any:
+    """A validate function for the tests."""
+    return value
+
+
+def on_error(exc: BaseException) -> None:
+    """An on_error hook for the tests."""
+
+
+def needs_an_argument(url: str) -> list[str]:
+    """A fetch that cannot be called with no arguments."""
+    return [url]
+
+
+NOT_CALLABLE = 42
+
+
+class TokenAuth(httpx.Auth):
+    """An httpx auth to import by name."""
+
+
+TOKEN_AUTH = TokenAuth()
+
+
+def refresher(**options: Any) -> dict[str, Any]:
+    """A valid ``[refreshers.names]`` table with ``options`` on top."""
+    return {"source": "python", "target": "tests.test_config:load_names", "every": "1h", **options}
+
+
+def problems_of(config: Any, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(config, environ=environ or {})
+    assert str(caught.value).count("\n") == len(caught.value.problems)
+    return caught.value.problems
+
+
+def only_problem(config: Any, environ: dict[str, str] | None = None) -> str:
+    problems = problems_of(config, environ)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# -- each validation error --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {"refreshers": {"names": refresher(every="soon")}},
+            'refreshers.names.every: expected a duration like "5m", got "soon"',
+        ),
+        (
+            {"refreshers": {"names": refresher(every=-5)}},
+            'refreshers.names.every: expected a positive duration like "5m", got -5',
+        ),
+        (
+            {"refreshers": {"names": refresher(timeout="-1s")}},
+            'refreshers.names.timeout: expected a positive duration like "5m", got "-1s"',
+        ),
+        (
+            {"refreshers": {"names": refresher(every=True)}},
+            'refreshers.names.every: expected a duration like "5m", got true',
+        ),
+        (
+            {"refreshers": {"names": refresher(required="yes")}},
+            'refreshers.names.required: expected true or false, got "yes"',
+        ),
+        (
+            {"refreshers": {"names": refresher(jitter="a lot")}},
+            'refreshers.names.jitter: expected a number, got "a lot"',
+        ),
+        (
+            {"refreshers": {"names": refresher(required=None)}},
+            "refreshers.names.required: expected true or false, got null",
+        ),
+        (
+            {"refreshers": {"names": refresher(jiter=0.1)}},
+            "refreshers.names.jiter: unknown key; did you mean 'jitter'?",
+        ),
+        (
+            {"refreshers": {"names": refresher(path="x.json")}},
+            "refreshers.names.path: unknown key for source 'python' ('path' is an option of source 'file')",
+        ),
+        (
+            {"refreshers": {"names": refresher(fetch="tests.test_config:load_names")}},
+            'refreshers.names.fetch: unknown key; give source = "python" and target = "module:function"',
+        ),
+        (
+            {"refreshers": {"names": {"target": "tests.test_config:load_names", "every": "1h"}}},
+            'refreshers.names.source: missing: say where the data comes from, one of "http", "file", "python"',
+        ),
+        (
+            {"refreshers": {"names": refresher(source="htp", url="http://x")}},
+            'refreshers.names.source: expected one of "http", "file", "python", got "htp" (did you mean \'http\'?)',
+        ),
+        (
+            {"refreshers": {"names": {"source": "http", "every": "1h"}}},
+            'refreshers.names.url: missing; expected a URL like "https://api.example.com/names"',
+        ),
+        (
+            {"refreshers": {"names": {"source": "file", "every": "1h"}}},
+            "refreshers.names.path: missing; expected a file path",
+        ),
+        (
+            {"refreshers": {"names": {"source": "python", "every": "1h"}}},
+            'refreshers.names.target: missing; expected an import string like "myapp.rates:load"',
+        ),
+        (
+            {"refreshers": {"names": {"source": "python", "target": "tests.test_config:load_names"}}},
+            'refreshers.names.every: missing (here or in [defaults]); expected a duration like "5m"',
+        ),
+        (
+            {"refreshers": {"names": refresher(target="load_names")}},
+            'refreshers.names.target: expected an import string like "myapp.rates:load", got "load_names"',
+        ),
+        (
+            {"refreshers": {"names": refresher(target="tests.no_such_module:load")}},
+            "refreshers.names.target: module 'tests.no_such_module' not found (in 'tests.no_such_module:load')",
+        ),
+        (
+            {"refreshers": {"names": refresher(target="tests.test_config:load_name")}},
+            "refreshers.names.target: 'tests.test_config' has no attribute 'load_name' "
+            "(in 'tests.test_config:load_name'); did you mean 'load_names'?",
+        ),
+        (
+            {"refreshers": {"names": refresher(target="tests.test_config:TokenAuth.nothing")}},
+            "refreshers.names.target: 'tests.test_config.TokenAuth' has no attribute 'nothing'",
+        ),
+        (
+            {"refreshers": {"names": refresher(target="tests.test_config:NOT_CALLABLE")}},
+            "refreshers.names.target: 'tests.test_config:NOT_CALLABLE' is not callable (it is int)",
+        ),
+        (
+            {"refreshers": {"names": refresher(target="tests.test_config:needs_an_argument")}},
+            "refreshers.names.target: fetch is called with no arguments, but it takes (url)",
+        ),
+        (
+            {"refreshers": {"names": refresher(on_change="tests.test_config:on_chang")}},
+            "refreshers.names.on_change: 'tests.test_config' has no attribute 'on_chang'",
+        ),
+        (
+            {"refreshers": {"names": refresher(jitter=0.9)}},
+            "refreshers.names.jitter: must be a fraction of every, 0 <= jitter <= 0.5 (got 0.9)",
+        ),
+        (
+            {"refreshers": {"names": refresher(every="0.001s")}},
+            "refreshers.names.every: must be at least 10ms (a schedule, not a busy loop) (got '0.001s')",
+        ),
+        (
+            {"refreshers": {"my-names": refresher()}},
+            "refreshers.my-names: Refresher name must be a Python identifier",
+        ),
+        (
+            {"refreshers": {"no.dots": refresher()}},
+            'refreshers."no.dots": Refresher name must be a Python identifier',
+        ),
+        (
+            {"refreshers": {"asgi_refresh": refresher()}},
+            "refreshers.asgi_refresh: Refresher name 'asgi_refresh' is reserved for the control handle",
+        ),
+        (
+            {"refreshers": {"names": {"source": "http", "url": "ftp://x", "every": "1h"}}},
+            "refreshers.names.url: must be an absolute http:// or https:// URL (got 'ftp://x')",
+        ),
+        (
+            {"refreshers": {"names": {"source": "http", "url": "http://x", "every": "1h", "max_bytes": 0}}},
+            "refreshers.names.max_bytes: must be a positive number of bytes (got 0)",
+        ),
+        (
+            {"refreshers": {"names": {"source": "http", "url": "http://x", "every": "1h", "max_bytes": 1.5}}},
+            "refreshers.names.max_bytes: expected an integer, got 1.5",
+        ),
+        (
+            {
+                "refreshers": {
+                    "names": {"source": "http", "url": "http://x", "every": "1h", "min_every": "1m"}
+                }
+            },
+            "refreshers.names.min_every: set both min_every and max_every",
+        ),
+        (
+            {
+                "refreshers": {
+                    "names": {"source": "http", "url": "http://x", "every": "1h", "headers": {"X": 5}}
+                }
+            },
+            "refreshers.names.headers.X: expected a string, got 5",
+        ),
+        (
+            {
+                "refreshers": {
+                    "names": {"source": "http", "url": "http://x", "every": "1h", "headers": "X: 1"}
+                }
+            },
+            'refreshers.names.headers: expected a table of strings, got "X: 1"',
+        ),
+        (
+            {"refreshers": {"names": {"source": "http", "url": "http://x", "every": "1h", "parse": "jsn"}}},
+            'refreshers.names.parse: expected one of "json", "toml", "text", "bytes" or an import string '
+            'like "yaml:safe_load", got "jsn" (did you mean \'json\'?)',
+        ),
+        (
+            {"refreshers": {"names": {"source": "http", "url": "http://x", "every": "1h", "auth": ["user"]}}},
+            'refreshers.names.auth: expected ["user", "password"], { bearer = "<refresher>" } or an import string, got a list',
+        ),
+        (
+            {
+                "refreshers": {
+                    "names": {
+                        "source": "http",
+                        "url": "http://x",
+                        "every": "1h",
+                        "auth": "tests.test_config:NOT_CALLABLE",
+                    }
+                }
+            },
+            "refreshers.names.auth: 'tests.test_config:NOT_CALLABLE' is int: expected an httpx.Auth or a callable",
+        ),
+        (
+            {
+                "refreshers": {
+                    "names": {"source": "http", "url": "http://x", "every": "1h", "auth": {"bearer": "tokn"}}
+                }
+            },
+            "refreshers.names.auth.bearer: no refresher named 'tokn' to take the token from",
+        ),
+        (
+            {
+                "refreshers": {
+                    "names": {"source": "http", "url": "http://x", "every": "1h", "auth": {"bearer": "names"}}
+                }
+            },
+            "refreshers.names.auth.bearer: a refresher cannot authenticate with its own value",
+        ),
+        (
+            {
+                "refreshers": {
+                    "names": {"source": "http", "url": "http://x", "every": "1h", "auth": {"bearer": "a-b"}}
+                }
+            },
+            "refreshers.names.auth.bearer: refresher must be a refresher name, like 'token' (got 'a-b')",
+        ),
+        (
+            {"refreshers": {"names": {"source": "file", "path": "flags.yaml", "every": "1h"}}},
+            "refreshers.names.format: cannot tell the format from the extension '.yaml'",
+        ),
+        (
+            {"refreshers": {"names": {"source": "file", "path": 5, "every": "1h"}}},
+            "refreshers.names.path: expected a file path, got 5",
+        ),
+        (
+            {"refreshers": {"names": refresher()}, "defaults": {"url": "http://x"}},
+            "defaults.url: unknown key; source options go in each [refreshers.<name>] table",
+        ),
+        (
+            {"refreshers": {"names": refresher()}, "defaults": {"evry": "1h"}},
+            "defaults.evry: unknown key; did you mean 'every'?",
+        ),
+        (
+            {"refreshers": {"names": refresher()}, "middleware": {"startup_timout": "1m"}},
+            "middleware.startup_timout: unknown key; did you mean 'startup_timeout'?",
+        ),
+        (
+            {"refreshers": {"names": refresher()}, "middleware": {"shutdown_timeout": 0}},
+            "middleware.shutdown_timeout: must be > 0 (got 0)",
+        ),
+        (
+            {"refreshers": {"names": refresher()}, "refresher": {}},
+            "refresher: unknown key; did you mean 'refreshers'?",
+        ),
+        (
+            {"refreshers": {"names": refresher()}, "middleware": []},
+            "middleware: expected a table, got a list",
+        ),
+        ({"refreshers": {"names": "http://x"}}, 'refreshers.names: expected a table, got "http://x"'),
+        (
+            {"defaults": {"every": "1h"}},
+            "refreshers: missing: add one [refreshers.<name>] table per refresher",
+        ),
+        ({"refreshers": {}}, "refreshers: no refreshers: add one [refreshers.<name>] table per refresher"),
+        ([1, 2], "(argument): expected a path to a .toml or .json file, or a mapping (got list)"),
+    ],
+)
+def test_each_validation_error_names_its_key(config: Any, expected: str) -> None:
+    """Every kind of mistake is one problem that starts with its key path and says what is expected."""
+    assert only_problem(config).startswith(expected)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    """Problems in defaults, several refreshers and the middleware come out together, in one error."""
+    config = {
+        "defaults": {"jitter": 2},
+        "refreshers": {
+            "names": refresher(every="soon"),
+            "flags": {"source": "file", "path": "flags.json", "every": "1h", "watch": "yes"},
+            "rates": refresher(target="tests.nowhere:load"),
+        },
+        "middleware": {"startup_timeout": "later"},
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(config, environ={})
+    error = caught.value
+    assert isinstance(error, ValueError)
+    assert [problem.split(":")[0] for problem in error.problems] == [
+        "refreshers.names.every",
+        "refreshers.flags.watch",
+        "refreshers.flags.jitter",
+        "refreshers.rates.target",
+        "refreshers.rates.jitter",
+        "middleware.startup_timeout",
+    ]
+    assert str(error).startswith("invalid configuration (a mapping) (6 problems):\n  refreshers.names.every:")
+
+
+def test_a_json_file_with_a_name_twice_is_an_error(tmp_path: Path) -> None:
+    """JSON silently keeps the last of two equal keys; the config refuses them instead."""
+    path = tmp_path / "refresh.json"
+    table = json.dumps(refresher())
+    path.write_text(f'{{"refreshers": {{"names": {table}, "names": {table}}}}}')
+    assert only_problem(path) == "refreshers.names: defined twice (JSON keeps only the last); remove one"
+
+
+def test_a_toml_file_with_a_table_twice_is_an_error(tmp_path: Path) -> None:
+    """TOML refuses a table declared twice; the error names the table and the line."""
+    path = tmp_path / "refresh.toml"
+    path.write_text('[refreshers.names]\nsource = "python"\n[refreshers.names]\nevery = "1h"\n')
+    problem = only_problem(path)
+    assert problem.startswith(f"{path}: invalid TOML: ")
+    assert "('refreshers', 'names')" in problem
+    assert "line 3" in problem
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("refresh.yaml", "a: 1", "cannot tell the format: name the file *.toml or *.json (got '.yaml')"),
+        ("refresh.json", "{nope", "invalid JSON at line 1, column 2: Expecting property name"),
+        ("refresh.toml", "a = = 1", "invalid TOML: Invalid value (at line 1, column 5)"),
+        ("refresh.toml", b"a = '\xff'", "not UTF-8 text"),
+        ("missing.toml", None, "file not found"),
+        ("refresh.json", "[1]", None),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_a_config_error(
+    tmp_path: Path, name: str, content: str | bytes | None, expected: str | None
+) -> None:
+    """Unreadable, unparsable or oddly named files are a ConfigError naming the file."""
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    problem = only_problem(path)
+    if expected is None:
+        assert problem == "(top level): expected a table with defaults, refreshers, middleware, got a list"
+    else:
+        assert problem.startswith(f"{path}: {expected}")
+
+
+def test_a_directory_is_not_readable(tmp_path: Path) -> None:
+    """A path that is a directory is reported, not a traceback."""
+    (tmp_path / "dir.toml").mkdir()
+    assert only_problem(tmp_path / "dir.toml").startswith(f"{tmp_path / 'dir.toml'}: cannot read: ")
+
+
+def test_something_else_than_a_path_or_mapping_is_refused() -> None:
+    """from_config(app, 42) says what it takes."""
+    assert only_problem(42) == "(argument): expected a path to a .toml or .json file, or a mapping (got int)"
+
+
+def test_import_errors_inside_the_module_are_told_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module that exists but fails to import is not reported as "not found"."""
+    (tmp_path / "cfg_raises.py").write_text("raise RuntimeError('no database')\n")
+    (tmp_path / "cfg_needs.py").write_text("import cfg_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    problems = problems_of(
+        {
+            "refreshers": {
+                "a": refresher(target="cfg_raises:load"),
+                "b": refresher(target="cfg_needs:load"),
+            }
+        }
+    )
+    assert problems == [
+        "refreshers.a.target: importing 'cfg_raises' raised RuntimeError: no database",
+        "refreshers.b.target: importing 'cfg_needs' failed: ModuleNotFoundError: No module named 'cfg_not_installed'",
+    ]
+
+
+# -- interpolation --------------------------------------------------------------------------
+
+
+def test_variables_are_read_from_the_environment() -> None:
+    """${VAR} takes the variable's value, ${VAR:-default} the default when unset or empty, $${ is literal."""
+    config = load_config(
+        {
+            "refreshers": {
+                "names": {
+                    "source": "http",
+                    "url": "https://${HOST}/names",
+                    "headers": {
+                        "Authorization": "Bearer ${TOKEN}",
+                        "X-Region": "${REGION:-eu}",
+                        "X-Zone": "${ZONE:-a}",
+                        "X-Literal": "$${NOT_A_VAR} costs $5",
+                    },
+                    "every": "${EVERY:-1h}",
+                }
+            }
+        },
+        environ={"HOST": "api.example.com", "TOKEN": "s3cret-token", "ZONE": ""},
+    )
+    (names,) = config.refreshers
+    assert isinstance(names.fetch, HTTPSource)
+    assert str(names.fetch.url) == "https://api.example.com/names"
+    assert names.fetch._request["headers"] == {
+        "Authorization": "Bearer s3cret-token",
+        "X-Region": "eu",
+        "X-Zone": "a",
+        "X-Literal": "${NOT_A_VAR} costs $5",
+    }
+    assert names.every == 3600
+    assert "s3cret-token" in config.secrets
+    assert config.scrub("Bearer s3cret-token") == "Bearer ***"
+
+
+def test_variables_are_read_from_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit environment, os.environ is used."""
+    monkeypatch.setenv("ASGI_REFRESH_TEST_EVERY", "5m")
+    config = load_config({"refreshers": {"names": refresher(every="${ASGI_REFRESH_TEST_EVERY}")}})
+    assert config.refreshers[0].every == 300
+
+
+def test_a_missing_variable_names_the_variable_and_the_key() -> None:
+    """An unset variable without a default is an error naming both, and how to fix it."""
+    config = {"refreshers": {"names": refresher(every="${EVERY}")}}
+    assert only_problem(config, {"OTHER": "1"}) == (
+        "refreshers.names.every: environment variable EVERY is not set; set it, or give a default: "
+        "${EVERY:-default}"
+    )
+    assert only_problem(config, {"EVERY": ""}) == (
+        "refreshers.names.every: environment variable EVERY is not set (it is empty); set it, or give a "
+        "default: ${EVERY:-default}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("${}", "bad reference ${}: expected ${NAME} or ${NAME:-default}"),
+        ("${1X}", "bad reference ${1X}: expected ${NAME} or ${NAME:-default}"),
+        ("${OPEN", "unterminated ${ (write $${ for a literal ${)"),
+    ],
+)
+def test_malformed_references_are_errors(text: str, expected: str) -> None:
+    """A reference that is not ${NAME} or ${NAME:-default} is reported, not passed through."""
+    assert (
+        only_problem({"refreshers": {"names": refresher(every=text)}})
+        == f"refreshers.names.every: {expected}"
+    )
+
+
+def test_values_from_the_environment_are_never_shown() -> None:
+    """An interpolated value that is wrong is reported by variable name, and scrubbed from other messages."""
+    config = {
+        "refreshers": {
+            "names": {
+                "source": "http",
+                "url": "https://x/${SECRET}",
+                "every": "1h",
+                "http_timeout": "${SECRET}",
+                "method": "${SECRET}",
+            }
+        }
+    }
+    problems = problems_of(config, {"SECRET": "hunter2-xyz!"})
+    assert problems == [
+        'refreshers.names.http_timeout: expected a duration like "5m" or "none", got the value of ${SECRET} (not shown)',
+        "refreshers.names.method: must be an HTTP method like 'GET' (got '***')",
+    ]
+
+
+def test_numbers_and_booleans_from_the_environment_are_read_as_written() -> None:
+    """A whole value "${VAR}" for a number or boolean option is converted, as the shell cannot type it."""
+    config = load_config(
+        {
+            "refreshers": {
+                "names": refresher(jitter="${JITTER}", required="${REQUIRED}", backoff_multiplier="${M}"),
+                "flags": {
+                    "source": "http",
+                    "url": "http://x",
+                    "every": "1h",
+                    "max_bytes": "${MAX}",
+                },
+            }
+        },
+        environ={"JITTER": "0.25", "REQUIRED": "False", "M": "3", "MAX": "1000"},
+    )
+    names, flags = config.refreshers
+    assert (names.jitter, names.required, names.backoff_multiplier) == (0.25, False, 3.0)
+    assert isinstance(flags.fetch, HTTPSource)
+    assert flags.fetch.max_bytes == 1000
+    assert only_problem({"refreshers": {"names": refresher(jitter="${J}")}}, {"J": "lots"}) == (
+        "refreshers.names.jitter: expected a number, got the value of ${J} (not shown)"
+    )
+
+
+# -- defaults, None, relative paths ------------------------------------------------------------
+
+
+def test_defaults_apply_to_every_refresher_and_a_refresher_overrides_them() -> None:
+    """[defaults] fills what a refresher leaves out; its own value wins."""
+    config = load_config(
+        {
+            "defaults": {"jitter": 0.2, "timeout": "10s", "every": "5m"},
+            "refreshers": {
+                "names": {"source": "python", "target": "tests.test_config:load_names"},
+                "rates": refresher(jitter=0, every="1h"),
+            },
+        },
+        environ={},
+    )
+    names, rates = config.refreshers
+    assert (names.jitter, names.timeout, names.every) == (0.2, 10.0, 300.0)
+    assert (rates.jitter, rates.timeout, rates.every) == (0.0, 10.0, 3600.0)
+
+
+def test_none_is_written_as_the_string_none_in_toml(tmp_path: Path) -> None:
+    """TOML has no null: timeout = "none" means no limit, and JSON null does too."""
+    path = tmp_path / "refresh.toml"
+    path.write_text(
+        '[defaults]\ntimeout = "10s"\n'
+        '[refreshers.a]\nsource = "python"\ntarget = "tests.test_config:load_names"\nevery = "1h"\ntimeout = "none"\n'
+    )
+    assert load_config(path).refreshers[0].timeout is None
+    assert load_config({"refreshers": {"a": refresher(timeout=None)}}).refreshers[0].timeout is None
+
+
+def test_relative_paths_are_resolved_against_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a file, path = "flags.json" is next to the file; in a mapping, in the current directory."""
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "refresh.toml"
+    path.write_text('[refreshers.flags]\nsource = "file"\npath = "flags.json"\nevery = "5s"\n')
+    monkeypatch.chdir(tmp_path)
+    from_file = load_config(Path("conf/refresh.toml")).refreshers[0].fetch
+    from_mapping = load_config(
+        {"refreshers": {"flags": {"source": "file", "path": "flags.json", "every": "5s"}}}
+    )
+    absolute = load_config(
+        {"refreshers": {"flags": {"source": "file", "path": "/etc/flags.json", "every": "5s"}}}
+    )
+    assert isinstance(from_file, FileSource)
+    assert from_file.path == tmp_path / "conf" / "flags.json"
+    assert from_mapping.refreshers[0].fetch.path == tmp_path / "flags.json"  # type: ignore[union-attr]
+    assert absolute.refreshers[0].fetch.path == Path("/etc/flags.json")  # type: ignore[union-attr]
+
+
+# -- equivalence with the Python API -----------------------------------------------------------
+
+
+TOML = """
+[defaults]
+jitter = 0.2
+timeout = "10s"
+
+[refreshers.token]
+source = "http"
+url = "https://auth.example.com/token"
+method = "POST"
+data = { grant_type = "client_credentials" }
+auth = ["client", "${CLIENT_SECRET}"]
+every = "1h"
+
+[refreshers.names]
+source = "http"
+url = "https://api.example.com/names?page=1"
+headers = { Accept = "application/json" }
+params = { limit = 100 }
+auth = { bearer = "token" }
+http_timeout = "5s"
+parse = "json"
+validate = "tests.test_config:check_names"
+max_bytes = 1000
+min_every = "1m"
+max_every = "1h"
+every = "1h"
+on_change = "tests.test_config:on_change"
+
+[refreshers.flags]
+source = "file"
+path = "flags.json"
+format = "json"
+watch = false
+every = "5s"
+required = false
+default = { dark_mode = false }
+
+[refreshers.rates]
+source = "python"
+target = "tests.test_config:load_names"
+every = "10m"
+backoff_initial = "2s"
+backoff_max = "5m"
+backoff_multiplier = 3
+on_error = "tests.test_config:on_error"
+
+[middleware]
+startup_timeout = "1m"
+shutdown_timeout = "20s"
+"""
+
+
+def python_api(base: Path) -> list[Refresher]:
+    """The refreshers of TOML, written with the Python API."""
+    return [
+        Refresher(
+            "token",
+            HTTPSource(
+                "https://auth.example.com/token",
+                method="POST",
+                data={"grant_type": "client_credentials"},
+                auth=("client", "shh-secret"),
+            ),
+            every="1h",
+            jitter=0.2,
+            timeout="10s",
+        ),
+        Refresher(
+            "names",
+            HTTPSource(
+                "https://api.example.com/names?page=1",
+                headers={"Accept": "application/json"},
+                params={"limit": 100},
+                auth=BearerToken("token"),
+                timeout="5s",
+                parse="json",
+                validate=check_names,
+                max_bytes=1000,
+                min_every="1m",
+                max_every="1h",
+            ),
+            every="1h",
+            jitter=0.2,
+            timeout="10s",
+            on_change=on_change,
+        ),
+        Refresher(
+            "flags",
+            FileSource(base / "flags.json", format="json", watch=False),
+            every="5s",
+            required=False,
+            default={"dark_mode": False},
+            jitter=0.2,
+            timeout="10s",
+        ),
+        Refresher(
+            "rates",
+            load_names,
+            every="10m",
+            backoff_initial="2s",
+            backoff_max="5m",
+            backoff_multiplier=3,
+            on_error=on_error,
+            jitter=0.2,
+            timeout="10s",
+        ),
+    ]
+
+
+def comparable(value: Any) -> Any:
+    """A refresher or source as plain data: its fields, sources compared by what they hold."""
+    if isinstance(value, Refresher):
+        fields = {name: getattr(value, name) for name in value.__dataclass_fields__}
+        return {**fields, "fetch": comparable(value.fetch)}
+    if isinstance(value, HTTPSource):
+        request = {**value._request, "auth": comparable(value._request["auth"])}
+        return (
+            "HTTPSource",
+            str(value.url),
+            value.method,
+            request,
+            value.max_bytes,
+            value.min_every,
+            value.max_every,
+            value._parser.format,
+            value._parser.validate,
+        )
+    if isinstance(value, FileSource):
+        return ("FileSource", value.path, value._parser.format, value._parser.validate, value.watch)
+    if isinstance(value, BearerToken):
+        return ("BearerToken", value.refresher)
+    return value
+
+
+@pytest.mark.parametrize("form", ["toml", "json", "mapping"])
+def test_config_builds_the_same_objects_as_the_python_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """TOML, JSON and a mapping all build refreshers equal, field by field, to the Python API's."""
+    import tomllib
+
+    document = tomllib.loads(TOML)
+    source: Any
+    if form == "toml":
+        source = tmp_path / "refresh.toml"
+        source.write_text(TOML)
+    elif form == "json":
+        source = tmp_path / "refresh.json"
+        source.write_text(json.dumps(document))
+    else:
+        source = document
+    monkeypatch.chdir(tmp_path)  # where the mapping's relative path goes
+    config = load_config(source, environ={"CLIENT_SECRET": "shh-secret"})
+    assert [comparable(r) for r in config.refreshers] == [comparable(r) for r in python_api(tmp_path)]
+    assert config.middleware == {"startup_timeout": "1m", "shutdown_timeout": "20s"}
+    assert config.needs == {"token": (), "names": ("token",), "flags": (), "rates": ()}
+    assert config.sources == {"token": "http", "names": "http", "flags": "file", "rates": "python"}
+
+
+def test_auth_may_name_an_httpx_auth() -> None:
+    """An auth = "module:attr" imports an httpx.Auth object (or a callable)."""
+    config = load_config(
+        {
+            "refreshers": {
+                "n": {
+                    "source": "http",
+                    "url": "http://x",
+                    "every": "1h",
+                    "auth": "tests.test_config:TOKEN_AUTH",
+                }
+            }
+        }
+    )
+    assert config.refreshers[0].fetch._request["auth"] is TOKEN_AUTH  # type: ignore[union-attr]
+
+
+def test_a_mapping_may_hold_python_objects() -> None:
+    """A mapping built in Python may give callables and auth objects directly instead of import strings."""
+    auth = BearerToken("names")
+    config = load_config(
+        {
+            "refreshers": {
+                "names": {"source": "python", "target": load_names, "every": "1h", "on_change": on_change},
+                "other": {"source": "http", "url": "http://x", "every": "1h", "auth": auth},
+            }
+        }
+    )
+    names, other = config.refreshers
+    assert config.targets["names"] == "tests.test_config:load_names"
+    assert names.fetch is load_names
+    assert names.on_change is on_change
+    assert other.fetch._request["auth"] is auth  # type: ignore[union-attr]
+
+
+async def test_from_config_runs_like_the_python_api(tmp_path: Path) -> None:
+    """from_config wraps the app; keyword options such as clock override the [middleware] table."""
+    path = tmp_path / "refresh.toml"
+    path.write_text(
+        '[middleware]\nstartup_timeout = "5s"\n'
+        '[refreshers.names]\nsource = "python"\ntarget = "tests.test_config:load_names"\nevery = "1h"\n'
+        '[refreshers.flags]\nsource = "file"\npath = "flags.json"\nevery = "5s"\n'
+    )
+    (tmp_path / "flags.json").write_text('{"dark_mode": true}')
+    clock = FakeClock(START)
+    middleware = RefreshMiddleware.from_config(ScriptedApp(), path, clock=clock, shutdown_timeout="3s")
+    assert (middleware.startup_timeout, middleware.shutdown_timeout, middleware.clock) == (5.0, 3.0, clock)
+    async with LifespanManager(middleware):
+        assert middleware.handle.value("names") == ["ada", "grace"]
+        assert middleware.handle.value("flags") == {"dark_mode": True}
+
+
+def test_from_config_raises_config_error() -> None:
+    """An invalid config fails at from_config, before anything runs."""
+    with pytest.raises(ConfigError, match=r"refreshers\.names\.every: expected a duration"):
+        RefreshMiddleware.from_config(ScriptedApp(), {"refreshers": {"names": refresher(every="soon")}})
+
+
+# -- the options follow the signatures ---------------------------------------------------------
+
+
+def test_every_constructor_parameter_is_a_config_key_of_a_known_kind() -> None:
+    """Each parameter of the four classes is a key or explicitly excluded, and its type is understood.
+
+    Fails when an option is added with a type the config does not know how to read:
+    teach `_kind` about it (or exclude it in EXCLUDED, saying why).
+    """
+    from asgi_refresh._config import EXCLUDED
+
+    for cls in (Refresher, HTTPSource, FileSource, RefreshMiddleware):
+        keys = {option.parameter for option in options_of(cls)}
+        for name in inspect.signature(cls).parameters:
+            assert name in keys or f"{cls.__name__}.{name}" in EXCLUDED, (cls.__name__, name)
+        for option in options_of(cls):
+            assert option.kind != "unknown", (
+                f"{cls.__name__}.{option.parameter}: teach _config._kind its type"
+            )
+            assert option.meaning, f"{cls.__name__}.{option.parameter} has no Args: entry in the docstring"
+    assert {option.key for option in refresher_options()} >= {"every", "required", "default", "timeout"}
+    assert {option.key for option in middleware_options()} >= {"startup_timeout", "shutdown_timeout"}
+
+
+@pytest.mark.parametrize(
+    ("annotation", "kind"),
+    [
+        ("Iterable[Callable[[str], object]]", ("callables", False)),
+        ("Sequence[Listener] | None", ("objects", True)),
+        ("list[Fetch]", ("callables", False)),
+        ("frozenset[int]", ("unknown", False)),
+        ("Callable[[Any], Any] | None", ("callable", True)),
+    ],
+)
+def test_kinds_of_annotations_that_may_come(annotation: str, kind: tuple[str, bool]) -> None:
+    """Lists of hooks (listeners) are import strings; a type not understood is reported as unknown."""
+    from asgi_refresh._config import _kind
+
+    assert _kind(annotation) == kind
+
+
+def test_lists_of_import_strings_are_imported() -> None:
+    """A list-of-callables option imports each entry and names the bad one by its index."""
+    from asgi_refresh._config import Option, _Builder
+
+    builder = _Builder(Path.cwd(), {})
+    callables = Option("X", "hooks", "hooks", "callables", True, None, "")
+    objects = Option("X", "listeners", "listeners", "objects", True, None, "")
+    assert builder.convert(callables, ["tests.test_config:on_change"], ("middleware", "hooks")) == (
+        True,
+        [on_change],
+    )
+    assert builder.convert(objects, ["tests.test_config:TOKEN_AUTH", on_change], ("m", "l")) == (
+        True,
+        [TOKEN_AUTH, on_change],
+    )
+    assert builder.convert(callables, "x:y", ("m", "hooks"))[0] is False
+    assert builder.convert(objects, "x:y", ("m", "l"))[0] is False
+    assert builder.convert(callables, ["tests.test_config:NOT_CALLABLE"], ("m", "hooks"))[0] is False
+    assert builder.convert(Option("X", "u", "u", "unknown", False, None, ""), {1}, ("m", "u")) == (True, {1})
+    assert builder.convert(Option("X", "s", "s", "str", False, "", ""), 5, ("m", "s"))[0] is False
+    assert builder.problems == [
+        'm.hooks: expected a list of import strings like ["myapp.hooks:notify"], got "x:y"',
+        'm.l: expected a list of import strings like ["myapp.hooks:listener"], got "x:y"',
+        "m.hooks.0: 'tests.test_config:NOT_CALLABLE' is not callable (it is int); name a function or class",
+        "m.s: expected a string, got 5",
+    ]
+
+
+def check_admin_token(token: str) -> bool:
+    return token == "from-the-check"
+
+
+def test_the_control_plane_is_configurable() -> None:
+    """Admin endpoints, listeners and max_stale come from the file like every other option."""
+    config = load_config(
+        {
+            "refreshers": {"names": refresher(max_stale="3h")},
+            "middleware": {
+                "admin_path": "/_refresh",
+                "admin_token": "${ADMIN_TOKEN}",
+                "listeners": ["tests.test_config:on_change"],
+            },
+        },
+        environ={"ADMIN_TOKEN": "a-token-from-the-environment"},
+    )
+    assert config.refreshers[0].max_stale == 10800.0
+    assert config.middleware == {
+        "admin_path": "/_refresh",
+        "admin_token": "a-token-from-the-environment",
+        "listeners": [on_change],
+    }
+    checked = load_config(
+        {
+            "refreshers": {"names": refresher()},
+            "middleware": {
+                "admin_path": "/_refresh",
+                "admin_token": {"check": "tests.test_config:check_admin_token"},
+            },
+        }
+    )
+    assert checked.middleware["admin_token"] is check_admin_token
+    wrong_type = problems_of(
+        {"refreshers": {"names": refresher()}, "middleware": {"admin_path": "/_refresh", "admin_token": 5}}
+    )
+    assert wrong_type[0] == (
+        'middleware.admin_token: expected a string like "${ADMIN_TOKEN}" or '
+        '{ check = "myapp.auth:check_token" } or "none", got 5'
+    )
+    missing = problems_of({"refreshers": {"names": refresher()}, "middleware": {"admin_path": "/_refresh"}})
+    assert missing == [
+        "middleware.admin_path: is set but admin_token is not. Pass admin_token= (a secret string, or a "
+        "callable that checks the bearer token), or admin_loopback_only=True to serve the admin endpoints "
+        "without a token to requests from 127.0.0.1 / ::1 only"
+    ]

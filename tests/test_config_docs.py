@@ -1,0 +1,93 @@
+"""The configuration page documents every key, as the code has it, and its examples are valid."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from asgi_refresh import FileSource, HTTPSource
+from asgi_refresh._config import (
+    load_config,
+    middleware_options,
+    reference_markdown,
+    refresher_options,
+    source_options,
+)
+
+PAGE = Path(__file__).parent.parent / "docs" / "configuration.md"
+START = re.compile(r"<!-- reference:start[^>]*-->\n\n")
+END = "\n<!-- reference:end -->"
+
+
+def generated_block(text: str) -> tuple[int, int]:
+    start = START.search(text)
+    assert start is not None, "docs/configuration.md lost its <!-- reference:start --> marker"
+    end = text.index(END, start.end())
+    return start.end(), end
+
+
+def test_the_reference_is_what_the_code_generates() -> None:
+    """The reference section equals the tables generated from the signatures and docstrings.
+
+    After adding or changing an option, regenerate it with
+    ``UPDATE_DOCS=1 python -m pytest tests/test_config_docs.py``.
+    """
+    text = PAGE.read_text()
+    start, end = generated_block(text)
+    expected = reference_markdown()
+    if os.environ.get("UPDATE_DOCS") and text[start:end] != expected:
+        PAGE.write_text(text[:start] + expected + text[end:])
+        text = PAGE.read_text()
+    assert text[start:end] == expected, (
+        "docs/configuration.md is out of date with the code: run "
+        "UPDATE_DOCS=1 python -m pytest tests/test_config_docs.py"
+    )
+
+
+def test_every_key_is_documented() -> None:
+    """Each key of every table has a row in the page, with a meaning."""
+    text = PAGE.read_text()
+    options = [*refresher_options(), *middleware_options()]
+    for source in ("http", "file", "python"):
+        options += source_options(source)
+    for option in options:
+        row = re.search(rf"^\| `{re.escape(option.key)}` \|.*\| (?P<meaning>[^|]+) \|$", text, re.MULTILINE)
+        assert row is not None, f"{option.key} ({option.owner}.{option.parameter}) is not documented"
+        assert row["meaning"].strip(), option.key
+    assert "| `source` |" in text
+
+
+@pytest.fixture
+def myapp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``myapp.rates:load`` that the page's examples name."""
+    package, rates = ModuleType("myapp"), ModuleType("myapp.rates")
+
+    async def load() -> dict[str, float]:
+        return {"USD": 1.08}
+
+    rates.load = load  # type: ignore[attr-defined]
+    package.rates = rates  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "myapp", package)
+    monkeypatch.setitem(sys.modules, "myapp.rates", rates)
+
+
+def test_the_toml_examples_are_valid(myapp: None) -> None:
+    """Every TOML sample on the page parses, and a full one builds its refreshers."""
+    samples = re.findall(r"```toml\n(.*?)```", PAGE.read_text(), re.DOTALL)
+    assert len(samples) >= 2
+    for sample in samples:
+        document = tomllib.loads(sample)
+        config = load_config(document, environ={"NAMES_TOKEN": "example-token"})
+        assert config.refreshers
+    first = load_config(tomllib.loads(samples[0]), environ={"NAMES_TOKEN": "example-token"})
+    names, flags, rates = first.refreshers
+    assert isinstance(names.fetch, HTTPSource)
+    assert isinstance(flags.fetch, FileSource)
+    assert rates.fetch is sys.modules["myapp.rates"].load
+    assert first.middleware == {"startup_timeout": "1m"}
