@@ -345,7 +345,7 @@ class RedisCoordinator:
         )
         listener.start()
         try:
-            with receive:
+            with send, receive:  # closed here, on the event loop: the thread may outlive it
                 yield ChangeStream(receive)
         finally:
             stop.set()  # the thread closes the subscription itself, within _LISTEN_WAIT
@@ -374,8 +374,6 @@ class RedisCoordinator:
                 deliver(lost)
         finally:
             _close_quietly(pubsub)
-            with contextlib.suppress(Exception):
-                anyio.from_thread.run_sync(send.close, token=token)
 
 
 def _parse_change(data: bytes) -> Change | None:
