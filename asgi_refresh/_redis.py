@@ -100,7 +100,8 @@ return number
 
 _LISTEN_WAIT = 0.25  # how long one blocking read of the subscription waits before checking for close
 _HEALTH_CHECK_EVERY = 5  # seconds: an idle subscription pings, so a dead server is noticed
-_RELEASE_ON_CLOSE = 1.0  # at most this long per lease given back at close
+_RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
+_SOCKET_SHARE = 0.8  # of the timeout, for the socket timeouts
 
 
 def _import_redis() -> Any:
@@ -173,8 +174,9 @@ class RedisCoordinator:
         try:
             client = self._redis.Redis.from_url(
                 self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
+                # A little below the timeout: a dead server then reports as itself.
+                socket_timeout=self.timeout * _SOCKET_SHARE,
+                socket_connect_timeout=self.timeout * _SOCKET_SHARE,
                 retry=self._redis.retry.Retry(self._redis.backoff.NoBackoff(), 0),
                 health_check_interval=_HEALTH_CHECK_EVERY,
             )
@@ -194,10 +196,14 @@ class RedisCoordinator:
         if client is None:
             return
         try:
-            for name in sorted(self._held):
-                with anyio.move_on_after(_RELEASE_ON_CLOSE, shield=True):
-                    with contextlib.suppress(CoordinatorUnavailable):
+            # Bounded as a whole, and given up at the first failure: a backend that
+            # is down must not hold up shutdown once per lease.
+            with anyio.move_on_after(_RELEASE_ON_CLOSE, shield=True):
+                for name in sorted(self._held):
+                    try:
                         await self.release(name)
+                    except CoordinatorUnavailable:
+                        break
         finally:
             self._client = None
             self._held = set()

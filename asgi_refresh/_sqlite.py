@@ -18,7 +18,6 @@ connection, one call at a time.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import threading
@@ -84,7 +83,7 @@ _BUMP = (
     "INSERT INTO asgi_refresh_changes (prefix, seq) VALUES (?, 1) "
     "ON CONFLICT (prefix) DO UPDATE SET seq = seq + 1"
 )
-_RELEASE_ON_CLOSE = 1.0  # at most this long per lease given back at close
+_RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
 
 
 class SQLiteCoordinator:
@@ -93,7 +92,7 @@ class SQLiteCoordinator:
     For each refresher, one process holds a lease and is the only one that
     fetches; it stores the value in the file, and the others notice by polling
     a change counter (one cheap read every ``poll_interval``) and load it. Uses
-    only the standard library. The file must be on a local disk: SQLite's
+    only the standard library (SQLite 3.24 or later). The file must be on a local disk: SQLite's
     locking is not reliable over network file systems.
 
     Args:
@@ -150,10 +149,14 @@ class SQLiteCoordinator:
         if not self._open:
             return
         try:
-            for name in sorted(self._held):
-                with anyio.move_on_after(_RELEASE_ON_CLOSE, shield=True):
-                    with contextlib.suppress(CoordinatorUnavailable):
+            # Bounded as a whole, and given up at the first failure: a backend that
+            # is down must not hold up shutdown once per lease.
+            with anyio.move_on_after(_RELEASE_ON_CLOSE, shield=True):
+                for name in sorted(self._held):
+                    try:
                         await self.release(name)
+                    except CoordinatorUnavailable:
+                        break
         finally:
             self._open = False
             self._held = set()
@@ -300,15 +303,17 @@ class SQLiteCoordinator:
             if holder is None:
                 db.execute("COMMIT")
                 return None
-            row = db.execute(
+            db.execute(
                 "INSERT INTO asgi_refresh_entries "
                 "(prefix, name, version, data, meta, stored_at, stored_by, answered) "
                 "VALUES (?, ?, 1, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (prefix, name) DO UPDATE SET version = version + 1, data = excluded.data, "
                 "meta = excluded.meta, stored_at = excluded.stored_at, stored_by = excluded.stored_by, "
-                "answered = max(answered, excluded.answered) "
-                "RETURNING version",
+                "answered = max(answered, excluded.answered)",
                 (self.prefix, name, blob, meta_text, now, owner, int(answered)),
+            )
+            row = db.execute(  # not RETURNING: that needs SQLite 3.35, upserts only 3.24
+                "SELECT version FROM asgi_refresh_entries WHERE prefix = ? AND name = ?", (self.prefix, name)
             ).fetchone()
             db.execute(_BUMP, (self.prefix,))
             db.execute("COMMIT")
@@ -366,10 +371,13 @@ class SQLiteCoordinator:
 
         def request(db: sqlite3.Connection) -> int:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute(
+            db.execute(
                 "INSERT INTO asgi_refresh_entries (prefix, name, requested) VALUES (?, ?, 1) "
-                "ON CONFLICT (prefix, name) DO UPDATE SET requested = requested + 1 "
-                "RETURNING requested",
+                "ON CONFLICT (prefix, name) DO UPDATE SET requested = requested + 1",
+                (self.prefix, name),
+            )
+            row = db.execute(
+                "SELECT requested FROM asgi_refresh_entries WHERE prefix = ? AND name = ?",
                 (self.prefix, name),
             ).fetchone()
             db.execute(_BUMP, (self.prefix,))
