@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from asgi_refresh import CoordinatorUnavailable, JSONCodec, RedisCoordinator, SQLiteCoordinator
-from asgi_refresh._coordination import Change, Coordinator, Head, MetaValue, Stored
+from asgi_refresh._coordination import Change, Coordinator, Head, MetaValue, Stored, call_blocking
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -218,6 +218,24 @@ async def test_changes_reach_other_processes(pair: tuple[Coordinator, Coordinato
         assert await next_change(changes) == Change("refresh_requested", "names", 2)
 
 
+async def test_a_quiet_subscription_waits(pair: tuple[Coordinator, Coordinator]) -> None:
+    """While nothing changes a subscriber gets nothing (and ignores foreign messages on the channel)."""
+    holder, follower = pair
+    assert await holder.acquire("names", TTL * 10)
+    async with follower.subscribe() as changes:
+        if isinstance(follower, RedisCoordinator):
+            import redis
+
+            with redis.Redis.from_url(follower.url) as raw:
+                raw.publish(f"{follower.prefix}:changes", b"not a change")
+                raw.publish(f"{follower.prefix}:changes", b"vanished names 1")
+        with anyio.move_on_after(0.3) as quiet:
+            await anext(changes)
+        assert quiet.cancelled_caught
+        assert await holder.store("names", b"1", {}) == 1
+        assert await next_change(changes) == Change("stored", "names", 1)
+
+
 async def test_prefixes_isolate(make: Make) -> None:
     """Coordinators with other prefixes on one server or file share no lease, value or change."""
     async with make(prefix="app-one") as one, make(prefix="app-two") as two:
@@ -347,10 +365,29 @@ async def test_redis_that_does_not_answer_times_out() -> None:
             task_group.start_soon(listener.serve, _ignore)
             async with RedisCoordinator(f"redis://127.0.0.1:{port}/0", timeout=0.3) as coordinator:
                 started = time.monotonic()
-                with pytest.raises(CoordinatorUnavailable, match="Timeout"):
+                with pytest.raises(CoordinatorUnavailable, match=r"Timeout|no answer"):
                     await coordinator.head("names")
                 assert time.monotonic() - started < 1.0
             task_group.cancel_scope.cancel()
+
+
+async def test_a_call_past_the_timeout_is_abandoned() -> None:
+    """A blocking call still running at the timeout is CoordinatorUnavailable; a bug in one propagates as itself."""
+    limiter = anyio.CapacityLimiter(1)
+    started = time.monotonic()
+    with pytest.raises(CoordinatorUnavailable, match=r"^Backend: no answer within 0\.1s$"):
+        await call_blocking(
+            lambda: time.sleep(0.3),
+            timeout=0.1,
+            limiter=limiter,
+            describe=lambda exc: None,
+            backend="Backend",
+        )
+    assert time.monotonic() - started < 0.25
+    with pytest.raises(ZeroDivisionError):
+        await call_blocking(
+            lambda: 1 / 0, timeout=1, limiter=limiter, describe=lambda exc: None, backend="Backend"
+        )
 
 
 async def _ignore(stream: anyio.abc.SocketStream) -> None:
@@ -376,10 +413,20 @@ async def test_sqlite_locked_past_the_timeout_is_coordinator_unavailable(tmp_pat
                 with pytest.raises(CoordinatorUnavailable, match="database is locked"):
                     await operation()
                 assert time.monotonic() - started < 1.0
+            assert await coordinator.head("names") == Head(None, 0, 0)  # WAL: reads go on
             blocker.execute("ROLLBACK")
         finally:
             blocker.close()
         assert await coordinator.store("names", b"1", {}) == 1
+        assert await coordinator.acquire("rates", 10)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")
+            started = time.monotonic()
+            await coordinator.close()  # two leases to give back, neither can be: one bounded attempt
+            assert time.monotonic() - started < 1.0
+        finally:
+            blocker.close()
 
 
 async def test_sqlite_file_that_cannot_be_opened(tmp_path: Path) -> None:
