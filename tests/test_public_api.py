@@ -41,3 +41,14 @@ def test_package_is_typed_and_versioned() -> None:
     """py.typed ships with the package and __version__ is set."""
     assert (Path(inspect.getfile(asgi_refresh)).parent / "py.typed").is_file()
     assert asgi_refresh.__version__
+
+
+def test_coordination_names_are_exported() -> None:
+    """The coordination backends, their error and the codec are public."""
+    assert {
+        "Codec",
+        "CoordinatorUnavailable",
+        "JSONCodec",
+        "RedisCoordinator",
+        "SQLiteCoordinator",
+    } <= set(asgi_refresh.__all__)

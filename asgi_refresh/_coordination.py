@@ -1,0 +1,343 @@
+"""What several processes share to fetch once for all: the backend protocol and its types.
+
+A coordination backend (Redis, an SQLite file) lets the processes of a cluster
+agree, per refresher, on one lease holder that fetches; it stores what the holder
+fetched, so that the others load it instead of fetching, and carries "something
+changed" and "refresh now" between them.
+
+The backend moves bytes and never sees a value: encoding a value is the codec's
+job (`JSONCodec` by default), so a backend cannot run code from the data it holds
+(no pickle anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+T = TypeVar("T")
+
+MetaValue = str | int | float | bool | None
+"""What fetch metadata (an ETag, an expiry) may hold: it is stored as JSON."""
+
+DEFAULT_PREFIX = "asgi_refresh"
+DEFAULT_TIMEOUT = 2.0
+
+
+class CoordinatorUnavailable(Exception):
+    """The coordination backend cannot be reached or did not answer in time.
+
+    Every backend raises this, and only this, for a backend that is down, slow,
+    locked or refusing: the caller falls back to fetching for itself and tries the
+    backend again later. The backend's own exception is the ``__cause__``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A value that the lease holder stored for everyone, as the backend holds it.
+
+    Attributes:
+        version: Bumped by every store of this name. Strictly increasing while the
+            backend keeps its data; a backend that lost its data (a Redis restarted
+            without persistence) starts again at 1, so compare with ``!=``.
+        data: The value as the codec encoded it.
+        meta: The fetch metadata stored with it (ETag, expiry as wall time...).
+        stored_at: When it was stored, in seconds since the epoch (the storer's clock).
+        stored_by: The `owner` of the coordinator that stored it.
+        answered: The highest refresh-now request number this value answers
+            (see `Coordinator.request_refresh`); 0 if none.
+    """
+
+    version: int
+    data: bytes
+    meta: Mapping[str, MetaValue] = field(default_factory=dict)
+    stored_at: float = 0.0
+    stored_by: str = ""
+    answered: int = 0
+
+
+class Head(NamedTuple):
+    """The cheap part of one name's entry: what a follower or a lease holder polls.
+
+    Attributes:
+        version: The stored value's version; None if nothing is stored.
+        requested: How many refresh-now requests were made for the name so far.
+        answered: The highest request number that the stored value answers.
+    """
+
+    version: int | None
+    requested: int
+    answered: int
+
+    @property
+    def pending(self) -> bool:
+        """Whether a refresh-now request is waiting for a fetch."""
+        return self.requested > self.answered
+
+
+class Change(NamedTuple):
+    """One thing that happened to a name, as a subscription delivers it.
+
+    Attributes:
+        kind: ``"stored"`` (a new value is stored) or ``"refresh_requested"``.
+        name: The refresher's name.
+        number: The new version for ``"stored"``, the request number for
+            ``"refresh_requested"``.
+    """
+
+    kind: Literal["stored", "refresh_requested"]
+    name: str
+    number: int
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """A coordination backend, as the runtime uses it: one instance per process.
+
+    ``open`` and ``close`` (or ``async with``) bracket one lifespan; an instance
+    may be opened again after it was closed (test clients run several lifespans),
+    with a new `owner`. Opening does not contact the backend: a backend that is
+    down at startup must not stop the app from starting. Every other operation
+    may raise `CoordinatorUnavailable`, and returns or raises within the
+    backend's ``timeout``; nothing else is raised for a backend problem. A
+    backend that comes back is used again by the next operation.
+
+    Names are refresher names (Python identifiers); everything the backend keeps
+    is namespaced by its ``prefix``, so coordinators with different prefixes on
+    one server or file never see each other's leases, values or changes.
+    """
+
+    @property
+    def owner(self) -> str:
+        """Who this process is to the others, unique per process and per open."""
+
+    async def open(self) -> None:
+        """Get ready for one lifespan (a new `owner`); does not contact the backend."""
+
+    async def close(self) -> None:
+        """Release the leases still held (best effort, bounded) and free resources."""
+
+    async def __aenter__(self) -> Coordinator:
+        """`open`, returning self."""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """`close`."""
+
+    async def acquire(self, name: str, ttl: float) -> bool:
+        """Take the lease on ``name`` for ``ttl`` seconds, or renew it if we hold it.
+
+        Returns:
+            True if we hold the lease now, False if another owner holds it. A lease
+            that its holder neither renews nor releases is free after ``ttl``.
+        """
+
+    async def release(self, name: str) -> None:
+        """Give up the lease on ``name`` if we hold it, so another can take it at once."""
+
+    async def store(
+        self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
+    ) -> int | None:
+        """Store a fetched value, only if we still hold the lease (fencing).
+
+        Atomically: check the lease, bump the version, store ``data`` and ``meta``,
+        then tell the subscribers. A lease holder that stalled past its ``ttl`` and
+        lost the lease to another cannot overwrite the newer value.
+
+        Args:
+            name: The refresher.
+            data: The encoded value.
+            meta: JSON-serialisable fetch metadata (``TypeError`` if it is not).
+            answered: `Head.requested` as read before the fetch started: the
+                refresh-now requests this fetch answers. Never lowers the stored one.
+
+        Returns:
+            The new version, or None if we do not hold the lease (nothing changed).
+        """
+
+    async def load(self, name: str) -> Stored | None:
+        """The stored value of ``name``, or None if nothing is stored."""
+
+    async def head(self, name: str) -> Head:
+        """Version and refresh-now counters of ``name``: one cheap read."""
+
+    async def request_refresh(self, name: str) -> int:
+        """Ask the lease holder, wherever it is, to fetch ``name`` now.
+
+        Durable: the request is counted in the backend, so a holder that is busy
+        fetching, or that takes the lease later, still sees it as `Head.pending`.
+        Whoever asked can wait for a `Stored` whose ``answered`` reaches the
+        returned number.
+
+        Returns:
+            The request's number (1, 2, ... per name).
+        """
+
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[Change]]:
+        """Changes to any name under the prefix, from the moment the context is entered.
+
+        Use as ``async with coordinator.subscribe() as changes: async for change in
+        changes: ...``. A change made after entering is delivered; so read the state
+        you start from (`head`, `load`) after entering, not before. Consecutive
+        changes of one name may be delivered as one. Entering, and iterating, raise
+        `CoordinatorUnavailable` when the backend is lost; subscribe again later and
+        re-read `head` of each name, since changes in between are not replayed.
+        """
+
+
+class Codec(Protocol):
+    """Turns values into bytes that can cross process boundaries, and back.
+
+    `JSONCodec` is the default. A codec must never execute code found in the
+    data (no pickle): the bytes come from a shared server.
+    """
+
+    def encode(self, value: Any) -> bytes:
+        """The bytes for ``value``; ``TypeError`` with a clear message if it cannot."""
+
+    def decode(self, data: bytes) -> Any:
+        """The value that `encode` made ``data`` from."""
+
+
+class JSONCodec:
+    """Values as compact UTF-8 JSON: dicts, lists, strings, numbers, booleans, None.
+
+    What JSON has no type for changes on the way: a tuple comes back as a list, a
+    dict key ``1`` as ``"1"``. A value JSON cannot hold (a set, a datetime, an
+    object) is refused with a `TypeError` that names its type.
+    """
+
+    def encode(self, value: Any) -> bytes:
+        """Encode ``value`` as JSON.
+
+        Raises:
+            TypeError: ``value`` holds something JSON cannot represent.
+        """
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_refuse)
+        except ValueError as exc:  # a circular reference
+            raise TypeError(f"value is not JSON-serialisable ({exc}); pass a codec=") from None
+        except TypeError as exc:
+            raise TypeError(str(exc)) from None  # the message says it all; no json internals
+        return text.encode()
+
+    def decode(self, data: bytes) -> Any:
+        """Decode JSON ``data``."""
+        return json.loads(data)
+
+    def __repr__(self) -> str:
+        return "JSONCodec()"
+
+
+def _refuse(value: object) -> Any:
+    kind = type(value).__name__
+    hint = "to a list" if isinstance(value, set | frozenset) else "to dicts, lists, strings and numbers"
+    raise TypeError(f"value of type {kind} is not JSON-serialisable; convert it ({hint}) or pass a codec=")
+
+
+def encode_meta(meta: Mapping[str, MetaValue]) -> str:
+    """``meta`` as JSON text; a `TypeError` naming the bad entry if it is not JSON."""
+    for key, value in meta.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, str | int | float | bool)):
+            raise TypeError(
+                f"meta must map str to str, int, float, bool or None (got {key!r}: {type(value).__name__})"
+            )
+    return json.dumps(dict(meta), separators=(",", ":"))
+
+
+def decode_meta(text: str | bytes | None) -> dict[str, MetaValue]:
+    """What `encode_meta` made; an empty dict for none."""
+    if not text:
+        return {}
+    decoded: dict[str, MetaValue] = json.loads(text)
+    return decoded
+
+
+def new_owner() -> str:
+    """An owner id that says where it runs: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is usable as a namespace; a clear `ValueError` if not."""
+    if not isinstance(prefix, str) or not prefix or any(char.isspace() for char in prefix):
+        raise ValueError(f"prefix must be a non-empty string without whitespace (got {prefix!r})")
+    return prefix
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a refresher name (an identifier); a clear `ValueError` if not."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a coordinated name must be a refresher name, a Python identifier (got {name!r})")
+    return name
+
+
+def check_timeout(timeout: float, what: str = "timeout") -> float:
+    """``timeout`` as a float if it is positive and finite; a clear `ValueError` if not."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"{what} must be a positive number of seconds (got {timeout!r})")
+    return float(timeout)
+
+
+def check_ttl(ttl: float) -> float:
+    """A lease ``ttl`` checked like a timeout."""
+    return check_timeout(ttl, "ttl")
+
+
+async def call_blocking(
+    func: Callable[[], T],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the deadline of a thread we may abandon, not a scope
+    limiter: anyio.CapacityLimiter,
+    describe: Callable[[BaseException], str | None],
+    backend: str,
+) -> T:
+    """Run a blocking backend call in a worker thread, bounded by ``timeout``.
+
+    A call still running at the deadline is abandoned (its thread finishes on its
+    own: the backends bound their blocking a little below ``timeout``, so that a
+    slow backend mostly reports its own error) and reported as
+    `CoordinatorUnavailable`, as is every exception that ``describe`` recognises as
+    a backend problem (it returns the message, or None for anything else, which
+    propagates as it is).
+    """
+    with anyio.move_on_after(timeout) as scope:
+        try:
+            return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
+        except Exception as exc:
+            message = describe(exc)
+            if message is None:
+                raise
+            raise CoordinatorUnavailable(f"{backend}: {message}") from exc
+    assert scope.cancelled_caught
+    raise CoordinatorUnavailable(f"{backend}: no answer within {timeout:g}s")
+
+
+class ChangeStream:
+    """The iterator a subscription yields: changes, or the error that ended them."""
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Change | CoordinatorUnavailable]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> Change:
+        try:
+            item = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if isinstance(item, CoordinatorUnavailable):
+            raise item
+        return item

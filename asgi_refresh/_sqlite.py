@@ -1,0 +1,449 @@
+"""Coordination through an SQLite file: the processes of one host, no server.
+
+Three tables, shared by every prefix (a ``prefix`` column keeps them apart):
+
+- ``asgi_refresh_leases(prefix, name, owner, expires_at)`` — one row per lease,
+  ``expires_at`` in wall-clock seconds (every process is on one host, one clock);
+- ``asgi_refresh_entries(prefix, name, version, data, meta, stored_at, stored_by,
+  requested, answered)`` — the stored value and the refresh-now counters;
+- ``asgi_refresh_changes(prefix, seq)`` — bumped by every store and refresh
+  request, so that a subscriber's poll is one primary-key read while nothing
+  changes.
+
+Writes run in ``BEGIN IMMEDIATE`` transactions, so a lease check and what it
+guards are atomic. The database is in WAL mode: readers never wait for a writer.
+sqlite3 blocks, so every call runs in a worker thread on the coordinator's one
+connection, one call at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ._coordination import (
+    DEFAULT_PREFIX,
+    DEFAULT_TIMEOUT,
+    Change,
+    Coordinator,
+    CoordinatorUnavailable,
+    Head,
+    MetaValue,
+    Stored,
+    call_blocking,
+    check_name,
+    check_prefix,
+    check_timeout,
+    check_ttl,
+    decode_meta,
+    encode_meta,
+    new_owner,
+)
+
+T = TypeVar("T")
+
+DEFAULT_POLL_INTERVAL = 0.2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS asgi_refresh_leases (
+    prefix TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (prefix, name)
+);
+CREATE TABLE IF NOT EXISTS asgi_refresh_entries (
+    prefix TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    data BLOB,
+    meta TEXT,
+    stored_at REAL,
+    stored_by TEXT,
+    requested INTEGER NOT NULL DEFAULT 0,
+    answered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (prefix, name)
+);
+CREATE TABLE IF NOT EXISTS asgi_refresh_changes (
+    prefix TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+"""
+
+_BUMP = (
+    "INSERT INTO asgi_refresh_changes (prefix, seq) VALUES (?, 1) "
+    "ON CONFLICT (prefix) DO UPDATE SET seq = seq + 1"
+)
+_RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
+
+
+class SQLiteCoordinator:
+    """Coordinates the worker processes of one host through an SQLite file.
+
+    For each refresher, one process holds a lease and is the only one that
+    fetches; it stores the value in the file, and the others notice by polling
+    a change counter (one cheap read every ``poll_interval``) and load it. Uses
+    only the standard library (SQLite 3.24 or later). The file must be on a local disk: SQLite's
+    locking is not reliable over network file systems.
+
+    Args:
+        path: The database file; created with its tables if missing (its
+            directory must exist).
+        prefix: Namespace of the rows, so that several apps can share one file.
+        poll_interval: Seconds between two checks for changes by a subscriber.
+        timeout: Seconds that any one operation may take, waiting for a lock
+            included, before it fails with `CoordinatorUnavailable`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.path = os.fspath(path)
+        if not self.path or self.path == ":memory:" or self.path.startswith("file:"):
+            raise ValueError(f"path must be a file that the processes share (got {self.path!r})")
+        self.prefix = check_prefix(prefix)
+        self.poll_interval = check_timeout(poll_interval, "poll_interval")
+        self.timeout = check_timeout(timeout)
+        self._owner = new_owner()
+        self._open = False
+        self._connection: sqlite3.Connection | None = None
+        self._ready = False  # the pragmas are set and the tables exist
+        self._lock = threading.Lock()  # one call at a time on the connection
+        self._limiter = anyio.CapacityLimiter(1)
+        self._held: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"SQLiteCoordinator({self.path!r}, prefix={self.prefix!r})"
+
+    @property
+    def owner(self) -> str:
+        """Who this process is to the others, unique per process and per open."""
+        return self._owner
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Get ready; the file is opened by the first operation (it may be locked now)."""
+        if self._open:
+            raise RuntimeError(f"{self!r} is already open: one coordinator serves one lifespan at a time")
+        self._owner = new_owner()
+        self._held = set()
+        self._open = True
+
+    async def close(self) -> None:
+        """Give back the leases still held (best effort) and close the file."""
+        if not self._open:
+            return
+        try:
+            # Bounded as a whole, and given up at the first failure: a backend that
+            # is down must not hold up shutdown once per lease.
+            with anyio.move_on_after(_RELEASE_ON_CLOSE, shield=True):
+                for name in sorted(self._held):
+                    try:
+                        await self.release(name)
+                    except CoordinatorUnavailable:
+                        break
+        finally:
+            self._open = False
+            self._held = set()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._disconnect)
+
+    async def __aenter__(self) -> SQLiteCoordinator:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _disconnect(self) -> None:
+        # An abandoned call may still hold the connection; it gives it up within the timeout.
+        if not self._lock.acquire(timeout=self.timeout):
+            return  # pragma: no cover - a call stuck past its timeout; the connection dies with it
+        try:
+            if self._connection is not None:
+                self._connection.close()
+        finally:
+            self._connection = None
+            self._ready = False
+            self._lock.release()
+
+    # -- the connection, in a worker thread ----------------------------------------
+
+    def _describe(self, exc: BaseException) -> str | None:
+        if isinstance(exc, sqlite3.Error | OSError):
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._open:
+            raise RuntimeError(f"{self!r} is not open: use `async with` or call open() first")
+        return await call_blocking(
+            lambda: self._with_connection(func),
+            timeout=self.timeout,
+            limiter=self._limiter,
+            describe=self._describe,
+            backend=f"SQLite file {self.path}",
+        )
+
+    def _with_connection(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise TimeoutError("the connection is busy with a call that did not finish")
+        try:
+            connection = self._connect()
+            try:
+                return func(connection)
+            except BaseException:
+                if connection.in_transaction:
+                    connection.rollback()
+                raise
+        finally:
+            self._lock.release()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            # Leave a little of the timeout for the error to come back as an error
+            # ("database is locked") rather than as silence.
+            self._connection = sqlite3.connect(
+                self.path,
+                timeout=self.timeout * 0.8,
+                isolation_level=None,  # transactions are explicit
+                check_same_thread=False,  # used from worker threads, one at a time
+            )
+        connection = self._connection
+        if not self._ready:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute("COMMIT")
+            self._ready = True
+        return connection
+
+    # -- operations ----------------------------------------------------------------
+
+    async def acquire(self, name: str, ttl: float) -> bool:
+        """Take or renew the lease on ``name`` for ``ttl`` seconds; False if another holds it."""
+        check_name(name)
+        check_ttl(ttl)
+        owner = self._owner
+
+        def acquire(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            row = db.execute(
+                "SELECT owner, expires_at FROM asgi_refresh_leases WHERE prefix = ? AND name = ?",
+                (self.prefix, name),
+            ).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                db.execute("COMMIT")
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO asgi_refresh_leases (prefix, name, owner, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (self.prefix, name, owner, now + ttl),
+            )
+            db.execute("COMMIT")
+            return True
+
+        held = await self._call(acquire)
+        if held:
+            self._held.add(name)
+        else:
+            self._held.discard(name)
+        return held
+
+    async def release(self, name: str) -> None:
+        """Give up the lease on ``name`` if we hold it."""
+        check_name(name)
+        owner = self._owner
+
+        def release(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM asgi_refresh_leases WHERE prefix = ? AND name = ? AND owner = ?",
+                (self.prefix, name, owner),
+            )
+
+        await self._call(release)
+        self._held.discard(name)
+
+    async def store(
+        self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
+    ) -> int | None:
+        """Store ``data`` as the new version of ``name`` if we hold its lease; None if not."""
+        check_name(name)
+        meta_text = encode_meta(meta)
+        owner = self._owner
+        blob = bytes(data)
+
+        def store(db: sqlite3.Connection) -> int | None:
+            db.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            holder = db.execute(
+                "SELECT 1 FROM asgi_refresh_leases "
+                "WHERE prefix = ? AND name = ? AND owner = ? AND expires_at > ?",
+                (self.prefix, name, owner, now),
+            ).fetchone()
+            if holder is None:
+                db.execute("COMMIT")
+                return None
+            db.execute(
+                "INSERT INTO asgi_refresh_entries "
+                "(prefix, name, version, data, meta, stored_at, stored_by, answered) "
+                "VALUES (?, ?, 1, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (prefix, name) DO UPDATE SET version = version + 1, data = excluded.data, "
+                "meta = excluded.meta, stored_at = excluded.stored_at, stored_by = excluded.stored_by, "
+                "answered = max(answered, excluded.answered)",
+                (self.prefix, name, blob, meta_text, now, owner, int(answered)),
+            )
+            row = db.execute(  # not RETURNING: that needs SQLite 3.35, upserts only 3.24
+                "SELECT version FROM asgi_refresh_entries WHERE prefix = ? AND name = ?", (self.prefix, name)
+            ).fetchone()
+            db.execute(_BUMP, (self.prefix,))
+            db.execute("COMMIT")
+            version: int = row[0]
+            return version
+
+        version = await self._call(store)
+        if version is None:
+            self._held.discard(name)
+        return version
+
+    async def load(self, name: str) -> Stored | None:
+        """The stored value of ``name``, or None."""
+        check_name(name)
+
+        def load(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                "SELECT version, data, meta, stored_at, stored_by, answered FROM asgi_refresh_entries "
+                "WHERE prefix = ? AND name = ? AND data IS NOT NULL",
+                (self.prefix, name),
+            ).fetchone()
+
+        row = await self._call(load)
+        if row is None:
+            return None
+        version, data, meta, stored_at, stored_by, answered = row
+        return Stored(
+            version=version,
+            data=bytes(data),
+            meta=decode_meta(meta),
+            stored_at=stored_at,
+            stored_by=stored_by,
+            answered=answered,
+        )
+
+    async def head(self, name: str) -> Head:
+        """Version and refresh-now counters of ``name`` (one primary-key read)."""
+        check_name(name)
+
+        def head(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                "SELECT version, requested, answered FROM asgi_refresh_entries WHERE prefix = ? AND name = ?",
+                (self.prefix, name),
+            ).fetchone()
+
+        row = await self._call(head)
+        if row is None:
+            return Head(None, 0, 0)
+        version, requested, answered = row
+        return Head(version or None, requested, answered)
+
+    async def request_refresh(self, name: str) -> int:
+        """Count a refresh-now request for ``name``; its number."""
+        check_name(name)
+
+        def request(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO asgi_refresh_entries (prefix, name, requested) VALUES (?, ?, 1) "
+                "ON CONFLICT (prefix, name) DO UPDATE SET requested = requested + 1",
+                (self.prefix, name),
+            )
+            row = db.execute(
+                "SELECT requested FROM asgi_refresh_entries WHERE prefix = ? AND name = ?",
+                (self.prefix, name),
+            ).fetchone()
+            db.execute(_BUMP, (self.prefix,))
+            db.execute("COMMIT")
+            number: int = row[0]
+            return number
+
+        return await self._call(request)
+
+    # -- changes -------------------------------------------------------------------
+
+    def _snapshot(self, db: sqlite3.Connection) -> tuple[int, dict[str, tuple[int, int]]]:
+        """The change counter and every name's (version, requested), in one read transaction."""
+        db.execute("BEGIN")
+        try:
+            seq = self._seq(db)
+            names = {
+                name: (version, requested)
+                for name, version, requested in db.execute(
+                    "SELECT name, version, requested FROM asgi_refresh_entries WHERE prefix = ?",
+                    (self.prefix,),
+                )
+            }
+        finally:
+            db.execute("COMMIT")
+        return seq, names
+
+    def _seq(self, db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq FROM asgi_refresh_changes WHERE prefix = ?", (self.prefix,)).fetchone()
+        return row[0] if row else 0
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[Change]]:
+        """Changes under the prefix from now on, found by polling every ``poll_interval``."""
+        seq, names = await self._call(self._snapshot)
+        yield _Poller(self, seq, names)
+
+
+class _Poller:
+    """The changes of one subscription: a cheap read per poll, a full read on a change."""
+
+    def __init__(self, owner: SQLiteCoordinator, seq: int, names: dict[str, tuple[int, int]]) -> None:
+        self._coordinator = owner
+        self._seq = seq
+        self._names = names
+        self._pending: deque[Change] = deque()
+
+    def __aiter__(self) -> _Poller:
+        return self
+
+    async def __anext__(self) -> Change:
+        coordinator = self._coordinator
+        while not self._pending:
+            await anyio.sleep(coordinator.poll_interval)
+            if await coordinator._call(coordinator._seq) == self._seq:
+                continue
+            self._seq, names = await coordinator._call(coordinator._snapshot)
+            for name, (version, requested) in names.items():
+                old_version, old_requested = self._names.get(name, (0, 0))
+                if version != old_version and version:
+                    self._pending.append(Change("stored", name, version))
+                if requested != old_requested and requested:
+                    self._pending.append(Change("refresh_requested", name, requested))
+            self._names = names
+        return self._pending.popleft()
+
+
+if TYPE_CHECKING:
+    _check: type[Coordinator] = SQLiteCoordinator
