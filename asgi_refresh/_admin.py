@@ -27,7 +27,9 @@ TokenCheck = Callable[[str], bool | Awaitable[bool]]
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _NOT_RUNNING = "asgi_refresh is not running (no lifespan)"
-_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+# Headers a proxy adds when it relays a request: their presence means "not local".
+_PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip")
 _JSON_HEADERS = [
     (b"content-type", b"application/json"),
     (b"cache-control", b"no-store"),
@@ -61,7 +63,12 @@ class Admin:
                 "requests from 127.0.0.1 / ::1 only"
             )
         if isinstance(token, str):
-            if len(token.strip()) < 16:
+            if token != token.strip():
+                raise ValueError(
+                    "RefreshMiddleware: admin_token has leading or trailing whitespace; strip it "
+                    "(a token read from a file often ends with a newline)"
+                )
+            if len(token) < 16:
                 raise ValueError(
                     "RefreshMiddleware: admin_token must be at least 16 characters, e.g. "
                     "secrets.token_urlsafe(32) read from the environment (got a shorter one)"
@@ -84,15 +91,15 @@ class Admin:
         self._loopback_only = loopback_only
 
     def owns(self, path: str) -> bool:
-        """Whether a request for ``path`` is an admin request."""
+        """Whether a request for ``path`` (without the ``root_path``) is an admin request."""
         return path == self.path or path.startswith(self._under)
 
-    async def __call__(self, scope: Scope, send: Send, handle: RefreshHandle | None) -> None:
+    async def __call__(self, scope: Scope, send: Send, handle: RefreshHandle | None, path: str) -> None:
         reply = _Reply(send, scope["method"] == "HEAD")
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
-        target = scope["path"][len(self.path) :].strip("/")
+        target = _target(path[len(self.path) :])
         headers = _Headers(scope["headers"])
-        if "/" in target:
+        if target is None:
             await reply.json(404, {"error": "not found"})
             return
         if target == "health" and method == "GET":
@@ -109,7 +116,9 @@ class Admin:
         if target == "" and method == "GET" and "text/html" in headers.get(b"accept"):
             await reply.page()  # a static shell: it fetches the data with the token typed in it
             return
-        if method == "POST" and not _same_origin(scope, headers):
+        if method == "POST" and self._check is None and not _same_origin(headers):
+            # Without a token, nothing else stops a web page in the operator's browser
+            # from posting here. (A browser cannot add a bearer token cross-site.)
             await reply.json(403, {"error": "cross-origin requests are refused"})
             return
         if self._check is not None and not await self._authorized(reply, headers):
@@ -133,10 +142,15 @@ class Admin:
         if wait is None:
             await reply.json(400, {"error": "wait must be true or false"})
             return
-        await self._refresh(reply, handle, target, wait=wait)
+        try:
+            await self._refresh(reply, handle, target, wait=wait)
+        except RuntimeError as exc:  # between startup and the first loop, or while stopping
+            await reply.json(503, {"error": str(exc)})
 
     async def _authorized(self, reply: _Reply, headers: _Headers) -> bool:
-        scheme, _, presented = headers.get(b"authorization").partition(" ")
+        # Header bytes are latin-1 on the wire; a UTF-8 token arrives as its bytes.
+        raw = headers.get(b"authorization").encode("latin-1").decode("utf-8", "replace")
+        scheme, _, presented = raw.partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
             hint = "send the admin token as 'Authorization: Bearer <token>'"
@@ -160,6 +174,8 @@ class Admin:
         if handle is None:
             await reply.json(503, {"status": "unavailable", "error": _NOT_RUNNING})
             return
+        # Names, reasons and ages only: this endpoint needs no token, and an error
+        # line from a user's own fetch may quote a URL with a key in it.
         failing = handle._runtime.unhealthy()
         if failing:
             await reply.json(503, {"status": "unavailable", "failing": failing})
@@ -226,13 +242,10 @@ class _Reply:
 
 def _from_loopback(scope: Scope, headers: _Headers) -> bool:
     client = scope.get("client")
-    if not client:
+    if not client or not _is_loopback_address(client[0]):
         return False
-    try:
-        if not ipaddress.ip_address(client[0]).is_loopback:
-            return False
-    except ValueError:
-        return False
+    if any(headers.get(name) for name in _PROXY_HEADERS):
+        return False  # relayed by a proxy on this host: the real client is elsewhere
     # The Host must be a loopback name too. A reverse proxy on this host would make
     # every request look local (its Host is the public name), and a web page using
     # DNS rebinding reaches 127.0.0.1 under its own host name: both are refused.
@@ -242,12 +255,27 @@ def _from_loopback(scope: Scope, headers: _Headers) -> bool:
 
 def _is_loopback_address(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
-def _same_origin(scope: Scope, headers: _Headers) -> bool:
+def _target(rest: str) -> str | None:
+    """What follows the prefix: "" for the prefix itself, a name, or None (not an admin path).
+
+    One trailing slash is allowed; empty segments and deeper paths are not.
+    """
+    if rest in ("", "/"):
+        return ""
+    if not rest.startswith("/"):
+        return None
+    target = rest[1:].removesuffix("/")
+    return target if target and "/" not in target else None
+
+
+def _same_origin(headers: _Headers) -> bool:
     """A POST from a web page of another origin (a form, a fetch) must not refresh anything."""
     origin = headers.get(b"origin")
     if not origin:
@@ -263,4 +291,6 @@ def _query_flag(scope: Scope, name: str) -> bool | None:
     if not values:
         return False
     value = values[-1].lower()
+    if value == "":
+        return True  # a bare ?wait
     return True if value in _TRUE else False if value in _FALSE else None

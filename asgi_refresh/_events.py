@@ -30,8 +30,9 @@ class RefreshEvent:
 
     Every fetch sends ``started`` and then exactly one of ``succeeded``,
     ``not_modified`` (the source said the data is unchanged: an HTTP 304 or an
-    unchanged file) or ``failed``. A ``succeeded`` fetch whose value differs from
-    the published one is followed by ``changed`` once the new value is published.
+    unchanged file) or ``failed``, unless shutdown cancels it first. A
+    ``succeeded`` fetch whose value differs from the published one is followed
+    by ``changed`` once the new value is published.
 
     Attributes:
         kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"`` or
@@ -67,7 +68,7 @@ class Events:
         self._clock = clock
         self._send: MemoryObjectSendStream[tuple[Listener, Awaitable[object]]] | None = None
         self._receive: MemoryObjectReceiveStream[tuple[Listener, Awaitable[object]]] | None = None
-        self._dropped = False
+        self._dropped: set[int] = set()  # listeners (by id) whose events were dropped, logged once each
 
     def emit(
         self,
@@ -94,14 +95,17 @@ class Events:
             )
         try:
             self._send.send_nowait((listener, call))
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            _close(call)  # a fetch that outlived shutdown: nobody is listening any more
+        except anyio.WouldBlock:
             _close(call)
-            if not self._dropped:
-                self._dropped = True
+            if id(listener) not in self._dropped:
+                self._dropped.add(id(listener))
                 logger.error(
-                    "asgi_refresh: event listener %s is not keeping up (or the refreshers have "
-                    "stopped); dropping its events",
+                    "asgi_refresh: event listener %s is not keeping up (%d calls queued); "
+                    "dropping its events",
                     _describe(listener),
+                    _QUEUE_SIZE,
                 )
 
     async def run(self) -> None:

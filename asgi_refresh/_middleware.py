@@ -154,10 +154,13 @@ class RefreshMiddleware:
         # two string comparisons are cheaper than a startswith() method call, and this
         # runs for every request when the admin endpoints are on.
         prefix = self._admin_prefix
-        if prefix is not None and prefix <= scope["path"] < self._admin_prefix_end and self._is_admin(scope):
-            assert self._admin is not None
-            await self._admin(scope, send, None if live is None else live[RESERVED_NAME])
-            return
+        if prefix is not None:
+            path = scope["path"]
+            if (prefix <= path < self._admin_prefix_end or scope.get("root_path")) and self._is_admin(scope):
+                assert self._admin is not None
+                handle = None if live is None else live[RESERVED_NAME]
+                await self._admin(scope, send, handle, _route_path(scope))
+                return
         if live is not None:
             # O(1) on servers that copy the lifespan state into each request
             # (uvicorn, hypercorn/asyncio): the copy carries the current snapshot
@@ -177,7 +180,7 @@ class RefreshMiddleware:
         await self.app(scope, receive, send)
 
     def _is_admin(self, scope: Scope) -> bool:
-        return scope["type"] == "http" and self._admin is not None and self._admin.owns(scope["path"])
+        return scope["type"] == "http" and self._admin is not None and self._admin.owns(_route_path(scope))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup: the only thing a server sends first
@@ -267,6 +270,13 @@ class _ServerSend:
             self.error = exc
             return False
         return True
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as Starlette's routing sees it: without the server's ``root_path``."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _join(first: str | None, second: str | None) -> str | None:

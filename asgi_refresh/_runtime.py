@@ -624,8 +624,15 @@ class Runtime:
         return None if slot.last_success_mono is None else now - slot.last_success_mono
 
     def is_stale(self, slot: _Slot, now: float) -> bool:
-        """Whether the slot's value is older than its ``max_stale`` (or it has no fetched value)."""
-        if slot.overridden or slot.spec.max_stale is None:
+        """Whether the value expired (a `Fresh`), or is older than ``max_stale``.
+
+        With a ``max_stale``, no fetched value at all counts as stale too.
+        """
+        if slot.overridden:
+            return False
+        if slot.expires_at is not None and now >= slot.expires_at:
+            return True
+        if slot.spec.max_stale is None:
             return False
         age = self.age(slot, now)
         return age is None or age > slot.spec.max_stale
@@ -636,10 +643,9 @@ class Runtime:
         return [
             {
                 "name": name,
-                "reason": "stale" if slot.loaded else "not loaded",
+                "reason": _unhealthy_reason(slot, now),
                 "age": _seconds(self.age(slot, now)),
                 "max_stale": slot.spec.max_stale,
-                "last_error": slot.last_error,
             }
             for name, slot in self.slots.items()
             if slot.spec.required and (not slot.loaded or self.is_stale(slot, now))
@@ -707,7 +713,8 @@ class RefreshHandle:
         Each entry has ``source`` (``"http"``, ``"file"`` or ``"python"`` for
         any other fetch), ``required``, ``stale`` (true when the value is older
         than the refresher's ``max_stale``, or it has no fetched value yet and
-        a ``max_stale`` is set), ``last_success_at``, ``last_changed_at`` and
+        a ``max_stale`` is set, or it is a `Fresh` value past its expiry),
+        ``last_success_at``, ``last_changed_at`` and
         ``next_refresh_at`` (ISO 8601 UTC or None), ``last_outcome`` (``"changed"``,
         ``"unchanged"``, ``"not_modified"``, ``"failed"`` or None before the first
         fetch), ``last_error`` (None or a one-line description, never the value),
@@ -752,6 +759,14 @@ class RefreshHandle:
                 slot.loaded_event = anyio.Event()
             await slot.loaded_event.wait()
         return self._runtime.state[name]
+
+
+def _unhealthy_reason(slot: _Slot, now: float) -> str:
+    if not slot.loaded:
+        return "not loaded"
+    if slot.expires_at is not None and now >= slot.expires_at:
+        return "expired"
+    return "stale"
 
 
 def describe_error(exc: BaseException) -> str:

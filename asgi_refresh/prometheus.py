@@ -14,6 +14,7 @@ Expose them as usual for ``prometheus_client``: ``make_asgi_app()`` mounted at
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 
@@ -48,7 +49,8 @@ class PrometheusMetrics:
       succeeded (a 304 counts), in seconds since the epoch.
     - ``asgi_refresh_consecutive_failures{name}``: failed fetches since the last success.
     - ``asgi_refresh_value_age_seconds{name}``: seconds since the last successful
-      fetch, computed when scraped. Alert on it: it grows while a refresher fails.
+      fetch, computed when scraped; ``+Inf`` until the first success. Alert on
+      it: it grows while a refresher fails.
 
     Make one per process and share it between middlewares: registering the same
     metric names twice in one registry is an error in ``prometheus_client``.
@@ -87,15 +89,23 @@ class PrometheusMetrics:
             ["name"],
             registry=registry,
         )
-        self._successes: dict[str, float] = {}  # name -> wall time of the last success
+        self._successes: dict[str, float | None] = {}  # name -> wall time of the last success
         self._lock = threading.Lock()  # scrapes may run in another thread
         registry.register(_AgeCollector(self))
 
     def __call__(self, event: RefreshEvent) -> None:
         """Update the metrics for one event (a listener: plain, and quick)."""
+        name = event.name
+        if event.kind == "started":
+            if name not in self._successes:
+                # Series exist from the first attempt on, so a refresher that never
+                # succeeds shows an infinite age (an alert fires) rather than no series.
+                with self._lock:
+                    self._successes.setdefault(name, None)
+                self._failures.labels(name)
+            return
         if event.kind not in _FINISHED:
             return
-        name = event.name
         self._refreshes.labels(name, event.kind).inc()
         if event.duration is not None:
             self._duration.labels(name).observe(event.duration)
@@ -110,7 +120,8 @@ class PrometheusMetrics:
     def _ages(self) -> list[tuple[str, float]]:
         now = self._clock.wall()
         with self._lock:
-            return [(name, max(now - at, 0.0)) for name, at in self._successes.items()]
+            successes = list(self._successes.items())
+        return [(name, math.inf if at is None else max(now - at, 0.0)) for name, at in successes]
 
 
 class _AgeCollector(Collector):

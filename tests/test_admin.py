@@ -12,7 +12,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshMiddleware
+from asgi_refresh import Fresh, Refresher, RefreshMiddleware
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, ScriptedApp, Upstream
@@ -406,7 +406,6 @@ async def test_health_goes_stale_and_fresh_again_with_the_clock() -> None:
                     "reason": "stale",
                     "age": 180.0,
                     "max_stale": 150.0,
-                    "last_error": "OSError: down",
                 }
             ],
         }
@@ -480,3 +479,136 @@ async def test_admin_requests_are_not_logged_as_failures(caplog: pytest.LogCaptu
         await http.get("/_refresh", headers=AUTH)
         await http.get("/_refresh/health")
     assert caplog.records == []
+
+
+# -- edges found in review ---------------------------------------------------------------
+
+
+async def test_open_health_shows_no_error_text() -> None:
+    """An error line may quote a URL with a key in it: health (no token) never shows it."""
+    clock = FakeClock(START)
+    upstream = Upstream("v", OSError("GET https://api.example.com/names?api_key=SUPERSECRET failed"))
+    refresher = Refresher("names", upstream, every="1m", max_stale="1m", jitter=0, backoff_initial="1m")
+    async with admin_client(refresher, clock=clock) as (http, _):
+        await clock.advance(120)
+        health = await http.get("/_refresh/health")
+        assert health.status_code == 503
+        assert "SUPERSECRET" not in health.text
+        assert set(health.json()["failing"][0]) == {"name", "reason", "age", "max_stale"}
+
+
+async def test_an_expired_value_fails_readiness() -> None:
+    """A Fresh value past its expiry (a token that could not be renewed) is 'expired', stale."""
+    clock = FakeClock(START)
+    upstream = Upstream(Fresh("token", expires_in=60, leeway=10), OSError("auth server down"))
+    async with admin_client(Refresher("token", upstream, every="1h", jitter=0), clock=clock) as (http, _):
+        assert (await http.get("/_refresh/health")).status_code == 200
+        await clock.advance(61)
+        health = await http.get("/_refresh/health")
+        assert health.status_code == 503
+        assert health.json()["failing"][0]["reason"] == "expired"
+        assert (await http.get("/_refresh", headers=AUTH)).json()["refreshers"]["token"]["stale"] is True
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Forwarded-Host", "X-Real-IP"])
+async def test_loopback_only_refuses_requests_relayed_by_a_local_proxy(header: str) -> None:
+    """Nginx on the same host sends Host: 127.0.0.1:port by default; its forwarding headers give it away."""
+    async with admin_client(
+        names(), admin_loopback_only=True, client=("127.0.0.1", 1), base_url="http://127.0.0.1:8000"
+    ) as (http, _):
+        assert (await http.get("/_refresh", headers={header: "198.51.100.7"})).status_code == 403
+        assert (await http.get("/_refresh")).status_code == 200
+
+
+async def test_an_ipv4_mapped_loopback_client_is_local() -> None:
+    """A dual-stack socket reports 127.0.0.1 as ::ffff:127.0.0.1."""
+    async with admin_client(
+        names(), admin_loopback_only=True, client=("::ffff:127.0.0.1", 1), base_url="http://127.0.0.1"
+    ) as (http, _):
+        assert (await http.get("/_refresh")).status_code == 200
+
+
+async def test_the_prefix_is_matched_below_the_root_path() -> None:
+    """With uvicorn --root-path /api, the path carries /api in front; admin_path is below it."""
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[names()], clock=FakeClock(START), admin_path="/_refresh", admin_token=TOKEN
+    )
+    async with LifespanManager(middleware):
+        transport = httpx.ASGITransport(app=middleware, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.example") as http:
+            assert (await http.get("/api/_refresh/health")).json() == {"status": "ok"}
+            assert (await http.get("/api/_refresh", headers=AUTH)).status_code == 200
+            assert (await http.get("/api/other")).status_code == 200, "the app still gets the rest"
+            assert (await http.get("/elsewhere/_refresh/health")).status_code == 200
+            app = middleware.app
+            assert isinstance(app, ScriptedApp)
+            assert len(app.request_states) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/_refresh/names", 202),
+        ("/_refresh/names/", 202),
+        ("/_refresh//names", 404),
+        ("/_refresh/names//", 404),
+        ("/_refresh//", 404),
+    ],
+)
+async def test_one_trailing_slash_is_allowed_and_empty_segments_are_not(path: str, expected: int) -> None:
+    """Paths under the prefix are exact: one optional trailing slash, nothing looser."""
+    async with admin_client(names()) as (http, _):
+        assert (await http.post(path, headers=AUTH)).status_code == expected
+
+
+async def test_a_bare_wait_flag_waits() -> None:
+    """?wait alone means wait, like ?wait=true."""
+    async with admin_client(names()) as (http, _):
+        response = await http.post("/_refresh/names?wait", headers=AUTH)
+        assert response.status_code == 200
+        assert response.json()["status"]["refresh_count"] == 2
+
+
+async def test_a_token_holder_may_post_from_any_origin() -> None:
+    """With a token, the Origin check is moot (a browser cannot add the header cross-site): proxies may rewrite Host."""
+    async with admin_client(names()) as (http, _):
+        headers = {**AUTH, "Origin": "https://public.example", "Host": "127.0.0.1:8000"}
+        assert (await http.post("/_refresh/names", headers=headers)).status_code == 202
+
+
+def test_a_token_with_surrounding_whitespace_is_refused() -> None:
+    """A token read from a file with its newline would never match: refused at construction."""
+    with pytest.raises(ValueError, match="leading or trailing whitespace"):
+        RefreshMiddleware(ScriptedApp(), refreshers=[], admin_path="/_refresh", admin_token=TOKEN + "\n")
+
+
+async def test_a_utf8_token_matches() -> None:
+    """A non-ASCII token arrives as its UTF-8 bytes and still matches."""
+    token = "clé-secrète-très-longue"
+    async with admin_client(names(), admin_token=token) as (http, _):
+        headers = {b"Authorization": ("Bearer " + token).encode()}
+        assert (await http.get("/_refresh", headers=headers)).status_code == 200
+
+
+async def test_refresh_now_outside_the_running_window_is_503() -> None:
+    """A refresh that reaches a runtime that has stopped gets 503, not a 500."""
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[names()], clock=FakeClock(START), admin_path="/_refresh", admin_token=TOKEN
+    )
+    async with LifespanManager(middleware):
+        handle = middleware.handle
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/_refresh/names",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {TOKEN}".encode())],
+    }
+    assert middleware._admin is not None
+    await middleware._admin(scope, send, handle, "/_refresh/names")
+    assert sent[0]["status"] == 503

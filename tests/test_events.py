@@ -275,3 +275,16 @@ async def test_fresh_values_send_events_too() -> None:
     async with LifespanManager(middleware_with(refresher, listeners=[events.append], clock=clock)):
         pass
     assert kinds(events) == ["started", "succeeded", "changed"]
+
+
+async def test_a_refresher_that_never_succeeds_has_an_infinite_age() -> None:
+    """Series exist from the first attempt: the age alert fires for a refresher that never loaded."""
+    clock = FakeClock(START)
+    registry = CollectorRegistry()
+    refresher = Refresher("rates", Upstream(OSError("down")), every="1m", required=False)
+    async with LifespanManager(
+        middleware_with(refresher, listeners=[PrometheusMetrics(registry, clock=clock)], clock=clock)
+    ):
+        samples = scrape(registry)
+    assert samples[("asgi_refresh_value_age_seconds", (("name", "rates"),))] == float("inf")
+    assert samples[("asgi_refresh_consecutive_failures", (("name", "rates"),))] == 1
