@@ -12,6 +12,7 @@ import anyio
 from ._admin import Admin, TokenCheck, checked_admin_path
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
+from ._coordination import Codec, Coordinator, JSONCodec
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._refresher import RESERVED_NAME, Refresher
@@ -60,6 +61,15 @@ class RefreshMiddleware:
         admin_loopback_only: Serve the admin endpoints only to requests from
             127.0.0.1 / ::1 with a loopback ``Host``; without ``admin_token``, this
             is what allows them unauthenticated.
+        coordinator: Share fetches between processes (workers, hosts): a
+            `RedisCoordinator` or `SQLiteCoordinator`. For each refresher, one
+            process holds a lease and fetches; the others publish what it stored.
+            None (the default): every process fetches for itself.
+        codec: How values are encoded for the coordinator: `JSONCodec` by
+            default; any object with ``encode(value) -> bytes`` and
+            ``decode(bytes) -> value``. Never pickle.
+        lease_ttl: How long a lease lasts unless renewed (every third of it). If
+            the process holding it dies, another takes over within about this.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -78,6 +88,9 @@ class RefreshMiddleware:
         admin_path: str | None = None,
         admin_token: str | TokenCheck | None = None,
         admin_loopback_only: bool = False,
+        coordinator: Coordinator | None = None,
+        codec: Codec | None = None,
+        lease_ttl: Duration = "15s",
     ) -> None:
         self.app = app
         self.refreshers = _checked_refreshers(refreshers)
@@ -85,6 +98,9 @@ class RefreshMiddleware:
         self.shutdown_timeout = positive_duration("RefreshMiddleware", "shutdown_timeout", shutdown_timeout)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.listeners = _checked_listeners(listeners)
+        self.coordinator = _checked_coordinator(coordinator)
+        self.codec: Codec = _checked_codec(codec)
+        self.lease_ttl = positive_duration("RefreshMiddleware", "lease_ttl", lease_ttl)
         self._admin = (
             None
             if admin_path is None
@@ -197,7 +213,15 @@ class RefreshMiddleware:
                 }
             )
             return
-        runtime = Runtime(self.refreshers, state=state, clock=self.clock, listeners=self.listeners)
+        runtime = Runtime(
+            self.refreshers,
+            state=state,
+            clock=self.clock,
+            listeners=self.listeners,
+            coordinator=self.coordinator,
+            codec=self.codec,
+            lease_ttl=self.lease_ttl,
+        )
         app = AppLifespan(self.app, {**scope, "state": state}, self.clock)
         server = _ServerSend(send)
         outcome: Message | None = None  # for the server, once everything has stopped
@@ -287,6 +311,27 @@ def _reply(phase: str, failure: str | None) -> Message:
     if failure is None:
         return {"type": f"lifespan.{phase}.complete"}
     return {"type": f"lifespan.{phase}.failed", "message": failure}
+
+
+def _checked_coordinator(coordinator: object) -> Coordinator | None:
+    if coordinator is None or isinstance(coordinator, Coordinator):
+        return coordinator
+    raise TypeError(
+        "RefreshMiddleware: coordinator must be a coordination backend such as "
+        'RedisCoordinator("redis://host:6379/0") or SQLiteCoordinator("/var/run/app/refresh.db") '
+        f"(got {type(coordinator).__name__})"
+    )
+
+
+def _checked_codec(codec: object) -> Codec:
+    if codec is None:
+        return JSONCodec()
+    if callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None)):
+        return codec  # type: ignore[return-value]
+    raise TypeError(
+        "RefreshMiddleware: codec must have encode(value) -> bytes and decode(bytes) -> value "
+        f"methods, like JSONCodec() (got {type(codec).__name__})"
+    )
 
 
 def _checked_listeners(listeners: Iterable[Listener]) -> tuple[Listener, ...]:

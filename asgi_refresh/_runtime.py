@@ -23,6 +23,8 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
+from ._coordinated import Coordination, NotShareable
+from ._coordination import Codec, Coordinator, CoordinatorUnavailable
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._outcome import Fetched, Fresh, SourceError
@@ -109,6 +111,7 @@ class _Slot:
         self.loaded_event: anyio.Event | None = None  # made when someone waits for the first load
         self.attempted = False  # the first fetch has finished, either way
         self.loaded = False  # a fetched value (not the default) is published
+        self.fatal = False  # the last failure cannot be cured by retrying (a value the codec refuses)
 
 
 class Runtime:
@@ -121,6 +124,9 @@ class Runtime:
         state: MutableMapping[str, Any],
         clock: Clock,
         listeners: Iterable[Listener] = (),
+        coordinator: Coordinator | None = None,
+        codec: Codec | None = None,
+        lease_ttl: float = 15.0,
     ) -> None:
         self.slots = {spec.name: _Slot(spec) for spec in refreshers}
         events = Events(listeners, clock)
@@ -136,6 +142,11 @@ class Runtime:
         self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
         self._progress: anyio.Event | None = None  # while `load` waits: set when a slot makes progress
+        self.coordination = (
+            None
+            if coordinator is None or codec is None
+            else Coordination(self, coordinator, codec, lease_ttl)
+        )
 
     @property
     def running(self) -> bool:
@@ -165,15 +176,21 @@ class Runtime:
         """Run every refresher until `stop`; report started once all loops run (after `prepare`)."""
         try:
             with self._scope:
+                if self.coordination is not None:
+                    await self.coordination.open()
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
                     if self.events is not None:
                         task_group.start_soon(self.events.run, name="asgi_refresh:events")
+                    if self.coordination is not None:
+                        task_group.start_soon(self.coordination.watch, name="asgi_refresh:coordination")
                     for slot in self.slots.values():
                         task_group.start_soon(self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}")
                     task_status.started()
         finally:
             self._task_group = None
+            if self.coordination is not None:
+                await self.coordination.close()
             await self._close_sources()
             self._stopped.set()
 
@@ -230,7 +247,8 @@ class Runtime:
         with self.clock.move_on_at(self.clock.monotonic() + startup_timeout):
             await self._until(
                 lambda: all(
-                    slot.loaded if slot.spec.required else slot.attempted for slot in self.slots.values()
+                    slot.loaded or slot.fatal if slot.spec.required else slot.attempted
+                    for slot in self.slots.values()
                 )
             )
         failures = []
@@ -287,17 +305,26 @@ class Runtime:
 
     async def _keep_fresh(self, slot: _Slot) -> None:
         """Fetch whenever the slot is due; the outcome of each fetch sets the next due time."""
+        coordination = self.coordination
         while True:
-            if slot.next_due > self.clock.monotonic():
+            due = slot.next_due
+            wake = due
+            if coordination is not None:
+                # The lease is polled on its own beat; only its holder fetches.
+                await coordination.turn(slot)
+                due = slot.next_due if coordination.fetches(slot) else math.inf
+                wake = min(due, coordination.next_check(slot))
+            if wake > self.clock.monotonic():
                 # A fetch outside the schedule (refresh-now) moves next_due and
                 # cancels this sleep, so the loop re-reads the new due time.
                 with anyio.CancelScope() as slot.wakeup:
-                    if math.isinf(slot.next_due):  # overridden: only a wakeup ends this
+                    if math.isinf(wake):  # overridden: only a wakeup ends this
                         await anyio.sleep_forever()
-                    await self.clock.sleep_until(slot.next_due)
+                    await self.clock.sleep_until(wake)
                 slot.wakeup = None
                 continue
-            await self._scheduled_refresh(slot)
+            if due <= self.clock.monotonic():
+                await self._scheduled_refresh(slot)
 
     async def _scheduled_refresh(self, slot: _Slot) -> None:
         # A function of its own so that the loop's locals do not keep the last
@@ -390,11 +417,21 @@ class Runtime:
             if slot.overridden:
                 flight.value = self.state[slot.spec.name]
                 return False
+            coordination = self.coordination
+            if coordination is not None and not coordination.fetches(slot):
+                await self._ask_leader(slot, flight)
+                return False
             started = self.clock.monotonic()
             if self.events is not None:
                 self.events.emit("started", slot.spec.name)
+            shared: tuple[bytes, int] | None = None
             try:
-                value = await self._fetch(slot, started)
+                answered = 0 if coordination is None else coordination.shares[slot.spec.name].requested
+                result = _unwrap(slot.spec, await self._fetch(slot, started))
+                if coordination is not None and not result.not_modified:
+                    value, data = coordination.roundtrip(slot.spec.name, result.value)
+                    result = result._replace(value=value)
+                    shared = (data, answered)
             except cancelled:
                 if not _is_stray_cancellation():
                     raise
@@ -405,12 +442,15 @@ class Runtime:
                 hook = self._record_failure(slot, error, started)
             except Exception as exc:  # any failure of the user's fetch is data, not a crash
                 flight.error = exc
+                slot.fatal = isinstance(exc, NotShareable)
                 hook = self._record_failure(slot, exc, started)
             else:
-                hook = self._record_success(slot, value, started, flight.on_grid)
+                hook = self._record_success(slot, result, started, flight.on_grid)
                 # What is published now: the fetched value, or the equal one already
                 # there, or the pinned one if the refresher was overridden meanwhile.
                 flight.value = self.state[slot.spec.name]
+                if coordination is not None:
+                    await self._share(coordination, slot, shared)
         except BaseException:
             # Shutdown cancelled us; callers waiting outside (a request) get an error,
             # not a hang and not a half-finished value.
@@ -462,11 +502,39 @@ class Runtime:
             )
         return value
 
-    def _record_success(self, slot: _Slot, result: Any, started: float, on_grid: bool) -> _Hook | None:
+    async def _ask_leader(self, slot: _Slot, flight: _Flight) -> None:
+        """Refresh-now where another process holds the lease: it fetches, we publish what it stored."""
+        assert self.coordination is not None
+        try:
+            await self.coordination.ask_leader(slot)
+        except CoordinatorUnavailable as exc:
+            self.coordination._lost(exc)
+            flight.error = exc
+        except TimeoutError as exc:
+            flight.error = exc
+        else:
+            flight.value = self.state[slot.spec.name]
+
+    async def _share(self, coordination: Coordination, slot: _Slot, shared: tuple[bytes, int] | None) -> None:
+        """Store what the lease holder fetched (a 304: what it already had, now confirmed)."""
+        if shared is None:
+            try:
+                data = coordination.codec.encode(self.state[slot.spec.name])
+            except Exception:  # refused before, at the fetch that published it
+                return
+            shared = (data, coordination.shares[slot.spec.name].requested)
+        # When it was fetched, on our clock: the others age the value from that.
+        meta: dict[str, float | None] = {"fetched_at": slot.last_success_at}
+        if slot.expires_at is not None:
+            meta["expires_at"] = self.clock.wall() + slot.expires_at - self.clock.monotonic()
+            meta["leeway"] = slot.leeway
+        await coordination.share(slot, shared[0], meta, shared[1])
+
+    def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> _Hook | None:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return None
         spec, now = slot.spec, self.clock.monotonic()
-        value, not_modified, refresh_in, fresh = _unwrap(spec, result)
+        value, not_modified, refresh_in, fresh = result
         slot.expires_at = None if fresh is None else now + fresh.expires_in
         slot.leeway = 0.0 if fresh is None else fresh.leeway
         had_value = slot.loaded or not spec.required
@@ -477,6 +545,7 @@ class Runtime:
         slot.last_success_at = self.clock.wall()
         slot.last_error = None
         slot.consecutive_failures = 0
+        slot.fatal = False
         slot.refresh_count += 1
         # Only a different value is published: an equal one would hand requests a
         # new object for nothing and wake on_change for no change.
@@ -604,6 +673,35 @@ class Runtime:
         self.state[name] = value
         self.state[SNAPSHOT_KEY] = object()
 
+    def adopt(self, slot: _Slot, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
+        """Publish a value that another process fetched and stored (coordination)."""
+        if slot.overridden:
+            return
+        spec, now, wall = slot.spec, self.clock.monotonic(), self.clock.wall()
+        had_value = slot.loaded or not spec.required
+        old = self.state.get(spec.name)
+        slot.last_success_mono = now - age
+        slot.last_success_at = wall - age
+        slot.last_error = None
+        slot.consecutive_failures = 0
+        slot.fatal = False
+        slot.expires_at = None if expires_in is None else now + expires_in
+        slot.leeway = leeway
+        changed = not had_value or _differs(old, value)
+        if changed:
+            self._publish(spec.name, value)
+            slot.last_changed_at = wall
+            slot.last_outcome = "changed"
+        else:
+            slot.last_outcome = "unchanged"
+        slot.loaded = slot.attempted = True
+        self._note_progress(slot)
+        if self.events is not None and changed:
+            self.events.emit("changed", spec.name)
+        if spec.on_change is not None and changed and self._task_group is not None:
+            slot.hooks.append(("on_change", spec.on_change, (old, value)))
+            self._task_group.start_soon(self._run_hook, slot, name=f"asgi_refresh:hook:{spec.name}")
+
     def override(self, name: str, value: Any) -> None:
         slot = self._slot(name)
         slot.overridden = True
@@ -671,6 +769,8 @@ class Runtime:
                 "last_duration": _seconds(slot.last_duration),
                 "age": _seconds(self.age(slot, now)),
             }
+            if self.coordination is not None:
+                report[name]["coordination"] = self.coordination.status(slot)
         return report
 
 

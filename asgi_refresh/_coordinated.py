@@ -1,0 +1,294 @@
+"""The runtime's side of coordination: one fetch per cluster, the others load what it stored.
+
+For each refresher, every process polls the lease every third of ``lease_ttl``:
+the holder renews it and is the only one that fetches; it stores each value
+(encoded by the codec, never pickled) with its expiry, and the backend tells the
+others, which load and publish it. A process that takes the lease over (at
+startup, or when the holder died and its lease expired) keeps the cluster's
+schedule: it fetches when the stored value is one ``every`` old, not at once.
+
+When the backend fails, every process fetches for itself (logged once, shown in
+``status()``) and goes back to coordinating when it answers again. Requests never
+touch the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._coordination import Codec, Coordinator, CoordinatorUnavailable, MetaValue, Stored
+from ._duration import format_duration
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime, _Slot
+
+logger = logging.getLogger("asgi_refresh")
+
+_RESUBSCRIBE_AFTER = 1.0  # seconds between attempts to subscribe again after losing the backend
+_CLOSE_TIMEOUT = 5.0
+
+
+def _fetched_at(stored: Stored) -> float:
+    fetched_at = stored.meta.get("fetched_at")
+    return float(fetched_at) if isinstance(fetched_at, int | float) else stored.stored_at
+
+
+class NotShareable(TypeError):
+    """A fetched value that the codec cannot encode: a configuration error, not a bad fetch."""
+
+
+class _Share:
+    """What one refresher's slot knows about the cluster."""
+
+    __slots__ = ("adopted", "answered", "check_at", "leading", "requested", "version")
+
+    def __init__(self) -> None:
+        self.leading = False
+        self.version: int | None = None  # the stored version published here
+        self.requested = 0  # the highest refresh-now request number seen
+        self.answered = 0  # the highest request number the value published here answers
+        self.check_at = -math.inf  # when to poll the lease next (monotonic)
+        self.adopted: anyio.Event | None = None  # set when a stored value is published here
+
+
+class Coordination:
+    """Coordinates one runtime's refreshers through a `Coordinator` backend."""
+
+    def __init__(self, runtime: Runtime, coordinator: Coordinator, codec: Codec, lease_ttl: float) -> None:
+        self.runtime = runtime
+        self.coordinator = coordinator
+        self.codec = codec
+        self.lease_ttl = lease_ttl
+        self.check_every = lease_ttl / 3
+        self.available = True
+        self.shares = {name: _Share() for name in runtime.slots}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.coordinator.open()
+
+    async def close(self) -> None:
+        """Give the leases back (so another process takes over at once), bounded."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+            try:
+                await self.coordinator.close()
+            except Exception:
+                logger.exception("asgi_refresh: closing the coordinator failed; ignored at shutdown")
+
+    async def watch(self) -> None:
+        """Follow the backend's changes: load what others stored, answer refresh-now requests."""
+        while True:
+            try:
+                async with self.coordinator.subscribe() as changes:
+                    self._back()
+                    for each in self.runtime.slots.values():
+                        await self._sync(each)  # what changed before we subscribed
+                    async for change in changes:
+                        slot = self.runtime.slots.get(change.name)
+                        if slot is None or slot.overridden:
+                            continue
+                        share = self.shares[change.name]
+                        if change.kind == "stored":
+                            if change.number != share.version:
+                                await self._sync(slot)
+                        else:
+                            share.requested = max(share.requested, change.number)
+                            if share.leading:
+                                self.runtime.start_refresh(slot)
+            except CoordinatorUnavailable as exc:
+                self._lost(exc)
+            await anyio.sleep(_RESUBSCRIBE_AFTER)
+
+    # -- the lease ---------------------------------------------------------------------
+
+    def fetches(self, slot: _Slot) -> bool:
+        """Whether this process fetches ``slot`` itself: it holds the lease, or the backend is down."""
+        return not self.available or self.shares[slot.spec.name].leading
+
+    def next_check(self, slot: _Slot) -> float:
+        return self.shares[slot.spec.name].check_at
+
+    async def turn(self, slot: _Slot) -> None:
+        """Renew or take the lease when due; catch up with the stored value."""
+        share = self.shares[slot.spec.name]
+        runtime = self.runtime
+        now = runtime.clock.monotonic()
+        if slot.overridden or now < share.check_at:
+            return
+        share.check_at = now + self.check_every
+        name = slot.spec.name
+        try:
+            leading = await self.coordinator.acquire(name, self.lease_ttl)
+            head = await self.coordinator.head(name)
+        except CoordinatorUnavailable as exc:
+            self._lost(exc)
+            return
+        self._back()
+        share.requested = max(share.requested, head.requested)
+        stored = None
+        if head.version is not None and head.version != share.version:
+            stored = await self._sync(slot)
+        took_over = leading and not share.leading
+        share.leading = leading
+        if took_over:
+            runtime._reschedule(slot, self._due_after_takeover(slot, stored))
+        if leading and head.pending and slot.flight is None:
+            runtime.start_refresh(slot)
+
+    def _due_after_takeover(self, slot: _Slot, stored: Stored | None) -> float:
+        """Keep the cluster's schedule: fetch when the stored value is ``every`` old."""
+        clock = self.runtime.clock
+        now = clock.monotonic()
+        if stored is None:
+            if self.shares[slot.spec.name].version is None:
+                return now  # nothing stored: fetch now
+            return min(slot.next_due, now + slot.spec.every)
+        due_wall = _fetched_at(stored) + slot.spec.every
+        expires = stored.meta.get("expires_at")
+        if isinstance(expires, int | float):
+            leeway = stored.meta.get("leeway")
+            due_wall = min(due_wall, expires - (leeway if isinstance(leeway, int | float) else 0.0))
+        return now + max(0.0, due_wall - clock.wall())
+
+    # -- values ------------------------------------------------------------------------
+
+    def roundtrip(self, name: str, value: Any) -> tuple[Any, bytes]:
+        """The value as every process will see it (decoded from its encoding), and the encoding.
+
+        The lease holder publishes the decoded form too, so that every worker serves
+        the same thing (JSON turns a tuple into a list).
+        """
+        try:
+            data = self.codec.encode(value)
+        except Exception as exc:
+            raise NotShareable(
+                f"its value cannot be shared with the other processes by {self.codec!r}: {exc}"
+            ) from exc
+        return self.codec.decode(data), data
+
+    async def share(self, slot: _Slot, data: bytes, meta: Mapping[str, MetaValue], answered: int) -> None:
+        """Store what the lease holder fetched, for the others."""
+        share = self.shares[slot.spec.name]
+        if not self.available or not share.leading:
+            return
+        try:
+            version = await self.coordinator.store(slot.spec.name, data, meta, answered=answered)
+        except CoordinatorUnavailable as exc:
+            self._lost(exc)
+            return
+        if version is None:  # the lease went to another process while we fetched
+            share.leading = False
+            return
+        share.version = version
+
+    async def _sync(self, slot: _Slot) -> Stored | None:
+        """Load the stored value if it is newer than ours, and publish it."""
+        share = self.shares[slot.spec.name]
+        try:
+            stored = await self.coordinator.load(slot.spec.name)
+        except CoordinatorUnavailable as exc:
+            self._lost(exc)
+            return None
+        if stored is None or stored.version == share.version:
+            return stored
+        try:
+            value = self.codec.decode(stored.data)
+        except Exception as exc:
+            logger.error(
+                "Refresher %r: the stored value (version %d) cannot be decoded by %r: %s; ignored",
+                slot.spec.name,
+                stored.version,
+                self.codec,
+                exc,
+                extra={"refresher": slot.spec.name, "outcome": "undecodable"},
+            )
+            share.version = stored.version
+            return stored
+        share.version = stored.version
+        share.requested = max(share.requested, stored.answered)
+        now_wall = self.runtime.clock.wall()
+        expires = stored.meta.get("expires_at")
+        leeway = stored.meta.get("leeway")
+        self.runtime.adopt(
+            slot,
+            value,
+            age=max(0.0, now_wall - _fetched_at(stored)),
+            expires_in=expires - now_wall if isinstance(expires, int | float) else None,
+            leeway=float(leeway) if isinstance(leeway, int | float) else 0.0,
+        )
+        self._answer(share, stored.answered)
+        return stored
+
+    # -- refresh now -------------------------------------------------------------------
+
+    async def ask_leader(self, slot: _Slot) -> None:
+        """Refresh-now on a process that does not hold the lease: the holder fetches.
+
+        Returns once this process publishes the value that answers the request.
+
+        Raises:
+            TimeoutError: no answer within the refresher's timeout plus ``lease_ttl``.
+            CoordinatorUnavailable: the backend failed (the caller fetches itself).
+        """
+        name = slot.spec.name
+        share = self.shares[name]
+        number = await self.coordinator.request_refresh(name)
+        limit = (slot.spec.timeout or 30.0) + self.lease_ttl
+        with anyio.move_on_after(limit):
+            while share.answered < number:
+                share.adopted = share.adopted or anyio.Event()
+                with anyio.move_on_after(self.check_every):
+                    await share.adopted.wait()
+                await self._sync(slot)  # in case the notification was lost
+            return
+        raise TimeoutError(
+            f"the process holding the lease did not store a new value within {format_duration(limit)}"
+        )
+
+    def _answer(self, share: _Share, answered: int) -> None:
+        share.answered = max(share.answered, answered)
+        if share.adopted is not None:
+            share.adopted.set()
+            share.adopted = None
+
+    # -- backend health ------------------------------------------------------------------
+
+    def _lost(self, exc: CoordinatorUnavailable) -> None:
+        if not self.available:
+            return
+        self.available = False
+        logger.warning(
+            "asgi_refresh: the coordinator is unavailable (%s); "
+            "each process fetches for itself until it is back",
+            exc,
+            extra={"outcome": "coordinator_unavailable"},
+        )
+        now = self.runtime.clock.monotonic()
+        for slot in self.runtime.slots.values():
+            share = self.shares[slot.spec.name]
+            if not share.leading and not slot.overridden:
+                # Followers had no schedule of their own: fetch when the value is due.
+                base = slot.last_success_mono
+                self.runtime._reschedule(slot, now if base is None else max(now, base + slot.spec.every))
+            share.leading = False
+
+    def _back(self) -> None:
+        if self.available:
+            return
+        self.available = True
+        logger.info(
+            "asgi_refresh: the coordinator is back; one process fetches for all again",
+            extra={"outcome": "coordinator_back"},
+        )
+
+    def status(self, slot: _Slot) -> dict[str, Any]:
+        share = self.shares[slot.spec.name]
+        role = "standalone" if not self.available else "leader" if share.leading else "follower"
+        return {"role": role, "version": share.version}
+
