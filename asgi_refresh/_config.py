@@ -117,6 +117,8 @@ def _kind(annotation: str) -> tuple[str, bool]:
         "Format": "format",
         "httpx.Auth|tuple[str,str]|Any": "auth",
         "str|TokenCheck": "token",
+        "Coordinator": "coordinator",
+        "Codec": "codec",
         "Any": "any",
         "Mapping[str,str]": "str_table",
         "Mapping[str,Any]": "table",
@@ -812,6 +814,63 @@ class _Builder:
             return False, None
         return self._to_callable(option, value, parts)
 
+    def _to_coordinator(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """``{ backend = "redis", url = "..." }`` or ``{ backend = "sqlite", path = "..." }``."""
+        from ._redis import RedisCoordinator
+        from ._sqlite import SQLiteCoordinator
+
+        if not isinstance(value, Mapping):
+            if hasattr(value, "acquire") and hasattr(value, "subscribe"):  # built in Python
+                return True, value
+            return self._wrong(option, value, parts)
+        backends: dict[str, type] = {"redis": RedisCoordinator, "sqlite": SQLiteCoordinator}
+        kind = value.get("backend")
+        if kind not in backends:
+            path = _key(*parts, "backend")
+            close = difflib.get_close_matches(str(kind), list(backends), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.problem(path, f'expected "redis" or "sqlite", got {self.got(path, kind)}{hint}')
+            return False, None
+        cls = backends[kind]
+        accepted = [name for name in inspect.signature(cls).parameters if name != "self"]
+        kwargs: dict[str, Any] = {}
+        ok = True
+        for key, item in value.items():
+            if key == "backend":
+                continue
+            if key not in accepted:
+                self.unknown(_key(*parts, key), key, dict.fromkeys(accepted))
+                ok = False
+            elif key == "path" and isinstance(item, str):
+                resolved = Path(item).expanduser()
+                kwargs[key] = resolved if resolved.is_absolute() else self.base / resolved
+            else:
+                kwargs[key] = item
+        if not ok:
+            return False, None
+        try:
+            return True, cls(**kwargs)
+        except (TypeError, ValueError, ImportError) as exc:
+            self.problem(_key(*parts), str(exc))
+            return False, None
+
+    def _to_codec(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """An import string naming a codec object (an instance, not its class)."""
+        found = value if not isinstance(value, str) else self.imported(value, parts)
+        if found is _FAILED:
+            return False, None
+        if isinstance(found, type):
+            self.problem(
+                _key(*parts),
+                f"{value!r} is a class; name an instance, e.g. `codec = {found.__name__}()` in your "
+                'module, written "myapp.module:codec"',
+            )
+            return False, None
+        if not (callable(getattr(found, "encode", None)) and callable(getattr(found, "decode", None))):
+            self.problem(_key(*parts), f"{value!r} has no encode() and decode() methods")
+            return False, None
+        return True, found
+
     def _to_token(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         """A secret string (from ``${VAR}``, not written in the file), or ``{ check = "mod:func" }``."""
         if isinstance(value, str) or (callable(value) and not isinstance(value, Mapping)):
@@ -924,6 +983,9 @@ _EXPECTED = {
     "format": f'one of {_quoted(FORMATS)} or an import string like "yaml:safe_load"',
     "auth": '["user", "password"], { bearer = "<refresher>" } or an import string',
     "token": 'a string like "${ADMIN_TOKEN}" or { check = "myapp.auth:check_token" }',
+    "coordinator": '{ backend = "redis", url = "redis://host:6379/0" } or '
+    '{ backend = "sqlite", path = "refresh.db" }',
+    "codec": 'an import string like "myapp.codecs:codec" (an object with encode and decode)',
     "any": "any value",
     "unknown": "a value",
 }
@@ -967,6 +1029,9 @@ _TYPE_NAMES = {
     "format": " / ".join(f'`"{name}"`' for name in FORMATS) + " or import string",
     "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
     "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
+    "coordinator": '`{ backend = "redis", url = "..." }` or `{ backend = "sqlite", path = "..." }`, '
+    "plus the backend's options (`prefix`, `timeout`; `poll_interval` for SQLite)",
+    "codec": "import string (an object with `encode` and `decode`)",
     "any": "any",
     "unknown": "see the API reference",
 }

@@ -131,30 +131,28 @@ class Coordination:
             return
         self._back()
         share.requested = max(share.requested, head.requested)
-        stored = None
         if head.version is not None and head.version != share.version:
-            stored = await self._sync(slot)
+            await self._sync(slot)
         took_over = leading and not share.leading
         share.leading = leading
         if took_over:
-            runtime._reschedule(slot, self._due_after_takeover(slot, stored))
+            runtime._reschedule(slot, self._due_after_takeover(slot))
         if leading and head.pending and slot.flight is None:
             runtime.start_refresh(slot)
 
-    def _due_after_takeover(self, slot: _Slot, stored: Stored | None) -> float:
-        """Keep the cluster's schedule: fetch when the stored value is ``every`` old."""
-        clock = self.runtime.clock
-        now = clock.monotonic()
-        if stored is None:
-            if self.shares[slot.spec.name].version is None:
-                return now  # nothing stored: fetch now
-            return min(slot.next_due, now + slot.spec.every)
-        due_wall = _fetched_at(stored) + slot.spec.every
-        expires = stored.meta.get("expires_at")
-        if isinstance(expires, int | float):
-            leeway = stored.meta.get("leeway")
-            due_wall = min(due_wall, expires - (leeway if isinstance(leeway, int | float) else 0.0))
-        return now + max(0.0, due_wall - clock.wall())
+    def _due_after_takeover(self, slot: _Slot) -> float:
+        """When to fetch after taking the lease over: keep the cluster's schedule.
+
+        That is when the value published here is ``every`` old (or due for renewal
+        before it expires); at once if there is none.
+        """
+        now = self.runtime.clock.monotonic()
+        if slot.last_success_mono is None:
+            return now
+        due = slot.last_success_mono + slot.spec.every
+        if slot.expires_at is not None:
+            due = min(due, slot.expires_at - slot.leeway)
+        return max(now, due)
 
     # -- values ------------------------------------------------------------------------
 
@@ -178,7 +176,10 @@ class Coordination:
         if not self.available or not share.leading:
             return
         try:
-            version = await self.coordinator.store(slot.spec.name, data, meta, answered=answered)
+            # Shielded (the backend's timeout bounds it): a value fetched just before
+            # shutdown is still stored, so the next process need not fetch it again.
+            with anyio.CancelScope(shield=True):
+                version = await self.coordinator.store(slot.spec.name, data, meta, answered=answered)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
             return
@@ -291,4 +292,3 @@ class Coordination:
         share = self.shares[slot.spec.name]
         role = "standalone" if not self.available else "leader" if share.leading else "follower"
         return {"role": role, "version": share.version}
-

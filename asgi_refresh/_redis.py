@@ -249,10 +249,11 @@ class RedisCoordinator:
         lease = self._key("lease", name)
         millis = max(1, math.ceil(check_ttl(ttl) * 1000))
         script = self._scripts["acquire"]
+        # Counted as held before the call: if shutdown abandons it, the lease it may
+        # still take is given back at close, not left to expire.
+        self._held.add(name)
         held = bool(await self._call(lambda: script(keys=[lease], args=[self._owner, millis])))
-        if held:
-            self._held.add(name)
-        else:
+        if not held:
             self._held.discard(name)
         return held
 

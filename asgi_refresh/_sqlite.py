@@ -262,10 +262,11 @@ class SQLiteCoordinator:
             db.execute("COMMIT")
             return True
 
+        # Counted as held before the call: if shutdown abandons it, the lease it may
+        # still take is given back at close, not left to expire.
+        self._held.add(name)
         held = await self._call(acquire)
-        if held:
-            self._held.add(name)
-        else:
+        if not held:
             self._held.discard(name)
         return held
 

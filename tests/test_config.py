@@ -933,3 +933,45 @@ def test_the_control_plane_is_configurable() -> None:
         "callable that checks the bearer token), or admin_loopback_only=True to serve the admin endpoints "
         "without a token to requests from 127.0.0.1 / ::1 only"
     ]
+
+
+def test_the_coordinator_is_configurable(tmp_path: Path) -> None:
+    """[middleware.coordinator] picks a backend and passes its options; mistakes name their key."""
+    from asgi_refresh import RedisCoordinator, SQLiteCoordinator
+
+    config_file = tmp_path / "refresh.toml"
+    config_file.write_text(
+        '[refreshers.names]\nsource = "python"\ntarget = "tests.test_config:load_names"\nevery = "1h"\n'
+        '[middleware]\nlease_ttl = "30s"\n'
+        '[middleware.coordinator]\nbackend = "sqlite"\npath = "refresh.db"\nprefix = "myapp"\n'
+    )
+    config = load_config(config_file)
+    coordinator = config.middleware["coordinator"]
+    assert isinstance(coordinator, SQLiteCoordinator)
+    assert coordinator.path == str(tmp_path / "refresh.db"), "relative to the file"
+    assert coordinator.prefix == "myapp"
+    assert config.middleware["lease_ttl"] == "30s"
+    redis = load_config(
+        {
+            "refreshers": {"names": refresher()},
+            "middleware": {"coordinator": {"backend": "redis", "url": "redis://127.0.0.1:1/0"}},
+        }
+    )
+    assert isinstance(redis.middleware["coordinator"], RedisCoordinator)
+    assert problems_of(
+        {"refreshers": {"names": refresher()}, "middleware": {"coordinator": {"backend": "redsi"}}}
+    ) == [
+        'middleware.coordinator.backend: expected "redis" or "sqlite", got "redsi" (did you mean \'redis\'?)'
+    ]
+    assert problems_of(
+        {
+            "refreshers": {"names": refresher()},
+            "middleware": {"coordinator": {"backend": "sqlite", "path": "x.db", "pol_interval": 1}},
+        }
+    )[0].startswith("middleware.coordinator.pol_interval: unknown key")
+    assert problems_of(
+        {"refreshers": {"names": refresher()}, "middleware": {"codec": "asgi_refresh:JSONCodec"}}
+    ) == [
+        "middleware.codec: 'asgi_refresh:JSONCodec' is a class; name an instance, e.g. `codec = JSONCodec()` "
+        'in your module, written "myapp.module:codec"'
+    ]

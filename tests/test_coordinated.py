@@ -1,0 +1,259 @@
+"""Coordinated refreshers in one process: several middlewares stand in for workers.
+
+Each "worker" is a RefreshMiddleware with its own coordinator instance on one real
+backend (a Redis server, an SQLite file). The schedule runs on one shared test
+clock; the backends' own leases and polling run in real time, which is why a few
+waits below poll for up to a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from asgi_lifespan import LifespanManager
+
+from asgi_refresh import (
+    RedisCoordinator,
+    Refresher,
+    RefreshError,
+    RefreshHandle,
+    RefreshMiddleware,
+    SQLiteCoordinator,
+)
+from asgi_refresh._coordination import Coordinator
+from asgi_refresh.testing import FakeClock
+
+from .helpers import ScriptedApp
+from .redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+Backend = Callable[..., Coordinator]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Makes coordinator instances on one backend, like the processes of a cluster would."""
+    if request.param == "sqlite":
+        path = tmp_path / "refresh.db"
+        return lambda **options: SQLiteCoordinator(path, poll_interval=0.02, **options)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"test{time.monotonic_ns()}"
+    return lambda **options: RedisCoordinator(server.url, **{"prefix": prefix, **options})
+
+
+class CountingUpstream:
+    """A fetch that counts its calls and returns the count (a new value every time)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> dict[str, int]:
+        self.calls += 1
+        return {"version": self.calls}
+
+
+@asynccontextmanager
+async def workers(
+    count: int, backend: Backend, upstream: Any, clock: FakeClock, **options: Any
+) -> AsyncIterator[list[RefreshMiddleware]]:
+    """``count`` running middlewares sharing one backend (each with its own coordinator)."""
+    options.setdefault("lease_ttl", "15s")
+    middlewares = [
+        RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", upstream, every="1m", jitter=0, timeout="5s")],
+            clock=clock,
+            coordinator=backend(),
+            **options,
+        )
+        for _ in range(count)
+    ]
+    async with AsyncExitStack() as stack:
+        for middleware in middlewares:
+            await stack.enter_async_context(LifespanManager(middleware, startup_timeout=10))
+        yield middlewares
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait (in real time: the backends poll and notify in real time) until ``condition()``."""
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - other processes' effects: nothing to wait on here
+            await anyio.sleep(0.01)
+
+
+def values(middlewares: list[RefreshMiddleware]) -> list[Any]:
+    return [middleware.handle.value("names") for middleware in middlewares]
+
+
+def roles(middlewares: list[RefreshMiddleware]) -> list[str]:
+    return [middleware.handle.status()["names"]["coordination"]["role"] for middleware in middlewares]
+
+
+async def advance(clock: FakeClock, seconds: float) -> None:
+    """Advance the test clock, then let the real-time backend calls (threads) finish."""
+    await clock.advance(seconds)
+    await anyio.sleep(0.01)
+
+
+async def test_four_workers_fetch_once_per_interval_and_converge(backend: Backend) -> None:
+    """4 workers over 20 intervals: 21 fetches (not 84), every worker serves each new version."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    async with workers(4, backend, upstream, clock) as middlewares:
+        await until(lambda: values(middlewares) == [{"version": 1}] * 4)
+        assert upstream.calls == 1
+        assert sorted(roles(middlewares)) == ["follower", "follower", "follower", "leader"]
+        for interval in range(2, 22):
+            await advance(clock, 60)
+            expected = [{"version": interval}] * 4
+            await until(lambda: values(middlewares) == expected)  # noqa: B023 - called right here
+        assert upstream.calls == 21
+
+
+async def test_a_new_worker_starts_from_the_stored_value_without_fetching(backend: Backend) -> None:
+    """A process that starts when a fresh value is stored uses it: no fetch at startup."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    async with workers(1, backend, upstream, clock) as first:
+        assert values(first) == [{"version": 1}]
+    async with workers(1, backend, upstream, clock) as second:
+        assert values(second) == [{"version": 1}]
+        assert upstream.calls == 1, "the stored value was one minute from due"
+        await advance(clock, 60)
+        await until(lambda: values(second) == [{"version": 2}])
+
+
+async def test_refresh_now_on_a_follower_reaches_every_worker(backend: Backend) -> None:
+    """handle.refresh on any worker: the lease holder fetches, all serve the result."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    async with workers(3, backend, upstream, clock) as middlewares:
+        await until(lambda: values(middlewares) == [{"version": 1}] * 3)
+        follower = next(
+            m for m in middlewares if m.handle.status()["names"]["coordination"]["role"] == "follower"
+        )
+        assert await follower.handle.refresh("names") == {"version": 2}
+        await until(lambda: values(middlewares) == [{"version": 2}] * 3)
+        assert upstream.calls == 2
+
+
+async def test_the_lease_moves_when_its_holder_shuts_down(backend: Backend) -> None:
+    """The holder releases at shutdown; another worker takes over and keeps the schedule."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    async with workers(2, backend, upstream, clock) as middlewares:
+        await until(lambda: values(middlewares) == [{"version": 1}] * 2)
+        leader = middlewares[roles(middlewares).index("leader")]
+        survivor = middlewares[1 - middlewares.index(leader)]
+        async with AsyncExitStack():
+            pass
+        # Stop the leader's lifespan by hand: its LifespanManager is inside `workers`.
+        handle: RefreshHandle = leader.handle
+        await handle._runtime.stop(5)
+        await advance(clock, 10)  # the survivor polls the lease every lease_ttl / 3 = 5 s
+        await until(lambda: survivor.handle.status()["names"]["coordination"]["role"] == "leader")
+        assert upstream.calls == 1, "the stored value is not due yet: no fetch at takeover"
+        await advance(clock, 50)
+        await until(lambda: values([survivor]) == [{"version": 2}])
+
+
+async def test_a_value_the_codec_cannot_encode_fails_startup_at_once(backend: Backend) -> None:
+    """A set is not JSON: a clear configuration error at startup, not 30 s of retries."""
+    clock = FakeClock()
+
+    async def a_set() -> set[str]:
+        return {"ada", "grace"}
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=[Refresher("names", a_set, every="1m")], clock=clock, coordinator=backend()
+    )
+    with pytest.raises(BaseException) as caught:  # noqa: PT011 - trio wraps it in an ExceptionGroup
+        async with LifespanManager(middleware, startup_timeout=5):
+            pass
+    message = str(caught.value) + "".join(str(e) for e in getattr(caught.value, "exceptions", ()))
+    assert "Refresher 'names' could not load" in message
+    assert "cannot be shared with the other processes by JSONCodec()" in message
+    assert "value of type set is not JSON-serialisable" in message
+
+
+async def test_prefixes_keep_two_apps_apart(backend: Backend) -> None:
+    """Two apps with different prefixes on one backend each fetch their own value."""
+    clock = FakeClock()
+    first, second = CountingUpstream(), CountingUpstream()
+    app_a = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", first, every="1m")],
+        clock=clock,
+        coordinator=backend(prefix=f"app_a{time.monotonic_ns()}"),
+    )
+    app_b = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", second, every="1m")],
+        clock=clock,
+        coordinator=backend(prefix=f"app_b{time.monotonic_ns()}"),
+    )
+    async with LifespanManager(app_a), LifespanManager(app_b):
+        assert app_a.handle.value("names") == {"version": 1}
+        assert app_b.handle.value("names") == {"version": 1}
+        assert (first.calls, second.calls) == (1, 1)
+
+
+async def test_refresh_now_when_the_leader_cannot_answer_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    """A follower whose leader never stores gets a RefreshError naming the wait, and keeps its value."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    path = tmp_path / "refresh.db"
+    follower = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", upstream, every="1m", timeout="1s")],
+        clock=clock,
+        coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+        lease_ttl="1s",
+    )
+    squatter = SQLiteCoordinator(path)
+    async with squatter:
+        assert await squatter.acquire("names", ttl=60)
+        await squatter.store("names", b'{"version": 0}', {})
+        async with LifespanManager(follower):
+            assert follower.handle.value("names") == {"version": 0}
+            with pytest.raises(RefreshError, match="did not store a new value within 2s"):
+                await follower.handle.refresh("names")
+            assert follower.handle.value("names") == {"version": 0}
+    assert upstream.calls == 0
+
+
+async def test_without_the_backend_each_worker_fetches_for_itself_then_coordinates_again(
+    stoppable_redis: RedisServer,
+) -> None:
+    """Redis stopped mid-run: fallback (logged, in status), no failed request; back when it returns."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    prefix = f"fallback{time.monotonic_ns()}"
+
+    def backend(**options: Any) -> Coordinator:
+        return RedisCoordinator(stoppable_redis.url, prefix=prefix, timeout=0.5, **options)
+
+    async with workers(2, backend, upstream, clock) as middlewares:
+        await until(lambda: values(middlewares) == [{"version": 1}] * 2)
+        stoppable_redis.stop()
+        await advance(clock, 60)
+        await until(lambda: roles(middlewares) == ["standalone", "standalone"])
+        await advance(clock, 60)
+        await until(lambda: upstream.calls >= 3, seconds=10)
+        assert all(isinstance(value, dict) for value in values(middlewares)), "values stay published"
+        stoppable_redis.start()
+        await advance(clock, 60)
+        await until(lambda: sorted(roles(middlewares)) == ["follower", "leader"], seconds=10)
+        calls = upstream.calls
+        await advance(clock, 60)
+        await until(
+            lambda: values(middlewares)[0] == values(middlewares)[1] == {"version": calls + 1}, seconds=10
+        )
+        assert upstream.calls == calls + 1, "one fetch per interval again"
