@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_refresh")
 
+VALIDATOR_KEYS = ("digest", "etag", "last_modified")  # what HTTPSource hands over
 _RESUBSCRIBE_AFTER = 1.0  # seconds between attempts to subscribe again after losing the backend
 _CLOSE_TIMEOUT = 5.0
 
@@ -45,7 +46,7 @@ class NotShareable(TypeError):
 class _Share:
     """What one refresher's slot knows about the cluster."""
 
-    __slots__ = ("adopted", "answered", "check_at", "leading", "requested", "version")
+    __slots__ = ("adopted", "answered", "check_at", "leading", "requested", "validators", "version")
 
     def __init__(self) -> None:
         self.leading = False
@@ -54,6 +55,9 @@ class _Share:
         self.answered = 0  # the highest request number the value published here answers
         self.check_at = -math.inf  # when to poll the lease next (monotonic)
         self.adopted: anyio.Event | None = None  # set when a stored value is published here
+        # The HTTP validators (ETag...) the lease holder stored with the value published
+        # here: handed to our own source before it next fetches, so that is a 304.
+        self.validators: dict[str, MetaValue] | None = None
 
 
 class Coordination:
@@ -224,7 +228,17 @@ class Coordination:
             leeway=float(leeway) if isinstance(leeway, int | float) else 0.0,
         )
         self._answer(share, stored.answered)
+        validators = {key: stored.meta[key] for key in VALIDATOR_KEYS if key in stored.meta}
+        share.validators = validators or None
         return stored
+
+    def before_fetch(self, slot: _Slot) -> None:
+        """Hand the stored validators to our source: its first fetch as lease holder is conditional."""
+        share = self.shares[slot.spec.name]
+        validators, share.validators = share.validators, None
+        take = getattr(slot.spec.fetch, "_import_validators", None)
+        if validators and take is not None:
+            take(validators, self.runtime.state[slot.spec.name])
 
     # -- refresh now -------------------------------------------------------------------
 

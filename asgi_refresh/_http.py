@@ -253,6 +253,41 @@ class HTTPSource:
         self._expires_at = _expiry(context, value)
         return Fetched(value, refresh_in=refresh_in)
 
+    def _export_validators(self) -> dict[str, str] | None:
+        """What a process taking over needs to ask this server "changed since?" (coordination).
+
+        None when there is nothing to hand over: no body yet, a method whose
+        requests are not conditional, or an expiring value (a token is fetched
+        again, not confirmed).
+        """
+        if not self._loaded or self.method not in ("GET", "HEAD") or isinstance(self._cached, Fresh):
+            return None
+        if self._etag is None and self._last_modified is None:
+            return None
+        assert self._digest is not None
+        validators = {"digest": self._digest.hex()}
+        if self._etag is not None:
+            validators["etag"] = self._etag
+        if self._last_modified is not None:
+            validators["last_modified"] = self._last_modified
+        return validators
+
+    def _import_validators(self, validators: Mapping[str, object], value: Any) -> None:
+        """Take over another process's validators for ``value``, the value it stored.
+
+        The next request is then conditional, and a 304 confirms ``value``.
+        """
+        digest_hex, etag, modified = (validators.get(key) for key in ("digest", "etag", "last_modified"))
+        if not isinstance(digest_hex, str) or self._context is None or self.method not in ("GET", "HEAD"):
+            return
+        try:
+            body_digest = bytes.fromhex(digest_hex)
+        except ValueError:
+            return
+        self._etag = etag if isinstance(etag, str) else None
+        self._last_modified = modified if isinstance(modified, str) else None
+        self._cached, self._digest, self._expires_at = value, body_digest, None
+
     @property
     def _loaded(self) -> bool:
         """Whether a body has been parsed and cached (what a 304 may confirm)."""

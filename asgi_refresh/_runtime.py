@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
 from ._coordinated import Coordination, NotShareable
-from ._coordination import Codec, Coordinator, CoordinatorUnavailable
+from ._coordination import Codec, Coordinator, CoordinatorUnavailable, MetaValue
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._outcome import Fetched, Fresh, SourceError
@@ -479,6 +479,8 @@ class Runtime:
         spec = slot.spec
         if not slot.opened:
             await self._open_source(slot)
+        if self.coordination is not None:
+            self.coordination.before_fetch(slot)
         if spec.is_async:
             return await spec.fetch()
         if slot.thread is not None and slot.thread.is_running():
@@ -524,10 +526,13 @@ class Runtime:
                 return
             shared = (data, coordination.shares[slot.spec.name].requested)
         # When it was fetched, on our clock: the others age the value from that.
-        meta: dict[str, float | None] = {"fetched_at": slot.last_success_at}
+        meta: dict[str, MetaValue] = {"fetched_at": slot.last_success_at}
         if slot.expires_at is not None:
             meta["expires_at"] = self.clock.wall() + slot.expires_at - self.clock.monotonic()
             meta["leeway"] = slot.leeway
+        export = getattr(slot.spec.fetch, "_export_validators", None)
+        if export is not None:
+            meta.update(export() or {})  # an HTTPSource's ETag: the next holder asks "changed since?"
         await coordination.share(slot, shared[0], meta, shared[1])
 
     def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> _Hook | None:

@@ -19,6 +19,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from asgi_refresh import (
+    HTTPSource,
     RedisCoordinator,
     Refresher,
     RefreshError,
@@ -27,6 +28,7 @@ from asgi_refresh import (
     SQLiteCoordinator,
 )
 from asgi_refresh._coordination import Coordinator
+from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
 from .helpers import ScriptedApp
@@ -257,3 +259,35 @@ async def test_without_the_backend_each_worker_fetches_for_itself_then_coordinat
             lambda: values(middlewares)[0] == values(middlewares)[1] == {"version": calls + 1}, seconds=10
         )
         assert upstream.calls == calls + 1, "one fetch per interval again"
+
+
+async def test_the_next_lease_holder_asks_the_server_if_changed_since(tmp_path: Path) -> None:
+    """The ETag is stored with the value: a takeover's first fetch is a 304, not a download."""
+    upstream = Upstream()
+    upstream.set("/names", ["ada", "grace"])
+    clock = FakeClock()
+    path = tmp_path / "refresh.db"
+    with serve(upstream) as url:
+
+        def worker() -> RefreshMiddleware:
+            return RefreshMiddleware(
+                ScriptedApp(),
+                refreshers=[Refresher("names", HTTPSource(f"{url}/names"), every="1m", jitter=0)],
+                clock=clock,
+                coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+            )
+
+        async with LifespanManager(worker()):
+            pass
+        second = worker()
+        async with LifespanManager(second):
+            assert second.handle.value("names") == ["ada", "grace"]
+            assert upstream.requests["/names"] == 1, "started from the stored value"
+            await advance(clock, 60)
+            await until(lambda: second.handle.status()["names"]["refresh_count"] == 1)
+            assert upstream.requests["/names"] == 2
+            assert upstream.not_modified["/names"] == 1
+            assert second.handle.status()["names"]["last_outcome"] == "not_modified"
+            upstream.set("/names", ["ada", "grace", "edsger"])
+            await advance(clock, 60)
+            await until(lambda: second.handle.value("names") == ["ada", "grace", "edsger"])
