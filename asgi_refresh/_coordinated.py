@@ -214,6 +214,7 @@ class Coordination:
                 extra={"refresher": slot.spec.name, "outcome": "undecodable"},
             )
             share.version = stored.version
+            self.runtime.adopt_failed(slot, f"the stored value cannot be decoded: {exc}")
             return stored
         share.version = stored.version
         share.requested = max(share.requested, stored.answered)

@@ -412,6 +412,8 @@ class Runtime:
     async def _fly(self, slot: _Slot, flight: _Flight) -> bool:
         """Run one fetch for everyone waiting on ``flight``; return whether a hook is due."""
         hook: _Hook | None = None
+        share_now = False
+        shared: tuple[bytes, int] | None = None
         cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
@@ -424,7 +426,6 @@ class Runtime:
             started = self.clock.monotonic()
             if self.events is not None:
                 self.events.emit("started", slot.spec.name)
-            shared: tuple[bytes, int] | None = None
             try:
                 answered = 0 if coordination is None else coordination.shares[slot.spec.name].requested
                 result = _unwrap(slot.spec, await self._fetch(slot, started))
@@ -450,7 +451,7 @@ class Runtime:
                 # there, or the pinned one if the refresher was overridden meanwhile.
                 flight.value = self.state[slot.spec.name]
                 if coordination is not None:
-                    await self._share(coordination, slot, shared)
+                    share_now = True
         except BaseException:
             # Shutdown cancelled us; callers waiting outside (a request) get an error,
             # not a hang and not a half-finished value.
@@ -462,6 +463,11 @@ class Runtime:
             if slot.refresh_again:
                 slot.refresh_again = False
                 self._reschedule(slot, self.clock.monotonic())
+        if share_now:
+            # After `done`: this process serves the value already, and a refresh-now
+            # arriving meanwhile starts a new fetch rather than joining a finished one.
+            assert self.coordination is not None
+            await self._share(self.coordination, slot, shared)
         if hook is None:
             return False
         slot.hooks.append(hook)
@@ -706,6 +712,13 @@ class Runtime:
         if spec.on_change is not None and changed and self._task_group is not None:
             slot.hooks.append(("on_change", spec.on_change, (old, value)))
             self._task_group.start_soon(self._run_hook, slot, name=f"asgi_refresh:hook:{spec.name}")
+
+    def adopt_failed(self, slot: _Slot, error: str) -> None:
+        """A stored value this process cannot use: counts as a failed load (startup moves on)."""
+        slot.last_error = error
+        slot.last_outcome = "failed"
+        slot.attempted = True
+        self._note_progress(slot)
 
     def override(self, name: str, value: Any) -> None:
         slot = self._slot(name)

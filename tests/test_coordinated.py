@@ -19,6 +19,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from asgi_refresh import (
+    Fresh,
     HTTPSource,
     RedisCoordinator,
     Refresher,
@@ -291,3 +292,97 @@ async def test_the_next_lease_holder_asks_the_server_if_changed_since(tmp_path: 
             upstream.set("/names", ["ada", "grace", "edsger"])
             await advance(clock, 60)
             await until(lambda: second.handle.value("names") == ["ada", "grace", "edsger"])
+
+
+async def test_a_stored_value_the_codec_cannot_decode_is_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage in the backend (another app, another codec) is an error line, not a crash."""
+    path = tmp_path / "refresh.db"
+    squatter = SQLiteCoordinator(path)
+    async with squatter:
+        assert await squatter.acquire("names", ttl=60)
+        await squatter.store("names", b"\xff not json", {})
+        middleware = RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", CountingUpstream(), every="1m", required=False, default=[])],
+            clock=FakeClock(),
+            coordinator=SQLiteCoordinator(path),
+            startup_timeout="1s",
+        )
+        async with LifespanManager(middleware):
+            assert middleware.handle.value("names") == []
+    assert "the stored value (version 1) cannot be decoded by JSONCodec()" in caplog.text
+
+
+async def test_an_expiring_value_keeps_its_expiry_across_processes(tmp_path: Path) -> None:
+    """A Fresh token stored by the holder expires on every worker, and is renewed before it does."""
+    clock = FakeClock()
+    calls = 0
+
+    async def token() -> Fresh[str]:
+        nonlocal calls
+        calls += 1
+        return Fresh(f"token-{calls}", expires_in=100, leeway=10)
+
+    path = tmp_path / "refresh.db"
+
+    def worker() -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("token", token, every="1h", jitter=0)],
+            clock=clock,
+            coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+        )
+
+    first, second = worker(), worker()
+    async with LifespanManager(first), LifespanManager(second):
+        await until(lambda: second.handle.value("token") == "token-1")
+        assert first.handle.status()["token"]["expires_at"] == second.handle.status()["token"]["expires_at"]
+    third = worker()
+    async with LifespanManager(third):
+        assert third.handle.value("token") == "token-1"
+        await advance(clock, 85)
+        assert calls == 1
+        await advance(clock, 6)  # 90 s after the fetch: renewed before the expiry, by the new holder
+        await until(lambda: third.handle.value("token") == "token-2")
+
+
+async def test_a_holder_that_lost_its_lease_while_fetching_stores_nothing(tmp_path: Path) -> None:
+    """Fencing: a holder stalled past lease_ttl cannot overwrite its successor's value."""
+    path = tmp_path / "refresh.db"
+    release = anyio.Event()
+    calls = 0
+
+    async def slow() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await release.wait()
+        return calls
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", slow, every="1m", timeout=None)],
+        clock=FakeClock(),
+        coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+        lease_ttl="0.3s",
+    )
+    successor = SQLiteCoordinator(path)
+    async with LifespanManager(middleware), successor:
+        refresh = anyio.Event()
+
+        async def refresh_now() -> None:
+            await middleware.handle.refresh("names")
+            refresh.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refresh_now)
+            await until(lambda: calls == 2)
+            await anyio.sleep(0.4)  # the lease runs out in real time; nobody renews it (no clock advance)
+            assert await successor.acquire("names", ttl=60)
+            release.set()
+        await until(lambda: middleware.handle.status()["names"]["coordination"]["role"] == "follower")
+        stored = await successor.load("names")
+        assert stored is not None
+        assert stored.version == 1, "the stalled holder's value (2) was refused"
