@@ -324,6 +324,21 @@ def test_a_failed_refresher_that_is_not_required_still_exits_0(
     assert "WARNING asgi_refresh: Refresher 'gone' failed" in ran.err  # -v shows the log
 
 
+def test_the_verbose_log_masks_values_from_the_environment(
+    cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    """With -v, a value from ${VAR} in a URL path is masked in the log lines as in the table."""
+    extra = (
+        f'[refreshers.gone]\nsource = "http"\nurl = "{upstream[1]}/private/${{NAMES_TOKEN}}"\n'
+        'every = "1h"\nrequired = false\n'
+    )
+    ran = cli("fetch", write(tmp_path, upstream[1], extra), "gone", "-v")
+    assert ran.code == 0
+    assert "WARNING asgi_refresh: Refresher 'gone' failed" in ran.err
+    assert f"{upstream[1]}/private/***" in ran.err
+    no_secrets(ran)
+
+
 def test_fetching_one_name_fetches_what_it_needs(
     cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
 ) -> None:
