@@ -102,9 +102,7 @@ def _run(args: argparse.Namespace, formatter: _ScrubbingFormatter) -> int:
         if args.json:
             _print_json({"config": str(args.config), "ok": False, "problems": exc.problems})
         else:
-            print(f"{args.config}: invalid configuration ({len(exc.problems)} problems)", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
+            print(exc, file=sys.stderr)  # the library's own wording
         return EXIT_INVALID
     formatter.secrets = config.secrets
     if args.command == "check":

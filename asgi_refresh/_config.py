@@ -64,17 +64,27 @@ class ConfigError(ValueError):
     cannot be read or parsed, and for values that are missing, of the wrong type,
     out of range, unknown (with a did-you-mean) or that name an import that fails.
 
+    Its message starts ``invalid configuration in 'refresh.toml' (2 problems):``
+    and lists the problems, one per line; a file that is missing or cannot be read
+    is that one line alone (``refresh.toml: file not found``).
+
     Attributes:
         problems: One line per problem, like
             ``refreshers.names.every: expected a duration like "5m", got "soon"``.
     """
 
-    def __init__(self, origin: str, problems: list[str]) -> None:
+    def __init__(self, origin: str, problems: list[str], *, unreadable: bool = False) -> None:
         self.problems = list(problems)
+        if unreadable:
+            super().__init__("\n".join(problems))
+            return
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         super().__init__(
             f"invalid configuration {origin} ({count}):\n" + "\n".join(f"  {p}" for p in problems)
         )
+
+
+ConfigError.__module__ = "asgi_refresh"  # tracebacks name it as it is imported: asgi_refresh.ConfigError
 
 
 # -- the options, read from the real signatures ----------------------------------------
@@ -330,9 +340,9 @@ def _read(path: Path, origin: str) -> Any:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(origin, [f"{path}: file not found"]) from None
+        raise ConfigError(origin, [f"{path}: file not found"], unreadable=True) from None
     except OSError as exc:
-        raise ConfigError(origin, [f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        raise ConfigError(origin, [f"{path}: cannot read: {exc.strerror or exc}"], unreadable=True) from None
     try:
         if suffix == ".toml":
             return tomllib.loads(data.decode("utf-8"))

@@ -247,7 +247,7 @@ def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Pat
     assert ran.code == 2
     assert ran.out == ""
     assert ran.err.splitlines() == [
-        "refresh.toml: invalid configuration (2 problems)",
+        "invalid configuration in 'refresh.toml' (2 problems):",
         '  refreshers.extra.source: expected one of "http", "file", "python", got "htp" (did you mean \'http\'?)',
         '  refreshers.extra.every: expected a duration like "5m", got "soon"',
     ]
@@ -258,10 +258,18 @@ def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Pat
 
 
 def test_a_missing_file_exits_2(cli: Run) -> None:
-    """A config that does not exist is an invalid config, not a traceback."""
+    """A config that does not exist is said to be missing, not invalid, and not a traceback."""
     ran = cli("check", "nowhere.toml")
     assert ran.code == 2
-    assert "nowhere.toml: file not found" in ran.err
+    assert ran.err == "nowhere.toml: file not found\n"
+
+
+def test_one_problem_is_one_problem(cli: Run, tmp_path: Path) -> None:
+    """The count of problems is singular when there is one."""
+    path = write(tmp_path, "https://x", '[refreshers.extra]\nsource = "http"\nurl = "https://x"\n')
+    ran = cli("check", path)
+    assert ran.code == 2
+    assert ran.err.splitlines()[0] == "invalid configuration in 'refresh.toml' (1 problem):"
 
 
 # -- fetch ----------------------------------------------------------------------------------

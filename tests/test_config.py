@@ -68,8 +68,10 @@ def refresher(**options: Any) -> dict[str, Any]:
 def problems_of(config: Any, environ: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_config(config, environ=environ or {})
-    assert str(caught.value).count("\n") == len(caught.value.problems)
-    return caught.value.problems
+    problems = caught.value.problems
+    message = str(caught.value).splitlines()
+    assert message[1:] == [f"  {problem}" for problem in problems] or message == problems
+    return problems
 
 
 def only_problem(config: Any, environ: dict[str, str] | None = None) -> str:
@@ -394,6 +396,24 @@ def test_a_file_that_cannot_be_read_is_a_config_error(
         assert problem == "(top level): expected a table with defaults, refreshers, middleware, got a list"
     else:
         assert problem.startswith(f"{path}: {expected}")
+
+
+def test_a_missing_file_is_not_called_an_invalid_configuration(tmp_path: Path) -> None:
+    """A file that is not there is just that, under the public name asgi_refresh.ConfigError."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "missing.toml")
+    assert str(caught.value) == f"{tmp_path / 'missing.toml'}: file not found"
+    assert f"{type(caught.value).__module__}.{type(caught.value).__name__}" == "asgi_refresh.ConfigError"
+
+
+def test_one_problem_is_one_problem() -> None:
+    """The count in the message agrees with the number: 1 problem, 2 problems."""
+    assert (
+        str(ConfigError("(a mapping)", ["a: x"])) == "invalid configuration (a mapping) (1 problem):\n  a: x"
+    )
+    assert str(ConfigError("(a mapping)", ["a: x", "b: y"])).startswith(
+        "invalid configuration (a mapping) (2 problems):\n"
+    )
 
 
 def test_a_directory_is_not_readable(tmp_path: Path) -> None:
