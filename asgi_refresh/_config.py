@@ -799,12 +799,19 @@ class _Builder:
         return all(ok for ok, _ in results), [found for _, found in results]
 
     def _to_objects(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """Objects to call (listeners): instances or functions; a class is refused."""
         if not isinstance(value, list):
             return self._wrong(option, value, parts)
-        found = [
-            item if not isinstance(item, str) else self.imported(item, (*parts, str(index)))
-            for index, item in enumerate(value)
-        ]
+        found = []
+        for index, item in enumerate(value):
+            path = (*parts, str(index))
+            imported = item if not isinstance(item, str) else self.imported(item, path)
+            if inspect.isclass(imported):
+                # Called with each event, a class would make a new object every time
+                # (or raise): what is meant is one instance of it.
+                self.problem(_key(*path), _a_class(item, imported))
+                imported = _FAILED
+            found.append(imported)
         return all(item is not _FAILED for item in found), found
 
     def _to_format(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
@@ -897,6 +904,17 @@ class _Builder:
 
 
 _FAILED = object()
+
+
+def _a_class(written: Any, cls: type) -> str:
+    """Why a class is not a listener, and what to write instead."""
+    variable = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__).lower()
+    name = repr(written) if isinstance(written, str) else f"{cls.__module__}.{cls.__qualname__}"
+    return (
+        f"{name} is a class; name an instance or a function: e.g. define "
+        f"`{variable} = {cls.__name__}()` in a module of yours and write "
+        f'"myapp.listeners:{variable}"'
+    )
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:

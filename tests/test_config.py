@@ -907,6 +907,26 @@ def test_lists_of_import_strings_are_imported() -> None:
     ]
 
 
+def test_a_class_is_refused_as_a_listener() -> None:
+    """Naming a listener class (not an instance) is an error that says what to write instead."""
+    from asgi_refresh.prometheus import PrometheusMetrics
+
+    problems = problems_of(
+        {
+            "refreshers": {"names": refresher()},
+            "middleware": {"listeners": ["asgi_refresh.prometheus:PrometheusMetrics", PrometheusMetrics]},
+        }
+    )
+    assert problems == [
+        "middleware.listeners.0: 'asgi_refresh.prometheus:PrometheusMetrics' is a class; name an instance "
+        "or a function: e.g. define `prometheus_metrics = PrometheusMetrics()` in a module of yours and "
+        'write "myapp.listeners:prometheus_metrics"',
+        "middleware.listeners.1: asgi_refresh.prometheus.PrometheusMetrics is a class; name an instance "
+        "or a function: e.g. define `prometheus_metrics = PrometheusMetrics()` in a module of yours and "
+        'write "myapp.listeners:prometheus_metrics"',
+    ]
+
+
 def check_admin_token(token: str) -> bool:
     return token == "from-the-check"
 
