@@ -353,6 +353,99 @@ def test_every_problem_is_reported_at_once() -> None:
     assert str(error).startswith("invalid configuration (a mapping) (6 problems):\n  refreshers.names.every:")
 
 
+def test_problems_that_hide_behind_others_are_reported_at_once(tmp_path: Path) -> None:
+    """A bad name, constructor checks after the first, and the admin options come out in one run."""
+    path = tmp_path / "refresh.toml"
+    path.write_text(
+        """
+[defaults]
+every = "1m"
+jiter = 0.1
+
+[refreshers.my-name]
+source = "http"
+url = "https://api.example.com/names"
+backoff_max = "2m"
+
+[refreshers.rates]
+source = "python"
+target = "tests.test_config:load_names"
+backoff_max = "2m"
+max_stale = "10s"
+
+[refreshers.flags]
+source = "file"
+
+[refreshers.orders]
+source = "http"
+url = 5
+min_every = "1m"
+
+[middleware]
+admin_path = "_refresh"
+startup_timeout = "soon"
+listeners = ["asgi_refresh.prometheus:PrometheusMetrics"]
+"""
+    )
+    problems = problems_of(path)
+    assert [problem.split(": ")[0] for problem in problems] == [
+        "defaults.jiter",
+        "refreshers.my-name",
+        "refreshers.my-name.backoff_max",
+        "refreshers.rates.backoff_max",
+        "refreshers.rates.max_stale",
+        "refreshers.flags.path",
+        "refreshers.orders.url",
+        "refreshers.orders.min_every",
+        "middleware.startup_timeout",
+        "middleware.listeners.0",
+        "middleware.admin_path",
+        "middleware.admin_path",
+    ]
+    assert problems[1].startswith("refreshers.my-name: Refresher name must be a Python identifier")
+    assert problems[2].startswith("refreshers.my-name.backoff_max: must not exceed every (1m)")
+    assert "'refresher'" not in "".join(problems), "the stand-in name is never shown"
+    assert problems[-2].startswith(
+        "middleware.admin_path: must be a path under the root that starts with '/'"
+    )
+    assert problems[-1].startswith("middleware.admin_path: is set but admin_token is not")
+
+
+def test_constructor_messages_are_written_in_toml_terms() -> None:
+    """A constructor's ``name=value`` hints come out as the file writes them, under their config keys."""
+    both = {"source": "http", "url": "http://x", "every": "1h", "data": {"a": "b"}, "json": {"a": 1}}
+    assert problems_of({"refreshers": {"names": both}, "middleware": {"admin_token": "a-token"}}) == [
+        "refreshers.names.data: pass a form body (data = ...) or a JSON body (json = ...), not both",
+        "middleware.admin_token: admin_token and admin_loopback_only need admin_path, the prefix to serve "
+        'the admin endpoints under (e.g. admin_path = "/_refresh")',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("middleware", "expected"),
+    [
+        (
+            {"admin_path": "/_refresh", "admin_token": "short"},
+            ["middleware.admin_token: must be at least 16 characters"],
+        ),
+        (
+            {"admin_path": "/_refresh", "admin_token": "${UNSET}"},
+            ["middleware.admin_token: environment variable UNSET is not set"],
+        ),
+        (
+            {"admin_path": 5, "admin_token": "a-token-long-enough-1234"},
+            ["middleware.admin_path: expected a string, got 5"],
+        ),
+    ],
+)
+def test_a_bad_admin_value_is_not_reported_as_a_missing_one(middleware: Any, expected: list[str]) -> None:
+    """An admin_path or admin_token that is wrong is reported once, not also as absent."""
+    problems = problems_of({"refreshers": {"names": refresher()}, "middleware": middleware})
+    assert len(problems) == len(expected), problems
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start)
+
+
 def test_a_json_file_with_a_name_twice_is_an_error(tmp_path: Path) -> None:
     """JSON silently keeps the last of two equal keys; the config refuses them instead."""
     path = tmp_path / "refresh.json"
@@ -969,7 +1062,7 @@ def test_the_control_plane_is_configurable() -> None:
     )
     missing = problems_of({"refreshers": {"names": refresher()}, "middleware": {"admin_path": "/_refresh"}})
     assert missing == [
-        "middleware.admin_path: is set but admin_token is not. Pass admin_token= (a secret string, or a "
-        "callable that checks the bearer token), or admin_loopback_only=True to serve the admin endpoints "
-        "without a token to requests from 127.0.0.1 / ::1 only"
+        'middleware.admin_path: is set but admin_token is not. Set admin_token = "${ADMIN_TOKEN}" (a secret '
+        "string, or a callable that checks the bearer token), or admin_loopback_only = true to serve the "
+        "admin endpoints without a token to requests from 127.0.0.1 / ::1 only"
     ]
