@@ -446,6 +446,19 @@ def test_a_bad_admin_value_is_not_reported_as_a_missing_one(middleware: Any, exp
         assert problem.startswith(start)
 
 
+def test_a_complaint_that_names_no_key_is_reported_at_the_table() -> None:
+    """A constructor complaint about no known option is reported once, at the table's own path."""
+    from asgi_refresh._config import Option, _Builder
+
+    def refuses(**kwargs: Any) -> None:
+        raise ValueError("X: something is wrong as a whole")
+
+    builder = _Builder(Path.cwd(), {})
+    option = Option("X", "size", "size", "int", False, 1, "")
+    assert builder.construct(refuses, {"size": 2}, ("middleware",), {"size": option}) is None
+    assert builder.problems == ["middleware: X: something is wrong as a whole"]
+
+
 def test_a_json_file_with_a_name_twice_is_an_error(tmp_path: Path) -> None:
     """JSON silently keeps the last of two equal keys; the config refuses them instead."""
     path = tmp_path / "refresh.json"
