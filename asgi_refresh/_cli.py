@@ -19,7 +19,7 @@ import anyio
 
 from .__about__ import __version__
 from ._clock import SystemClock
-from ._config import Config, ConfigError, load_config
+from ._config import Config, ConfigError, load_config, scrub
 from ._duration import format_duration, parse_duration
 from ._file import FileSource
 from ._http import HTTPSource
@@ -55,29 +55,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    with _log_to_stderr(args.verbose):
-        return _run(args)
+    with _log_to_stderr(args.verbose) as formatter:
+        return _run(args, formatter)
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    """Formats a log record, then masks every value that came from the environment.
+
+    The whole formatted text is scrubbed, so a secret is masked wherever it ends
+    up: in the message, in its arguments, or in a traceback.
+    """
+
+    secrets: frozenset[str] = frozenset()
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as text, without any of ``secrets``."""
+        return scrub(super().format(record), self.secrets)
 
 
 @contextmanager
-def _log_to_stderr(verbose: bool) -> Iterator[None]:
+def _log_to_stderr(verbose: bool) -> Iterator[_ScrubbingFormatter]:
     """The package's log on stderr with --verbose; otherwise the output says it all."""
     logger = logging.getLogger("asgi_refresh")
     handler: logging.Handler = logging.StreamHandler(sys.stderr) if verbose else logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    formatter = _ScrubbingFormatter("%(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     saved = logger.propagate, logger.level
     logger.addHandler(handler)
     logger.propagate = False
     if verbose:
         logger.setLevel(logging.INFO)
     try:
-        yield
+        yield formatter
     finally:
         logger.removeHandler(handler)
         logger.propagate, logger.level = saved
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, formatter: _ScrubbingFormatter) -> int:
     # As `python -m` and uvicorn do: `target = "myapp.rates:load"` imports from here.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -87,10 +102,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"config": str(args.config), "ok": False, "problems": exc.problems})
         else:
-            print(f"{args.config}: invalid configuration ({len(exc.problems)} problems)", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
+            print(exc, file=sys.stderr)  # the library's own wording
         return EXIT_INVALID
+    formatter.secrets = config.secrets
     if args.command == "check":
         return _check(args, config)
     return _fetch(args, config)

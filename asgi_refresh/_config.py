@@ -64,17 +64,27 @@ class ConfigError(ValueError):
     cannot be read or parsed, and for values that are missing, of the wrong type,
     out of range, unknown (with a did-you-mean) or that name an import that fails.
 
+    Its message starts ``invalid configuration in 'refresh.toml' (2 problems):``
+    and lists the problems, one per line; a file that is missing or cannot be read
+    is that one line alone (``refresh.toml: file not found``).
+
     Attributes:
         problems: One line per problem, like
             ``refreshers.names.every: expected a duration like "5m", got "soon"``.
     """
 
-    def __init__(self, origin: str, problems: list[str]) -> None:
+    def __init__(self, origin: str, problems: list[str], *, unreadable: bool = False) -> None:
         self.problems = list(problems)
+        if unreadable:
+            super().__init__("\n".join(problems))
+            return
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         super().__init__(
             f"invalid configuration {origin} ({count}):\n" + "\n".join(f"  {p}" for p in problems)
         )
+
+
+ConfigError.__module__ = "asgi_refresh"  # tracebacks name it as it is imported: asgi_refresh.ConfigError
 
 
 # -- the options, read from the real signatures ----------------------------------------
@@ -332,9 +342,9 @@ def _read(path: Path, origin: str) -> Any:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(origin, [f"{path}: file not found"]) from None
+        raise ConfigError(origin, [f"{path}: file not found"], unreadable=True) from None
     except OSError as exc:
-        raise ConfigError(origin, [f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        raise ConfigError(origin, [f"{path}: cannot read: {exc.strerror or exc}"], unreadable=True) from None
     try:
         if suffix == ".toml":
             return tomllib.loads(data.decode("utf-8"))
@@ -522,6 +532,13 @@ class _Builder:
             self.problem(_key(*here), f"expected a table, got {self.got(_key(*here), raw)}")
             return None
         count = len(self.problems)
+        # The name is checked first and on its own: the constructor would stop at a bad
+        # name before looking at anything else. The rest is checked under a stand-in name.
+        built_name = name
+        name_problem = _name_problem(name)
+        if name_problem is not None:
+            self.problem(_key(*here), name_problem)
+            built_name = _STAND_IN_NAME
         table = dict(raw)
         source = table.pop("source", None)
         choices = (*SOURCES, PYTHON_SOURCE)
@@ -555,7 +572,9 @@ class _Builder:
                 continue
             ok, converted = self.convert(option, value, path)
             if not ok:
-                continue
+                if option.parameter not in _STAND_INS:
+                    continue
+                converted = _STAND_INS[option.parameter]  # so that the constructor checks the rest
             if option.owner == "Refresher":
                 refresher_kwargs[option.parameter] = converted
             else:
@@ -597,7 +616,7 @@ class _Builder:
         if all(option.parameter in refresher_kwargs for option in refresher_keys.values() if option.required):
             refresher = self.construct(
                 Refresher,
-                {"name": name, "fetch": _placeholder if fetch is None else fetch, **refresher_kwargs},
+                {"name": built_name, "fetch": _placeholder if fetch is None else fetch, **refresher_kwargs},
                 here,
                 {**refresher_keys, **source_keys},
             )
@@ -621,29 +640,63 @@ class _Builder:
         here: tuple[str, ...],
         options: Mapping[str, Option],
     ) -> Any:
-        """Call the real constructor; its complaint becomes a problem at the key it names."""
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError, ImportError) as exc:
-            message = _OWNER_PREFIX.sub("", str(exc))
-            by_parameter = {option.parameter: option.key for option in options.values()}
-            positions = {
-                parameter: found.start()
-                for parameter in by_parameter
-                if (found := re.search(rf"(?<![\w.]){re.escape(parameter)}(?!\w)", message))
-            }
-            path = here
-            if positions:
-                parameter = min(positions, key=lambda p: positions[p])
-                path = (*here, by_parameter[parameter])
-                for prefix in (
-                    (f"{parameter}: ", f"{parameter} ") if by_parameter[parameter] == parameter else ()
+        """Call the real constructor; each of its complaints becomes a problem at the key it names.
+
+        A constructor stops at its first complaint. To report the others in the same
+        run, the parameter it blamed is replaced by a stand-in (`_STAND_INS`), or left
+        to its default, and the constructor is called again. Returns None after any
+        complaint.
+        """
+        by_parameter = {option.parameter: option for option in options.values()}
+        kwargs = dict(kwargs)
+        complained = False
+        blamed: dict[str, int] = {}
+        while True:
+            try:
+                built = cls(**kwargs)
+            except (TypeError, ValueError, ImportError) as exc:
+                complained = True
+                parameter = self._complaint(str(exc), here, by_parameter)
+                if parameter is None:
+                    return None
+                blamed[parameter] = blamed.get(parameter, 0) + 1
+                option = by_parameter[parameter]
+                if (
+                    blamed[parameter] == 1
+                    and parameter in _STAND_INS
+                    and kwargs.get(parameter) != _STAND_INS[parameter]
                 ):
-                    if message.startswith(prefix):
-                        message = message[len(prefix) :]
-                        break
-            self.problem(_key(*path), message)
-            return None
+                    kwargs[parameter] = _STAND_INS[parameter]
+                elif not option.required and parameter in kwargs and blamed[parameter] <= 2:
+                    del kwargs[parameter]
+                else:
+                    return None
+                continue
+            return None if complained else built
+
+    def _complaint(self, text: str, here: tuple[str, ...], by_parameter: Mapping[str, Option]) -> str | None:
+        """Record a constructor's complaint at the key it names first; that key's parameter."""
+        message = _OWNER_PREFIX.sub("", text)
+        positions = {
+            parameter: found.start()
+            for parameter in by_parameter
+            if (found := re.search(rf"(?<![\w.]){re.escape(parameter)}(?!\w)", message))
+        }
+        path = here
+        blamed = None
+        if positions:
+            blamed = min(positions, key=lambda p: positions[p])
+            key = by_parameter[blamed].key
+            path = (*here, key)
+            for prefix in (f"{blamed}: ", f"{blamed} ") if key == blamed else ():
+                rest = message[len(prefix) :]
+                if message.startswith(prefix) and not rest.startswith(("and ", "or ")):
+                    message = rest
+                    break
+        line = f"{_key(*path)}: {_in_toml_terms(message, by_parameter)}"
+        if line not in self.problems:  # the same complaint again, about a stand-in
+            self.problems.append(line)
+        return blamed
 
     def middleware(self, table: dict[str, Any], refreshers: list[Refresher]) -> dict[str, Any]:
         from ._middleware import RefreshMiddleware
@@ -658,6 +711,8 @@ class _Builder:
             ok, converted = self.convert(option, value, ("middleware", key))
             if ok:
                 kwargs[option.parameter] = converted
+            elif option.parameter in _STAND_INS:
+                kwargs[option.parameter] = _STAND_INS[option.parameter]  # so that the rest is checked
         self.construct(
             RefreshMiddleware, {"app": _no_app, "refreshers": refreshers, **kwargs}, ("middleware",), options
         )
@@ -791,12 +846,19 @@ class _Builder:
         return all(ok for ok, _ in results), [found for _, found in results]
 
     def _to_objects(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """Objects to call (listeners): instances or functions; a class is refused."""
         if not isinstance(value, list):
             return self._wrong(option, value, parts)
-        found = [
-            item if not isinstance(item, str) else self.imported(item, (*parts, str(index)))
-            for index, item in enumerate(value)
-        ]
+        found = []
+        for index, item in enumerate(value):
+            path = (*parts, str(index))
+            imported = item if not isinstance(item, str) else self.imported(item, path)
+            if inspect.isclass(imported):
+                # Called with each event, a class would make a new object every time
+                # (or raise): what is meant is one instance of it.
+                self.problem(_key(*path), _a_class(item, imported))
+                imported = _FAILED
+            found.append(imported)
         return all(item is not _FAILED for item in found), found
 
     def _to_format(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
@@ -948,6 +1010,17 @@ class _Builder:
 _FAILED = object()
 
 
+def _a_class(written: Any, cls: type) -> str:
+    """Why a class is not a listener, and what to write instead."""
+    variable = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__).lower()
+    name = repr(written) if isinstance(written, str) else f"{cls.__module__}.{cls.__qualname__}"
+    return (
+        f"{name} is a class; name an instance or a function: e.g. define "
+        f"`{variable} = {cls.__name__}()` in a module of yours and write "
+        f'"myapp.listeners:{variable}"'
+    )
+
+
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     """Stands for the app while the [middleware] table is checked."""
 
@@ -965,6 +1038,62 @@ def _import_string(value: Any) -> str:
 
 def _placeholder() -> None:
     """Stands for a fetch that could not be made, so that the refresher's own options are checked."""
+
+
+_STAND_IN_NAME = "refresher"
+_STAND_INS: dict[str, Any] = {
+    "url": "https://example.com/",
+    "admin_path": "/_refresh",
+    "admin_token": "a-stand-in-admin-token",
+}
+"""Valid values that stand for an invalid one, so that a constructor checks everything else.
+
+Only for parameters whose absence would hide other checks or cause a false one (a
+source needs its URL; ``admin_token`` is checked only with an ``admin_path``, which
+complains when there is no token). Other invalid optional values are left out
+instead, falling back to their defaults.
+"""
+
+
+def _name_problem(name: str) -> str | None:
+    """What `Refresher` says about ``name`` alone, or None if it is a valid name."""
+    try:
+        Refresher(name, _placeholder, every=3600)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+_PYTHON_ASSIGNMENT = re.compile(
+    r"(?P<pass>\b[Pp]ass )?(?<![\w.])(?P<parameter>[a-z_]\w*)="
+    r"(?P<value>True|False|None|\"[^\"]*\"|'[^']*'|(?=[\s),]|$))"
+)
+_TOML_VALUES = {"True": "true", "False": "false", "None": f'"{NONE_WORD}"'}
+_TOML_EXAMPLES = {"token": '"${ADMIN_TOKEN}"'}
+
+
+def _in_toml_terms(message: str, by_parameter: Mapping[str, Option]) -> str:
+    """A constructor's ``admin_token=`` / ``admin_loopback_only=True`` as a file writes them.
+
+    Only parameters of this constructor are rewritten, to their config keys:
+    ``Pass admin_loopback_only=True`` becomes ``Set admin_loopback_only = true``.
+    """
+
+    def rewrite(match: re.Match[str]) -> str:
+        option = by_parameter.get(match["parameter"])
+        if option is None:
+            return match[0]
+        value = match["value"]
+        if value in _TOML_VALUES:
+            value = _TOML_VALUES[value]
+        elif value.startswith("'"):
+            value = json.dumps(value[1:-1])
+        elif not value:
+            value = _TOML_EXAMPLES.get(option.kind, "...")
+        verb = {"Pass ": "Set ", "pass ": "set "}.get(match["pass"] or "", "")
+        return f"{verb}{option.key} = {value}"
+
+    return _PYTHON_ASSIGNMENT.sub(rewrite, message)
 
 
 _EXPECTED = {

@@ -22,6 +22,7 @@ Listener = Callable[["RefreshEvent"], object]
 
 _QUEUE_SIZE = 10_000  # async listener calls waiting to run; beyond this, events are dropped
 _LISTENER_TIMEOUT = 30.0
+_REPEAT_ERROR_EVERY = 300.0  # a listener that keeps raising logs one ERROR per this many seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,9 @@ class Events:
     counter, a log line). An ``async`` listener's calls are queued and awaited
     one at a time on a task of their own, so a slow one never delays a fetch or
     the schedule. A listener that raises, or an async one that takes longer than
-    30 s, is logged and skipped; the refreshers carry on.
+    30 s, is logged and skipped; the refreshers carry on. A listener that keeps
+    raising logs one ERROR with its traceback every 5 minutes; the raises in
+    between go to DEBUG and are counted in the next ERROR.
     """
 
     def __init__(self, listeners: Iterable[Listener], clock: Clock) -> None:
@@ -69,6 +72,7 @@ class Events:
         self._send: MemoryObjectSendStream[tuple[Listener, Awaitable[object]]] | None = None
         self._receive: MemoryObjectReceiveStream[tuple[Listener, Awaitable[object]]] | None = None
         self._dropped: set[int] = set()  # listeners (by id) whose events were dropped, logged once each
+        self._raised: dict[int, _Raised] = {}  # listeners (by id) that raised: when it was logged at ERROR
 
     def emit(
         self,
@@ -82,8 +86,8 @@ class Events:
         for listener in self._listeners:
             try:
                 result = listener(event)
-            except Exception:
-                _log_raised(listener, event)
+            except Exception as exc:
+                self._log_raised(listener, event, exc)
                 continue
             if inspect.isawaitable(result):
                 self._queue(listener, result)
@@ -126,8 +130,8 @@ class Events:
                             _describe(listener),
                             _LISTENER_TIMEOUT,
                         )
-                except Exception:
-                    _log_raised(listener, None)
+                except Exception as exc:
+                    self._log_raised(listener, None, exc)
         finally:
             assert self._send is not None
             self._send.close()
@@ -139,6 +143,33 @@ class Events:
                     break
                 _close(call)
             receive.close()
+
+    def _log_raised(self, listener: Listener, event: RefreshEvent | None, exc: Exception) -> None:
+        """An ERROR with the traceback, unless this listener had one less than 5 minutes ago."""
+        now = self._clock.monotonic()
+        where = "" if event is None else f" on {event.kind!r} of {event.name!r}"
+        raised = self._raised.get(id(listener))
+        if raised is not None and now - raised.logged_at < _REPEAT_ERROR_EVERY:
+            raised.since += 1
+            logger.debug(
+                "asgi_refresh: event listener %s raised again%s: %s: %s; ignored",
+                _describe(listener),
+                where,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        more = ""
+        if raised is not None and raised.since:
+            more = f" (it raised {raised.since} more times since the last such error, logged at DEBUG)"
+        self._raised[id(listener)] = _Raised(logged_at=now)
+        logger.error(
+            "asgi_refresh: event listener %s raised%s%s; ignored, the refreshers carry on",
+            _describe(listener),
+            where,
+            more,
+            exc_info=exc,
+        )
 
     @property
     def wanted(self) -> bool:
@@ -156,9 +187,9 @@ def _describe(listener: Listener) -> str:
     return getattr(listener, "__qualname__", None) or type(listener).__qualname__
 
 
-def _log_raised(listener: Listener, event: RefreshEvent | None) -> None:
-    logger.exception(
-        "asgi_refresh: event listener %s raised%s; ignored, the refreshers carry on",
-        _describe(listener),
-        "" if event is None else f" on {event.kind!r} of {event.name!r}",
-    )
+@dataclass(slots=True)
+class _Raised:
+    """When a listener's raise was last logged at ERROR, and how many were quiet since."""
+
+    logged_at: float
+    since: int = 0

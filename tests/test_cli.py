@@ -247,7 +247,7 @@ def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Pat
     assert ran.code == 2
     assert ran.out == ""
     assert ran.err.splitlines() == [
-        "refresh.toml: invalid configuration (2 problems)",
+        "invalid configuration in 'refresh.toml' (2 problems):",
         '  refreshers.extra.source: expected one of "http", "file", "python", got "htp" (did you mean \'http\'?)',
         '  refreshers.extra.every: expected a duration like "5m", got "soon"',
     ]
@@ -258,10 +258,18 @@ def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Pat
 
 
 def test_a_missing_file_exits_2(cli: Run) -> None:
-    """A config that does not exist is an invalid config, not a traceback."""
+    """A config that does not exist is said to be missing, not invalid, and not a traceback."""
     ran = cli("check", "nowhere.toml")
     assert ran.code == 2
-    assert "nowhere.toml: file not found" in ran.err
+    assert ran.err == "nowhere.toml: file not found\n"
+
+
+def test_one_problem_is_one_problem(cli: Run, tmp_path: Path) -> None:
+    """The count of problems is singular when there is one."""
+    path = write(tmp_path, "https://x", '[refreshers.extra]\nsource = "http"\nurl = "https://x"\n')
+    ran = cli("check", path)
+    assert ran.code == 2
+    assert ran.err.splitlines()[0] == "invalid configuration in 'refresh.toml' (1 problem):"
 
 
 # -- fetch ----------------------------------------------------------------------------------
@@ -322,6 +330,21 @@ def test_a_failed_refresher_that_is_not_required_still_exits_0(
     assert "FAILED (not required)" in ran.out
     assert ran.out.splitlines()[-1] == "0 ok, 1 failed"
     assert "WARNING asgi_refresh: Refresher 'gone' failed" in ran.err  # -v shows the log
+
+
+def test_the_verbose_log_masks_values_from_the_environment(
+    cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    """With -v, a value from ${VAR} in a URL path is masked in the log lines as in the table."""
+    extra = (
+        f'[refreshers.gone]\nsource = "http"\nurl = "{upstream[1]}/private/${{NAMES_TOKEN}}"\n'
+        'every = "1h"\nrequired = false\n'
+    )
+    ran = cli("fetch", write(tmp_path, upstream[1], extra), "gone", "-v")
+    assert ran.code == 0
+    assert "WARNING asgi_refresh: Refresher 'gone' failed" in ran.err
+    assert f"{upstream[1]}/private/***" in ran.err
+    no_secrets(ran)
 
 
 def test_fetching_one_name_fetches_what_it_needs(

@@ -68,8 +68,10 @@ def refresher(**options: Any) -> dict[str, Any]:
 def problems_of(config: Any, environ: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_config(config, environ=environ or {})
-    assert str(caught.value).count("\n") == len(caught.value.problems)
-    return caught.value.problems
+    problems = caught.value.problems
+    message = str(caught.value).splitlines()
+    assert message[1:] == [f"  {problem}" for problem in problems] or message == problems
+    return problems
 
 
 def only_problem(config: Any, environ: dict[str, str] | None = None) -> str:
@@ -351,6 +353,112 @@ def test_every_problem_is_reported_at_once() -> None:
     assert str(error).startswith("invalid configuration (a mapping) (6 problems):\n  refreshers.names.every:")
 
 
+def test_problems_that_hide_behind_others_are_reported_at_once(tmp_path: Path) -> None:
+    """A bad name, constructor checks after the first, and the admin options come out in one run."""
+    path = tmp_path / "refresh.toml"
+    path.write_text(
+        """
+[defaults]
+every = "1m"
+jiter = 0.1
+
+[refreshers.my-name]
+source = "http"
+url = "https://api.example.com/names"
+backoff_max = "2m"
+
+[refreshers.rates]
+source = "python"
+target = "tests.test_config:load_names"
+backoff_max = "2m"
+max_stale = "10s"
+
+[refreshers.flags]
+source = "file"
+
+[refreshers.orders]
+source = "http"
+url = 5
+min_every = "1m"
+
+[middleware]
+admin_path = "_refresh"
+startup_timeout = "soon"
+listeners = ["asgi_refresh.prometheus:PrometheusMetrics"]
+"""
+    )
+    problems = problems_of(path)
+    assert [problem.split(": ")[0] for problem in problems] == [
+        "defaults.jiter",
+        "refreshers.my-name",
+        "refreshers.my-name.backoff_max",
+        "refreshers.rates.backoff_max",
+        "refreshers.rates.max_stale",
+        "refreshers.flags.path",
+        "refreshers.orders.url",
+        "refreshers.orders.min_every",
+        "middleware.startup_timeout",
+        "middleware.listeners.0",
+        "middleware.admin_path",
+        "middleware.admin_path",
+    ]
+    assert problems[1].startswith("refreshers.my-name: Refresher name must be a Python identifier")
+    assert problems[2].startswith("refreshers.my-name.backoff_max: must not exceed every (1m)")
+    assert "'refresher'" not in "".join(problems), "the stand-in name is never shown"
+    assert problems[-2].startswith(
+        "middleware.admin_path: must be a path under the root that starts with '/'"
+    )
+    assert problems[-1].startswith("middleware.admin_path: is set but admin_token is not")
+
+
+def test_constructor_messages_are_written_in_toml_terms() -> None:
+    """A constructor's ``name=value`` hints come out as the file writes them, under their config keys."""
+    both = {"source": "http", "url": "http://x", "every": "1h", "data": {"a": "b"}, "json": {"a": 1}}
+    assert problems_of({"refreshers": {"names": both}, "middleware": {"admin_token": "a-token"}}) == [
+        "refreshers.names.data: pass a form body (data = ...) or a JSON body (json = ...), not both",
+        "middleware.admin_token: admin_token and admin_loopback_only need admin_path, the prefix to serve "
+        'the admin endpoints under (e.g. admin_path = "/_refresh")',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("middleware", "expected"),
+    [
+        (
+            {"admin_path": "/_refresh", "admin_token": "short"},
+            ["middleware.admin_token: must be at least 16 characters"],
+        ),
+        (
+            {"admin_path": "/_refresh", "admin_token": "${UNSET}"},
+            ["middleware.admin_token: environment variable UNSET is not set"],
+        ),
+        (
+            {"admin_path": 5, "admin_token": "a-token-long-enough-1234"},
+            ["middleware.admin_path: expected a string, got 5"],
+        ),
+    ],
+)
+def test_a_bad_admin_value_is_not_reported_as_a_missing_one(middleware: Any, expected: list[str]) -> None:
+    """An admin_path or admin_token that is wrong is reported once, not also as absent."""
+    problems = problems_of({"refreshers": {"names": refresher()}, "middleware": middleware})
+    assert len(problems) == len(expected), problems
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start)
+
+
+def test_a_complaint_that_names_no_key_is_reported_at_the_table() -> None:
+    """A constructor complaint about no known option is reported once, at the table's own path."""
+    from asgi_refresh._config import Option, _Builder
+
+    def refuses(**kwargs: Any) -> None:
+        raise ValueError("X: something is wrong as a whole")
+
+    builder = _Builder(Path.cwd(), {})
+    option = Option("X", "size", "size", "int", False, 1, "")
+    assert builder.construct(refuses, {"size": 2}, ("middleware",), {"size": option}) is None
+    assert builder.problems == ["middleware: X: something is wrong as a whole"]
+
+
 def test_a_json_file_with_a_name_twice_is_an_error(tmp_path: Path) -> None:
     """JSON silently keeps the last of two equal keys; the config refuses them instead."""
     path = tmp_path / "refresh.json"
@@ -394,6 +502,24 @@ def test_a_file_that_cannot_be_read_is_a_config_error(
         assert problem == "(top level): expected a table with defaults, refreshers, middleware, got a list"
     else:
         assert problem.startswith(f"{path}: {expected}")
+
+
+def test_a_missing_file_is_not_called_an_invalid_configuration(tmp_path: Path) -> None:
+    """A file that is not there is just that, under the public name asgi_refresh.ConfigError."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "missing.toml")
+    assert str(caught.value) == f"{tmp_path / 'missing.toml'}: file not found"
+    assert f"{type(caught.value).__module__}.{type(caught.value).__name__}" == "asgi_refresh.ConfigError"
+
+
+def test_one_problem_is_one_problem() -> None:
+    """The count in the message agrees with the number: 1 problem, 2 problems."""
+    assert (
+        str(ConfigError("(a mapping)", ["a: x"])) == "invalid configuration (a mapping) (1 problem):\n  a: x"
+    )
+    assert str(ConfigError("(a mapping)", ["a: x", "b: y"])).startswith(
+        "invalid configuration (a mapping) (2 problems):\n"
+    )
 
 
 def test_a_directory_is_not_readable(tmp_path: Path) -> None:
@@ -887,6 +1013,26 @@ def test_lists_of_import_strings_are_imported() -> None:
     ]
 
 
+def test_a_class_is_refused_as_a_listener() -> None:
+    """Naming a listener class (not an instance) is an error that says what to write instead."""
+    from asgi_refresh.prometheus import PrometheusMetrics
+
+    problems = problems_of(
+        {
+            "refreshers": {"names": refresher()},
+            "middleware": {"listeners": ["asgi_refresh.prometheus:PrometheusMetrics", PrometheusMetrics]},
+        }
+    )
+    assert problems == [
+        "middleware.listeners.0: 'asgi_refresh.prometheus:PrometheusMetrics' is a class; name an instance "
+        "or a function: e.g. define `prometheus_metrics = PrometheusMetrics()` in a module of yours and "
+        'write "myapp.listeners:prometheus_metrics"',
+        "middleware.listeners.1: asgi_refresh.prometheus.PrometheusMetrics is a class; name an instance "
+        "or a function: e.g. define `prometheus_metrics = PrometheusMetrics()` in a module of yours and "
+        'write "myapp.listeners:prometheus_metrics"',
+    ]
+
+
 def check_admin_token(token: str) -> bool:
     return token == "from-the-check"
 
@@ -929,9 +1075,9 @@ def test_the_control_plane_is_configurable() -> None:
     )
     missing = problems_of({"refreshers": {"names": refresher()}, "middleware": {"admin_path": "/_refresh"}})
     assert missing == [
-        "middleware.admin_path: is set but admin_token is not. Pass admin_token= (a secret string, or a "
-        "callable that checks the bearer token), or admin_loopback_only=True to serve the admin endpoints "
-        "without a token to requests from 127.0.0.1 / ::1 only"
+        'middleware.admin_path: is set but admin_token is not. Set admin_token = "${ADMIN_TOKEN}" (a secret '
+        "string, or a callable that checks the bearer token), or admin_loopback_only = true to serve the "
+        "admin endpoints without a token to requests from 127.0.0.1 / ::1 only"
     ]
 
 

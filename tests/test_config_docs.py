@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from asgi_refresh import FileSource, HTTPSource
 from asgi_refresh._config import (
@@ -19,6 +20,7 @@ from asgi_refresh._config import (
     refresher_options,
     source_options,
 )
+from asgi_refresh.prometheus import PrometheusMetrics
 
 PAGE = Path(__file__).parent.parent / "docs" / "configuration.md"
 START = re.compile(r"<!-- reference:start[^>]*-->\n\n")
@@ -65,16 +67,19 @@ def test_every_key_is_documented() -> None:
 
 @pytest.fixture
 def myapp(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ``myapp.rates:load`` that the page's examples name."""
-    package, rates = ModuleType("myapp"), ModuleType("myapp.rates")
+    """The ``myapp.rates:load`` and ``myapp.metrics:metrics`` that the page's examples name."""
+    package, rates, metrics = ModuleType("myapp"), ModuleType("myapp.rates"), ModuleType("myapp.metrics")
 
     async def load() -> dict[str, float]:
         return {"USD": 1.08}
 
     rates.load = load  # type: ignore[attr-defined]
+    metrics.metrics = PrometheusMetrics(CollectorRegistry())  # type: ignore[attr-defined]
     package.rates = rates  # type: ignore[attr-defined]
+    package.metrics = metrics  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "myapp", package)
     monkeypatch.setitem(sys.modules, "myapp.rates", rates)
+    monkeypatch.setitem(sys.modules, "myapp.metrics", metrics)
 
 
 def test_the_toml_examples_are_valid(myapp: None) -> None:
@@ -91,3 +96,5 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     assert isinstance(flags.fetch, FileSource)
     assert rates.fetch is sys.modules["myapp.rates"].load
     assert first.middleware == {"startup_timeout": "1m"}
+    with_metrics = load_config(tomllib.loads(next(s for s in samples if "listeners" in s)))
+    assert with_metrics.middleware["listeners"] == [sys.modules["myapp.metrics"].metrics]

@@ -105,6 +105,41 @@ async def test_a_listener_that_raises_is_logged_and_ignored(caplog: pytest.LogCa
     assert "async listener bug" in caplog.text
 
 
+async def test_a_listener_that_keeps_raising_logs_one_error_per_5_minutes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first raise is an ERROR with a traceback; repeats go to DEBUG and are counted in the next ERROR."""
+    caplog.set_level(logging.DEBUG, logger="asgi_refresh")
+    clock = FakeClock(START)
+
+    def broken(event: RefreshEvent) -> None:
+        raise ValueError("listener bug")
+
+    def raised(level: str) -> list[logging.LogRecord]:
+        return [
+            record
+            for record in caplog.records
+            if record.levelname == level and "event listener" in record.getMessage()
+        ]
+
+    refresher = Refresher("names", Upstream(), every="1s", jitter=0)
+    async with LifespanManager(middleware_with(refresher, listeners=[broken], clock=clock)):
+        await clock.advance(10)
+        assert len(raised("ERROR")) == 1
+        assert raised("ERROR")[0].exc_info is not None
+        quiet = len(raised("DEBUG"))
+        assert quiet >= 20, "every fetch sends events; each raise after the first is at DEBUG"
+        assert raised("DEBUG")[0].exc_info is None
+        assert (
+            "raised again on 'succeeded' of 'names': ValueError: listener bug" in raised("DEBUG")[0].message
+        )
+        await clock.advance(290)
+    first, second = raised("ERROR")
+    records = caplog.records[caplog.records.index(first) : caplog.records.index(second)]
+    quiet = sum(record in records for record in raised("DEBUG"))
+    assert f"(it raised {quiet} more times since the last such error, logged at DEBUG)" in second.getMessage()
+
+
 async def test_a_listener_that_hangs_is_cancelled_after_30s(caplog: pytest.LogCaptureFixture) -> None:
     """An async listener is bounded; the next events still arrive."""
     clock = FakeClock(START)
