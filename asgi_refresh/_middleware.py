@@ -342,6 +342,11 @@ def _checked_listeners(listeners: Iterable[Listener]) -> tuple[Listener, ...]:
         )
     checked = tuple(listeners)
     for listener in checked:
+        if isinstance(listener, type):
+            raise TypeError(
+                f"RefreshMiddleware: listener {listener.__name__} is a class; pass an instance, "
+                f"e.g. listeners=[{listener.__name__}()]"
+            )
         if not callable(listener):
             raise TypeError(
                 "RefreshMiddleware: each listener must be a callable taking a RefreshEvent "

@@ -202,6 +202,10 @@ async def test_a_listener_that_falls_behind_loses_events_with_one_error(
         (print, "listeners must be a list of callables; wrap a single one in a list: listeners=\\[print\\]"),
         (["not callable"], "each listener must be a callable taking a RefreshEvent"),
         (42, "listeners must be a list of callables"),
+        (
+            [PrometheusMetrics],
+            r"listener PrometheusMetrics is a class; pass an instance, e.g. listeners=\[PrometheusMetrics\(\)\]",
+        ),
     ],
 )
 def test_bad_listeners_are_refused(listeners: Any, message: str) -> None:
