@@ -20,8 +20,9 @@ configuration, in a temporary directory on the local disk.
    the time from the leader publishing the value (its ``last_changed_at``, taken
    just before it stores it) to the last worker publishing it (the latest of the
    others' ``last_changed_at``, set when they load and publish it): all on this
-   host's clock, so the polling's own delay does not count. SQLite's subscribers
-   poll at the default ``poll_interval`` (0.2 s).
+   host's clock, so the polling's own delay does not count. A random pause (50 to
+   350 ms) before each change puts it at a random point of the followers' polling
+   cycles; SQLite's subscribers poll at the default ``poll_interval`` (0.2 s).
 3. **Takeover.** A cluster per backend polling every 0.5 s with a short
    ``--lease-ttl``: ``--kills`` times, the leader is SIGKILLed (it cannot release
    its lease) and the time until the upstream sees the next fetch is measured,
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import socket
 import statistics
@@ -222,7 +224,8 @@ def propagation(setup: Setup, backend: str, workers: int, changes: int) -> list[
             changed = {w.port: _wall(w.status()["last_changed_at"]) for w in cluster}
             published = changed.pop(leader.port)
             delays.append(max(changed.values()) - published)
-            time.sleep(0.05)
+            # A random pause: each change lands at a random point of the followers' polling cycle.
+            time.sleep(random.uniform(0.05, 0.35))
     return delays
 
 
