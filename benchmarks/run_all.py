@@ -14,6 +14,7 @@ import asyncio
 import platform
 import time
 
+import cluster
 import idle
 import overhead
 import sources
@@ -32,6 +33,7 @@ async def run(quick: bool) -> list[Row]:
             *await idle.measure(refreshers=1000, seconds=0.5),
             await throughput.measure(refreshers=100, seconds=0.5),
             *await sources.measure(polls=2, rounds=1, seconds=0.2),
+            *await cluster.measure(seconds=1.0, changes=2, kills=1, lease_ttl=1.5),
         ]
     return [
         *await overhead.measure(),
@@ -40,6 +42,7 @@ async def run(quick: bool) -> list[Row]:
         *await idle.measure(),
         await throughput.measure(),
         *await sources.measure(),
+        *await cluster.measure(),
     ]
 
 

@@ -1,0 +1,369 @@
+"""Coordination across real processes: uvicorn workers and separate servers standing in for hosts.
+
+Every process runs `tests/cluster_app.py` on 127.0.0.1 and polls one document of
+a counting upstream (the demo's `Upstream`, served in a thread of the test
+process) every half second or so; the backend is the session's Redis server or
+an SQLite file. Each test reads what each process publishes (``GET /value``) and
+its role (``GET /_refresh``), and counts the upstream's requests. Waits poll a
+condition up to a generous deadline: nothing below sleeps for a fixed time except
+the windows that count fetches.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_refresh.demo.upstream import Upstream, serve
+
+from .redis_server import RedisServer
+
+ROOT = Path(__file__).parent.parent
+APP = "tests.cluster_app:app"
+BAD_SIGNS = ("Traceback", "Task was destroyed", "was never awaited", "Exception in")
+START_TIMEOUT = 30.0  # 8 interpreters starting at once on a 2-core CI machine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def until(condition: Callable[[], bool], seconds: float, what: Callable[[], object] | str = "") -> float:
+    """Poll ``condition`` until it holds; return the seconds it took, or fail after ``seconds``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > seconds:
+            detail = what() if callable(what) else what
+            pytest.fail(f"not within {seconds:g} s: {detail}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+class Node:
+    """One uvicorn process (with ``workers`` worker processes) running the cluster app."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        self.env, self.workers = env, workers
+        self.lines: list[str] = []
+        self._start()
+
+    def _start(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--no-access-log", *(["--workers", str(self.workers)] if self.workers > 1 else [])]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def ready(self) -> bool:
+        """Whether every worker has started and the app answers; restarts on a port taken meanwhile."""
+        if self.process.poll() is not None:
+            self._reader.join(5)
+            if "address already in use" in self.output.lower():
+                self._close_pipe()
+                self._start()
+                return False
+            pytest.fail(f"the server exited with {self.process.returncode}:\n{self.output}")
+        if self.output.count("Application startup complete.") < self.workers:
+            return False
+        try:
+            return httpx.get(f"{self.url}/value", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def value(self) -> Any:
+        """What the process serving this request publishes."""
+        return httpx.get(f"{self.url}/value", timeout=5).json()["value"]
+
+    def coordination(self) -> dict[str, Any]:
+        """The refresher's coordination status (role, version) in the process serving this request."""
+        page = httpx.get(f"{self.url}/_refresh", timeout=5).json()
+        coordination: dict[str, Any] = page["refreshers"]["data"]["coordination"]
+        return coordination
+
+    def role(self) -> str:
+        role: str = self.coordination()["role"]
+        return role
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return everything the server printed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a server that hangs at shutdown
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        self._close_pipe()
+        return self.output
+
+    def _close_pipe(self) -> None:
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@contextmanager
+def cluster(count: int, env: dict[str, str], workers: int = 1) -> Iterator[list[Node]]:
+    """``count`` servers started at once (each with ``workers`` workers); stopped at the end."""
+    nodes: list[Node] = []
+    try:
+        for _ in range(count):
+            nodes.append(Node(env, workers))
+        until(lambda: all(node.ready() for node in nodes), START_TIMEOUT, lambda: [n.output for n in nodes])
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def values(nodes: list[Node]) -> list[Any]:
+    return [node.value() for node in nodes]
+
+
+def roles(nodes: list[Node]) -> list[str]:
+    return [node.role() for node in nodes]
+
+
+def assert_clean(nodes: list[Node]) -> None:
+    for node in nodes:
+        output = node.stop()
+        assert not [sign for sign in BAD_SIGNS if sign in output], output
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[Upstream, str]]:
+    """The counting upstream on 127.0.0.1, and its base URL."""
+    documents = Upstream()
+    with serve(documents) as url:
+        yield documents, url
+
+
+def redis_env(redis: RedisServer, url: str, **more: str) -> dict[str, str]:
+    """The environment of processes coordinated through ``redis``, in a namespace of their own."""
+    prefix = f"cluster{time.monotonic_ns()}"
+    return {"BACKEND": "redis", "REDIS_URL": redis.url, "PREFIX": prefix, "UPSTREAM_URL": url, **more}
+
+
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def test_four_workers_fetch_once_per_interval_not_four_times(
+    backend: str, upstream: tuple[Upstream, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With uvicorn --workers 4: one upstream fetch per interval with a coordinator, four without."""
+    documents, url = upstream
+    documents.set("/coordinated", {"version": 1})
+    documents.set("/alone", {"version": 1})
+    every, window = 0.5, 6.0
+    timing = {"EVERY": f"{every}s", "LEASE_TTL": "3s"}
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        coordinated = redis_env(server, f"{url}/coordinated", **timing)
+    else:
+        db = str(tmp_path / "refresh.db")
+        coordinated = {"BACKEND": "sqlite", "DB_PATH": db, "UPSTREAM_URL": f"{url}/coordinated", **timing}
+    alone = {"BACKEND": "none", "UPSTREAM_URL": f"{url}/alone", **timing}
+    with ExitStack() as stack:
+        # Both start at once (their startup is most of this test's time), then are counted side by side.
+        nodes = [Node(coordinated, workers=4), Node(alone, workers=4)]
+        stack.callback(lambda: [node.stop() for node in nodes])
+        until(lambda: all(node.ready() for node in nodes), START_TIMEOUT, lambda: [n.output for n in nodes])
+        before = documents.requests.copy()
+        started = time.monotonic()
+        time.sleep(window)
+        after = documents.requests.copy()
+        intervals = (time.monotonic() - started) / every
+        # Which worker says what: a new connection each time, so that the kernel spreads them.
+        by_pid: dict[int, str] = {}
+        deadline = time.monotonic() + 10
+        while len(by_pid) < 4 and time.monotonic() < deadline:
+            page = httpx.get(f"{nodes[0].url}/value", timeout=5).json()
+            by_pid[page["pid"]] = page["coordination"]["role"]
+    fetched = after["/coordinated"] - before["/coordinated"]
+    fetched_alone = after["/alone"] - before["/alone"]
+    assert fetched <= intervals + 2, f"{fetched} fetches in {intervals:.1f} intervals"
+    assert fetched >= intervals / 2, f"the lease holder kept fetching: {fetched} in {intervals:.1f} intervals"
+    assert fetched_alone >= 2.5 * intervals, f"without a coordinator, each worker fetches: {fetched_alone}"
+    assert fetched * 2 < fetched_alone, (fetched, fetched_alone)
+    if len(by_pid) == 4:  # the kernel spread the connections over all workers
+        assert sorted(by_pid.values()) == ["follower", "follower", "follower", "leader"], by_pid
+    else:
+        assert list(by_pid.values()).count("leader") <= 1, by_pid
+
+
+def test_separate_hosts_converge_on_every_new_version(
+    redis_server: RedisServer, upstream: tuple[Upstream, str]
+) -> None:
+    """4 servers on their own ports (hosts): one leader, and all serve each new version."""
+    documents, url = upstream
+    documents.set("/data", {"version": 1})
+    with cluster(4, redis_env(redis_server, f"{url}/data", EVERY="0.5s", LEASE_TTL="3s")) as nodes:
+        until(lambda: values(nodes) == [{"version": 1}] * 4, 10, lambda: values(nodes))
+        assert sorted(roles(nodes)) == ["follower", "follower", "follower", "leader"]
+        for version in range(2, 5):
+            documents.set("/data", {"version": version})
+            expected = [{"version": version}] * 4
+            until(lambda: values(nodes) == expected, 10, lambda: values(nodes))  # noqa: B023 - called here
+        # Every fetch stores a new version (0.5 s apart): poll until one read sees them all equal.
+        until(lambda: len({node.coordination()["version"] for node in nodes}) == 1, 5, "one stored version")
+        assert_clean(nodes)
+
+
+def test_killing_the_leader_moves_the_lease_and_fetching_resumes_within_its_ttl(
+    redis_server: RedisServer, upstream: tuple[Upstream, str]
+) -> None:
+    """SIGKILL the lease holder: another process leads and fetches within lease_ttl plus one poll."""
+    documents, url = upstream
+    documents.set("/data", {"version": 1})
+    every, lease_ttl = 0.5, 1.5
+    env = redis_env(redis_server, f"{url}/data", EVERY=f"{every}s", LEASE_TTL=f"{lease_ttl}s")
+    with cluster(3, env) as nodes:
+        until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
+        leader = nodes[roles(nodes).index("leader")]
+        survivors = [node for node in nodes if node is not leader]
+        fetches = documents.requests["/data"]
+        until(lambda: documents.requests["/data"] > fetches, 5, "the leader fetches every 0.5 s")
+        fetches = documents.requests["/data"]
+        os.kill(leader.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        documents.set("/data", {"version": 2})
+        leader.process.wait(5)
+        # The lease expires at most lease_ttl after its last renewal, and a survivor
+        # polls it every lease_ttl / 3; it fetches at once (the value is overdue).
+        marks: dict[str, float] = {}
+
+        def progressed() -> bool:
+            led, served = "leader" in roles(survivors), values(survivors) == [{"version": 2}] * 2
+            now = time.monotonic() - killed
+            for mark, reached in [
+                ("leader", led),
+                ("served", served),
+                ("fetched", documents.requests["/data"] > fetches),
+            ]:
+                if reached:
+                    marks.setdefault(mark, now)
+            return len(marks) == 3
+
+        until(progressed, 15, lambda: marks)
+        assert sorted(roles(survivors)) == ["follower", "leader"]
+        bound = lease_ttl + lease_ttl / 3 + every + 1.5  # 1.5 s of slack for a slow CI machine
+        assert marks["fetched"] <= bound, (
+            f"fetching resumed too late after the kill: {marks} (bound {bound} s)"
+        )
+        assert marks["served"] <= bound + 1, f"the survivors served the new version too late: {marks}"
+        assert_clean(survivors)
+
+
+def test_refresh_now_on_a_follower_reaches_every_process(
+    redis_server: RedisServer, upstream: tuple[Upstream, str]
+) -> None:
+    """POST /_refresh/data?wait=true on a follower: the leader fetches once, every process serves it."""
+    documents, url = upstream
+    documents.set("/data", {"version": 1})
+    with cluster(3, redis_env(redis_server, f"{url}/data", EVERY="1h", LEASE_TTL="3s")) as nodes:
+        until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
+        follower = nodes[roles(nodes).index("follower")]
+        fetches = documents.requests["/data"]
+        documents.set("/data", {"version": 2})
+        response = httpx.post(f"{follower.url}/_refresh/data?wait=true", timeout=15)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"]["coordination"]["role"] == "follower"
+        assert follower.value() == {"version": 2}, "the answer comes once the follower serves it"
+        until(lambda: values(nodes) == [{"version": 2}] * 3, 5, lambda: values(nodes))
+        # One fetch, by the leader. (Rarely two: a lease poll that read the request as
+        # pending just before the answer was stored starts a second fetch.)
+        assert documents.requests["/data"] - fetches in (1, 2)
+        assert sorted(roles(nodes)) == ["follower", "follower", "leader"]
+        assert_clean(nodes)
+
+
+def test_requests_succeed_while_redis_is_down_and_coordination_resumes_after(
+    stoppable_redis: RedisServer, upstream: tuple[Upstream, str]
+) -> None:
+    """Redis stopped mid-run: every request still succeeds, roles go standalone, then back."""
+    documents, url = upstream
+    documents.set("/data", {"version": 1})
+    env = redis_env(stoppable_redis, f"{url}/data", EVERY="0.5s", LEASE_TTL="1.5s", COORDINATOR_TIMEOUT="0.5")
+    with cluster(3, env) as nodes:
+        until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
+        assert sorted(roles(nodes)) == ["follower", "follower", "leader"]
+        answers: list[int | str] = []
+        done = threading.Event()
+
+        def hammer() -> None:
+            """Requests to every process, one after the other, until told to stop."""
+            with httpx.Client(timeout=5) as client:
+                while not done.is_set():
+                    for node in nodes:
+                        try:
+                            answers.append(client.get(f"{node.url}/value").status_code)
+                        except httpx.HTTPError as exc:
+                            answers.append(repr(exc))
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            stoppable_redis.stop()
+            during = len(answers)
+            until(lambda: roles(nodes) == ["standalone"] * 3, 10, lambda: roles(nodes))
+            documents.set("/data", {"version": 2})  # each process fetches it for itself
+            until(lambda: values(nodes) == [{"version": 2}] * 3, 10, lambda: values(nodes))
+            outage = len(answers) - during
+            stoppable_redis.start()
+            until(
+                lambda: sorted(roles(nodes)) == ["follower", "follower", "leader"], 15, lambda: roles(nodes)
+            )
+            documents.set("/data", {"version": 3})
+            until(lambda: values(nodes) == [{"version": 3}] * 3, 10, lambda: values(nodes))
+        finally:
+            done.set()
+            thread.join(10)
+        failed = [answer for answer in answers if answer != 200]
+        assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:5]}"
+        assert outage > 10, f"requests were made during the outage: {outage}"
+        fetches, started = documents.requests["/data"], time.monotonic()
+        time.sleep(2.0)
+        intervals = (time.monotonic() - started) / 0.5
+        fetched = documents.requests["/data"] - fetches
+        assert fetched <= intervals + 2, (
+            f"one fetch per interval again, not three: {fetched} in {intervals:.1f}"
+        )
+        outputs = [node.stop() for node in nodes]
+    assert all("the coordinator is unavailable" in output for output in outputs), outputs
+    assert all("Traceback" not in output for output in outputs), outputs
