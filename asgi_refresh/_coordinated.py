@@ -141,7 +141,8 @@ class Coordination:
         share.leading = leading
         if took_over:
             runtime._reschedule(slot, self._due_after_takeover(slot))
-        if leading and head.pending and slot.flight is None:
+        # Our own last store may be newer than this read of `head`: count what it answered.
+        if leading and head.requested > max(head.answered, share.answered) and slot.flight is None:
             runtime.start_refresh(slot)
 
     def _due_after_takeover(self, slot: _Slot) -> float:
@@ -191,6 +192,7 @@ class Coordination:
             share.leading = False
             return
         share.version = version
+        self._answer(share, answered)
 
     async def _sync(self, slot: _Slot) -> Stored | None:
         """Load the stored value if it is newer than ours, and publish it."""
