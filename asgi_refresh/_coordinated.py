@@ -68,6 +68,10 @@ class Coordination:
         self.coordinator = coordinator
         self.codec = codec
         self.lease_ttl = lease_ttl
+        # The lease in the backend lasts two thirds of lease_ttl and everyone polls it
+        # every third: the holder renews it twice per lease, and a holder that dies
+        # right after renewing is replaced at most 2/3 + 1/3 = lease_ttl later.
+        self.lease_seconds = lease_ttl * 2 / 3
         self.check_every = lease_ttl / 3
         self.available = True
         self.shares = {name: _Share() for name in runtime.slots}
@@ -128,7 +132,7 @@ class Coordination:
         share.check_at = now + self.check_every
         name = slot.spec.name
         try:
-            leading = await self.coordinator.acquire(name, self.lease_ttl)
+            leading = await self.coordinator.acquire(name, self.lease_seconds)
             head = await self.coordinator.head(name)
         except CoordinatorUnavailable as exc:
             self._lost(exc)

@@ -68,8 +68,9 @@ class RefreshMiddleware:
         codec: How values are encoded for the coordinator: `JSONCodec` by
             default; any object with ``encode(value) -> bytes`` and
             ``decode(bytes) -> value``. Never pickle.
-        lease_ttl: How long a lease lasts unless renewed (every third of it). If
-            the process holding it dies, another takes over within about this.
+        lease_ttl: The longest a refresher goes without a lease holder when the
+            process holding it dies or hangs: another takes over within this. Every
+            process polls the lease every third of it (cheap backend calls).
 
     Raises:
         TypeError: an argument has the wrong type.
