@@ -15,7 +15,6 @@ touch the backend.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,15 +45,29 @@ class NotShareable(TypeError):
 class _Share:
     """What one refresher's slot knows about the cluster."""
 
-    __slots__ = ("adopted", "answered", "check_at", "leading", "requested", "validators", "version")
+    __slots__ = (
+        "adopted",
+        "answered",
+        "leading",
+        "local",
+        "lock",
+        "requested",
+        "stored_at",
+        "validators",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.leading = False
-        self.version: int | None = None  # the stored version published here
+        # The stored entry published here: its version and when it was stored. Both,
+        # because a backend that lost its data (Redis restarted) numbers from 1 again.
+        self.version: int | None = None
+        self.stored_at: float | None = None
         self.requested = 0  # the highest refresh-now request number seen
         self.answered = 0  # the highest request number the value published here answers
-        self.check_at = -math.inf  # when to poll the lease next (monotonic)
-        self.adopted: anyio.Event | None = None  # set when a stored value is published here
+        self.local = False  # a value fetched while the backend was down is published here
+        self.lock: anyio.Lock | None = None  # one load of this entry at a time (made on first use)
+        self.adopted: anyio.Event | None = None  # set when a stored value is published, or on takeover
         # The HTTP validators (ETag...) the lease holder stored with the value published
         # here: handed to our own source before it next fetches, so that is a 304.
         self.validators: dict[str, MetaValue] | None = None
@@ -119,17 +132,23 @@ class Coordination:
         """Whether this process fetches ``slot`` itself: it holds the lease, or the backend is down."""
         return not self.available or self.shares[slot.spec.name].leading
 
-    def next_check(self, slot: _Slot) -> float:
-        return self.shares[slot.spec.name].check_at
+    async def keep_leases(self) -> None:
+        """Poll every lease every third of ``lease_ttl``, apart from any fetch.
+
+        Its own task: a fetch that takes longer than the lease must not lose it.
+        """
+        clock = self.runtime.clock
+        while True:
+            started = clock.monotonic()
+            for slot in self.runtime.slots.values():
+                if not slot.overridden:
+                    await self.turn(slot)
+            await clock.sleep_until(started + self.check_every)
 
     async def turn(self, slot: _Slot) -> None:
-        """Renew or take the lease when due; catch up with the stored value."""
+        """Renew or take the lease; catch up with the stored value."""
         share = self.shares[slot.spec.name]
         runtime = self.runtime
-        now = runtime.clock.monotonic()
-        if slot.overridden or now < share.check_at:
-            return
-        share.check_at = now + self.check_every
         name = slot.spec.name
         try:
             leading = await self.coordinator.acquire(name, self.lease_seconds)
@@ -138,13 +157,29 @@ class Coordination:
             self._lost(exc)
             return
         self._back()
+        if head.requested < share.requested:  # the backend lost its data: its counters restarted
+            share.requested = share.answered = 0
         share.requested = max(share.requested, head.requested)
-        if head.version is not None and head.version != share.version:
-            await self._sync(slot)
         took_over = leading and not share.leading
         share.leading = leading
+        if share.local and leading:
+            # Fetched on our own while the backend was down: that value is the newest.
+            share.local = False
+            await runtime.share_published(slot)
+        elif share.local:
+            # We fetched on our own while the backend was down; the holder may not
+            # have. Serve what it stored (all agree again), and have it fetch anew.
+            share.local = False
+            await self._sync(slot, force=True)
+            try:
+                await self.coordinator.request_refresh(name)
+            except CoordinatorUnavailable as exc:
+                self._lost(exc)
+        elif head.version != share.version:
+            await self._sync(slot)
         if took_over:
             runtime._reschedule(slot, self._due_after_takeover(slot))
+            self._wake(share)  # a refresh-now waiting for the holder: that is us now
         # Our own last store may be newer than this read of `head`: count what it answered.
         if leading and head.requested > max(head.answered, share.answered) and slot.flight is None:
             runtime.start_refresh(slot)
@@ -182,7 +217,10 @@ class Coordination:
     async def share(self, slot: _Slot, data: bytes, meta: Mapping[str, MetaValue], answered: int) -> None:
         """Store what the lease holder fetched, for the others."""
         share = self.shares[slot.spec.name]
-        if not self.available or not share.leading:
+        if not self.available:
+            share.local = True  # stored (or replaced by the holder's) once the backend is back
+            return
+        if not share.leading:
             return
         try:
             # Shielded (the backend's timeout bounds it): a value fetched just before
@@ -191,23 +229,35 @@ class Coordination:
                 version = await self.coordinator.store(slot.spec.name, data, meta, answered=answered)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
+            share.local = True
             return
         if version is None:  # the lease went to another process while we fetched
             share.leading = False
+            await self._sync(slot)  # serve what the holder stored, not what we could not store
             return
-        share.version = version
+        share.version, share.stored_at = version, None
         self._answer(share, answered)
 
-    async def _sync(self, slot: _Slot) -> Stored | None:
-        """Load the stored value if it is newer than ours, and publish it."""
+    async def _sync(self, slot: _Slot, *, force: bool = False) -> None:
+        """Load the stored entry if it is not the one published here (or ``force``), and publish it."""
         share = self.shares[slot.spec.name]
+        if share.lock is None:
+            share.lock = anyio.Lock()
+        async with share.lock:  # two loads at once could finish out of order
+            await self._load(slot, share, force)
+
+    async def _load(self, slot: _Slot, share: _Share, force: bool) -> None:
         try:
             stored = await self.coordinator.load(slot.spec.name)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
-            return None
-        if stored is None or stored.version == share.version:
-            return stored
+            return
+        if stored is None:
+            share.version = share.stored_at = None  # nothing stored (a backend that lost its data)
+            return
+        if not force and stored.version == share.version and share.stored_at in (None, stored.stored_at):
+            share.stored_at = stored.stored_at
+            return
         try:
             value = self.codec.decode(stored.data)
         except Exception as exc:
@@ -219,10 +269,12 @@ class Coordination:
                 exc,
                 extra={"refresher": slot.spec.name, "outcome": "undecodable"},
             )
-            share.version = stored.version
+            share.version, share.stored_at = stored.version, stored.stored_at
             self.runtime.adopt_failed(slot, f"the stored value cannot be decoded: {exc}")
-            return stored
-        share.version = stored.version
+            return
+        share.version, share.stored_at = stored.version, stored.stored_at
+        if stored.answered < share.answered:  # the backend lost its data: its counters restarted
+            share.requested = share.answered = 0
         share.requested = max(share.requested, stored.answered)
         now_wall = self.runtime.clock.wall()
         expires = stored.meta.get("expires_at")
@@ -237,7 +289,6 @@ class Coordination:
         self._answer(share, stored.answered)
         validators = {key: stored.meta[key] for key in VALIDATOR_KEYS if key in stored.meta}
         share.validators = validators or None
-        return stored
 
     def before_fetch(self, slot: _Slot) -> None:
         """Hand the stored validators to our source: its first fetch as lease holder is conditional."""
@@ -249,32 +300,46 @@ class Coordination:
 
     # -- refresh now -------------------------------------------------------------------
 
-    async def ask_leader(self, slot: _Slot) -> None:
+    async def ask_leader(self, slot: _Slot) -> bool:
         """Refresh-now on a process that does not hold the lease: the holder fetches.
 
-        Returns once this process publishes the value that answers the request.
+        Returns:
+            True once this process publishes the value that answers the request;
+            False when this process should fetch itself instead: the backend is
+            down, or this process took the lease over while waiting.
 
         Raises:
             TimeoutError: no answer within the refresher's timeout plus ``lease_ttl``.
-            CoordinatorUnavailable: the backend failed (the caller fetches itself).
         """
         name = slot.spec.name
         share = self.shares[name]
-        number = await self.coordinator.request_refresh(name)
+        try:
+            number = await self.coordinator.request_refresh(name)
+        except CoordinatorUnavailable as exc:
+            self._lost(exc)
+            return False
+        if number <= share.answered:  # the backend lost its data: its counters restarted
+            share.requested = share.answered = 0
         limit = (slot.spec.timeout or 30.0) + self.lease_ttl
         with anyio.move_on_after(limit):
             while share.answered < number:
+                if share.leading or not self.available:
+                    return False
                 share.adopted = share.adopted or anyio.Event()
                 with anyio.move_on_after(self.check_every):
                     await share.adopted.wait()
-                await self._sync(slot)  # in case the notification was lost
-            return
+                if share.answered < number:
+                    await self._sync(slot)  # in case the notification was lost
+            return True
         raise TimeoutError(
             f"the process holding the lease did not store a new value within {format_duration(limit)}"
         )
 
     def _answer(self, share: _Share, answered: int) -> None:
         share.answered = max(share.answered, answered)
+        self._wake(share)
+
+    def _wake(self, share: _Share) -> None:
         if share.adopted is not None:
             share.adopted.set()
             share.adopted = None
@@ -294,6 +359,7 @@ class Coordination:
         now = self.runtime.clock.monotonic()
         for slot in self.runtime.slots.values():
             share = self.shares[slot.spec.name]
+            self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
             if not share.leading and not slot.overridden:
                 # Followers had no schedule of their own: fetch when the value is due.
                 base = slot.last_success_mono

@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
 from ._coordinated import Coordination, NotShareable
-from ._coordination import Codec, Coordinator, CoordinatorUnavailable, MetaValue
+from ._coordination import Codec, Coordinator, MetaValue
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._outcome import Fetched, Fresh, SourceError
@@ -184,6 +184,7 @@ class Runtime:
                         task_group.start_soon(self.events.run, name="asgi_refresh:events")
                     if self.coordination is not None:
                         task_group.start_soon(self.coordination.watch, name="asgi_refresh:coordination")
+                        task_group.start_soon(self.coordination.keep_leases, name="asgi_refresh:leases")
                     for slot in self.slots.values():
                         task_group.start_soon(self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}")
                     task_status.started()
@@ -308,23 +309,18 @@ class Runtime:
         coordination = self.coordination
         while True:
             due = slot.next_due
-            wake = due
-            if coordination is not None:
-                # The lease is polled on its own beat; only its holder fetches.
-                await coordination.turn(slot)
-                due = slot.next_due if coordination.fetches(slot) else math.inf
-                wake = min(due, coordination.next_check(slot))
-            if wake > self.clock.monotonic():
+            if coordination is not None and not coordination.fetches(slot):
+                due = math.inf  # another process holds the lease: taking it over wakes us
+            if due > self.clock.monotonic():
                 # A fetch outside the schedule (refresh-now) moves next_due and
                 # cancels this sleep, so the loop re-reads the new due time.
                 with anyio.CancelScope() as slot.wakeup:
-                    if math.isinf(wake):  # overridden: only a wakeup ends this
+                    if math.isinf(due):  # overridden, or not the lease holder: only a wakeup ends this
                         await anyio.sleep_forever()
-                    await self.clock.sleep_until(wake)
+                    await self.clock.sleep_until(due)
                 slot.wakeup = None
                 continue
-            if due <= self.clock.monotonic():
-                await self._scheduled_refresh(slot)
+            await self._scheduled_refresh(slot)
 
     async def _scheduled_refresh(self, slot: _Slot) -> None:
         # A function of its own so that the loop's locals do not keep the last
@@ -420,8 +416,11 @@ class Runtime:
                 flight.value = self.state[slot.spec.name]
                 return False
             coordination = self.coordination
-            if coordination is not None and not coordination.fetches(slot):
-                await self._ask_leader(slot, flight)
+            if (
+                coordination is not None
+                and not coordination.fetches(slot)
+                and await self._ask_leader(slot, flight)
+            ):
                 return False
             started = self.clock.monotonic()
             if self.events is not None:
@@ -510,18 +509,26 @@ class Runtime:
             )
         return value
 
-    async def _ask_leader(self, slot: _Slot, flight: _Flight) -> None:
-        """Refresh-now where another process holds the lease: it fetches, we publish what it stored."""
+    async def _ask_leader(self, slot: _Slot, flight: _Flight) -> bool:
+        """Refresh-now where another process holds the lease: it fetches, we publish what it stored.
+
+        Returns False when we must fetch ourselves (the backend is down, or we took
+        the lease over meanwhile).
+        """
         assert self.coordination is not None
         try:
-            await self.coordination.ask_leader(slot)
-        except CoordinatorUnavailable as exc:
-            self.coordination._lost(exc)
-            flight.error = exc
+            if not await self.coordination.ask_leader(slot):
+                return False
         except TimeoutError as exc:
             flight.error = exc
         else:
             flight.value = self.state[slot.spec.name]
+        return True
+
+    async def share_published(self, slot: _Slot) -> None:
+        """Store the value published here (fetched while the backend was down) for the others."""
+        assert self.coordination is not None
+        await self._share(self.coordination, slot, None)
 
     async def _share(self, coordination: Coordination, slot: _Slot, shared: tuple[bytes, int] | None) -> None:
         """Store what the lease holder fetched (a 304: what it already had, now confirmed)."""

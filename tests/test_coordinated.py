@@ -254,6 +254,10 @@ async def test_without_the_backend_each_worker_fetches_for_itself_then_coordinat
         stoppable_redis.start()
         await advance(clock, 60)
         await until(lambda: sorted(roles(middlewares)) == ["follower", "leader"], seconds=10)
+        for _ in range(3):  # the refresh the former standalone processes ask for, once back
+            await advance(clock, 5)
+            await anyio.sleep(0.1)
+        await until(lambda: values(middlewares)[0] == values(middlewares)[1])
         calls = upstream.calls
         await advance(clock, 60)
         await until(
@@ -386,3 +390,134 @@ async def test_a_holder_that_lost_its_lease_while_fetching_stores_nothing(tmp_pa
         stored = await successor.load("names")
         assert stored is not None
         assert stored.version == 1, "the stalled holder's value (2) was refused"
+
+
+# -- found in review: leases during long fetches, restarts, takeovers, outages ------------
+
+
+async def test_a_fetch_longer_than_the_lease_keeps_it(tmp_path: Path) -> None:
+    """Leases are renewed apart from fetches: a slow fetch never makes two leaders (real time)."""
+    calls = 0
+
+    async def slow() -> int:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.5)
+        return calls
+
+    path = tmp_path / "refresh.db"
+    middlewares = [
+        RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", slow, every="1s", jitter=0, timeout="5s")],
+            coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+            lease_ttl="0.3s",
+        )
+        for _ in range(2)
+    ]
+    seen: set[tuple[str, ...]] = set()
+    async with AsyncExitStack() as stack:
+        for middleware in middlewares:
+            await stack.enter_async_context(LifespanManager(middleware, startup_timeout=10))
+        started = calls
+        for _ in range(25):
+            seen.add(tuple(sorted(roles(middlewares))))
+            await anyio.sleep(0.1)
+    assert seen == {("follower", "leader")}, "never two leaders, never none"
+    assert calls - started <= 3, "about one fetch per second for the cluster"
+
+
+async def test_refresh_now_after_the_backend_lost_its_data_still_waits_for_a_new_value(
+    stoppable_redis: RedisServer,
+) -> None:
+    """Redis restarted empty: request numbers and versions restart at 1, and nobody is fooled."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    prefix = f"restart{time.monotonic_ns()}"
+
+    def backend(**options: Any) -> Coordinator:
+        return RedisCoordinator(stoppable_redis.url, prefix=prefix, timeout=0.5, **options)
+
+    async with workers(2, backend, upstream, clock) as middlewares:
+        await until(lambda: values(middlewares) == [{"version": 1}] * 2)
+        follower = middlewares[roles(middlewares).index("follower")]
+        assert await follower.handle.refresh("names") == {"version": 2}
+        assert await follower.handle.refresh("names") == {"version": 3}
+        stoppable_redis.stop()
+        stoppable_redis.start()
+        for _ in range(30):  # until both poll the lease again and the watcher resubscribes
+            await advance(clock, 5)
+            if (
+                sorted(roles(middlewares)) == ["follower", "leader"]
+                and values(middlewares)[0] == values(middlewares)[1]
+            ):
+                break
+            await anyio.sleep(0.05)
+        follower = middlewares[roles(middlewares).index("follower")]
+        calls = upstream.calls
+        answer: list[Any] = []
+
+        async def refresh() -> None:
+            answer.append(await follower.handle.refresh("names"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refresh)
+            for _ in range(
+                50
+            ):  # a request the holder missed while resubscribing: its next lease poll sees it
+                if answer:
+                    break
+                await advance(clock, 5)
+                await anyio.sleep(0.05)
+        assert answer == [{"version": calls + 1}], "a new fetch, not the old value"
+        await until(lambda: values(middlewares) == [{"version": calls + 1}] * 2)
+
+
+async def test_a_follower_waiting_for_a_dead_holder_takes_over_and_fetches(tmp_path: Path) -> None:
+    """Refresh-now while the holder is gone: when this process gets the lease, it fetches itself."""
+    path = tmp_path / "refresh.db"
+    upstream = CountingUpstream()
+    squatter = SQLiteCoordinator(path)
+    async with squatter:
+        assert await squatter.acquire("names", ttl=0.5)  # then never renewed: a dead holder
+        await squatter.store("names", b'{"version": 0}', {})
+        middleware = RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", upstream, every="1h", timeout="5s")],
+            coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+            lease_ttl="0.6s",
+        )
+        async with LifespanManager(middleware):
+            assert middleware.handle.value("names") == {"version": 0}
+            with anyio.fail_after(3):
+                assert await middleware.handle.refresh("names") == {"version": 1}
+            assert middleware.handle.status()["names"]["coordination"]["role"] == "leader"
+
+
+async def test_refresh_now_while_the_backend_is_down_fetches_locally(stoppable_redis: RedisServer) -> None:
+    """No backend, no leader to ask: the follower fetches itself, and agrees again afterwards."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    prefix = f"down{time.monotonic_ns()}"
+
+    def backend(**options: Any) -> Coordinator:
+        return RedisCoordinator(stoppable_redis.url, prefix=prefix, timeout=0.5, **options)
+
+    async with workers(2, backend, upstream, clock) as middlewares:
+        await until(lambda: values(middlewares) == [{"version": 1}] * 2)
+        follower = middlewares[roles(middlewares).index("follower")]
+        stoppable_redis.stop()
+        assert await follower.handle.refresh("names") == {"version": 2}
+        assert follower.handle.status()["names"]["coordination"]["role"] == "standalone"
+        stoppable_redis.start()
+        for _ in range(30):
+            await advance(clock, 5)
+            if (
+                sorted(roles(middlewares)) == ["follower", "leader"]
+                and values(middlewares)[0] == values(middlewares)[1]
+            ):
+                break
+            await anyio.sleep(0.05)
+        await until(lambda: values(middlewares)[0] == values(middlewares)[1])
+        assert sorted(roles(middlewares)) == ["follower", "leader"]
+        assert values(middlewares)[0]["version"] >= 2, "the newest fetch wins, not the stale stored one"
