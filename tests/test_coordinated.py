@@ -32,7 +32,7 @@ from asgi_refresh._coordination import Coordinator
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
-from .helpers import ScriptedApp
+from .helpers import FakeServer, ScriptedApp
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -521,3 +521,31 @@ async def test_refresh_now_while_the_backend_is_down_fetches_locally(stoppable_r
         await until(lambda: values(middlewares)[0] == values(middlewares)[1])
         assert sorted(roles(middlewares)) == ["follower", "leader"]
         assert values(middlewares)[0]["version"] >= 2, "the newest fetch wins, not the stale stored one"
+
+
+async def test_a_required_refresher_with_nothing_stored_and_no_fetch_fails_startup(tmp_path: Path) -> None:
+    """The startup rule holds with a coordinator: another holder that stores nothing is no value."""
+    path = tmp_path / "refresh.db"
+    squatter = SQLiteCoordinator(path)
+    upstream = CountingUpstream()
+    clock = FakeClock()
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", upstream, every="1m")],
+        clock=clock,
+        coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+        startup_timeout="10s",
+    )
+    server = FakeServer(middleware)
+    async with squatter:
+        assert await squatter.acquire("names", ttl=60)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.startup, tg)
+            await anyio.sleep(0.2)
+            await clock.advance(10)
+            await server.finished.wait()
+    assert [message["type"] for message in server.sent] == ["lifespan.startup.failed"]
+    assert server.sent[0]["message"].startswith(
+        "Refresher 'names' could not load within startup_timeout (10s)"
+    )
+    assert upstream.calls == 0
