@@ -108,7 +108,6 @@ class RefreshMiddleware:
             else Admin(checked_admin_path(admin_path), token=admin_token, loopback_only=admin_loopback_only)
         )
         self._admin_prefix = None if self._admin is None else self._admin.path
-        self._admin_prefix_end = "" if self._admin is None else self._admin.path + "\U0010ffff"
         if self._admin is None and (admin_token is not None or admin_loopback_only):
             raise ValueError(
                 "RefreshMiddleware: admin_token and admin_loopback_only need admin_path, the "
@@ -167,17 +166,15 @@ class RefreshMiddleware:
             await self._lifespan(scope, receive, send)
             return
         live = self._live
-        # Paths that start with the prefix are exactly those in [prefix, prefix + U+10FFFF):
-        # two string comparisons are cheaper than a startswith() method call, and this
-        # runs for every request when the admin endpoints are on.
+        # Runs for every request when the admin endpoints are on, so one C-level
+        # substring test (cheaper than a startswith() call, and true under a root_path
+        # too) sorts out nearly every request; the exact check is for the few left.
         prefix = self._admin_prefix
-        if prefix is not None:
-            path = scope["path"]
-            if (prefix <= path < self._admin_prefix_end or scope.get("root_path")) and self._is_admin(scope):
-                assert self._admin is not None
-                handle = None if live is None else live[RESERVED_NAME]
-                await self._admin(scope, send, handle, _route_path(scope))
-                return
+        if prefix is not None and prefix in scope["path"] and self._is_admin(scope):
+            assert self._admin is not None
+            handle = None if live is None else live[RESERVED_NAME]
+            await self._admin(scope, send, handle, _route_path(scope))
+            return
         if live is not None:
             # O(1) on servers that copy the lifespan state into each request
             # (uvicorn, hypercorn/asyncio): the copy carries the current snapshot

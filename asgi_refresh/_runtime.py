@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
 from ._coordinated import Coordination, NotShareable
-from ._coordination import Codec, Coordinator, MetaValue
+from ._coordination import Codec, Coordinator, JSONCodec, MetaValue
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._outcome import Fetched, Fresh, SourceError
@@ -143,9 +143,7 @@ class Runtime:
         self._close_deadline: float | None = None
         self._progress: anyio.Event | None = None  # while `load` waits: set when a slot makes progress
         self.coordination = (
-            None
-            if coordinator is None or codec is None
-            else Coordination(self, coordinator, codec, lease_ttl)
+            None if coordinator is None else Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
         )
 
     @property
