@@ -105,6 +105,24 @@ async def advance(clock: FakeClock, seconds: float) -> None:
     await anyio.sleep(0.01)
 
 
+def quick_redis(server: RedisServer) -> Backend:
+    """Coordinators on a Redis that a test stops and starts: a short timeout, a prefix of its own."""
+    prefix = f"stoppable{time.monotonic_ns()}"
+    return lambda **options: RedisCoordinator(server.url, prefix=prefix, timeout=0.5, **options)
+
+
+async def coordinating_again(clock: FakeClock, middlewares: list[RefreshMiddleware]) -> None:
+    """Advance the test clock until one leader and its follower agree again (after an outage)."""
+    for _ in range(30):  # lease polls run on the test clock; resubscribing runs in real time
+        await advance(clock, 5)
+        if (
+            sorted(roles(middlewares)) == ["follower", "leader"]
+            and values(middlewares)[0] == values(middlewares)[1]
+        ):
+            return
+        await anyio.sleep(0.05)
+
+
 async def test_four_workers_fetch_once_per_interval_and_converge(backend: Backend) -> None:
     """4 workers over 20 intervals: 21 fetches (not 84), every worker serves each new version."""
     clock = FakeClock()
@@ -238,10 +256,7 @@ async def test_without_the_backend_each_worker_fetches_for_itself_then_coordinat
     """Redis stopped mid-run: fallback (logged, in status), no failed request; back when it returns."""
     clock = FakeClock()
     upstream = CountingUpstream()
-    prefix = f"fallback{time.monotonic_ns()}"
-
-    def backend(**options: Any) -> Coordinator:
-        return RedisCoordinator(stoppable_redis.url, prefix=prefix, timeout=0.5, **options)
+    backend = quick_redis(stoppable_redis)
 
     async with workers(2, backend, upstream, clock) as middlewares:
         await until(lambda: values(middlewares) == [{"version": 1}] * 2)
@@ -433,10 +448,7 @@ async def test_refresh_now_after_the_backend_lost_its_data_still_waits_for_a_new
     """Redis restarted empty: request numbers and versions restart at 1, and nobody is fooled."""
     clock = FakeClock()
     upstream = CountingUpstream()
-    prefix = f"restart{time.monotonic_ns()}"
-
-    def backend(**options: Any) -> Coordinator:
-        return RedisCoordinator(stoppable_redis.url, prefix=prefix, timeout=0.5, **options)
+    backend = quick_redis(stoppable_redis)
 
     async with workers(2, backend, upstream, clock) as middlewares:
         await until(lambda: values(middlewares) == [{"version": 1}] * 2)
@@ -445,14 +457,7 @@ async def test_refresh_now_after_the_backend_lost_its_data_still_waits_for_a_new
         assert await follower.handle.refresh("names") == {"version": 3}
         stoppable_redis.stop()
         stoppable_redis.start()
-        for _ in range(30):  # until both poll the lease again and the watcher resubscribes
-            await advance(clock, 5)
-            if (
-                sorted(roles(middlewares)) == ["follower", "leader"]
-                and values(middlewares)[0] == values(middlewares)[1]
-            ):
-                break
-            await anyio.sleep(0.05)
+        await coordinating_again(clock, middlewares)
         follower = middlewares[roles(middlewares).index("follower")]
         calls = upstream.calls
         answer: list[Any] = []
@@ -498,10 +503,7 @@ async def test_refresh_now_while_the_backend_is_down_fetches_locally(stoppable_r
     """No backend, no leader to ask: the follower fetches itself, and agrees again afterwards."""
     clock = FakeClock()
     upstream = CountingUpstream()
-    prefix = f"down{time.monotonic_ns()}"
-
-    def backend(**options: Any) -> Coordinator:
-        return RedisCoordinator(stoppable_redis.url, prefix=prefix, timeout=0.5, **options)
+    backend = quick_redis(stoppable_redis)
 
     async with workers(2, backend, upstream, clock) as middlewares:
         await until(lambda: values(middlewares) == [{"version": 1}] * 2)
@@ -510,14 +512,7 @@ async def test_refresh_now_while_the_backend_is_down_fetches_locally(stoppable_r
         assert await follower.handle.refresh("names") == {"version": 2}
         assert follower.handle.status()["names"]["coordination"]["role"] == "standalone"
         stoppable_redis.start()
-        for _ in range(30):
-            await advance(clock, 5)
-            if (
-                sorted(roles(middlewares)) == ["follower", "leader"]
-                and values(middlewares)[0] == values(middlewares)[1]
-            ):
-                break
-            await anyio.sleep(0.05)
+        await coordinating_again(clock, middlewares)
         await until(lambda: values(middlewares)[0] == values(middlewares)[1])
         assert sorted(roles(middlewares)) == ["follower", "leader"]
         assert values(middlewares)[0]["version"] >= 2, "the newest fetch wins, not the stale stored one"
