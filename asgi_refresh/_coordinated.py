@@ -162,13 +162,16 @@ class Coordination:
         share.requested = max(share.requested, head.requested)
         took_over = leading and not share.leading
         share.leading = leading
-        if share.local and leading:
-            # Fetched on our own while the backend was down: that value is the newest.
+        if leading and slot.loaded and (share.local or head.version is None):
+            # What we serve is not stored: fetched on our own while the backend was
+            # down, or lost by a backend that came back empty. Store it for the others
+            # (and for processes that start now, which would find nothing).
             share.local = False
             await runtime.share_published(slot)
         elif share.local:
             # We fetched on our own while the backend was down; the holder may not
-            # have. Serve what it stored (all agree again), and have it fetch anew.
+            # have. Serve what it stored if that is newer (all agree again), and have
+            # it fetch anew either way.
             share.local = False
             await self._sync(slot, force=True)
             try:
@@ -217,10 +220,10 @@ class Coordination:
     async def share(self, slot: _Slot, data: bytes, meta: Mapping[str, MetaValue], answered: int) -> None:
         """Store what the lease holder fetched, for the others."""
         share = self.shares[slot.spec.name]
-        if not self.available:
-            share.local = True  # stored (or replaced by the holder's) once the backend is back
-            return
-        if not share.leading:
+        if not self.available or not share.leading:
+            # Not stored: the backend is down, or the lease went while we fetched. The
+            # next lease poll stores it (if we hold the lease) or reconciles it.
+            share.local = True
             return
         try:
             # Shielded (the backend's timeout bounds it): a value fetched just before
@@ -239,7 +242,11 @@ class Coordination:
         self._answer(share, answered)
 
     async def _sync(self, slot: _Slot, *, force: bool = False) -> None:
-        """Load the stored entry if it is not the one published here (or ``force``), and publish it."""
+        """Load the stored entry if it is not the one published here, and publish it.
+
+        ``force``: also when it is, unless ours was fetched later (a value fetched
+        here while the backend was down must not go back to an older stored one).
+        """
         share = self.shares[slot.spec.name]
         if share.lock is None:
             share.lock = anyio.Lock()
@@ -258,6 +265,8 @@ class Coordination:
         if not force and stored.version == share.version and share.stored_at in (None, stored.stored_at):
             share.stored_at = stored.stored_at
             return
+        if force and slot.last_success_at is not None and _fetched_at(stored) < slot.last_success_at:
+            return  # ours is newer: keep it until the holder's fresh fetch arrives
         try:
             value = self.codec.decode(stored.data)
         except Exception as exc:

@@ -407,7 +407,7 @@ class Runtime:
         """Run one fetch for everyone waiting on ``flight``; return whether a hook is due."""
         hook: _Hook | None = None
         share_now = False
-        shared: tuple[bytes, int] | None = None
+        shared: tuple[bytes | None, int] = (None, 0)
         cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
@@ -426,6 +426,7 @@ class Runtime:
             try:
                 answered = 0 if coordination is None else coordination.shares[slot.spec.name].requested
                 result = _unwrap(slot.spec, await self._fetch(slot, started))
+                shared = (None, answered)  # a 304: what we have, confirmed
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
                     result = result._replace(value=value)
@@ -524,18 +525,25 @@ class Runtime:
         return True
 
     async def share_published(self, slot: _Slot) -> None:
-        """Store the value published here (fetched while the backend was down) for the others."""
-        assert self.coordination is not None
-        await self._share(self.coordination, slot, None)
+        """Store the value published here for the others; it answers no refresh-now request.
 
-    async def _share(self, coordination: Coordination, slot: _Slot, shared: tuple[bytes, int] | None) -> None:
-        """Store what the lease holder fetched (a 304: what it already had, now confirmed)."""
-        if shared is None:
+        For a value fetched while the backend was down, or lost by a backend that
+        came back empty.
+        """
+        assert self.coordination is not None
+        await self._share(self.coordination, slot, (None, 0))
+
+    async def _share(self, coordination: Coordination, slot: _Slot, shared: tuple[bytes | None, int]) -> None:
+        """Store what the lease holder fetched, with the refresh-now requests it answers.
+
+        No bytes: store the value published here (a 304 confirmed it).
+        """
+        data, answered = shared
+        if data is None:
             try:
                 data = coordination.codec.encode(self.state[slot.spec.name])
             except Exception:  # refused before, at the fetch that published it
                 return
-            shared = (data, coordination.shares[slot.spec.name].requested)
         # When it was fetched, on our clock: the others age the value from that.
         meta: dict[str, MetaValue] = {"fetched_at": slot.last_success_at}
         if slot.expires_at is not None:
@@ -544,7 +552,7 @@ class Runtime:
         export = getattr(slot.spec.fetch, "_export_validators", None)
         if export is not None:
             meta.update(export() or {})  # an HTTPSource's ETag: the next holder asks "changed since?"
-        await coordination.share(slot, shared[0], meta, shared[1])
+        await coordination.share(slot, data, meta, answered)
 
     def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> _Hook | None:
         if slot.overridden:  # overridden while fetching: the pinned value wins

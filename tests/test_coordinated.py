@@ -544,3 +544,21 @@ async def test_a_required_refresher_with_nothing_stored_and_no_fetch_fails_start
         "Refresher 'names' could not load within startup_timeout (10s)"
     )
     assert upstream.calls == 0
+
+
+async def test_a_process_joining_after_the_backend_came_back_empty_finds_a_value(
+    stoppable_redis: RedisServer,
+) -> None:
+    """Redis restarted without its data: the holder stores what it serves again, so a newcomer starts."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    backend = quick_redis(stoppable_redis)
+    async with workers(2, backend, upstream, clock) as middlewares:
+        await until(lambda: values(middlewares) == [{"version": 1}] * 2)
+        stoppable_redis.stop()
+        stoppable_redis.start()
+        await coordinating_again(clock, middlewares)
+        await advance(clock, 5)  # a lease poll with the backend back: the holder stores again
+        async with workers(1, backend, upstream, clock) as joiner:
+            assert values(joiner) == [{"version": 1}]
+        assert upstream.calls == 1, "nobody fetched: the value was stored again"
