@@ -53,6 +53,7 @@ class _Share:
         "lock",
         "requested",
         "stored_at",
+        "stored_by",
         "validators",
         "version",
     )
@@ -63,6 +64,7 @@ class _Share:
         # because a backend that lost its data (Redis restarted) numbers from 1 again.
         self.version: int | None = None
         self.stored_at: float | None = None
+        self.stored_by: str | None = None  # the process (owner id) that fetched it
         self.requested = 0  # the highest refresh-now request number seen
         self.answered = 0  # the highest request number the value published here answers
         self.local = False  # a value fetched while the backend was down is published here
@@ -87,6 +89,7 @@ class Coordination:
         self.lease_seconds = lease_ttl * 2 / 3
         self.check_every = lease_ttl / 3
         self.available = True
+        self.error: str | None = None  # why the backend is unavailable, while it is
         self.shares = {name: _Share() for name in runtime.slots}
 
     # -- lifecycle -------------------------------------------------------------------
@@ -170,17 +173,23 @@ class Coordination:
             await runtime.share_published(slot)
         elif share.local:
             # We fetched on our own while the backend was down; the holder may not
-            # have. Serve what it stored if that is newer (all agree again), and have
-            # it fetch anew either way.
+            # have. Serve what it stored if that is newer (all agree again); if ours
+            # is the newer one, have the holder fetch anew so that everyone gets it.
             share.local = False
-            await self._sync(slot, force=True)
-            try:
-                await self.coordinator.request_refresh(name)
-            except CoordinatorUnavailable as exc:
-                self._lost(exc)
+            if not await self._sync(slot, force=True):
+                try:
+                    await self.coordinator.request_refresh(name)
+                except CoordinatorUnavailable as exc:
+                    self._lost(exc)
         elif head.version != share.version:
             await self._sync(slot)
         if took_over:
+            logger.log(
+                logging.INFO if share.version is not None else logging.DEBUG,
+                "Refresher %r: this process holds the lease now and fetches for the others",
+                name,
+                extra={"refresher": name, "outcome": "lease_taken"},
+            )
             runtime._reschedule(slot, self._due_after_takeover(slot))
             self._wake(share)  # a refresh-now waiting for the holder: that is us now
         # Our own last store may be newer than this read of `head`: count what it answered.
@@ -238,10 +247,10 @@ class Coordination:
             share.leading = False
             await self._sync(slot)  # serve what the holder stored, not what we could not store
             return
-        share.version, share.stored_at = version, None
+        share.version, share.stored_at, share.stored_by = version, None, self.coordinator.owner
         self._answer(share, answered)
 
-    async def _sync(self, slot: _Slot, *, force: bool = False) -> None:
+    async def _sync(self, slot: _Slot, *, force: bool = False) -> bool:
         """Load the stored entry if it is not the one published here, and publish it.
 
         ``force``: also when it is, unless ours was fetched later (a value fetched
@@ -251,22 +260,23 @@ class Coordination:
         if share.lock is None:
             share.lock = anyio.Lock()
         async with share.lock:  # two loads at once could finish out of order
-            await self._load(slot, share, force)
+            return await self._load(slot, share, force)
 
-    async def _load(self, slot: _Slot, share: _Share, force: bool) -> None:
+    async def _load(self, slot: _Slot, share: _Share, force: bool) -> bool:
+        """Returns whether the stored value is (now) the one published here."""
         try:
             stored = await self.coordinator.load(slot.spec.name)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
-            return
+            return False
         if stored is None:
             share.version = share.stored_at = None  # nothing stored (a backend that lost its data)
-            return
+            return False
         if not force and stored.version == share.version and share.stored_at in (None, stored.stored_at):
             share.stored_at = stored.stored_at
-            return
-        if force and slot.last_success_at is not None and _fetched_at(stored) < slot.last_success_at:
-            return  # ours is newer: keep it until the holder's fresh fetch arrives
+            return True
+        if force and slot.last_success_at is not None and _fetched_at(stored) <= slot.last_success_at:
+            return False  # ours is newer: keep it until the holder's fresh fetch arrives
         try:
             value = self.codec.decode(stored.data)
         except Exception as exc:
@@ -280,8 +290,8 @@ class Coordination:
             )
             share.version, share.stored_at = stored.version, stored.stored_at
             self.runtime.adopt_failed(slot, f"the stored value cannot be decoded: {exc}")
-            return
-        share.version, share.stored_at = stored.version, stored.stored_at
+            return False
+        share.version, share.stored_at, share.stored_by = stored.version, stored.stored_at, stored.stored_by
         if stored.answered < share.answered:  # the backend lost its data: its counters restarted
             share.requested = share.answered = 0
         share.requested = max(share.requested, stored.answered)
@@ -298,6 +308,7 @@ class Coordination:
         self._answer(share, stored.answered)
         validators = {key: stored.meta[key] for key in VALIDATOR_KEYS if key in stored.meta}
         share.validators = validators or None
+        return True
 
     def before_fetch(self, slot: _Slot) -> None:
         """Hand the stored validators to our source: its first fetch as lease holder is conditional."""
@@ -359,6 +370,7 @@ class Coordination:
         if not self.available:
             return
         self.available = False
+        self.error = str(exc)
         logger.warning(
             "asgi_refresh: the coordinator is unavailable (%s); "
             "each process fetches for itself until it is back",
@@ -379,6 +391,7 @@ class Coordination:
         if self.available:
             return
         self.available = True
+        self.error = None
         logger.info(
             "asgi_refresh: the coordinator is back; one process fetches for all again",
             extra={"outcome": "coordinator_back"},
@@ -387,4 +400,10 @@ class Coordination:
     def status(self, slot: _Slot) -> dict[str, Any]:
         share = self.shares[slot.spec.name]
         role = "standalone" if not self.available else "leader" if share.leading else "follower"
-        return {"role": role, "version": share.version}
+        return {
+            "role": role,
+            "process": self.coordinator.owner,
+            "version": share.version,
+            "stored_by": share.stored_by,
+            "error": self.error,
+        }

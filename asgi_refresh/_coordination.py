@@ -26,6 +26,8 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._duration import parse_duration
+
 T = TypeVar("T")
 
 MetaValue = str | int | float | bool | None
@@ -283,11 +285,21 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_timeout(timeout: float, what: str = "timeout") -> float:
-    """``timeout`` as a float if it is positive and finite; a clear `ValueError` if not."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-        raise ValueError(f"{what} must be a positive number of seconds (got {timeout!r})")
-    return float(timeout)
+def check_timeout(timeout: object, what: str = "timeout") -> float:
+    """``timeout`` (seconds, a timedelta or a string like ``"2s"``) in seconds; a clear `ValueError` if not.
+
+    Durations are written as everywhere else in the package, so a config file's
+    ``timeout = "2s"`` works for a coordinator too.
+    """
+    try:
+        seconds = parse_duration(timeout)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(
+            f'{what} must be a positive number of seconds or a duration like "2s" (got {timeout!r})'
+        )
+    return seconds
 
 
 def check_ttl(ttl: float) -> float:

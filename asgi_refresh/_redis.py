@@ -51,6 +51,7 @@ from ._coordination import (
     encode_meta,
     new_owner,
 )
+from ._duration import Duration
 
 if TYPE_CHECKING:
     import redis
@@ -136,11 +137,14 @@ class RedisCoordinator:
             ``rediss://`` for TLS, ``unix:///path.sock``.
         prefix: Namespace of every key and of the channel, so that several apps
             can share one Redis.
-        timeout: Seconds that any one operation may take, connecting included,
-            before it fails with `CoordinatorUnavailable`.
+        timeout: How long any one operation may take, connecting included,
+            before it fails with `CoordinatorUnavailable` (seconds, or a
+            duration like ``"2s"``).
     """
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: Duration = DEFAULT_TIMEOUT
+    ) -> None:
         self._redis = _import_redis()
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a Redis URL such as 'redis://localhost:6379/0' (got {url!r})")

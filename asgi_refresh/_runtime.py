@@ -784,7 +784,12 @@ class Runtime:
         now, wall = self.clock.monotonic(), self.clock.wall()
         report = {}
         for name, slot in self.slots.items():
-            scheduled = self.running and not slot.overridden
+            # A follower has no schedule of its own: the lease holder's refresh reaches it.
+            scheduled = (
+                self.running
+                and not slot.overridden
+                and (self.coordination is None or self.coordination.fetches(slot))
+            )
             report[name] = {
                 "source": getattr(type(slot.spec.fetch), "source_kind", "python"),
                 "required": slot.spec.required,

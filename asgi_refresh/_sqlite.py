@@ -48,6 +48,7 @@ from ._coordination import (
     encode_meta,
     new_owner,
 )
+from ._duration import Duration
 
 T = TypeVar("T")
 
@@ -99,9 +100,11 @@ class SQLiteCoordinator:
         path: The database file; created with its tables if missing (its
             directory must exist).
         prefix: Namespace of the rows, so that several apps can share one file.
-        poll_interval: Seconds between two checks for changes by a subscriber.
-        timeout: Seconds that any one operation may take, waiting for a lock
-            included, before it fails with `CoordinatorUnavailable`.
+        poll_interval: Time between two checks for changes by a subscriber
+            (seconds, or a duration like ``"200ms"``).
+        timeout: How long any one operation may take, waiting for a lock
+            included, before it fails with `CoordinatorUnavailable` (seconds, or
+            a duration like ``"2s"``).
     """
 
     def __init__(
@@ -109,8 +112,8 @@ class SQLiteCoordinator:
         path: str | os.PathLike[str],
         *,
         prefix: str = DEFAULT_PREFIX,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        timeout: float = DEFAULT_TIMEOUT,
+        poll_interval: Duration = DEFAULT_POLL_INTERVAL,
+        timeout: Duration = DEFAULT_TIMEOUT,
     ) -> None:
         self.path = os.fspath(path)
         if not self.path or self.path == ":memory:" or self.path.startswith("file:"):

@@ -131,6 +131,13 @@ async def test_four_workers_fetch_once_per_interval_and_converge(backend: Backen
         await until(lambda: values(middlewares) == [{"version": 1}] * 4)
         assert upstream.calls == 1
         assert sorted(roles(middlewares)) == ["follower", "follower", "follower", "leader"]
+        reports = [middleware.handle.status()["names"] for middleware in middlewares]
+        leader = next(report for report in reports if report["coordination"]["role"] == "leader")
+        for report in reports:
+            assert report["coordination"]["stored_by"] == leader["coordination"]["process"]
+            assert report["coordination"]["error"] is None
+            follows = report["coordination"]["role"] == "follower"
+            assert (report["next_refresh_at"] is None) == follows, "a follower has no schedule of its own"
         for interval in range(2, 22):
             await advance(clock, 60)
             expected = [{"version": interval}] * 4
@@ -263,6 +270,9 @@ async def test_without_the_backend_each_worker_fetches_for_itself_then_coordinat
         stoppable_redis.stop()
         await advance(clock, 60)
         await until(lambda: roles(middlewares) == ["standalone", "standalone"])
+        error = middlewares[0].handle.status()["names"]["coordination"]["error"]
+        assert error is not None
+        assert "Redis at redis://127.0.0.1" in error
         await advance(clock, 60)
         await until(lambda: upstream.calls >= 3, seconds=10)
         assert all(isinstance(value, dict) for value in values(middlewares)), "values stay published"

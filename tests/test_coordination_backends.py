@@ -277,10 +277,14 @@ async def test_bad_arguments_are_refused(make: Make) -> None:
     """A bad prefix, timeout, ttl or name is a ValueError that says what was expected."""
     with pytest.raises(ValueError, match="prefix must be a non-empty string"):
         make(prefix="")
-    with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds \(got 0\)"):
+    with pytest.raises(
+        ValueError, match=r"timeout must be a positive number of seconds or a duration like \"2s\" \(got 0\)"
+    ):
         make(timeout=0)
     async with make() as coordinator:
-        with pytest.raises(ValueError, match=r"ttl must be a positive number of seconds \(got -1\)"):
+        with pytest.raises(
+            ValueError, match=r"ttl must be a positive number of seconds or a duration like \"2s\" \(got -1\)"
+        ):
             await coordinator.acquire("names", -1)
         with pytest.raises(ValueError, match=r"a Python identifier \(got 'a:b'\)"):
             await coordinator.load("a:b")
