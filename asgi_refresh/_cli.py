@@ -55,8 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    with _log_to_stderr(args.verbose) as formatter:
-        return _run(args, formatter)
+    try:
+        with _log_to_stderr(args.verbose) as formatter:
+            return _run(args, formatter)
+    except BrokenPipeError:
+        # `asgi-refresh check CONFIG | head -2`: the reader left, which is not an error.
+        # Point stdout at /dev/null so that Python's exit flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 class _ScrubbingFormatter(logging.Formatter):

@@ -459,3 +459,20 @@ def test_the_console_script_is_declared() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"] == {"asgi-refresh": "asgi_refresh._cli:main"}
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    """`asgi-refresh check CONFIG | head -1`: the closed pipe ends the command quietly, exit 0."""
+    config = tmp_path / "refresh.toml"
+    config.write_text('[refreshers.names]\nsource = "python"\ntarget = "time:time"\nevery = "1h"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asgi_refresh", "check", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before the command writes anything
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert b"Traceback" not in stderr
+    assert b"BrokenPipeError" not in stderr
