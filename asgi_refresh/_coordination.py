@@ -13,7 +13,6 @@ job (`JSONCodec` by default), so a backend cannot run code from the data it hold
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import socket
@@ -25,8 +24,6 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkabl
 import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
-
-from ._duration import parse_duration
 
 T = TypeVar("T")
 
@@ -283,28 +280,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a coordinated name must be a refresher name, a Python identifier (got {name!r})")
     return name
-
-
-def check_timeout(timeout: object, what: str = "timeout") -> float:
-    """``timeout`` (seconds, a timedelta or a string like ``"2s"``) in seconds; a clear `ValueError` if not.
-
-    Durations are written as everywhere else in the package, so a config file's
-    ``timeout = "2s"`` works for a coordinator too.
-    """
-    try:
-        seconds = parse_duration(timeout)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise ValueError(
-            f'{what} must be a positive number of seconds or a duration like "2s" (got {timeout!r})'
-        )
-    return seconds
-
-
-def check_ttl(ttl: float) -> float:
-    """A lease ``ttl`` checked like a timeout."""
-    return check_timeout(ttl, "ttl")
 
 
 async def call_blocking(

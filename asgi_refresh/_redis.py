@@ -45,13 +45,11 @@ from ._coordination import (
     call_blocking,
     check_name,
     check_prefix,
-    check_timeout,
-    check_ttl,
     decode_meta,
     encode_meta,
     new_owner,
 )
-from ._duration import Duration
+from ._duration import Duration, positive_duration
 
 if TYPE_CHECKING:
     import redis
@@ -150,7 +148,7 @@ class RedisCoordinator:
             raise ValueError(f"url must be a Redis URL such as 'redis://localhost:6379/0' (got {url!r})")
         self.url = url
         self.prefix = check_prefix(prefix)
-        self.timeout = check_timeout(timeout)
+        self.timeout = positive_duration("RedisCoordinator", "timeout", timeout)
         self._owner = new_owner()
         self._client: redis.Redis | None = None
         self._limiter: anyio.CapacityLimiter | None = None
@@ -251,7 +249,7 @@ class RedisCoordinator:
         """Take or renew the lease on ``name`` for ``ttl`` seconds; False if another holds it."""
         self._open_client()
         lease = self._key("lease", name)
-        millis = max(1, math.ceil(check_ttl(ttl) * 1000))
+        millis = max(1, math.ceil(positive_duration("RedisCoordinator", "ttl", ttl) * 1000))
         script = self._scripts["acquire"]
         # Counted as held before the call: if shutdown abandons it, the lease it may
         # still take is given back at close, not left to expire.

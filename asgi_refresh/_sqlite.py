@@ -42,13 +42,11 @@ from ._coordination import (
     call_blocking,
     check_name,
     check_prefix,
-    check_timeout,
-    check_ttl,
     decode_meta,
     encode_meta,
     new_owner,
 )
-from ._duration import Duration
+from ._duration import Duration, positive_duration
 
 T = TypeVar("T")
 
@@ -119,8 +117,8 @@ class SQLiteCoordinator:
         if not self.path or self.path == ":memory:" or self.path.startswith("file:"):
             raise ValueError(f"path must be a file that the processes share (got {self.path!r})")
         self.prefix = check_prefix(prefix)
-        self.poll_interval = check_timeout(poll_interval, "poll_interval")
-        self.timeout = check_timeout(timeout)
+        self.poll_interval = positive_duration("SQLiteCoordinator", "poll_interval", poll_interval)
+        self.timeout = positive_duration("SQLiteCoordinator", "timeout", timeout)
         self._owner = new_owner()
         self._open = False
         self._connection: sqlite3.Connection | None = None
@@ -244,7 +242,7 @@ class SQLiteCoordinator:
     async def acquire(self, name: str, ttl: float) -> bool:
         """Take or renew the lease on ``name`` for ``ttl`` seconds; False if another holds it."""
         check_name(name)
-        check_ttl(ttl)
+        positive_duration("SQLiteCoordinator", "ttl", ttl)
         owner = self._owner
 
         def acquire(db: sqlite3.Connection) -> bool:
