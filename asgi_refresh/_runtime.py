@@ -557,31 +557,19 @@ class Runtime:
     def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> _Hook | None:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return None
-        spec, now = slot.spec, self.clock.monotonic()
+        spec = slot.spec
         value, not_modified, refresh_in, fresh = result
-        slot.expires_at = None if fresh is None else now + fresh.expires_in
-        slot.leeway = 0.0 if fresh is None else fresh.leeway
-        had_value = slot.loaded or not spec.required
-        old = self.state.get(spec.name)
         failures = slot.consecutive_failures
-        slot.last_duration = duration = now - started
-        slot.last_success_mono = now
-        slot.last_success_at = self.clock.wall()
-        slot.last_error = None
-        slot.consecutive_failures = 0
-        slot.fatal = False
+        slot.last_duration = duration = self.clock.monotonic() - started
         slot.refresh_count += 1
-        # Only a different value is published: an equal one would hand requests a
-        # new object for nothing and wake on_change for no change.
-        changed = not had_value or (not not_modified and _differs(old, value))
-        if changed:
-            self._publish(spec.name, value)
-            slot.last_changed_at = slot.last_success_at
-            slot.last_outcome = "changed"
-        else:
-            slot.last_outcome = "not_modified" if not_modified else "unchanged"
-        slot.loaded = slot.attempted = True
-        self._note_progress(slot)
+        changed, old = self._take(
+            slot,
+            value,
+            not_modified=not_modified,
+            age=0.0,
+            expires_in=None if fresh is None else fresh.expires_in,
+            leeway=0.0 if fresh is None else fresh.leeway,
+        )
         self._schedule_after_success(slot, started, on_grid, refresh_in)
         if failures:
             logger.info(
@@ -697,10 +685,20 @@ class Runtime:
         self.state[name] = value
         self.state[SNAPSHOT_KEY] = object()
 
-    def adopt(self, slot: _Slot, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
-        """Publish a value that another process fetched and stored (coordination)."""
-        if slot.overridden:
-            return
+    def _take(
+        self,
+        slot: _Slot,
+        value: Any,
+        *,
+        not_modified: bool,
+        age: float,
+        expires_in: float | None,
+        leeway: float,
+    ) -> tuple[bool, Any]:
+        """Record a good value, fetched here or ``age`` seconds ago by another process.
+
+        Returns whether it was published (it differs) and the value it replaced.
+        """
         spec, now, wall = slot.spec, self.clock.monotonic(), self.clock.wall()
         had_value = slot.loaded or not spec.required
         old = self.state.get(spec.name)
@@ -711,15 +709,27 @@ class Runtime:
         slot.fatal = False
         slot.expires_at = None if expires_in is None else now + expires_in
         slot.leeway = leeway
-        changed = not had_value or _differs(old, value)
+        # Only a different value is published: an equal one would hand requests a
+        # new object for nothing and wake on_change for no change.
+        changed = not had_value or (not not_modified and _differs(old, value))
         if changed:
             self._publish(spec.name, value)
             slot.last_changed_at = wall
             slot.last_outcome = "changed"
         else:
-            slot.last_outcome = "unchanged"
+            slot.last_outcome = "not_modified" if not_modified else "unchanged"
         slot.loaded = slot.attempted = True
         self._note_progress(slot)
+        return changed, old
+
+    def adopt(self, slot: _Slot, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
+        """Publish a value that another process fetched and stored (coordination)."""
+        if slot.overridden:
+            return
+        spec = slot.spec
+        changed, old = self._take(
+            slot, value, not_modified=False, age=age, expires_in=expires_in, leeway=leeway
+        )
         if self.events is not None and changed:
             self.events.emit("changed", spec.name)
         if spec.on_change is not None and changed and self._task_group is not None:
