@@ -170,10 +170,7 @@ class RefreshMiddleware:
         # substring test (cheaper than a startswith() call, and true under a root_path
         # too) sorts out nearly every request; the exact check is for the few left.
         prefix = self._admin_prefix
-        if prefix is not None and prefix in scope["path"] and self._is_admin(scope):
-            assert self._admin is not None
-            handle = None if live is None else live[RESERVED_NAME]
-            await self._admin(scope, send, handle, _route_path(scope))
+        if prefix is not None and prefix in scope["path"] and await self._served_by_admin(scope, send, live):
             return
         if live is not None:
             # O(1) on servers that copy the lifespan state into each request
@@ -193,8 +190,15 @@ class RefreshMiddleware:
             )
         await self.app(scope, receive, send)
 
-    def _is_admin(self, scope: Scope) -> bool:
-        return scope["type"] == "http" and self._admin is not None and self._admin.owns(_route_path(scope))
+    async def _served_by_admin(self, scope: Scope, send: Send, live: MutableMapping[str, Any] | None) -> bool:
+        """Serve an admin request; False for a path that only contains the prefix."""
+        admin = self._admin
+        assert admin is not None  # the prefix is set only with it
+        path = _route_path(scope)
+        if scope["type"] != "http" or not admin.owns(path):
+            return False
+        await admin(scope, send, None if live is None else live[RESERVED_NAME], path)
+        return True
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup: the only thing a server sends first
