@@ -407,7 +407,8 @@ class Runtime:
         """Run one fetch for everyone waiting on ``flight``; return whether a hook is due."""
         hook: _Hook | None = None
         share_now = False
-        shared: tuple[bytes | None, int] = (None, 0)
+        data: bytes | None = None  # encoded for the coordinator; None: what is published (a 304)
+        answered = 0  # the refresh-now requests this fetch answers
         cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
@@ -426,11 +427,9 @@ class Runtime:
             try:
                 answered = 0 if coordination is None else coordination.shares[slot.spec.name].requested
                 result = _unwrap(slot.spec, await self._fetch(slot, started))
-                shared = (None, answered)  # a 304: what we have, confirmed
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
                     result = result._replace(value=value)
-                    shared = (data, answered)
             except cancelled:
                 if not _is_stray_cancellation():
                     raise
@@ -464,8 +463,7 @@ class Runtime:
         if share_now:
             # After `done`: this process serves the value already, and a refresh-now
             # arriving meanwhile starts a new fetch rather than joining a finished one.
-            assert self.coordination is not None
-            await self._share(self.coordination, slot, shared)
+            await self._share(slot, data, answered)
         if hook is None:
             return False
         slot.hooks.append(hook)
@@ -530,15 +528,15 @@ class Runtime:
         For a value fetched while the backend was down, or lost by a backend that
         came back empty.
         """
-        assert self.coordination is not None
-        await self._share(self.coordination, slot, (None, 0))
+        await self._share(slot, None, 0)
 
-    async def _share(self, coordination: Coordination, slot: _Slot, shared: tuple[bytes | None, int]) -> None:
+    async def _share(self, slot: _Slot, data: bytes | None, answered: int) -> None:
         """Store what the lease holder fetched, with the refresh-now requests it answers.
 
         No bytes: store the value published here (a 304 confirmed it).
         """
-        data, answered = shared
+        coordination = self.coordination
+        assert coordination is not None
         if data is None:
             try:
                 data = coordination.codec.encode(self.state[slot.spec.name])
