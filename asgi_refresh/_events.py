@@ -69,8 +69,11 @@ class Events:
     def __init__(self, listeners: Iterable[Listener], clock: Clock) -> None:
         self._listeners = tuple(listeners)
         self._clock = clock
-        self._send: MemoryObjectSendStream[tuple[Listener, Awaitable[object]]] | None = None
-        self._receive: MemoryObjectReceiveStream[tuple[Listener, Awaitable[object]]] | None = None
+        self._send: MemoryObjectSendStream[tuple[Listener, Awaitable[object]]]
+        self._receive: MemoryObjectReceiveStream[tuple[Listener, Awaitable[object]]]
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[Listener, Awaitable[object]]](
+            _QUEUE_SIZE
+        )
         self._dropped: set[int] = set()  # listeners (by id) whose events were dropped, logged once each
         self._raised: dict[int, _Raised] = {}  # listeners (by id) that raised: when it was logged at ERROR
 
@@ -93,10 +96,6 @@ class Events:
                 self._queue(listener, result)
 
     def _queue(self, listener: Listener, call: Awaitable[object]) -> None:
-        if self._send is None:
-            self._send, self._receive = anyio.create_memory_object_stream[tuple[Listener, Awaitable[object]]](
-                _QUEUE_SIZE
-            )
         try:
             self._send.send_nowait((listener, call))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -114,10 +113,6 @@ class Events:
 
     async def run(self) -> None:
         """Await queued async listener calls, in order, until cancelled."""
-        if self._receive is None:
-            self._send, self._receive = anyio.create_memory_object_stream[tuple[Listener, Awaitable[object]]](
-                _QUEUE_SIZE
-            )
         receive = self._receive
         try:
             async for listener, call in receive:
@@ -133,7 +128,6 @@ class Events:
                 except Exception as exc:
                     self._log_raised(listener, None, exc)
         finally:
-            assert self._send is not None
             self._send.close()
             # Calls never awaited are closed, so Python does not warn "never awaited".
             while True:
@@ -170,11 +164,6 @@ class Events:
             more,
             exc_info=exc,
         )
-
-    @property
-    def wanted(self) -> bool:
-        """Whether anyone listens (else emitting is skipped entirely)."""
-        return bool(self._listeners)
 
 
 def _close(call: Awaitable[object]) -> None:

@@ -129,8 +129,8 @@ class Runtime:
         lease_ttl: float = 15.0,
     ) -> None:
         self.slots = {spec.name: _Slot(spec) for spec in refreshers}
-        events = Events(listeners, clock)
-        self.events = events if events.wanted else None
+        listeners = tuple(listeners)
+        self.events = Events(listeners, clock) if listeners else None  # none: nothing emitted at all
         self.state = state
         self.clock = clock
         self.handle = RefreshHandle(self)
