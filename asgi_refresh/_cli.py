@@ -25,6 +25,7 @@ from ._file import FileSource
 from ._http import HTTPSource
 from ._refresher import Refresher
 from ._runtime import Runtime
+from ._text import printable
 
 EXIT_OK = 0
 EXIT_REQUIRED_FAILED = 1
@@ -433,5 +434,4 @@ def _milliseconds(seconds: float) -> str:
 
 
 def _preview(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
+    return printable(text, PREVIEW_CHARS)

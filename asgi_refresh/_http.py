@@ -22,6 +22,7 @@ from ._duration import Duration, format_duration, positive_duration
 from ._outcome import Fetched, Fresh, SourceError
 from ._parsing import Format, Parser, Validate, digest
 from ._source_context import SourceContext
+from ._text import printable
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
@@ -361,7 +362,7 @@ class HTTPSource:
         query = self.url.query.decode("ascii", "replace")
         if query:
             text = text.replace(query, "…")
-        return " ".join(text.split()) or "no details"
+        return printable(text) or "no details"
 
 
 class _RedactSourceURLs(logging.Filter):

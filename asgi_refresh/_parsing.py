@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeAlias
 
 from ._outcome import Fresh, SourceError
 from ._source_context import SourceContext
+from ._text import printable
 
 Format: TypeAlias = "Literal['json', 'toml', 'text', 'bytes'] | Callable[[bytes], Any]"
 """How a body becomes a value: a format name, or a callable that takes the raw bytes."""
@@ -133,5 +134,5 @@ def _reason(exc: Exception) -> str:
             ]
             more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
             return f"{type(exc).__name__}: " + "; ".join(parts) + more
-    text = " ".join(str(exc).split())
+    text = printable(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -30,6 +30,7 @@ from ._events import Events, Listener
 from ._outcome import Fetched, Fresh, SourceError
 from ._refresher import RESERVED_NAME, Refresher
 from ._source_context import SharedResources, SourceContext, done_opening, opening
+from ._text import printable
 from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")
@@ -917,10 +918,14 @@ def describe_error(exc: BaseException) -> str:
     """One line for logs and ``status()``: the exception type and its message, bounded."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # a task group's wrapper says nothing; what it wraps does
-    text = " ".join(str(exc).split())
+    try:
+        text = str(exc)
+    except BaseException:  # user code's exception: even its __str__ may fail, and must not stop us
+        text = "(its message could not be read: its __str__ raised)"
     kind = "TimeoutError" if isinstance(exc, _FetchTimeout) else type(exc).__name__
-    line = f"{kind}: {text}" if text else kind
-    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
+    # Printable: the text may quote an upstream (a reason phrase, a parser's
+    # excerpt of the body), and it reaches terminals, logs and the status page.
+    return printable(f"{kind}: {text}" if text.strip() else kind, _MAX_ERROR_CHARS)
 
 
 def _is_stray_cancellation() -> bool:
