@@ -41,6 +41,8 @@ whether the state dict it was handed is the current snapshot."""
 _MIN_REFRESH_IN = 1.0  # an already expired token is renewed this often at most, not in a busy loop
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
 _REPEAT_WARNING_EVERY = 300.0  # the same failure, again and again, is logged this often
+_MAX_RETRY_AFTER = 3600.0  # a SourceError's retry_after (user code, or an upstream) never stops refreshes
+_BEHIND_AFTER = 1.0  # a refresh late by more than this and by a whole `every` means falling behind
 
 
 class RefreshError(RuntimeError):
@@ -144,6 +146,7 @@ class Runtime:
         self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
         self._progress: anyio.Event | None = None  # while `load` waits: set when a slot makes progress
+        self._warned_behind_at = -math.inf
         self.coordination = (
             None if coordinator is None else Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
         )
@@ -330,7 +333,31 @@ class Runtime:
                     await self.clock.sleep_until(due)
                 slot.wakeup = None
                 continue
+            if due > -math.inf:  # not the first load: how late is this refresh?
+                self._note_lag(slot, self.clock.monotonic() - due)
             await self._scheduled_refresh(slot)
+
+    def _note_lag(self, slot: _Slot, lag: float) -> None:
+        # A process that cannot keep up (a saturated CPU, a blocked loop, too many
+        # refreshers for one core) starts every refresh later: say so once every
+        # few minutes instead of quietly refreshing at a fraction of the rate asked.
+        slot.lag = lag
+        now = self.clock.monotonic()
+        if _behind(slot, lag) and now - self._warned_behind_at >= _REPEAT_WARNING_EVERY:
+            self._warned_behind_at = now
+            behind = sum(1 for other in self.slots.values() if _behind(other, now - other.next_due))
+            logger.warning(
+                "asgi_refresh: this process cannot keep up with its refresh schedule: refresher "
+                "%r started %s late (every %s), and %d refreshers are behind. The event loop is "
+                "blocked or the CPU is saturated: fewer refreshers, a longer `every`, more CPU, "
+                "or work moved off the event loop (plain `def` fetches run in threads). "
+                "status() shows each refresher's `lag`.",
+                slot.spec.name,
+                format_duration(lag),
+                format_duration(slot.spec.every),
+                behind,
+                extra={"refresher": slot.spec.name, "outcome": "behind", "lag": lag},
+            )
 
     async def _scheduled_refresh(self, slot: _Slot) -> None:
         # A function of its own so that the loop's locals do not keep the last
@@ -602,8 +629,10 @@ class Runtime:
             until_expiry = slot.expires_at - now
             bound = until_expiry if until_expiry > 0 else max(slot.leeway, spec.backoff_initial)
             delay = min(delay, max(bound, min(_MIN_REFRESH_IN, spec.every)))
-        if isinstance(exc, SourceError) and exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)  # the upstream asked us to wait (Retry-After)
+        retry_after = exc.retry_after if isinstance(exc, SourceError) else None
+        if isinstance(retry_after, int | float) and retry_after > 0:  # not NaN, not negative
+            # The upstream asked us to wait (Retry-After); an hour at most, whatever it said.
+            delay = max(delay, min(retry_after, _MAX_RETRY_AFTER))
         self._reschedule(slot, now + delay)
         self._log_failure(slot, exc, now, delay)
         if self.events is not None:
@@ -806,7 +835,7 @@ class Runtime:
         """
         if slot.overridden:
             return False
-        if slot.expires_at is not None and now >= slot.expires_at:
+        if slot.expires_at is not None and not now < slot.expires_at:  # NaN counts as expired
             return True
         if slot.spec.max_stale is None:
             return False
@@ -851,6 +880,7 @@ class Runtime:
                 "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if scheduled else None,
                 "last_duration": _seconds(slot.last_duration),
                 "age": _seconds(self.age(slot, now)),
+                "lag": _seconds(slot.lag),
             }
             if self.coordination is not None:
                 report[name]["coordination"] = self.coordination.status(slot)
@@ -903,7 +933,9 @@ class RefreshHandle:
         fetch), ``last_error`` (None or a one-line description, never the value),
         ``consecutive_failures``, ``refresh_count`` (successful fetches, including
         unchanged and not-modified ones), ``last_duration`` and ``age`` (seconds
-        since the last successful fetch, or None).
+        since the last successful fetch, or None), and ``lag`` (seconds by which
+        the last scheduled fetch started late: near 0 unless the process cannot
+        keep up).
         """
         return self._runtime.status()
 
@@ -942,6 +974,11 @@ class RefreshHandle:
                 slot.loaded_event = anyio.Event()
             await slot.loaded_event.wait()
         return self._runtime.state[name]
+
+
+def _behind(slot: _Slot, lag: float) -> bool:
+    """Whether a refresh this late means the process is falling behind (not a hiccup)."""
+    return lag > max(slot.spec.every, _BEHIND_AFTER)
 
 
 def _unhealthy_reason(slot: _Slot, now: float) -> str:
@@ -985,8 +1022,13 @@ def _differs(old: Any, new: Any) -> bool:
 
 
 def _iso(wall: float | None) -> str | None:
-    return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
+    try:
+        return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):  # NaN, or out of range: status() must never raise
+        return None
 
 
 def _seconds(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
+    if value is None or not math.isfinite(value):  # JSON has no NaN or Infinity
+        return None
+    return round(value, 6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import anyio.lowlevel
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshError, RefreshEvent, RefreshMiddleware
+from asgi_refresh import Fresh, Refresher, RefreshError, RefreshEvent, RefreshMiddleware, SourceError
 from asgi_refresh.testing import FakeClock
 
 from .helpers import ScriptedApp, Upstream, published
@@ -323,3 +324,45 @@ async def test_a_flapping_refresher_logs_no_recovery_per_flap(caplog: pytest.Log
     loud = [r for r in caplog.records if r.levelno >= logging.INFO]
     assert attempt > 200
     assert [r.levelname for r in loud] == ["WARNING", "INFO"], [r.getMessage() for r in loud]
+
+
+async def test_a_process_that_cannot_keep_up_says_so_once_and_shows_the_lag(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Refreshes starting late by more than a whole interval: one WARNING, `lag` in status."""
+    refreshers = [Refresher(f"r{i}", Upstream(), every="100ms", jitter=0) for i in range(20)]
+    middleware, clock = middleware_with(*refreshers)
+    async with LifespanManager(middleware):
+        await clock.advance("1s")
+        assert middleware.handle.status()["r0"]["lag"] == 0
+        for _ in range(3):
+            clock.jump("5s")  # the loop was blocked for 5 s, three times
+            await clock.advance(0)
+        lags = [entry["lag"] for entry in middleware.handle.status().values()]
+        assert all(lag >= 4.9 for lag in lags), lags
+        await clock.advance("1s")
+        assert middleware.handle.status()["r0"]["lag"] == 0, "caught up again"
+    behind = [r.getMessage() for r in caplog.records if "cannot keep up" in r.getMessage()]
+    assert len(behind) == 1, "one WARNING, not one per refresher or per stall"
+    assert "and 20 refreshers are behind" in behind[0]
+
+
+async def test_status_never_raises_whatever_a_fetch_said_about_expiry_or_retry() -> None:
+    """A token 'valid' for 1e300 s and a retry_after of infinity: status() stays JSON, retries go on."""
+    upstream = Upstream(
+        Fresh("token", expires_in=1e300),
+        SourceError("slow down", retry_after=float("inf")),
+        SourceError("slow down", retry_after=float("nan")),
+        "again",
+    )
+    middleware, clock = middleware_with(Refresher("t", upstream, every="1h", jitter=0, backoff_initial=1))
+    async with LifespanManager(middleware):
+        json.dumps(middleware.handle.status(), allow_nan=False)
+        await clock.advance("1h")
+        assert upstream.calls == 2
+        json.dumps(middleware.handle.status(), allow_nan=False)
+        await clock.advance("1h")  # an infinite retry_after waits an hour at most
+        assert upstream.calls == 3
+        await clock.advance("2s")  # a NaN retry_after is ignored: the backoff rules
+        assert upstream.calls == 4
+        assert published(middleware)["t"] == "again"
