@@ -233,3 +233,20 @@ async def test_an_app_that_answers_startup_with_a_wrong_lifespan_message_fails_s
             "message": "the wrapped app sent 'lifespan.shutdown.complete' in reply to lifespan.startup",
         }
     ]
+
+
+async def test_an_app_that_reads_startup_and_returns_runs_without_lifespan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reading lifespan.startup and returning without a reply: treated as no lifespan, as uvicorn does."""
+
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+
+    clock = FakeClock()
+    middleware = wrapped(silent, Refresher("names", Upstream("v1", "v2"), every="1m", jitter=0), clock=clock)
+    with caplog.at_level(logging.INFO, logger="asgi_refresh"), anyio.fail_after(5):
+        async with LifespanManager(middleware):
+            await clock.advance("1m")
+            assert middleware.handle.value("names") == "v2"
+    assert "it returned after reading lifespan.startup without answering" in caplog.text
