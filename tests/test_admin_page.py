@@ -168,9 +168,11 @@ def test_loopback_only_page_refreshes_and_other_origins_cannot() -> None:
                         refused.append(response.status) if "/_refresh/names" in response.url else None
                     ),
                 )
-                with evil_page.expect_response(lambda response: "/_refresh/names" in response.url):
-                    with evil_page.expect_navigation(url=f"{url}/_refresh/names"):
-                        evil_page.goto(evil)
+                with (
+                    evil_page.expect_response(lambda response: "/_refresh/names" in response.url),
+                    evil_page.expect_navigation(url=f"{url}/_refresh/names"),
+                ):
+                    evil_page.goto(evil)
             assert refused == [403, 403], "the fetch and the form post are both refused"
             assert "cross-origin requests are refused" in evil_page.content()
             assert middleware.handle.status()["names"]["refresh_count"] == 2, "nothing was refreshed"
