@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
-from ._contain import describe_error
+from ._contain import describe_error, escapes
 from ._runtime import RefreshError, RefreshHandle
 from ._text import printable
 from ._types import Scope, Send
@@ -183,8 +183,10 @@ class Admin:
             allowed = self._check(presented)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
-        except Exception:
-            logger.exception("asgi_refresh: the admin_token check raised; the request is refused")
+        except BaseException as exc:  # user code: whatever it raises refuses the request, and only that
+            if escapes(exc):
+                raise
+            logger.error("asgi_refresh: the admin_token check raised; the request is refused", exc_info=exc)
             await reply.json(500, {"error": "the admin token check failed"})
             return False
         if allowed is not True:

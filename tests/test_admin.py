@@ -190,11 +190,14 @@ async def test_a_callable_checks_the_token() -> None:
         assert (await http.get("/_refresh", headers={"Authorization": "Bearer plain"})).status_code == 200
 
 
-async def test_a_token_check_that_raises_refuses_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    """A broken check fails closed: 500, logged with its traceback, nothing served."""
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit, KeyboardInterrupt])
+async def test_a_token_check_that_raises_refuses_and_logs(
+    error: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken check (whatever it raises) fails closed: 500, logged with its traceback, nothing served."""
 
     def check(token: str) -> bool:
-        raise RuntimeError("secret store unreachable")
+        raise error("secret store unreachable")
 
     async with admin_client(names(), admin_token=check) as (http, _):
         response = await http.get("/_refresh", headers=AUTH)
