@@ -249,10 +249,10 @@ class BodyDecoder:
         applied = codings(content_encoding)
         self.where, self.max_bytes = where, max_bytes
         if len(applied) > MAX_CODINGS:
+            listed = printable(", ".join(applied[: MAX_CODINGS + 1]), 80)
             raise SourceError(
-                f"{where}: the response has {len(applied)} content codings "
-                f"({printable(', '.join(applied[: MAX_CODINGS + 1]), 80)}); at most {MAX_CODINGS} are undone. "
-                "The server is misconfigured, or hostile"
+                f"{where}: the response has {len(applied)} content codings ({listed}); at most "
+                f"{MAX_CODINGS} are undone. The server is misconfigured, or hostile"
             )
         factories = available()
         for coding in applied:
@@ -308,7 +308,8 @@ class BodyDecoder:
                 piece = stage.take(max(limit, 1))
             except Exception as exc:  # zlib.error, brotli.error, ZstdError: the body is bad
                 detail = printable(str(exc), 200) or type(exc).__name__
-                raise SourceError(f"{self.where}: the body does not decompress as {name} ({detail})") from None
+                message = f"{self.where}: the body does not decompress as {name} ({detail})"
+                raise SourceError(message) from None
             if piece:
                 idle = 0
                 yield from self._push(level + 1, piece)

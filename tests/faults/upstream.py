@@ -52,6 +52,7 @@ connection, endless bodies included.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
 import json
@@ -244,10 +245,8 @@ class HostileUpstream:
         with self._lock:
             sockets = list(self._open)
         for connection in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for thread in list(self._threads):
             thread.join(timeout=5)
         if self._listener is not None:
@@ -306,7 +305,10 @@ class HostileUpstream:
         head, _, buffer = buffer.partition(b"\r\n\r\n")
         request_line, *lines = head.decode("latin-1").split("\r\n")
         method, target, _version = request_line.split(" ", 2)
-        headers = [(name.strip().lower(), value.strip()) for name, _, value in (line.partition(":") for line in lines)]
+        headers = [
+            (name.strip().lower(), value.strip())
+            for name, _, value in (line.partition(":") for line in lines)
+        ]
         length = int(next((value for name, value in headers if name == "content-length"), "0"))
         while len(buffer) < length:
             data = connection.recv(65536)
