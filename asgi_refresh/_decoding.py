@@ -134,24 +134,29 @@ class _Brotli:
     def __init__(self, brotli: Any) -> None:
         self._brotli = brotli.Decompressor()
         self._input = b""
+        # Output may still be pending though can_accept_more_data() says True: only
+        # a call that returns nothing proves the decoder has given all it has.
+        self._drained = True
         self.started = self.done = False
 
     @property
     def wants_input(self) -> bool:
-        return not self._input and bool(self._brotli.can_accept_more_data())
+        return not self._input and self._drained
 
     def give(self, data: bytes) -> None:
         self._input += data
         self.started = self.started or bool(data)
 
     def take(self, limit: int) -> bytes:
-        if self._brotli.can_accept_more_data():
-            if not self._input:
-                return b""
+        ready = bool(self._brotli.can_accept_more_data())
+        if self._input and ready:
             data, self._input = self._input, b""  # copied into the decoder, bounded by one slice
+        elif self._drained and ready:
+            return b""
         else:
-            data = b""  # it has output pending: it must be drained with empty input first
+            data = b""  # drain what is pending before it may take more
         piece: bytes = self._brotli.process(data, output_buffer_limit=limit)
+        self._drained = not piece and bool(self._brotli.can_accept_more_data())
         self.done = bool(self._brotli.is_finished())
         return piece
 

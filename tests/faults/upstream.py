@@ -38,6 +38,8 @@ What a `Reply` (and the helpers of this module) can send:
   or ``Transfer-Encoding`` among ``headers`` is sent as is and nothing is added.
 - **Endless bodies.** ``body`` may be a zero-argument callable returning an
   iterable of chunks, made anew for each request: `endless` never stops.
+- **Not HTTP at all.** ``raw`` bytes are sent instead of a response, then the
+  connection is closed: garbage, half a status line, or nothing.
 - **Odd headers.** ``headers`` are raw ``(name, value)`` lines, str or bytes:
   duplicates, invalid names, non-ASCII or control characters, huge values, any
   order. ``reason`` is any reason phrase (ANSI escapes included).
@@ -97,6 +99,8 @@ class Reply:
         delay: Seconds to wait before sending anything.
         hang: Never answer (until the server stops).
         close: Close the connection after this reply.
+        raw: Send these bytes instead of a response (dripped as the body would
+            be), then close: garbage, half a status line, or nothing at all.
     """
 
     status: int = 200
@@ -111,6 +115,7 @@ class Reply:
     delay: float = 0.0
     hang: bool = False
     close: bool = False
+    raw: bytes | None = None
 
     @classmethod
     def json(cls, value: Any, *, headers: Sequence[Header] = (), **options: Any) -> Reply:
@@ -323,6 +328,9 @@ class HostileUpstream:
             self._stop.wait()
             return False
         if reply.delay and self._stop.wait(reply.delay):
+            return False
+        if reply.raw is not None:
+            self._write(connection, reply.raw, reply.drip, reply.piece)
             return False
         finite = reply.body if isinstance(reply.body, bytes) else None
         head = reply.wire_head(None if finite is None else len(finite))
