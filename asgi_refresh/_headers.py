@@ -8,10 +8,9 @@ read it, so that a broken header never replaces a response's real outcome.
 
 from __future__ import annotations
 
-import email.utils
-import math
+import re
 from collections.abc import Iterable
-from datetime import UTC
+from datetime import UTC, datetime
 
 MAX_DELTA = 2**31
 """RFC 9111 §1.2.2: a delta-seconds too big to hold, or an overflow, counts as 2^31."""
@@ -37,26 +36,44 @@ def delta_seconds(value: str) -> int | None:
     return min(int(digits), MAX_DELTA)
 
 
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 §5.6.7: IMF-fixdate, the obsolete RFC 850 form, and asctime. Matched in
+# full (a date followed by anything else is no date); day of one or two digits and
+# "UTC" for "GMT" are accepted, as servers send them. The weekday is not checked.
+_IMF_FIXDATE = re.compile(rf"[a-z]{{3}}, (\d\d?) {_MONTH} (\d{{4}}) {_TIME} (?:gmt|utc)")
+_RFC_850 = re.compile(rf"[a-z]{{6,9}}, (\d\d?)-{_MONTH}-(\d\d) {_TIME} (?:gmt|utc)")
+_ASCTIME = re.compile(rf"[a-z]{{3}} {_MONTH} +(\d\d?) {_TIME} (\d{{4}})")
+
+
 def http_date(value: str) -> float | None:
     """An HTTP date (IMF-fixdate, RFC 850 or asctime) as a POSIX timestamp, or None.
 
-    None for anything that is not a date between the years 1 and 9999; asctime
-    dates, which carry no zone, are GMT as RFC 9110 says. The result is finite.
+    Anything but one of those three forms, whole, is None, and so is a date that
+    does not exist (31 February, hour 24) or falls outside the years 1 to 9999;
+    every date is GMT, as RFC 9110 says. An RFC 850 two-digit year is 19yy from
+    70 on, else 20yy. The result is finite.
     """
-    value = value.strip(" \t")
-    if not value or len(value) > _MAX_DATE_LENGTH or not value.isascii():
+    text = value.strip(" \t").lower()
+    if not text or len(text) > _MAX_DATE_LENGTH or not text.isascii():
+        return None
+    if match := _IMF_FIXDATE.fullmatch(text):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _RFC_850.fullmatch(text):
+        day, month, short_year, hour, minute, second = match.groups()
+        year = str((1900 if int(short_year) >= 70 else 2000) + int(short_year))
+    elif match := _ASCTIME.fullmatch(text):
+        month, day, hour, minute, second, year = match.groups()
+    else:
         return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
+        when = datetime(
+            int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        )
+    except ValueError:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    try:
-        timestamp = when.timestamp()
-    except (ValueError, OverflowError):  # pragma: no cover - datetime keeps years in 1..9999
-        return None
-    return timestamp if math.isfinite(timestamp) else None
+    return when.timestamp()
 
 
 def retry_after(value: str | None, date: str | None, now: float, *, limit: float) -> float | None:
