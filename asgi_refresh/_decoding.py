@@ -80,34 +80,41 @@ class _Zlib:
 
     def __init__(self, coding: str) -> None:
         self._gzip = coding != "deflate"
-        self._wbits = 16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS
-        self._zlib = zlib.decompressobj(self._wbits)
+        # "deflate" is often sent raw, without the zlib header (httpx allows it too):
+        # which one is told from the first two bytes, however the network splits them.
+        self._wbits: int | None = 16 + zlib.MAX_WBITS if self._gzip else None
+        self._zlib = zlib.decompressobj(self._wbits or zlib.MAX_WBITS)
         self._input = b""
-        self._decoded_any = False
+        self._calls = 0
         self.started = self.done = False
 
     @property
     def wants_input(self) -> bool:
-        return not self._input
+        return not self._input or (self._wbits is None and len(self._input) < 2)
 
     def give(self, data: bytes) -> None:
         self._input += data
         self.started = self.started or bool(data)
 
     def take(self, limit: int) -> bytes:
+        if self._wbits is None:
+            if len(self._input) < 2:
+                return b""
+            self._wbits = zlib.MAX_WBITS if _zlib_header(self._input) else -zlib.MAX_WBITS
+            self._zlib = zlib.decompressobj(self._wbits)
         while self._input:
             if self.done and not self._next_member():
                 return b""
             try:
                 piece = self._zlib.decompress(self._input, limit)
             except zlib.error:
-                if self._decoded_any or self._wbits != zlib.MAX_WBITS:
+                if self._calls or self._wbits != zlib.MAX_WBITS:
                     raise
-                # "deflate" is often sent raw, without the zlib header (httpx allows it too).
+                # A raw stream whose first bytes happen to look like a zlib header.
                 self._wbits = -zlib.MAX_WBITS
                 self._zlib = zlib.decompressobj(self._wbits)
                 continue
-            self._decoded_any = True
+            self._calls += 1
             if self._zlib.eof:
                 self.done, self._input = True, self._zlib.unused_data
             else:
@@ -124,7 +131,7 @@ class _Zlib:
             return False
         if len(rest) >= len(_GZIP_MAGIC) and not rest.startswith(_GZIP_MAGIC):
             raise zlib.error("data after the end of the gzip stream is not another gzip member")
-        self._zlib, self._input, self.done = zlib.decompressobj(self._wbits), rest, False
+        self._zlib, self._input, self.done = zlib.decompressobj(16 + zlib.MAX_WBITS), rest, False
         return True
 
 
@@ -197,6 +204,11 @@ class _Zstd:
         piece: bytes = self._zstd.decompress(data, limit)
         self.done = bool(self._zstd.eof)
         return piece
+
+
+def _zlib_header(data: bytes) -> bool:
+    """Whether ``data`` starts with a zlib header (RFC 1950): deflate, a window of at most 32 kB, a check."""
+    return data[0] & 0x0F == 8 and data[0] >> 4 <= 7 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 def _optional(*names: str) -> Any:
