@@ -155,11 +155,8 @@ class _Brotli:
         self.started = self.started or bool(data)
 
     def take(self, limit: int) -> bytes:
-        ready = bool(self._brotli.can_accept_more_data())
-        if self._input and ready:
+        if self._input and self._brotli.can_accept_more_data():
             data, self._input = self._input, b""  # copied into the decoder, bounded by one slice
-        elif self._drained and ready:
-            return b""
         else:
             data = b""  # drain what is pending before it may take more
         piece: bytes = self._brotli.process(data, output_buffer_limit=limit)

@@ -16,6 +16,7 @@ import anyio
 from ._outcome import Fetched, SourceError
 from ._parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, blake2b, max_bytes_option, too_big
 from ._source_context import SourceContext
+from ._text import printable
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -174,7 +175,8 @@ class FileSource:
         """Refuse what is not a regular file, or is one past the cap, before reading a byte."""
         if not stat.S_ISREG(found.st_mode):
             real = os.path.realpath(self.path)
-            link = f" (a link to {real})" if real != str(self.path) else ""
+            # Where a link leads is not ours to choose: shown escaped, like any outside text.
+            link = f" (a link to {printable(real, 300)})" if real != str(self.path) else ""
             raise SourceError(
                 f"{self.path}{link}: is {_kind(found.st_mode)}, not a regular file; FileSource reads "
                 "regular files only (symbolic links to one are followed): point it at the file itself"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 
@@ -85,6 +86,36 @@ def test_gzip_members_and_zero_padding() -> None:
     """Several gzip members are one body (RFC 1952); zeros after the last are padding."""
     body = gzip.compress(b"first,") + gzip.compress(b"second") + b"\x00" * 10
     assert decode(["gzip"], [body]) == b"first,second"
+
+
+def test_zstd_frames_follow_one_another() -> None:
+    """Several zstd frames are one body, as for gzip members."""
+    assert decode(["zstd"], [encode(b"first,", ["zstd"]) + encode(b"second", ["zstd"])]) == b"first,second"
+
+
+def test_raw_deflate_that_looks_like_a_zlib_header_still_decodes() -> None:
+    """A raw stored block whose first two bytes pass zlib's header check: the first error switches to raw."""
+    payload = b"a raw block, zlib-like!!12345"
+    raw = b"\x08\x1d\x00\xe2\xff" + payload + b"\x01\x00\x00\xff\xff"  # 0x081d is a valid zlib header
+    assert decode(["deflate"], [raw]) == payload
+
+
+def test_without_a_zstd_library_zstd_is_refused_with_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No backports.zstd (nor Python 3.14): zstd is not offered, and a zstd body says what to install."""
+    monkeypatch.setitem(sys.modules, "backports.zstd", None)
+    monkeypatch.setitem(sys.modules, "compression.zstd", None)
+    available.cache_clear()
+    try:
+        assert accept_encoding() == "gzip, deflate, br"
+        with pytest.raises(SourceError) as raised:
+            BodyDecoder(["zstd"], where=WHERE, max_bytes=100)
+    finally:
+        available.cache_clear()
+    assert str(raised.value) == (
+        f"{WHERE}: the response is zstd-encoded, which cannot be decoded within max_bytes here: install "
+        "backports.zstd on Python < 3.14 (pip install 'asgi-refresh[zstd]'), or have the server send one of: "
+        "gzip, x-gzip, deflate, br"
+    )
 
 
 def test_bytes_after_a_deflate_stream_are_ignored() -> None:

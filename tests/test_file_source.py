@@ -513,3 +513,37 @@ def test_max_bytes_must_be_a_positive_int() -> None:
             ValueError, match=r"FileSource\('.*a\.json'\): max_bytes must be a positive number of bytes"
         ):
             FileSource("a.json", max_bytes=bad)  # type: ignore[arg-type]
+
+
+async def test_a_symlink_loop_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    """A link to itself: the OS's reason, with the path, not a crash."""
+    path = tmp_path / "flags.json"
+    path.symlink_to(path)
+    source = FileSource(path)
+    async with source:
+        with pytest.raises(SourceError, match=rf"^{path}: cannot read: Too many levels of symbolic links$"):
+            await source()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        ("open", FileNotFoundError(2, "No such file or directory"), "file not found"),
+        ("read", OSError(5, "Input/output error"), "cannot read: Input/output error"),
+    ],
+)
+async def test_a_file_that_vanishes_or_fails_mid_read_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str, error: OSError, message: str
+) -> None:
+    """Deleted between stat() and open(), or an I/O error while reading: an error with the path."""
+    path = tmp_path / "flags.json"
+    path.write_text("[1]")
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(f"asgi_refresh._file.os.{call}", fail)
+    source = FileSource(path)
+    async with source:
+        with pytest.raises(SourceError, match=f"^{path}: {message}$"):
+            await source()

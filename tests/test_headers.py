@@ -148,6 +148,14 @@ def test_cache_directives_never_raise(values: list[str]) -> None:
             assert name
 
 
+def test_cache_directives_stop_at_64() -> None:
+    """A header of thousands of directives is read up to 64 of them."""
+    directives = cache_directives([", ".join(f"x-{i}={i}" for i in range(5000)) + ", max-age=5"])
+    assert directives is not None
+    assert len(directives) == 64
+    assert "max-age" not in directives
+
+
 def test_cache_directives_read_quoted_strings() -> None:
     """A quoted argument may hold commas and escapes; a repeated directive with another value is a conflict."""
     assert cache_directives(['private="a, max-age=5", max-age=300']) == {
