@@ -42,7 +42,11 @@ class HTTPSource:
     Every poll is a conditional request once a value is loaded (``If-None-Match``
     / ``If-Modified-Since`` from the last ``ETag`` / ``Last-Modified``); a ``304``
     keeps the value, counts as a success and calls no ``on_change``. The body is
-    streamed and given up as soon as it passes ``max_bytes``. A ``429`` or ``503``
+    streamed and given up as soon as it passes ``max_bytes``; its content codings
+    (gzip, deflate, and br or zstd when a library that bounds them is installed)
+    are undone by the source in small slices under that cap, whatever the stack, and
+    any other coding is refused. Redirects are followed within the origin only,
+    judged by the URL httpx would request. A ``429`` or ``503``
     with ``Retry-After`` delays the next attempt as asked (at most an hour). Any
     failure (a non-2xx status, a timeout, a refused connection, a body that does
     not parse or validate) is reported with the status code and the URL without
