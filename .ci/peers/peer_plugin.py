@@ -1,0 +1,260 @@
+"""pytest plugin: run another project's own test suite with every ASGI app wrapped.
+
+Loaded from outside the peer suite, with no edit to its files::
+
+    PYTHONPATH=.ci/peers python -m pytest -p peer_plugin --peer-wrap=two --peer-outcomes=out.json
+
+How every app under test is reached, once. A test suite runs an app through a
+client or a lifespan driver, never through a server; each of those is a class whose
+``__init__`` receives the app, and this plugin patches that ``__init__`` (on the
+class, so names imported before the patch are covered too) to hand on
+``RefreshMiddleware(app, ...)`` instead:
+
+- ``starlette.testclient.TestClient``: after its own ``__init__``, which adapts an
+  ASGI2 app to ASGI3 first (wrapping before would hide an ASGI2 app from that
+  check), both places that hold the app are swapped: ``client.app``, which runs the
+  lifespan, and the transport's ``app``, which runs requests and websockets. One
+  middleware instance serves both, as one server would.
+- ``httpx.ASGITransport`` and ``httpx2.ASGITransport`` (``AsyncClient(app=...)``
+  builds one too).
+- ``asgi_lifespan.LifespanManager``. Its ``manager.app`` (the app behind its state
+  shim, which tests then hand to ``ASGITransport``) already contains our wrapper, so
+  it is remembered and not wrapped a second time.
+
+An app that is already a ``RefreshMiddleware`` is never wrapped again. An app that a
+test calls directly (``await app(scope, receive, send)`` with a scope it made) runs
+unwrapped: no server or client is in between, so there is nothing for the
+middleware to be transparent to. The outcome file counts, per test, the apps wrapped.
+
+Modes (``--peer-wrap``): ``baseline`` patches nothing (the plugin only records
+outcomes, so all three runs load the same code), ``zero`` wraps with no refreshers,
+``two`` wraps with two refreshers that refresh every 50 ms, one ``async`` and one
+plain (run in a worker thread), each returning a counter.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import re
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MODES = ("baseline", "zero", "two")
+EVERY = 0.05  # seconds between refreshes in mode "two"
+
+_wrapped_in_test = 0  # apps wrapped while the current test ran
+_reached: weakref.WeakSet[Any] = weakref.WeakSet()  # apps that contain a wrapper already
+_outcomes: dict[str, dict[str, Any]] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the plugin's options."""
+    group = parser.getgroup("peer", "asgi_refresh peer suites")
+    group.addoption("--peer-wrap", choices=MODES, default="baseline", help="how to wrap every app")
+    group.addoption("--peer-outcomes", default=None, help="write each test's outcome to this JSON file")
+    group.addoption(
+        "--peer-trio-loose-groups",
+        action="store_true",
+        help="run pytest-trio tests with strict_exception_groups=False (the trio semantics of "
+        "suites written for trio < 0.25)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Patch the entry points that run apps, as the mode asks."""
+    mode = config.getoption("--peer-wrap")
+    if config.getoption("--peer-trio-loose-groups"):
+        loose = re.escape("trio.run(..., strict_exception_groups=False)")
+        config.addinivalue_line("filterwarnings", f"ignore:{loose}:trio.TrioDeprecationWarning")
+    if mode != "baseline":
+        _patch_entry_points(functools.partial(_wrap, refreshers=_refreshers if mode == "two" else tuple))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give trio tests a loose-exception-group runner when asked."""
+    if not config.getoption("--peer-trio-loose-groups"):
+        return
+    import trio
+
+    run = functools.partial(trio.run, strict_exception_groups=False)
+    for item in items:
+        marker = item.get_closest_marker("trio")
+        if marker is not None and "run" not in marker.kwargs:
+            # pytest-trio takes the first trio marker that names a runner.
+            item.add_marker(pytest.mark.trio(run=run), append=False)
+
+
+def pytest_runtest_logstart(nodeid: str, location: object) -> None:
+    """Start counting the apps this test wraps."""
+    global _wrapped_in_test
+    _wrapped_in_test = 0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Fold the setup, call and teardown reports into one outcome per test."""
+    entry = _outcomes.setdefault(report.nodeid, {"outcome": "passed", "message": ""})
+    if report.when == "setup":
+        if report.failed:
+            _set(entry, "error", report)
+        elif report.skipped:
+            _set(entry, "xfailed" if hasattr(report, "wasxfail") else "skipped", report)
+    elif report.when == "call":
+        if report.failed:
+            _set(entry, "failed", report)
+        elif report.skipped:
+            _set(entry, "xfailed" if hasattr(report, "wasxfail") else "skipped", report)
+        elif hasattr(report, "wasxfail"):
+            _set(entry, "xpassed", report)
+    elif report.failed and entry["outcome"] not in ("error", "failed"):
+        _set(entry, "error", report)  # in teardown; a failed call stays the headline
+
+
+def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
+    """Record how many apps the test wrapped."""
+    if nodeid in _outcomes:
+        _outcomes[nodeid]["wrapped"] = _wrapped_in_test
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A module that fails to collect counts as one error."""
+    if report.failed:
+        _outcomes[report.nodeid or "<collection>"] = {
+            "outcome": "error",
+            "message": _message(report),
+            "wrapped": 0,
+        }
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the outcomes file."""
+    path = session.config.getoption("--peer-outcomes")
+    if path:
+        data = {"mode": session.config.getoption("--peer-wrap"), "exitstatus": int(exitstatus)}
+        Path(path).write_text(json.dumps({**data, "tests": _outcomes}, indent=1, sort_keys=True))
+
+
+def _set(entry: dict[str, Any], outcome: str, report: pytest.TestReport) -> None:
+    entry["outcome"] = outcome
+    entry["message"] = _message(report)
+
+
+def _message(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The crash line of a failure (or the reason of a skip), short."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        text = str(crash.message)
+    elif isinstance(report.longrepr, tuple):  # a skip: (path, line, reason)
+        text = str(report.longrepr[-1])
+    else:
+        text = str(report.longrepr or "")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first[:300]
+
+
+def _refreshers() -> tuple[Any, ...]:
+    """Two refreshers every 50 ms: an async fetch and a sync one, each a counter."""
+    from asgi_refresh import Refresher
+
+    async_count = itertools.count()
+    sync_count = itertools.count()
+
+    async def peer_async_counter() -> int:
+        return next(async_count)
+
+    def peer_sync_counter() -> int:
+        return next(sync_count)
+
+    return (
+        Refresher("peer_async_counter", peer_async_counter, every=EVERY),
+        Refresher("peer_sync_counter", peer_sync_counter, every=EVERY),
+    )
+
+
+def _wrap(app: Any, *, refreshers: Callable[[], tuple[Any, ...]]) -> Any:
+    """``RefreshMiddleware(app)``, unless ``app`` already runs through one."""
+    global _wrapped_in_test
+    from asgi_refresh import RefreshMiddleware
+
+    if isinstance(app, RefreshMiddleware) or _is_reached(app):
+        return app
+    _wrapped_in_test += 1
+    return RefreshMiddleware(app, refreshers=refreshers())
+
+
+def _is_reached(app: Any) -> bool:
+    try:
+        return app in _reached
+    except TypeError:  # unhashable: never one of ours
+        return False
+
+
+def _patch_entry_points(wrap: Callable[[Any], Any]) -> None:
+    patched = 0
+    for patch in (_patch_testclient, _patch_asgi_transports, _patch_lifespan_manager):
+        patched += sum(1 for _ in patch(wrap))
+    if patched == 0:
+        raise pytest.UsageError("peer_plugin: none of the entry points it wraps is installed")
+
+
+def _patch_testclient(wrap: Callable[[Any], Any]) -> Iterator[None]:
+    try:
+        from starlette.testclient import TestClient
+    except ImportError:  # no starlette, or no httpx client for it
+        return
+    original = TestClient.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, app, *args, **kwargs)
+        transport = self._transport
+        if transport.app is not self.app:
+            raise RuntimeError(
+                "peer_plugin: TestClient's transport no longer holds client.app; "
+                "update _patch_testclient for this Starlette"
+            )
+        self.app = transport.app = wrap(self.app)
+
+    TestClient.__init__ = __init__  # type: ignore[method-assign]
+    yield
+
+
+def _patch_asgi_transports(wrap: Callable[[Any], Any]) -> Iterator[None]:
+    for name in ("httpx", "httpx2"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        transport = module.ASGITransport
+        transport.__init__ = _wrapping_init(transport.__init__, wrap)
+        yield
+
+
+def _wrapping_init(original: Callable[..., None], wrap: Callable[[Any], Any]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, wrap(app), *args, **kwargs)
+
+    return __init__
+
+
+def _patch_lifespan_manager(wrap: Callable[[Any], Any]) -> Iterator[None]:
+    try:
+        from asgi_lifespan import LifespanManager
+    except ImportError:
+        return
+    original = LifespanManager.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, wrap(app), *args, **kwargs)
+        # What tests hand on to ASGITransport: it holds our wrapper already.
+        _reached.add(self.app)
+
+    LifespanManager.__init__ = __init__  # type: ignore[method-assign]
+    yield
