@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
-from ._runtime import RefreshError, RefreshHandle, describe_error
+from ._contain import describe_error
+from ._runtime import RefreshError, RefreshHandle
 from ._types import Scope, Send
 
 logger = logging.getLogger("asgi_refresh")

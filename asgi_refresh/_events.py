@@ -12,6 +12,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._clock import Clock
+from ._contain import describe_error, escapes
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -89,7 +90,7 @@ class Events:
         for listener in self._listeners:
             try:
                 result = listener(event)
-            except Exception as exc:
+            except BaseException as exc:  # a listener is user code: whatever it raises is contained
                 self._log_raised(listener, event, exc)
                 continue
             if inspect.isawaitable(result):
@@ -125,7 +126,9 @@ class Events:
                             _describe(listener),
                             _LISTENER_TIMEOUT,
                         )
-                except Exception as exc:
+                except BaseException as exc:  # a listener is user code: contained
+                    if escapes(exc):
+                        raise
                     self._log_raised(listener, None, exc)
         finally:
             self._send.close()
@@ -138,7 +141,7 @@ class Events:
                 _close(call)
             receive.close()
 
-    def _log_raised(self, listener: Listener, event: RefreshEvent | None, exc: Exception) -> None:
+    def _log_raised(self, listener: Listener, event: RefreshEvent | None, exc: BaseException) -> None:
         """An ERROR with the traceback, unless this listener had one less than 5 minutes ago."""
         now = self._clock.monotonic()
         where = "" if event is None else f" on {event.kind!r} of {event.name!r}"
@@ -146,11 +149,10 @@ class Events:
         if raised is not None and now - raised.logged_at < _REPEAT_ERROR_EVERY:
             raised.since += 1
             logger.debug(
-                "asgi_refresh: event listener %s raised again%s: %s: %s; ignored",
+                "asgi_refresh: event listener %s raised again%s: %s; ignored",
                 _describe(listener),
                 where,
-                type(exc).__name__,
-                exc,
+                describe_error(exc),
             )
             return
         more = ""

@@ -16,7 +16,7 @@ from ._coordination import Codec, Coordinator, JSONCodec
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._refresher import RESERVED_NAME, Refresher
-from ._runtime import SNAPSHOT_KEY, RefreshHandle, Runtime
+from ._runtime import SNAPSHOT_KEY, RefreshError, RefreshHandle, Runtime
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_refresh")
@@ -228,6 +228,8 @@ class RefreshMiddleware:
         server = _ServerSend(send)
         outcome: Message | None = None  # for the server, once everything has stopped
         reported: Message | None = None
+        ours: RefreshError | None = None  # a failure of the refreshers, raised after reporting it
+        replaced_cancellation: BaseException | None = None
         try:
             async with anyio.create_task_group() as task_group:
                 # Live from now on, complete: a fetch may read another refresher's
@@ -235,27 +237,42 @@ class RefreshMiddleware:
                 runtime.prepare()
                 self._live = state
                 await task_group.start(runtime.run)
-                failure = await runtime.load(self.startup_timeout)
+                ours = await runtime.load(self.startup_timeout)
+                failure = None if ours is None else str(ours)
                 if failure is None:
                     failure = await app.startup(task_group)
                 if failure is None and await server.send({"type": "lifespan.startup.complete"}):
                     await receive()  # lifespan.shutdown
                     failure = await app.shutdown(self.shutdown_timeout)
-                    failure = _join(failure, await self._stop(runtime))
+                    stuck = await self._stop(runtime)
+                    ours = ours or stuck
+                    failure = _join(failure, None if stuck is None else str(stuck))
                     outcome = _reply("shutdown", failure)
                 else:
-                    app.cancel()
-                    failure = _join(failure, await self._stop(runtime))
+                    await app.end(self.shutdown_timeout)
+                    stuck = await self._stop(runtime)
+                    ours = ours or stuck
+                    failure = _join(failure, None if stuck is None else str(stuck))
                     outcome = None if server.error else _reply("startup", failure)
                 reported = outcome
                 if not runtime.stopped and outcome is not None and await server.send(outcome):
                     # A fetch ignoring cancellation keeps this task group open: the
                     # server hears the outcome now, not whenever that fetch ends.
                     outcome = None
+        except anyio.get_cancelled_exc_class():
+            # The server cancelled the lifespan task. If the app raised while its own
+            # lifespan was being cancelled (a `finally:` that fails), that exception
+            # replaced the cancellation without us, so it does here too (raised below,
+            # outside this handler, so that its own context stays as the app left it).
+            if app.error is None:
+                raise
+            replaced_cancellation = app.error
         finally:
             app.close()
             if self._live is state:
                 self._live = None
+        if replaced_cancellation is not None:
+            raise replaced_cancellation
         if server.error is not None:
             raise server.error
         if outcome is not None:
@@ -263,18 +280,23 @@ class RefreshMiddleware:
             # server may raise here (hypercorn does on startup.failed): it propagates.
             await send(outcome)
         if reported is not None and reported["type"].endswith(".failed"):
-            # Raise after reporting, as Starlette's router does: test clients
-            # (TestClient, asgi-lifespan) then surface the failure instead of carrying
-            # on without values; servers have the message already and ignore this.
-            raise RuntimeError(reported["message"])
+            # Raise after reporting, as Starlette's router does, so that test clients
+            # (TestClient, asgi-lifespan) surface the failure instead of carrying on
+            # without values; servers have the message already and ignore this. The
+            # app's own exception comes out unchanged, exactly as without us.
+            if app.error is not None:
+                raise app.error
+            if ours is not None:
+                raise ours
 
-    async def _stop(self, runtime: Runtime) -> str | None:
+    async def _stop(self, runtime: Runtime) -> RefreshError | None:
         stuck = await runtime.stop(self.shutdown_timeout)
         if not stuck:
             return None
-        return (
+        return RefreshError(
+            stuck[0],
             f"refreshers {', '.join(map(repr, stuck))} did not stop within "
-            f"shutdown_timeout ({format_duration(self.shutdown_timeout)})"
+            f"shutdown_timeout ({format_duration(self.shutdown_timeout)})",
         )
 
 

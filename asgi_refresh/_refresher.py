@@ -175,9 +175,17 @@ class Refresher:
     @property
     def is_async(self) -> bool:
         """Whether ``fetch`` runs on the event loop (true) or in a worker thread."""
-        return inspect.iscoroutinefunction(self.fetch) or inspect.iscoroutinefunction(
-            getattr(self.fetch, "__call__", None)  # noqa: B004 - we ask about __call__ itself
-        )
+        return is_async_callable(self.fetch)
+
+
+def is_async_callable(func: object) -> bool:
+    """Whether calling ``func`` gives a coroutine to await (``async def``, or ``async __call__``).
+
+    Anything else is a plain function: user code that may block, run in a thread.
+    """
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - we ask about __call__ itself
+    )
 
 
 def _check_no_arguments(problem: _Problems, fetch: Callable[..., Any]) -> None:

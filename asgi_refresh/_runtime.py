@@ -7,12 +7,10 @@ middleware instance can serve several lifespans in a row (test clients do that).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import math
 import random
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, MutableMapping
 from contextlib import AsyncExitStack, nullcontext
 from datetime import UTC, datetime
@@ -23,14 +21,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
+from ._contain import describe_error, escapes
 from ._coordinated import Coordination, NotShareable
 from ._coordination import Codec, Coordinator, JSONCodec, MetaValue
 from ._duration import format_duration
 from ._events import Events, Listener
+from ._hooks import Hooks
 from ._outcome import Fetched, Fresh, SourceError
-from ._refresher import RESERVED_NAME, Refresher
+from ._refresher import RESERVED_NAME, Refresher, is_async_callable
 from ._source_context import SharedResources, SourceContext, done_opening, opening
-from ._text import printable
 from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")
@@ -39,23 +38,25 @@ SNAPSHOT_KEY = "asgi_refresh.snapshot"
 """State key whose value is replaced on every publish: lets a request tell in O(1)
 whether the state dict it was handed is the current snapshot."""
 
-_MAX_ERROR_CHARS = 500
 _MIN_REFRESH_IN = 1.0  # an already expired token is renewed this often at most, not in a busy loop
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
 _REPEAT_WARNING_EVERY = 300.0  # the same failure, again and again, is logged this often
+_MAX_RETRY_AFTER = 3600.0  # a SourceError's retry_after (user code, or an upstream) never stops refreshes
+_BEHIND_AFTER = 1.0  # a refresh late by more than this and by a whole `every` means falling behind
 
-_Hook = tuple[str, Callable[..., object], tuple[Any, ...]]
-"""A hook to call once a fetch is done: (its option name, the hook, its arguments)."""
 
+class RefreshError(RuntimeError):
+    """A refresher could not do what was asked of it; the cause is the ``__cause__``.
 
-class RefreshError(Exception):
-    """``handle.refresh(name)`` could not fetch a new value.
-
-    The previous value stays published. The fetch's own exception is the
-    ``__cause__``.
+    Raised by ``handle.refresh(name)`` when the fetch fails (the previous value
+    stays published), and by the middleware after it has reported
+    ``lifespan.startup.failed`` because a required refresher could not load (or
+    ``lifespan.shutdown.failed`` because one would not stop), so that test clients
+    such as ``TestClient`` and ``asgi_lifespan.LifespanManager`` raise it. A
+    ``RuntimeError``, as that failure always was.
 
     Attributes:
-        name: The refresher that failed.
+        name: The refresher that failed (the first one, when several did).
     """
 
     def __init__(self, name: str, message: str) -> None:
@@ -65,6 +66,8 @@ class RefreshError(Exception):
 
 class _FetchTimeout(TimeoutError):
     """A fetch ran past its ``timeout``; shown as ``TimeoutError`` in status and logs."""
+
+    shown_as = "TimeoutError"
 
 
 class _Flight:
@@ -96,8 +99,11 @@ class _Slot:
         self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
         self.flight: _Flight | None = None
         self.refresh_again = False  # a watched file changed while a fetch was under way
-        self.logged_error: str | None = None  # the failure last logged at WARNING, and when
-        self.logged_at = -math.inf
+        self.last_exception: BaseException | None = None  # of the current run of failures
+        self.logged_at = -math.inf  # when a failure was last logged at WARNING
+        self.quiet_failures = 0  # failures logged at DEBUG since then
+        self.warned = False  # the current run of failures was logged at WARNING
+        self.lag = 0.0  # how late the last scheduled refresh started
         fetch_type = type(spec.fetch)
         self.opened = not (hasattr(fetch_type, "__aenter__") and hasattr(fetch_type, "__aexit__"))
         self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
@@ -105,10 +111,7 @@ class _Slot:
         self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
         self.thread: ThreadCall | None = None  # the last blocking fetch's thread
-        # Hooks of one refresher run one at a time, in order (made only if it has hooks:
-        # with thousands of refreshers, every object per refresher counts).
-        self.hook_lock = anyio.Lock() if spec.on_change or spec.on_error else None
-        self.hooks: deque[_Hook] = deque()  # hooks due, oldest first (each has one runner task)
+        self.hooks: Hooks | None = Hooks() if spec.on_change or spec.on_error else None
         self.loaded_event: anyio.Event | None = None  # made when someone waits for the first load
         self.attempted = False  # the first fetch has finished, either way
         self.loaded = False  # a fetched value (not the default) is published
@@ -143,6 +146,7 @@ class Runtime:
         self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
         self._progress: anyio.Event | None = None  # while `load` waits: set when a slot makes progress
+        self._warned_behind_at = -math.inf
         self.coordination = (
             None if coordinator is None else Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
         )
@@ -214,7 +218,9 @@ class Runtime:
         token = opening(context)
         try:
             await self._sources.enter_async_context(slot.spec.fetch)  # type: ignore[arg-type]
-        except Exception as exc:
+        except BaseException as exc:  # a source is user code: contained
+            if escapes(exc):
+                raise
             raise SourceError(f"could not open its source: {describe_error(exc)}") from exc
         finally:
             done_opening(token)
@@ -226,8 +232,10 @@ class Runtime:
         with anyio.CancelScope(shield=True), self.clock.move_on_at(deadline):
             try:
                 await self._sources.aclose()
-            except Exception:
-                logger.exception("asgi_refresh: closing a source failed; ignored at shutdown")
+            except BaseException as exc:  # a source is user code: contained
+                if escapes(exc):
+                    raise
+                logger.error("asgi_refresh: closing a source failed; ignored at shutdown", exc_info=exc)
 
     def _refresh_soon(self, slot: _Slot) -> None:
         if slot.overridden:
@@ -237,7 +245,7 @@ class Runtime:
         else:
             self._reschedule(slot, self.clock.monotonic())
 
-    async def load(self, startup_timeout: float) -> str | None:
+    async def load(self, startup_timeout: float) -> RefreshError | None:
         """Wait for the first loads; return why startup must fail, or None.
 
         Loads run concurrently, so this takes as long as the slowest one. Required
@@ -251,12 +259,14 @@ class Runtime:
                     for slot in self.slots.values()
                 )
             )
-        failures = []
+        failures: list[str] = []
+        failed: list[_Slot] = []
         for slot in self.slots.values():
             if slot.loaded:
                 continue
             cause = slot.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
             if slot.spec.required:
+                failed.append(slot)
                 failures.append(
                     f"Refresher {slot.spec.name!r} could not load within startup_timeout "
                     f"({format_duration(startup_timeout)}): {cause}"
@@ -268,7 +278,11 @@ class Runtime:
                     cause,
                     extra={"refresher": slot.spec.name, "outcome": "default"},
                 )
-        return "; ".join(failures) or None
+        if not failed:
+            return None
+        error = RefreshError(failed[0].spec.name, "; ".join(failures))
+        error.__cause__ = failed[0].last_exception  # what the fetch raised, for the traceback
+        return error
 
     async def _until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; it is checked whenever a slot makes progress."""
@@ -319,7 +333,31 @@ class Runtime:
                     await self.clock.sleep_until(due)
                 slot.wakeup = None
                 continue
+            if due > -math.inf:  # not the first load: how late is this refresh?
+                self._note_lag(slot, self.clock.monotonic() - due)
             await self._scheduled_refresh(slot)
+
+    def _note_lag(self, slot: _Slot, lag: float) -> None:
+        # A process that cannot keep up (a saturated CPU, a blocked loop, too many
+        # refreshers for one core) starts every refresh later: say so once every
+        # few minutes instead of quietly refreshing at a fraction of the rate asked.
+        slot.lag = lag
+        now = self.clock.monotonic()
+        if _behind(slot, lag) and now - self._warned_behind_at >= _REPEAT_WARNING_EVERY:
+            self._warned_behind_at = now
+            behind = sum(1 for other in self.slots.values() if _behind(other, now - other.next_due))
+            logger.warning(
+                "asgi_refresh: this process cannot keep up with its refresh schedule: refresher "
+                "%r started %s late (every %s), and %d refreshers are behind. The event loop is "
+                "blocked or the CPU is saturated: fewer refreshers, a longer `every`, more CPU, "
+                "or work moved off the event loop (plain `def` fetches run in threads). "
+                "status() shows each refresher's `lag`.",
+                slot.spec.name,
+                format_duration(lag),
+                format_duration(slot.spec.every),
+                behind,
+                extra={"refresher": slot.spec.name, "outcome": "behind", "lag": lag},
+            )
 
     async def _scheduled_refresh(self, slot: _Slot) -> None:
         # A function of its own so that the loop's locals do not keep the last
@@ -329,10 +367,9 @@ class Runtime:
             await flight.done.wait()
             return
         # The scheduled fetch runs right here, in this refresher's own task: no task
-        # per refresh. Hooks still run apart, so they never delay the schedule.
+        # per refresh. Hooks run apart (`_queue_hook`), so they never delay the schedule.
         flight = slot.flight = _Flight(on_grid=slot.consecutive_failures == 0)
-        if await self._fly(slot, flight) and self._task_group is not None:
-            self._task_group.start_soon(self._run_hook, slot, name=f"asgi_refresh:hook:{slot.spec.name}")
+        await self._fly(slot, flight)
 
     def _reschedule(self, slot: _Slot, due: float) -> None:
         slot.next_due = due
@@ -386,27 +423,11 @@ class Runtime:
             flight = slot.flight = _Flight(on_grid=False)
             # The fetch runs in the runtime's task group, not in the caller's task:
             # a request that gives up waiting must not cancel everyone else's fetch.
-            self._task_group.start_soon(
-                self._fly_then_hook, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}"
-            )
+            self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
         return flight
 
-    async def _fly_then_hook(self, slot: _Slot, flight: _Flight) -> None:
-        if await self._fly(slot, flight):
-            await self._run_hook(slot)
-
-    async def _run_hook(self, slot: _Slot) -> None:
-        # After `done`: a slow or hanging hook delays neither the schedule nor
-        # refresh() callers, and it is bounded like a fetch. Hooks are queued in the
-        # order fetches finished and each runner takes the oldest under the lock, so
-        # on_change never sees changes reordered, whichever runner gets the lock first.
-        assert slot.hook_lock is not None
-        async with slot.hook_lock:
-            await self._call_hook(slot, *slot.hooks.popleft())
-
-    async def _fly(self, slot: _Slot, flight: _Flight) -> bool:
-        """Run one fetch for everyone waiting on ``flight``; return whether a hook is due."""
-        hook: _Hook | None = None
+    async def _fly(self, slot: _Slot, flight: _Flight) -> None:
+        """Run one fetch for everyone waiting on ``flight``."""
         share_now = False
         data: bytes | None = None  # encoded for the coordinator; None: what is published (a 304)
         answered = 0  # the refresh-now requests this fetch answers
@@ -414,14 +435,14 @@ class Runtime:
         try:
             if slot.overridden:
                 flight.value = self.state[slot.spec.name]
-                return False
+                return
             coordination = self.coordination
             if (
                 coordination is not None
                 and not coordination.fetches(slot)
                 and await self._ask_leader(slot, flight)
             ):
-                return False
+                return
             started = self.clock.monotonic()
             if self.events is not None:
                 self.events.emit("started", slot.spec.name)
@@ -431,20 +452,18 @@ class Runtime:
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
                     result = result._replace(value=value)
-            except cancelled:
-                if not _is_stray_cancellation():
+            except BaseException as exc:  # whatever the user's fetch raises is data, not a crash
+                if escapes(exc):
                     raise
-                # A CancelledError nobody asked for (a library awaiting a future
-                # cancelled elsewhere) is the fetch failing, not us shutting down.
-                error = RuntimeError("fetch raised CancelledError without being cancelled")
-                flight.error = error
-                hook = self._record_failure(slot, error, started)
-            except Exception as exc:  # any failure of the user's fetch is data, not a crash
+                if isinstance(exc, cancelled):
+                    # A CancelledError nobody asked for (a library awaiting a future
+                    # cancelled elsewhere) is the fetch failing, not us shutting down.
+                    exc = RuntimeError("fetch raised CancelledError without being cancelled")
                 flight.error = exc
                 slot.fatal = isinstance(exc, NotShareable)
-                hook = self._record_failure(slot, exc, started)
+                self._record_failure(slot, exc, started)
             else:
-                hook = self._record_success(slot, result, started, flight.on_grid)
+                self._record_success(slot, result, started, flight.on_grid)
                 # What is published now: the fetched value, or the equal one already
                 # there, or the pinned one if the refresher was overridden meanwhile.
                 flight.value = self.state[slot.spec.name]
@@ -465,10 +484,6 @@ class Runtime:
             # After `done`: this process serves the value already, and a refresh-now
             # arriving meanwhile starts a new fetch rather than joining a finished one.
             await self._share(slot, data, answered)
-        if hook is None:
-            return False
-        slot.hooks.append(hook)
-        return True
 
     async def _fetch(self, slot: _Slot, started: float) -> Any:
         spec = slot.spec
@@ -541,7 +556,7 @@ class Runtime:
         if data is None:
             try:
                 data = coordination.codec.encode(self.state[slot.spec.name])
-            except Exception:  # refused before, at the fetch that published it
+            except BaseException:  # user code (a codec), refused before, at the fetch that published it
                 return
         # When it was fetched, on our clock: the others age the value from that.
         meta: dict[str, MetaValue] = {"fetched_at": slot.last_success_at}
@@ -553,9 +568,9 @@ class Runtime:
             meta.update(export() or {})  # an HTTPSource's ETag: the next holder asks "changed since?"
         await coordination.share(slot, data, meta, answered)
 
-    def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> _Hook | None:
+    def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> None:
         if slot.overridden:  # overridden while fetching: the pinned value wins
-            return None
+            return
         spec = slot.spec
         value, not_modified, refresh_in, fresh = result
         failures = slot.consecutive_failures
@@ -570,18 +585,21 @@ class Runtime:
             leeway=0.0 if fresh is None else fresh.leeway,
         )
         self._schedule_after_success(slot, started, on_grid, refresh_in)
-        if failures:
+        if failures and slot.warned:
+            # Said after a WARNING only: a flapping upstream whose failures went to
+            # DEBUG (rate-limited) must not log a recovery line per flap.
+            slot.warned = False
             logger.info(
                 "Refresher %r recovered after %d failed attempts",
                 spec.name,
                 failures,
                 extra={"refresher": spec.name, "outcome": "recovered", "duration": duration},
             )
-        else:
+        elif logger.isEnabledFor(logging.DEBUG):  # nothing formatted for a level that is off
             logger.debug(
                 "Refresher %r refreshed: %s in %s",
                 spec.name,
-                slot.last_outcome,
+                "recovered" if failures else slot.last_outcome,
                 format_duration(duration),
                 extra={"refresher": spec.name, "outcome": slot.last_outcome, "duration": duration},
             )
@@ -589,17 +607,18 @@ class Runtime:
             self.events.emit("not_modified" if not_modified else "succeeded", spec.name, duration)
             if changed:
                 self.events.emit("changed", spec.name, duration)
-        if spec.on_change is not None and changed:
-            return ("on_change", spec.on_change, (old, value))
-        return None
+        if changed and slot.hooks is not None and spec.on_change is not None:
+            slot.hooks.change(old, value)
+            self._start_hooks(slot)
 
-    def _record_failure(self, slot: _Slot, exc: BaseException, started: float) -> _Hook | None:
+    def _record_failure(self, slot: _Slot, exc: BaseException, started: float) -> None:
         if slot.overridden:
-            return None
+            return
         spec, now = slot.spec, self.clock.monotonic()
         slot.last_duration = now - started
         slot.consecutive_failures += 1
         slot.last_error = describe_error(exc)
+        slot.last_exception = exc
         slot.last_outcome = "failed"
         slot.attempted = True
         self._note_progress(slot)
@@ -610,54 +629,98 @@ class Runtime:
             until_expiry = slot.expires_at - now
             bound = until_expiry if until_expiry > 0 else max(slot.leeway, spec.backoff_initial)
             delay = min(delay, max(bound, min(_MIN_REFRESH_IN, spec.every)))
-        if isinstance(exc, SourceError) and exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)  # the upstream asked us to wait (Retry-After)
+        retry_after = exc.retry_after if isinstance(exc, SourceError) else None
+        if isinstance(retry_after, int | float) and retry_after > 0:  # not NaN, not negative
+            # The upstream asked us to wait (Retry-After); an hour at most, whatever it said.
+            delay = max(delay, min(retry_after, _MAX_RETRY_AFTER))
         self._reschedule(slot, now + delay)
-        # One WARNING when a run of failures starts, then only when the error
-        # changes or every few minutes: a refresher that fails for an hour with a
-        # 1 s backoff must not write a thousand lines. The rest go out at DEBUG.
-        repeat = (
-            slot.consecutive_failures > 1
-            and slot.last_error == slot.logged_error
-            and now - slot.logged_at < _REPEAT_WARNING_EVERY
-        )
-        if not repeat:
-            slot.logged_error, slot.logged_at = slot.last_error, now
+        self._log_failure(slot, exc, now, delay)
+        if self.events is not None:
+            self.events.emit("failed", spec.name, slot.last_duration, exc, slot.last_error)
+        if slot.hooks is not None and spec.on_error is not None:
+            slot.hooks.error(exc)
+            self._start_hooks(slot)
+
+    def _log_failure(self, slot: _Slot, exc: BaseException, now: float, delay: float) -> None:
+        # At most one WARNING per refresher every few minutes, whatever the error
+        # says: a refresher failing for an hour, with a message that changes every
+        # time (a request id, a timestamp) or with an upstream that flaps, must not
+        # write a thousand lines. The rest go out at DEBUG and are counted in the
+        # next WARNING; a recovery is logged at INFO only after a WARNING.
+        name = slot.spec.name
+        loud = now - slot.logged_at >= _REPEAT_WARNING_EVERY
+        quiet = slot.quiet_failures
+        if loud:
+            slot.logged_at, slot.quiet_failures, slot.warned = now, 0, True
+        else:
+            slot.quiet_failures += 1
+        if not loud and not logger.isEnabledFor(logging.DEBUG):
+            return
         logger.log(
-            logging.DEBUG if repeat else logging.WARNING,
-            "Refresher %r failed (%d in a row): %s; %s, retrying in %s",
-            spec.name,
+            logging.WARNING if loud else logging.DEBUG,
+            "Refresher %r failed (%d in a row): %s; %s, retrying in %s%s",
+            name,
             slot.consecutive_failures,
             slot.last_error,
             "keeping the last good value" if slot.loaded else "no value loaded yet",
             format_duration(delay),
+            f" ({quiet} more failures since the last warning, logged at DEBUG)" if loud and quiet else "",
             # The traceback once per run of failures is what debugging needs; on every
             # retry it would only bury the log. A timeout's traceback is our own code,
             # and a SourceError's message already says all it knows.
             exc_info=exc
-            if slot.consecutive_failures == 1 and not isinstance(exc, _FetchTimeout | SourceError)
+            if loud and slot.consecutive_failures == 1 and not isinstance(exc, _FetchTimeout | SourceError)
             else None,
             extra={
-                "refresher": spec.name,
+                "refresher": name,
                 "outcome": "failed",
                 "duration": slot.last_duration,
                 "error": slot.last_error,
                 "consecutive_failures": slot.consecutive_failures,
             },
         )
-        if self.events is not None:
-            self.events.emit("failed", spec.name, slot.last_duration, exc, slot.last_error)
-        if spec.on_error is not None:
-            return ("on_error", spec.on_error, (exc,))
-        return None
+
+    def _start_hooks(self, slot: _Slot) -> None:
+        hooks = slot.hooks
+        if hooks is not None and not hooks.running and self._task_group is not None:
+            hooks.running = True
+            self._task_group.start_soon(self._run_hooks, slot, name=f"asgi_refresh:hooks:{slot.spec.name}")
+
+    async def _run_hooks(self, slot: _Slot) -> None:
+        # One task per refresher at a time, started once a fetch is done: a slow or
+        # hanging hook delays neither the schedule nor refresh() callers, calls never
+        # overlap or reorder, and what waits meanwhile is coalesced (`Hooks`).
+        hooks = slot.hooks
+        assert hooks is not None
+        try:
+            while (due := hooks.next()) is not None:
+                hook_name, args = due
+                hook = slot.spec.on_change if hook_name == "on_change" else slot.spec.on_error
+                assert hook is not None
+                await self._call_hook(slot, hooks, hook_name, hook, args)
+        finally:
+            hooks.running = False
 
     async def _call_hook(
-        self, slot: _Slot, hook_name: str, hook: Callable[..., object], args: tuple[Any, ...]
+        self, slot: _Slot, hooks: Hooks, hook_name: str, hook: Callable[..., object], args: tuple[Any, ...]
     ) -> None:
         name, timeout = slot.spec.name, slot.spec.timeout
         try:
             with self.clock.move_on_at(self.clock.monotonic() + timeout) if timeout else nullcontext():
-                result = hook(*args)
+                if is_async_callable(hook):
+                    await hook(*args)  # type: ignore[misc]
+                    return
+                # A plain hook may block (a sync client, a file write): it runs in a
+                # worker thread, as a plain fetch does, so it never stalls the loop.
+                if hooks.thread is not None and hooks.thread.is_running():
+                    raise RuntimeError(
+                        "its previous call is still blocked in its worker thread (it timed out "
+                        "and was abandoned); this call is skipped"
+                    )
+                hooks.thread = ThreadCall(partial(hook, *args), name=f"asgi_refresh:{name}:{hook_name}")
+                hooks.thread.start()
+                with self.clock.hold():
+                    result = await hooks.thread.result()
                 if inspect.isawaitable(result):
                     await result
                 return
@@ -668,11 +731,14 @@ class Runtime:
                 format_duration(timeout or 0),
                 extra={"refresher": name, "outcome": "hook_failed"},
             )
-        except Exception:
-            logger.exception(
+        except BaseException as exc:  # the hook's failure, not ours: contained
+            if escapes(exc):
+                raise
+            logger.error(
                 "Refresher %r: %s hook raised; ignored, the refresher carries on",
                 name,
                 hook_name,
+                exc_info=exc,
                 extra={"refresher": name, "outcome": "hook_failed"},
             )
 
@@ -704,6 +770,7 @@ class Runtime:
         slot.last_success_mono = now - age
         slot.last_success_at = wall - age
         slot.last_error = None
+        slot.last_exception = None
         slot.consecutive_failures = 0
         slot.fatal = False
         slot.expires_at = None if expires_in is None else now + expires_in
@@ -731,9 +798,9 @@ class Runtime:
         )
         if self.events is not None and changed:
             self.events.emit("changed", spec.name)
-        if spec.on_change is not None and changed and self._task_group is not None:
-            slot.hooks.append(("on_change", spec.on_change, (old, value)))
-            self._task_group.start_soon(self._run_hook, slot, name=f"asgi_refresh:hook:{spec.name}")
+        if changed and slot.hooks is not None and spec.on_change is not None:
+            slot.hooks.change(old, value)
+            self._start_hooks(slot)
 
     def adopt_failed(self, slot: _Slot, error: str) -> None:
         """A stored value this process cannot use: counts as a failed load (startup moves on)."""
@@ -768,7 +835,7 @@ class Runtime:
         """
         if slot.overridden:
             return False
-        if slot.expires_at is not None and now >= slot.expires_at:
+        if slot.expires_at is not None and not now < slot.expires_at:  # NaN counts as expired
             return True
         if slot.spec.max_stale is None:
             return False
@@ -813,6 +880,7 @@ class Runtime:
                 "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if scheduled else None,
                 "last_duration": _seconds(slot.last_duration),
                 "age": _seconds(self.age(slot, now)),
+                "lag": _seconds(slot.lag),
             }
             if self.coordination is not None:
                 report[name]["coordination"] = self.coordination.status(slot)
@@ -865,7 +933,9 @@ class RefreshHandle:
         fetch), ``last_error`` (None or a one-line description, never the value),
         ``consecutive_failures``, ``refresh_count`` (successful fetches, including
         unchanged and not-modified ones), ``last_duration`` and ``age`` (seconds
-        since the last successful fetch, or None).
+        since the last successful fetch, or None), and ``lag`` (seconds by which
+        the last scheduled fetch started late: near 0 unless the process cannot
+        keep up).
         """
         return self._runtime.status()
 
@@ -906,37 +976,17 @@ class RefreshHandle:
         return self._runtime.state[name]
 
 
+def _behind(slot: _Slot, lag: float) -> bool:
+    """Whether a refresh this late means the process is falling behind (not a hiccup)."""
+    return lag > max(slot.spec.every, _BEHIND_AFTER)
+
+
 def _unhealthy_reason(slot: _Slot, now: float) -> str:
     if not slot.loaded:
         return "not loaded"
     if slot.expires_at is not None and now >= slot.expires_at:
         return "expired"
     return "stale"
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for logs and ``status()``: the exception type and its message, bounded."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]  # a task group's wrapper says nothing; what it wraps does
-    try:
-        text = str(exc)
-    except BaseException:  # user code's exception: even its __str__ may fail, and must not stop us
-        text = "(its message could not be read: its __str__ raised)"
-    kind = "TimeoutError" if isinstance(exc, _FetchTimeout) else type(exc).__name__
-    # Printable: the text may quote an upstream (a reason phrase, a parser's
-    # excerpt of the body), and it reaches terminals, logs and the status page.
-    return printable(f"{kind}: {text}" if text.strip() else kind, _MAX_ERROR_CHARS)
-
-
-def _is_stray_cancellation() -> bool:
-    """Whether a just-caught cancellation exception was raised without anyone cancelling us."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # not asyncio: trio's Cancelled cannot be raised by user code
-        return False
-    # Every real cancellation (an anyio scope, or the server cancelling the task)
-    # goes through task.cancel(), which counts here until it is handled.
-    return task is not None and task.cancelling() == 0
 
 
 class _Unwrapped(NamedTuple):
@@ -967,13 +1017,18 @@ def _start_soon(task_group: TaskGroup, name: str, func: Callable[[], Coroutine[A
 def _differs(old: Any, new: Any) -> bool:
     try:
         return bool(old != new)
-    except Exception:  # values whose != is odd (arrays) or raises count as changed
+    except BaseException:  # values whose != is odd (arrays) or raises (user code) count as changed
         return True
 
 
 def _iso(wall: float | None) -> str | None:
-    return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
+    try:
+        return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):  # NaN, or out of range: status() must never raise
+        return None
 
 
 def _seconds(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
+    if value is None or not math.isfinite(value):  # JSON has no NaN or Infinity
+        return None
+    return round(value, 6)

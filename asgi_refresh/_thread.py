@@ -45,10 +45,8 @@ class ThreadCall:
         succeeded, value = self._outcome
         if succeeded:
             return value
-        if not isinstance(value, Exception):
-            # SystemExit and the like end a thread, not the server: to the caller
-            # they are a failed call like any other.
-            raise RuntimeError(f"the call raised {value!r} in its thread") from value
+        # As raised, SystemExit and KeyboardInterrupt included: the caller contains
+        # whatever user code raises (asgi_refresh._contain), in a thread or not.
         raise value
 
     def _work(self) -> None:

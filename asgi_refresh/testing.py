@@ -113,6 +113,21 @@ class FakeClock:
         self._now = target
         await self._settle()
 
+    def jump(self, duration: Duration) -> None:
+        """Move time forward at once, running nothing on the way.
+
+        What a blocked event loop, a saturated CPU or a suspended VM looks like:
+        sleeps and timeouts that fell due meanwhile fire late, at the next
+        `advance` (``await clock.advance(0)`` to run them now).
+
+        Raises:
+            ValueError: ``duration`` is negative.
+        """
+        seconds = parse_duration(duration)
+        if seconds < 0:
+            raise ValueError(f"FakeClock.jump: time only moves forward (got {duration!r})")
+        self._now += seconds
+
     @contextmanager
     def _timer(self, deadline: float, fire: Callable[[], object]) -> Iterator[None]:
         # Disarmed on exit, so a sleep or scope that ends early never fires later

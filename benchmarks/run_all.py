@@ -15,6 +15,7 @@ import platform
 import time
 
 import cluster
+import failure_logs
 import idle
 import overhead
 import sources
@@ -34,6 +35,7 @@ async def run(quick: bool) -> list[Row]:
             await throughput.measure(refreshers=100, seconds=0.5),
             *await sources.measure(polls=2, rounds=1, seconds=0.2),
             *await cluster.measure(seconds=1.0, changes=2, kills=1, lease_ttl=1.5),
+            *await failure_logs.measure(refreshers=50, minutes=5),
         ]
     return [
         *await overhead.measure(),
@@ -43,6 +45,7 @@ async def run(quick: bool) -> list[Row]:
         await throughput.measure(),
         *await sources.measure(),
         *await cluster.measure(),
+        *await failure_logs.measure(),
     ]
 
 

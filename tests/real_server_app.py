@@ -1,7 +1,10 @@
 """The app the real-server tests start: a counter refreshed every 200 ms, and a probe.
 
 Environment: ``FAIL_STARTUP=1`` makes the required refresher fail (startup must
-stop the server, naming it). Each response says which process served it, the
+stop the server, naming it). ``UNRULY=1`` makes the wrapped app ignore
+``scope["type"]`` (it answers the lifespan with an HTTP response) and adds a
+refresher whose fetch and hook raise what must never end a worker
+(``KeyboardInterrupt``, ``SystemExit``). Each response says which process served it, the
 counter value it saw, and what the server gave the app (lifespan, state).
 """
 
@@ -43,8 +46,28 @@ async def slow() -> int:
     return 1  # pragma: no cover
 
 
+_unruly_calls = itertools.count(1)
+
+
+async def unruly() -> int:
+    """Raises KeyboardInterrupt, then SystemExit(3), then returns, over and over."""
+    call = next(_unruly_calls)
+    if call % 3 == 1:
+        raise KeyboardInterrupt
+    if call % 3 == 2:
+        raise SystemExit(3)
+    return call
+
+
+def exit_on_change(old: Any, new: Any) -> None:
+    raise SystemExit(4)
+
+
+UNRULY = bool(os.environ.get("UNRULY"))
+
+
 async def inner(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
+    if scope["type"] == "lifespan" and not UNRULY:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -71,6 +94,11 @@ middleware = RefreshMiddleware(
     refreshers=[
         Refresher("counter", count, every="200ms", jitter=0),
         Refresher("slow", slow, every="100ms", timeout=None),
+        *(
+            [Refresher("unruly", unruly, every="50ms", required=False, on_change=exit_on_change)]
+            if UNRULY
+            else []
+        ),
     ],
     startup_timeout="1s",
     shutdown_timeout="3s",

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import asgi_refresh
-from asgi_refresh import Refresher, RefreshMiddleware
+from asgi_refresh import Refresher, RefreshError, RefreshMiddleware
 from asgi_refresh.testing import FakeClock, override
 
 from .helpers import Upstream
@@ -258,5 +258,5 @@ async def test_lifespan_manager_raises_the_startup_failure() -> None:
                 pass  # pragma: no cover
         except* RuntimeError as failed:  # an ExceptionGroup under trio
             errors = failed.exceptions
-    assert [type(error) for error in errors] == [RuntimeError]
+    assert [type(error) for error in errors] == [RefreshError]
     assert str(errors[0]).startswith("Refresher 'names' could not load within startup_timeout")

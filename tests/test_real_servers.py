@@ -211,6 +211,28 @@ def test_a_required_refresher_that_cannot_load_stops_the_server(server: Server) 
     assert live.process.returncode != 0 or server.name.startswith("hypercorn"), output
 
 
+@pytest.mark.parametrize("server", [s for s in SERVERS if s.lifespan], ids=lambda s: s.name)
+def test_an_unruly_app_and_unruly_user_code_never_stop_the_server(server: Server) -> None:
+    """An app ignoring scope["type"] and user code raising SystemExit never stop the server.
+
+    The fetch raises KeyboardInterrupt and SystemExit, the hook SystemExit: fresh values keep
+    being served and SIGINT exits cleanly.
+    """
+    with running(server, UNRULY="1") as live, httpx.Client() as client:
+        assert live.process.poll() is None, live.output()
+        counters = []
+        for _ in range(6):
+            counters.append(client.get(live.url).json()["counter"])
+            time.sleep(0.15)
+        assert live.process.poll() is None, "still running"
+        took, output = live.stop(signal.SIGINT)
+    assert counters[-1] >= counters[0] + 3, f"values kept refreshing: {counters}"
+    assert "Refresher 'unruly' failed" in output, output
+    assert took < 5, f"shutdown took {took:.1f} s"
+    assert "Task was destroyed" not in output, output
+    assert "never awaited" not in output, output
+
+
 def test_uvicorn_workers_each_serve_fresh_data() -> None:
     """With --workers 2 both processes run their refreshers and serve current values."""
     server = Server("uvicorn --workers 2", "uvicorn", lifespan=True)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from asgi_refresh import Refresher, RefreshError, RefreshMiddleware
-from asgi_refresh._runtime import describe_error
+from asgi_refresh._contain import describe_error
 from asgi_refresh.testing import FakeClock, override
 
 from .helpers import FakeServer, ScriptedApp, Upstream, hang, published
@@ -186,7 +186,7 @@ async def test_sys_exit_in_a_blocking_fetch_is_a_failed_fetch() -> None:
     )
     async with LifespanManager(middleware):
         error = middleware.handle.status()["n"]["last_error"]
-        assert error == "RuntimeError: the call raised SystemExit(3) in its thread"
+        assert error == "SystemExit: 3", "described as an async fetch raising it is: one rule"
         assert published(middleware)["n"] == "d"
 
 

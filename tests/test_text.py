@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_refresh._runtime import describe_error
+from asgi_refresh._contain import describe_error
 from asgi_refresh._text import printable
 
 

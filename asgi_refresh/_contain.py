@@ -1,0 +1,63 @@
+"""The one rule for user code: whatever it raises is a failure of that code, never ours.
+
+Fetches, sources, hooks, listeners, validators and codecs are user code. They may
+raise anything, ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``
+included, and none of it may end the worker or the refreshers. The only exception
+that passes through is the cancellation of one of our own scopes (shutdown, a
+timeout): that one is ours, and swallowing it would hang shutdown.
+
+Servers handle SIGINT and SIGTERM themselves (uvicorn, hypercorn, granian), so a
+``KeyboardInterrupt`` that reaches a fetch was raised by user code, not by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+
+from ._text import printable
+
+_MAX_ERROR_CHARS = 500
+
+
+def escapes(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by user code, must propagate: only our own cancellation does.
+
+    Call it in ``except BaseException as exc:`` and re-raise when it says so;
+    everything else is the user code's failure, to be recorded and logged.
+    """
+    return isinstance(exc, anyio.get_cancelled_exc_class()) and not is_stray_cancellation()
+
+
+def is_stray_cancellation() -> bool:
+    """Whether a just-caught cancellation exception was raised without anyone cancelling us.
+
+    A library that awaits a future cancelled elsewhere raises ``CancelledError``
+    into our task although nobody cancelled it: that is the fetch failing.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio's Cancelled cannot be raised by user code
+        return False
+    # Every real cancellation (an anyio scope, or the server cancelling the task)
+    # goes through task.cancel(), which counts here until it is handled.
+    return task is not None and task.cancelling() == 0
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for logs and ``status()``: the exception type and its message, bounded.
+
+    Safe on any exception user code raises: one whose ``__str__`` raises is still
+    described, and outside text in the message is escaped (`printable`).
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # a task group's wrapper says nothing; what it wraps does
+    try:
+        text = str(exc)
+    except BaseException:  # user code's exception: even its __str__ may fail, and must not stop us
+        text = "(its message could not be read: its __str__ raised)"
+    kind = getattr(type(exc), "shown_as", None) or type(exc).__name__
+    # Printable: the text may quote an upstream (a reason phrase, a parser's
+    # excerpt of the body), and it reaches terminals, logs and the status page.
+    return printable(f"{kind}: {text}" if text.strip() else kind, _MAX_ERROR_CHARS)
