@@ -37,7 +37,9 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import re
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +53,8 @@ EVERY = 0.05  # seconds between refreshes in mode "two"
 _wrapped_in_test = 0  # apps wrapped while the current test ran
 _reached: weakref.WeakSet[Any] = weakref.WeakSet()  # apps that contain a wrapper already
 _outcomes: dict[str, dict[str, Any]] = {}
+_fetches = {"async": 0, "sync": 0}  # done in mode "two": proof that the refreshers ran
+_fetches_lock = threading.Lock()  # the sync fetches run in worker threads
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,6 +67,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run pytest-trio tests with strict_exception_groups=False (the trio semantics of "
         "suites written for trio < 0.25)",
+    )
+    group.addoption(
+        "--peer-trio-deadline",
+        type=float,
+        default=None,
+        help="cancel a pytest-trio test still running after this many seconds (it fails with "
+        "trio.TooSlowError); unlike pytest-timeout's signal, this leaves trio able to run the next test",
     )
 
 
@@ -77,17 +88,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Give trio tests a loose-exception-group runner when asked."""
-    if not config.getoption("--peer-trio-loose-groups"):
+    """Give pytest-trio tests the runner that the trio options ask for."""
+    loose = bool(config.getoption("--peer-trio-loose-groups"))
+    deadline: float | None = config.getoption("--peer-trio-deadline")
+    if not loose and deadline is None:
         return
-    import trio
-
-    run = functools.partial(trio.run, strict_exception_groups=False)
+    run = functools.partial(_run_trio, strict_exception_groups=not loose, deadline=deadline)
     for item in items:
         marker = item.get_closest_marker("trio")
         if marker is not None and "run" not in marker.kwargs:
             # pytest-trio takes the first trio marker that names a runner.
             item.add_marker(pytest.mark.trio(run=run), append=False)
+
+
+def _run_trio(
+    test: Callable[[], Any], *, strict_exception_groups: bool, deadline: float | None, **options: Any
+) -> Any:
+    import trio
+
+    async def bounded() -> Any:
+        with trio.fail_after(math.inf if deadline is None else deadline):
+            return await test()
+
+    return trio.run(bounded, strict_exception_groups=strict_exception_groups, **options)
 
 
 def pytest_runtest_logstart(nodeid: str, location: object) -> None:
@@ -135,7 +158,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the outcomes file."""
     path = session.config.getoption("--peer-outcomes")
     if path:
-        data = {"mode": session.config.getoption("--peer-wrap"), "exitstatus": int(exitstatus)}
+        data = {
+            "mode": session.config.getoption("--peer-wrap"),
+            "exitstatus": int(exitstatus),
+            "fetches": _fetches,
+        }
         Path(path).write_text(json.dumps({**data, "tests": _outcomes}, indent=1, sort_keys=True))
 
 
@@ -165,15 +192,22 @@ def _refreshers() -> tuple[Any, ...]:
     sync_count = itertools.count()
 
     async def peer_async_counter() -> int:
+        _count_fetch("async")
         return next(async_count)
 
     def peer_sync_counter() -> int:
+        _count_fetch("sync")
         return next(sync_count)
 
     return (
         Refresher("peer_async_counter", peer_async_counter, every=EVERY),
         Refresher("peer_sync_counter", peer_sync_counter, every=EVERY),
     )
+
+
+def _count_fetch(kind: str) -> None:
+    with _fetches_lock:
+        _fetches[kind] += 1
 
 
 def _wrap(app: Any, *, refreshers: Callable[[], tuple[Any, ...]]) -> Any:
