@@ -5,10 +5,7 @@ Loaded from outside the peer suite, with no edit to its files::
     PYTHONPATH=.ci/peers python -m pytest -p peer_plugin --peer-wrap=two --peer-outcomes=out.json
 
 How every app under test is reached, once. A test suite runs an app through a
-client or a lifespan driver, never through a server; each of those is a class whose
-``__init__`` receives the app, and this plugin patches that ``__init__`` (on the
-class, so names imported before the patch are covered too) to hand on
-``RefreshMiddleware(app, ...)`` instead:
+client or a lifespan driver, or calls it itself, never through a server:
 
 - ``starlette.testclient.TestClient``: after its own ``__init__``, which adapts an
   ASGI2 app to ASGI3 first (wrapping before would hide an ASGI2 app from that
@@ -16,15 +13,25 @@ class, so names imported before the patch are covered too) to hand on
   lifespan, and the transport's ``app``, which runs requests and websockets. One
   middleware instance serves both, as one server would.
 - ``httpx.ASGITransport`` and ``httpx2.ASGITransport`` (``AsyncClient(app=...)``
-  builds one too).
-- ``asgi_lifespan.LifespanManager``. Its ``manager.app`` (the app behind its state
-  shim, which tests then hand to ``ASGITransport``) already contains our wrapper, so
-  it is remembered and not wrapped a second time.
+  builds one too): their ``__init__`` gets the wrapped app.
+- ``asgi_lifespan.LifespanManager``: its ``__init__`` gets the wrapped app. Its
+  ``manager.app`` (its state shim around that, which tests then hand to
+  ``ASGITransport``) contains our wrapper already, so it is remembered and not
+  wrapped a second time.
+- A test that calls an app itself (``await app(scope, receive, send)`` with a scope
+  and channels of its own) is the server: every ASGI class of Starlette (any class in
+  a ``starlette.*`` module whose ``async __call__`` takes ``scope, receive, send``:
+  the app, routers, routes, responses, middleware) gets a ``__call__`` that, when no
+  wrapper is running in the current context (a context variable set by ours), runs
+  the call through a new middleware instead. Inside a wrapper (the router under the
+  app, a response under a route) calls go straight through, so only the outermost
+  app is wrapped. The classes are patched before each test, once their module is
+  imported, so the plugin imports nothing that the suite would not.
 
-An app that is already a ``RefreshMiddleware`` is never wrapped again. An app that a
-test calls directly (``await app(scope, receive, send)`` with a scope it made) runs
-unwrapped: no server or client is in between, so there is nothing for the
-middleware to be transparent to. The outcome file counts, per test, the apps wrapped.
+Entry points patch the class (not a name in a module), so names imported before the
+patch are covered too. An app that is a ``RefreshMiddleware`` already is never wrapped
+again. Not reached: a plain function app that a test calls itself. The outcome file
+counts, per test, the apps wrapped.
 
 Modes (``--peer-wrap``): ``baseline`` patches nothing (the plugin only records
 outcomes, so all three runs load the same code), ``zero`` wraps with no refreshers,
@@ -35,13 +42,16 @@ plain (run in a worker thread), each returning a counter.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import json
 import math
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +65,9 @@ _reached: weakref.WeakSet[Any] = weakref.WeakSet()  # apps that contain a wrappe
 _outcomes: dict[str, dict[str, Any]] = {}
 _fetches = {"async": 0, "sync": 0}  # done in mode "two": proof that the refreshers ran
 _fetches_lock = threading.Lock()  # the sync fetches run in worker threads
+_inside_wrapper: ContextVar[bool] = ContextVar("peer_inside_wrapper", default=False)
+_scanned: set[str] = set()  # modules whose ASGI classes are patched (or have none)
+_wrap_app: Callable[[Any], Any] | None = None  # set in the wrapped modes
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,7 +97,9 @@ def pytest_configure(config: pytest.Config) -> None:
         loose = re.escape("trio.run(..., strict_exception_groups=False)")
         config.addinivalue_line("filterwarnings", f"ignore:{loose}:trio.TrioDeprecationWarning")
     if mode != "baseline":
-        _patch_entry_points(functools.partial(_wrap, refreshers=_refreshers if mode == "two" else tuple))
+        global _wrap_app
+        _wrap_app = functools.partial(_wrap, refreshers=_refreshers if mode == "two" else tuple)
+        _patch_entry_points(_wrap_app)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -117,6 +132,13 @@ def pytest_runtest_logstart(nodeid: str, location: object) -> None:
     """Start counting the apps this test wraps."""
     global _wrapped_in_test
     _wrapped_in_test = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Patch the ASGI classes of the Starlette modules imported so far."""
+    if _wrap_app is not None:
+        _patch_direct_calls(_wrap_app)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -218,7 +240,54 @@ def _wrap(app: Any, *, refreshers: Callable[[], tuple[Any, ...]]) -> Any:
     if isinstance(app, RefreshMiddleware) or _is_reached(app):
         return app
     _wrapped_in_test += 1
-    return RefreshMiddleware(app, refreshers=refreshers())
+    return _middleware_class()(app, refreshers=refreshers())
+
+
+@functools.cache
+def _middleware_class() -> type[Any]:
+    from asgi_refresh import RefreshMiddleware
+
+    class PeerRefreshMiddleware(RefreshMiddleware):
+        """RefreshMiddleware, marking the context so that calls under it are not wrapped."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            token = _inside_wrapper.set(True)
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                _inside_wrapper.reset(token)
+
+    return PeerRefreshMiddleware
+
+
+def _patch_direct_calls(wrap: Callable[[Any], Any]) -> None:
+    for name in [n for n in sys.modules if n not in _scanned and n.partition(".")[0] == "starlette"]:
+        _scanned.add(name)
+        if name == "starlette.testclient":  # its _WrapASGI2 runs under TestClient's wrapper
+            continue
+        for cls in list(vars(sys.modules[name]).values()):
+            call = getattr(cls, "__dict__", {}).get("__call__") if isinstance(cls, type) else None
+            if call is not None and cls.__module__ == name and _is_asgi_call(call):
+                cls.__call__ = _outermost_wrapped(call, wrap)
+
+
+def _is_asgi_call(call: object) -> bool:
+    if not inspect.iscoroutinefunction(call):
+        return False
+    return list(inspect.signature(call).parameters)[1:] == ["scope", "receive", "send"]
+
+
+def _outermost_wrapped(call: Callable[..., Any], wrap: Callable[[Any], Any]) -> Callable[..., Any]:
+    @functools.wraps(call)
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if _inside_wrapper.get():
+            await call(self, scope, receive, send)
+        else:  # called by the test itself: wrap this app, as a server would see it
+            # The wrapper calls this very method, not self(): a subclass whose own
+            # __call__ ends in super().__call__() would otherwise run twice.
+            await wrap(functools.partial(call, self))(scope, receive, send)
+
+    return __call__
 
 
 def _is_reached(app: Any) -> bool:
