@@ -92,12 +92,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Patch the entry points that run apps, as the mode asks."""
+    global _wrap_app
     mode = config.getoption("--peer-wrap")
     if config.getoption("--peer-trio-loose-groups"):
         loose = re.escape("trio.run(..., strict_exception_groups=False)")
         config.addinivalue_line("filterwarnings", f"ignore:{loose}:trio.TrioDeprecationWarning")
     if mode != "baseline":
-        global _wrap_app
         _wrap_app = functools.partial(_wrap, refreshers=_refreshers if mode == "two" else tuple)
         _patch_entry_points(_wrap_app)
 
@@ -114,18 +114,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if marker is not None and "run" not in marker.kwargs:
             # pytest-trio takes the first trio marker that names a runner.
             item.add_marker(pytest.mark.trio(run=run), append=False)
-
-
-def _run_trio(
-    test: Callable[[], Any], *, strict_exception_groups: bool, deadline: float | None, **options: Any
-) -> Any:
-    import trio
-
-    async def bounded() -> Any:
-        with trio.fail_after(math.inf if deadline is None else deadline):
-            return await test()
-
-    return trio.run(bounded, strict_exception_groups=strict_exception_groups, **options)
 
 
 def pytest_runtest_logstart(nodeid: str, location: object) -> None:
@@ -186,6 +174,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "fetches": _fetches,
         }
         Path(path).write_text(json.dumps({**data, "tests": _outcomes}, indent=1, sort_keys=True))
+
+
+def _run_trio(
+    test: Callable[[], Any], *, strict_exception_groups: bool, deadline: float | None, **options: Any
+) -> Any:
+    import trio
+
+    async def bounded() -> Any:
+        with trio.fail_after(math.inf if deadline is None else deadline):
+            return await test()
+
+    return trio.run(bounded, strict_exception_groups=strict_exception_groups, **options)
 
 
 def _set(entry: dict[str, Any], outcome: str, report: pytest.TestReport) -> None:
