@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print("\n== peer suites: outcomes per run (wrapped = every app in RefreshMiddleware)")
+    print("\n== peer suites: outcomes per run (wrapped = every app in RefreshMiddleware;")
+    print("   wrapped-in = tests that ran at least one app through it)")
     print("\n".join(tables))
     print(f"peer stage took {time.monotonic() - started:.0f} s")
     if problems:
