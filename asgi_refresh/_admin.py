@@ -12,13 +12,15 @@ import inspect
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
-from ._contain import describe_error
+from ._contain import describe_error, escapes
 from ._runtime import RefreshError, RefreshHandle
+from ._text import printable
 from ._types import Scope, Send
 
 logger = logging.getLogger("asgi_refresh")
@@ -29,8 +31,19 @@ TokenCheck = Callable[[str], bool | Awaitable[bool]]
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _NOT_RUNNING = "asgi_refresh is not running (no lifespan)"
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
-# Headers a proxy adds when it relays a request: their presence means "not local".
-_PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip")
+# The names of the headers a proxy, a load balancer or a CDN adds when it relays a
+# request (compared lowercased, with "_" read as "-"): Forwarded and Via (RFC 7239,
+# RFC 9110: every proxy should send Via), anything with "forwarded" in its name
+# (X-Forwarded-For, -Host, -Proto, X-Original-Forwarded-For, CloudFront-Forwarded-Proto),
+# the client-address headers (X-Real-IP, X-Client-IP, True-Client-IP, CF-Connecting-IP,
+# Fastly-Client-IP, X-Cluster-Client-IP, X-Azure-ClientIP...) and Envoy's. A direct
+# client sends none of them; one occurrence, even empty, means "relayed".
+_FORWARDING = re.compile(r"forwarded|^via$|(?:^|-)ip(?:v6)?$|clientip$|socketip$|^x-envoy-external-address$")
+# Host as a client sends it: a name or a bracketed IPv6 address, and an optional port.
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^\[\]:/@?#%\\\s]+))(?::(?P<port>[0-9]{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A POST that a browser says comes from this origin (or from the user: a typed URL).
+_OWN_SITES = frozenset({"same-origin", "none"})
 _JSON_HEADERS = [
     (b"content-type", b"application/json"),
     (b"cache-control", b"no-store"),
@@ -111,17 +124,22 @@ class Admin:
         if target == "health" and (method != "POST" or handle is None or target not in handle.names):
             await reply.json(405, {"error": "use GET"}, allow=b"GET, HEAD")
             return
-        if self._loopback_only and not _from_loopback(scope, headers):
-            await reply.json(403, {"error": "the admin endpoints answer requests from 127.0.0.1 / ::1 only"})
-            return
+        if self._loopback_only:
+            refused = _not_loopback(scope, headers)
+            if refused is not None:
+                error = f"the admin endpoints answer direct requests from 127.0.0.1 / ::1 only ({refused})"
+                await reply.json(403, {"error": error})
+                return
         if target == "" and method == "GET" and "text/html" in headers.get(b"accept"):
             await reply.page()  # a static shell: it fetches the data with the token typed in it
             return
-        if method == "POST" and self._check is None and not _same_origin(headers):
+        if method == "POST" and self._check is None:
             # Without a token, nothing else stops a web page in the operator's browser
             # from posting here. (A browser cannot add a bearer token cross-site.)
-            await reply.json(403, {"error": "cross-origin requests are refused"})
-            return
+            cross = _cross_origin(scope, headers)
+            if cross is not None:
+                await reply.json(403, {"error": f"cross-origin requests are refused ({cross})"})
+                return
         if self._check is not None and not await self._authorized(reply, headers):
             return
         if handle is None:
@@ -149,8 +167,11 @@ class Admin:
             await reply.json(503, {"error": str(exc)})
 
     async def _authorized(self, reply: _Reply, headers: _Headers) -> bool:
+        presented_headers = headers.values(b"authorization")
         # Header bytes are latin-1 on the wire; a UTF-8 token arrives as its bytes.
-        raw = headers.get(b"authorization").encode("latin-1").decode("utf-8", "replace")
+        # Two Authorization headers are ambiguous (which one did a proxy check?): refused.
+        raw = presented_headers[0] if len(presented_headers) == 1 else ""
+        raw = raw.encode("latin-1").decode("utf-8", "replace")
         scheme, _, presented = raw.partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
@@ -162,8 +183,10 @@ class Admin:
             allowed = self._check(presented)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
-        except Exception:
-            logger.exception("asgi_refresh: the admin_token check raised; the request is refused")
+        except BaseException as exc:  # user code: whatever it raises refuses the request, and only that
+            if escapes(exc):
+                raise
+            logger.error("asgi_refresh: the admin_token check raised; the request is refused", exc_info=exc)
             await reply.json(500, {"error": "the admin token check failed"})
             return False
         if allowed is not True:
@@ -200,14 +223,32 @@ class Admin:
 
 
 class _Headers:
+    """A request's headers as the ASGI scope lists them: in order, repeated names kept."""
+
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self._raw = raw
 
     def get(self, name: bytes) -> str:
-        for key, value in self._raw:
-            if key.lower() == name:
-                return value.decode("latin-1")
-        return ""
+        """The first value of ``name`` (lowercase), or ""."""
+        values = self.values(name)
+        return values[0] if values else ""
+
+    def values(self, name: bytes) -> list[str]:
+        """Every value of ``name`` (lowercase), in order: one per header line."""
+        return [value.decode("latin-1") for key, value in self._raw if key.lower() == name]
+
+    def relayed_by(self) -> str | None:
+        """The name of the first header that says a proxy relayed the request, or None.
+
+        Any occurrence counts, whatever its value (an empty one too) and wherever it
+        is in the list: a server may hand the app the first, the last or all of them.
+        Names are compared lowercased, with "_" read as "-".
+        """
+        for key, _ in self._raw:
+            name = key.decode("latin-1").strip().lower().replace("_", "-")
+            if _FORWARDING.search(name):
+                return name
+        return None
 
 
 class _Reply:
@@ -241,17 +282,44 @@ class _Reply:
         await self._send({"type": "http.response.body", "body": b"" if self._head else body})
 
 
-def _from_loopback(scope: Scope, headers: _Headers) -> bool:
+def forwarding_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The name of the first header of an ASGI header list that says a proxy relayed the request."""
+    return _Headers(headers).relayed_by()
+
+
+def _not_loopback(scope: Scope, headers: _Headers) -> str | None:
+    """Why a request is not from a direct client on this host, or None if it is."""
     client = scope.get("client")
-    if not client or not _is_loopback_address(client[0]):
-        return False
-    if any(headers.get(name) for name in _PROXY_HEADERS):
-        return False  # relayed by a proxy on this host: the real client is elsewhere
+    address = client[0] if isinstance(client, tuple | list) and client else None
+    if not isinstance(address, str) or not _is_loopback_address(address):
+        return "this client is not on 127.0.0.1 / ::1"
+    relayed = headers.relayed_by()
+    if relayed is not None:
+        # Relayed by a proxy on this host: the real client is elsewhere.
+        return f"a proxy relayed it: it carries {printable(relayed, 60)}"
     # The Host must be a loopback name too. A reverse proxy on this host would make
     # every request look local (its Host is the public name), and a web page using
     # DNS rebinding reaches 127.0.0.1 under its own host name: both are refused.
-    host = urlsplit("//" + headers.get(b"host")).hostname
-    return host is None or host in _LOOPBACK_HOSTS or _is_loopback_address(host)
+    hosts = headers.values(b"host")
+    if len(hosts) > 1:
+        return "it has more than one Host header"
+    if not hosts or hosts[0] == "":
+        return None  # HTTP/1.0 without Host: a local tool, not a browser
+    parsed = _parse_host(hosts[0])
+    if parsed is None or not (parsed[0] in _LOOPBACK_HOSTS or _is_loopback_address(parsed[0])):
+        return "its Host is not a loopback name"
+    return None
+
+
+def _parse_host(text: str) -> tuple[str, int | None] | None:
+    """``(host, port)`` of a Host header value, lowercased; None if it is not one."""
+    match = _HOST.fullmatch(text.strip().lower())
+    if match is None:
+        return None
+    port = None if match["port"] is None else int(match["port"])
+    if port is not None and port > 65535:
+        return None
+    return match["v6"] or match["name"], port
 
 
 def _is_loopback_address(host: str) -> bool:
@@ -276,15 +344,57 @@ def _target(rest: str) -> str | None:
     return target if target and "/" not in target else None
 
 
-def _same_origin(headers: _Headers) -> bool:
-    """A POST from a web page of another origin (a form, a fetch) must not refresh anything."""
-    origin = headers.get(b"origin")
-    if not origin:
-        return True  # not from a browser page (curl, a probe, a script)
-    if headers.get(b"sec-fetch-site") not in ("", "same-origin", "none"):
-        return False
-    host = headers.get(b"host")
-    return urlsplit(origin).netloc == host if host else False
+def _cross_origin(scope: Scope, headers: _Headers) -> str | None:
+    """Why a POST looks sent by a web page of another origin (a form, a fetch), or None.
+
+    The browser's own word decides: ``Sec-Fetch-Site`` when it sends it (every
+    current browser), else ``Origin``, else ``Referer`` (older browsers). Without
+    any of them the request is not from a browser page (curl, a script, a probe).
+    Every occurrence of a header is checked, not only the first.
+    """
+    sites = headers.values(b"sec-fetch-site")
+    if sites:
+        for site in sites:
+            if site.strip().lower() not in _OWN_SITES:
+                return f"Sec-Fetch-Site: {printable(site, 40) or '(empty)'}"
+        return None
+    own = _own_origin(scope, headers)
+    origins = headers.values(b"origin")
+    for origin in origins:
+        # "null" (a sandboxed frame, a data: URL, a privacy redirect) is no origin.
+        if own is None or _origin_of(origin) != own:
+            return f"Origin: {printable(origin, 80) or '(empty)'}"
+    if origins:
+        return None
+    for referer in headers.values(b"referer"):
+        if own is None or _origin_of(referer) != own:
+            return "Referer from another origin"
+    return None
+
+
+def _own_origin(scope: Scope, headers: _Headers) -> tuple[str, str, int] | None:
+    """This server's origin as the request names it: its scheme and its one Host."""
+    hosts = headers.values(b"host")
+    parsed = _parse_host(hosts[0]) if len(hosts) == 1 else None
+    scheme = scope.get("scheme") or "http"
+    if parsed is None or scheme not in _DEFAULT_PORTS:
+        return None
+    host, port = parsed
+    return scheme, host, _DEFAULT_PORTS[scheme] if port is None else port
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """The origin of a URL (an Origin or Referer value); None for "null" or anything odd."""
+    scheme, _, rest = url.strip().partition("://")
+    scheme = scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        return None
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    parsed = _parse_host(authority)
+    if parsed is None:
+        return None
+    host, port = parsed
+    return scheme, host, _DEFAULT_PORTS[scheme] if port is None else port
 
 
 def _query_flag(scope: Scope, name: str) -> bool | None:

@@ -70,14 +70,16 @@ class _ScrubbingFormatter(logging.Formatter):
     """Formats a log record, then masks every value that came from the environment.
 
     The whole formatted text is scrubbed, so a secret is masked wherever it ends
-    up: in the message, in its arguments, or in a traceback.
+    up: in the message, in its arguments, or in a traceback. Each line is then
+    made safe for the terminal (its indentation kept, for tracebacks).
     """
 
     secrets: frozenset[str] = frozenset()
 
     def format(self, record: logging.LogRecord) -> str:
-        """The record as text, without any of ``secrets``."""
-        return scrub(super().format(record), self.secrets)
+        """The record as text, without any of ``secrets`` or a terminal control."""
+        lines = scrub(super().format(record), self.secrets).splitlines()
+        return "\n".join(line[: len(line) - len(line.lstrip(" "))] + printable(line) for line in lines)
 
 
 @contextmanager
@@ -109,7 +111,7 @@ def _run(args: argparse.Namespace, formatter: _ScrubbingFormatter) -> int:
         if args.json:
             _print_json({"config": str(args.config), "ok": False, "problems": exc.problems})
         else:
-            print(exc, file=sys.stderr)  # the library's own wording
+            _print_problems(exc)
         return EXIT_INVALID
     formatter.secrets = config.secrets
     if args.command == "check":
@@ -190,11 +192,26 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _print_problems(error: ConfigError) -> None:
+    """The library's own wording, each line made safe for a terminal (it quotes outside text)."""
+    text = str(error)
+    if text != "\n".join(error.problems):
+        print(printable(text.split("\n", 1)[0]), file=sys.stderr)  # "invalid configuration in ...:"
+        for problem in error.problems:
+            print(f"  {printable(problem)}", file=sys.stderr)
+        return
+    for problem in error.problems:  # a file that cannot be read: its one line
+        print(printable(problem), file=sys.stderr)
+
+
 def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+    # ASCII only (\u escapes): a terminal showing it gets no control or bidi character raw.
+    print(json.dumps(document, indent=2))
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
+    """Aligned columns; every cell is made safe to print (paths, errors and previews come from outside)."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -241,7 +258,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
         _print_json({"config": str(args.config), "ok": True, "refreshers": described})
         return EXIT_OK
     count = len(described)
-    print(f"{args.config}: valid, {count} refresher{'s' if count != 1 else ''}")
+    print(f"{printable(str(args.config))}: valid, {count} refresher{'s' if count != 1 else ''}")
     print()
     rows = [
         [
@@ -292,10 +309,8 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
         for name in unknown:
             close = difflib.get_close_matches(name, by_name, n=1)
             suggestion = f"; did you mean {close[0]!r}?" if close else ""
-            print(
-                f"{args.config}: no refresher named {name!r} (known: {', '.join(by_name)}){suggestion}",
-                file=sys.stderr,
-            )
+            line = f"{args.config}: no refresher named {name!r} (known: {', '.join(by_name)}){suggestion}"
+            print(printable(line), file=sys.stderr)
         return EXIT_INVALID
     selected = _with_needs(config, args.names or list(by_name))
     needed_by: dict[str, list[str]] = {name: [] for name in selected}

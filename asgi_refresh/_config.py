@@ -10,17 +10,22 @@ added to one of them is a config key (and a line of the reference page) at once.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import json
+import math
 import os
 import re
+import stat
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -29,7 +34,7 @@ from ._duration import parse_duration
 from ._file import FileSource
 from ._http import HTTPSource
 from ._parsing import FORMATS
-from ._refresher import Refresher
+from ._refresher import MIN_EVERY, Refresher
 
 TABLES = ("defaults", "refreshers", "middleware")
 SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource}
@@ -55,6 +60,11 @@ _OWNER_PREFIX = re.compile(
     r"^(?:Refresher|HTTPSource|FileSource|RefreshMiddleware|BearerToken)(?:\([^)]*\)| '[^']*')?: "
 )
 _MIN_SECRET_CHARS = 4
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest configuration file read: a real one is a few kilobytes."""
+MAX_DEPTH = 32
+"""How deep tables and lists may nest, the top level being 1 (``refreshers.names.headers`` is 4)."""
+_SHOWN_CHARS = 80  # a value quoted in a problem line is cut to this
 
 
 class ConfigError(ValueError):
@@ -188,6 +198,13 @@ def _meanings(cls: type) -> dict[str, str]:
 
 def options_of(cls: type) -> list[Option]:
     """Every config key that ``cls``'s constructor takes, in signature order."""
+    return list(_options_of(cls))
+
+
+@functools.cache
+def _options_of(cls: type) -> tuple[Option, ...]:
+    # Once per class: signatures do not change, and a file with thousands of unknown
+    # keys asks for them once per key (it took 2.5 ms a key, 12 s for 5,000).
     meanings = _meanings(cls)
     found = []
     for parameter in list(inspect.signature(cls).parameters.values()):
@@ -212,11 +229,12 @@ def options_of(cls: type) -> list[Option]:
                 meaning=meanings.get(parameter.name, ""),
             )
         )
-    return found
+    return tuple(found)
 
 
-def _refresher_parameters() -> set[str]:
-    return set(inspect.signature(Refresher).parameters)
+@functools.cache
+def _refresher_parameters() -> frozenset[str]:
+    return frozenset(inspect.signature(Refresher).parameters)
 
 
 def _source_name(cls: type) -> str:
@@ -276,10 +294,44 @@ class Config:
 
 
 def scrub(text: str, secrets: frozenset[str]) -> str:
-    """``text`` without any of ``secrets`` (values read from the environment)."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    """``text`` without any of ``secrets`` (values read from the environment).
+
+    Each secret is masked as written and as a URL shows it once httpx has encoded
+    it: percent-encoded in a path, a query or credentials, ``+`` for a space in
+    ``params``. A secret in a URL path is cut by a ``?`` or ``#`` in it, so the
+    part before one is masked too.
+    """
+    forms = {form for secret in secrets for form in _forms(secret)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
     return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _forms(secret: str) -> frozenset[str]:
+    """``secret`` and the forms it takes in a URL, each at least `_MIN_SECRET_CHARS` long."""
+    head = re.split(r"[?#]", secret, maxsplit=1)[0]
+    encoders: list[Callable[[], str]] = [
+        lambda: secret,
+        lambda: head,
+        lambda: httpx.URL("https://h/" + head).raw_path.decode("ascii")[1:],
+        lambda: httpx.URL("https://h/?" + secret.split("#", 1)[0]).query.decode("ascii"),
+        lambda: str(httpx.URL("https://h/", params={"q": secret})).split("?q=", 1)[1],
+        lambda: httpx.URL(scheme="https", host="h", username=secret).userinfo.decode("ascii"),
+        lambda: quote(secret, safe=""),
+        lambda: quote(secret, safe="/"),
+        lambda: quote_plus(secret),
+        lambda: quote_plus(secret, safe="/"),
+    ]
+    forms = set()
+    for encode in encoders:
+        try:
+            form = encode()
+        except Exception:  # a form httpx refuses to build is a form no URL shows
+            continue
+        if len(form) >= _MIN_SECRET_CHARS:
+            forms.add(form)
+    return frozenset(forms)
 
 
 def load_config(
@@ -308,6 +360,15 @@ def load_config(
                 f"(got {type(source).__name__})"
             ],
         )
+    too_deep = _too_deep(document)
+    if too_deep is not None:
+        raise ConfigError(
+            origin,
+            [
+                f"{too_deep}: tables and lists nest more than {MAX_DEPTH} deep; a configuration "
+                "needs a few levels (is this the right file?)"
+            ],
+        )
     builder = _Builder(base, os.environ if environ is None else environ)
     config = builder.build(document, origin)
     if builder.problems:
@@ -328,8 +389,30 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(result) == len(pairs):
         return result
     counted = _Duplicates(result)
-    counted.twice = sorted({key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1})
+    # One pass (a hash per key): a list.count() per key took 20 s for 20,000 keys.
+    counted.twice = sorted(key for key, times in Counter(key for key, _ in pairs).items() if times > 1)
     return counted
+
+
+def _too_deep(document: Any) -> str | None:
+    """The key path where tables and lists nest deeper than `MAX_DEPTH`, or None.
+
+    Walked with a stack, not recursion: a cycle in a mapping built in Python, or
+    10,000 nested lists, must give a problem line, not a RecursionError.
+    """
+    pending: list[tuple[Any, tuple[str, ...]]] = [(document, ())]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, Mapping):
+            children: Iterable[tuple[Any, Any]] = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            continue
+        if len(path) >= MAX_DEPTH:
+            return _key(*path[:8]) + (".…" if len(path) > 8 else "")
+        pending.extend((item, (*path, str(key))) for key, item in children)
+    return None
 
 
 def _read(path: Path, origin: str) -> Any:
@@ -340,23 +423,45 @@ def _read(path: Path, origin: str) -> Any:
             [f"{path}: cannot tell the format: name the file *.toml or *.json (got {suffix or 'none'!r})"],
         )
     try:
-        data = path.read_bytes()
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            # A FIFO would block the read, /dev/zero would never end it.
+            what = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, a device...)"
+            raise ConfigError(origin, [f"{path}: cannot read: {what}"], unreadable=True)
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(origin, [f"{path}: file not found"], unreadable=True) from None
     except OSError as exc:
         raise ConfigError(origin, [f"{path}: cannot read: {exc.strerror or exc}"], unreadable=True) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            origin,
+            [
+                f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; a configuration is a few KiB "
+                "(is this the right file?)"
+            ],
+            unreadable=True,
+        )
     try:
         if suffix == ".toml":
             return tomllib.loads(data.decode("utf-8"))
         return json.loads(data, object_pairs_hook=_json_object)
     except UnicodeDecodeError:
         raise ConfigError(origin, [f"{path}: not UTF-8 text"]) from None
+    except RecursionError:
+        # The parsers recurse per level: thousands of nested [ or { exhaust the stack first.
+        raise ConfigError(
+            origin, [f"{path}: tables and lists nest more than {MAX_DEPTH} deep (is this the right file?)"]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(origin, [f"{path}: invalid TOML: {exc}"]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             origin, [f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
         ) from None
+    except ValueError as exc:  # an integer of more than 4300 digits, in either format
+        raise ConfigError(origin, [f"{path}: invalid {suffix[1:].upper()}: {exc}"]) from None
 
 
 def _key(*parts: str) -> str:
@@ -374,6 +479,7 @@ class _Builder:
         self.secrets: set[str] = set()
         self.from_env: dict[str, str] = {}  # key path -> the variable its value came from
         self.broken: set[str] = set()  # key paths whose interpolation failed (reported already)
+        self.bad_defaults: set[str] = set()  # [defaults] keys reported invalid already
         self._imports: dict[str, Any] = {}
 
     def problem(self, path: str, message: str) -> None:
@@ -388,12 +494,16 @@ class _Builder:
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, str):
-            return json.dumps(value)
+            text = json.dumps(value)  # ASCII: outside text cannot reach a terminal raw
+            return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
         if isinstance(value, dict):
             return "a table"
         if isinstance(value, list):
             return "a list"
-        text = repr(value)
+        try:
+            text = repr(value)
+        except Exception:  # an int of more than 4300 digits, an object of the user's
+            text = f"a {type(value).__name__}"
         return text if len(text) <= 60 else text[:59] + "…"
 
     # -- interpolation
@@ -475,6 +585,8 @@ class _Builder:
             ok, converted = self.convert(option, value, ("defaults", key))
             if ok:
                 converted_defaults[key] = converted
+            else:
+                self.bad_defaults.add(key)
 
         tables = self.table(document, "refreshers")
         if "refreshers" not in document:
@@ -547,15 +659,15 @@ class _Builder:
                 _key(*here, "source"), f"missing: say where the data comes from, one of {_quoted(choices)}"
             )
             source_keys: dict[str, Option] = {}
-        elif source not in choices:
-            close = difflib.get_close_matches(str(source), choices, n=1)
+        elif not isinstance(source, str) or source not in choices:
+            close = difflib.get_close_matches(source, choices, n=1) if isinstance(source, str) else []
             suggestion = f" (did you mean {close[0]!r}?)" if close else ""
             self.problem(
                 _key(*here, "source"),
                 f"expected one of {_quoted(choices)}, "
                 f"got {self.got(_key(*here, 'source'), source)}{suggestion}",
             )
-            source_keys = {}
+            source, source_keys = None, {}  # reported: from here on, as if it were missing
         else:
             source_keys = {option.key: option for option in source_options(source)}
         refresher_keys = {o.key: o for o in refresher_options() if o.parameter not in ("name", "fetch")}
@@ -573,7 +685,7 @@ class _Builder:
             ok, converted = self.convert(option, value, path)
             if not ok:
                 if option.parameter not in _STAND_INS:
-                    continue
+                    continue  # left to its default; `every` gets a stand-in below
                 converted = _STAND_INS[option.parameter]  # so that the constructor checks the rest
             if option.owner == "Refresher":
                 refresher_kwargs[option.parameter] = converted
@@ -584,8 +696,14 @@ class _Builder:
         for option in (*source_keys.values(), *refresher_keys.values()):
             given = source_kwargs if option.owner != "Refresher" else refresher_kwargs
             if option.required and option.parameter not in given and option.key not in table:
+                if option.owner == "Refresher" and option.key in self.bad_defaults:
+                    continue  # its [defaults] value is reported already
                 where = " (here or in [defaults])" if option.owner == "Refresher" else ""
                 self.problem(_key(*here, option.key), f"missing{where}; expected {_expected(option)}")
+        # Without a good `every` (invalid, missing, or refused by the constructor) the
+        # refresher's other options are still checked, against a stand-in `every`.
+        if "every" not in refresher_kwargs:
+            _stand_in_every(refresher_kwargs)
 
         needed: tuple[str, ...] = ()
         auth = source_kwargs.get("auth")
@@ -619,6 +737,7 @@ class _Builder:
                 {"name": built_name, "fetch": _placeholder if fetch is None else fetch, **refresher_kwargs},
                 here,
                 {**refresher_keys, **source_keys},
+                stand_ins={"every": _stand_in_every},
             )
         if len(self.problems) > count or refresher is None or fetch is None:
             return None
@@ -639,14 +758,16 @@ class _Builder:
         kwargs: dict[str, Any],
         here: tuple[str, ...],
         options: Mapping[str, Option],
+        stand_ins: Mapping[str, Callable[[dict[str, Any]], None]] | None = None,
     ) -> Any:
         """Call the real constructor; each of its complaints becomes a problem at the key it names.
 
         A constructor stops at its first complaint. To report the others in the same
-        run, the parameter it blamed is replaced by a stand-in (`_STAND_INS`), or left
-        to its default, and the constructor is called again. Returns None after any
-        complaint.
+        run, the parameter it blamed is replaced by a stand-in (`_STAND_INS`, or put
+        in ``kwargs`` by ``stand_ins[parameter]`` for this call), or left to its
+        default, and the constructor is called again. Returns None after any complaint.
         """
+        replace = stand_ins or {}
         by_parameter = {option.parameter: option for option in options.values()}
         kwargs = dict(kwargs)
         complained = False
@@ -654,14 +775,16 @@ class _Builder:
         while True:
             try:
                 built = cls(**kwargs)
-            except (TypeError, ValueError, ImportError) as exc:
+            except (TypeError, ValueError, ImportError, OverflowError) as exc:
                 complained = True
                 parameter = self._complaint(str(exc), here, by_parameter)
                 if parameter is None:
                     return None
                 blamed[parameter] = blamed.get(parameter, 0) + 1
                 option = by_parameter[parameter]
-                if (
+                if blamed[parameter] == 1 and parameter in replace:
+                    replace[parameter](kwargs)
+                elif (
                     blamed[parameter] == 1
                     and parameter in _STAND_INS
                     and kwargs.get(parameter) != _STAND_INS[parameter]
@@ -791,6 +914,15 @@ class _Builder:
         value = self._from_env_text(parts, value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return self._wrong(option, value, parts)
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int no float holds (10**400)
+            finite = False
+        if not finite:
+            # TOML's nan and inf, JSON's NaN and Infinity: no option means them.
+            path = _key(*parts)
+            self.problem(path, f"expected a finite number, got {self.got(path, value)}")
+            return False, None
         return True, value
 
     def _to_str(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
@@ -887,9 +1019,9 @@ class _Builder:
             return self._wrong(option, value, parts)
         backends: dict[str, type] = {"redis": RedisCoordinator, "sqlite": SQLiteCoordinator}
         kind = value.get("backend")
-        if kind not in backends:
+        if not isinstance(kind, str) or kind not in backends:
             path = _key(*parts, "backend")
-            close = difflib.get_close_matches(str(kind), list(backends), n=1)
+            close = difflib.get_close_matches(kind, list(backends), n=1) if isinstance(kind, str) else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             self.problem(path, f'expected "redis" or "sqlite", got {self.got(path, kind)}{hint}')
             return False, None
@@ -912,7 +1044,7 @@ class _Builder:
             return False, None
         try:
             return True, cls(**kwargs)
-        except (TypeError, ValueError, ImportError) as exc:
+        except (TypeError, ValueError, ImportError, OverflowError) as exc:
             self.problem(_key(*parts), str(exc))
             return False, None
 
@@ -1053,6 +1185,30 @@ source needs its URL; ``admin_token`` is checked only with an ``admin_path``, wh
 complains when there is no token). Other invalid optional values are left out
 instead, falling back to their defaults.
 """
+
+
+def _stand_in_every(kwargs: dict[str, Any]) -> None:
+    """Put a valid ``every`` in a refresher's ``kwargs``, for one whose own is invalid or missing.
+
+    It agrees with the refresher's ``backoff_max`` (<= every) and ``max_stale``
+    (>= every), so that no complaint is made up about them. When no value can
+    agree with both, ``max_stale`` is taken out too: the range checks that need
+    ``every`` are skipped, every other check is made.
+    """
+    cap, stale = _seconds(kwargs.get("backoff_max")), _seconds(kwargs.get("max_stale"))
+    every = max(3600.0, cap or 0.0)
+    if stale is not None and stale < every:
+        every = max(stale, MIN_EVERY, cap or 0.0)
+        if every > stale:
+            del kwargs["max_stale"]
+    kwargs["every"] = every
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _name_problem(name: str) -> str | None:

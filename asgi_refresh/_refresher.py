@@ -13,6 +13,7 @@ from ._duration import Duration, format_duration, positive_duration
 RESERVED_NAME = "asgi_refresh"
 MIN_EVERY = 0.01
 MAX_JITTER = 0.5
+_MAX_BACKOFF_MULTIPLIER = 100.0  # finite: a retry delay must stay a number
 
 Fetch = Callable[[], Awaitable[Any]] | Callable[[], Any]
 """A zero-argument callable: ``async def``, plain ``def`` or an object with ``async __call__``."""
@@ -141,9 +142,14 @@ class Refresher:
         if (
             not isinstance(backoff_multiplier, int | float)
             or isinstance(backoff_multiplier, bool)
-            or backoff_multiplier < 1
+            or not 1 <= backoff_multiplier <= _MAX_BACKOFF_MULTIPLIER  # NaN fails this too
         ):
-            raise ValueError(problem("backoff_multiplier must be >= 1", backoff_multiplier))
+            raise ValueError(
+                problem(
+                    f"backoff_multiplier must be between 1 and {_MAX_BACKOFF_MULTIPLIER:g}",
+                    backoff_multiplier,
+                )
+            )
         stale_after = None if max_stale is None else problem.duration("max_stale", max_stale)
         if stale_after is not None and stale_after < seconds:
             raise ValueError(

@@ -9,7 +9,10 @@ _CONTROL = [*range(0x20), 0x7F, *range(0x80, 0xA0)]
 _BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _ESCAPES = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _CONTROL + _BIDI}
 _WHITESPACE = {ord(c): " " for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029"}
-_TABLE = {**_ESCAPES, **_WHITESPACE}
+# Lone surrogates (from undecodable bytes in argv or the environment) cannot be
+# encoded for a strict stdout or a UTF-8 log file: shown escaped too.
+_SURROGATES = {code: f"\\u{code:04x}" for code in range(0xD800, 0xE000)}
+_TABLE = {**_ESCAPES, **_SURROGATES, **_WHITESPACE}
 
 
 def printable(text: str, limit: int | None = None) -> str:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asgi_refresh import Fresh, Refresher, RefreshMiddleware
+from asgi_refresh._admin import _cross_origin, _Headers, _not_loopback, forwarding_header
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, ScriptedApp, Upstream
@@ -180,11 +190,14 @@ async def test_a_callable_checks_the_token() -> None:
         assert (await http.get("/_refresh", headers={"Authorization": "Bearer plain"})).status_code == 200
 
 
-async def test_a_token_check_that_raises_refuses_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    """A broken check fails closed: 500, logged with its traceback, nothing served."""
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit, KeyboardInterrupt])
+async def test_a_token_check_that_raises_refuses_and_logs(
+    error: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken check (whatever it raises) fails closed: 500, logged with its traceback, nothing served."""
 
     def check(token: str) -> bool:
-        raise RuntimeError("secret store unreachable")
+        raise error("secret store unreachable")
 
     async with admin_client(names(), admin_token=check) as (http, _):
         response = await http.get("/_refresh", headers=AUTH)
@@ -612,3 +625,397 @@ async def test_refresh_now_outside_the_running_window_is_503() -> None:
     assert middleware._admin is not None
     await middleware._admin(scope, send, handle, "/_refresh/names")
     assert sent[0]["status"] == 503
+
+
+# -- who counts as local: forwarding headers, Host, cross-origin posts ----------------------
+#
+# Raw ASGI scopes: their headers are a list of pairs, so a repeated header (an empty
+# X-Forwarded-For line, then one with an address) is what a server hands the app.
+
+FORWARDING = [
+    "Forwarded",
+    "Via",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Port",
+    "X-Forwarded-Server",
+    "X-Original-Forwarded-For",
+    "X-Real-IP",
+    "X-Client-IP",
+    "Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "CF-Connecting-IPv6",
+    "Fastly-Client-IP",
+    "X-Cluster-Client-IP",
+    "X-Azure-ClientIP",
+    "X-Envoy-External-Address",
+]
+"""Headers a proxy, load balancer or CDN adds when it relays a request."""
+
+ORDINARY = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "origin",
+    "referer",
+    "sec-fetch-dest",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "sec-ch-ua",
+    "upgrade-insecure-requests",
+    "user-agent",
+    "x-request-id",
+    "zip",
+]
+"""Headers a direct client (curl, a browser, a script) sends: none says "relayed"."""
+
+LOCAL = ("127.0.0.1", 5000)
+HOST = (b"host", b"127.0.0.1:8000")
+
+
+async def raw_request(
+    middleware: RefreshMiddleware,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    path: str = "/_refresh",
+    client: Any = LOCAL,
+    scheme: str = "http",
+) -> tuple[int, dict[str, Any]]:
+    """Send one request with exactly these header lines (repeats kept); its status and JSON body."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": b"",
+        "headers": headers,
+        "client": client,
+        "scheme": scheme,
+    }
+    await middleware(scope, receive, send)
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    return sent[0]["status"], (json.loads(body) if body.startswith(b"{") else {})
+
+
+@asynccontextmanager
+async def loopback_only(**options: Any) -> AsyncIterator[RefreshMiddleware]:
+    """A running middleware whose admin endpoints answer loopback clients without a token."""
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[names()],
+        clock=FakeClock(START),
+        admin_path="/_refresh",
+        admin_loopback_only=True,
+        **options,
+    )
+    async with LifespanManager(middleware):
+        yield middleware
+
+
+def spellings(name: str) -> list[bytes]:
+    """How a header name may reach the app: lowercase (ASGI), as written, upper case, with "_"."""
+    return [name.lower().encode(), name.encode(), name.upper().encode(), name.replace("-", "_").encode()]
+
+
+@pytest.mark.parametrize("header", FORWARDING)
+async def test_any_occurrence_of_a_forwarding_header_means_not_local(header: str) -> None:
+    """Empty or not, first or repeated, in any case: a forwarding header refuses loopback-only access."""
+    async with loopback_only() as middleware:
+        assert (await raw_request(middleware, "GET", [HOST]))[0] == 200
+        for name in spellings(header):
+            for lines in (
+                [(name, b""), (name, b"198.51.100.7")],  # the bypass: an empty line first
+                [(name, b"198.51.100.7")],
+                [(name, b"")],
+                [(name, b" ")],
+                [(b"x-forwarded-for", b""), (name, b"")],
+                [(b"accept", b"*/*"), (name, b"198.51.100.7"), (name, b"")],
+            ):
+                status, body = await raw_request(middleware, "GET", [HOST, *lines])
+                assert status == 403, (name, lines)
+                assert "relayed" in body["error"], body
+                posted, _ = await raw_request(middleware, "POST", [HOST, *lines], path="/_refresh/names")
+                assert posted == 403, (name, lines)
+
+
+async def test_a_forwarding_header_refuses_even_with_a_valid_token() -> None:
+    """admin_loopback_only with a token still needs a direct local client."""
+    async with loopback_only(admin_token=TOKEN) as middleware:
+        bearer = (b"authorization", f"Bearer {TOKEN}".encode())
+        assert (await raw_request(middleware, "GET", [HOST, bearer]))[0] == 200
+        relayed = [HOST, bearer, (b"x-real-ip", b""), (b"x-real-ip", b"198.51.100.7")]
+        assert (await raw_request(middleware, "GET", relayed))[0] == 403
+
+
+@pytest.mark.parametrize(
+    ("hosts", "expected"),
+    [
+        ([b"127.0.0.1:8000"], 200),
+        ([b"LOCALHOST:8000"], 200),
+        ([b"[::1]:8000"], 200),
+        ([b"[::ffff:127.0.0.1]"], 200),
+        ([], 200),  # HTTP/1.0 without a Host: a local tool
+        ([b"127.0.0.1", b"evil.example"], 403),  # two Hosts: which one did the client mean?
+        ([b"127.0.0.1", b"127.0.0.1"], 403),
+        ([b"evil.example@127.0.0.1"], 403),
+        ([b"127.0.0.1@evil.example"], 403),
+        ([b"127.0.0.1/evil"], 403),
+        ([b"[::1"], 403),
+        ([b"127.0.0.1:99999"], 403),
+        ([b"127.0.0.1:80:80"], 403),
+        ([b"localhost.evil.example"], 403),
+        ([b"\xff\xfe"], 403),
+    ],
+)
+async def test_the_host_must_be_one_loopback_name(hosts: list[bytes], expected: int) -> None:
+    """Exactly one Host, a loopback name or address with an optional port; anything odd is refused, never a 500."""
+    async with loopback_only() as middleware:
+        status, _ = await raw_request(middleware, "GET", [(b"host", host) for host in hosts])
+        assert status == expected
+
+
+@pytest.mark.parametrize(
+    "client", [None, [], ("unix-socket", 0), (None, 0), (b"127.0.0.1", 1), ("10.0.0.1", 1)]
+)
+async def test_a_client_that_is_not_a_loopback_address_is_refused(client: Any) -> None:
+    """No client address, a unix socket, bytes or a remote address: not local."""
+    async with loopback_only() as middleware:
+        assert (await raw_request(middleware, "GET", [HOST], client=client))[0] == 403
+
+
+SAME = b"http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], 202),  # curl, a script, a probe: not a browser page
+        ([(b"sec-fetch-site", b"same-origin")], 202),
+        ([(b"sec-fetch-site", b"none")], 202),  # user-initiated
+        ([(b"sec-fetch-site", b"cross-site")], 403),  # the reported bypass: no Origin
+        ([(b"sec-fetch-site", b"same-site")], 403),  # another port of localhost is the same site
+        ([(b"sec-fetch-site", b"")], 403),
+        ([(b"sec-fetch-site", b"same-origin"), (b"sec-fetch-site", b"cross-site")], 403),
+        ([(b"sec-fetch-site", b"cross-site"), (b"origin", SAME)], 403),
+        ([(b"Sec-Fetch-Site", b"CROSS-SITE")], 403),
+        # Referrer-Policy: no-referrer makes a browser send Origin: null on a same-origin POST.
+        ([(b"sec-fetch-site", b"same-origin"), (b"origin", b"null")], 202),
+        ([(b"origin", SAME)], 202),
+        ([(b"origin", b"http://127.0.0.1:8000/")], 202),
+        ([(b"origin", b"HTTP://127.0.0.1:8000")], 202),
+        ([(b"origin", b"null")], 403),  # a sandboxed frame, a data: URL
+        ([(b"origin", b"")], 403),
+        ([(b"origin", b""), (b"origin", SAME)], 403),
+        ([(b"origin", SAME), (b"origin", b"http://evil.example")], 403),
+        ([(b"origin", b"http://evil.example")], 403),
+        ([(b"origin", b"http://127.0.0.1:9000")], 403),  # another port: another origin
+        ([(b"origin", b"https://127.0.0.1:8000")], 403),  # another scheme
+        ([(b"origin", b"http://localhost:8000")], 403),  # another host name
+        ([(b"origin", b"http://127.0.0.1@evil.example:8000")], 403),
+        ([(b"origin", b"http://[::1")], 403),
+        ([(b"referer", b"http://evil.example/page")], 403),  # an old browser: no Origin, no Sec-Fetch-*
+        ([(b"referer", b"http://127.0.0.1:8000/_refresh")], 202),
+        ([(b"referer", b"not a url")], 403),
+    ],
+)
+async def test_posts_without_a_token_must_come_from_this_origin(
+    headers: list[tuple[bytes, bytes]], expected: int
+) -> None:
+    """The browser's word decides: Sec-Fetch-Site, else every Origin, else Referer; none at all is not a browser page."""
+    async with loopback_only() as middleware:
+        status, body = await raw_request(middleware, "POST", [HOST, *headers], path="/_refresh/names")
+        assert status == expected, body
+        if expected == 403:
+            assert "cross-origin requests are refused" in body["error"]
+
+
+async def test_the_origin_check_uses_the_scheme_of_the_request() -> None:
+    """Served over https, the page's own origin is https://host:port (default port 443)."""
+    async with loopback_only() as middleware:
+        host = (b"host", b"localhost")
+        ok = [host, (b"origin", b"https://localhost")]
+        assert (await raw_request(middleware, "POST", ok, path="/_refresh/names", scheme="https"))[0] == 202
+        assert (await raw_request(middleware, "POST", ok, path="/_refresh/names", scheme="http"))[0] == 403
+        odd = [host, (b"origin", b"https://localhost")]
+        assert (await raw_request(middleware, "POST", odd, path="/_refresh/names", scheme="ws"))[0] == 403
+
+
+async def test_two_authorization_headers_are_refused() -> None:
+    """Two Authorization lines are ambiguous: 401, even when one holds the token."""
+    async with admin_client(names()) as (_, middleware):
+        bearer = (b"authorization", f"Bearer {TOKEN}".encode())
+        assert (await raw_request(middleware, "GET", [bearer], client=("203.0.113.7", 1)))[0] == 200
+        for lines in ([(b"authorization", b""), bearer], [bearer, bearer]):
+            assert (await raw_request(middleware, "GET", lines, client=("203.0.113.7", 1)))[0] == 401
+
+
+names_of_headers = st.one_of(
+    st.sampled_from(ORDINARY), st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+).map(lambda name: name.encode())
+header_lists = st.lists(st.tuples(names_of_headers, st.binary(max_size=30)), max_size=12)
+any_header_lists = st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=40)), max_size=12)
+
+
+@given(
+    headers=header_lists,
+    forwarding=st.sampled_from(FORWARDING).flatmap(lambda name: st.sampled_from(spellings(name))),
+    value=st.one_of(st.just(b""), st.binary(max_size=30)),
+    at=st.integers(min_value=0, max_value=12),
+)
+def test_a_forwarding_header_anywhere_in_any_list_is_found(
+    headers: list[tuple[bytes, bytes]], forwarding: bytes, value: bytes, at: int
+) -> None:
+    """Wherever it is, whatever its value and whatever surrounds it, one forwarding header is found."""
+    headers = [HOST, *headers[:at], (forwarding, value), *headers[at:]]
+    assert forwarding_header(headers) is not None
+    assert _not_loopback({"client": LOCAL, "headers": headers}, _Headers(headers)) is not None
+
+
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from(ORDINARY).map(str.encode), st.binary(max_size=30)), max_size=12
+    )
+)
+def test_ordinary_headers_are_not_forwarding_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    """What curl, a browser or a script sends on its own never reads as "relayed"."""
+    assert forwarding_header(headers) is None
+    headers = [HOST, *headers]
+    assert _not_loopback({"client": LOCAL, "headers": headers}, _Headers(headers)) is None
+
+
+@given(
+    headers=any_header_lists,
+    client=st.one_of(
+        st.none(),
+        st.integers(),
+        st.tuples(),
+        st.tuples(st.one_of(st.text(max_size=20), st.binary(max_size=4), st.none()), st.integers()),
+        st.just(LOCAL),
+    ),
+    scheme=st.one_of(st.none(), st.text(max_size=6), st.sampled_from(["http", "https"])),
+)
+def test_the_admin_checks_never_raise(headers: list[tuple[bytes, bytes]], client: Any, scheme: Any) -> None:
+    """Arbitrary header bytes, client and scheme: each check answers (a reason or None), never an exception."""
+    scope = {"client": client, "headers": headers, "scheme": scheme}
+    reason = _not_loopback(scope, _Headers(headers))
+    assert reason is None or isinstance(reason, str)
+    reason = _cross_origin(scope, _Headers(headers))
+    assert reason is None or isinstance(reason, str)
+
+
+@given(
+    headers=header_lists,
+    site=st.one_of(
+        st.sampled_from([b"cross-site", b"same-site", b"", b"CROSS-SITE"]), st.binary(max_size=12)
+    ),
+    at=st.integers(min_value=0, max_value=12),
+)
+def test_a_foreign_sec_fetch_site_anywhere_refuses_the_post(
+    headers: list[tuple[bytes, bytes]], site: bytes, at: int
+) -> None:
+    """One Sec-Fetch-Site that is not same-origin or none, anywhere in the list, refuses the POST."""
+    if site.strip().lower() in (b"same-origin", b"none"):
+        site = b"cross-site"
+    headers = [*headers[:at], (b"sec-fetch-site", site), *headers[at:]]
+    assert _cross_origin({"client": LOCAL, "headers": headers}, _Headers([HOST, *headers])) is not None
+
+
+# -- the same through real servers: the repeated header as it comes off the wire ------------
+
+ROOT = Path(__file__).parent.parent
+SERVER_APP = "tests.admin_server_app:app"
+ADMIN_SERVERS = {
+    "uvicorn --no-proxy-headers": "-m uvicorn {app} --no-proxy-headers --host 127.0.0.1 --port {port}",
+    "hypercorn": "-m hypercorn {app} --bind 127.0.0.1:{port}",
+    "daphne": "-m daphne -b 127.0.0.1 -p {port} {app}",
+}
+"""How each server is started (the ones on which the repeated header got through)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(params=list(ADMIN_SERVERS), scope="module")
+def admin_server(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A real server on 127.0.0.1 running tests/admin_server_app.py; yields its port."""
+    name: str = request.param
+    port = _free_port()
+    arguments = ADMIN_SERVERS[name].format(app=SERVER_APP, port=port).split()
+    process = subprocess.Popen(
+        [sys.executable, *arguments],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                raw_http(port, "GET /_refresh/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{name} did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
+
+
+def raw_http(port: int, request_line: str, *header_lines: str) -> int:
+    """Send one HTTP/1.1 request byte for byte (repeated header lines as written); its status."""
+    lines = [f"{request_line} HTTP/1.1", f"Host: 127.0.0.1:{port}", *header_lines, "Connection: close"]
+    payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        received = b""
+        while b"\r\n" not in received:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    return int(received.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["X-Forwarded-For", "Forwarded", "X-Real-IP", "True-Client-IP", "Via"],
+)
+def test_a_real_server_with_a_repeated_forwarding_header_is_refused(admin_server: int, header: str) -> None:
+    """Off the wire: an empty forwarding header line, then one with an address, gets 403 (it got 200)."""
+    # daphne runs no lifespan: 503 (not running) instead of 200, but past the check all the same.
+    assert raw_http(admin_server, "GET /_refresh") in (200, 503)
+    assert raw_http(admin_server, "GET /_refresh", f"{header}:", f"{header}: 198.51.100.7") == 403
+    assert raw_http(admin_server, "GET /_refresh", f"{header}: 198.51.100.7", f"{header}:") == 403
+
+
+def test_a_real_server_refuses_a_cross_site_post_without_origin(admin_server: int) -> None:
+    """Off the wire: Sec-Fetch-Site: cross-site and no Origin gets 403, not a refresh."""
+    assert (
+        raw_http(admin_server, "POST /_refresh/names", "Content-Length: 0", "Sec-Fetch-Site: cross-site")
+        == 403
+    )
+    assert raw_http(admin_server, "POST /_refresh/names", "Content-Length: 0") in (202, 503)

@@ -12,6 +12,7 @@ import itertools
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import ConsoleMessage, expect, sync_playwright
@@ -105,3 +106,75 @@ def test_status_page_shows_the_refreshers_and_refreshes_one() -> None:
             browser.close()
     assert problems == [], "the page ran without script errors or CSP violations"
     assert SCREENSHOT.exists(), "docs/images/status-page.png: run with ASGI_REFRESH_WRITE_DOCS=1 to make it"
+
+
+def loopback_only_app() -> RefreshMiddleware:
+    counter = itertools.count(1)
+
+    async def names() -> list[str]:
+        return [f"name-{next(counter)}"]
+
+    return RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", names, every="1h")],
+        admin_path="/_refresh",
+        admin_loopback_only=True,
+        startup_timeout="10s",
+    )
+
+
+ATTACK = """<!doctype html>
+<form id="form" method="post" action="{target}"></form>
+<script>
+fetch("{target}", {{method: "POST", mode: "no-cors"}}).finally(() => document.getElementById("form").submit());
+</script>
+"""
+
+
+def attacker(target: str) -> Any:
+    """A web page of another origin that posts to the admin endpoint twice: a fetch, then a form."""
+    page = ATTACK.format(target=target).encode()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]}
+        )
+        await send({"type": "http.response.body", "body": page})
+
+    return app
+
+
+def test_loopback_only_page_refreshes_and_other_origins_cannot() -> None:
+    """Without a token: the page's own Refresh works; a page on another port posts twice and gets 403 twice."""
+    middleware = loopback_only_app()
+    with serve(middleware, lifespan="on") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/_refresh")
+            names = page.locator("tr[data-name=names]")
+            expect(names.locator("td.count")).to_have_text("1")
+            names.get_by_role("button", name="Refresh").click()
+            expect(page.locator("#message")).to_have_text("Refreshed names.")
+            expect(names.locator("td.count")).to_have_text("2")
+
+            refused: list[int] = []
+            with serve(attacker(f"{url}/_refresh/names")) as evil:
+                evil_page = browser.new_page()
+                evil_page.on(
+                    "response",
+                    lambda response: (
+                        refused.append(response.status) if "/_refresh/names" in response.url else None
+                    ),
+                )
+                with (
+                    evil_page.expect_response(lambda response: "/_refresh/names" in response.url),
+                    evil_page.expect_navigation(url=f"{url}/_refresh/names"),
+                ):
+                    evil_page.goto(evil)
+            assert refused == [403, 403], "the fetch and the form post are both refused"
+            assert "cross-origin requests are refused" in evil_page.content()
+            assert middleware.handle.status()["names"]["refresh_count"] == 2, "nothing was refreshed"
+        finally:
+            browser.close()

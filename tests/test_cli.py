@@ -21,6 +21,7 @@ from asgi_refresh._cli import main
 from asgi_refresh.demo.upstream import Upstream, serve
 
 SECRET = "sekrit-cli-value-123"
+ODD_SECRET = "pä ss wörd<+>"  # percent-encoded in a URL path: p%C3%A4%20ss%20w%C3%B6rd%3C+%3E
 
 TOKENS_MODULE = """\
 import json
@@ -41,6 +42,14 @@ async def hang():
 
 def a_set():
     return {1}
+
+
+def hostile():
+    return {"text": "\x1b[2J\x1b[31mred\u009b1m\u202eevil\x07"}
+
+
+def failing():
+    raise OSError("\x1b[31mdisk on fire\u202e")
 """
 
 
@@ -76,7 +85,7 @@ def cli(
 ) -> Run:
     """Run the command line in tmp_path with NAMES_TOKEN set, one way or the other."""
     (tmp_path / "cli_tokens.py").write_text(TOKENS_MODULE)
-    env = {"NAMES_TOKEN": SECRET}
+    env = {"NAMES_TOKEN": SECRET, "ODD_TOKEN": ODD_SECRET}
 
     def subprocess_run(*args: str) -> Ran:
         done = subprocess.run(
@@ -476,3 +485,90 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
     assert process.returncode == 0
     assert b"Traceback" not in stderr
     assert b"BrokenPipeError" not in stderr
+
+
+# -- hostile input: deep files, terminal controls, encoded secrets ---------------------------
+
+RAW_CONTROLS = ("\x1b", "\x9b", "\u202e", "\x07")
+
+
+def no_raw_controls(ran: Ran) -> None:
+    """Nothing a terminal would act on reaches stdout or stderr unescaped."""
+    for text in (ran.out, ran.err):
+        for char in RAW_CONTROLS:
+            assert char not in text, (char, text)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.toml", "x = " + "[" * 5000 + "]" * 5000),
+        ("deep.json", "[" * 100_000 + "]" * 100_000),
+        ("digits.json", "1" * 5000),
+    ],
+)
+def test_a_hostile_file_exits_2_with_one_line(cli: Run, tmp_path: Path, name: str, text: str) -> None:
+    """Deeply nested or 5000-digit files: exit 2 and one problem line, not a traceback (it was exit 1)."""
+    (tmp_path / name).write_text(text)
+    ran = cli("check", name)
+    assert ran.code == 2
+    assert "Traceback" not in ran.err
+    assert len(ran.err.splitlines()) == 2, ran.err
+    assert ran.err.splitlines()[1].startswith(f"  {name}: ")
+
+
+def test_outside_text_is_escaped_in_every_output(cli: Run, tmp_path: Path) -> None:
+    """A path, an import error, a fetch error and a value with terminal controls: shown escaped, in text and JSON."""
+    (tmp_path / "odd_module.py").write_text('raise RuntimeError("\\x1b[2Jwiped\\u202e")\n')
+    (tmp_path / "bad.toml").write_text(
+        '[refreshers.odd]\nsource = "python"\ntarget = "odd_module:load"\nevery = "1h"\n'
+    )
+    for json_flag in ((), ("--json",)):
+        ran = cli("check", *json_flag, "bad.toml")
+        assert ran.code == 2
+        assert "wiped" in ran.out + ran.err
+        no_raw_controls(ran)
+    assert "\\x1b[2Jwiped\\u202e" in cli("check", "bad.toml").err
+
+    (tmp_path / "refresh.toml").write_text(
+        '[defaults]\nevery = "1h"\nrequired = false\n'
+        '[refreshers.path]\nsource = "file"\npath = "\\u001b[31mred.json"\n'
+        '[refreshers.data]\nsource = "python"\ntarget = "cli_tokens:hostile"\n'
+        '[refreshers.fails]\nsource = "python"\ntarget = "cli_tokens:failing"\n'
+    )
+    commands: list[tuple[str, ...]] = [
+        ("check", "refresh.toml"),
+        ("check", "--json", "refresh.toml"),
+        ("fetch", "refresh.toml"),
+        ("fetch", "-v", "--json", "refresh.toml"),
+        ("fetch", "refresh.toml", "\x1b[31mnope"),
+    ]
+    for args in commands:
+        ran = cli(*args)
+        assert ran.code in (0, 2), ran.err
+        no_raw_controls(ran)
+    text = cli("fetch", "refresh.toml").out
+    assert "\\x1b[31mdisk on fire\\u202e" in text
+    assert "\\u001b[2J" in text  # the preview is JSON: C0 controls escaped there, the rest by printable
+    assert "\\x9b1m\\u202eevil" in text
+    assert "\\x1b[31mred.json" in cli("check", "refresh.toml").out
+
+
+def test_a_secret_in_a_url_path_is_masked_percent_encoded(cli: Run, tmp_path: Path) -> None:
+    """${ODD_TOKEN} in a URL path shows percent-encoded: masked there too, in check, fetch and the -v log."""
+    (tmp_path / "refresh.toml").write_text(
+        '[refreshers.odd]\nsource = "http"\nurl = "http://127.0.0.1:9/v1/${ODD_TOKEN}/names"\n'
+        'every = "1h"\nrequired = false\nhttp_timeout = "2s"\n'
+    )
+    encoded = "p%C3%A4%20ss%20w%C3%B6rd%3C+%3E"
+    for args in (
+        ("check", "refresh.toml"),
+        ("fetch", "-v", "refresh.toml"),
+        ("fetch", "--json", "refresh.toml"),
+    ):
+        ran = cli(*args)
+        assert ran.code == 0, ran.err
+        assert "http://127.0.0.1:9/v1/***/names" in ran.out
+        for text in (ran.out, ran.err):
+            assert encoded not in text
+            assert ODD_SECRET not in text

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asgi_refresh import (
     BearerToken,
@@ -344,13 +348,14 @@ def test_every_problem_is_reported_at_once() -> None:
     assert isinstance(error, ValueError)
     assert [problem.split(":")[0] for problem in error.problems] == [
         "refreshers.names.every",
+        "refreshers.names.jitter",  # a bad every hides nothing
         "refreshers.flags.watch",
         "refreshers.flags.jitter",
         "refreshers.rates.target",
         "refreshers.rates.jitter",
         "middleware.startup_timeout",
     ]
-    assert str(error).startswith("invalid configuration (a mapping) (6 problems):\n  refreshers.names.every:")
+    assert str(error).startswith("invalid configuration (a mapping) (7 problems):\n  refreshers.names.every:")
 
 
 def test_problems_that_hide_behind_others_are_reported_at_once(tmp_path: Path) -> None:
@@ -1121,3 +1126,359 @@ def test_the_coordinator_is_configurable(tmp_path: Path) -> None:
         "middleware.codec: 'asgi_refresh:JSONCodec' is a class; name an instance, e.g. `codec = JSONCodec()` "
         'in your module, written "myapp.module:codec"'
     ]
+
+
+# -- hostile files and values: bounded, every problem at once, secrets masked in every form --
+
+
+BAD_EVERY: list[Any] = ["soon", True, "1ms", -5, 0, 1e12, "9" * 100 + "d", float("nan"), [1], None]
+
+
+@pytest.mark.parametrize("every", BAD_EVERY, ids=repr)
+def test_a_bad_every_hides_none_of_the_refreshers_other_problems(every: Any) -> None:
+    """With every invalid, too small or too large, the refresher's other options are still all checked."""
+    table = {
+        "source": "http",
+        "url": "https://api.example.com/names",
+        "every": every,
+        "jitter": 0.9,
+        "backoff_multiplier": 0.5,
+        "timeout": "-3s",
+        "max_bytes": -1,
+        "jiter": 0.1,
+    }
+    problems = problems_of({"refreshers": {"names": table}})
+    assert sorted(problem.split(":")[0] for problem in problems) == [
+        "refreshers.names.backoff_multiplier",
+        "refreshers.names.every",
+        "refreshers.names.jiter",
+        "refreshers.names.jitter",
+        "refreshers.names.max_bytes",
+        "refreshers.names.timeout",
+    ]
+
+
+def test_a_missing_every_hides_none_of_the_refreshers_other_problems() -> None:
+    """No every at all (nor in [defaults]): 'missing', and the rest is checked as well."""
+    problems = problems_of({"refreshers": {"names": {**refresher(jitter=0.9), "every": None}}})
+    assert problems == [
+        'refreshers.names.every: expected a duration like "5m", got null',
+        "refreshers.names.jitter: must be a fraction of every, 0 <= jitter <= 0.5 (got 0.9)",
+    ]
+    del_every = refresher(jitter=0.9)
+    del del_every["every"]
+    assert [p.split(":")[0] for p in problems_of({"refreshers": {"names": del_every}})] == [
+        "refreshers.names.every",
+        "refreshers.names.jitter",
+    ]
+
+
+def test_a_bad_every_in_defaults_is_reported_once_and_hides_nothing() -> None:
+    """[defaults] every = "soon": one problem there, none made up per refresher, their own problems all shown."""
+    names, rates = refresher(jitter=0.9), refresher(backoff_multiplier=0.5)
+    del names["every"], rates["every"]
+    problems = problems_of({"defaults": {"every": "soon"}, "refreshers": {"names": names, "rates": rates}})
+    assert [problem.split(":")[0] for problem in problems] == [
+        "defaults.every",
+        "refreshers.names.jitter",
+        "refreshers.rates.backoff_multiplier",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("every", "options"),
+    [
+        ("soon", {"backoff_max": "2h"}),
+        ("soon", {"max_stale": "1m"}),
+        ("soon", {"max_stale": "1ms"}),
+        (
+            "soon",
+            {"backoff_max": "2h", "max_stale": "1h"},
+        ),  # no every agrees with both: that check is skipped
+        ("1ms", {"backoff_max": "2h", "max_stale": "1h"}),
+        ("1ms", {"max_stale": "5ms"}),
+    ],
+)
+def test_a_stand_in_every_makes_up_no_complaint(every: str, options: dict[str, str]) -> None:
+    """Range checks that need every are not made against the stand-in: only every itself is reported."""
+    problems = problems_of({"refreshers": {"names": refresher(every=every, **options)}})
+    assert [problem.split(":")[0] for problem in problems] == ["refreshers.names.every"]
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """``depth`` lists one inside the other, built without recursion."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_tables_and_lists_nest_at_most_32_deep() -> None:
+    """The top level counts as 1: 29 lists under refreshers.names.default are the limit."""
+    config = load_config({"refreshers": {"names": refresher(required=False, default=nested(29))}})
+    assert config.refreshers[0].default == nested(29)
+    problem = only_problem({"refreshers": {"names": refresher(required=False, default=nested(30))}})
+    assert problem.startswith("refreshers.names.default.0.0.0.0.0.…: tables and lists nest more than 32 deep")
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("arrays.toml", "x = " + "[" * 5000 + "]" * 5000),
+        ("tables.toml", "x = " + "{a = " * 5000 + "1" + "}" * 5000),
+        ("dotted.toml", "[" + ".".join(["a"] * 5000) + "]\n"),
+        ("shallow-arrays.toml", "x = " + "[" * 100 + "]" * 100),
+        ("arrays.json", "[" * 100_000 + "]" * 100_000),
+        ("objects.json", '{"a":' * 100_000 + "1" + "}" * 100_000),
+        ("shallow.json", "[" * 100 + "]" * 100),
+    ],
+)
+def test_deeply_nested_files_are_a_config_error(tmp_path: Path, name: str, text: str) -> None:
+    """Thousands of nested arrays or tables: one problem line (it was a RecursionError traceback)."""
+    (tmp_path / name).write_text(text)
+    problem = only_problem(tmp_path / name)
+    assert "nest more than 32 deep" in problem
+    assert len(problem) < 300
+
+
+def test_deeply_nested_and_cyclic_mappings_are_a_config_error() -> None:
+    """from_config with a mapping 100,000 deep, or one that holds itself: ConfigError, not RecursionError."""
+    assert "nest more than 32 deep" in only_problem(
+        {"refreshers": {"names": refresher(default=nested(100_000))}}
+    )
+    cyclic: dict[str, Any] = {"source": "python"}
+    cyclic["self"] = cyclic
+    assert "nest more than 32 deep" in only_problem({"refreshers": {"names": cyclic}})
+    with pytest.raises(ConfigError, match="nest more than 32 deep"):
+        RefreshMiddleware.from_config(
+            ScriptedApp(), {"refreshers": {"names": refresher(default=nested(5000))}}
+        )
+
+
+def test_a_file_over_1_mib_is_refused_before_parsing(tmp_path: Path) -> None:
+    """A configuration is a few KiB: a bigger file is read no further than 1 MiB and refused."""
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * (1024 * 1024 // 10 + 1))
+    assert (
+        only_problem(big)
+        == f"{big}: larger than 1024 KiB; a configuration is a few KiB (is this the right file?)"
+    )
+    exactly = tmp_path / "exactly.json"
+    exactly.write_text(json.dumps({"refreshers": {"names": refresher()}}).ljust(1024 * 1024))
+    assert load_config(exactly).refreshers[0].name == "names"
+
+
+def test_a_device_or_a_pipe_is_not_read(tmp_path: Path) -> None:
+    """refresh.toml -> /dev/zero (which never ends) or a FIFO (which blocks): refused at once."""
+    (tmp_path / "zero.toml").symlink_to("/dev/zero")
+    assert only_problem(tmp_path / "zero.toml").endswith(
+        ": cannot read: not a regular file (a pipe, a device...)"
+    )
+    import os
+
+    os.mkfifo(tmp_path / "pipe.json")
+    assert only_problem(tmp_path / "pipe.json").endswith(
+        ": cannot read: not a regular file (a pipe, a device...)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("digits.json", '{"refreshers": {"names": {"every": ' + "1" * 5000 + "}}}"),
+        ("digits.toml", "x = " + "1" * 5000),
+    ],
+)
+def test_an_integer_of_5000_digits_is_a_config_error(tmp_path: Path, name: str, text: str) -> None:
+    """Python refuses to read ints over 4300 digits with a ValueError: one problem line, not a traceback."""
+    (tmp_path / name).write_text(text)
+    assert "Exceeds the limit (4300 digits)" in only_problem(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**400, 10**5000, float("nan"), float("inf"), -float("inf")],
+    ids=["1e400", "1e5000", "nan", "inf", "-inf"],
+)
+def test_numbers_no_option_means_are_refused(value: Any) -> None:
+    """A duration of 10**400 s (it raised OverflowError), nan or inf as a number option: a problem each."""
+    problems = problems_of(
+        {"refreshers": {"names": refresher(every=value, jitter=value, backoff_multiplier=value)}}
+    )
+    assert [problem.split(":")[0] for problem in problems] == [
+        "refreshers.names.every",
+        "refreshers.names.jitter",
+        "refreshers.names.backoff_multiplier",
+    ]
+
+
+def test_a_huge_value_is_quoted_cut_short() -> None:
+    """A megabyte of text in a bad value gives a problem line of a few dozen characters."""
+    assert len(only_problem({"refreshers": {"names": refresher(every="x" * 1_000_000)}})) < 200
+
+
+class CountedKey(str):
+    """A str that counts how often it is compared for equality."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedKey.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_duplicate_json_keys_are_found_in_linear_time() -> None:
+    """Finding the keys given twice compares keys O(n) times, not O(n²) (20,000 keys took 20 s)."""
+    from asgi_refresh._config import _json_object
+
+    size = 4000
+    pairs: list[tuple[str, Any]] = [(CountedKey(f"key{index}"), index) for index in range(size)]
+    pairs.append((CountedKey("key7"), -1))
+    CountedKey.comparisons = 0
+    result = _json_object(pairs)
+    assert getattr(result, "twice", None) == ["key7"]
+    assert CountedKey.comparisons < 4 * size, CountedKey.comparisons  # quadratic: 16,000,000
+
+
+def test_20000_json_keys_with_duplicates_load_at_once(tmp_path: Path) -> None:
+    """A JSON object of 20,000 keys, one given twice: a problem line well within a second."""
+    import time
+
+    keys = ", ".join(f'"k{index}": {index}' for index in range(20_000))
+    path = tmp_path / "keys.json"
+    path.write_text('{"refreshers": {"names": {"source": "python", ' + keys + ', "k7": 0}}}')
+    started = time.perf_counter()
+    problems = problems_of(path)
+    assert time.perf_counter() - started < 5  # linear: ~0.1 s; quadratic: ~20 s
+    assert "refreshers.names.k7: defined twice (JSON keeps only the last); remove one" in problems
+
+
+SECRETS = [
+    "pässwörd-é",  # non-ASCII: percent-encoded as UTF-8
+    "a b c d",  # spaces: %20 in a path, + in params
+    'k"e<y>`{|}^\\',
+    "abcd?efg#hij",  # ? and # cut a path: the head is what a URL path shows
+    "a%2Fb%c",
+    "+/=AbC+/=",
+    "tab\there\x00",  # httpx refuses it in a URL: masked as written all the same
+]
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_a_secret_in_a_url_is_masked_in_every_form_httpx_gives_it(secret: str) -> None:
+    """A ${VAR} in a URL path, query, params or credentials: no form of it survives scrub()."""
+    from urllib.parse import quote
+
+    from asgi_refresh._config import scrub
+
+    head = secret.split("?")[0].split("#")[0]
+    shown = [f"GET {secret}: refused"]
+    builds: list[Callable[[], httpx.URL]] = [
+        lambda: httpx.URL(f"https://api.example.com/{head}/names"),
+        lambda: httpx.URL("https://api.example.com/names", params={"key": secret}),
+        lambda: httpx.URL("https://api.example.com/names?key=" + secret.split("#")[0]),
+        lambda: httpx.URL(scheme="https", host="api.example.com", username=secret, path="/"),
+    ]
+    for build in builds:
+        with contextlib.suppress(httpx.InvalidURL):  # a URL httpx refuses is never shown
+            shown.append(str(build()))
+    for text in shown:
+        masked = scrub(text, frozenset({secret}))
+        assert "***" in masked, text
+        for form in {secret, head, quote(head), quote(secret, safe="")}:
+            assert len(form) < 4 or form not in masked, (text, masked)
+
+
+@given(st.text(min_size=4, max_size=16).filter(lambda text: not set(text) & set("?#")))
+def test_no_secret_survives_in_a_url_path_or_params(secret: str) -> None:
+    """Any text of 4+ characters, as httpx puts it in a path or in params, is masked whole."""
+    from asgi_refresh._config import scrub
+
+    shown = str(httpx.URL("https://api.example.com/names", params={"key": secret}))
+    forms = {shown: shown.split("?key=", 1)[1]}  # each text, and the secret as it shows there
+    with contextlib.suppress(httpx.InvalidURL):  # a URL httpx refuses is never shown
+        shown = str(httpx.URL(f"https://api.example.com/{secret}/names"))
+        forms[shown] = shown.removeprefix("https://api.example.com/").removesuffix("/names")
+    for text, form in forms.items():
+        masked = scrub(text, frozenset({secret}))
+        assert "***" in masked, (secret, text)
+        assert form not in masked or "*" in form, (secret, masked)
+
+
+def test_a_secret_in_a_url_path_is_never_shown_by_the_config_error(tmp_path: Path) -> None:
+    """A problem quoting the URL (a bad scheme) masks the secret in its encoded form too."""
+    path = tmp_path / "refresh.toml"
+    path.write_text('[refreshers.names]\nsource = "http"\nurl = "ftp://h/${KEY}/names"\nevery = "1h"\n')
+    problems = problems_of(path, {"KEY": "pä ss wörd"})
+    assert "p%C3%A4%20ss%20w%C3%B6rd" not in "".join(problems)
+    assert "pä ss wörd" not in "".join(problems)
+
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=20),
+        st.sampled_from(["1h", "none", "${HOME}", "$${X}", "${", "tests.test_config:load_names"]),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from(
+        [o.key for o in refresher_options() if o.parameter not in ("name", "fetch")]
+        + ["source", "target", "url", "path", "headers", "params", "parse", "format", "auth", "max_bytes"]
+        + ["min_every", "watch", "unknown_key"]
+    ),
+    value=json_values,
+    source=st.sampled_from(["python", "http", "file"]),
+)
+def test_any_value_for_any_key_is_built_or_a_config_error(key: str, value: Any, source: str) -> None:
+    """Whatever JSON-like value a key gets, load_config builds or raises ConfigError; never anything else."""
+    table = {"source": source, "every": "1h", "target": "tests.test_config:load_names", key: value}
+    if source == "http":
+        table = {"url": "https://api.example.com/", **table}
+        del table["target"]
+    elif source == "file":
+        table = {"path": "flags.json", **table}
+        del table["target"]
+    problems = config_problems({"refreshers": {"names": table}, "middleware": {}}, {"HOME": "/home/x"})
+    assert problems is None or problems
+    assert all(problem.startswith(("refreshers.", "(top level)")) for problem in problems or [])
+
+
+def config_problems(config: Any, environ: dict[str, str]) -> list[str] | None:
+    """None if ``config`` builds; its problems if it is a ConfigError (anything else fails the test)."""
+    try:
+        load_config(config, environ=environ)
+    except ConfigError as error:
+        return error.problems
+    return None
+
+
+@given(st.text(max_size=40))
+def test_escaped_text_reads_back_as_written(text: str) -> None:
+    """Any text with each ${ written $${ interpolates to itself, with no problem."""
+    config = load_config(
+        {"refreshers": {"names": refresher(required=False, default=text.replace("${", "$${"))}}, environ={}
+    )
+    assert config.refreshers[0].default == text
+
+
+@given(
+    text=st.text(alphabet=st.sampled_from(list("${}:-_AB1 \\x")), max_size=30),
+    environ=st.dictionaries(st.sampled_from(["A", "B", "A1", "_"]), st.text(max_size=8), max_size=3),
+)
+def test_interpolation_gives_a_value_or_config_errors_only(text: str, environ: dict[str, str]) -> None:
+    """Any mix of $, braces, names and defaults: a value, or ConfigError problems naming the key."""
+    problems = config_problems({"refreshers": {"names": refresher(required=False, default=text)}}, environ)
+    assert all(problem.startswith("refreshers.names.default: ") for problem in problems or []), problems

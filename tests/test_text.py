@@ -12,6 +12,12 @@ def test_terminal_controls_are_shown_escaped() -> None:
     assert printable("a\x1b[31mred\u009b1m\u202eevil") == "a\\x1b[31mred\\x9b1m\\u202eevil"
 
 
+def test_lone_surrogates_are_shown_escaped() -> None:
+    """Undecodable bytes from argv or the environment cannot break a strict stdout."""
+    assert printable("a\udcff b") == "a\\udcff b"
+    printable("x\ud800").encode("utf-8")
+
+
 def test_whitespace_runs_become_one_space_and_long_text_is_cut() -> None:
     """Line breaks cannot forge a second log line; a limit bounds the length."""
     assert printable(" one\r\n\ttwo\u2028three ") == "one two three"
@@ -25,6 +31,7 @@ def test_printable_output_has_no_control_or_bidi_characters(text: str) -> None:
     assert len(line) <= 200
     assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in line)
     assert not any(ch in line for ch in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+    line.encode("utf-8")  # no lone surrogate left
 
 
 def test_describe_error_survives_an_exception_whose_str_raises() -> None:
