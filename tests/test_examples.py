@@ -89,6 +89,28 @@ async def test_fastapi_app_converts_with_refreshed_rates() -> None:
         assert (await client.get("/status")).json()["rates"]["refresh_count"] == 2
 
 
+async def test_fastapi_app_answers_502_with_the_reason_when_a_refresh_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /rates/refresh answers 502 naming the failure, and /convert keeps the last good rates."""
+    module = load("fastapi_app")
+    async with LifespanManager(module.app) as manager, client_for(manager.app) as client:
+        first = (await client.get("/convert", params={"amount": 10, "currency": "USD"})).json()
+
+        class Down:
+            def __next__(self) -> dict[str, float]:
+                raise OSError("the rates API is down")
+
+        monkeypatch.setattr(module, "_rates", Down())
+        failed = await client.post("/rates/refresh")
+        assert failed.status_code == 502
+        assert failed.json() == {
+            "detail": {"name": "rates", "error": "Refresher 'rates' failed: OSError: the rates API is down"}
+        }
+        again = (await client.get("/convert", params={"amount": 10, "currency": "USD"})).json()
+        assert again == first
+
+
 async def test_config_reload_picks_up_an_edit_and_survives_a_broken_file(tmp_path: Path) -> None:
     """An edit shows at the next request after a refresh; a broken save keeps the last good config."""
     config = tmp_path / "config.toml"
