@@ -66,6 +66,26 @@ async def test_the_demo_shows_values_that_change(
             assert all(entry["last_error"] is None for entry in status.values())
 
 
+async def test_a_failed_refresh_now_is_a_502_with_the_reason(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """POST /refresh/{name} whose fetch fails: 502 naming the cause; the last good value stays."""
+    upstream, url = local_upstream
+    settings = tmp_path / "settings.toml"
+    app = build(upstream, url, settings, change_every=3600)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            settings.write_text("greeting = [unclosed")
+            failed = await client.post("/refresh/settings")
+            assert failed.status_code == 502
+            detail = failed.json()["detail"]
+            assert detail["name"] == "settings"
+            assert "invalid toml" in detail["error"], detail
+            data = (await client.get("/data")).json()
+            assert data["settings"]["value"] == {"greeting": "hello", "banner": False}
+
+
 def test_the_demo_page_shows_relative_times_with_the_iso_time_as_tooltip(
     local_upstream: tuple[Upstream, str], tmp_path: Path
 ) -> None:

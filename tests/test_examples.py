@@ -7,6 +7,7 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
@@ -42,6 +43,37 @@ async def test_starlette_app_serves_and_refreshes_on_demand() -> None:
             refreshed = (await client.post("/refresh")).json()
             assert refreshed["data"]["names"] != first["data"]["names"]
             assert (await client.get("/")).json()["status"]["refresh_count"] == 2
+
+
+async def test_starlette_app_answers_502_with_the_reason_when_a_refresh_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /refresh whose fetch fails: 502 with the reason, and GET / still serves the last value."""
+    module = load("starlette_app")
+
+    def unreachable() -> Any:
+        raise ConnectionError("upstream unreachable")
+
+    async with LifespanManager(module.app) as manager, client_for(manager.app) as client:
+        first = (await client.get("/")).json()
+        monkeypatch.setattr(module, "_rota", _Raising(unreachable))
+        failed = await client.post("/refresh")
+        assert failed.status_code == 502
+        assert failed.json() == {
+            "name": "names",
+            "error": "Refresher 'names' failed: ConnectionError: upstream unreachable",
+        }
+        assert (await client.get("/")).json()["data"] == first["data"]
+
+
+class _Raising:
+    """An iterator whose next() raises what ``make_error`` makes."""
+
+    def __init__(self, make_error: Any) -> None:
+        self.make_error = make_error
+
+    def __next__(self) -> Any:
+        return self.make_error()
 
 
 async def test_token_renewal_renews_before_expiry_and_feeds_orders() -> None:

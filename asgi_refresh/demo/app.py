@@ -36,6 +36,7 @@ from asgi_refresh import (
     Fresh,
     HTTPSource,
     Refresher,
+    RefreshError,
     RefreshHandle,
     RefreshMiddleware,
 )
@@ -92,7 +93,10 @@ def build(
         """Refresh one now; answers like one entry of /data (the token stays hidden)."""
         if name not in control.names:
             raise HTTPException(404, f"no refresher named {name!r}; there are {', '.join(control.names)}")
-        await control.refresh(name)
+        try:
+            await control.refresh(name)
+        except RefreshError as exc:  # the upstream failed: say why, the last good value stays
+            raise HTTPException(502, {"name": name, "error": str(exc)}) from exc
         return snapshot(control)[name]
 
     def announce(name: str) -> Callable[[Any, Any], None]:
