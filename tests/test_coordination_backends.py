@@ -56,6 +56,12 @@ async def pair(make: Make) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
         yield first, second
 
 
+def counters(head: Head) -> tuple[int | None, int, int]:
+    """A head's version and refresh-now counters, without the backend's clock (which moves)."""
+    assert head.time is not None, "the built-in backends report their clock"
+    return head.version, head.requested, head.answered
+
+
 async def next_change(changes: AsyncIterator[Change]) -> Change:
     with anyio.fail_after(5):
         return await anext(changes)
@@ -121,7 +127,7 @@ async def test_load_returns_what_was_stored(pair: tuple[Coordinator, Coordinator
     """Another process loads the data, meta, version and storer of what the holder stored."""
     first, second = pair
     assert await second.load("names") is None
-    assert await second.head("names") == Head(None, 0, 0)
+    assert counters(await second.head("names")) == (None, 0, 0)
     assert await first.acquire("names", TTL * 10)
     meta: dict[str, MetaValue] = {
         "etag": '"abc"',
@@ -138,7 +144,7 @@ async def test_load_returns_what_was_stored(pair: tuple[Coordinator, Coordinator
     assert stored.stored_by == first.owner
     assert before - 1 <= stored.stored_at <= time.time() + 1
     assert stored.answered == 0
-    assert await second.head("names") == Head(1, 0, 0)
+    assert counters(await second.head("names")) == (1, 0, 0)
 
 
 async def test_versions_strictly_increase(pair: tuple[Coordinator, Coordinator]) -> None:
@@ -178,7 +184,7 @@ async def test_meta_must_be_json(pair: tuple[Coordinator, Coordinator]) -> None:
     assert await first.acquire("names", TTL * 10)
     with pytest.raises(TypeError, match=r"meta must map str to .* \(got 'expires': datetime\)"):
         await first.store("names", b"1", {"expires": datetime.now()})  # type: ignore[dict-item]
-    assert await first.head("names") == Head(None, 0, 0)
+    assert counters(await first.head("names")) == (None, 0, 0)
 
 
 # -- refresh now and changes -----------------------------------------------------------
@@ -190,7 +196,7 @@ async def test_refresh_requests_are_counted_until_answered(pair: tuple[Coordinat
     assert await asker.request_refresh("names") == 1
     assert await asker.request_refresh("names") == 2
     head = await holder.head("names")
-    assert head == Head(None, 2, 0)
+    assert counters(head) == (None, 2, 0)
     assert head.pending
     assert await holder.load("names") is None  # a request stores no value
     assert await holder.acquire("names", TTL * 10)
@@ -198,7 +204,7 @@ async def test_refresh_requests_are_counted_until_answered(pair: tuple[Coordinat
     assert not (await asker.head("names")).pending
     assert await asker.request_refresh("names") == 3
     assert await holder.store("names", b"newer", {}, answered=1) == 2
-    assert await asker.head("names") == Head(2, 3, 2)
+    assert counters(await asker.head("names")) == (2, 3, 2)
     stored = await asker.load("names")
     assert stored is not None
     assert stored.answered == 2
@@ -244,7 +250,7 @@ async def test_prefixes_isolate(make: Make) -> None:
         async with two.subscribe() as changes:
             assert await one.store("names", b"one", {}) == 1
             assert await one.request_refresh("names") == 1
-            assert await two.head("names") == Head(None, 0, 0)
+            assert counters(await two.head("names")) == (None, 0, 0)
             assert await two.load("names") is None
             assert await two.store("names", b"two", {}) == 1
             assert await next_change(changes) == Change("stored", "names", 1)
@@ -415,7 +421,7 @@ async def test_sqlite_locked_past_the_timeout_is_coordinator_unavailable(tmp_pat
                 with pytest.raises(CoordinatorUnavailable, match="database is locked"):
                     await operation()
                 assert time.monotonic() - started < 1.0
-            assert await coordinator.head("names") == Head(None, 0, 0)  # WAL: reads go on
+            assert counters(await coordinator.head("names")) == (None, 0, 0)  # WAL: reads go on
             blocker.execute("ROLLBACK")
         finally:
             blocker.close()
