@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from anyio.abc import TaskGroup
 
 from ._coordination import (
     MAX_TIMESTAMP,
@@ -69,6 +70,9 @@ _CLOSE_TIMEOUT = 5.0
 # again: a backend that flaps is one outage (one WARNING), not one per flap.
 _SETTLE = 10.0
 _WARN_EVERY = 60.0  # at most one WARNING per minute about the backend, however it flaps
+# Refresh-now requests that reach the holder less than this after its last fetch
+# and store (real seconds) wait for the end of it: together, they get one fetch.
+_REFRESH_GAP = 0.05
 _REPEAT_WARNING_EVERY = 300.0  # the same unusable record of one refresher: logged again this often
 # How fast two clocks may drift apart (NTP slews a clock by at most 500 ppm): the
 # uncertainty of a clock offset measured a while ago grows by this per second.
@@ -142,6 +146,7 @@ class _Share:
         "bad_logged_at",
         "began",
         "checked",
+        "done",
         "ended",
         "leading",
         "local",
@@ -156,6 +161,7 @@ class _Share:
         "storing",
         "validators",
         "version",
+        "waiting",
         "was_leading",
     )
 
@@ -174,21 +180,25 @@ class _Share:
         # The value published here was fetched by this process and is not stored: a
         # stored value replaces it only if it was provably fetched after it.
         self.local = False
-        self.asked = False  # the holder was asked to fetch anew, for the local value
+        # The refresh-now request we made after the local value was fetched (0: none):
+        # a stored value that answers it was fetched after ours, whatever the clocks say.
+        self.asked = 0
         # When the fetch behind the published value started (at the earliest) and
         # ended (at the latest), in real time (`time.monotonic`), and when our own
         # last fetch began.
         self.started: float | None = None
         self.ended: float | None = None
         self.began: float | None = None
-        # The slot's last_success_mono when we last knew where its value came from:
-        # when it changes, a fetch of this process published a new value.
-        self.mark: float | None = None
+        # The slot's refresh_count when we last knew where its value came from: when
+        # it changes, a fetch of this process succeeded.
+        self.mark = 0
         self.bad: str | None = None  # why the stored entry cannot be used here; we fetch meanwhile
         self.bad_logged_at = -math.inf
         self.lock: anyio.Lock | None = None  # one load or store of this entry at a time (made on first use)
         self.storing = False  # a store of ours is under way
         self.queued = False  # a refresh-now came while a fetch ran: fetch again after it
+        self.done = -math.inf  # when our last store ended (real time)
+        self.waiting = False  # a refresh-now fetch starts once _REFRESH_GAP is over
         self.adopted: anyio.Event | None = None  # set when a stored value is published, or on takeover
         # The HTTP validators (ETag...) the lease holder stored with the value published
         # here: handed to our own source before it next fetches, so that is a 304.
@@ -247,7 +257,7 @@ class Coordination:
         self._interruptions = 0
         self._up_since = 0.0
         self._warned_at = -math.inf
-        self._watch_errors_at = -math.inf
+        self._tasks: TaskGroup | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -268,20 +278,21 @@ class Coordination:
         Nothing a backend (or whoever writes to it) does ends this loop: a lost
         subscription is an outage, anything else is logged and the loop goes on.
         """
-        while True:
-            try:
-                async with self.coordinator.subscribe() as changes:
-                    self._back()
-                    for each in self.runtime.slots.values():
-                        if not each.overridden:
-                            await self._sync(each)  # what changed before we subscribed
-                    async for change in changes:
-                        await self._on_change(change)
-            except CoordinatorUnavailable as exc:
-                self._lost(exc)
-            except Exception as exc:  # a backend of our own making: not worth a stopped runtime
-                self._lost(_unavailable("its subscription", exc))
-            await anyio.sleep(_RESUBSCRIBE_AFTER)
+        async with anyio.create_task_group() as self._tasks:  # refresh-now fetches put off a little
+            while True:
+                try:
+                    async with self.coordinator.subscribe() as changes:
+                        self._back()
+                        for each in self.runtime.slots.values():
+                            if not each.overridden:
+                                await self._sync(each)  # what changed before we subscribed
+                        async for change in changes:
+                            await self._on_change(change)
+                except CoordinatorUnavailable as exc:
+                    self._lost(exc)
+                except Exception as exc:  # a backend of our own making: not worth a stopped runtime
+                    self._lost(_unavailable("its subscription", exc))
+                await anyio.sleep(_RESUBSCRIBE_AFTER)
 
     async def _on_change(self, change: object) -> None:
         name = getattr(change, "name", None)
@@ -333,6 +344,7 @@ class Coordination:
         runtime = self.runtime
         name = slot.spec.name
         problem = ""
+        known = share.requested  # before the read: requests announced meanwhile are not a restart
         try:
             leading = bool(await self.coordinator.acquire(name, self.lease_seconds))
             before = time.monotonic()
@@ -349,7 +361,7 @@ class Coordination:
         took_over = leading and not share.leading
         share.leading = leading
         if head is not None:
-            if head.requested < share.requested:  # the backend lost its data: its counters restarted
+            if head.requested < known:  # the backend lost its data: its counters restarted
                 share.requested = share.answered = 0
             share.requested = max(share.requested, head.requested)
         if leading:
@@ -370,17 +382,9 @@ class Coordination:
         elif head is None:
             self._bad(slot, share, problem)
         elif head.version != share.checked or (share.local and not share.asked):
-            # A new entry (a lost notification), or we fetched on our own (the backend
-            # was down, or its entry unusable): serve what is stored if it is newer,
-            # and if ours may be the newer one, have the holder fetch anew once, so
-            # that everyone gets a value newer than both.
-            outcome = await self._sync(slot)
-            if outcome in (_Outcome.OURS_NEWER, _Outcome.UNSURE) and share.local and not share.asked:
-                share.asked = True
-                try:
-                    await self.coordinator.request_refresh(name)
-                except CoordinatorUnavailable as exc:
-                    self._lost(exc)
+            # A new entry (a lost notification), or a value we fetched on our own to
+            # weigh against what is stored.
+            await self._sync(slot)
         if took_over:
             logger.log(
                 logging.INFO if share.version is not None and not share.was_leading else logging.DEBUG,
@@ -412,15 +416,34 @@ class Coordination:
     def _fetch_for_others(self, slot: _Slot) -> None:
         """A refresh-now at the holder: at most one fetch under way and one queued after it.
 
-        Requests that arrive while a fetch (and its store) runs are answered by
-        the next fetch, however many they are.
+        Requests that arrive while a fetch (and its store) runs, or within
+        `_REFRESH_GAP` after it, are answered by one next fetch, however many they
+        are: a flood of requests costs the upstream a few fetches per second.
         """
         share = self.shares[slot.spec.name]
-        if slot.flight is None and not share.storing:
-            share.queued = False
+        if slot.flight is not None or share.storing:
+            # Started once the store is done (`share`); if the fetch fails, the next
+            # lease poll sees the requests still pending.
+            share.queued = True
+            return
+        if share.waiting:
+            return  # a fetch starts in a moment: it answers this request too
+        wait = share.done + _REFRESH_GAP - time.monotonic()
+        if wait <= 0 or self._tasks is None:
             self.runtime.start_refresh(slot)
         else:
-            share.queued = True
+            share.waiting = True
+            name = f"asgi_refresh:{slot.spec.name}:queued"
+            self._tasks.start_soon(self._fetch_after, slot, wait, name=name)
+
+    async def _fetch_after(self, slot: _Slot, wait: float) -> None:
+        share = self.shares[slot.spec.name]
+        try:
+            await anyio.sleep(wait)
+        finally:
+            share.waiting = False
+        if share.leading and share.requested > share.answered:
+            self._fetch_for_others(slot)
 
     # -- values ------------------------------------------------------------------------
 
@@ -450,13 +473,13 @@ class Coordination:
         it answers), and to store again what is published (``answered`` 0).
         """
         share = self.shares[slot.spec.name]
-        if slot.last_success_mono is not None and slot.last_success_mono != share.mark:
-            # A fetch of ours published this value (just now: we are called right
-            # after it): it is ours until it is stored.
-            share.mark, share.ended = slot.last_success_mono, time.monotonic()
+        if slot.refresh_count != share.mark:
+            # A fetch of ours succeeded (just now: we are called right after it): the
+            # value published here is ours until it is stored.
+            share.mark, share.ended = slot.refresh_count, time.monotonic()
             began = share.began if share.began is not None else share.ended - (slot.last_duration or 0.0)
             share.started = min(began, share.ended)
-            share.local, share.asked = True, False
+            share.local, share.asked = True, 0
             share.seen = None  # the stored entry is to be weighed against this value anew
         if not self.available or not share.leading:
             # Not stored: the backend is down, or another process holds the lease. The
@@ -474,16 +497,17 @@ class Coordination:
                     version = await self._store(slot, share, data, answered)
         finally:
             share.storing = False
-        if version is None:
-            return
-        share.version, share.stored_by, share.local = version, self.coordinator.owner, False
-        share.seen = None  # its stored_at is the backend's: read it when we next load
-        self._clear_bad(slot, share)
-        self._answer(share, answered)
-        if share.queued and share.leading:
+            share.done = time.monotonic()
+        if version is not None:
+            share.version, share.stored_by, share.local = version, self.coordinator.owner, False
+            share.seen = None  # its stored_at is the backend's: read it when we next load
+            share.checked = version
+            self._clear_bad(slot, share)
+            self._answer(share, answered)
+        if share.queued:  # refresh-now requests came while we fetched and stored
             share.queued = False
-            if share.requested > share.answered and slot.flight is None:
-                self.runtime.start_refresh(slot)
+            if share.leading and share.requested > share.answered:
+                self._fetch_for_others(slot)
 
     async def _store(self, slot: _Slot, share: _Share, data: bytes, answered: int) -> int | None:
         name = slot.spec.name
@@ -539,12 +563,27 @@ class Coordination:
         return meta
 
     async def _sync(self, slot: _Slot) -> _Outcome:
-        """Load the stored entry and publish it, unless it is unusable or maybe older than ours."""
+        """Load the stored entry and publish it, unless it is unusable or maybe older than ours.
+
+        If ours may be the newer one (we fetched it on our own: the backend was
+        down, or its entry unusable), have the holder fetch anew, once, so that
+        everyone gets a value newer than both.
+        """
         share = self.shares[slot.spec.name]
         if share.lock is None:
             share.lock = anyio.Lock()
         async with share.lock:  # two loads at once could finish out of order
-            return await self._load(slot, share)
+            outcome = await self._load(slot, share)
+        kept = outcome in (_Outcome.OURS_NEWER, _Outcome.UNSURE)
+        if kept and share.local and not share.asked and not share.leading and self.available:
+            try:
+                number = await self.coordinator.request_refresh(slot.spec.name)
+                share.asked = number if isinstance(number, int) and number > 0 else 1
+            except CoordinatorUnavailable as exc:
+                self._lost(exc)
+            except Exception as exc:  # a backend of our own making
+                self._lost(_unavailable("asking for a refresh", exc))
+        return outcome
 
     async def _load(self, slot: _Slot, share: _Share) -> _Outcome:
         name = slot.spec.name
@@ -565,6 +604,9 @@ class Coordination:
         if (stored.version, stored.stored_at) == share.seen:  # examined already
             return _Outcome.BAD if share.bad is not None else share.outcome
         share.seen, share.checked = (stored.version, stored.stored_at), stored.version
+        if stored.version == share.version and stored.stored_by == self.coordinator.owner:
+            share.outcome = _Outcome.ADOPTED  # our own last store: what we publish already
+            return share.outcome
         share.outcome = await self._examine(slot, share, stored, before, after)
         return share.outcome
 
@@ -587,19 +629,22 @@ class Coordination:
         except BadRecord as exc:
             return self._bad(slot, share, f"its stored entry is malformed: {exc}")
         started, ended, age, lifetime, leeway = times
+        try:
+            value = await self._decoded(slot, stored.data)
+        except BadRecord as exc:
+            return self._bad(slot, share, str(exc))
+        self._clear_bad(slot, share)  # a good entry, whether or not it is newer than ours
         if share.ended is not None and share.started is not None:
             # A value we fetched ourselves and never stored is replaced only by one
             # provably fetched after it; a stored one we published, by any value not
             # provably fetched before it (one holder stores in the order it fetched).
             newer = ended < share.started
-            if newer or (share.local and started < share.ended):
+            # A value that answers the refresh we asked for after fetching ours was
+            # fetched after the holder heard of it: newer, whatever the clocks say.
+            answers = share.local and 0 < share.asked <= stored.answered
+            if newer or (share.local and started < share.ended and not answers):
                 self._answer(share, stored.answered)  # the holder did answer those requests
-                self._clear_bad(slot, share)
                 return _Outcome.OURS_NEWER if newer else _Outcome.UNSURE
-        try:
-            value = await self._decoded(slot, stored.data)
-        except BadRecord as exc:
-            return self._bad(slot, share, str(exc))
         if stored.answered < share.answered:  # the backend lost its data: its counters restarted
             share.requested = share.answered = 0
         share.requested = max(share.requested, stored.answered)
@@ -612,9 +657,8 @@ class Coordination:
             leeway=leeway,
         )
         share.version, share.stored_by = stored.version, stored.stored_by
-        share.started, share.ended, share.mark = started, ended, slot.last_success_mono
-        share.local = share.asked = False
-        self._clear_bad(slot, share)
+        share.started, share.ended, share.mark = started, ended, slot.refresh_count
+        share.local, share.asked = False, 0
         self._answer(share, stored.answered)
         share.validators = _validators(stored.meta)
         return _Outcome.ADOPTED
@@ -701,16 +745,23 @@ class Coordination:
     # -- unusable entries ---------------------------------------------------------------
 
     def _bad(self, slot: _Slot, share: _Share, problem: str, *, foreign: bool = False) -> _Outcome:
-        """The stored entry cannot be used here: a failed load of this refresher; we fetch ourselves."""
+        """The stored entry cannot be used here: a failed load of this refresher.
+
+        A follower fetches for itself until the entry is good again; the lease
+        holder replaces it at its next lease poll.
+        """
         name = slot.spec.name
         now = self.runtime.clock.monotonic()
         new = share.bad != problem
         if new or now - share.bad_logged_at >= _REPEAT_WARNING_EVERY:
             share.bad_logged_at = now
             logger.warning(
-                "Refresher %r: %s; this process fetches for itself until the entry is good again",
+                "Refresher %r: %s; %s",
                 name,
                 problem,
+                "this process holds the lease and stores a good one"
+                if share.leading
+                else "this process fetches for itself until the entry is good again",
                 extra={"refresher": name, "outcome": "foreign_entry" if foreign else "bad_entry"},
             )
         if share.bad is None and not share.leading and self.available:
@@ -718,7 +769,7 @@ class Coordination:
             base = slot.last_success_mono
             self.runtime._reschedule(slot, now if base is None else max(now, base + slot.spec.every))
         share.bad = problem
-        if new:  # a failed load, once (startup moves on); this process's own fetches go on
+        if new and not share.leading:  # a failed load, once (startup moves on); our own fetches go on
             self.runtime.adopt_failed(slot, f"coordination: {problem}")
         self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
         return _Outcome.BAD
@@ -728,7 +779,7 @@ class Coordination:
             return
         share.bad = None
         logger.info(
-            "Refresher %r: its stored entry is usable again; it follows the lease holder",
+            "Refresher %r: its stored entry is good again",
             slot.spec.name,
             extra={"refresher": slot.spec.name, "outcome": "entry_good"},
         )
@@ -762,6 +813,8 @@ class Coordination:
         if not isinstance(number, int) or number <= share.answered:
             share.requested = share.answered = 0  # the backend lost its data: its counters restarted
             number = number if isinstance(number, int) and number > 0 else 1
+        if share.local and not share.asked:
+            share.asked = number  # its answer is newer than the value we fetched on our own
         limit = (slot.spec.timeout or 30.0) + self.lease_ttl
         with anyio.move_on_after(limit):
             while share.answered < number:

@@ -125,8 +125,10 @@ end
 if kind(KEYS[2]) ~= 'hash' then
   redis.call('DEL', KEYS[2])
 end
-if not counter(redis.call('HGET', KEYS[2], 'version')) then
-  redis.call('HSET', KEYS[2], 'version', '0')
+for _, field in ipairs({'version', 'requested'}) do
+  if not counter(redis.call('HGET', KEYS[2], field)) then
+    redis.call('HSET', KEYS[2], field, '0')
+  end
 end
 local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
 local answered = redis.call('HGET', KEYS[2], 'answered')
