@@ -8,6 +8,7 @@ waits below poll for up to a few seconds.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -31,7 +32,8 @@ from asgi_refresh import (
     SQLiteCoordinator,
 )
 from asgi_refresh._coordinated import fingerprint
-from asgi_refresh._coordination import Coordinator, MetaValue
+from asgi_refresh._coordination import Coordinator, CoordinatorUnavailable, MetaValue
+from asgi_refresh._runtime import Runtime
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
@@ -597,3 +599,51 @@ async def test_a_process_joining_after_the_backend_came_back_empty_finds_a_value
         async with workers(1, backend, upstream, clock) as joiner:
             assert values(joiner) == [{"version": 1}]
         assert upstream.calls == 1, "nobody fetched: the value was stored again"
+
+
+async def test_an_outage_is_one_warning_however_often_the_backend_flaps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lost and back again and again: one WARNING; one INFO once it stayed back 10 s; then INFO only for a minute."""
+    caplog.set_level(logging.DEBUG, logger="asgi_refresh")
+    clock = FakeClock()
+    runtime = Runtime(
+        [Refresher("names", CountingUpstream(), every="1m")],
+        state={},
+        clock=clock,
+        coordinator=SQLiteCoordinator(tmp_path / "refresh.db"),
+    )
+    coordination = runtime.coordination
+    assert coordination is not None
+
+    def lines(level: int) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == level and "coordinator is" in r.getMessage()
+        ]
+
+    for _ in range(50):  # flapping: every second, lost then back
+        coordination._lost(CoordinatorUnavailable("Redis at redis://cache: Connection refused"))
+        await clock.advance(0.5)
+        coordination._back()
+        coordination._settle()
+        await clock.advance(0.5)
+    assert len(lines(logging.WARNING)) == 1
+    assert lines(logging.WARNING)[0].startswith(
+        "asgi_refresh: the coordinator is unavailable (Redis at redis"
+    )
+    assert lines(logging.INFO) == [], "not back for good while it flaps"
+    await clock.advance(10)
+    coordination._settle()
+    assert lines(logging.INFO) == [
+        "asgi_refresh: the coordinator is back; one process fetches for all again (after 49.5s and 50 interruptions)"
+    ]
+    coordination._lost(CoordinatorUnavailable("again"))  # a new outage, within a minute of the WARNING
+    assert len(lines(logging.WARNING)) == 1
+    assert lines(logging.INFO)[-1].startswith("asgi_refresh: the coordinator is unavailable (again)")
+    coordination._back()
+    await clock.advance(61)
+    coordination._settle()
+    coordination._lost(CoordinatorUnavailable("later"))
+    assert len(lines(logging.WARNING)) == 2, "a minute later, an outage is a WARNING again"

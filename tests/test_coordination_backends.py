@@ -37,6 +37,7 @@ from asgi_refresh._coordination import (
 from asgi_refresh._redis import _parse_change
 from asgi_refresh._text import printable
 from tests.faults.backend import Poison, RedisPoisoner, SQLitePoisoner
+from tests.faults.proxy import FlappingProxy
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -700,3 +701,26 @@ async def test_store_and_request_repair_damaged_counters_instead_of_failing(
             assert not head.pending
         finally:
             poisoner.close()
+
+
+async def test_a_redis_slowed_down_past_the_timeout_is_unavailable_in_time(redis_server: RedisServer) -> None:
+    """Behind a proxy that delays every chunk by 1 s, each call fails within the timeout; fast again, it works."""
+    with FlappingProxy(("127.0.0.1", redis_server.port)) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with RedisCoordinator(url, prefix=f"slow{uuid.uuid4().hex[:8]}", timeout=0.3) as coordinator:
+            assert await coordinator.acquire("names", 10)
+            proxy.delay = 1.0
+            started = time.monotonic()
+            with pytest.raises(CoordinatorUnavailable):
+                await coordinator.head("names")
+            assert time.monotonic() - started < 0.6
+            proxy.delay = 0.0
+            proxy.down()  # the slow connection is cut: the next call makes a new one
+            proxy.up()
+            with anyio.fail_after(5):
+                while True:
+                    try:
+                        assert await coordinator.acquire("names", 10)
+                        break
+                    except CoordinatorUnavailable:  # the connection pool still held the cut one
+                        await anyio.sleep(0.05)
