@@ -623,7 +623,7 @@ async def test_an_outage_is_one_warning_however_often_the_backend_flaps(
             if r.levelno == level and "coordinator is" in r.getMessage()
         ]
 
-    for _ in range(50):  # flapping: every second, lost then back
+    for _ in range(30):  # flapping: every second, lost then back
         coordination._lost(CoordinatorUnavailable("Redis at redis://cache: Connection refused"))
         await clock.advance(0.5)
         coordination._back()
@@ -637,7 +637,7 @@ async def test_an_outage_is_one_warning_however_often_the_backend_flaps(
     await clock.advance(10)
     coordination._settle()
     assert lines(logging.INFO) == [
-        "asgi_refresh: the coordinator is back; one process fetches for all again (after 49.5s and 50 interruptions)"
+        "asgi_refresh: the coordinator is back; one process fetches for all again (after 29.5s and 30 interruptions)"
     ]
     coordination._lost(CoordinatorUnavailable("again"))  # a new outage, within a minute of the WARNING
     assert len(lines(logging.WARNING)) == 1
