@@ -39,7 +39,16 @@ from asgi_refresh._coordination import BadRecord, Coordinator, MetaValue
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
-from .faults.backend import POISONS, Backend, Poison, Poisoner, RedisPoisoner, SQLitePoisoner
+from .faults.backend import (
+    POISONS,
+    Backend,
+    Misbehaving,
+    Misbehaviour,
+    Poison,
+    Poisoner,
+    RedisPoisoner,
+    SQLitePoisoner,
+)
 from .faults.clock import SkewedClock
 from .faults.proxy import FlappingProxy
 from .helpers import ScriptedApp
@@ -615,3 +624,42 @@ def asker_answered(middleware: RefreshMiddleware) -> int:
     coordination = middleware.handle._runtime.coordination
     assert coordination is not None
     return coordination.shares["names"].answered
+
+
+# -- a coordinator of your own, with bugs ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["raises", "returns junk", "wrong types", "no clock"])
+async def test_a_buggy_coordinator_of_your_own_never_stops_the_runtime(
+    tmp_path: Path, mode: Misbehaviour, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a backend raises or returns: a failed load or an outage, values served, status() fine."""
+    path = tmp_path / "refresh.db"
+    clock = FakeClock()
+    upstream = Counting()
+    store = Store("sqlite", lambda: SQLiteCoordinator(path, poll_interval=0.02), SQLitePoisoner(path, ""), "")
+    holder = worker(store, upstream, clock)
+    buggy = Misbehaving(SQLiteCoordinator(path, poll_interval=0.02), mode)
+    newcomer = worker(store, upstream, clock, coordinator=buggy)
+    async with running(holder), running(newcomer):
+        assert isinstance(value(newcomer), dict)
+        if mode == "no clock":  # works, on the host's wall clock
+            assert value(newcomer) == {"version": 1}
+            assert coordination(newcomer)["role"] == "follower"
+        else:
+            await until(lambda: coordination(newcomer)["role"] == "standalone")
+            error = coordination(newcomer)["error"]
+            assert "KeyError" in error or "returned" in error, error
+        await clock.advance(60)
+        await anyio.sleep(0.1)
+        assert isinstance(value(newcomer), dict)
+        buggy.mode = "fine"
+        calls = upstream.calls
+        with anyio.fail_after(10):  # lease polls on the test clock; resubscribing runs in real time
+            while not (
+                value(holder) == value(newcomer)
+                and value(holder)["version"] > calls
+                and coordination(newcomer)["role"] == "follower"
+            ):
+                await clock.advance(20)
+                await anyio.sleep(0.1)

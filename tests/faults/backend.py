@@ -7,14 +7,19 @@ lease that never expires. `RedisPoisoner` and `SQLitePoisoner` write such things
 with the backend's own client, field by field, and `POISONS` lists the cases every
 coordinator must survive (each as a failed load of that one refresher).
 
+`Misbehaving` stands for a coordinator of your own with bugs: it wraps a real one
+and raises what it should not, or returns things that are not records.
+
 Usage::
 
     poisoner = SQLitePoisoner(path, prefix)  # or RedisPoisoner(url, prefix)
     poisoner.apply("names", POISONS["version is a fraction"])
+    coordinator = Misbehaving(SQLiteCoordinator(path), "returns junk")
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable
@@ -225,3 +230,90 @@ def _with_meta_key(raw: bytes | str | None, key: str, value: Any) -> bytes:
     else:
         meta[key] = value
     return json.dumps(meta).encode()
+
+
+Misbehaviour = Literal["fine", "raises", "returns junk", "wrong types", "no clock"]
+
+
+class Misbehaving:
+    """A coordinator of your own with bugs: wraps a real one and misbehaves as `mode` says.
+
+    - ``"raises"``: every operation raises ``KeyError`` (not `CoordinatorUnavailable`);
+    - ``"returns junk"``: ``load`` and ``head`` return things that are not records;
+    - ``"wrong types"``: they return records whose fields have the wrong types;
+    - ``"no clock"``: they do not report the backend's time (``time`` is None);
+    - ``"fine"``: it behaves.
+    """
+
+    def __init__(self, inner: Any, mode: Misbehaviour = "fine") -> None:
+        self.inner = inner
+        self.mode = mode
+
+    @property
+    def owner(self) -> str:
+        owner: str = self.inner.owner
+        return owner
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> Misbehaving:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _raise(self) -> None:
+        if self.mode == "raises":
+            raise KeyError("a bug in the backend")
+
+    async def acquire(self, name: str, ttl: float) -> bool:
+        self._raise()
+        held: bool = await self.inner.acquire(name, ttl)
+        return held
+
+    async def release(self, name: str) -> None:
+        self._raise()
+        await self.inner.release(name)
+
+    async def store(self, name: str, data: bytes, meta: Any, *, answered: int = 0) -> int | None:
+        self._raise()
+        version: int | None = await self.inner.store(name, data, meta, answered=answered)
+        return version
+
+    async def load(self, name: str) -> Any:
+        self._raise()
+        stored = await self.inner.load(name)
+        if stored is None:
+            return None
+        if self.mode == "returns junk":
+            return {"version": stored.version, "data": stored.data}
+        if self.mode == "wrong types":
+            return dataclasses.replace(stored, version=str(stored.version), stored_at=float("nan"))
+        if self.mode == "no clock":
+            return dataclasses.replace(stored, time=None)
+        return stored
+
+    async def head(self, name: str) -> Any:
+        self._raise()
+        head = await self.inner.head(name)
+        if self.mode == "returns junk":
+            return "a head"
+        if self.mode == "wrong types":
+            return head._replace(requested="1")
+        if self.mode == "no clock":
+            return head._replace(time=None)
+        return head
+
+    async def request_refresh(self, name: str) -> int:
+        self._raise()
+        number: int = await self.inner.request_refresh(name)
+        return number
+
+    def subscribe(self) -> Any:
+        self._raise()
+        return self.inner.subscribe()
