@@ -517,13 +517,7 @@ class Coordination:
             self._lost(exc)
             return None
         except Exception as exc:  # a value over the backend's limit, a backend of our own making
-            logger.error(
-                "Refresher %r: its value could not be stored for the other processes: %s; "
-                "each process fetches for itself meanwhile",
-                name,
-                _describe(exc),
-                extra={"refresher": name, "outcome": "not_stored"},
-            )
+            self._lost(_unavailable(f"storing the value of {name!r}", exc))
             return None
         if not isinstance(version, int) or isinstance(version, bool):
             share.leading = False  # the lease went to another process while we fetched

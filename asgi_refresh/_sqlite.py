@@ -87,11 +87,13 @@ CREATE TABLE IF NOT EXISTS asgi_refresh_changes (
 """
 
 # Every statement that reads a counter checks its type: the file holds whatever
-# anyone wrote, and a damaged counter is replaced, not obeyed or failed on.
+# anyone wrote, and a damaged counter is replaced, not obeyed or failed on. The
+# change counter starts again at a random value: one a subscriber saw before the
+# damage would hide this change from it.
 _BUMP = (
     "INSERT INTO asgi_refresh_changes (prefix, seq) VALUES (?, 1) ON CONFLICT (prefix) DO UPDATE SET "
     "seq = CASE WHEN typeof(seq) = 'integer' AND seq BETWEEN 0 AND 4611686018427387903 "
-    "THEN seq + 1 ELSE 1 END"
+    "THEN seq + 1 ELSE abs(random() % 1000000000000) + 2 END"
 )
 _COUNTER = f"typeof({{0}}) = 'integer' AND {{0}} BETWEEN 0 AND {MAX_COUNT - 1}"
 _STORE = (

@@ -629,7 +629,7 @@ def asker_answered(middleware: RefreshMiddleware) -> int:
 # -- a coordinator of your own, with bugs ---------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["raises", "returns junk", "wrong types", "no clock"])
+@pytest.mark.parametrize("mode", ["raises", "reads raise", "returns junk", "wrong types", "no clock"])
 async def test_a_buggy_coordinator_of_your_own_never_stops_the_runtime(
     tmp_path: Path, mode: Misbehaviour, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -649,7 +649,7 @@ async def test_a_buggy_coordinator_of_your_own_never_stops_the_runtime(
         else:
             await until(lambda: coordination(newcomer)["role"] == "standalone")
             error = coordination(newcomer)["error"]
-            assert "KeyError" in error or "returned" in error, error
+            assert "KeyError" in error or "ValueError" in error or "returned" in error, error
         await clock.advance(60)
         await anyio.sleep(0.1)
         assert isinstance(value(newcomer), dict)
@@ -663,3 +663,38 @@ async def test_a_buggy_coordinator_of_your_own_never_stops_the_runtime(
             ):
                 await clock.advance(20)
                 await anyio.sleep(0.1)
+
+
+async def test_a_holder_whose_backend_refuses_to_store_serves_its_value_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that raises: this process serves what it fetched, one WARNING says why, the others catch up later.
+
+    The error is not one the backend reports as an outage (`CoordinatorUnavailable`):
+    it is treated as one all the same, and once stores work again, the others get
+    the value.
+    """
+    path = tmp_path / "refresh.db"
+    clock = FakeClock()
+    upstream = Counting()
+    store = Store("sqlite", lambda: SQLiteCoordinator(path, poll_interval=0.02), SQLitePoisoner(path, ""), "")
+    buggy = Misbehaving(SQLiteCoordinator(path, poll_interval=0.02), "fine")
+    holder = worker(store, upstream, clock, coordinator=buggy)
+    follower = worker(store, upstream, clock)
+    async with running(holder), running(follower):
+        await until(lambda: value(follower) == {"version": 1})
+        buggy.mode = "stores raise"
+        await clock.advance(60)
+        await anyio.sleep(0.05)
+        assert value(holder) == {"version": 2}, "it serves what it fetched"
+        unavailable = [m for m in warnings_of(caplog) if "the coordinator is unavailable" in m]
+        assert len(unavailable) == 1, unavailable
+        assert (
+            "storing the value of 'names': ValueError: the value is too big for this backend"
+            in unavailable[0]
+        )
+        buggy.mode = "fine"
+        with anyio.fail_after(10):
+            while value(holder) != value(follower):
+                await clock.advance(5)
+                await anyio.sleep(0.05)

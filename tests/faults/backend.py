@@ -232,13 +232,17 @@ def _with_meta_key(raw: bytes | str | None, key: str, value: Any) -> bytes:
     return json.dumps(meta).encode()
 
 
-Misbehaviour = Literal["fine", "raises", "returns junk", "wrong types", "no clock"]
+Misbehaviour = Literal[
+    "fine", "raises", "reads raise", "stores raise", "returns junk", "wrong types", "no clock"
+]
 
 
 class Misbehaving:
     """A coordinator of your own with bugs: wraps a real one and misbehaves as `mode` says.
 
     - ``"raises"``: every operation raises ``KeyError`` (not `CoordinatorUnavailable`);
+    - ``"reads raise"``: ``load`` and ``head`` raise ``ValueError`` (a parser's bug);
+    - ``"stores raise"``: ``store`` raises ``ValueError`` (a limit of the backend);
     - ``"returns junk"``: ``load`` and ``head`` return things that are not records;
     - ``"wrong types"``: they return records whose fields have the wrong types;
     - ``"no clock"``: they do not report the backend's time (``time`` is None);
@@ -282,11 +286,15 @@ class Misbehaving:
 
     async def store(self, name: str, data: bytes, meta: Any, *, answered: int = 0) -> int | None:
         self._raise()
+        if self.mode == "stores raise":
+            raise ValueError("the value is too big for this backend")
         version: int | None = await self.inner.store(name, data, meta, answered=answered)
         return version
 
     async def load(self, name: str) -> Any:
         self._raise()
+        if self.mode == "reads raise":
+            raise ValueError("invalid literal for int() with base 10: b'1.5'")
         stored = await self.inner.load(name)
         if stored is None:
             return None
@@ -300,6 +308,8 @@ class Misbehaving:
 
     async def head(self, name: str) -> Any:
         self._raise()
+        if self.mode == "reads raise":
+            raise ValueError("invalid literal for int() with base 10: b'1.5'")
         head = await self.inner.head(name)
         if self.mode == "returns junk":
             return "a head"
