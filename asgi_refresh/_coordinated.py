@@ -360,6 +360,8 @@ class Coordination:
         self._back()
         took_over = leading and not share.leading
         share.leading = leading
+        if not leading:
+            share.was_leading = False  # another holds it now: taking it back is a takeover
         if head is not None:
             if head.requested < known:  # the backend lost its data: its counters restarted
                 share.requested = share.answered = 0
