@@ -148,6 +148,7 @@ class _Share:
         "checked",
         "done",
         "ended",
+        "epoch",
         "leading",
         "local",
         "lock",
@@ -198,6 +199,9 @@ class _Share:
         self.storing = False  # a store of ours is under way
         self.queued = False  # a refresh-now came while a fetch ran: fetch again after it
         self.done = -math.inf  # when our last store ended (real time)
+        # What our fetch under way may answer: the backend's epoch it began in (-1: it
+        # began while we did not coordinate, and answers nothing).
+        self.epoch = -1
         self.waiting = False  # a refresh-now fetch starts once _REFRESH_GAP is over
         self.adopted: anyio.Event | None = None  # set when a stored value is published, or on takeover
         # The HTTP validators (ETag...) the lease holder stored with the value published
@@ -258,6 +262,9 @@ class Coordination:
         self._up_since = 0.0
         self._warned_at = -math.inf
         self._tasks: TaskGroup | None = None
+        # Bumped whenever the backend is found to have lost its data: refresh-now
+        # numbers from before mean nothing after.
+        self.epoch = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -363,8 +370,11 @@ class Coordination:
         if not leading:
             share.was_leading = False  # another holds it now: taking it back is a takeover
         if head is not None:
-            if head.requested < known:  # the backend lost its data: its counters restarted
-                share.requested = share.answered = 0
+            if head.requested < known or (head.version is None and share.version is not None):
+                # The backend lost its data (Redis restarted empty): its counters
+                # restarted, and what we counted before means nothing now.
+                share.requested, share.answered, share.version = 0, head.answered, None
+                self.epoch += 1
             share.requested = max(share.requested, head.requested)
         if leading:
             if slot.loaded and (head is None or head.version is None or share.local or share.bad):
@@ -483,6 +493,10 @@ class Coordination:
             share.started = min(began, share.ended)
             share.local, share.asked = True, 0
             share.seen = None  # the stored entry is to be weighed against this value anew
+        if answered and share.epoch != self.epoch:
+            # The fetch began while we did not coordinate, or before the backend lost
+            # its data: the requests it knew of are not the ones counted now.
+            answered = 0
         if not self.available or not share.leading:
             # Not stored: the backend is down, or another process holds the lease. The
             # next lease poll stores it (if we hold the lease) or reconciles it.
@@ -490,13 +504,15 @@ class Coordination:
         if share.lock is None:
             share.lock = anyio.Lock()
         share.storing = True
+        version = None
         try:
             # One store at a time, in the order the fetches finished: versions follow
             # fetch order. Shielded (the backend's timeout bounds it): a value fetched
             # just before shutdown is still stored, so the next process need not fetch it.
             with anyio.CancelScope(shield=True):
                 async with share.lock:
-                    version = await self._store(slot, share, data, answered)
+                    if self.available and share.leading:  # still, after waiting for the lock
+                        version = await self._store(slot, share, data, answered)
         finally:
             share.storing = False
             share.done = time.monotonic()
@@ -574,6 +590,9 @@ class Coordination:
         if kept and share.local and not share.asked and not share.leading and self.available:
             try:
                 number = await self.coordinator.request_refresh(slot.spec.name)
+                if not isinstance(number, int) or number <= share.answered:
+                    share.requested = share.answered = 0  # the backend's counters restarted
+                    self.epoch += 1
                 share.asked = number if isinstance(number, int) and number > 0 else 1
             except CoordinatorUnavailable as exc:
                 self._lost(exc)
@@ -598,7 +617,11 @@ class Coordination:
             return _Outcome.NONE
         self._clock.sample(stored.time, before, after)
         if (stored.version, stored.stored_at) == share.seen:  # examined already
-            return _Outcome.BAD if share.bad is not None else share.outcome
+            if share.bad is not None:
+                return _Outcome.BAD
+            if share.outcome is _Outcome.ADOPTED:
+                share.version = stored.version  # (forgotten if the backend seemed to lose its data)
+            return share.outcome
         share.seen, share.checked = (stored.version, stored.stored_at), stored.version
         if stored.version == share.version and stored.stored_by == self.coordinator.owner:
             share.outcome = _Outcome.ADOPTED  # our own last store: what we publish already
@@ -643,6 +666,7 @@ class Coordination:
                 return _Outcome.OURS_NEWER if newer else _Outcome.UNSURE
         if stored.answered < share.answered:  # the backend lost its data: its counters restarted
             share.requested = share.answered = 0
+            self.epoch += 1
         share.requested = max(share.requested, stored.answered)
         age += time.monotonic() - after  # decoding took a while
         self.runtime.adopt(
@@ -733,6 +757,7 @@ class Coordination:
         """
         share = self.shares[slot.spec.name]
         share.began = time.monotonic()
+        share.epoch = self.epoch if self.available and share.leading else -1
         validators, share.validators = share.validators, None
         take = getattr(slot.spec.fetch, "_import_validators", None)
         if validators and take is not None:
@@ -808,6 +833,7 @@ class Coordination:
             return False
         if not isinstance(number, int) or number <= share.answered:
             share.requested = share.answered = 0  # the backend lost its data: its counters restarted
+            self.epoch += 1
             number = number if isinstance(number, int) and number > 0 else 1
         if share.local and not share.asked:
             share.asked = number  # its answer is newer than the value we fetched on our own
