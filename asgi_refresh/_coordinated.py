@@ -2,44 +2,137 @@
 
 For each refresher, every process polls the lease every third of ``lease_ttl``:
 the holder renews it and is the only one that fetches; it stores each value
-(encoded by the codec, never pickled) with its expiry, and the backend tells the
-others, which load and publish it. A process that takes the lease over (at
-startup, or when the holder died and its lease expired) keeps the cluster's
+(encoded by the codec, never pickled) with when it was fetched, and the backend
+tells the others, which load and publish it. A process that takes the lease over
+(at startup, or when the holder died and its lease expired) keeps the cluster's
 schedule: it fetches when the stored value is one ``every`` old, not at once.
 
-When the backend fails, every process fetches for itself (logged once, shown in
-``status()``) and goes back to coordinating when it answers again. Requests never
-touch the backend.
+What the backend holds is untrusted: a record is checked field by field (by the
+backend), bound to the source that produced it (a fingerprint), and its value
+passes the source's own ``validate`` before it is published. A record that fails
+any of that is a failed load of that one refresher: this process then fetches for
+itself until the record is good again.
+
+Time crosses processes as ages and lifetimes measured on the backend's clock, not
+as instants of the storer's clock, so hosts whose clocks disagree still agree on
+how old a value is. A process never publishes a stored value that may be older
+than one it fetched itself and published: which fetch came first is judged in
+real time (this process's monotonic clock against the backend's, with the
+uncertainty of that measurement), whatever clock the schedule runs on.
+
+When the backend fails, every process fetches for itself (one WARNING per outage,
+however often it flaps; one INFO once it has stayed back) and goes back to
+coordinating when it answers again. Requests never touch the backend.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import math
+import re
+import time
+from collections.abc import Awaitable, Mapping
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
 
-from ._coordination import Codec, Coordinator, CoordinatorUnavailable, MetaValue, Stored
+from ._coordination import (
+    MAX_TIMESTAMP,
+    BadRecord,
+    Codec,
+    Coordinator,
+    CoordinatorUnavailable,
+    Head,
+    MetaValue,
+    Stored,
+)
 from ._duration import format_duration
+from ._text import printable
 
 if TYPE_CHECKING:
+    from ._refresher import Refresher
     from ._runtime import Runtime, _Slot
+
+T = TypeVar("T")
 
 logger = logging.getLogger("asgi_refresh")
 
 VALIDATOR_KEYS = ("digest", "etag", "last_modified")  # what HTTPSource hands over
 _RESUBSCRIBE_AFTER = 1.0  # seconds between attempts to subscribe again after losing the backend
 _CLOSE_TIMEOUT = 5.0
-
-
-def _fetched_at(stored: Stored) -> float:
-    fetched_at = stored.meta.get("fetched_at")
-    return float(fetched_at) if isinstance(fetched_at, int | float) else stored.stored_at
+# An outage is over once the backend has answered for this long without failing
+# again: a backend that flaps is one outage (one WARNING), not one per flap.
+_SETTLE = 10.0
+_WARN_EVERY = 60.0  # at most one WARNING per minute about the backend, however it flaps
+# Refresh-now requests that reach the holder less than this after its last fetch
+# and store (real seconds) wait for the end of it: together, they get one fetch.
+_REFRESH_GAP = 0.05
+_REPEAT_WARNING_EVERY = 300.0  # the same unusable record of one refresher: logged again this often
+# How fast two clocks may drift apart (NTP slews a clock by at most 500 ppm): the
+# uncertainty of a clock offset measured a while ago grows by this per second.
+_DRIFT = 1e-3
+_MAX_SECONDS = 1e9  # ages, lifetimes: about 31 years; more is not a record we wrote
+_MAX_VALIDATOR_CHARS = 1024
+_THREAD_THRESHOLD = 64 * 1024  # decode and validate a stored value this big in a worker thread
+_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 class NotShareable(TypeError):
     """A fetched value that the codec cannot encode: a configuration error, not a bad fetch."""
+
+
+def describe_source(fetch: object) -> str:
+    """What a refresher fetches from, without secrets: what its stored entries are bound to.
+
+    An HTTP source: its method, its URL without userinfo, query or fragment, and
+    the names (not the values) of its query parameters; a file source: its path;
+    any other fetch: the qualified name of its function or class. Never a header,
+    a query value or a body.
+    """
+    kind = getattr(type(fetch), "source_kind", None)
+    if kind == "http":
+        params = getattr(getattr(fetch, "url", None), "params", None)
+        names = sorted(set(params.keys())) if params is not None else []
+        method, url = getattr(fetch, "method", "GET"), getattr(fetch, "safe_url", "")
+        return f"http {method} {url} params={','.join(names)}"
+    if kind == "file":
+        return f"file {getattr(fetch, 'path', '')}"
+    target: object = fetch
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target) or inspect.isbuiltin(target)):
+        target = type(target)  # an object with __call__: its class says what it is
+    module = getattr(target, "__module__", None) or "?"
+    return f"{kind or 'python'} {module}.{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def fingerprint(spec: Refresher, codec: Codec) -> str:
+    """A short hash of what produces ``spec``'s values and how they are encoded.
+
+    Stored with every value: a process refuses an entry whose fingerprint is not
+    its own (another app on the same backend and prefix). A hash, so that the
+    backend holds nothing about the source but this.
+    """
+    codec_type = type(codec)
+    description = f"{describe_source(spec.fetch)}\ncodec {codec_type.__module__}.{codec_type.__qualname__}"
+    return hashlib.blake2b(description.encode(), digest_size=8).hexdigest()
+
+
+class _Outcome(Enum):
+    """What loading the stored entry came to, as far as the caller cares."""
+
+    ADOPTED = "adopted"  # the stored value is published here now (or already was)
+    OURS_NEWER = "ours_newer"  # the value published here is newer: kept
+    UNSURE = "unsure"  # the two fetches overlap (within what we can measure): ours kept
+    NONE = "none"  # nothing is stored
+    BAD = "bad"  # the entry cannot be used (malformed, another app's, invalid)
+    UNAVAILABLE = "unavailable"  # the backend did not answer
 
 
 class _Share:
@@ -48,31 +141,99 @@ class _Share:
     __slots__ = (
         "adopted",
         "answered",
+        "asked",
+        "bad",
+        "bad_logged_at",
+        "began",
+        "checked",
+        "done",
+        "ended",
+        "epoch",
         "leading",
         "local",
         "lock",
+        "mark",
+        "outcome",
+        "queued",
         "requested",
-        "stored_at",
+        "seen",
+        "started",
         "stored_by",
+        "storing",
         "validators",
         "version",
+        "waiting",
+        "was_leading",
     )
 
     def __init__(self) -> None:
         self.leading = False
-        # The stored entry published here: its version and when it was stored. Both,
-        # because a backend that lost its data (Redis restarted) numbers from 1 again.
-        self.version: int | None = None
-        self.stored_at: float | None = None
+        self.was_leading = False  # held the lease when the backend went away
+        self.version: int | None = None  # the stored version published here
         self.stored_by: str | None = None  # the process (owner id) that fetched it
+        # The entry last examined, as (version, stored_at): both, because a backend
+        # that lost its data (Redis restarted) numbers from 1 again.
+        self.seen: tuple[int, float] | None = None
+        self.checked: int | None = None  # the version of that entry
+        self.outcome = _Outcome.NONE  # and what came of it
         self.requested = 0  # the highest refresh-now request number seen
         self.answered = 0  # the highest request number the value published here answers
-        self.local = False  # a value fetched while the backend was down is published here
-        self.lock: anyio.Lock | None = None  # one load of this entry at a time (made on first use)
+        # The value published here was fetched by this process and is not stored: a
+        # stored value replaces it only if it was provably fetched after it.
+        self.local = False
+        # The refresh-now request we made after the local value was fetched (0: none):
+        # a stored value that answers it was fetched after ours, whatever the clocks say.
+        self.asked = 0
+        # When the fetch behind the published value started (at the earliest) and
+        # ended (at the latest), in real time (`time.monotonic`), and when our own
+        # last fetch began.
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.began: float | None = None
+        # The slot's refresh_count when we last knew where its value came from: when
+        # it changes, a fetch of this process succeeded.
+        self.mark = 0
+        self.bad: str | None = None  # why the stored entry cannot be used here; we fetch meanwhile
+        self.bad_logged_at = -math.inf
+        self.lock: anyio.Lock | None = None  # one load or store of this entry at a time (made on first use)
+        self.storing = False  # a store of ours is under way
+        self.queued = False  # a refresh-now came while a fetch ran: fetch again after it
+        self.done = -math.inf  # when our last store ended (real time)
+        # What our fetch under way may answer: the backend's epoch it began in (-1: it
+        # began while we did not coordinate, and answers nothing).
+        self.epoch = -1
+        self.waiting = False  # a refresh-now fetch starts once _REFRESH_GAP is over
         self.adopted: anyio.Event | None = None  # set when a stored value is published, or on takeover
         # The HTTP validators (ETag...) the lease holder stored with the value published
         # here: handed to our own source before it next fetches, so that is a 304.
-        self.validators: dict[str, MetaValue] | None = None
+        self.validators: dict[str, str] | None = None
+
+
+class _BackendClock:
+    """Where the backend's clock stands against this process's real monotonic clock.
+
+    Real time (`time.monotonic`), not the runtime's injectable clock: it orders
+    real fetches against what the backend saw. Measured at every read that
+    reports the backend's time: the offset is taken
+    at the middle of the call, give or take half its duration; the sample with
+    the smallest uncertainty (grown by the drift since it was taken) is kept.
+    """
+
+    def __init__(self) -> None:
+        self.offset: float | None = None
+        self.error = math.inf
+        self.at = 0.0
+
+    def sample(self, backend: object, before: float, after: float) -> None:
+        if not _finite(backend):
+            return
+        assert isinstance(backend, int | float)
+        error = max(after - before, 0.0) / 2
+        if error <= self.uncertainty(after):
+            self.offset, self.error, self.at = backend - (before + after) / 2, error, after
+
+    def uncertainty(self, now: float) -> float:
+        return self.error + _DRIFT * max(now - self.at, 0.0) if self.offset is not None else math.inf
 
 
 class Coordination:
@@ -91,6 +252,19 @@ class Coordination:
         self.available = True
         self.error: str | None = None  # why the backend is unavailable, while it is
         self.shares = {name: _Share() for name in runtime.slots}
+        self.fingerprints = {name: fingerprint(slot.spec, codec) for name, slot in runtime.slots.items()}
+        self.max_bytes: int | None = getattr(coordinator, "max_bytes", None)
+        self._clock = _BackendClock()
+        # The current outage (None: none), when it began, how often it flapped, when
+        # the backend answered again, and when we last warned about one.
+        self._outage: float | None = None
+        self._interruptions = 0
+        self._up_since = 0.0
+        self._warned_at = -math.inf
+        self._tasks: TaskGroup | None = None
+        # Bumped whenever the backend is found to have lost its data: refresh-now
+        # numbers from before mean nothing after.
+        self.epoch = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -106,34 +280,53 @@ class Coordination:
                 logger.exception("asgi_refresh: closing the coordinator failed; ignored at shutdown")
 
     async def watch(self) -> None:
-        """Follow the backend's changes: load what others stored, answer refresh-now requests."""
-        while True:
-            try:
-                async with self.coordinator.subscribe() as changes:
-                    self._back()
-                    for each in self.runtime.slots.values():
-                        await self._sync(each)  # what changed before we subscribed
-                    async for change in changes:
-                        slot = self.runtime.slots.get(change.name)
-                        if slot is None or slot.overridden:
-                            continue
-                        share = self.shares[change.name]
-                        if change.kind == "stored":
-                            if change.number != share.version:
-                                await self._sync(slot)
-                        else:
-                            share.requested = max(share.requested, change.number)
-                            if share.leading:
-                                self.runtime.start_refresh(slot)
-            except CoordinatorUnavailable as exc:
-                self._lost(exc)
-            await anyio.sleep(_RESUBSCRIBE_AFTER)
+        """Follow the backend's changes: load what others stored, answer refresh-now requests.
+
+        Nothing a backend (or whoever writes to it) does ends this loop: a lost
+        subscription is an outage, anything else is logged and the loop goes on.
+        """
+        async with anyio.create_task_group() as self._tasks:  # refresh-now fetches put off a little
+            while True:
+                try:
+                    async with self.coordinator.subscribe() as changes:
+                        self._back()
+                        for each in self.runtime.slots.values():
+                            if not each.overridden:
+                                await self._sync(each)  # what changed before we subscribed
+                        async for change in changes:
+                            await self._on_change(change)
+                except CoordinatorUnavailable as exc:
+                    self._lost(exc)
+                except Exception as exc:  # a backend of our own making: not worth a stopped runtime
+                    self._lost(_unavailable("its subscription", exc))
+                await anyio.sleep(_RESUBSCRIBE_AFTER)
+
+    async def _on_change(self, change: object) -> None:
+        name = getattr(change, "name", None)
+        slot = self.runtime.slots.get(name) if isinstance(name, str) else None
+        number = getattr(change, "number", None)
+        if slot is None or slot.overridden or not isinstance(number, int):
+            return  # not one of our names, or not a change at all
+        share = self.shares[slot.spec.name]
+        kind = getattr(change, "kind", None)
+        if kind == "stored":
+            if not (share.leading and number == share.version):  # not our own store
+                await self._sync(slot)
+        elif kind == "refresh_requested":
+            share.requested = max(share.requested, number)
+            if share.leading:
+                self._fetch_for_others(slot)
 
     # -- the lease ---------------------------------------------------------------------
 
     def fetches(self, slot: _Slot) -> bool:
-        """Whether this process fetches ``slot`` itself: it holds the lease, or the backend is down."""
-        return not self.available or self.shares[slot.spec.name].leading
+        """Whether this process fetches ``slot`` itself.
+
+        It holds the lease; or the backend is down; or the stored entry is one it
+        cannot use (another app's, malformed, invalid).
+        """
+        share = self.shares[slot.spec.name]
+        return not self.available or share.leading or share.bad is not None
 
     async def keep_leases(self) -> None:
         """Poll every lease every third of ``lease_ttl``, apart from any fetch.
@@ -145,56 +338,78 @@ class Coordination:
             started = clock.monotonic()
             for slot in self.runtime.slots.values():
                 if not slot.overridden:
-                    await self.turn(slot)
+                    try:
+                        await self.turn(slot)
+                    except Exception as exc:  # a backend of our own making: the other leases go on
+                        self._lost(_unavailable(f"polling the lease of {slot.spec.name!r}", exc))
+            self._settle()
             await clock.sleep_until(started + self.check_every)
 
     async def turn(self, slot: _Slot) -> None:
-        """Renew or take the lease; catch up with the stored value."""
+        """Renew or take the lease; catch up with the stored entry."""
         share = self.shares[slot.spec.name]
         runtime = self.runtime
         name = slot.spec.name
+        problem = ""
+        known = share.requested  # before the read: requests announced meanwhile are not a restart
         try:
-            leading = await self.coordinator.acquire(name, self.lease_seconds)
-            head = await self.coordinator.head(name)
+            leading = bool(await self.coordinator.acquire(name, self.lease_seconds))
+            before = time.monotonic()
+            checked = _checked_head(await _reading(self.coordinator.head(name)))
+            self._clock.sample(checked.time, before, time.monotonic())
+            head: Head | None = checked
         except CoordinatorUnavailable as exc:
             self._lost(exc)
             return
+        except BadRecord as exc:
+            head = None
+            problem = f"its stored entry is malformed: {exc}"
         self._back()
-        if head.requested < share.requested:  # the backend lost its data: its counters restarted
-            share.requested = share.answered = 0
-        share.requested = max(share.requested, head.requested)
         took_over = leading and not share.leading
         share.leading = leading
-        if leading and slot.loaded and (share.local or head.version is None):
-            # What we serve is not stored: fetched on our own while the backend was
-            # down, or lost by a backend that came back empty. Store it for the others
-            # (and for processes that start now, which would find nothing).
-            share.local = False
-            await runtime.share_published(slot)
-        elif share.local:
-            # We fetched on our own while the backend was down; the holder may not
-            # have. Serve what it stored if that is newer (all agree again); if ours
-            # is the newer one, have the holder fetch anew so that everyone gets it.
-            share.local = False
-            if not await self._sync(slot, force=True):
-                try:
-                    await self.coordinator.request_refresh(name)
-                except CoordinatorUnavailable as exc:
-                    self._lost(exc)
-        elif head.version != share.version:
+        if not leading:
+            share.was_leading = False  # another holds it now: taking it back is a takeover
+        if head is not None:
+            if head.requested < known or (head.version is None and share.version is not None):
+                # The backend lost its data (Redis restarted empty): its counters
+                # restarted, and what we counted before means nothing now.
+                share.requested, share.answered, share.version = 0, head.answered, None
+                self.epoch += 1
+            share.requested = max(share.requested, head.requested)
+        if leading:
+            if slot.loaded and (head is None or head.version is None or share.local or share.bad):
+                # What we serve is not stored: fetched on our own while the backend was
+                # down, lost by a backend that came back empty, or the entry is damaged
+                # or another app's. Store it for the others (and for processes that
+                # start now), unless what is stored is newer than ours.
+                outcome = await self._sync(slot) if head is not None and head.version is not None else None
+                if outcome is _Outcome.UNSURE:
+                    # Neither is provably newer: a fetch now is newer than both.
+                    if slot.flight is None:
+                        runtime.start_refresh(slot)
+                elif outcome is not _Outcome.ADOPTED:
+                    await runtime.share_published(slot)
+            elif head is not None and head.version != share.version:
+                await self._sync(slot)
+        elif head is None:
+            self._bad(slot, share, problem)
+        elif head.version != share.checked or (share.local and not share.asked):
+            # A new entry (a lost notification), or a value we fetched on our own to
+            # weigh against what is stored.
             await self._sync(slot)
         if took_over:
             logger.log(
-                logging.INFO if share.version is not None else logging.DEBUG,
+                logging.INFO if share.version is not None and not share.was_leading else logging.DEBUG,
                 "Refresher %r: this process holds the lease now and fetches for the others",
                 name,
                 extra={"refresher": name, "outcome": "lease_taken"},
             )
+            share.was_leading = False
             runtime._reschedule(slot, self._due_after_takeover(slot))
             self._wake(share)  # a refresh-now waiting for the holder: that is us now
         # Our own last store may be newer than this read of `head`: count what it answered.
-        if leading and head.requested > max(head.answered, share.answered) and slot.flight is None:
-            runtime.start_refresh(slot)
+        if leading and head is not None and head.requested > max(head.answered, share.answered):
+            self._fetch_for_others(slot)
 
     def _due_after_takeover(self, slot: _Slot) -> float:
         """When to fetch after taking the lease over: keep the cluster's schedule.
@@ -210,6 +425,38 @@ class Coordination:
             due = min(due, slot.expires_at - slot.leeway)
         return max(now, due)
 
+    def _fetch_for_others(self, slot: _Slot) -> None:
+        """A refresh-now at the holder: at most one fetch under way and one queued after it.
+
+        Requests that arrive while a fetch (and its store) runs, or within
+        `_REFRESH_GAP` after it, are answered by one next fetch, however many they
+        are: a flood of requests costs the upstream a few fetches per second.
+        """
+        share = self.shares[slot.spec.name]
+        if slot.flight is not None or share.storing:
+            # Started once the store is done (`share`); if the fetch fails, the next
+            # lease poll sees the requests still pending.
+            share.queued = True
+            return
+        if share.waiting:
+            return  # a fetch starts in a moment: it answers this request too
+        wait = share.done + _REFRESH_GAP - time.monotonic()
+        if wait <= 0 or self._tasks is None:
+            self.runtime.start_refresh(slot)
+        else:
+            share.waiting = True
+            name = f"asgi_refresh:{slot.spec.name}:queued"
+            self._tasks.start_soon(self._fetch_after, slot, wait, name=name)
+
+    async def _fetch_after(self, slot: _Slot, wait: float) -> None:
+        share = self.shares[slot.spec.name]
+        try:
+            await anyio.sleep(wait)
+        finally:
+            share.waiting = False
+        if share.leading and share.requested > share.answered:
+            self._fetch_for_others(slot)
+
     # -- values ------------------------------------------------------------------------
 
     def roundtrip(self, name: str, value: Any) -> tuple[Any, bytes]:
@@ -224,99 +471,339 @@ class Coordination:
             raise NotShareable(
                 f"its value cannot be shared with the other processes by {self.codec!r}: {exc}"
             ) from exc
+        if self.max_bytes is not None and len(data) > self.max_bytes:
+            raise NotShareable(
+                f"its value is {len(data)} bytes once encoded, over the coordinator's max_bytes "
+                f"({self.max_bytes}); raise max_bytes on the coordinator if that is right"
+            )
         return self.codec.decode(data), data
 
-    async def share(self, slot: _Slot, data: bytes, meta: Mapping[str, MetaValue], answered: int) -> None:
-        """Store what the lease holder fetched, for the others."""
+    async def share(self, slot: _Slot, data: bytes, answered: int) -> None:
+        """Store the value published here for the others, if this process holds the lease.
+
+        Called after every fetch of this process that succeeded (with the requests
+        it answers), and to store again what is published (``answered`` 0).
+        """
         share = self.shares[slot.spec.name]
+        if slot.refresh_count != share.mark:
+            # A fetch of ours succeeded (just now: we are called right after it): the
+            # value published here is ours until it is stored.
+            share.mark, share.ended = slot.refresh_count, time.monotonic()
+            began = share.began if share.began is not None else share.ended - (slot.last_duration or 0.0)
+            share.started = min(began, share.ended)
+            share.local, share.asked = True, 0
+            share.seen = None  # the stored entry is to be weighed against this value anew
+        if answered and share.epoch != self.epoch:
+            # The fetch began while we did not coordinate, or before the backend lost
+            # its data: the requests it knew of are not the ones counted now.
+            answered = 0
         if not self.available or not share.leading:
-            # Not stored: the backend is down, or the lease went while we fetched. The
+            # Not stored: the backend is down, or another process holds the lease. The
             # next lease poll stores it (if we hold the lease) or reconciles it.
-            share.local = True
             return
+        if share.lock is None:
+            share.lock = anyio.Lock()
+        share.storing = True
+        version = None
         try:
-            # Shielded (the backend's timeout bounds it): a value fetched just before
-            # shutdown is still stored, so the next process need not fetch it again.
+            # One store at a time, in the order the fetches finished: versions follow
+            # fetch order. Shielded (the backend's timeout bounds it): a value fetched
+            # just before shutdown is still stored, so the next process need not fetch it.
             with anyio.CancelScope(shield=True):
-                version = await self.coordinator.store(slot.spec.name, data, meta, answered=answered)
+                async with share.lock:
+                    if self.available and share.leading:  # still, after waiting for the lock
+                        version = await self._store(slot, share, data, answered)
+        finally:
+            share.storing = False
+            share.done = time.monotonic()
+        if version is not None:
+            share.version, share.stored_by, share.local = version, self.coordinator.owner, False
+            share.seen = None  # its stored_at is the backend's: read it when we next load
+            share.checked = version
+            self._clear_bad(slot, share)
+            self._answer(share, answered)
+        if share.queued:  # refresh-now requests came while we fetched and stored
+            share.queued = False
+            if share.leading and share.requested > share.answered:
+                self._fetch_for_others(slot)
+
+    async def _store(self, slot: _Slot, share: _Share, data: bytes, answered: int) -> int | None:
+        name = slot.spec.name
+        try:
+            version = await self.coordinator.store(name, data, self._meta(slot, share), answered=answered)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
-            share.local = True
-            return
-        if version is None:  # the lease went to another process while we fetched
-            share.leading = False
-            await self._sync(slot)  # serve what the holder stored, not what we could not store
-            return
-        share.version, share.stored_at, share.stored_by = version, None, self.coordinator.owner
-        self._answer(share, answered)
+            return None
+        except Exception as exc:  # a value over the backend's limit, a backend of our own making
+            self._lost(_unavailable(f"storing the value of {name!r}", exc))
+            return None
+        if not isinstance(version, int) or isinstance(version, bool):
+            share.leading = False  # the lease went to another process while we fetched
+            await self._load(slot, share)  # serve what the holder stored if it is newer than ours
+            return None
+        return version
 
-    async def _sync(self, slot: _Slot, *, force: bool = False) -> bool:
-        """Load the stored entry if it is not the one published here, and publish it.
+    def _meta(self, slot: _Slot, share: _Share) -> dict[str, MetaValue]:
+        """What is stored with the value: its fingerprint, and its times on the backend's clock.
 
-        ``force``: also when it is, unless ours was fetched later (a value fetched
-        here while the backend was down must not go back to an older stored one).
+        The holder converts its monotonic instants to the backend's clock with the
+        offset it measured, and stores how uncertain that is; ``started`` is the
+        earliest the fetch can have started. Durations (the lifetime of a token)
+        need no clock at all.
+        """
+        now = time.monotonic()
+        offset, error = self._clock.offset, self._clock.uncertainty(now)
+        if offset is None:  # a backend that does not tell its time: this host's clock stands in
+            offset, error = time.time() - now, 0.0
+        ended = share.ended if share.ended is not None else now
+        started = share.started if share.started is not None else ended
+        meta: dict[str, MetaValue] = {
+            "source": self.fingerprints[slot.spec.name],
+            "fetched_at": ended + offset,
+            "started": started + offset - error,
+            "error": error,
+        }
+        if slot.expires_at is not None and slot.last_success_mono is not None:
+            # A duration, on the schedule's clock: no clock needs to agree with another.
+            meta["lifetime"] = slot.expires_at - slot.last_success_mono
+            meta["leeway"] = slot.leeway
+        export = getattr(slot.spec.fetch, "_export_validators", None)
+        if export is not None and share.validators is None:
+            meta.update(export() or {})  # an HTTPSource's ETag: the next holder asks "changed since?"
+        elif share.validators:
+            meta.update(share.validators)  # a value we adopted: pass on what came with it
+        return meta
+
+    async def _sync(self, slot: _Slot) -> _Outcome:
+        """Load the stored entry and publish it, unless it is unusable or maybe older than ours.
+
+        If ours may be the newer one (we fetched it on our own: the backend was
+        down, or its entry unusable), have the holder fetch anew, once, so that
+        everyone gets a value newer than both.
         """
         share = self.shares[slot.spec.name]
         if share.lock is None:
             share.lock = anyio.Lock()
         async with share.lock:  # two loads at once could finish out of order
-            return await self._load(slot, share, force)
+            outcome = await self._load(slot, share)
+        kept = outcome in (_Outcome.OURS_NEWER, _Outcome.UNSURE)
+        if kept and share.local and not share.asked and not share.leading and self.available:
+            try:
+                number = await self.coordinator.request_refresh(slot.spec.name)
+                if not isinstance(number, int) or number <= share.answered:
+                    share.requested = share.answered = 0  # the backend's counters restarted
+                    self.epoch += 1
+                share.asked = number if isinstance(number, int) and number > 0 else 1
+            except CoordinatorUnavailable as exc:
+                self._lost(exc)
+            except Exception as exc:  # a backend of our own making
+                self._lost(_unavailable("asking for a refresh", exc))
+        return outcome
 
-    async def _load(self, slot: _Slot, share: _Share, force: bool) -> bool:
-        """Returns whether the stored value is (now) the one published here."""
+    async def _load(self, slot: _Slot, share: _Share) -> _Outcome:
+        name = slot.spec.name
+        before = time.monotonic()
         try:
-            stored = await self.coordinator.load(slot.spec.name)
+            stored = _checked_stored(await _reading(self.coordinator.load(name)))
         except CoordinatorUnavailable as exc:
             self._lost(exc)
-            return False
+            return _Outcome.UNAVAILABLE
+        except BadRecord as exc:
+            return self._bad(slot, share, f"its stored entry is malformed: {exc}")
+        after = time.monotonic()
         if stored is None:
-            share.version = share.stored_at = None  # nothing stored (a backend that lost its data)
-            return False
-        if not force and stored.version == share.version and share.stored_at in (None, stored.stored_at):
-            share.stored_at = stored.stored_at
-            return True
-        if force and slot.last_success_at is not None and _fetched_at(stored) <= slot.last_success_at:
-            return False  # ours is newer: keep it until the holder's fresh fetch arrives
-        try:
-            value = self.codec.decode(stored.data)
-        except Exception as exc:
-            logger.error(
-                "Refresher %r: the stored value (version %d) cannot be decoded by %r: %s; ignored",
-                slot.spec.name,
-                stored.version,
-                self.codec,
-                exc,
-                extra={"refresher": slot.spec.name, "outcome": "undecodable"},
+            # Nothing stored (a backend that lost its data).
+            share.version = share.seen = share.checked = None
+            return _Outcome.NONE
+        self._clock.sample(stored.time, before, after)
+        if (stored.version, stored.stored_at) == share.seen:  # examined already
+            if share.bad is not None:
+                return _Outcome.BAD
+            if share.outcome is _Outcome.ADOPTED:
+                share.version = stored.version  # (forgotten if the backend seemed to lose its data)
+            return share.outcome
+        share.seen, share.checked = (stored.version, stored.stored_at), stored.version
+        if stored.version == share.version and stored.stored_by == self.coordinator.owner:
+            share.outcome = _Outcome.ADOPTED  # our own last store: what we publish already
+            return share.outcome
+        share.outcome = await self._examine(slot, share, stored, before, after)
+        return share.outcome
+
+    async def _examine(
+        self, slot: _Slot, share: _Share, stored: Stored, before: float, after: float
+    ) -> _Outcome:
+        """Publish ``stored`` unless it is another app's, unusable, or not newer than ours."""
+        name = slot.spec.name
+        if stored.meta.get("source") != self.fingerprints[name]:
+            return self._bad(
+                slot,
+                share,
+                "its stored entry was written by a refresher with another source or codec "
+                "(another app using the same backend and prefix, or another version of this one); "
+                "not used: give each app its own prefix= on the coordinator",
+                foreign=True,
             )
-            share.version, share.stored_at = stored.version, stored.stored_at
-            self.runtime.adopt_failed(slot, f"the stored value cannot be decoded: {exc}")
-            return False
-        share.version, share.stored_at, share.stored_by = stored.version, stored.stored_at, stored.stored_by
+        try:
+            times = self._times(stored, before, after)
+        except BadRecord as exc:
+            return self._bad(slot, share, f"its stored entry is malformed: {exc}")
+        started, ended, age, lifetime, leeway = times
+        try:
+            value = await self._decoded(slot, stored.data)
+        except BadRecord as exc:
+            return self._bad(slot, share, str(exc))
+        self._clear_bad(slot, share)  # a good entry, whether or not it is newer than ours
+        if share.ended is not None and share.started is not None:
+            # A value we fetched ourselves and never stored is replaced only by one
+            # provably fetched after it; a stored one we published, by any value not
+            # provably fetched before it (one holder stores in the order it fetched).
+            newer = ended < share.started
+            # A value that answers the refresh we asked for after fetching ours was
+            # fetched after the holder heard of it: newer, whatever the clocks say.
+            answers = share.local and 0 < share.asked <= stored.answered
+            if newer or (share.local and started < share.ended and not answers):
+                self._answer(share, stored.answered)  # the holder did answer those requests
+                return _Outcome.OURS_NEWER if newer else _Outcome.UNSURE
         if stored.answered < share.answered:  # the backend lost its data: its counters restarted
             share.requested = share.answered = 0
+            self.epoch += 1
         share.requested = max(share.requested, stored.answered)
-        now_wall = self.runtime.clock.wall()
-        expires = stored.meta.get("expires_at")
-        leeway = stored.meta.get("leeway")
+        age += time.monotonic() - after  # decoding took a while
         self.runtime.adopt(
             slot,
             value,
-            age=max(0.0, now_wall - _fetched_at(stored)),
-            expires_in=expires - now_wall if isinstance(expires, int | float) else None,
-            leeway=float(leeway) if isinstance(leeway, int | float) else 0.0,
+            age=age,
+            expires_in=None if lifetime is None else lifetime - age,
+            leeway=leeway,
         )
+        share.version, share.stored_by = stored.version, stored.stored_by
+        share.started, share.ended, share.mark = started, ended, slot.refresh_count
+        share.local, share.asked = False, 0
         self._answer(share, stored.answered)
-        validators = {key: stored.meta[key] for key in VALIDATOR_KEYS if key in stored.meta}
-        share.validators = validators or None
-        return True
+        share.validators = _validators(stored.meta)
+        return _Outcome.ADOPTED
+
+    def _times(
+        self, stored: Stored, before: float, after: float
+    ) -> tuple[float, float, float, float | None, float]:
+        """The stored value's times: fetch start and end, age, lifetime, leeway.
+
+        The start is the earliest and the end the latest the fetch can have
+        started and ended, in real time (`time.monotonic`); the age is from its end to now,
+        the lifetime from its end to its expiry (a token). Measured on the
+        backend's clock (``stored.time``, when it answered this load, somewhere
+        between ``before`` and ``after`` on ours), so the storer's clock and ours
+        need not agree. A backend that cannot tell its time: our wall clock stands
+        in (then hosts' clock skew shows).
+        """
+        meta = stored.meta
+        fetched_at, started_at = _number(meta, "fetched_at"), _number(meta, "started")
+        error = _number(meta, "error")
+        now = stored.time if stored.time is not None else time.time()
+        if stored.time is None:
+            before = after
+        if fetched_at is None or started_at is None or error is None:
+            raise BadRecord("meta lacks the times of the fetch (fetched_at, started, error)")
+        if not started_at <= fetched_at or error > _MAX_SECONDS or now - started_at > _MAX_SECONDS:
+            raise BadRecord("meta's times are out of range or out of order")
+        started = started_at - now + before
+        ended = fetched_at + error - now + after
+        age = max(now - fetched_at, 0.0)
+        lifetime = _number(meta, "lifetime", low=-_MAX_SECONDS, high=_MAX_SECONDS)
+        if "lifetime" in meta and lifetime is None:
+            raise BadRecord("meta's lifetime is not a number of seconds")
+        leeway = _number(meta, "leeway", high=_MAX_SECONDS) if "leeway" in meta else 0.0
+        if leeway is None:
+            raise BadRecord("meta's leeway is not a number of seconds")
+        return started, ended, age, lifetime, leeway
+
+    async def _decoded(self, slot: _Slot, data: bytes) -> Any:
+        """The stored value decoded, and checked as the source checks what it fetches.
+
+        Big values are decoded and validated in a worker thread, bounded by the
+        refresher's timeout: the event loop goes on meanwhile.
+        """
+        check = getattr(slot.spec.fetch, "check_value", None)
+
+        def decode() -> Any:
+            try:
+                value = self.codec.decode(data)
+            except Exception as exc:
+                raise BadRecord(
+                    f"its stored value cannot be decoded by {self.codec!r}: {_describe(exc)}"
+                ) from None
+            if callable(check):
+                try:
+                    value = check(value)
+                except Exception as exc:
+                    raise BadRecord(
+                        f"its stored value does not pass the source's checks ({_describe(exc)}); "
+                        "not used (another app, another version of this one, or a validate that "
+                        "does not accept what it returns)"
+                    ) from None
+            return value
+
+        if len(data) < _THREAD_THRESHOLD:
+            return decode()
+        limit = slot.spec.timeout or 30.0
+        with anyio.move_on_after(limit), self.runtime.clock.hold():
+            return await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
+        raise BadRecord(f"decoding and checking its stored value took over {format_duration(limit)}")
 
     def before_fetch(self, slot: _Slot) -> None:
-        """Hand the stored validators to our source: its first fetch as lease holder is conditional."""
+        """A fetch of ours begins: note when, and hand the stored validators to our source.
+
+        With the validators, its first fetch as lease holder is conditional (a 304).
+        """
         share = self.shares[slot.spec.name]
+        share.began = time.monotonic()
+        share.epoch = self.epoch if self.available and share.leading else -1
         validators, share.validators = share.validators, None
         take = getattr(slot.spec.fetch, "_import_validators", None)
         if validators and take is not None:
             take(validators, self.runtime.state[slot.spec.name])
+
+    # -- unusable entries ---------------------------------------------------------------
+
+    def _bad(self, slot: _Slot, share: _Share, problem: str, *, foreign: bool = False) -> _Outcome:
+        """The stored entry cannot be used here: a failed load of this refresher.
+
+        A follower fetches for itself until the entry is good again; the lease
+        holder replaces it at its next lease poll.
+        """
+        name = slot.spec.name
+        now = self.runtime.clock.monotonic()
+        new = share.bad != problem
+        if new or now - share.bad_logged_at >= _REPEAT_WARNING_EVERY:
+            share.bad_logged_at = now
+            logger.warning(
+                "Refresher %r: %s; %s",
+                name,
+                problem,
+                "this process holds the lease and stores a good one"
+                if share.leading
+                else "this process fetches for itself until the entry is good again",
+                extra={"refresher": name, "outcome": "foreign_entry" if foreign else "bad_entry"},
+            )
+        if share.bad is None and not share.leading and self.available:
+            # Followers have no schedule of their own: fetch when the value is due.
+            base = slot.last_success_mono
+            self.runtime._reschedule(slot, now if base is None else max(now, base + slot.spec.every))
+        share.bad = problem
+        if new and not share.leading:  # a failed load, once (startup moves on); our own fetches go on
+            self.runtime.adopt_failed(slot, f"coordination: {problem}")
+        self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
+        return _Outcome.BAD
+
+    def _clear_bad(self, slot: _Slot, share: _Share) -> None:
+        if share.bad is None:
+            return
+        share.bad = None
+        logger.info(
+            "Refresher %r: its stored entry is good again",
+            slot.spec.name,
+            extra={"refresher": slot.spec.name, "outcome": "entry_good"},
+        )
 
     # -- refresh now -------------------------------------------------------------------
 
@@ -326,24 +813,34 @@ class Coordination:
         Returns:
             True once this process publishes the value that answers the request;
             False when this process should fetch itself instead: the backend is
-            down, or this process took the lease over while waiting.
+            down, the stored entry is unusable, or this process took the lease
+            over while waiting.
 
         Raises:
             TimeoutError: no answer within the refresher's timeout plus ``lease_ttl``.
         """
         name = slot.spec.name
         share = self.shares[name]
+        if share.bad is not None:
+            return False
         try:
             number = await self.coordinator.request_refresh(name)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
             return False
-        if number <= share.answered:  # the backend lost its data: its counters restarted
-            share.requested = share.answered = 0
+        except Exception as exc:  # a backend of our own making: fetch here rather than fail
+            self._lost(_unavailable("asking for a refresh", exc))
+            return False
+        if not isinstance(number, int) or number <= share.answered:
+            share.requested = share.answered = 0  # the backend lost its data: its counters restarted
+            self.epoch += 1
+            number = number if isinstance(number, int) and number > 0 else 1
+        if share.local and not share.asked:
+            share.asked = number  # its answer is newer than the value we fetched on our own
         limit = (slot.spec.timeout or 30.0) + self.lease_ttl
         with anyio.move_on_after(limit):
             while share.answered < number:
-                if share.leading or not self.available:
+                if share.leading or not self.available or share.bad is not None:
                     return False
                 share.adopted = share.adopted or anyio.Event()
                 with anyio.move_on_after(self.check_every):
@@ -367,24 +864,40 @@ class Coordination:
     # -- backend health ------------------------------------------------------------------
 
     def _lost(self, exc: CoordinatorUnavailable) -> None:
+        """The backend failed: everyone fetches for themselves; logged once per outage."""
+        now = self.runtime.clock.monotonic()
+        message = printable(str(exc), 500)
+        if self._outage is None:
+            self._outage, self._interruptions = now, 0
+            warn = now - self._warned_at >= _WARN_EVERY
+            if warn:
+                self._warned_at = now
+            logger.log(
+                logging.WARNING if warn else logging.INFO,
+                "asgi_refresh: the coordinator is unavailable (%s); "
+                "each process fetches for itself until it is back",
+                message,
+                extra={"outcome": "coordinator_unavailable"},
+            )
+        elif self.available:
+            logger.debug(
+                "asgi_refresh: the coordinator is unavailable again (%s)",
+                message,
+                extra={"outcome": "coordinator_unavailable"},
+            )
         if not self.available:
             return
         self.available = False
-        self.error = str(exc)
-        logger.warning(
-            "asgi_refresh: the coordinator is unavailable (%s); "
-            "each process fetches for itself until it is back",
-            exc,
-            extra={"outcome": "coordinator_unavailable"},
-        )
-        now = self.runtime.clock.monotonic()
+        self._interruptions += 1
+        self.error = message
         for slot in self.runtime.slots.values():
             share = self.shares[slot.spec.name]
             self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
-            if not share.leading and not slot.overridden:
+            if not share.leading and share.bad is None and not slot.overridden:
                 # Followers had no schedule of their own: fetch when the value is due.
                 base = slot.last_success_mono
                 self.runtime._reschedule(slot, now if base is None else max(now, base + slot.spec.every))
+            share.was_leading = share.was_leading or share.leading
             share.leading = False
 
     def _back(self) -> None:
@@ -392,18 +905,122 @@ class Coordination:
             return
         self.available = True
         self.error = None
+        self._up_since = self.runtime.clock.monotonic()
+        logger.debug("asgi_refresh: the coordinator answers again", extra={"outcome": "coordinator_answers"})
+
+    def _settle(self) -> None:
+        """Log the end of an outage once the backend has stayed back for a while."""
+        if self._outage is None or not self.available:
+            return
+        now = self.runtime.clock.monotonic()
+        if now - self._up_since < _SETTLE:
+            return
+        outage = self._up_since - self._outage
+        flaps = self._interruptions
+        self._outage = None
         logger.info(
-            "asgi_refresh: the coordinator is back; one process fetches for all again",
-            extra={"outcome": "coordinator_back"},
+            "asgi_refresh: the coordinator is back; one process fetches for all again (after %s%s)",
+            format_duration(max(outage, 0.001)),
+            f" and {flaps} interruptions" if flaps > 1 else "",
+            extra={"outcome": "coordinator_back", "duration": outage, "interruptions": flaps},
         )
 
     def status(self, slot: _Slot) -> dict[str, Any]:
         share = self.shares[slot.spec.name]
-        role = "standalone" if not self.available else "leader" if share.leading else "follower"
+        if not self.available or (share.bad is not None and not share.leading):
+            role = "standalone"
+        else:
+            role = "leader" if share.leading else "follower"
         return {
             "role": role,
             "process": self.coordinator.owner,
             "version": share.version,
             "stored_by": share.stored_by,
-            "error": self.error,
+            "error": self.error or share.bad,
         }
+
+
+async def _reading(call: Awaitable[T]) -> T:
+    """A backend read; whatever it raises besides an outage is a bad record of that name.
+
+    The built-in backends raise `BadRecord` themselves; a backend of your own that
+    lets ``int()`` or ``json.loads`` fail on a damaged record is treated the same.
+    """
+    try:
+        return await call
+    except (CoordinatorUnavailable, BadRecord):
+        raise
+    except Exception as exc:
+        raise BadRecord(_describe(exc)) from exc
+
+
+def _checked_head(head: object) -> Head:
+    """``head`` if it is a `Head` whose fields make sense: a backend's answer is checked too."""
+    if not isinstance(head, tuple) or len(head) < 3:
+        raise BadRecord(f"head() returned {type(head).__name__}, not a Head")
+    version, requested, answered = head[:3]
+    for value in (requested, answered) if version is None else (version, requested, answered):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadRecord("head() returned counters that are not whole numbers")
+    return Head(version, requested, answered, getattr(head, "time", None))
+
+
+def _checked_stored(stored: object) -> Stored | None:
+    """``stored`` if it is None or a `Stored` whose fields have the right types."""
+    if stored is None:
+        return None
+    if not isinstance(stored, Stored):
+        raise BadRecord(f"load() returned {type(stored).__name__}, not a Stored")
+    checks = [
+        isinstance(stored.version, int) and not isinstance(stored.version, bool) and stored.version >= 0,
+        isinstance(stored.data, bytes),
+        isinstance(stored.meta, Mapping),
+        _finite(stored.stored_at),
+        isinstance(stored.stored_by, str),
+        isinstance(stored.answered, int) and not isinstance(stored.answered, bool) and stored.answered >= 0,
+        stored.time is None or _finite(stored.time),
+    ]
+    if not all(checks):
+        raise BadRecord("load() returned a Stored with fields of the wrong types")
+    return stored
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(
+    meta: Mapping[str, MetaValue], key: str, *, low: float = 0.0, high: float = MAX_TIMESTAMP
+) -> float | None:
+    """``meta[key]`` if it is a finite number from ``low`` to ``high``; else None."""
+    value = meta.get(key)
+    if not _finite(value):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if low <= number <= high else None
+
+
+def _validators(meta: Mapping[str, MetaValue]) -> dict[str, str] | None:
+    """The HTTP validators stored with a value, if they look like validators (they become headers)."""
+    found: dict[str, str] = {}
+    for key in VALIDATOR_KEYS:
+        value = meta.get(key)
+        if not isinstance(value, str) or not 0 < len(value) <= _MAX_VALIDATOR_CHARS:
+            continue
+        if value.isascii() and value.isprintable() and (key != "digest" or _HEX.fullmatch(value)):
+            found[key] = value
+    return found if "digest" in found else None
+
+
+def _unavailable(what: str, exc: Exception) -> CoordinatorUnavailable:
+    error = CoordinatorUnavailable(f"the coordinator failed in {what}: {_describe(exc)}")
+    error.__cause__ = exc
+    return error
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return printable(f"{type(exc).__name__}: {text}" if text.strip() else type(exc).__name__, 300)

@@ -13,7 +13,9 @@ job (`JSONCodec` by default), so a backend cannot run code from the data it hold
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,6 +27,8 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._text import printable
+
 T = TypeVar("T")
 
 MetaValue = str | int | float | bool | None
@@ -32,6 +36,27 @@ MetaValue = str | int | float | bool | None
 
 DEFAULT_PREFIX = "asgi_refresh"
 DEFAULT_TIMEOUT = 2.0
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+"""The largest stored value a backend reads (its encoded bytes); a bigger one is a `BadRecord`."""
+
+MAX_META_BYTES = 64 * 1024  # the fetch metadata is a few small fields: an ETag, a few numbers
+MAX_OWNER_CHARS = 256  # ``host:pid:random``; a hostname is at most 253 characters
+MAX_FIELD_BYTES = 32  # a counter or a timestamp, as text
+MAX_COUNT = 10**15 - 1  # versions and request numbers: 15 digits, exact as a Lua number (a double)
+# Timestamps are seconds since the epoch; anything past this (year 5138) is not one.
+MAX_TIMESTAMP = 1e11
+
+
+class BadRecord(ValueError):
+    """What the backend holds for one name is not a record this package can use.
+
+    A field of the wrong type, out of range, not UTF-8, too big, or missing: data
+    that another program wrote, or that was damaged. ``load`` and ``head`` raise it
+    for that name only; the runtime counts it as a failed load of that refresher
+    (logged, shown in ``status()``) and carries on, and the next store replaces
+    the record. The message names the field and what is wrong with it, never its
+    content.
+    """
 
 
 class CoordinatorUnavailable(Exception):
@@ -57,6 +82,10 @@ class Stored:
         stored_by: The `owner` of the coordinator that stored it.
         answered: The highest refresh-now request number this value answers
             (see `Coordinator.request_refresh`); 0 if none.
+        time: The backend's own clock when it answered this load, in seconds since
+            the epoch, on the same clock as ``stored_at``; None if the backend
+            cannot tell. With it, a reader measures how long ago the value was
+            stored whatever its own clock says (hosts' clocks differ).
     """
 
     version: int
@@ -65,6 +94,7 @@ class Stored:
     stored_at: float = 0.0
     stored_by: str = ""
     answered: int = 0
+    time: float | None = None
 
 
 class Head(NamedTuple):
@@ -74,11 +104,14 @@ class Head(NamedTuple):
         version: The stored value's version; None if nothing is stored.
         requested: How many refresh-now requests were made for the name so far.
         answered: The highest request number that the stored value answers.
+        time: The backend's own clock when it answered, in seconds since the
+            epoch (the clock of `Stored.stored_at`); None if it cannot tell.
     """
 
     version: int | None
     requested: int
     answered: int
+    time: float | None = None
 
     @property
     def pending(self) -> bool:
@@ -112,6 +145,12 @@ class Coordinator(Protocol):
     may raise `CoordinatorUnavailable`, and returns or raises within the
     backend's ``timeout``; nothing else is raised for a backend problem. A
     backend that comes back is used again by the next operation.
+
+    Whatever a backend reads is untrusted input (anyone who can write to the
+    server can write anything): ``load`` and ``head`` check every field and raise
+    `BadRecord` for a record they cannot use, rather than return it half-checked;
+    ``store`` and ``request_refresh`` replace a damaged record rather than fail
+    on it, and a lease key that is not a lease is taken over.
 
     Names are refresher names (Python identifiers); everything the backend keeps
     is namespaced by its ``prefix``, so coordinators with different prefixes on
@@ -166,10 +205,18 @@ class Coordinator(Protocol):
         """
 
     async def load(self, name: str) -> Stored | None:
-        """The stored value of ``name``, or None if nothing is stored."""
+        """The stored value of ``name``, or None if nothing is stored.
+
+        Raises:
+            BadRecord: what is stored is malformed or bigger than the backend reads.
+        """
 
     async def head(self, name: str) -> Head:
-        """Version and refresh-now counters of ``name``: one cheap read."""
+        """Version and refresh-now counters of ``name``: one cheap read.
+
+        Raises:
+            BadRecord: a counter is malformed.
+        """
 
     async def request_refresh(self, name: str) -> int:
         """Ask the lease holder, wherever it is, to fetch ``name`` now.
@@ -255,12 +302,163 @@ def encode_meta(meta: Mapping[str, MetaValue]) -> str:
     return json.dumps(dict(meta), separators=(",", ":"))
 
 
-def decode_meta(text: str | bytes | None) -> dict[str, MetaValue]:
-    """What `encode_meta` made; an empty dict for none."""
-    if not text:
-        return {}
-    decoded: dict[str, MetaValue] = json.loads(text)
+def decode_meta(raw: object) -> dict[str, MetaValue]:
+    """What `encode_meta` made, checked: a `BadRecord` for anything else.
+
+    An object of at most `MAX_META_BYTES` whose values are strings, booleans,
+    None, integers within a double's exact range or finite floats.
+    """
+    text = _text("meta", raw, MAX_META_BYTES)
+    try:
+        decoded = json.loads(
+            text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float
+        )
+    except BadRecord:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise BadRecord(f"meta is not JSON ({type(exc).__name__})") from None
+    if not isinstance(decoded, dict):
+        raise BadRecord(f"meta must be a JSON object (got {_json_kind(decoded)})")
+    for key, value in decoded.items():
+        if not (value is None or isinstance(value, str | int | float | bool)):
+            raise BadRecord(f"meta[{printable(key, 40)!r}] must be a string, number, boolean or null")
     return decoded
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRecord(f"meta holds {name}, which is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise BadRecord("meta holds a number out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 16:  # also spares int() a quadratic parse of a huge number
+        raise BadRecord("meta holds an integer out of range")
+    return int(text)
+
+
+def _json_kind(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _text(what: str, raw: object, limit: int) -> str:
+    """``raw`` as text: a str, or bytes that are UTF-8; at most ``limit`` bytes."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        if len(raw) > limit:
+            raise BadRecord(f"{what} is {len(raw)} bytes (at most {limit})")
+        try:
+            return bytes(raw).decode()
+        except UnicodeDecodeError:
+            raise BadRecord(f"{what} is not UTF-8 text") from None
+    if isinstance(raw, str):
+        if len(raw) > limit:
+            raise BadRecord(f"{what} is {len(raw)} characters (at most {limit})")
+        return raw
+    raise BadRecord(f"{what} must be text (got {_kind(raw)})")
+
+
+_COUNT = re.compile(r"[0-9]{1,15}")
+_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")  # what the backends write: digits, a point, digits
+
+
+def parse_count(what: str, raw: object) -> int:
+    """A version or request number as a backend holds it: 0 to `MAX_COUNT`; else `BadRecord`."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, bytes | str):
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+        if _COUNT.fullmatch(text) is None:
+            raise BadRecord(f"{what} must be a whole number of at most 15 digits")
+        value = int(text)
+    else:
+        raise BadRecord(f"{what} must be a whole number (got {_kind(raw)})")
+    if not 0 <= value <= MAX_COUNT:
+        raise BadRecord(f"{what} is out of range (0 to {MAX_COUNT})")
+    return value
+
+
+def parse_timestamp(what: str, raw: object) -> float:
+    """Seconds since the epoch as a backend holds them: finite, 0 to `MAX_TIMESTAMP`; else `BadRecord`."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, bytes | str):
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+        if _NUMBER.fullmatch(text) is None:
+            raise BadRecord(f"{what} must be a number of seconds since the epoch")
+        value = float(text)
+    else:
+        raise BadRecord(f"{what} must be a number (got {_kind(raw)})")
+    if not (math.isfinite(value) and 0 <= value <= MAX_TIMESTAMP):
+        raise BadRecord(f"{what} is not a time (seconds since the epoch)")
+    return value
+
+
+def parse_owner(raw: object) -> str:
+    """Who stored a value: printable text of at most `MAX_OWNER_CHARS`; else `BadRecord`."""
+    text = _text("stored_by", raw, MAX_OWNER_CHARS * 4)
+    if not text or len(text) > MAX_OWNER_CHARS or printable(text) != text:
+        raise BadRecord(f"stored_by must be printable text of 1 to {MAX_OWNER_CHARS} characters")
+    return text
+
+
+def parse_data(raw: object, max_bytes: int) -> bytes:
+    """The stored value's bytes: binary, at most ``max_bytes``; else `BadRecord`."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise BadRecord(f"data must be bytes (got {_kind(raw)})")
+    if len(raw) > max_bytes:
+        raise BadRecord(
+            f"data is {len(raw)} bytes, over max_bytes ({max_bytes}); raise max_bytes if that is right"
+        )
+    return bytes(raw)
+
+
+def parse_stored(fields: Mapping[str, object], *, max_bytes: int, time: float | None = None) -> Stored | None:
+    """A `Stored` from the raw fields of one entry, each checked; None if nothing is stored.
+
+    ``fields`` maps ``version``, ``data``, ``meta``, ``stored_at``, ``stored_by``
+    and ``answered`` to what the backend read (bytes, str, int, float or None for
+    a missing field). An entry without ``version`` and ``data`` holds only
+    refresh-now counters: nothing is stored. Raises `BadRecord` naming the first
+    field that is wrong.
+    """
+    version, data = fields.get("version"), fields.get("data")
+    if data is None and version in (None, 0, b"0", "0"):
+        return None
+    for required in ("version", "data", "meta", "stored_at", "stored_by"):
+        if fields.get(required) is None:
+            raise BadRecord(f"{required} is missing")
+    answered = fields.get("answered")
+    return Stored(
+        version=parse_count("version", version),
+        data=parse_data(data, max_bytes),
+        meta=decode_meta(fields["meta"]),
+        stored_at=parse_timestamp("stored_at", fields["stored_at"]),
+        stored_by=parse_owner(fields["stored_by"]),
+        answered=0 if answered is None else parse_count("answered", answered),
+        time=time,
+    )
+
+
+def parse_head(version: object, requested: object, answered: object, *, time: float | None = None) -> Head:
+    """A `Head` from the raw counters of one entry (None for a missing one), each checked."""
+    number = None if version is None else parse_count("version", version)
+    return Head(
+        version=number or None,  # 0: only refresh-now counters, nothing stored
+        requested=0 if requested is None else parse_count("requested", requested),
+        answered=0 if answered is None else parse_count("answered", answered),
+        time=time,
+    )
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
 
 
 def new_owner() -> str:
@@ -273,6 +471,13 @@ def check_prefix(prefix: str) -> str:
     if not isinstance(prefix, str) or not prefix or any(char.isspace() for char in prefix):
         raise ValueError(f"prefix must be a non-empty string without whitespace (got {prefix!r})")
     return prefix
+
+
+def check_max_bytes(owner: str, max_bytes: object) -> int:
+    """``max_bytes`` if it is a positive number of bytes; a clear `ValueError` if not."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"{owner}: max_bytes must be a positive number of bytes (got {max_bytes!r})")
+    return max_bytes
 
 
 def check_name(name: str) -> str:

@@ -145,6 +145,14 @@ class FileSource:
         self._signature, self._digest, self._value = signature, digest, value
         return Fetched(value)
 
+    def check_value(self, value: Any) -> Any:
+        """``value`` as ``validate`` returns it; `SourceError` if it is not one this source could produce.
+
+        For a value that did not come from this source's own read: one that
+        another process stored in the coordination backend, untrusted like a file.
+        """
+        return self._parser.check(value, str(self.path))
+
     def _read_if_changed(self) -> Fetched | tuple[tuple[int, ...] | None, bytes, bytes]:
         """In a thread: a not-modified result, or the new content with its signature and hash."""
         if not self._lock.acquire(blocking=False):

@@ -261,6 +261,14 @@ class HTTPSource:
         self._expires_at = _expiry(context, value)
         return Fetched(value, refresh_in=refresh_in)
 
+    def check_value(self, value: Any) -> Any:
+        """``value`` as ``validate`` returns it; `SourceError` if it is not one this source could produce.
+
+        For a value that did not come from this source's own fetch: one that
+        another process stored in the coordination backend, untrusted like a body.
+        """
+        return self._parser.check(value, self.where)
+
     def _export_validators(self) -> dict[str, str] | None:
         """What a process taking over needs to ask this server "changed since?" (coordination).
 

@@ -20,6 +20,8 @@ Validate: TypeAlias = "Callable[[Any], Any]"
 FORMATS = ("json", "toml", "text", "bytes")
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 """The largest document a source takes unless told otherwise (``max_bytes``)."""
+
+_FORMAT_TYPES: dict[str, type] = {"toml": dict, "text": str, "bytes": bytes}  # json: any JSON value
 # Parsing a big document on the event loop would stall every request meanwhile.
 THREAD_THRESHOLD = 64 * 1024
 
@@ -100,6 +102,20 @@ class Parser:
                 self._validated(value.value, where), expires_in=value.expires_in, leeway=value.leeway
             )
         return self._validated(value, where)
+
+    def check(self, value: Any, where: str) -> Any:
+        """``value`` as ``validate`` returns it, for a value that was parsed elsewhere.
+
+        A value that another process stored is untrusted input: it gets the same
+        checks as a body fetched here, short of parsing (the type the format
+        produces, then ``validate``). Raises `SourceError` naming ``where``.
+        """
+        expected = _FORMAT_TYPES.get(self.format) if isinstance(self.format, str) else None
+        if expected is not None and not isinstance(value, expected):
+            raise SourceError(
+                f"{where}: a {self.format} value must be {expected.__name__} (got {type(value).__name__})"
+            )
+        return value if self.validate is None else self._validated(value, where)
 
     def _parse(self, body: bytes, encoding: str) -> Any:
         if self.format == "json":

@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
 from ._coordination import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
+    MAX_COUNT,
+    MAX_FIELD_BYTES,
+    MAX_META_BYTES,
+    MAX_OWNER_CHARS,
+    BadRecord,
     Change,
     ChangeStream,
     Coordinator,
@@ -43,64 +49,160 @@ from ._coordination import (
     MetaValue,
     Stored,
     call_blocking,
+    check_max_bytes,
     check_name,
     check_prefix,
-    decode_meta,
     encode_meta,
     new_owner,
+    parse_count,
+    parse_head,
+    parse_stored,
 )
 from ._duration import Duration, positive_duration
+from ._text import printable
 
 if TYPE_CHECKING:
     import redis
 
-_ACQUIRE = """
+# Every script checks what it reads: the keys hold whatever anyone wrote, and a
+# script that fails on a damaged key would make the backend look down for every
+# name. A key of the wrong type, a counter that is not a counter, a lease without
+# an expiry (or with an absurd one): each is replaced, not obeyed.
+_VALID = """
+local function counter(value)
+  return type(value) == 'string' and string.len(value) <= 15 and string.match(value, '^[0-9]+$') ~= nil
+end
+local function kind(key)
+  return redis.call('TYPE', key)['ok']
+end
+"""
+
+# KEYS: lease. ARGV: owner, ttl in ms, the longest lease any process takes (ms).
+_ACQUIRE = (
+    _VALID
+    + """
+if kind(KEYS[1]) ~= 'string' then
+  redis.call('DEL', KEYS[1])
+end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
 if holder then
-  return 0
+  local left = redis.call('PTTL', KEYS[1])
+  if left >= 0 and left <= tonumber(ARGV[3]) then
+    return 0
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+)
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+_RELEASE = (
+    _VALID
+    + """
+if kind(KEYS[1]) == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
+)
 
-# KEYS: lease, entry. ARGV: owner, data, meta, stored_at, answered, channel, name.
-_STORE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+# KEYS: lease, entry. ARGV: owner, data, meta, answered, channel, name.
+# stored_at is the server's clock: every reader measures the value's age on it.
+# (Redis before 5 replicates a script that reads the clock only as its effects.)
+_STORE = (
+    _VALID
+    + """
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+if kind(KEYS[1]) ~= 'string' or redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return false
 end
-local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
-local answered = tonumber(redis.call('HGET', KEYS[2], 'answered') or '0')
-if tonumber(ARGV[5]) > answered then
-  answered = tonumber(ARGV[5])
+if kind(KEYS[2]) ~= 'hash' then
+  redis.call('DEL', KEYS[2])
 end
-redis.call('HSET', KEYS[2], 'data', ARGV[2], 'meta', ARGV[3], 'stored_at', ARGV[4],
+for _, field in ipairs({'version', 'requested'}) do
+  if not counter(redis.call('HGET', KEYS[2], field)) then
+    redis.call('HSET', KEYS[2], field, '0')
+  end
+end
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+local answered = redis.call('HGET', KEYS[2], 'answered')
+if not counter(answered) then
+  answered = '0'
+end
+if tonumber(ARGV[4]) > tonumber(answered) then
+  answered = ARGV[4]
+end
+local now = redis.call('TIME')
+local stored_at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+redis.call('HSET', KEYS[2], 'data', ARGV[2], 'meta', ARGV[3], 'stored_at', stored_at,
            'stored_by', ARGV[1], 'answered', answered)
-redis.call('PUBLISH', ARGV[6], 'stored ' .. ARGV[7] .. ' ' .. version)
+redis.call('PUBLISH', ARGV[5], 'stored ' .. ARGV[6] .. ' ' .. version)
 return version
 """
+)
 
 # KEYS: entry. ARGV: channel, name.
-_REQUEST = """
+_REQUEST = (
+    _VALID
+    + """
+if kind(KEYS[1]) ~= 'hash' then
+  redis.call('DEL', KEYS[1])
+end
+if not counter(redis.call('HGET', KEYS[1], 'requested')) then
+  redis.call('HSET', KEYS[1], 'requested', '0')
+end
 local number = redis.call('HINCRBY', KEYS[1], 'requested', 1)
 redis.call('PUBLISH', ARGV[1], 'refresh_requested ' .. ARGV[2] .. ' ' .. number)
 return number
+"""
+)
+
+# KEYS: entry. ARGV: the fields to read, as name and largest size in bytes, in turn.
+# Returns {seconds, microseconds} of the server's clock, then a status: 'none' (no
+# entry), 'type' (not a hash), 'big' with the field and its size, or 'ok' followed
+# by the fields' values (false for a missing one). Sizes are checked before any
+# value is read, so a huge field is never sent to us.
+_READ = """
+local now = redis.call('TIME')
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+  return {now[1], now[2], 'none'}
+end
+if kind ~= 'hash' then
+  return {now[1], now[2], 'type', kind}
+end
+local names = {}
+for i = 1, #ARGV, 2 do
+  local size = redis.call('HSTRLEN', KEYS[1], ARGV[i])
+  if size > tonumber(ARGV[i + 1]) then
+    return {now[1], now[2], 'big', ARGV[i], size}
+  end
+  names[#names + 1] = ARGV[i]
+end
+local reply = {now[1], now[2], 'ok'}
+local values = redis.call('HMGET', KEYS[1], unpack(names))
+for i = 1, #names do
+  reply[#reply + 1] = values[i]
+end
+return reply
 """
 
 _LISTEN_WAIT = 0.25  # how long one blocking read of the subscription waits before checking for close
 _HEALTH_CHECK_EVERY = 5  # seconds: an idle subscription pings, so a dead server is noticed
 _RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
 _SOCKET_SHARE = 0.8  # of the timeout, for the socket timeouts
+# A lease key that lives longer than this is not one that a process of this package
+# set (they last two thirds of lease_ttl): it is taken over, not waited for forever.
+_LONGEST_LEASE = 86400.0
+_LEASE_FACTOR = 100  # ... or than this many times the ttl we ask for, if that is longer
+_ENTRY_FIELDS = ("version", "data", "meta", "stored_at", "stored_by", "answered")
+_HEAD_FIELDS = ("version", "requested", "answered")
 
 
 def _import_redis() -> Any:
@@ -111,16 +213,46 @@ def _import_redis() -> Any:
     return redis
 
 
+_SECRET_PARAMS = re.compile(r"pass|secret|token|key|auth|cred|user", re.IGNORECASE)
+
+
 def _safe_url(url: str) -> str:
-    """``url`` without its password, for messages and repr."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + host))
+    """``url`` without its credentials, for messages and repr.
+
+    The password of the userinfo and the value of every query parameter that may
+    hold a credential (``password``, ``username``...) are masked.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # a malformed netloc or port: show none of it
+        return "(a Redis URL that cannot be parsed)"
+    if parts.password is not None:
+        host = (f"{parts.username}:***@" if parts.username else ":***@") + host
+    elif parts.username:
+        host = f"{parts.username}@{host}"
+    query = "&".join(
+        f"{key}={'***' if _SECRET_PARAMS.search(key) else value}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit(parts._replace(netloc=host, query=query))
+
+
+def _secrets_in(url: str) -> list[str]:
+    """The credentials ``url`` carries, as they may appear in an error message."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""]
+    except ValueError:
+        found = []
+        parts = None
+    if parts is not None:
+        found += [value for key, value in parse_qsl(parts.query) if _SECRET_PARAMS.search(key)]
+    found += [unquote(secret) for secret in found]
+    # Longest first: a secret that contains another is masked whole.
+    return sorted({secret for secret in found if len(secret) >= 3}, key=len, reverse=True)
 
 
 class RedisCoordinator:
@@ -138,17 +270,31 @@ class RedisCoordinator:
         timeout: How long any one operation may take, connecting included,
             before it fails with `CoordinatorUnavailable` (seconds, or a
             duration like ``"2s"``).
+        max_bytes: The largest stored value (encoded) that is read or written:
+            a bigger one is refused before it is read, so a damaged or hostile
+            entry cannot fill this process's memory. 32 MiB by default.
+
+    The URL's password (in its userinfo or a ``?password=`` parameter) never
+    appears in messages, ``status()`` or ``repr``.
     """
 
     def __init__(
-        self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: Duration = DEFAULT_TIMEOUT
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: Duration = DEFAULT_TIMEOUT,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._redis = _import_redis()
         if not isinstance(url, str) or not url:
-            raise ValueError(f"url must be a Redis URL such as 'redis://localhost:6379/0' (got {url!r})")
+            kind = "an empty string" if url == "" else type(url).__name__
+            raise ValueError(f"url must be a Redis URL such as 'redis://localhost:6379/0' (got {kind})")
         self.url = url
         self.prefix = check_prefix(prefix)
         self.timeout = positive_duration("RedisCoordinator", "timeout", timeout)
+        self.max_bytes = check_max_bytes("RedisCoordinator", max_bytes)
+        self._secrets = _secrets_in(url)
         self._owner = new_owner()
         self._client: redis.Redis | None = None
         self._limiter: anyio.CapacityLimiter | None = None
@@ -183,13 +329,14 @@ class RedisCoordinator:
                 health_check_interval=_HEALTH_CHECK_EVERY,
             )
         except ValueError as exc:
-            raise ValueError(f"{self!r}: bad url: {exc}") from None
+            raise ValueError(f"{self!r}: bad url: {self._scrub(str(exc))}") from None
         self._client = client
         self._scripts = {
             "acquire": client.register_script(_ACQUIRE),
             "release": client.register_script(_RELEASE),
             "store": client.register_script(_STORE),
             "request": client.register_script(_REQUEST),
+            "read": client.register_script(_READ),
         }
 
     async def close(self) -> None:
@@ -232,8 +379,15 @@ class RedisCoordinator:
 
     def _describe(self, exc: BaseException) -> str | None:
         if isinstance(exc, self._redis.RedisError | OSError):
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            text = self._scrub(str(exc))
+            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         return None
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (an error from redis-py or the server) without our credentials, on one line."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return printable(text, 500)
 
     async def _call(self, func: Callable[[], Any]) -> Any:
         assert self._limiter is not None
@@ -250,11 +404,12 @@ class RedisCoordinator:
         self._open_client()
         lease = self._key("lease", name)
         millis = max(1, math.ceil(positive_duration("RedisCoordinator", "ttl", ttl) * 1000))
+        longest = max(millis * _LEASE_FACTOR, int(_LONGEST_LEASE * 1000))
         script = self._scripts["acquire"]
         # Counted as held before the call: if shutdown abandons it, the lease it may
         # still take is given back at close, not left to expire.
         self._held.add(name)
-        held = bool(await self._call(lambda: script(keys=[lease], args=[self._owner, millis])))
+        held = bool(await self._call(lambda: script(keys=[lease], args=[self._owner, millis, longest])))
         if not held:
             self._held.discard(name)
         return held
@@ -270,49 +425,71 @@ class RedisCoordinator:
     async def store(
         self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
     ) -> int | None:
-        """Store ``data`` as the new version of ``name`` if we hold its lease; None if not."""
+        """Store ``data`` as the new version of ``name`` if we hold its lease; None if not.
+
+        Raises:
+            ValueError: ``data`` is bigger than ``max_bytes`` (the others would refuse it).
+        """
         self._open_client()
         keys = [self._key("lease", name), self._key("entry", name)]
         meta_text = encode_meta(meta)
-        wall = time.time()
+        blob = bytes(data)
+        if len(blob) > self.max_bytes:
+            raise ValueError(f"{self!r}: the value is {len(blob)} bytes, over max_bytes ({self.max_bytes})")
         script = self._scripts["store"]
-        args = [self._owner, bytes(data), meta_text, repr(wall), int(answered), self._channel, name]
+        args = [self._owner, blob, meta_text, min(max(int(answered), 0), MAX_COUNT), self._channel, name]
         version = await self._call(lambda: script(keys=keys, args=args))
         if version is None:
             self._held.discard(name)
             return None
         return int(version)
 
-    async def load(self, name: str) -> Stored | None:
-        """The stored value of ``name``, or None."""
-        client = self._open_client()
+    async def _read(
+        self, name: str, limits: Sequence[tuple[str, int]]
+    ) -> tuple[float, dict[str, Any] | None]:
+        """The server's clock and the entry's fields (None if there is no entry), sizes checked first."""
+        self._open_client()
         entry = self._key("entry", name)
-        fields = ("version", "data", "meta", "stored_at", "stored_by", "answered")
-        values = await self._call(lambda: client.hmget(entry, fields))
-        version, data, meta, stored_at, stored_by, answered = values
-        if data is None or version is None:
+        script = self._scripts["read"]
+        args = [item for field, limit in limits for item in (field, limit)]
+        reply = await self._call(lambda: script(keys=[entry], args=args))
+        try:
+            seconds, micros, status, *rest = reply
+            now = parse_count("the server's clock", seconds) + parse_count("the server's clock", micros) / 1e6
+        except (TypeError, ValueError):  # not what our script returns: not a Redis we can use
+            raise CoordinatorUnavailable(
+                f"Redis at {_safe_url(self.url)}: unexpected reply to a read"
+            ) from None
+        if status == b"none":
+            return now, None
+        if status == b"type":
+            raise BadRecord(
+                f"the entry is a Redis {printable(bytes(rest[0]).decode('ascii', 'replace'), 20)}, not a hash"
+            )
+        if status == b"big":
+            field, size = bytes(rest[0]).decode("ascii", "replace"), rest[1]
+            limit = dict(limits).get(field, 0)
+            hint = "; raise max_bytes if that is right" if field == "data" else ""
+            raise BadRecord(f"{field} is {size} bytes (at most {limit}){hint}")
+        if len(rest) != len(limits):
+            raise CoordinatorUnavailable(f"Redis at {_safe_url(self.url)}: unexpected reply to a read")
+        return now, {field: value for (field, _), value in zip(limits, rest, strict=True)}
+
+    async def load(self, name: str) -> Stored | None:
+        """The stored value of ``name``, or None; `BadRecord` if it is malformed or too big."""
+        sizes = {"data": self.max_bytes, "meta": MAX_META_BYTES, "stored_by": MAX_OWNER_CHARS * 4}
+        limits = [(field, sizes.get(field, MAX_FIELD_BYTES)) for field in _ENTRY_FIELDS]
+        now, fields = await self._read(name, limits)
+        if fields is None:
             return None
-        return Stored(
-            version=int(version),
-            data=bytes(data),
-            meta=decode_meta(meta),
-            stored_at=float(stored_at or 0.0),
-            stored_by=(stored_by or b"").decode(),
-            answered=int(answered or 0),
-        )
+        return parse_stored(fields, max_bytes=self.max_bytes, time=now)
 
     async def head(self, name: str) -> Head:
-        """Version and refresh-now counters of ``name`` (one HMGET)."""
-        client = self._open_client()
-        entry = self._key("entry", name)
-        version, requested, answered = await self._call(
-            lambda: client.hmget(entry, ("version", "requested", "answered"))
-        )
-        return Head(
-            version=int(version) if version is not None else None,
-            requested=int(requested or 0),
-            answered=int(answered or 0),
-        )
+        """Version and refresh-now counters of ``name`` (one small read); `BadRecord` if malformed."""
+        now, fields = await self._read(name, [(field, MAX_FIELD_BYTES) for field in _HEAD_FIELDS])
+        if fields is None:
+            return Head(None, 0, 0, time=now)
+        return parse_head(fields["version"], fields["requested"], fields["answered"], time=now)
 
     async def request_refresh(self, name: str) -> int:
         """Count a refresh-now request for ``name`` and tell the lease holder; its number."""
@@ -385,16 +562,17 @@ class RedisCoordinator:
             _close_quietly(pubsub)
 
 
-def _parse_change(data: bytes) -> Change | None:
+def _parse_change(data: object) -> Change | None:
+    """The change a channel message announces; None for anything that is not one of ours."""
+    if not isinstance(data, bytes) or len(data) > 200:
+        return None  # not ours: someone else published on the channel
     try:
         kind, name, number = data.decode().split(" ")
-        if kind == "stored":
-            return Change("stored", name, int(number))
-        if kind == "refresh_requested":
-            return Change("refresh_requested", name, int(number))
-    except ValueError:
+        if name.isidentifier() and kind in ("stored", "refresh_requested"):
+            return Change(kind, name, parse_count("number", number))  # type: ignore[arg-type]
+    except ValueError:  # BadRecord included
         pass
-    return None  # not ours: someone else published on the channel
+    return None
 
 
 def _close_quietly(pubsub: Any) -> None:

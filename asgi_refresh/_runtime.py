@@ -24,7 +24,7 @@ from . import _schedule as schedule
 from ._clock import Clock
 from ._contain import describe_error, escapes
 from ._coordinated import Coordination, NotShareable
-from ._coordination import Codec, Coordinator, JSONCodec, MetaValue
+from ._coordination import Codec, Coordinator, JSONCodec
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._hooks import Hooks
@@ -549,15 +549,9 @@ class Runtime:
                 data = coordination.codec.encode(self.state[slot.spec.name])
             except BaseException:  # user code (a codec), refused before, at the fetch that published it
                 return
-        # When it was fetched, on our clock: the others age the value from that.
-        meta: dict[str, MetaValue] = {"fetched_at": slot.last_success_at}
-        if slot.expires_at is not None:
-            meta["expires_at"] = self.clock.wall() + slot.expires_at - self.clock.monotonic()
-            meta["leeway"] = slot.leeway
-        export = getattr(slot.spec.fetch, "_export_validators", None)
-        if export is not None:
-            meta.update(export() or {})  # an HTTPSource's ETag: the next holder asks "changed since?"
-        await coordination.share(slot, data, meta, answered)
+        # What goes with it (when it was fetched, its lifetime, its ETag) is the
+        # coordination's business: times cross hosts on the backend's clock.
+        await coordination.share(slot, data, answered)
 
     def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> None:
         if slot.overridden:  # overridden while fetching: the pinned value wins

@@ -31,8 +31,14 @@ import anyio
 import anyio.to_thread
 
 from ._coordination import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
+    MAX_COUNT,
+    MAX_FIELD_BYTES,
+    MAX_META_BYTES,
+    MAX_OWNER_CHARS,
+    BadRecord,
     Change,
     Coordinator,
     CoordinatorUnavailable,
@@ -40,11 +46,13 @@ from ._coordination import (
     MetaValue,
     Stored,
     call_blocking,
+    check_max_bytes,
     check_name,
     check_prefix,
-    decode_meta,
     encode_meta,
     new_owner,
+    parse_head,
+    parse_stored,
 )
 from ._duration import Duration, positive_duration
 
@@ -78,11 +86,47 @@ CREATE TABLE IF NOT EXISTS asgi_refresh_changes (
 );
 """
 
+# Every statement that reads a counter checks its type: the file holds whatever
+# anyone wrote, and a damaged counter is replaced, not obeyed or failed on. The
+# change counter starts again at a random value: one a subscriber saw before the
+# damage would hide this change from it.
 _BUMP = (
-    "INSERT INTO asgi_refresh_changes (prefix, seq) VALUES (?, 1) "
-    "ON CONFLICT (prefix) DO UPDATE SET seq = seq + 1"
+    "INSERT INTO asgi_refresh_changes (prefix, seq) VALUES (?, 1) ON CONFLICT (prefix) DO UPDATE SET "
+    "seq = CASE WHEN typeof(seq) = 'integer' AND seq BETWEEN 0 AND 4611686018427387903 "
+    "THEN seq + 1 ELSE abs(random() % 1000000000000) + 2 END"
 )
+_COUNTER = f"typeof({{0}}) = 'integer' AND {{0}} BETWEEN 0 AND {MAX_COUNT - 1}"
+_STORE = (
+    "INSERT INTO asgi_refresh_entries "
+    "(prefix, name, version, data, meta, stored_at, stored_by, requested, answered) "
+    "VALUES (?, ?, 1, ?, ?, ?, ?, 0, ?) ON CONFLICT (prefix, name) DO UPDATE SET "
+    f"version = CASE WHEN {_COUNTER.format('version')} THEN version + 1 ELSE 1 END, "
+    "data = excluded.data, meta = excluded.meta, stored_at = excluded.stored_at, "
+    "stored_by = excluded.stored_by, "
+    f"requested = CASE WHEN {_COUNTER.format('requested')} THEN requested ELSE 0 END, "
+    f"answered = CASE WHEN {_COUNTER.format('answered')} THEN max(answered, excluded.answered) "
+    "ELSE excluded.answered END"
+)
+_REQUEST = (
+    "INSERT INTO asgi_refresh_entries (prefix, name, requested) VALUES (?, ?, 1) "
+    "ON CONFLICT (prefix, name) DO UPDATE SET "
+    f"requested = CASE WHEN {_COUNTER.format('requested')} THEN requested + 1 ELSE 1 END"
+)
+# What a subscriber polls: a counter that is not one reads as -1 (a change, once it is repaired).
+_SEQ = (
+    "SELECT CASE WHEN typeof(seq) = 'integer' THEN seq ELSE -1 END FROM asgi_refresh_changes WHERE prefix = ?"
+)
+_NAMES = (
+    "SELECT name, "
+    "CASE WHEN typeof(version) = 'integer' THEN version ELSE -1 END, "
+    "CASE WHEN typeof(requested) = 'integer' THEN requested ELSE -1 END "
+    "FROM asgi_refresh_entries WHERE prefix = ? AND typeof(name) = 'text' AND length(name) <= 200 LIMIT ?"
+)
+_MAX_NAMES = 100_000  # rows a subscriber reads per change: a flooded table must not fill memory
 _RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
+_LONGEST_LEASE = 86400.0  # a lease expiring later than this (or 100 ttls) is not ours: taken over
+_LEASE_FACTOR = 100
+_ENTRY_FIELDS = ("version", "data", "meta", "stored_at", "stored_by", "answered")
 
 
 class SQLiteCoordinator:
@@ -103,6 +147,9 @@ class SQLiteCoordinator:
         timeout: How long any one operation may take, waiting for a lock
             included, before it fails with `CoordinatorUnavailable` (seconds, or
             a duration like ``"2s"``).
+        max_bytes: The largest stored value (encoded) that is read or written:
+            a bigger one is refused before it is read, so a damaged or hostile
+            row cannot fill this process's memory. 32 MiB by default.
     """
 
     def __init__(
@@ -112,6 +159,7 @@ class SQLiteCoordinator:
         prefix: str = DEFAULT_PREFIX,
         poll_interval: Duration = DEFAULT_POLL_INTERVAL,
         timeout: Duration = DEFAULT_TIMEOUT,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.path = os.fspath(path)
         if not self.path or self.path == ":memory:" or self.path.startswith("file:"):
@@ -119,6 +167,7 @@ class SQLiteCoordinator:
         self.prefix = check_prefix(prefix)
         self.poll_interval = positive_duration("SQLiteCoordinator", "poll_interval", poll_interval)
         self.timeout = positive_duration("SQLiteCoordinator", "timeout", timeout)
+        self.max_bytes = check_max_bytes("SQLiteCoordinator", max_bytes)
         self._owner = new_owner()
         self._open = False
         self._connection: sqlite3.Connection | None = None
@@ -244,15 +293,20 @@ class SQLiteCoordinator:
         check_name(name)
         positive_duration("SQLiteCoordinator", "ttl", ttl)
         owner = self._owner
+        longest = max(ttl * _LEASE_FACTOR, _LONGEST_LEASE)
 
         def acquire(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
             now = time.time()
-            row = db.execute(
-                "SELECT owner, expires_at FROM asgi_refresh_leases WHERE prefix = ? AND name = ?",
-                (self.prefix, name),
+            # A row that is not a lease we wrote (the wrong types, an expiry absurdly
+            # far ahead) is taken over, not obeyed: it would stop every fetch forever.
+            held = db.execute(
+                "SELECT 1 FROM asgi_refresh_leases WHERE prefix = ? AND name = ? "
+                "AND typeof(owner) = 'text' AND owner != ? "
+                "AND typeof(expires_at) IN ('real', 'integer') AND expires_at > ? AND expires_at <= ?",
+                (self.prefix, name, owner, now, now + longest),
             ).fetchone()
-            if row is not None and row[0] != owner and row[1] > now:
+            if held is not None:
                 db.execute("COMMIT")
                 return False
             db.execute(
@@ -288,11 +342,18 @@ class SQLiteCoordinator:
     async def store(
         self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
     ) -> int | None:
-        """Store ``data`` as the new version of ``name`` if we hold its lease; None if not."""
+        """Store ``data`` as the new version of ``name`` if we hold its lease; None if not.
+
+        Raises:
+            ValueError: ``data`` is bigger than ``max_bytes`` (the others would refuse it).
+        """
         check_name(name)
         meta_text = encode_meta(meta)
         owner = self._owner
         blob = bytes(data)
+        if len(blob) > self.max_bytes:
+            raise ValueError(f"{self!r}: the value is {len(blob)} bytes, over max_bytes ({self.max_bytes})")
+        number = min(max(int(answered), 0), MAX_COUNT)
 
         def store(db: sqlite3.Connection) -> int | None:
             db.execute("BEGIN IMMEDIATE")
@@ -305,15 +366,7 @@ class SQLiteCoordinator:
             if holder is None:
                 db.execute("COMMIT")
                 return None
-            db.execute(
-                "INSERT INTO asgi_refresh_entries "
-                "(prefix, name, version, data, meta, stored_at, stored_by, answered) "
-                "VALUES (?, ?, 1, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (prefix, name) DO UPDATE SET version = version + 1, data = excluded.data, "
-                "meta = excluded.meta, stored_at = excluded.stored_at, stored_by = excluded.stored_by, "
-                "answered = max(answered, excluded.answered)",
-                (self.prefix, name, blob, meta_text, now, owner, int(answered)),
-            )
+            db.execute(_STORE, (self.prefix, name, blob, meta_text, now, owner, number))
             row = db.execute(  # not RETURNING: that needs SQLite 3.35, upserts only 3.24
                 "SELECT version FROM asgi_refresh_entries WHERE prefix = ? AND name = ?", (self.prefix, name)
             ).fetchone()
@@ -328,44 +381,58 @@ class SQLiteCoordinator:
         return version
 
     async def load(self, name: str) -> Stored | None:
-        """The stored value of ``name``, or None."""
+        """The stored value of ``name``, or None; `BadRecord` if it is malformed or too big."""
         check_name(name)
+        where = "FROM asgi_refresh_entries WHERE prefix = ? AND name = ?"
+        limits = {"data": self.max_bytes, "meta": MAX_META_BYTES, "stored_by": MAX_OWNER_CHARS * 4}
 
-        def load(db: sqlite3.Connection) -> Any:
-            return db.execute(
-                "SELECT version, data, meta, stored_at, stored_by, answered FROM asgi_refresh_entries "
-                "WHERE prefix = ? AND name = ? AND data IS NOT NULL",
-                (self.prefix, name),
-            ).fetchone()
+        def load(db: sqlite3.Connection) -> tuple[float, Any, Any]:
+            db.execute("BEGIN")  # one snapshot for the sizes and the values
+            try:
+                sizes = db.execute(
+                    f"SELECT {', '.join(f'length({field})' for field in _ENTRY_FIELDS)} {where}",
+                    (self.prefix, name),
+                ).fetchone()
+                if sizes is None:
+                    return time.time(), None, None
+                # length() counts the bytes of a blob and the characters of text.
+                for field, size in zip(_ENTRY_FIELDS, sizes, strict=True):
+                    if size is not None and size > limits.get(field, MAX_FIELD_BYTES):
+                        return time.time(), (field, size), None
+                row = db.execute(f"SELECT {', '.join(_ENTRY_FIELDS)} {where}", (self.prefix, name)).fetchone()
+                return time.time(), None, row
+            finally:
+                db.execute("COMMIT")
 
-        row = await self._call(load)
+        now, too_big, row = await self._call(load)
+        if too_big is not None:
+            field, size = too_big
+            hint = "; raise max_bytes if that is right" if field == "data" else ""
+            raise BadRecord(f"{field} is {size} bytes (at most {limits.get(field, MAX_FIELD_BYTES)}){hint}")
         if row is None:
             return None
-        version, data, meta, stored_at, stored_by, answered = row
-        return Stored(
-            version=version,
-            data=bytes(data),
-            meta=decode_meta(meta),
-            stored_at=stored_at,
-            stored_by=stored_by,
-            answered=answered,
-        )
+        return parse_stored(dict(zip(_ENTRY_FIELDS, row, strict=True)), max_bytes=self.max_bytes, time=now)
 
     async def head(self, name: str) -> Head:
-        """Version and refresh-now counters of ``name`` (one primary-key read)."""
+        """Version and refresh-now counters of ``name`` (one primary-key read); `BadRecord` if malformed."""
         check_name(name)
 
-        def head(db: sqlite3.Connection) -> Any:
-            return db.execute(
-                "SELECT version, requested, answered FROM asgi_refresh_entries WHERE prefix = ? AND name = ?",
-                (self.prefix, name),
+        def head(db: sqlite3.Connection) -> tuple[float, Any]:
+            row = db.execute(
+                "SELECT coalesce(length(version), 0) <= ? AND coalesce(length(requested), 0) <= ? "
+                "AND coalesce(length(answered), 0) <= ?, "
+                "version, requested, answered FROM asgi_refresh_entries WHERE prefix = ? AND name = ?",
+                (MAX_FIELD_BYTES, MAX_FIELD_BYTES, MAX_FIELD_BYTES, self.prefix, name),
             ).fetchone()
+            return time.time(), row
 
-        row = await self._call(head)
+        now, row = await self._call(head)
         if row is None:
-            return Head(None, 0, 0)
-        version, requested, answered = row
-        return Head(version or None, requested, answered)
+            return Head(None, 0, 0, time=now)
+        small, version, requested, answered = row
+        if not small:
+            raise BadRecord("a counter is bigger than any number")
+        return parse_head(version, requested, answered, time=now)
 
     async def request_refresh(self, name: str) -> int:
         """Count a refresh-now request for ``name``; its number."""
@@ -373,11 +440,7 @@ class SQLiteCoordinator:
 
         def request(db: sqlite3.Connection) -> int:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "INSERT INTO asgi_refresh_entries (prefix, name, requested) VALUES (?, ?, 1) "
-                "ON CONFLICT (prefix, name) DO UPDATE SET requested = requested + 1",
-                (self.prefix, name),
-            )
+            db.execute(_REQUEST, (self.prefix, name))
             row = db.execute(
                 "SELECT requested FROM asgi_refresh_entries WHERE prefix = ? AND name = ?",
                 (self.prefix, name),
@@ -398,17 +461,15 @@ class SQLiteCoordinator:
             seq = self._seq(db)
             names = {
                 name: (version, requested)
-                for name, version, requested in db.execute(
-                    "SELECT name, version, requested FROM asgi_refresh_entries WHERE prefix = ?",
-                    (self.prefix,),
-                )
+                for name, version, requested in db.execute(_NAMES, (self.prefix, _MAX_NAMES))
+                if name.isidentifier()
             }
         finally:
             db.execute("COMMIT")
         return seq, names
 
     def _seq(self, db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT seq FROM asgi_refresh_changes WHERE prefix = ?", (self.prefix,)).fetchone()
+        row = db.execute(_SEQ, (self.prefix,)).fetchone()
         return row[0] if row else 0
 
     @asynccontextmanager
@@ -440,9 +501,10 @@ class _Poller:
             for name, (version, requested) in names.items():
                 old_version, old_requested = self._names.get(name, (0, 0))
                 if version != old_version and version:
+                    # A damaged version reads -1: still a change, which the reader's load reports.
                     self._pending.append(Change("stored", name, version))
-                if requested != old_requested and requested:
-                    self._pending.append(Change("refresh_requested", name, requested))
+                if requested != old_requested and requested > 0:
+                    self._pending.append(Change("refresh_requested", name, min(requested, MAX_COUNT)))
             self._names = names
         return self._pending.popleft()
 

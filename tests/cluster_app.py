@@ -19,11 +19,15 @@ Environment:
     LEASE_TTL: The lease's ttl (default ``3s``).
     COORDINATOR_TIMEOUT: Seconds any one backend operation may take (default 1).
     POLL_INTERVAL: Seconds between an SQLite subscriber's checks (default 0.2).
+    LOG_LEVEL: If set (``INFO``, ``WARNING``...), the package's log lines go to
+        stderr at that level as ``<pid> <LEVEL> <message>``, so that what each
+        worker said can be counted (the benchmarks do).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -73,6 +77,14 @@ async def inner(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200 if found else 404, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
+
+if os.environ.get("LOG_LEVEL"):
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(process)d %(levelname)s %(message)s"))
+    package = logging.getLogger("asgi_refresh")
+    package.addHandler(handler)
+    package.setLevel(os.environ["LOG_LEVEL"])
+    package.propagate = False
 
 app = RefreshMiddleware(
     inner,

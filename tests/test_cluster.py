@@ -28,6 +28,7 @@ import pytest
 
 from asgi_refresh.demo.upstream import Upstream, serve
 
+from .faults.proxy import FlappingProxy
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).parent.parent
@@ -367,3 +368,47 @@ def test_requests_succeed_while_redis_is_down_and_coordination_resumes_after(
         outputs = [node.stop() for node in nodes]
     assert all("the coordinator is unavailable" in output for output in outputs), outputs
     assert all("Traceback" not in output for output in outputs), outputs
+
+
+def test_a_flapping_redis_fails_no_request_sends_no_worker_back_and_warns_once_per_worker(
+    redis_server: RedisServer, upstream: tuple[Upstream, str]
+) -> None:
+    """Redis behind a proxy flipping every 100 ms for 4 s, uvicorn --workers 2 (the benchmark, short)."""
+    documents, url = upstream
+    version = 1
+    documents.set("/data", {"version": version})
+    with FlappingProxy(("127.0.0.1", redis_server.port)) as proxy:
+        env = {
+            **redis_env(
+                redis_server, f"{url}/data", EVERY="0.3s", LEASE_TTL="1.5s", COORDINATOR_TIMEOUT="0.5"
+            ),
+            "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
+            "LOG_LEVEL": "INFO",
+        }
+        with cluster(1, env, workers=2) as (node,):
+            highest: dict[int, int] = {}
+            back: list[tuple[int, int, int]] = []
+            failed: list[str] = []
+            flapping = proxy.flap(every=0.1, seconds=4.0)
+            with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                while flapping.is_alive():
+                    version += 1
+                    documents.set("/data", {"version": version})  # a newer document all the time
+                    try:
+                        page = client.get(f"{node.url}/value").json()
+                    except (httpx.HTTPError, ValueError) as exc:
+                        failed.append(repr(exc))
+                        continue
+                    pid, served = page["pid"], page["value"]["version"]
+                    if served < highest.get(pid, 0):
+                        back.append((pid, highest[pid], served))
+                    highest[pid] = max(highest.get(pid, 0), served)
+            output = node.stop()
+        assert proxy.flips >= 15
+    assert not failed, failed[:5]
+    assert not back, f"a worker served an older value than it had served: {back[:5]}"
+    warnings = [
+        line.split()[0] for line in output.splitlines() if " WARNING asgi_refresh: the coordinator" in line
+    ]
+    assert 1 <= len(warnings) <= 2, output
+    assert len(set(warnings)) == len(warnings), f"more than one WARNING from one worker: {output}"

@@ -8,9 +8,11 @@ waits below poll for up to a few seconds.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from asgi_lifespan import LifespanManager
 from asgi_refresh import (
     Fresh,
     HTTPSource,
+    JSONCodec,
     RedisCoordinator,
     Refresher,
     RefreshError,
@@ -28,7 +31,9 @@ from asgi_refresh import (
     RefreshMiddleware,
     SQLiteCoordinator,
 )
-from asgi_refresh._coordination import Coordinator
+from asgi_refresh._coordinated import fingerprint
+from asgi_refresh._coordination import Coordinator, CoordinatorUnavailable, MetaValue
+from asgi_refresh._runtime import Runtime
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
@@ -121,6 +126,18 @@ async def coordinating_again(clock: FakeClock, middlewares: list[RefreshMiddlewa
         ):
             return
         await anyio.sleep(0.05)
+
+
+def meta_of(refresher: Refresher, **more: MetaValue) -> dict[str, MetaValue]:
+    """What a process of the app running ``refresher`` stores with a value it fetched just now."""
+    now = time.time()  # the SQLite backend's clock is this host's
+    return {
+        "source": fingerprint(refresher, JSONCodec()),
+        "fetched_at": now,
+        "started": now,
+        "error": 0.0,
+        **more,
+    }
 
 
 async def test_four_workers_fetch_once_per_interval_and_converge(backend: Backend) -> None:
@@ -238,9 +255,10 @@ async def test_refresh_now_when_the_leader_cannot_answer_times_out_with_a_clear_
     clock = FakeClock()
     upstream = CountingUpstream()
     path = tmp_path / "refresh.db"
+    refresher = Refresher("names", upstream, every="1m", timeout="1s")
     follower = RefreshMiddleware(
         ScriptedApp(),
-        refreshers=[Refresher("names", upstream, every="1m", timeout="1s")],
+        refreshers=[refresher],
         clock=clock,
         coordinator=SQLiteCoordinator(path, poll_interval=0.02),
         lease_ttl="1s",
@@ -248,7 +266,7 @@ async def test_refresh_now_when_the_leader_cannot_answer_times_out_with_a_clear_
     squatter = SQLiteCoordinator(path)
     async with squatter:
         assert await squatter.acquire("names", ttl=60)
-        await squatter.store("names", b'{"version": 0}', {})
+        await squatter.store("names", b'{"version": 0}', meta_of(refresher))
         async with LifespanManager(follower):
             assert follower.handle.value("names") == {"version": 0}
             with pytest.raises(RefreshError, match="did not store a new value within 2s"):
@@ -323,25 +341,31 @@ async def test_the_next_lease_holder_asks_the_server_if_changed_since(tmp_path: 
             await until(lambda: second.handle.value("names") == ["ada", "grace", "edsger"])
 
 
-async def test_a_stored_value_the_codec_cannot_decode_is_logged_and_skipped(
+async def test_a_stored_value_the_codec_cannot_decode_is_logged_and_fetched_here(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Garbage in the backend (another app, another codec) is an error line, not a crash."""
+    """Garbage in the backend is one WARNING naming the refresher; this process fetches for itself."""
     path = tmp_path / "refresh.db"
     squatter = SQLiteCoordinator(path)
+    refresher = Refresher("names", CountingUpstream(), every="1m", required=True)
     async with squatter:
         assert await squatter.acquire("names", ttl=60)
-        await squatter.store("names", b"\xff not json", {})
+        await squatter.store("names", b"\xff not json", meta_of(refresher))
         middleware = RefreshMiddleware(
             ScriptedApp(),
-            refreshers=[Refresher("names", CountingUpstream(), every="1m", required=False, default=[])],
+            refreshers=[refresher],
             clock=FakeClock(),
             coordinator=SQLiteCoordinator(path),
-            startup_timeout="1s",
+            startup_timeout="5s",
         )
         async with LifespanManager(middleware):
-            assert middleware.handle.value("names") == []
-    assert "the stored value (version 1) cannot be decoded by JSONCodec()" in caplog.text
+            assert middleware.handle.value("names") == {"version": 1}, "a required refresher still starts"
+            coordination = middleware.handle.status()["names"]["coordination"]
+            assert coordination["role"] == "standalone"
+            assert "cannot be decoded by JSONCodec()" in coordination["error"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Refresher 'names': its stored value cannot be decoded by JSONCodec()")
 
 
 async def test_an_expiring_value_keeps_its_expiry_across_processes(tmp_path: Path) -> None:
@@ -367,7 +391,9 @@ async def test_an_expiring_value_keeps_its_expiry_across_processes(tmp_path: Pat
     first, second = worker(), worker()
     async with LifespanManager(first), LifespanManager(second):
         await until(lambda: second.handle.value("token") == "token-1")
-        assert first.handle.status()["token"]["expires_at"] == second.handle.status()["token"]["expires_at"]
+        expiries = [datetime.fromisoformat(m.handle.status()["token"]["expires_at"]) for m in (first, second)]
+        # The follower ages the value by the backend's clock: real milliseconds went by.
+        assert abs((expiries[0] - expiries[1]).total_seconds()) < 0.5
     third = worker()
     async with LifespanManager(third):
         assert third.handle.value("token") == "token-1"
@@ -493,12 +519,13 @@ async def test_a_follower_waiting_for_a_dead_holder_takes_over_and_fetches(tmp_p
     path = tmp_path / "refresh.db"
     upstream = CountingUpstream()
     squatter = SQLiteCoordinator(path)
+    refresher = Refresher("names", upstream, every="1h", timeout="5s")
     async with squatter:
         assert await squatter.acquire("names", ttl=0.5)  # then never renewed: a dead holder
-        await squatter.store("names", b'{"version": 0}', {})
+        await squatter.store("names", b'{"version": 0}', meta_of(refresher))
         middleware = RefreshMiddleware(
             ScriptedApp(),
-            refreshers=[Refresher("names", upstream, every="1h", timeout="5s")],
+            refreshers=[refresher],
             coordinator=SQLiteCoordinator(path, poll_interval=0.02),
             lease_ttl="0.6s",
         )
@@ -572,3 +599,51 @@ async def test_a_process_joining_after_the_backend_came_back_empty_finds_a_value
         async with workers(1, backend, upstream, clock) as joiner:
             assert values(joiner) == [{"version": 1}]
         assert upstream.calls == 1, "nobody fetched: the value was stored again"
+
+
+async def test_an_outage_is_one_warning_however_often_the_backend_flaps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lost and back again and again: one WARNING; one INFO once it stayed back 10 s; then INFO only for a minute."""
+    caplog.set_level(logging.DEBUG, logger="asgi_refresh")
+    clock = FakeClock()
+    runtime = Runtime(
+        [Refresher("names", CountingUpstream(), every="1m")],
+        state={},
+        clock=clock,
+        coordinator=SQLiteCoordinator(tmp_path / "refresh.db"),
+    )
+    coordination = runtime.coordination
+    assert coordination is not None
+
+    def lines(level: int) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == level and "coordinator is" in r.getMessage()
+        ]
+
+    for _ in range(30):  # flapping: every second, lost then back
+        coordination._lost(CoordinatorUnavailable("Redis at redis://cache: Connection refused"))
+        await clock.advance(0.5)
+        coordination._back()
+        coordination._settle()
+        await clock.advance(0.5)
+    assert len(lines(logging.WARNING)) == 1
+    assert lines(logging.WARNING)[0].startswith(
+        "asgi_refresh: the coordinator is unavailable (Redis at redis"
+    )
+    assert lines(logging.INFO) == [], "not back for good while it flaps"
+    await clock.advance(10)
+    coordination._settle()
+    assert lines(logging.INFO) == [
+        "asgi_refresh: the coordinator is back; one process fetches for all again (after 29.5s and 30 interruptions)"
+    ]
+    coordination._lost(CoordinatorUnavailable("again"))  # a new outage, within a minute of the WARNING
+    assert len(lines(logging.WARNING)) == 1
+    assert lines(logging.INFO)[-1].startswith("asgi_refresh: the coordinator is unavailable (again)")
+    coordination._back()
+    await clock.advance(61)
+    coordination._settle()
+    coordination._lost(CoordinatorUnavailable("later"))
+    assert len(lines(logging.WARNING)) == 2, "a minute later, an outage is a WARNING again"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -14,9 +16,28 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from asgi_refresh import CoordinatorUnavailable, JSONCodec, RedisCoordinator, SQLiteCoordinator
-from asgi_refresh._coordination import Change, Coordinator, Head, MetaValue, Stored, call_blocking
+from asgi_refresh._coordination import (
+    MAX_COUNT,
+    BadRecord,
+    Change,
+    Coordinator,
+    Head,
+    MetaValue,
+    Stored,
+    call_blocking,
+    decode_meta,
+    encode_meta,
+    parse_head,
+    parse_stored,
+)
+from asgi_refresh._redis import _parse_change
+from asgi_refresh._text import printable
+from tests.faults.backend import Poison, RedisPoisoner, SQLitePoisoner
+from tests.faults.proxy import FlappingProxy
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -54,6 +75,12 @@ async def pair(make: Make) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
     """Two open coordinators of one backend: two processes of a cluster."""
     async with make() as first, make() as second:
         yield first, second
+
+
+def counters(head: Head) -> tuple[int | None, int, int]:
+    """A head's version and refresh-now counters, without the backend's clock (which moves)."""
+    assert head.time is not None, "the built-in backends report their clock"
+    return head.version, head.requested, head.answered
 
 
 async def next_change(changes: AsyncIterator[Change]) -> Change:
@@ -121,7 +148,7 @@ async def test_load_returns_what_was_stored(pair: tuple[Coordinator, Coordinator
     """Another process loads the data, meta, version and storer of what the holder stored."""
     first, second = pair
     assert await second.load("names") is None
-    assert await second.head("names") == Head(None, 0, 0)
+    assert counters(await second.head("names")) == (None, 0, 0)
     assert await first.acquire("names", TTL * 10)
     meta: dict[str, MetaValue] = {
         "etag": '"abc"',
@@ -138,7 +165,7 @@ async def test_load_returns_what_was_stored(pair: tuple[Coordinator, Coordinator
     assert stored.stored_by == first.owner
     assert before - 1 <= stored.stored_at <= time.time() + 1
     assert stored.answered == 0
-    assert await second.head("names") == Head(1, 0, 0)
+    assert counters(await second.head("names")) == (1, 0, 0)
 
 
 async def test_versions_strictly_increase(pair: tuple[Coordinator, Coordinator]) -> None:
@@ -178,7 +205,7 @@ async def test_meta_must_be_json(pair: tuple[Coordinator, Coordinator]) -> None:
     assert await first.acquire("names", TTL * 10)
     with pytest.raises(TypeError, match=r"meta must map str to .* \(got 'expires': datetime\)"):
         await first.store("names", b"1", {"expires": datetime.now()})  # type: ignore[dict-item]
-    assert await first.head("names") == Head(None, 0, 0)
+    assert counters(await first.head("names")) == (None, 0, 0)
 
 
 # -- refresh now and changes -----------------------------------------------------------
@@ -190,7 +217,7 @@ async def test_refresh_requests_are_counted_until_answered(pair: tuple[Coordinat
     assert await asker.request_refresh("names") == 1
     assert await asker.request_refresh("names") == 2
     head = await holder.head("names")
-    assert head == Head(None, 2, 0)
+    assert counters(head) == (None, 2, 0)
     assert head.pending
     assert await holder.load("names") is None  # a request stores no value
     assert await holder.acquire("names", TTL * 10)
@@ -198,7 +225,7 @@ async def test_refresh_requests_are_counted_until_answered(pair: tuple[Coordinat
     assert not (await asker.head("names")).pending
     assert await asker.request_refresh("names") == 3
     assert await holder.store("names", b"newer", {}, answered=1) == 2
-    assert await asker.head("names") == Head(2, 3, 2)
+    assert counters(await asker.head("names")) == (2, 3, 2)
     stored = await asker.load("names")
     assert stored is not None
     assert stored.answered == 2
@@ -244,7 +271,7 @@ async def test_prefixes_isolate(make: Make) -> None:
         async with two.subscribe() as changes:
             assert await one.store("names", b"one", {}) == 1
             assert await one.request_refresh("names") == 1
-            assert await two.head("names") == Head(None, 0, 0)
+            assert counters(await two.head("names")) == (None, 0, 0)
             assert await two.load("names") is None
             assert await two.store("names", b"two", {}) == 1
             assert await next_change(changes) == Change("stored", "names", 1)
@@ -415,7 +442,7 @@ async def test_sqlite_locked_past_the_timeout_is_coordinator_unavailable(tmp_pat
                 with pytest.raises(CoordinatorUnavailable, match="database is locked"):
                     await operation()
                 assert time.monotonic() - started < 1.0
-            assert await coordinator.head("names") == Head(None, 0, 0)  # WAL: reads go on
+            assert counters(await coordinator.head("names")) == (None, 0, 0)  # WAL: reads go on
             blocker.execute("ROLLBACK")
         finally:
             blocker.close()
@@ -480,3 +507,220 @@ def test_json_codec_refuses_circular_values() -> None:
     value.append(value)
     with pytest.raises(TypeError, match=r"value is not JSON-serialisable .*Circular reference"):
         JSONCodec().encode(value)
+
+
+# -- records read from the backend are untrusted: property tests --------------------------
+
+_ANY_FIELD = st.one_of(
+    st.none(),
+    st.binary(max_size=40),
+    st.text(max_size=40),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+)
+_ENTRY_FIELDS = ("version", "data", "meta", "stored_at", "stored_by", "answered")
+
+
+def _assert_usable(stored: Stored) -> None:
+    """Everything the runtime relies on in a record that parsed."""
+    assert 0 <= stored.version <= MAX_COUNT
+    assert isinstance(stored.data, bytes)
+    assert len(stored.data) <= 1024
+    assert math.isfinite(stored.stored_at)
+    assert printable(stored.stored_by) == stored.stored_by
+    assert 0 < len(stored.stored_by) <= 256
+    assert 0 <= stored.answered <= MAX_COUNT
+    for key, value in stored.meta.items():
+        assert isinstance(key, str)
+        assert value is None or isinstance(value, str | bool | int) or math.isfinite(value)
+
+
+@given(fields=st.fixed_dictionaries({}, optional=dict.fromkeys(_ENTRY_FIELDS, _ANY_FIELD)))
+def test_a_record_parses_into_a_usable_stored_value_or_is_a_bad_record(fields: dict[str, Any]) -> None:
+    """Whatever the fields hold: a checked Stored, None (nothing stored) or BadRecord; nothing else."""
+    try:
+        stored = parse_stored(fields, max_bytes=1024)
+    except BadRecord:
+        return
+    if stored is None:
+        assert fields.get("data") is None
+    else:
+        _assert_usable(stored)
+
+
+_OWNERS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-:", min_size=1, max_size=60)
+_META_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+)
+
+
+@given(
+    version=st.integers(min_value=1, max_value=MAX_COUNT),
+    data=st.binary(max_size=1024),
+    meta=st.dictionaries(st.text(max_size=20), _META_VALUES, max_size=6),
+    seconds=st.integers(min_value=0, max_value=10**10),
+    micros=st.integers(min_value=0, max_value=999_999),
+    owner=_OWNERS,
+    answered=st.integers(min_value=0, max_value=MAX_COUNT),
+)
+def test_every_record_the_backends_write_parses_back_as_written(
+    version: int,
+    data: bytes,
+    meta: dict[str, MetaValue],
+    seconds: int,
+    micros: int,
+    owner: str,
+    answered: int,
+) -> None:
+    """Valid records are accepted, from Redis (all bytes) and from SQLite (typed columns) alike."""
+    meta_text = encode_meta(meta)
+    redis_fields = {
+        "version": str(version).encode(),
+        "data": data,
+        "meta": meta_text.encode(),
+        "stored_at": f"{seconds}.{micros:06d}".encode(),  # what the store script writes
+        "stored_by": owner.encode(),
+        "answered": str(answered).encode(),
+    }
+    sqlite_fields = {
+        "version": version,
+        "data": data,
+        "meta": meta_text,
+        "stored_at": seconds + micros / 1e6,
+        "stored_by": owner,
+        "answered": answered,
+    }
+    for fields in (redis_fields, sqlite_fields):
+        stored = parse_stored(fields, max_bytes=1024)
+        assert stored is not None
+        assert (stored.version, stored.data, stored.stored_by, stored.answered) == (
+            version,
+            data,
+            owner,
+            answered,
+        )
+        assert dict(stored.meta) == json.loads(meta_text)
+        assert stored.stored_at == pytest.approx(seconds + micros / 1e6, abs=1e-6)
+
+
+@given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=200)))
+def test_meta_decodes_into_scalars_or_is_a_bad_record(raw: bytes | str) -> None:
+    """Any bytes or text as meta: an object of finite scalars, or BadRecord."""
+    try:
+        meta = decode_meta(raw)
+    except BadRecord:
+        return
+    assert isinstance(meta, dict)
+    for value in meta.values():
+        assert value is None or isinstance(value, str | bool | int) or math.isfinite(value)
+
+
+@given(meta=st.dictionaries(st.text(max_size=20), _META_VALUES, max_size=8))
+def test_meta_round_trips(meta: dict[str, MetaValue]) -> None:
+    """What encode_meta writes, decode_meta reads back."""
+    assert decode_meta(encode_meta(meta)) == json.loads(json.dumps(meta))
+
+
+@given(version=_ANY_FIELD, requested=_ANY_FIELD, answered=_ANY_FIELD)
+def test_a_head_is_checked_counters_or_a_bad_record(
+    version: object, requested: object, answered: object
+) -> None:
+    """Any counters: whole numbers in range (version None: nothing stored), or BadRecord."""
+    try:
+        head = parse_head(version, requested, answered)
+    except BadRecord:
+        return
+    assert head.version is None or 1 <= head.version <= MAX_COUNT
+    assert 0 <= head.requested <= MAX_COUNT
+    assert 0 <= head.answered <= MAX_COUNT
+
+
+@given(message=st.one_of(st.binary(max_size=300), st.integers(), st.none()))
+def test_a_channel_message_is_a_change_of_ours_or_ignored(message: object) -> None:
+    """Whatever is published on the channel: one of our changes, well formed, or None."""
+    change = _parse_change(message)
+    if change is not None:
+        assert change.kind in ("stored", "refresh_requested")
+        assert change.name.isidentifier()
+        assert 0 <= change.number <= MAX_COUNT
+
+
+@given(name=st.from_regex(r"[a-z_][a-z0-9_]{0,20}", fullmatch=True), number=st.integers(0, MAX_COUNT))
+def test_our_own_channel_messages_parse(name: str, number: int) -> None:
+    """What the scripts publish is understood."""
+    assert _parse_change(f"stored {name} {number}".encode()) == Change("stored", name, number)
+    assert _parse_change(f"refresh_requested {name} {number}".encode()) == Change(
+        "refresh_requested", name, number
+    )
+
+
+_REDIS_DAMAGE = st.one_of(st.binary(max_size=40), st.just(b"1.5"), st.just(b"-3"), st.just(b"9" * 20))
+_SQLITE_DAMAGE = st.one_of(  # no NULL: the schema refuses it for counters
+    st.binary(max_size=40),
+    st.text(max_size=40),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_store_and_request_repair_damaged_counters_instead_of_failing(
+    make: Make, data: st.DataObject
+) -> None:
+    """Counters damaged any way: a store and a refresh request still work, and leave a usable record."""
+    async with make() as coordinator:
+        poisoner: Any
+        damage: st.SearchStrategy[Any]
+        if isinstance(coordinator, RedisCoordinator):
+            poisoner, damage = RedisPoisoner(coordinator.url, coordinator.prefix), _REDIS_DAMAGE
+        else:
+            assert isinstance(coordinator, SQLiteCoordinator)
+            poisoner, damage = SQLitePoisoner(Path(coordinator.path), coordinator.prefix), _SQLITE_DAMAGE
+        try:
+            assert await coordinator.acquire("names", 60)
+            assert await coordinator.store("names", b"1", {}) is not None
+            for field in ("version", "requested", "answered"):
+                poisoner.apply("names", Poison(field, data.draw(damage), data.draw(damage)))
+            number = await coordinator.request_refresh("names")
+            assert 1 <= number <= MAX_COUNT
+            version = await coordinator.store("names", b"2", {}, answered=number)
+            assert version is not None
+            assert 1 <= version <= MAX_COUNT
+            stored = await coordinator.load("names")
+            assert stored is not None
+            assert stored.data == b"2"
+            head = await coordinator.head("names")
+            assert head.version == version
+            assert head.answered >= number
+            assert not head.pending
+        finally:
+            poisoner.close()
+
+
+async def test_a_redis_slowed_down_past_the_timeout_is_unavailable_in_time(redis_server: RedisServer) -> None:
+    """Behind a proxy that delays every chunk by 1 s, each call fails within the timeout; fast again, it works."""
+    with FlappingProxy(("127.0.0.1", redis_server.port)) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with RedisCoordinator(url, prefix=f"slow{uuid.uuid4().hex[:8]}", timeout=0.3) as coordinator:
+            assert await coordinator.acquire("names", 10)
+            proxy.delay = 1.0
+            started = time.monotonic()
+            with pytest.raises(CoordinatorUnavailable):
+                await coordinator.head("names")
+            assert time.monotonic() - started < 0.6
+            proxy.delay = 0.0
+            proxy.down()  # the slow connection is cut: the next call makes a new one
+            proxy.up()
+            with anyio.fail_after(5):
+                while True:
+                    try:
+                        assert await coordinator.acquire("names", 10)
+                        break
+                    except CoordinatorUnavailable:  # the connection pool still held the cut one
+                        await anyio.sleep(0.05)
