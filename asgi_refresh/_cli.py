@@ -24,10 +24,10 @@ from .__about__ import __version__
 from ._clock import SystemClock
 from ._config import Config, ConfigError, load_config, scrub
 from ._duration import format_duration, parse_duration
-from ._file import FileSource
-from ._http import HTTPSource
 from ._refresher import Refresher, is_async_callable
 from ._runtime import Runtime
+from ._sources.file import FileSource
+from ._sources.http import HTTPSource
 from ._text import printable
 
 EXIT_OK = 0

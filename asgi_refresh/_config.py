@@ -29,12 +29,12 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
-from ._bearer import BearerToken
 from ._duration import parse_duration
-from ._file import FileSource
-from ._http import HTTPSource
-from ._parsing import FORMATS
 from ._refresher import MIN_EVERY, Refresher
+from ._sources.bearer import BearerToken
+from ._sources.file import FileSource
+from ._sources.http import HTTPSource
+from ._sources.parsing import FORMATS
 
 TABLES = ("defaults", "refreshers", "middleware")
 SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource}
@@ -1010,8 +1010,8 @@ class _Builder:
 
     def _to_coordinator(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         """``{ backend = "redis", url = "..." }`` or ``{ backend = "sqlite", path = "..." }``."""
-        from ._redis import RedisCoordinator
-        from ._sqlite import SQLiteCoordinator
+        from ._cluster.redis import RedisCoordinator
+        from ._cluster.sqlite import SQLiteCoordinator
 
         if not isinstance(value, Mapping):
             if hasattr(value, "acquire") and hasattr(value, "subscribe"):  # built in Python

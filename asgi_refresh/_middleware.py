@@ -12,7 +12,7 @@ import anyio
 from ._admin import Admin, TokenCheck, checked_admin_path
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
-from ._coordination import Codec, Coordinator, JSONCodec
+from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._refresher import RESERVED_NAME, Refresher

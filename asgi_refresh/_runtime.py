@@ -22,15 +22,15 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from . import _schedule as schedule
 from ._clock import Clock
+from ._cluster.base import Codec, Coordinator, JSONCodec
+from ._cluster.coordination import Coordination, NotShareable
 from ._contain import describe_error, escapes
-from ._coordinated import Coordination, NotShareable
-from ._coordination import Codec, Coordinator, JSONCodec
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._hooks import Hooks
-from ._outcome import Fetched, Fresh, SourceError
 from ._refresher import RESERVED_NAME, Refresher, is_async_callable
-from ._source_context import SharedResources, SourceContext, done_opening, opening
+from ._sources.context import SharedResources, SourceContext, done_opening, opening
+from ._sources.outcome import Fetched, Fresh, SourceError
 from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asgi_refresh import HTTPSource, RedisCoordinator, Refresher, RefreshMiddleware, SQLiteCoordinator
-from asgi_refresh._coordination import Coordinator
+from asgi_refresh._cluster.base import Coordinator
 from asgi_refresh._types import Receive, Scope, Send
 
 

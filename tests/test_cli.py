@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-import asgi_refresh._http
+import asgi_refresh._sources.http
 from asgi_refresh._cli import main
 from asgi_refresh.demo.upstream import Upstream, serve
 
@@ -435,7 +435,7 @@ def test_each_row_times_its_own_fetch(
     cli: Run, tmp_path: Path, slow_tokens: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A row's time is its own fetch: not the HTTP client's creation, nor the wait for a slow token."""
-    real_new_client = asgi_refresh._http._new_client
+    real_new_client = asgi_refresh._sources.http._new_client
 
     def cold_new_client() -> Any:
         # In process, httpx's first client is already warm; make it as slow as a cold
@@ -443,7 +443,7 @@ def test_each_row_times_its_own_fetch(
         time.sleep(0.3)
         return real_new_client()
 
-    monkeypatch.setattr(asgi_refresh._http, "_new_client", cold_new_client)
+    monkeypatch.setattr(asgi_refresh._sources.http, "_new_client", cold_new_client)
     (tmp_path / "refresh.toml").write_text(
         f"""
 [defaults]

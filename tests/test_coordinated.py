@@ -31,8 +31,8 @@ from asgi_refresh import (
     RefreshMiddleware,
     SQLiteCoordinator,
 )
-from asgi_refresh._coordinated import fingerprint
-from asgi_refresh._coordination import Coordinator, CoordinatorUnavailable, MetaValue
+from asgi_refresh._cluster.base import Coordinator, CoordinatorUnavailable, MetaValue
+from asgi_refresh._cluster.coordination import fingerprint
 from asgi_refresh._runtime import Runtime
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_refresh import CoordinatorUnavailable, JSONCodec, RedisCoordinator, SQLiteCoordinator
-from asgi_refresh._coordination import (
+from asgi_refresh._cluster.base import (
     MAX_COUNT,
     BadRecord,
     Change,
@@ -34,7 +34,7 @@ from asgi_refresh._coordination import (
     parse_head,
     parse_stored,
 )
-from asgi_refresh._redis import _parse_change
+from asgi_refresh._cluster.redis import _parse_change
 from asgi_refresh._text import printable
 from tests.faults.backend import Poison, RedisPoisoner, SQLitePoisoner
 from tests.faults.proxy import FlappingProxy

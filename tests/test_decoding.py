@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_refresh import SourceError
-from asgi_refresh._decoding import SLICE, BodyDecoder, accept_encoding, available
+from asgi_refresh._sources.decoding import SLICE, BodyDecoder, accept_encoding, available
 
 from .faults.upstream import bomb, encode
 
@@ -202,7 +202,7 @@ def test_a_decoder_that_makes_no_progress_is_an_error(monkeypatch: pytest.Monkey
         def take(self, limit: int) -> bytes:
             return b""
 
-    monkeypatch.setattr("asgi_refresh._decoding.available", lambda: {"stuck": Stuck})
+    monkeypatch.setattr("asgi_refresh._sources.decoding.available", lambda: {"stuck": Stuck})
     decoder = BodyDecoder(["stuck"], where=WHERE, max_bytes=100)
     with pytest.raises(SourceError, match=f"^{WHERE}: the stuck decoder stopped making progress$"):
         list(decoder.feed(b"x"))

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from asgi_refresh import Fresh, Refresher, RefreshEvent, RefreshMiddleware
-from asgi_refresh._outcome import Fetched
+from asgi_refresh._sources.outcome import Fetched
 from asgi_refresh.prometheus import PrometheusMetrics
 from asgi_refresh.testing import FakeClock
 

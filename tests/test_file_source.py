@@ -58,8 +58,8 @@ class Counting:
             self.reads += isinstance(path, str | os.PathLike) and Path(path) == target
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr("asgi_refresh._file.os.stat", stat)
-        monkeypatch.setattr("asgi_refresh._file.os.open", open_)
+        monkeypatch.setattr("asgi_refresh._sources.file.os.stat", stat)
+        monkeypatch.setattr("asgi_refresh._sources.file.os.open", open_)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ async def test_an_unreadable_file_is_reported(tmp_path: Path, monkeypatch: pytes
     def refuse(*args: Any, **kwargs: Any) -> int:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("asgi_refresh._file.os.open", refuse)
+    monkeypatch.setattr("asgi_refresh._sources.file.os.open", refuse)
     message = await startup_failure(Refresher("flags", FileSource(path), every="5s"))
     assert message.endswith(f"SourceError: {path}: cannot read: Permission denied")
 
@@ -417,7 +417,7 @@ async def test_a_file_growing_past_the_cap_while_read_stops_one_byte_over(
         reads.append(size)
         return b"x" * size  # the file never ends
 
-    monkeypatch.setattr("asgi_refresh._file.os.read", endless_read)
+    monkeypatch.setattr("asgi_refresh._sources.file.os.read", endless_read)
     source = FileSource(path, max_bytes=3 * 1024 * 1024)
     async with source:
         with pytest.raises(
@@ -487,7 +487,7 @@ async def test_a_fifo_swapped_in_after_the_stat_is_caught_on_the_open_descriptor
         # What stat() saw a moment before the swap: a regular file.
         return real_stat(regular if Path(target) == path else target, *args, **kwargs)
 
-    monkeypatch.setattr("asgi_refresh._file.os.stat", stale_stat)
+    monkeypatch.setattr("asgi_refresh._sources.file.os.stat", stale_stat)
     source = FileSource(path)
     with anyio.fail_after(5):
         async with source:
@@ -542,7 +542,7 @@ async def test_a_file_that_vanishes_or_fails_mid_read_is_an_error(
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(f"asgi_refresh._file.os.{call}", fail)
+    monkeypatch.setattr(f"asgi_refresh._sources.file.os.{call}", fail)
     source = FileSource(path)
     async with source:
         with pytest.raises(SourceError, match=f"^{path}: {message}$"):

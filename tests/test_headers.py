@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from asgi_refresh._decoding import codings
-from asgi_refresh._headers import (
+from asgi_refresh._sources.decoding import codings
+from asgi_refresh._sources.headers import (
     MAX_DELTA,
     cache_directives,
     content_length,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from asgi_refresh import HTTPSource, Refresher, RefreshError, SourceError
-from asgi_refresh._decoding import available
+from asgi_refresh._sources.decoding import available
 
 from .faults.upstream import HostileUpstream, Reply, bomb, can_encode, encode, endless
 from .helpers import running

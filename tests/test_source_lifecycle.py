@@ -9,7 +9,7 @@ import anyio.lowlevel
 import pytest
 
 from asgi_refresh import Refresher
-from asgi_refresh._source_context import SourceContext
+from asgi_refresh._sources.context import SourceContext
 from asgi_refresh.testing import FakeClock, override
 
 from .helpers import START, running, startup_failure

@@ -29,9 +29,10 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from ._outcome import SourceError
-from ._parsing import too_big
-from ._text import printable
+from asgi_refresh._text import printable
+
+from .outcome import SourceError
+from .parsing import too_big
 
 SLICE = 64 * 1024
 """Most bytes one step decodes: about 0.1 ms of inflating, between two looks at the event loop."""

@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._text import printable
+from asgi_refresh._text import printable
 
 T = TypeVar("T")
 

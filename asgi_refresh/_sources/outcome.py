@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ._duration import Duration, parse_duration
+from asgi_refresh._duration import Duration, parse_duration
 
 T = TypeVar("T")
 

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._coordination import (
+from asgi_refresh._duration import Duration, positive_duration
+
+from .base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -54,7 +56,6 @@ from ._coordination import (
     parse_head,
     parse_stored,
 )
-from ._duration import Duration, positive_duration
 
 T = TypeVar("T")
 

@@ -14,15 +14,16 @@ from typing import Any, ClassVar
 import anyio.lowlevel
 import httpx
 
-from .__about__ import __version__
-from ._bearer import BearerToken, _BoundBearer
-from ._decoding import BodyDecoder, accept_encoding
-from ._duration import Duration, format_duration, positive_duration
-from ._headers import content_length, freshness_lifetime, retry_after
-from ._outcome import Fetched, Fresh, SourceError
-from ._parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, digest, max_bytes_option, too_big
-from ._source_context import SourceContext
-from ._text import printable
+from asgi_refresh.__about__ import __version__
+from asgi_refresh._duration import Duration, format_duration, positive_duration
+from asgi_refresh._text import printable
+
+from .bearer import BearerToken, _BoundBearer
+from .context import SourceContext
+from .decoding import BodyDecoder, accept_encoding
+from .headers import content_length, freshness_lifetime, retry_after
+from .outcome import Fetched, Fresh, SourceError
+from .parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, digest, max_bytes_option, too_big
 
 DEFAULT_TIMEOUT = 10.0
 MAX_RETRY_AFTER = 3600.0  # a broken Retry-After must not stop refreshes for days

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._clock import Clock, SystemClock
-from ._thread import ThreadCall
+from asgi_refresh._clock import Clock, SystemClock
+from asgi_refresh._thread import ThreadCall
 
 T = TypeVar("T")
 

@@ -13,10 +13,11 @@ from typing import Any, ClassVar
 
 import anyio
 
-from ._outcome import Fetched, SourceError
-from ._parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, blake2b, max_bytes_option, too_big
-from ._source_context import SourceContext
-from ._text import printable
+from asgi_refresh._text import printable
+
+from .context import SourceContext
+from .outcome import Fetched, SourceError
+from .parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, blake2b, max_bytes_option, too_big
 
 logger = logging.getLogger("asgi_refresh")
 

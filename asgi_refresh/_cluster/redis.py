@@ -32,7 +32,10 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from ._coordination import (
+from asgi_refresh._duration import Duration, positive_duration
+from asgi_refresh._text import printable
+
+from .base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -58,8 +61,6 @@ from ._coordination import (
     parse_head,
     parse_stored,
 )
-from ._duration import Duration, positive_duration
-from ._text import printable
 
 if TYPE_CHECKING:
     import redis

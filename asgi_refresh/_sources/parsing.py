@@ -8,9 +8,10 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
-from ._outcome import Fresh, SourceError
-from ._source_context import SourceContext
-from ._text import printable
+from asgi_refresh._text import printable
+
+from .context import SourceContext
+from .outcome import Fresh, SourceError
 
 Format: TypeAlias = "Literal['json', 'toml', 'text', 'bytes'] | Callable[[bytes], Any]"
 """How a body becomes a value: a format name, or a callable that takes the raw bytes."""

@@ -42,7 +42,10 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from ._coordination import (
+from asgi_refresh._duration import format_duration
+from asgi_refresh._text import printable
+
+from .base import (
     MAX_TIMESTAMP,
     BadRecord,
     Codec,
@@ -52,12 +55,10 @@ from ._coordination import (
     MetaValue,
     Stored,
 )
-from ._duration import format_duration
-from ._text import printable
 
 if TYPE_CHECKING:
-    from ._refresher import Refresher
-    from ._runtime import Runtime, _Slot
+    from asgi_refresh._refresher import Refresher
+    from asgi_refresh._runtime import Runtime, _Slot
 
 T = TypeVar("T")
 
@@ -269,6 +270,7 @@ class Coordination:
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Open the backend for this lifespan (it does not contact it)."""
         await self.coordinator.open()
 
     async def close(self) -> None:
@@ -926,6 +928,7 @@ class Coordination:
         )
 
     def status(self, slot: _Slot) -> dict[str, Any]:
+        """The ``coordination`` part of this refresher's ``status()`` entry."""
         share = self.shares[slot.spec.name]
         if not self.available or (share.bad is not None and not share.leading):
             role = "standalone"
