@@ -131,7 +131,7 @@ class AppLifespan:
     async def _run(self) -> None:
         with self._cancel_scope, self._app_outbox:
             try:
-                await self._app(self._scope, self._receive, self._app_outbox.send)
+                await self._app(self._scope, self._receive, self._send)
             except BaseException as exc:  # the app's own: re-raised by the middleware after reporting
                 if escapes(exc):
                     raise
@@ -143,6 +143,16 @@ class AppLifespan:
                     logger.error("The wrapped app's lifespan raised while the app was running", exc_info=exc)
             finally:
                 self._finished.set()
+
+    async def _send(self, message: Message) -> None:
+        # Never a checkpoint when there is room, as a server's send: Starlette's
+        # router sends `shutdown.failed` from an `except BaseException:` while it is
+        # being cancelled, and a send that yields there would be cancelled, losing
+        # the app's own exception that it re-raises right after.
+        try:
+            self._app_outbox.send_nowait(message)
+        except anyio.WouldBlock:
+            await self._app_outbox.send(message)
 
     async def _receive(self) -> Message:
         self._has_received = True

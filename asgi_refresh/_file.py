@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any, ClassVar
 import anyio
 
 from ._outcome import Fetched, SourceError
-from ._parsing import Format, Parser, Validate, blake2b
+from ._parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, blake2b, max_bytes_option, too_big
 from ._source_context import SourceContext
+from ._text import printable
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -23,6 +25,10 @@ _FORMAT_BY_SUFFIX: dict[str, Format] = {".json": "json", ".toml": "toml", ".txt"
 # How quickly a watched change is picked up; editors write in bursts.
 _WATCH_DEBOUNCE_MS = 50
 _WATCH_STEP_MS = 20
+_READ_SIZE = 1024 * 1024
+# Opening never waits: a FIFO swapped in after the stat() would otherwise block the
+# thread until a writer comes. No effect on the regular files we go on to read.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 class FileSource:
@@ -40,6 +46,11 @@ class FileSource:
     missing file fails the fetch: at startup that fails a required refresher,
     later it is reported and the last value stays.
 
+    Symbolic links are followed (a Kubernetes ConfigMap is a link to a link), but
+    what they lead to must be a regular file of at most ``max_bytes``: a named
+    pipe, a device (``/dev/zero``), a socket or a directory is refused with an
+    error, never read, so that no read can block or grow without end.
+
     Args:
         path: The file. A relative path is resolved against the current directory
             now, when the source is made.
@@ -52,10 +63,13 @@ class FileSource:
         watch: Also reload as soon as the file changes, using ``watchfiles``
             (``pip install 'asgi-refresh[watch]'``); polling every ``every``
             continues as the fallback.
+        max_bytes: Largest file accepted; a bigger one fails the fetch, read no
+            further than the cap.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: the format is unknown, or cannot be told from the extension.
+        ValueError: the format is unknown, or cannot be told from the extension, or
+            ``max_bytes`` is not a positive number.
         ImportError: ``watch=True`` without ``watchfiles`` installed.
     """
 
@@ -68,6 +82,7 @@ class FileSource:
         format: Format | None = None,
         validate: Validate | None = None,
         watch: bool = False,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"FileSource: path must be a str or a Path (got {type(path).__name__})")
@@ -91,6 +106,7 @@ class FileSource:
                     f"{owner}: watch=True needs watchfiles: pip install 'asgi-refresh[watch]'"
                 ) from None
         self.watch = watch
+        self.max_bytes = max_bytes_option(owner, max_bytes)
         self._lock = threading.Lock()  # one read at a time, even past an abandoned one
         self._context: SourceContext | None = None
         self._signature: tuple[int, ...] | None = None  # of the last good content, once settled
@@ -147,29 +163,66 @@ class FileSource:
 
     def _stat(self) -> os.stat_result:
         try:
-            return os.stat(self.path)
+            found = os.stat(self.path)
         except FileNotFoundError:
             raise SourceError(f"{self.path}: file not found") from None
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        self._check(found)
+        return found
+
+    def _check(self, found: os.stat_result) -> None:
+        """Refuse what is not a regular file, or is one past the cap, before reading a byte."""
+        if not stat.S_ISREG(found.st_mode):
+            real = os.path.realpath(self.path)
+            # Where a link leads is not ours to choose: shown escaped, like any outside text.
+            link = f" (a link to {printable(real, 300)})" if real != str(self.path) else ""
+            raise SourceError(
+                f"{self.path}{link}: is {_kind(found.st_mode)}, not a regular file; FileSource reads "
+                "regular files only (symbolic links to one are followed): point it at the file itself"
+            )
+        if found.st_size > self.max_bytes:
+            raise too_big(str(self.path), self.max_bytes, f"it is {found.st_size} bytes", what="file")
 
     def _read(self) -> tuple[tuple[int, ...] | None, bytes]:
         """The content, and the signature to remember for it (None if it may still change)."""
         try:
-            with open(self.path, "rb") as file:
-                before = os.fstat(file.fileno())
-                data = file.read()
-                after = os.fstat(file.fileno())
+            descriptor = os.open(self.path, _OPEN_FLAGS)
         except FileNotFoundError:
             raise SourceError(f"{self.path}: file not found") from None
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            # What was opened, not what the path showed a moment ago: it may have
+            # been swapped in between (for a FIFO, say).
+            before = os.fstat(descriptor)
+            self._check(before)
+            data = self._read_capped(descriptor)
+            after = os.fstat(descriptor)
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        finally:
+            os.close(descriptor)
         # "Racy clean", as git calls it: a file written in the last moments may be
         # written again within the same timestamp tick (coarse on some file systems)
         # at the same size, and its signature would then hide that change. Such a
         # file is not trusted by signature; it is re-read and re-hashed next time.
         settled = _signature(before) == _signature(after) and time.time_ns() - after.st_mtime_ns > _RACY_NS
         return (_signature(after) if settled else None), data
+
+    def _read_capped(self, descriptor: int) -> bytes:
+        """Read to the end, or fail one byte past ``max_bytes`` (a file still growing)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = os.read(descriptor, min(_READ_SIZE, self.max_bytes + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_bytes:
+                detail = f"over {self.max_bytes} bytes read"
+                raise too_big(str(self.path), self.max_bytes, detail, what="file")
 
     async def _watch(self) -> None:
         import watchfiles
@@ -213,5 +266,16 @@ async def _set_when_cancelled(event: anyio.Event) -> None:
         event.set()
 
 
-def _signature(stat: os.stat_result) -> tuple[int, ...]:
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns)
+def _signature(found: os.stat_result) -> tuple[int, ...]:
+    return (found.st_mtime_ns, found.st_size, found.st_ino, found.st_ctime_ns)
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")

@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
 import re
-import zlib
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import aclosing
-from datetime import UTC
+from collections.abc import Mapping
+from contextlib import AsyncExitStack, aclosing
 from types import TracebackType
 from typing import Any, ClassVar
 
+import anyio.lowlevel
 import httpx
 
 from .__about__ import __version__
 from ._bearer import BearerToken, _BoundBearer
+from ._decoding import BodyDecoder, accept_encoding
 from ._duration import Duration, format_duration, positive_duration
+from ._headers import content_length, freshness_lifetime, retry_after
 from ._outcome import Fetched, Fresh, SourceError
-from ._parsing import Format, Parser, Validate, digest
+from ._parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, digest, max_bytes_option, too_big
 from ._source_context import SourceContext
 from ._text import printable
 
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
 MAX_RETRY_AFTER = 3600.0  # a broken Retry-After must not stop refreshes for days
+_BUSY = 0.002  # seconds of decoding at most before the event loop gets a turn
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _SHARED_CLIENT_KEY = "asgi_refresh.httpx.AsyncClient"
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
@@ -41,7 +42,11 @@ class HTTPSource:
     Every poll is a conditional request once a value is loaded (``If-None-Match``
     / ``If-Modified-Since`` from the last ``ETag`` / ``Last-Modified``); a ``304``
     keeps the value, counts as a success and calls no ``on_change``. The body is
-    streamed and given up as soon as it passes ``max_bytes``. A ``429`` or ``503``
+    streamed and given up as soon as it passes ``max_bytes``; its content codings
+    (gzip, deflate, and br or zstd when a library that bounds them is installed)
+    are undone by the source in small slices under that cap, whatever the stack, and
+    any other coding is refused. Redirects are followed within the origin only,
+    judged by the URL httpx would request. A ``429`` or ``503``
     with ``Retry-After`` delays the next attempt as asked (at most an hour). Any
     failure (a non-2xx status, a timeout, a refused connection, a body that does
     not parse or validate) is reported with the status code and the URL without
@@ -127,8 +132,7 @@ class HTTPSource:
         self.where = f"{self.method} {self.safe_url}"
         if client is not None and not isinstance(client, httpx.AsyncClient):
             raise TypeError(f"{owner}: client must be an httpx.AsyncClient (got {type(client).__name__})")
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise ValueError(f"{owner}: max_bytes must be a positive number of bytes (got {max_bytes!r})")
+        max_bytes = max_bytes_option(owner, max_bytes)
         if (min_every is None) != (max_every is None):
             raise ValueError(
                 f"{owner}: set both min_every and max_every to follow the server's caching headers, "
@@ -207,6 +211,10 @@ class HTTPSource:
         client = self._open_client
         assert client is not None  # set whenever the context is
         headers = dict(self._request["headers"])
+        if not any(name.lower() == "accept-encoding" for name in headers):
+            # Never what httpx would offer (br, zstd with whatever library is
+            # installed): only codings the source can undo within max_bytes.
+            headers["Accept-Encoding"] = accept_encoding()
         # Validators only make a read conditional: on a POST, If-None-Match is a
         # precondition the server must fail with 412.
         if self._loaded and self.method in ("GET", "HEAD"):
@@ -215,9 +223,8 @@ class HTTPSource:
             if self._last_modified is not None:
                 headers["If-Modified-Since"] = self._last_modified
         try:
-            async with client.stream(
-                self.method, self.url, **{**self._request, "headers": headers}
-            ) as response:
+            async with AsyncExitStack() as responses:
+                response = await self._send(client, headers, responses)
                 if response.status_code == 304 and self._loaded:
                     self._remember_validators(response, keep_missing=True)
                     return Fetched(
@@ -302,39 +309,73 @@ class HTTPSource:
         left = max(self._expires_at - self._context.clock.monotonic(), 0.0)
         return Fresh(self._cached.value, expires_in=left, leeway=min(self._cached.leeway, left))
 
-    async def _read(self, response: httpx.Response) -> bytes:
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise self._too_big(f"Content-Length is {int(declared)} bytes")
-        inflate = _Inflater.for_encoding(response.headers.get("Content-Encoding", ""))
-        # gzip and deflate (nearly all compressed APIs) are inflated here, never past
-        # the cap, so a compression bomb cannot expand one chunk into gigabytes;
-        # other encodings are left to httpx and counted as they come out.
-        stream = response.aiter_raw() if inflate else response.aiter_bytes()
-        chunks, size = [], 0
-        try:
-            async with aclosing(stream) as body:  # type: ignore[type-var]
-                async for raw in body:
-                    for chunk in inflate.feed(raw, self.max_bytes - size + 1) if inflate else (raw,):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise self._too_big(f"over {self.max_bytes} bytes read")
-                        chunks.append(chunk)
-        except zlib.error as exc:
-            raise SourceError(f"{self.where}: the body does not decompress ({exc})") from None
-        return b"".join(chunks)
+    async def _send(
+        self, client: httpx.AsyncClient, headers: dict[str, str], responses: AsyncExitStack
+    ) -> httpx.Response:
+        r"""The response to our request, after the redirects we may follow (closed with ``responses``).
 
-    def _too_big(self, detail: str) -> SourceError:
-        return SourceError(
-            f"{self.where}: response body exceeds max_bytes ({self.max_bytes} bytes; {detail}); "
-            "raise max_bytes if the document really is that big"
+        On the shared client, httpx builds each redirect's request and we judge
+        that very request before it is sent: the URL httpx would really ask for,
+        however odd the ``Location`` (``http:/x``, ``//host``, ``\host``).
+        Your own ``client=`` follows its own policy.
+        """
+        ours = self._client is None
+        options = {**self._request, "headers": headers}
+        if ours:
+            options["follow_redirects"] = False
+        response = await responses.enter_async_context(client.stream(self.method, self.url, **options))
+        hops = 0
+        while ours and response.next_request is not None:
+            request = response.next_request
+            if _origin(request.url) != _origin(self.url):
+                raise SourceError(
+                    f"{self.where}: redirected to another origin ({printable(safe_url(request.url), 200)}); "
+                    "not followed, so that request headers do not leak. Use the new URL, or pass your own "
+                    "client= that follows such redirects"
+                )
+            hops += 1
+            if hops > client.max_redirects:
+                raise SourceError(f"{self.where}: more than {client.max_redirects} redirects; not followed")
+            await response.aclose()
+            response = await client.send(
+                request, stream=True, follow_redirects=False, auth=self._request["auth"]
+            )
+            responses.push_async_callback(response.aclose)
+        return response
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        # Decoded here, not by httpx: it would inflate each network chunk in full,
+        # so 2 kB of "gzip, gzip" could become gigabytes in one call.
+        decoder = BodyDecoder(
+            response.headers.get_list("Content-Encoding"), where=self.where, max_bytes=self.max_bytes
         )
+        declared = content_length(response.headers.get("Content-Length"))
+        if declared is not None and declared > decoder.wire_limit:
+            raise too_big(self.where, self.max_bytes, f"Content-Length is {declared} bytes")
+        chunks = []
+        busy_since = time.perf_counter()
+        async with aclosing(response.aiter_raw()) as body:  # type: ignore[type-var]
+            async for raw in body:
+                for piece in decoder.feed(raw):
+                    if piece:
+                        chunks.append(piece)
+                    if time.perf_counter() - busy_since > _BUSY:
+                        await anyio.lowlevel.checkpoint()
+                        busy_since = time.perf_counter()
+        decoder.finish()
+        return b"".join(chunks)
 
     def _status_error(self, response: httpx.Response) -> SourceError:
         code = response.status_code
-        retry_after = _retry_after(response, self._wall()) if code in (429, 503) else None
-        reason = f" {response.reason_phrase}" if response.reason_phrase else ""
-        return SourceError(f"HTTP {code}{reason} from {self.where}", retry_after=retry_after)
+        retry = None
+        if code in (429, 503):
+            headers = response.headers
+            retry = retry_after(
+                headers.get("Retry-After"), headers.get("Date"), self._wall(), limit=MAX_RETRY_AFTER
+            )
+        reason = printable(response.reason_phrase, 100)  # any bytes the server chose
+        status = f"HTTP {code} {reason}" if reason else f"HTTP {code}"
+        return SourceError(f"{status} from {self.where}", retry_after=retry)
 
     def _remember_validators(self, response: httpx.Response, *, keep_missing: bool) -> None:
         etag = response.headers.get("ETag")
@@ -347,7 +388,14 @@ class HTTPSource:
     def _refresh_in(self, response: httpx.Response) -> float | None:
         if self.min_every is None or self.max_every is None:
             return None
-        lifetime = _freshness_lifetime(response.headers, self._wall())
+        headers = response.headers
+        lifetime = freshness_lifetime(
+            headers.get_list("Cache-Control"),
+            headers.get("Expires"),
+            headers.get("Date"),
+            headers.get("Age"),
+            self._wall(),
+        )
         if lifetime is None:
             return None
         return min(max(lifetime, self.min_every), self.max_every)
@@ -396,43 +444,6 @@ _redact = _RedactSourceURLs()
 logging.getLogger("httpx").addFilter(_redact)
 
 
-class _Inflater:
-    """Inflates gzip or deflate, never more than asked for at once (``max_length``)."""
-
-    def __init__(self, wbits: int) -> None:
-        self._wbits = wbits
-        self._zlib = zlib.decompressobj(wbits)
-        self._started = False
-
-    @staticmethod
-    def for_encoding(encoding: str) -> _Inflater | None:
-        name = encoding.strip().lower()
-        if name in ("gzip", "x-gzip"):
-            return _Inflater(16 + zlib.MAX_WBITS)
-        if name == "deflate":
-            return _Inflater(zlib.MAX_WBITS)
-        return None
-
-    def feed(self, data: bytes, limit: int) -> Iterator[bytes]:
-        """Inflate ``data`` in pieces of at most ``limit`` bytes (the caller stops past its cap).
-
-        Raises:
-            zlib.error: the body is not valid gzip or deflate.
-        """
-        while data:
-            try:
-                piece = self._zlib.decompress(data, max(limit, 1))
-            except zlib.error:
-                if self._started or self._wbits != zlib.MAX_WBITS:
-                    raise
-                # "deflate" is sometimes sent raw, without the zlib header (httpx allows it too).
-                self._wbits, self._zlib = -zlib.MAX_WBITS, zlib.decompressobj(-zlib.MAX_WBITS)
-                continue
-            self._started = True
-            data = self._zlib.unconsumed_tail
-            yield piece
-
-
 def _expiry(context: SourceContext, value: Any) -> float | None:
     return context.clock.monotonic() + value.expires_in if isinstance(value, Fresh) else None
 
@@ -450,73 +461,18 @@ def _safe_url_text(text: str) -> str:
 
 
 def _new_client() -> httpx.AsyncClient:
+    # Redirects are followed by HTTPSource._send, which judges each one first.
     return httpx.AsyncClient(
-        follow_redirects=True,
+        follow_redirects=False,
         timeout=DEFAULT_TIMEOUT,
         headers={"User-Agent": f"asgi-refresh/{__version__}"},
-        event_hooks={"response": [_refuse_leaving_redirects]},
     )
 
 
-async def _refuse_leaving_redirects(response: httpx.Response) -> None:
-    """Follow redirects within the origin only: our headers (an API key) must not travel.
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port, the default port spelled out: what a redirect must keep.
 
-    httpx drops only ``Authorization`` when a redirect leaves the origin; a key in
-    another header would go to the new host, and over plain HTTP after a downgrade.
+    httpx only drops ``Authorization`` when a redirect leaves the origin; a key in
+    another header would go to the new host, or over plain HTTP after a downgrade.
     """
-    if not response.has_redirect_location:
-        return
-    source, target = response.request.url, response.request.url.join(response.headers["Location"])
-    if (target.scheme, target.host, target.port) != (source.scheme, source.host, source.port):
-        raise SourceError(
-            f"{response.request.method} {safe_url(source)}: redirected to another origin "
-            f"({safe_url(target)}); not followed, so that request headers do not leak. Use the new "
-            "URL, or pass your own client= that follows such redirects"
-        )
-
-
-def _freshness_lifetime(headers: httpx.Headers, now: float) -> float | None:
-    """Seconds the response stays fresh per RFC 9111, or None if the server did not say."""
-    directives = {}
-    for part in headers.get("Cache-Control", "").split(","):
-        key, _, value = part.strip().partition("=")
-        directives[key.lower()] = value.strip().strip('"')
-    if "no-store" in directives or "no-cache" in directives:
-        return 0.0
-    if "max-age" in directives:
-        try:
-            max_age = int(directives["max-age"])
-        except ValueError:
-            return 0.0  # an invalid max-age means stale
-        age = headers.get("Age", "0")
-        return max_age - (int(age) if age.isdigit() else 0)
-    if "Expires" in headers:
-        expires = _http_date(headers["Expires"])
-        if expires is None:
-            return 0.0  # an invalid Expires (often "0") means already expired
-        return expires - (_http_date(headers.get("Date", "")) or now)
-    return None
-
-
-def _retry_after(response: httpx.Response, now: float) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        when = _http_date(value)
-        if when is None:
-            return None
-        # Against the server's own clock when it sent one: clocks disagree.
-        seconds = when - (_http_date(response.headers.get("Date", "")) or now)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _http_date(value: str) -> float | None:
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # asctime dates carry no zone; HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    timestamp = when.timestamp()
-    return timestamp if math.isfinite(timestamp) else None
+    return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme))

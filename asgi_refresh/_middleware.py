@@ -180,7 +180,7 @@ class RefreshMiddleware:
             state = scope.get("state")
             if state is None or state is live or state.get(SNAPSHOT_KEY) is not live[SNAPSHOT_KEY]:
                 scope["state"] = {**state, **live} if state and state is not live else dict(live)
-        elif not self._warned_no_lifespan:
+        elif not self._warned_no_lifespan and self.refreshers:
             self._warned_no_lifespan = True
             logger.warning(
                 "A request arrived but no ASGI lifespan is running, so refreshers are not "
@@ -224,7 +224,10 @@ class RefreshMiddleware:
             codec=self.codec,
             lease_ttl=self.lease_ttl,
         )
-        app = AppLifespan(self.app, {**scope, "state": state}, self.clock)
+        if scope.get("state") is not state:
+            scope["state"] = state  # the one documented change to the app's lifespan scope
+        # The server's own scope dict, not a copy: the app sees what it would without us.
+        app = AppLifespan(self.app, scope, self.clock)
         server = _ServerSend(send)
         outcome: Message | None = None  # for the server, once everything has stopped
         reported: Message | None = None

@@ -18,6 +18,8 @@ Format: TypeAlias = "Literal['json', 'toml', 'text', 'bytes'] | Callable[[bytes]
 Validate: TypeAlias = "Callable[[Any], Any]"
 
 FORMATS = ("json", "toml", "text", "bytes")
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+"""The largest document a source takes unless told otherwise (``max_bytes``)."""
 # Parsing a big document on the event loop would stall every request meanwhile.
 THREAD_THRESHOLD = 64 * 1024
 
@@ -31,6 +33,25 @@ async def digest(context: SourceContext, body: bytes) -> bytes:
     if len(body) < THREAD_THRESHOLD:
         return blake2b(body)
     return await context.run_in_thread(lambda: blake2b(body))
+
+
+def max_bytes_option(owner: str, max_bytes: object) -> int:
+    """``max_bytes`` checked: a positive int (not a bool).
+
+    Raises:
+        ValueError: it is anything else.
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"{owner}: max_bytes must be a positive number of bytes (got {max_bytes!r})")
+    return max_bytes
+
+
+def too_big(where: str, max_bytes: int, detail: str, what: str = "response body") -> SourceError:
+    """The error for a document past ``max_bytes``, saying what to do about it."""
+    return SourceError(
+        f"{where}: {what} exceeds max_bytes ({max_bytes} bytes; {detail}); "
+        "raise max_bytes if the document really is that big"
+    )
 
 
 def blake2b(data: bytes) -> bytes:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from . import _schedule as schedule
 from ._clock import Clock
 from ._contain import describe_error, escapes
 from ._coordinated import Coordination, NotShareable
@@ -38,11 +39,8 @@ SNAPSHOT_KEY = "asgi_refresh.snapshot"
 """State key whose value is replaced on every publish: lets a request tell in O(1)
 whether the state dict it was handed is the current snapshot."""
 
-_MIN_REFRESH_IN = 1.0  # an already expired token is renewed this often at most, not in a busy loop
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
 _REPEAT_WARNING_EVERY = 300.0  # the same failure, again and again, is logged this often
-_MAX_RETRY_AFTER = 3600.0  # a SourceError's retry_after (user code, or an upstream) never stops refreshes
-_BEHIND_AFTER = 1.0  # a refresh late by more than this and by a whole `every` means falling behind
 
 
 class RefreshError(RuntimeError):
@@ -343,9 +341,13 @@ class Runtime:
         # few minutes instead of quietly refreshing at a fraction of the rate asked.
         slot.lag = lag
         now = self.clock.monotonic()
-        if _behind(slot, lag) and now - self._warned_behind_at >= _REPEAT_WARNING_EVERY:
+        if schedule.is_behind(lag, slot.spec.every) and now - self._warned_behind_at >= _REPEAT_WARNING_EVERY:
             self._warned_behind_at = now
-            behind = sum(1 for other in self.slots.values() if _behind(other, now - other.next_due))
+            behind = sum(
+                1
+                for other in self.slots.values()
+                if schedule.is_behind(now - other.next_due, other.spec.every)
+            )
             logger.warning(
                 "asgi_refresh: this process cannot keep up with its refresh schedule: refresher "
                 "%r started %s late (every %s), and %d refreshers are behind. The event loop is "
@@ -379,29 +381,18 @@ class Runtime:
     def _schedule_after_success(
         self, slot: _Slot, started: float, on_grid: bool, refresh_in: float | None
     ) -> None:
-        every = slot.spec.every
-        if refresh_in is not None:
-            # The upstream said when (an expiry, caching headers): a new anchor.
-            slot.grid = self.clock.monotonic() + refresh_in
-            spread = min(every, refresh_in)
-        else:
-            # Fixed rate: the scheduled refresh of a healthy refresher keeps the grid, so
-            # neither fetch time nor wake-up latency makes it drift. A first load, a
-            # recovery, a refresh-now or a refresh late by a whole interval re-anchors it.
-            base = slot.grid if on_grid and slot.grid + every > started else started
-            slot.grid = base + every
-            spread = every
-        # Jitter only moves a refresh earlier than its grid point, never later.
-        self._reschedule(slot, slot.grid - spread * slot.spec.jitter * self._random.random())
-
-    def _backoff_delay(self, slot: _Slot) -> float:
         spec = slot.spec
-        cap = spec.every if spec.backoff_max is None else spec.backoff_max
-        try:
-            delay = spec.backoff_initial * spec.backoff_multiplier ** (slot.consecutive_failures - 1)
-        except OverflowError:
-            delay = cap
-        return min(delay, cap) * (1 - spec.jitter * self._random.random())
+        slot.grid, due = schedule.after_success(
+            grid=slot.grid,
+            started=started,
+            now=self.clock.monotonic(),
+            every=spec.every,
+            jitter=spec.jitter,
+            draw=self._random.random(),
+            on_grid=on_grid,
+            refresh_in=refresh_in,
+        )
+        self._reschedule(slot, due)
 
     # -- fetching ------------------------------------------------------------------
 
@@ -622,17 +613,22 @@ class Runtime:
         slot.last_outcome = "failed"
         slot.attempted = True
         self._note_progress(slot)
-        delay = self._backoff_delay(slot)
-        if slot.expires_at is not None:
-            # An expiring value (a token) must not be left expired for a whole
-            # backoff cap: retry by its expiry, and then within its leeway.
-            until_expiry = slot.expires_at - now
-            bound = until_expiry if until_expiry > 0 else max(slot.leeway, spec.backoff_initial)
-            delay = min(delay, max(bound, min(_MIN_REFRESH_IN, spec.every)))
-        retry_after = exc.retry_after if isinstance(exc, SourceError) else None
-        if isinstance(retry_after, int | float) and retry_after > 0:  # not NaN, not negative
-            # The upstream asked us to wait (Retry-After); an hour at most, whatever it said.
-            delay = max(delay, min(retry_after, _MAX_RETRY_AFTER))
+        delay = schedule.retry_delay(
+            schedule.backoff(
+                slot.consecutive_failures,
+                initial=spec.backoff_initial,
+                multiplier=spec.backoff_multiplier,
+                cap=spec.every if spec.backoff_max is None else spec.backoff_max,
+                jitter=spec.jitter,
+                draw=self._random.random(),
+            ),
+            now=now,
+            every=spec.every,
+            backoff_initial=spec.backoff_initial,
+            expires_at=slot.expires_at,
+            leeway=slot.leeway,
+            retry_after=exc.retry_after if isinstance(exc, SourceError) else None,
+        )
         self._reschedule(slot, now + delay)
         self._log_failure(slot, exc, now, delay)
         if self.events is not None:
@@ -835,7 +831,7 @@ class Runtime:
         """
         if slot.overridden:
             return False
-        if slot.expires_at is not None and not now < slot.expires_at:  # NaN counts as expired
+        if schedule.expired(now, slot.expires_at):
             return True
         if slot.spec.max_stale is None:
             return False
@@ -976,15 +972,10 @@ class RefreshHandle:
         return self._runtime.state[name]
 
 
-def _behind(slot: _Slot, lag: float) -> bool:
-    """Whether a refresh this late means the process is falling behind (not a hiccup)."""
-    return lag > max(slot.spec.every, _BEHIND_AFTER)
-
-
 def _unhealthy_reason(slot: _Slot, now: float) -> str:
     if not slot.loaded:
         return "not loaded"
-    if slot.expires_at is not None and now >= slot.expires_at:
+    if schedule.expired(now, slot.expires_at):
         return "expired"
     return "stale"
 
@@ -1004,7 +995,7 @@ def _unwrap(spec: Refresher, result: Any) -> _Unwrapped:
     if isinstance(result, Fresh):
         fresh = result
         # Renew before expiry, never later than `every`, never in a busy loop.
-        until_expiry = min(max(fresh.expires_in - fresh.leeway, min(_MIN_REFRESH_IN, spec.every)), spec.every)
+        until_expiry = schedule.renew_in(fresh.expires_in, fresh.leeway, spec.every)
         refresh_in = until_expiry if refresh_in is None else min(refresh_in, until_expiry)
         result = fresh.value
     return _Unwrapped(result, not_modified, refresh_in, fresh)

