@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import inspect
 import json
 import logging
 import os
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -23,7 +26,7 @@ from ._config import Config, ConfigError, load_config, scrub
 from ._duration import format_duration, parse_duration
 from ._file import FileSource
 from ._http import HTTPSource
-from ._refresher import Refresher
+from ._refresher import Refresher, is_async_callable
 from ._runtime import Runtime
 from ._text import printable
 
@@ -370,7 +373,9 @@ def _with_needs(config: Config, names: list[str]) -> list[str]:
 
 async def _fetch_once(config: Config, refreshers: list[Refresher], limit: float) -> list[_Result]:
     """Run the refreshers' first fetches the way the middleware does, then stop them."""
-    runtime = Runtime(refreshers, state={}, clock=SystemClock())
+    stopwatch = _Stopwatch(config)
+    runtime = Runtime([stopwatch.wrap(refresher) for refresher in refreshers], state={}, clock=SystemClock())
+    stopwatch.handle = runtime.handle
     results: dict[str, _Result] = {}
     deadline = time.monotonic() + limit
     runtime.prepare()
@@ -384,7 +389,8 @@ async def _fetch_once(config: Config, refreshers: list[Refresher], limit: float)
                     continue
                 entry = status[name]
                 if entry["last_outcome"] is not None:
-                    results[name] = _result(refresher, entry, runtime.state.get(name))
+                    took = stopwatch.durations.get(name, entry["last_duration"])
+                    results[name] = _result(refresher, entry, took, runtime.state.get(name))
                     continue
                 # Waiting for a token that failed would only wait for our own timeout.
                 failed = [
@@ -403,17 +409,102 @@ async def _fetch_once(config: Config, refreshers: list[Refresher], limit: float)
     return [results[refresher.name] for refresher in refreshers]
 
 
+class _Stopwatch:
+    """Times each refresher's own fetch, from inside it.
+
+    The runtime's ``last_duration`` runs from the moment a fetch is due, so for a
+    first fetch it also counts opening the source (creating the shared HTTP client:
+    imports and TLS setup, up to a few hundred ms that block the event loop and so
+    land in the time of every fetch running meanwhile too) and, for a refresher that
+    authenticates with another one's token, the wait for that token. A row of
+    ``fetch`` must say how long that refresher's own fetch took: a plain function is
+    timed in its worker thread, an async one once its source is open and the
+    refreshers it needs have loaded. A fetch this cannot wrap (a source with a
+    plain ``__call__``), one that failed to open or was abandoned in its thread
+    keeps the runtime's figure.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.needs = config.needs
+        self.durations: dict[str, float] = {}
+        self.handle: Any = None  # the runtime's, set once it exists
+
+    def wrap(self, refresher: Refresher) -> Refresher:
+        """``refresher`` with its fetch timed (the same kind of fetch: source, async or plain)."""
+        fetch, name = refresher.fetch, refresher.name
+        source = hasattr(type(fetch), "__aenter__") and hasattr(type(fetch), "__aexit__")
+        timed: Callable[[], Any]
+        if is_async_callable(fetch):
+            timed = (_TimedSource if source else _TimedCall)(self, name, fetch)
+        elif not source:
+            timed = self._timed_in_thread(name, fetch)
+        else:
+            return refresher
+        return dataclasses.replace(refresher, fetch=timed)
+
+    def _timed_in_thread(self, name: str, fetch: Callable[[], Any]) -> Callable[[], Any]:
+        def timed() -> Any:
+            started = time.perf_counter()
+            try:
+                value = fetch()
+            finally:
+                self.durations[name] = took = time.perf_counter() - started
+            if inspect.iscoroutine(value):  # `lambda: load(url)`: the rest runs on the event loop
+                return self._timed_on_loop(name, value, took)
+            return value
+
+        return timed
+
+    async def _timed_on_loop(self, name: str, work: Awaitable[Any], took: float = 0.0) -> Any:
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            self.durations[name] = took + time.perf_counter() - started
+
+    async def loaded(self, name: str) -> None:
+        """Once what ``name`` authenticates with has loaded (its fetch would wait for it)."""
+        for needed in self.needs.get(name, ()):
+            await self.handle.wait_for(needed)
+
+
+class _TimedCall:
+    """An async fetch, timed by ``stopwatch`` once what it needs has loaded."""
+
+    def __init__(self, stopwatch: _Stopwatch, name: str, fetch: Callable[[], Any]) -> None:
+        self._stopwatch, self._name, self._fetch = stopwatch, name, fetch
+
+    async def __call__(self) -> Any:
+        await self._stopwatch.loaded(self._name)
+        work: Coroutine[Any, Any, Any] = self._fetch()
+        return await self._stopwatch._timed_on_loop(self._name, work)
+
+
+class _TimedSource(_TimedCall):
+    """A timed source: opened and closed as the source it wraps."""
+
+    async def __aenter__(self) -> _TimedSource:
+        await self._fetch.__aenter__()  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> bool | None:
+        result: bool | None = await self._fetch.__aexit__(kind, exc, traceback)  # type: ignore[attr-defined]
+        return result
+
+
 def _failed(refresher: Refresher, error: str) -> _Result:
     return _Result(refresher.name, refresher.required, "failed", None, None, None, None, error, [])
 
 
-def _result(refresher: Refresher, entry: dict[str, Any], value: Any) -> _Result:
+def _result(refresher: Refresher, entry: dict[str, Any], took: float | None, value: Any) -> _Result:
     if entry["last_outcome"] == "failed":
         return _Result(
             refresher.name,
             refresher.required,
             "failed",
-            entry["last_duration"],
+            took,
             None,
             None,
             None,
@@ -425,9 +516,7 @@ def _result(refresher: Refresher, entry: dict[str, Any], value: Any) -> _Result:
         word in refresher.name.lower() for word in _SECRET_WORDS
     )
     preview = "(hidden: looks like a secret)" if secret else _preview(text)
-    return _Result(
-        refresher.name, refresher.required, "ok", entry["last_duration"], size, size_of, preview, None, []
-    )
+    return _Result(refresher.name, refresher.required, "ok", took, size, size_of, preview, None, [])
 
 
 def _measure(value: Any) -> tuple[int, str, str]:

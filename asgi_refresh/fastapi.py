@@ -3,6 +3,9 @@
 ```python
 from typing import Annotated
 
+from fastapi import HTTPException
+
+from asgi_refresh import RefreshError
 from asgi_refresh.fastapi import Refreshed, RefreshControl
 
 
@@ -13,7 +16,10 @@ async def names(names: Annotated[list[str], Refreshed("names")]) -> list[str]:
 
 @app.post("/names/refresh")
 async def refresh(control: RefreshControl) -> list[str]:
-    return await control.refresh("names")
+    try:
+        return await control.refresh("names")
+    except RefreshError as exc:  # the upstream failed; the last good names stay published
+        raise HTTPException(502, {"name": exc.name, "error": str(exc)}) from exc
 ```
 
 Needs FastAPI (this module is the only one that imports it).

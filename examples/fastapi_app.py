@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException
 
-from asgi_refresh import Refresher, RefreshMiddleware
+from asgi_refresh import Refresher, RefreshError, RefreshMiddleware
 from asgi_refresh.fastapi import RefreshControl, Refreshed
 
 _rates = itertools.cycle([{"EUR": 1.0, "USD": 1.08}, {"EUR": 1.0, "USD": 1.09}, {"EUR": 1.0, "USD": 1.07}])
@@ -40,8 +40,12 @@ async def convert(
 
 @app.post("/rates/refresh")
 async def refresh_rates(control: RefreshControl) -> dict[str, float]:
-    """Fetch the rates now (concurrent calls share one fetch)."""
-    rates: dict[str, float] = await control.refresh("rates")
+    """Fetch the rates now (concurrent calls share one fetch); 502 with the reason if that fails."""
+    try:
+        rates: dict[str, float] = await control.refresh("rates")
+    except RefreshError as exc:
+        # The upstream failed, not this app; the last good rates are still served.
+        raise HTTPException(502, {"name": exc.name, "error": str(exc)}) from exc
     return rates
 
 

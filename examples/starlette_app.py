@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from asgi_refresh import Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh import Refresher, RefreshError, RefreshHandle, RefreshMiddleware
 
 _rota = itertools.cycle([["ada", "grace"], ["ada", "grace", "katherine"], ["barbara", "margaret"]])
 
@@ -35,7 +35,10 @@ async def index(request: Request) -> JSONResponse:
 
 async def refresh_now(request: Request) -> JSONResponse:
     handle: RefreshHandle = request.state.asgi_refresh
-    return JSONResponse({"data": await handle.refresh("names")})
+    try:
+        return JSONResponse({"data": await handle.refresh("names")})
+    except RefreshError as exc:  # the upstream failed: a 502 with the reason; the last good value stays
+        return JSONResponse({"name": exc.name, "error": str(exc)}, status_code=502)
 
 
 app = Starlette(

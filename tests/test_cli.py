@@ -10,13 +10,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+import asgi_refresh._http
 from asgi_refresh._cli import main
 from asgi_refresh.demo.upstream import Upstream, serve
 
@@ -42,6 +45,33 @@ async def hang():
 
 def a_set():
     return {1}
+
+
+def quick():
+    return [1, 2, 3]
+
+
+async def _later():
+    await anyio.sleep(0.2)
+    return "later"
+
+
+def deferred():
+    return _later()
+
+
+class PlainSource:
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        return None
+
+    def __call__(self):
+        return "plain"
+
+
+plain_source = PlainSource()
 
 
 def hostile():
@@ -74,6 +104,29 @@ def upstream() -> Iterator[tuple[Upstream, str]]:
     app.set("/protected", {"orders": 3})
     with serve(app) as base_url:
         yield app, base_url
+
+
+class SlowTokens:
+    """The upstream, with a token endpoint that takes TOKEN_DELAY to answer."""
+
+    def __init__(self, app: Upstream) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/token":
+            await anyio.sleep(TOKEN_DELAY)
+        await self.app(scope, receive, send)
+
+
+TOKEN_DELAY = 0.5
+
+
+@pytest.fixture(scope="module")
+def slow_tokens() -> Iterator[str]:
+    app = Upstream(token_lifetime=300)
+    app.set("/protected", {"orders": 3})
+    with serve(SlowTokens(app)) as base_url:
+        yield base_url
 
 
 @pytest.fixture(params=["subprocess", "in-process"])
@@ -376,6 +429,67 @@ def test_a_failed_dependency_is_named(cli: Run, tmp_path: Path, upstream: tuple[
     token, orders = ran.json["refreshers"]
     assert token["outcome"] == orders["outcome"] == "failed"
     assert orders["error"] == "not fetched: it needs 'token', which failed"
+
+
+def test_each_row_times_its_own_fetch(
+    cli: Run, tmp_path: Path, slow_tokens: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row's time is its own fetch: not the HTTP client's creation, nor the wait for a slow token."""
+    real_new_client = asgi_refresh._http._new_client
+
+    def cold_new_client() -> Any:
+        # In process, httpx's first client is already warm; make it as slow as a cold
+        # one is in a fresh process (imports, TLS setup), blocking the event loop.
+        time.sleep(0.3)
+        return real_new_client()
+
+    monkeypatch.setattr(asgi_refresh._http, "_new_client", cold_new_client)
+    (tmp_path / "refresh.toml").write_text(
+        f"""
+[defaults]
+every = "1h"
+
+[refreshers.fast]
+source = "python"
+target = "cli_tokens:quick"
+
+[refreshers.token]
+source = "http"
+url = "{slow_tokens}/token"
+method = "POST"
+parse = "cli_tokens:grant"
+
+[refreshers.orders]
+source = "http"
+url = "{slow_tokens}/protected"
+auth = {{ bearer = "token" }}
+"""
+    )
+    ran = cli("fetch", "--json", "refresh.toml")
+    assert ran.code == 0, ran.out + ran.err
+    took = {item["name"]: item["duration"] for item in ran.json["refreshers"]}
+    assert took["fast"] < 0.05, took
+    assert took["token"] >= TOKEN_DELAY, took
+    assert took["orders"] < TOKEN_DELAY / 2, took
+
+
+def test_every_kind_of_fetch_is_timed(cli: Run, tmp_path: Path) -> None:
+    """A coroutine returned by a plain function is timed to its end; a plain source and a failure get a time too."""
+    (tmp_path / "refresh.toml").write_text(
+        '[defaults]\nevery = "1h"\n'
+        '[refreshers.deferred]\nsource = "python"\ntarget = "cli_tokens:deferred"\n'
+        '[refreshers.plain]\nsource = "python"\ntarget = "cli_tokens:plain_source"\n'
+        '[refreshers.failing]\nsource = "python"\ntarget = "cli_tokens:failing"\nrequired = false\n'
+    )
+    ran = cli("fetch", "--json", "refresh.toml")
+    assert ran.code == 0, ran.out + ran.err
+    deferred, plain, failing = ran.json["refreshers"]
+    assert (deferred["outcome"], deferred["preview"]) == ("ok", '"later"')
+    assert 0.2 <= deferred["duration"] < 5
+    assert (plain["outcome"], plain["preview"]) == ("ok", '"plain"')
+    assert 0 < plain["duration"] < 5
+    assert failing["outcome"] == "failed"
+    assert 0 <= failing["duration"] < 5
 
 
 def test_fetch_gives_up_after_timeout(cli: Run, tmp_path: Path) -> None:

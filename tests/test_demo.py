@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -14,10 +15,12 @@ import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from playwright.sync_api import expect, sync_playwright
 
 from asgi_refresh.demo.app import build
 from asgi_refresh.demo.upstream import Upstream, serve
 
+from .test_admin_page import chromium
 from .test_real_servers import BAD_SIGNS, free_port
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +64,117 @@ async def test_the_demo_shows_values_that_change(
             status = (await client.get("/status")).json()
             assert status["token"]["expires_at"] is not None
             assert all(entry["last_error"] is None for entry in status.values())
+
+
+async def test_a_failed_refresh_now_is_a_502_with_the_reason(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """POST /refresh/{name} whose fetch fails: 502 naming the cause; the last good value stays."""
+    upstream, url = local_upstream
+    settings = tmp_path / "settings.toml"
+    app = build(upstream, url, settings, change_every=3600)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            settings.write_text("greeting = [unclosed")
+            failed = await client.post("/refresh/settings")
+            assert failed.status_code == 502
+            detail = failed.json()["detail"]
+            assert detail["name"] == "settings"
+            assert "invalid toml" in detail["error"], detail
+            data = (await client.get("/data")).json()
+            assert data["settings"]["value"] == {"greeting": "hello", "banner": False}
+
+
+def test_the_demo_page_shows_relative_times_with_the_iso_time_as_tooltip(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """In Chromium: the page reads /data and shows "N s ago" / "in N s", the ISO time in each tooltip."""
+    upstream, url = local_upstream
+    problems: list[str] = []
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600)
+    with serve(app, lifespan="on") as demo, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on(
+                "response",
+                lambda response: (
+                    problems.append(f"{response.status} {response.url}")
+                    if response.status >= 400 and not response.url.endswith("/favicon.ico")
+                    else None
+                ),
+            )
+            page.goto(demo)
+            names = page.locator("tr[data-name=names]")
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]')
+            expect(names.locator("td.fetched time")).to_have_text(re.compile(r"^(now|\d+ s ago)$"))
+            expect(names.locator("td.next time")).to_have_text(re.compile(r"^(now|in \d+ s)$"))
+            data = httpx.get(f"{demo}/data").json()
+            for cell, key in (("fetched", "last_success_at"), ("changed", "last_changed_at")):
+                time = page.locator(f"tr[data-name=settings] td.{cell} time")
+                assert time.get_attribute("title") == time.get_attribute("datetime") == data["settings"][key]
+            expect(page.locator("tr[data-name=token] td.value")).to_have_text('"(secret)"')
+            seconds_from_now = {-12: "12 s ago", 180: "in 3 min", -7200: "2.0 h ago", 0.2: "now"}
+            for offset, expected in seconds_from_now.items():
+                shown = page.evaluate(
+                    f"relative(new Date(Date.now() + {offset * 1000}).toISOString(), false)"
+                )
+                assert shown == expected
+            assert page.evaluate("relative(new Date(Date.now() - 3000).toISOString(), true)") == "now"
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or failed requests"
+
+
+async def test_the_upstream_accepts_the_previous_token_for_a_grace_period() -> None:
+    """Just after a renewal the previous token still works (as with real token servers); after the grace, 401."""
+    now = [100.0]
+    upstream = Upstream(token_grace=5, clock=lambda: now[0])
+    upstream.set("/protected", {"orders": 3})
+    transport = httpx.ASGITransport(app=upstream)
+    async with httpx.AsyncClient(transport=transport, base_url="http://upstream") as client:
+
+        async def orders(token: str) -> int:
+            response = await client.get("/protected", headers={"Authorization": f"Bearer {token}"})
+            return response.status_code
+
+        async def new_token() -> str:
+            token: str = (await client.post("/token")).json()["access_token"]
+            return token
+
+        assert await orders("none-yet") == 401
+        first = await new_token()
+        assert await orders(first) == 200
+        now[0] += 60
+        second = await new_token()
+        assert await orders(second) == 200
+        assert await orders(first) == 200, "the previous token, right after the renewal"
+        now[0] += 4.9
+        assert await orders(first) == 200
+        now[0] += 0.1
+        assert await orders(first) == 401, "the previous token, once the grace period is over"
+        assert await orders(second) == 200
+        third = await new_token()
+        assert await orders(first) == 401, "only the one before the newest is honoured"
+        assert (await orders(second), await orders(third)) == (200, 200)
+
+
+def test_the_readme_mentions_every_option_of_the_demo() -> None:
+    """Each option that `python -m asgi_refresh.demo --help` lists is shown in the README, with the command."""
+    done = subprocess.run(
+        [sys.executable, "-m", "asgi_refresh.demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    options = set(re.findall(r"^  (--[a-z-]+)", done.stdout, re.MULTILINE)) - {"--help"}
+    assert options == {"--port"}
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for option in options:
+        assert re.search(rf"python -m asgi_refresh\.demo {option}\b", readme), option
 
 
 def test_python_m_asgi_refresh_demo_serves_and_stops_cleanly() -> None:

@@ -10,9 +10,12 @@ preceded by ``<!-- docs-test: skip (reason) -->`` is not run.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import inspect
 import re
+import sys
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +80,39 @@ async def test_samples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
         result = eval(compiled, namespace)
         if inspect.iscoroutine(result):
             await result
+
+
+def test_the_testing_guide_says_what_to_install() -> None:
+    """The testing guide's pip line installs what its samples import (bar the app's own), all from our test extra."""
+    page = ROOT / "docs" / "guides" / "testing.md"
+    line = re.search(r"^pip install (.+)$", page.read_text(), re.MULTILINE)
+    assert line, "docs/guides/testing.md does not say what to pip install"
+    installed = set(line[1].split())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    test_extra = {
+        re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+        for requirement in pyproject["project"]["optional-dependencies"]["test"]
+    }
+    assert installed <= test_extra
+    assert "httpx2" in installed  # Starlette 1.x's TestClient warns without it
+    imported = set()
+    for _, code in samples(page):
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    needed = {
+        name.lower().replace("_", "-")
+        for module in imported - set(sys.stdlib_module_names)
+        for name in distributions.get(module, [module])
+    }
+    the_apps_own = {
+        "asgi-refresh",
+        "anyio",
+        "httpx",
+        "starlette",
+        "fastapi",
+    }  # the package's deps, the framework
+    assert needed - the_apps_own <= installed

@@ -7,6 +7,7 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
@@ -42,6 +43,37 @@ async def test_starlette_app_serves_and_refreshes_on_demand() -> None:
             refreshed = (await client.post("/refresh")).json()
             assert refreshed["data"]["names"] != first["data"]["names"]
             assert (await client.get("/")).json()["status"]["refresh_count"] == 2
+
+
+async def test_starlette_app_answers_502_with_the_reason_when_a_refresh_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /refresh whose fetch fails: 502 with the reason, and GET / still serves the last value."""
+    module = load("starlette_app")
+
+    def unreachable() -> Any:
+        raise ConnectionError("upstream unreachable")
+
+    async with LifespanManager(module.app) as manager, client_for(manager.app) as client:
+        first = (await client.get("/")).json()
+        monkeypatch.setattr(module, "_rota", _Raising(unreachable))
+        failed = await client.post("/refresh")
+        assert failed.status_code == 502
+        assert failed.json() == {
+            "name": "names",
+            "error": "Refresher 'names' failed: ConnectionError: upstream unreachable",
+        }
+        assert (await client.get("/")).json()["data"] == first["data"]
+
+
+class _Raising:
+    """An iterator whose next() raises what ``make_error`` makes."""
+
+    def __init__(self, make_error: Any) -> None:
+        self.make_error = make_error
+
+    def __next__(self) -> Any:
+        return self.make_error()
 
 
 async def test_token_renewal_renews_before_expiry_and_feeds_orders() -> None:
@@ -87,6 +119,28 @@ async def test_fastapi_app_converts_with_refreshed_rates() -> None:
         refreshed = (await client.post("/rates/refresh")).json()
         assert refreshed["USD"] != first["rate"]
         assert (await client.get("/status")).json()["rates"]["refresh_count"] == 2
+
+
+async def test_fastapi_app_answers_502_with_the_reason_when_a_refresh_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /rates/refresh answers 502 naming the failure, and /convert keeps the last good rates."""
+    module = load("fastapi_app")
+    async with LifespanManager(module.app) as manager, client_for(manager.app) as client:
+        first = (await client.get("/convert", params={"amount": 10, "currency": "USD"})).json()
+
+        class Down:
+            def __next__(self) -> dict[str, float]:
+                raise OSError("the rates API is down")
+
+        monkeypatch.setattr(module, "_rates", Down())
+        failed = await client.post("/rates/refresh")
+        assert failed.status_code == 502
+        assert failed.json() == {
+            "detail": {"name": "rates", "error": "Refresher 'rates' failed: OSError: the rates API is down"}
+        }
+        again = (await client.get("/convert", params={"amount": 10, "currency": "USD"})).json()
+        assert again == first
 
 
 async def test_config_reload_picks_up_an_edit_and_survives_a_broken_file(tmp_path: Path) -> None:

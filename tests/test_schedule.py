@@ -13,7 +13,7 @@ import anyio
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshError, RefreshMiddleware
+from asgi_refresh import Refresher, RefreshError, RefreshMiddleware, SourceError
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, ScriptedApp, Upstream, hang, published, running
@@ -139,6 +139,29 @@ async def test_last_good_value_survives_failures_and_timeouts(caplog: pytest.Log
     assert "keeping the last good value" in failures[0].getMessage()
     assert failures[0].exc_info is not None, "the first failure of a run carries the traceback"
     assert "recovered after 2 failed attempts" in caplog.text
+
+
+async def test_which_failures_are_logged_with_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A run's first WARNING has the traceback, unless a SourceError or a timeout; a new run within 5 min is DEBUG."""
+    clock = FakeClock(START)
+    upstream = Upstream(
+        ["a"], SourceError("HTTP 503 from GET /names"), ["b"], hang, ["c"], OSError("disk"), ["d"]
+    )
+    refresher = Refresher("names", upstream, every=600, jitter=0, timeout=5, backoff_initial=1)
+    with caplog.at_level(logging.DEBUG, logger="asgi_refresh"):
+        async with running(refresher, clock=clock) as handle:
+            await clock.advance(1900)  # three runs of one failure each, 10 minutes apart
+            assert upstream.calls == 7
+            upstream.results.append(OSError("again"))
+            with pytest.raises(RefreshError):
+                await handle.refresh("names")  # a new run, minutes after the last WARNING
+    failures = [r for r in caplog.records if r.getMessage().startswith("Refresher 'names' failed")]
+    assert [(r.levelname, r.exc_info is not None, getattr(r, "error", None)) for r in failures] == [
+        ("WARNING", False, "SourceError: HTTP 503 from GET /names"),
+        ("WARNING", False, "TimeoutError: fetch timed out after 5s"),
+        ("WARNING", True, "OSError: disk"),
+        ("DEBUG", False, "OSError: again"),
+    ]
 
 
 async def test_status_reports_every_field_as_json() -> None:

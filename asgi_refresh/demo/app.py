@@ -9,15 +9,15 @@ Four refreshers, all fed from 127.0.0.1, no internet needed:
 - ``token``: a token from a local token endpoint, renewed before it expires;
 - ``orders``: JSON fetched with that token.
 
-Open the printed URL: the page shows each value, its age and what happens next,
-and updates itself every two seconds.
+Open the printed URL: the page shows each value, when it was fetched and changed
+and when the next refresh is due ("12 s ago", "in 3 s"), and updates itself every
+two seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import html
 import itertools
 import json
 import logging
@@ -36,6 +36,7 @@ from asgi_refresh import (
     Fresh,
     HTTPSource,
     Refresher,
+    RefreshError,
     RefreshHandle,
     RefreshMiddleware,
 )
@@ -74,8 +75,8 @@ def build(
     app = FastAPI(title="asgi_refresh demo", lifespan=lifespan)
 
     @app.get("/", response_class=HTMLResponse)
-    async def page(control: RefreshControl) -> str:
-        return render(snapshot(control))
+    async def page() -> str:
+        return PAGE
 
     @app.get("/data")
     async def data(control: RefreshControl) -> dict[str, Any]:
@@ -92,7 +93,10 @@ def build(
         """Refresh one now; answers like one entry of /data (the token stays hidden)."""
         if name not in control.names:
             raise HTTPException(404, f"no refresher named {name!r}; there are {', '.join(control.names)}")
-        await control.refresh(name)
+        try:
+            await control.refresh(name)
+        except RefreshError as exc:  # the upstream failed: say why, the last good value stays
+            raise HTTPException(502, {"name": name, "error": str(exc)}) from exc
         return snapshot(control)[name]
 
     def announce(name: str) -> Callable[[Any, Any], None]:
@@ -143,6 +147,7 @@ def snapshot(control: RefreshHandle) -> dict[str, Any]:
         name: {
             "value": "(secret)" if name == "token" else control.value(name),
             "age": status[name]["age"],
+            "last_success_at": status[name]["last_success_at"],
             "last_outcome": status[name]["last_outcome"],
             "last_changed_at": status[name]["last_changed_at"],
             "next_refresh_at": status[name]["next_refresh_at"],
@@ -152,26 +157,108 @@ def snapshot(control: RefreshHandle) -> dict[str, Any]:
     }
 
 
-def render(rows: dict[str, Any]) -> str:
-    """The page: a table of ``snapshot`` that reloads itself."""
-    cells = "".join(
-        "<tr>"
-        + f"<td>{html.escape(name)}</td><td><code>{html.escape(json.dumps(row['value']))}</code></td>"
-        + f"<td>{row['age']:.1f} s</td><td>{row['last_outcome']}</td><td>{row['refresh_count']}</td>"
-        + f"<td>{row['next_refresh_at'] or ''}</td></tr>"
-        for name, row in rows.items()
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
-<title>asgi_refresh demo</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem}}td,th{{padding:.3rem .8rem;text-align:left}}
-tr:nth-child(even){{background:#f4f4f4}}code{{font-size:.9em}}</style></head>
+# The page holds no data: it reads /data every two seconds and shows times relative
+# to now ("12 s ago", "in 3 min"), computed in the browser so that they keep ticking
+# between reads, with the ISO time as a tooltip. No external resources.
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>asgi_refresh demo</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem; }
+td, th { padding: .3rem .8rem; text-align: left; }
+tr:nth-child(even) { background: #f4f4f4; }
+code { font-size: .9em; }
+time { text-decoration: underline dotted; cursor: help; }
+#message { color: #c33; min-height: 1.4em; }
+</style></head>
 <body><h1>asgi_refresh demo</h1>
-<p>Values kept fresh from a local upstream that changes every few seconds. This page reloads itself.
+<p>Values kept fresh from a local upstream that changes every few seconds. This page updates itself.
 JSON: <a href="/data">/data</a>, <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.
 The operators' status page, with a refresh button per refresher: <a href="/_refresh">/_refresh</a>.</p>
-<table><tr><th>refresher</th><th>value</th><th>since last fetch</th><th>last fetch</th><th>fetches</th>
-<th>next refresh (UTC)</th></tr>{cells}</table></body></html>"""
+<noscript><p>This page needs JavaScript to show the values; they are at
+<a href="/data">/data</a>.</p></noscript>
+<table><thead><tr><th>refresher</th><th>value</th><th>last fetch</th><th>fetched</th><th>changed</th>
+<th>fetches</th><th>next refresh</th></tr></thead><tbody id="rows"></tbody></table>
+<p id="message"></p>
+<script>
+"use strict";
+const rows = document.getElementById("rows");
+const message = document.getElementById("message");
+
+function span(seconds) {
+  const s = Math.round(Math.abs(seconds));
+  if (s < 90) return s + " s";
+  if (s < 5400) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+// "12 s ago", "in 3 min"; a due time already past is "now" (the fetch is running).
+function relative(iso, due) {
+  const seconds = (Date.parse(iso) - Date.now()) / 1000;
+  if (Math.abs(seconds) < 0.5 || (due && seconds < 0)) return "now";
+  return seconds > 0 ? "in " + span(seconds) : span(seconds) + " ago";
+}
+
+function timeCell(row, iso, className) {
+  const td = row.insertCell();
+  td.className = className;
+  if (!iso) {
+    td.textContent = "–";
+    return;
+  }
+  const time = document.createElement("time");
+  time.dateTime = iso;
+  time.title = iso;
+  if (className === "next") time.dataset.due = "";
+  td.append(time);
+}
+
+function tick() {
+  for (const time of document.querySelectorAll("time[datetime]")) {
+    time.textContent = relative(time.dateTime, "due" in time.dataset);
+  }
+}
+
+function textCell(row, text, className) {
+  const td = row.insertCell();
+  td.className = className;
+  td.textContent = text;
+  return td;
+}
+
+function render(data) {
+  rows.replaceChildren();
+  for (const [name, entry] of Object.entries(data)) {
+    const row = rows.insertRow();
+    row.dataset.name = name;
+    textCell(row, name, "name");
+    const code = document.createElement("code");
+    code.textContent = JSON.stringify(entry.value);
+    textCell(row, "", "value").append(code);
+    textCell(row, entry.last_outcome || "–", "outcome");
+    timeCell(row, entry.last_success_at, "fetched");
+    timeCell(row, entry.last_changed_at, "changed");
+    textCell(row, String(entry.refresh_count), "count");
+    timeCell(row, entry.next_refresh_at, "next");
+  }
+  tick();
+}
+
+async function load() {
+  try {
+    const response = await fetch("/data", {headers: {"Accept": "application/json"}});
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    render(await response.json());
+    message.textContent = "";
+  } catch (error) {
+    message.textContent = "Could not read /data: " + error.message;
+  }
+}
+
+load();
+setInterval(load, 2000);
+setInterval(tick, 1000);
+</script></body></html>
+"""
 
 
 # Run as a subprocess by tests/test_demo.py, where coverage does not follow it.

@@ -3,8 +3,10 @@
 A tiny ASGI app (no framework) that serves documents the caller sets, with the
 HTTP caching a real API has: an ``ETag`` per document, ``304 Not Modified`` for
 a matching ``If-None-Match``, and counters of requests and body bytes sent. It
-also issues short-lived tokens at ``POST /token``. `serve` runs it under uvicorn
-on 127.0.0.1 in a background thread.
+also issues short-lived tokens at ``POST /token`` and, like a real token server,
+still accepts the previous token for a short grace period after issuing a new
+one (a request sent just before a renewal lands just after it). `serve` runs it
+under uvicorn on 127.0.0.1 in a background thread.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import json
 import secrets
 import socket
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,15 +41,27 @@ class Upstream:
 
     Args:
         token_lifetime: ``expires_in`` of the tokens ``POST /token`` issues, in seconds.
+        token_grace: Seconds for which the previous token is still accepted after
+            a new one is issued.
+        clock: Monotonic seconds, for the grace period (tests pass their own).
     """
 
-    def __init__(self, *, token_lifetime: int = 60) -> None:
+    def __init__(
+        self,
+        *,
+        token_lifetime: int = 60,
+        token_grace: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.documents: dict[str, Document] = {}
         self.requests: Counter[str] = Counter()
         self.not_modified: Counter[str] = Counter()
         self.bytes_sent: Counter[str] = Counter()
         self.token_lifetime = token_lifetime
+        self.token_grace = token_grace
         self.tokens: list[str] = []
+        self._clock = clock
+        self._issued_at = -float("inf")  # when the newest token was issued
         self._lock = threading.Lock()
 
     def set(
@@ -76,13 +91,15 @@ class Upstream:
             self.requests[path] += 1
         if path == "/token" and method == "POST":
             token = secrets.token_urlsafe(16)
-            self.tokens.append(token)
+            with self._lock:
+                self.tokens.append(token)
+                self._issued_at = self._clock()
             body = json.dumps({"access_token": token, "expires_in": self.token_lifetime}).encode()
             await _respond(send, 200, body, [(b"content-type", b"application/json")])
             return
         if path == "/protected":
             authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
-            if not self.tokens or authorization != f"Bearer {self.tokens[-1]}":
+            if authorization not in {f"Bearer {token}" for token in self._accepted_tokens()}:
                 await _respond(send, 401, b"", [])
                 return
         document = self.documents.get(path)
@@ -101,6 +118,12 @@ class Upstream:
         if document.content_encoding:
             headers.append((b"content-encoding", document.content_encoding.encode()))
         await _respond(send, 200, document.body, headers)
+
+    def _accepted_tokens(self) -> list[str]:
+        """The newest token, and the one before it during the grace period after a renewal."""
+        with self._lock:
+            in_grace = self._clock() - self._issued_at < self.token_grace
+            return self.tokens[-2:] if in_grace else self.tokens[-1:]
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
