@@ -4,6 +4,7 @@ import inspect
 from types import CodeType
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from asgi_refresh.demo.upstream import serve
 from tests.faults.upstream import HostileUpstream
@@ -24,8 +25,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 # -- markers: `pytest -m "not servers and not cluster and not browser"` runs the fast core ----
 #
 # They are given here from what a test does (its module, the fixtures it uses, whether it
-# or one of its fixtures starts a server in a thread) rather than written on each test, so
-# that a new test on a real server is marked without anyone having to remember.
+# or one of its fixtures starts a server in a thread or a browser) rather than written on
+# each test, so that a new test on a real server is marked without anyone having to remember.
 # Registered in pyproject.toml.
 
 # Modules whose every test starts a real server: subprocesses (uvicorn, hypercorn, granian,
@@ -40,14 +41,15 @@ CLUSTER_MODULES = frozenset({"test_cluster"})
 # The Redis server (tests/redis_server.py); a backend fixture that asks for it by
 # request.getfixturevalue() is seen by its parameter, "redis", instead.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})
-BROWSER_MODULES = frozenset({"test_admin_page"})
 # What starts a real server on 127.0.0.1 in a thread of the test process: uvicorn
 # (the demo's upstream) and the raw-socket upstream that sends what a test scripts.
 SERVER_STARTERS: tuple[object, ...] = (serve, HostileUpstream)
+# What drives Chromium.
+BROWSER_STARTERS: tuple[object, ...] = (sync_playwright,)
 
 
-def starts_a_server(function: object) -> bool:
-    """Whether ``function`` (or a function nested in it) calls one of the ``SERVER_STARTERS``."""
+def calls_one_of(function: object, starters: tuple[object, ...]) -> bool:
+    """Whether ``function`` (or a function nested in it) calls one of ``starters``."""
     function = inspect.unwrap(function)  # type: ignore[arg-type]  # a fixture's definition, unwrapped
     code = getattr(function, "__code__", None)
     names: dict[str, object] = getattr(function, "__globals__", {})
@@ -56,7 +58,7 @@ def starts_a_server(function: object) -> bool:
     codes = [code]
     while codes:
         code = codes.pop()
-        if any(any(names.get(name) is starter for starter in SERVER_STARTERS) for name in code.co_names):
+        if any(any(names.get(name) is starter for starter in starters) for name in code.co_names):
             return True
         codes.extend(const for const in code.co_consts if isinstance(const, CodeType))
     return False
@@ -72,10 +74,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         params = list(callspec.params.values()) if callspec is not None else []
         functions = [item.function, *(item.module.__dict__.get(name) for name in fixtures if item.module)]
+        functions = [function for function in functions if function is not None]
         if (
             module in SERVER_MODULES
             or fixtures & SERVER_FIXTURES
-            or any(starts_a_server(function) for function in functions if function is not None)
+            or any(calls_one_of(function, SERVER_STARTERS) for function in functions)
         ):
             item.add_marker(pytest.mark.servers)
         if (
@@ -84,5 +87,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or any(isinstance(param, str) and param == "redis" for param in params)
         ):
             item.add_marker(pytest.mark.cluster)
-        if module in BROWSER_MODULES:
+        if any(calls_one_of(function, BROWSER_STARTERS) for function in functions):
             item.add_marker(pytest.mark.browser)
