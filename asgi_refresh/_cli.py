@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -23,9 +22,11 @@ import anyio
 from .__about__ import __version__
 from ._clock import SystemClock
 from ._config import Config, ConfigError, load_config, scrub
+from ._contain import is_async_callable
 from ._duration import format_duration, parse_duration
-from ._refresher import Refresher, is_async_callable
+from ._refresher import Refresher
 from ._runtime import Runtime
+from ._sources.base import Fetched, Source, SourceContext
 from ._sources.file import FileSource
 from ._sources.http import HTTPSource
 from ._text import printable
@@ -432,14 +433,15 @@ class _Stopwatch:
     def wrap(self, refresher: Refresher) -> Refresher:
         """``refresher`` with its fetch timed (the same kind of fetch: source, async or plain)."""
         fetch, name = refresher.fetch, refresher.name
-        source = hasattr(type(fetch), "__aenter__") and hasattr(type(fetch), "__aexit__")
-        timed: Callable[[], Any]
-        if is_async_callable(fetch):
-            timed = (_TimedSource if source else _TimedCall)(self, name, fetch)
-        elif not source:
-            timed = self._timed_in_thread(name, fetch)
+        timed: Source | Callable[[], Any]
+        if isinstance(fetch, Source):
+            timed = _TimedSource(self, name, fetch)
+        elif hasattr(type(fetch), "__aenter__"):
+            return refresher  # a context manager of its own: timed by the runtime
+        elif is_async_callable(fetch):
+            timed = _TimedCall(self, name, fetch)
         else:
-            return refresher
+            timed = self._timed_in_thread(name, fetch)
         return dataclasses.replace(refresher, fetch=timed)
 
     def _timed_in_thread(self, name: str, fetch: Callable[[], Any]) -> Callable[[], Any]:
@@ -480,18 +482,31 @@ class _TimedCall:
         return await self._stopwatch._timed_on_loop(self._name, work)
 
 
-class _TimedSource(_TimedCall):
-    """A timed source: opened and closed as the source it wraps."""
+class _TimedSource(Source):
+    """A source whose fetches are timed by ``stopwatch``; everything else is the source's own."""
 
-    async def __aenter__(self) -> _TimedSource:
-        await self._fetch.__aenter__()  # type: ignore[attr-defined]
-        return self
+    def __init__(self, stopwatch: _Stopwatch, name: str, source: Source) -> None:
+        self._stopwatch, self._name, self._source = stopwatch, name, source
+        self.kind = source.kind
 
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> bool | None:
-        result: bool | None = await self._fetch.__aexit__(kind, exc, traceback)  # type: ignore[attr-defined]
-        return result
+    @property
+    def origin(self) -> str:
+        """The wrapped source's."""
+        return self._source.origin
+
+    async def open(self, context: SourceContext) -> None:
+        """The wrapped source's."""
+        await self._source.open(context)
+
+    async def close(self) -> None:
+        """The wrapped source's."""
+        await self._source.close()
+
+    async def fetch(self) -> Fetched:
+        """The wrapped source's fetch, timed once what it needs has loaded."""
+        await self._stopwatch.loaded(self._name)
+        fetched: Fetched = await self._stopwatch._timed_on_loop(self._name, self._source.fetch())
+        return fetched
 
 
 def _failed(refresher: Refresher, error: str) -> _Result:

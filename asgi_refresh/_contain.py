@@ -13,6 +13,7 @@ Servers handle SIGINT and SIGTERM themselves (uvicorn, hypercorn, granian), so a
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import anyio
 
@@ -61,3 +62,13 @@ def describe_error(exc: BaseException) -> str:
     # Printable: the text may quote an upstream (a reason phrase, a parser's
     # excerpt of the body), and it reaches terminals, logs and the status page.
     return printable(f"{kind}: {text}" if text.strip() else kind, _MAX_ERROR_CHARS)
+
+
+def is_async_callable(func: object) -> bool:
+    """Whether calling ``func`` gives a coroutine to await (``async def``, or ``async __call__``).
+
+    Anything else is a plain function: user code that may block, run in a thread.
+    """
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - we ask about __call__ itself
+    )

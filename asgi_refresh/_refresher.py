@@ -6,17 +6,19 @@ import inspect
 import keyword
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
+from ._contain import is_async_callable
 from ._duration import Duration, format_duration, positive_duration
+from ._sources.base import Source
 
 RESERVED_NAME = "asgi_refresh"
 MIN_EVERY = 0.01
 MAX_JITTER = 0.5
 _MAX_BACKOFF_MULTIPLIER = 100.0  # finite: a retry delay must stay a number
 
-Fetch = Callable[[], Awaitable[Any]] | Callable[[], Any]
-"""A zero-argument callable: ``async def``, plain ``def`` or an object with ``async __call__``."""
+Fetch = Union["Source", Callable[[], Awaitable[Any]], Callable[[], Any]]
+"""A `Source`, or a zero-argument callable: ``async def``, ``def`` or an object with ``async __call__``."""
 
 
 @dataclass(frozen=True, init=False)
@@ -112,9 +114,12 @@ class Refresher:
                 f"Refresher name {RESERVED_NAME!r} is reserved for the control handle; choose another name"
             )
         problem = _Problems(name)
-        if not callable(fetch):
-            raise TypeError(problem("fetch must be a zero-argument callable", fetch))
-        _check_no_arguments(problem, fetch)
+        if isinstance(fetch, Source):
+            pass  # a source: the runtime opens it and calls its fetch()
+        elif not callable(fetch):
+            raise TypeError(problem("fetch must be a Source or a zero-argument callable", fetch))
+        else:
+            _check_no_arguments(problem, fetch)
         seconds = problem.duration("every", every)
         if seconds < MIN_EVERY:
             raise ValueError(
@@ -182,16 +187,6 @@ class Refresher:
     def is_async(self) -> bool:
         """Whether ``fetch`` runs on the event loop (true) or in a worker thread."""
         return is_async_callable(self.fetch)
-
-
-def is_async_callable(func: object) -> bool:
-    """Whether calling ``func`` gives a coroutine to await (``async def``, or ``async __call__``).
-
-    Anything else is a plain function: user code that may block, run in a thread.
-    """
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-        getattr(func, "__call__", None)  # noqa: B004 - we ask about __call__ itself
-    )
 
 
 def _check_no_arguments(problem: _Problems, fetch: Callable[..., Any]) -> None:

@@ -24,12 +24,13 @@ from . import _schedule as schedule
 from ._clock import Clock
 from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._cluster.coordination import Coordination, NotShareable
-from ._contain import describe_error, escapes
+from ._contain import describe_error, escapes, is_async_callable
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._hooks import Hooks
-from ._refresher import RESERVED_NAME, Refresher, is_async_callable
-from ._sources.context import SharedResources, SourceContext, done_opening, opening
+from ._refresher import RESERVED_NAME, Refresher
+from ._sources.context import SharedResources, SourceContext
+from ._sources.function import source_for
 from ._sources.outcome import Fetched, Fresh, SourceError
 from ._thread import ThreadCall
 
@@ -102,8 +103,8 @@ class _Slot:
         self.quiet_failures = 0  # failures logged at DEBUG since then
         self.warned = False  # the current run of failures was logged at WARNING
         self.lag = 0.0  # how late the last scheduled refresh started
-        fetch_type = type(spec.fetch)
-        self.opened = not (hasattr(fetch_type, "__aenter__") and hasattr(fetch_type, "__aexit__"))
+        self.source = source_for(spec)  # per lifespan: a source serves one refresher of one runtime
+        self.opened = False
         self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
         self.leeway = 0.0
         self.wakeup: anyio.CancelScope | None = None
@@ -197,7 +198,7 @@ class Runtime:
             self._stopped.set()
 
     async def _open_source(self, slot: _Slot) -> None:
-        """Enter a fetch that is an async context manager (a source) for the rest of the lifespan.
+        """Open the refresher's source for the rest of the lifespan.
 
         Done as part of its first fetch, so it is bounded and retried like one:
         a source that cannot open is a failed load, not a crash.
@@ -213,15 +214,13 @@ class Runtime:
             start_soon=partial(_start_soon, self._task_group, f"asgi_refresh:{name}:source"),
             refresh_soon=partial(self._refresh_soon, slot),
         )
-        token = opening(context)
         try:
-            await self._sources.enter_async_context(slot.spec.fetch)  # type: ignore[arg-type]
+            await slot.source.open(context)
         except BaseException as exc:  # a source is user code: contained
             if escapes(exc):
                 raise
             raise SourceError(f"could not open its source: {describe_error(exc)}") from exc
-        finally:
-            done_opening(token)
+        self._sources.push_async_callback(slot.source.close)
         slot.opened = True
 
     async def _close_sources(self) -> None:
@@ -484,34 +483,12 @@ class Runtime:
             return await self._call_fetch(slot)
         raise _FetchTimeout(f"fetch timed out after {format_duration(spec.timeout)}")
 
-    async def _call_fetch(self, slot: _Slot) -> Any:
-        spec = slot.spec
+    async def _call_fetch(self, slot: _Slot) -> Fetched:
         if not slot.opened:
             await self._open_source(slot)
         if self.coordination is not None:
             self.coordination.before_fetch(slot)
-        if spec.is_async:
-            return await spec.fetch()
-        if slot.thread is not None and slot.thread.is_running():
-            raise RuntimeError(
-                "the previous fetch is still blocked in its worker thread (it timed out "
-                "and was abandoned); not starting another until it returns"
-            )
-        call = ThreadCall(spec.fetch, name=f"asgi_refresh:{spec.name}")
-        call.start()
-        slot.thread = call
-        with self.clock.hold():
-            value = await call.result()
-        if inspect.iscoroutine(value):
-            # `lambda: load(url)`: the plain function ran in the thread; the coroutine
-            # it made belongs on the event loop.
-            return await value
-        if inspect.isawaitable(value):
-            raise TypeError(
-                f"Refresher {spec.name!r}: fetch is a plain function that returned "
-                f"{type(value).__name__}; return the value itself, or declare fetch `async def`"
-            )
-        return value
+        return await slot.source.fetch()
 
     async def _ask_leader(self, slot: _Slot, flight: _Flight) -> bool:
         """Refresh-now where another process holds the lease: it fetches, we publish what it stored.
@@ -857,7 +834,7 @@ class Runtime:
                 and (self.coordination is None or self.coordination.fetches(slot))
             )
             report[name] = {
-                "source": getattr(type(slot.spec.fetch), "source_kind", "python"),
+                "source": slot.source.kind,
                 "required": slot.spec.required,
                 "stale": self.is_stale(slot, now),
                 "last_success_at": _iso(slot.last_success_at),

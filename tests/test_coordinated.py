@@ -34,6 +34,7 @@ from asgi_refresh import (
 from asgi_refresh._cluster.base import Coordinator, CoordinatorUnavailable, MetaValue
 from asgi_refresh._cluster.coordination import fingerprint
 from asgi_refresh._runtime import Runtime
+from asgi_refresh._sources.function import source_for
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
@@ -132,7 +133,7 @@ def meta_of(refresher: Refresher, **more: MetaValue) -> dict[str, MetaValue]:
     """What a process of the app running ``refresher`` stores with a value it fetched just now."""
     now = time.time()  # the SQLite backend's clock is this host's
     return {
-        "source": fingerprint(refresher, JSONCodec()),
+        "source": fingerprint(source_for(refresher), JSONCodec()),
         "fetched_at": now,
         "started": now,
         "error": 0.0,

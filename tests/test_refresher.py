@@ -159,7 +159,9 @@ def test_reserved_name_is_rejected() -> None:
 
 def test_fetch_must_be_callable() -> None:
     """A value instead of a function is caught at construction."""
-    with pytest.raises(TypeError, match="Refresher 'names': fetch must be a zero-argument callable"):
+    with pytest.raises(
+        TypeError, match="Refresher 'names': fetch must be a Source or a zero-argument callable"
+    ):
         Refresher("names", ["ada"], every=1)  # type: ignore[arg-type]
 
 

@@ -27,9 +27,7 @@ coordinating when it answers again. Requests never touch the backend.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import logging
 import math
 import re
@@ -42,10 +40,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from asgi_refresh._duration import format_duration
-from asgi_refresh._text import printable
-
-from .base import (
+from asgi_refresh._cluster.base import (
     MAX_TIMESTAMP,
     BadRecord,
     Codec,
@@ -55,9 +50,11 @@ from .base import (
     MetaValue,
     Stored,
 )
+from asgi_refresh._duration import format_duration
+from asgi_refresh._sources.base import Source
+from asgi_refresh._text import printable
 
 if TYPE_CHECKING:
-    from asgi_refresh._refresher import Refresher
     from asgi_refresh._runtime import Runtime, _Slot
 
 T = TypeVar("T")
@@ -88,40 +85,15 @@ class NotShareable(TypeError):
     """A fetched value that the codec cannot encode: a configuration error, not a bad fetch."""
 
 
-def describe_source(fetch: object) -> str:
-    """What a refresher fetches from, without secrets: what its stored entries are bound to.
-
-    An HTTP source: its method, its URL without userinfo, query or fragment, and
-    the names (not the values) of its query parameters; a file source: its path;
-    any other fetch: the qualified name of its function or class. Never a header,
-    a query value or a body.
-    """
-    kind = getattr(type(fetch), "source_kind", None)
-    if kind == "http":
-        params = getattr(getattr(fetch, "url", None), "params", None)
-        names = sorted(set(params.keys())) if params is not None else []
-        method, url = getattr(fetch, "method", "GET"), getattr(fetch, "safe_url", "")
-        return f"http {method} {url} params={','.join(names)}"
-    if kind == "file":
-        return f"file {getattr(fetch, 'path', '')}"
-    target: object = fetch
-    while isinstance(target, functools.partial):
-        target = target.func
-    if not (inspect.isfunction(target) or inspect.ismethod(target) or inspect.isbuiltin(target)):
-        target = type(target)  # an object with __call__: its class says what it is
-    module = getattr(target, "__module__", None) or "?"
-    return f"{kind or 'python'} {module}.{getattr(target, '__qualname__', type(target).__name__)}"
-
-
-def fingerprint(spec: Refresher, codec: Codec) -> str:
-    """A short hash of what produces ``spec``'s values and how they are encoded.
+def fingerprint(source: Source, codec: Codec) -> str:
+    """A short hash of what produces a refresher's values (its source's origin) and how they are encoded.
 
     Stored with every value: a process refuses an entry whose fingerprint is not
     its own (another app on the same backend and prefix). A hash, so that the
     backend holds nothing about the source but this.
     """
     codec_type = type(codec)
-    description = f"{describe_source(spec.fetch)}\ncodec {codec_type.__module__}.{codec_type.__qualname__}"
+    description = f"{source.origin}\ncodec {codec_type.__module__}.{codec_type.__qualname__}"
     return hashlib.blake2b(description.encode(), digest_size=8).hexdigest()
 
 
@@ -253,7 +225,7 @@ class Coordination:
         self.available = True
         self.error: str | None = None  # why the backend is unavailable, while it is
         self.shares = {name: _Share() for name in runtime.slots}
-        self.fingerprints = {name: fingerprint(slot.spec, codec) for name, slot in runtime.slots.items()}
+        self.fingerprints = {name: fingerprint(slot.source, codec) for name, slot in runtime.slots.items()}
         self.max_bytes: int | None = getattr(coordinator, "max_bytes", None)
         self._clock = _BackendClock()
         # The current outage (None: none), when it began, how often it flapped, when
@@ -569,9 +541,10 @@ class Coordination:
             # A duration, on the schedule's clock: no clock needs to agree with another.
             meta["lifetime"] = slot.expires_at - slot.last_success_mono
             meta["leeway"] = slot.leeway
-        export = getattr(slot.spec.fetch, "_export_validators", None)
-        if export is not None and share.validators is None:
-            meta.update(export() or {})  # an HTTPSource's ETag: the next holder asks "changed since?"
+        if share.validators is None:
+            meta.update(
+                slot.source.handover() or {}
+            )  # an HTTPSource's ETag: the next holder asks "changed since?"
         elif share.validators:
             meta.update(share.validators)  # a value we adopted: pass on what came with it
         return meta
@@ -725,25 +698,23 @@ class Coordination:
         Big values are decoded and validated in a worker thread, bounded by the
         refresher's timeout: the event loop goes on meanwhile.
         """
-        check = getattr(slot.spec.fetch, "check_value", None)
+        check = slot.source.check
 
         def decode() -> Any:
             try:
                 value = self.codec.decode(data)
-            except Exception as exc:
+            except BaseException as exc:  # user code (a codec): whatever it raises refuses the value
                 raise BadRecord(
                     f"its stored value cannot be decoded by {self.codec!r}: {_describe(exc)}"
                 ) from None
-            if callable(check):
-                try:
-                    value = check(value)
-                except Exception as exc:
-                    raise BadRecord(
-                        f"its stored value does not pass the source's checks ({_describe(exc)}); "
-                        "not used (another app, another version of this one, or a validate that "
-                        "does not accept what it returns)"
-                    ) from None
-            return value
+            try:
+                return check(value)
+            except BaseException as exc:  # user code (a validate): whatever it raises refuses the value
+                raise BadRecord(
+                    f"its stored value does not pass the source's checks ({_describe(exc)}); "
+                    "not used (another app, another version of this one, or a validate that "
+                    "does not accept what it returns)"
+                ) from None
 
         if len(data) < _THREAD_THRESHOLD:
             return decode()
@@ -761,9 +732,9 @@ class Coordination:
         share.began = time.monotonic()
         share.epoch = self.epoch if self.available and share.leading else -1
         validators, share.validators = share.validators, None
-        take = getattr(slot.spec.fetch, "_import_validators", None)
-        if validators and take is not None:
-            take(validators, self.runtime.state[slot.spec.name])
+        if validators:
+            handover = {key: value for key, value in validators.items() if isinstance(value, str)}
+            slot.source.take_over(self.runtime.state[slot.spec.name], handover)
 
     # -- unusable entries ---------------------------------------------------------------
 

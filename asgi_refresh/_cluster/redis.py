@@ -32,10 +32,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from asgi_refresh._duration import Duration, positive_duration
-from asgi_refresh._text import printable
-
-from .base import (
+from asgi_refresh._cluster.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -61,6 +58,8 @@ from .base import (
     parse_head,
     parse_stored,
 )
+from asgi_refresh._duration import Duration, positive_duration
+from asgi_refresh._text import printable
 
 if TYPE_CHECKING:
     import redis

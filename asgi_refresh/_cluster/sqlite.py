@@ -30,9 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from asgi_refresh._duration import Duration, positive_duration
-
-from .base import (
+from asgi_refresh._cluster.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -56,6 +54,7 @@ from .base import (
     parse_head,
     parse_stored,
 )
+from asgi_refresh._duration import Duration, positive_duration
 
 T = TypeVar("T")
 

@@ -1,9 +1,10 @@
 """What a source gets from the lifespan it runs in: clock, shared resources, threads.
 
-The runtime enters every source that is an async context manager at startup. While
-it does, `SourceContext.current()` returns the context of that source's refresher,
-which the source keeps until it is exited. A source entered by hand (a script, a
-test) gets a standalone context: the system clock, and resources of its own.
+The runtime hands each source its `SourceContext` in `Source.open`. A fetch that
+is a plain async context manager (a source written before the `Source` protocol)
+is entered instead, and `SourceContext.current()` returns its context while it
+enters. A source opened by hand (``async with source:`` in a script or a test)
+gets a standalone context: the system clock, and resources of its own.
 """
 
 from __future__ import annotations
@@ -55,19 +56,20 @@ class SourceContext:
         self._refresh_soon = refresh_soon
 
     @staticmethod
-    def entering(source: object, open_context: SourceContext | None) -> SourceContext:
-        """The context for ``source`` being entered; refuses one that is open already.
+    def claim(source: object, open_context: SourceContext | None, context: SourceContext) -> SourceContext:
+        """``context``, for ``source`` being opened; refuses a source that is open already.
 
         Args:
             source: The source (its repr names it in messages).
             open_context: The context the source holds now, if it is open.
+            context: The context it is being opened with.
         """
         if open_context is not None:
             raise RuntimeError(
                 f"{source!r} is already open: a source serves one refresher of one running "
                 "middleware; create one source per refresher"
             )
-        return SourceContext.current(repr(source))
+        return context
 
     @staticmethod
     def required(source: object, open_context: SourceContext | None) -> SourceContext:

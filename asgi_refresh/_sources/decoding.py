@@ -29,10 +29,9 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from asgi_refresh._sources.outcome import SourceError
+from asgi_refresh._sources.parsing import too_big
 from asgi_refresh._text import printable
-
-from .outcome import SourceError
-from .parsing import too_big
 
 SLICE = 64 * 1024
 """Most bytes one step decodes: about 0.1 ms of inflating, between two looks at the event loop."""

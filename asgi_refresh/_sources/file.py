@@ -8,16 +8,23 @@ import stat
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
+from asgi_refresh._sources.base import Source, Standalone
+from asgi_refresh._sources.context import SourceContext
+from asgi_refresh._sources.outcome import Fetched, SourceError
+from asgi_refresh._sources.parsing import (
+    DEFAULT_MAX_BYTES,
+    Format,
+    Parser,
+    Validate,
+    blake2b,
+    max_bytes_option,
+    too_big,
+)
 from asgi_refresh._text import printable
-
-from .context import SourceContext
-from .outcome import Fetched, SourceError
-from .parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, blake2b, max_bytes_option, too_big
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -32,7 +39,7 @@ _READ_SIZE = 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
-class FileSource:
+class FileSource(Standalone, Source):
     """Load a local file (config, flags): use it as the ``fetch`` of a `Refresher`.
 
     ```python
@@ -74,7 +81,7 @@ class FileSource:
         ImportError: ``watch=True`` without ``watchfiles`` installed.
     """
 
-    source_kind: ClassVar[str] = "file"  # what status() reports as the refresher's "source"
+    kind = "file"
 
     def __init__(
         self,
@@ -117,19 +124,23 @@ class FileSource:
     def __repr__(self) -> str:
         return f"FileSource({str(self.path)!r})"
 
-    async def __aenter__(self) -> FileSource:
-        self._context = SourceContext.entering(self, self._context)
-        self._signature = self._digest = self._value = None
-        if self.watch and not self._context.start_soon(self._watch):
-            logger.info("%r: watch needs a running middleware; polling only", self)
-        return self
+    @property
+    def origin(self) -> str:
+        """The file's path, as given (``~`` expanded)."""
+        return f"file {self.path}"
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def open(self, context: SourceContext) -> None:
+        """Start watching the file, if asked to and a middleware runs this source."""
+        self._context = SourceContext.claim(self, self._context, context)
+        self._signature = self._digest = self._value = None
+        if self.watch and not context.start_soon(self._watch):
+            logger.info("%r: watch needs a running middleware; polling only", self)
+
+    async def close(self) -> None:
+        """Stop serving this lifespan (the watch ends with the lifespan's task group)."""
         self._context = None
 
-    async def __call__(self) -> Fetched:
+    async def fetch(self) -> Fetched:
         """Load the file if it changed since the last good load.
 
         Raises:
@@ -146,7 +157,7 @@ class FileSource:
         self._signature, self._digest, self._value = signature, digest, value
         return Fetched(value)
 
-    def check_value(self, value: Any) -> Any:
+    def check(self, value: Any) -> Any:
         """``value`` as ``validate`` returns it; `SourceError` if it is not one this source could produce.
 
         For a value that did not come from this source's own read: one that

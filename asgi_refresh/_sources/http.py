@@ -8,22 +8,29 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import AsyncExitStack, aclosing
-from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio.lowlevel
 import httpx
 
 from asgi_refresh.__about__ import __version__
 from asgi_refresh._duration import Duration, format_duration, positive_duration
+from asgi_refresh._sources.base import Source, Standalone
+from asgi_refresh._sources.bearer import BearerToken, _BoundBearer
+from asgi_refresh._sources.context import SourceContext
+from asgi_refresh._sources.decoding import BodyDecoder, accept_encoding
+from asgi_refresh._sources.headers import content_length, freshness_lifetime, retry_after
+from asgi_refresh._sources.outcome import Fetched, Fresh, SourceError
+from asgi_refresh._sources.parsing import (
+    DEFAULT_MAX_BYTES,
+    Format,
+    Parser,
+    Validate,
+    digest,
+    max_bytes_option,
+    too_big,
+)
 from asgi_refresh._text import printable
-
-from .bearer import BearerToken, _BoundBearer
-from .context import SourceContext
-from .decoding import BodyDecoder, accept_encoding
-from .headers import content_length, freshness_lifetime, retry_after
-from .outcome import Fetched, Fresh, SourceError
-from .parsing import DEFAULT_MAX_BYTES, Format, Parser, Validate, digest, max_bytes_option, too_big
 
 DEFAULT_TIMEOUT = 10.0
 MAX_RETRY_AFTER = 3600.0  # a broken Retry-After must not stop refreshes for days
@@ -33,7 +40,7 @@ _SHARED_CLIENT_KEY = "asgi_refresh.httpx.AsyncClient"
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
-class HTTPSource:
+class HTTPSource(Standalone, Source):
     """Fetch a document over HTTP: use it as the ``fetch`` of a `Refresher`.
 
     ```python
@@ -86,7 +93,7 @@ class HTTPSource:
         ValueError: an argument is out of range.
     """
 
-    source_kind: ClassVar[str] = "http"  # what status() reports as the refresher's "source"
+    kind = "http"
 
     def __init__(
         self,
@@ -169,10 +176,17 @@ class HTTPSource:
     def __repr__(self) -> str:
         return f"HTTPSource({self.safe_url!r}, method={self.method!r})"
 
-    async def __aenter__(self) -> HTTPSource:
+    @property
+    def origin(self) -> str:
+        """Method, URL without userinfo, query or fragment, and the names (not values) of its parameters."""
+        names = sorted(set(self.url.params.keys()))
+        return f"http {self.method} {self.safe_url} params={','.join(names)}"
+
+    async def open(self, context: SourceContext) -> None:
+        """Take the shared HTTP client (or yours) for this lifespan."""
         # Claimed before the first await, so that a second refresher sharing this
         # source is refused; released again if opening fails, so it can be retried.
-        self._context = context = SourceContext.entering(self, self._context)
+        self._context = SourceContext.claim(self, self._context, context)
         try:
             auth = self._request["auth"]
             if isinstance(auth, BearerToken):
@@ -185,22 +199,20 @@ class HTTPSource:
         self._etag = self._last_modified = None
         self._cached, self._digest, self._expires_at = None, None, None
         _redact.endpoints[_endpoint(self.url)] += 1
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        context, self._context, self._open_client = self._context, None, None
+    async def close(self) -> None:
+        """Give the client back; the lifespan closes the shared one."""
+        if self._context is None:
+            return
+        self._context, self._open_client = None, None
         if isinstance(self._request["auth"], _BoundBearer):
             self._request["auth"] = self._request["auth"].token
         endpoint = _endpoint(self.url)
         _redact.endpoints[endpoint] -= 1
         if _redact.endpoints[endpoint] <= 0:
             del _redact.endpoints[endpoint]
-        if context is not None:
-            await context.aclose_standalone()
 
-    async def __call__(self) -> Fetched:
+    async def fetch(self) -> Fetched:
         """Fetch once; returns the value with what the server said about its freshness.
 
         Raises:
@@ -262,7 +274,7 @@ class HTTPSource:
         self._expires_at = _expiry(context, value)
         return Fetched(value, refresh_in=refresh_in)
 
-    def check_value(self, value: Any) -> Any:
+    def check(self, value: Any) -> Any:
         """``value`` as ``validate`` returns it; `SourceError` if it is not one this source could produce.
 
         For a value that did not come from this source's own fetch: one that
@@ -270,7 +282,7 @@ class HTTPSource:
         """
         return self._parser.check(value, self.where)
 
-    def _export_validators(self) -> dict[str, str] | None:
+    def handover(self) -> dict[str, str] | None:
         """What a process taking over needs to ask this server "changed since?" (coordination).
 
         None when there is nothing to hand over: no body yet, a method whose
@@ -289,12 +301,12 @@ class HTTPSource:
             validators["last_modified"] = self._last_modified
         return validators
 
-    def _import_validators(self, validators: Mapping[str, object], value: Any) -> None:
+    def take_over(self, value: Any, handover: Mapping[str, str]) -> None:
         """Take over another process's validators for ``value``, the value it stored.
 
         The next request is then conditional, and a 304 confirms ``value``.
         """
-        digest_hex, etag, modified = (validators.get(key) for key in ("digest", "etag", "last_modified"))
+        digest_hex, etag, modified = (handover.get(key) for key in ("digest", "etag", "last_modified"))
         if not isinstance(digest_hex, str) or self._context is None or self.method not in ("GET", "HEAD"):
             return
         try:

@@ -8,10 +8,9 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
+from asgi_refresh._sources.context import SourceContext
+from asgi_refresh._sources.outcome import Fresh, SourceError
 from asgi_refresh._text import printable
-
-from .context import SourceContext
-from .outcome import Fresh, SourceError
 
 Format: TypeAlias = "Literal['json', 'toml', 'text', 'bytes'] | Callable[[bytes], Any]"
 """How a body becomes a value: a format name, or a callable that takes the raw bytes."""

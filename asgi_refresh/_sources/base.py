@@ -1,0 +1,156 @@
+"""What a source is: the contract between the runtime and every way of loading a value.
+
+`HTTPSource`, `FileSource` and plain functions (`FunctionSource`) implement it,
+with nothing the runtime knows about them beyond this; so does any source of
+your own. The runtime:
+
+1. opens a source once per lifespan (`Source.open`), as part of its refresher's
+   first fetch: bounded by the fetch ``timeout`` and retried with backoff like
+   a fetch, so an upstream that is down at startup is a failed load, not a crash;
+2. fetches (`Source.fetch`) whenever the refresher is due, one fetch at a time;
+3. closes it (`Source.close`) at shutdown, bounded and shielded from cancellation.
+
+Between processes (a coordinator) or across restarts, a value may arrive that
+this source did not fetch itself. Then `Source.check` checks it as a fetch
+would, `Source.handover` says what the next holder needs to continue (HTTP
+validators), and `Source.take_over` continues from such a value. `Source.origin`
+names what the source fetches from, without secrets: stored values are bound to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from asgi_refresh._sources.context import SourceContext
+from asgi_refresh._sources.outcome import Fetched
+
+__all__ = ["Fetched", "Source", "SourceContext", "Values"]
+
+
+class Values(Protocol):
+    """Read access to the published values: what `SourceContext.handle` offers a source.
+
+    The running middleware's `RefreshHandle` is one; a source that needs another
+    refresher's value (a token) reads it through this.
+    """
+
+    def value(self, name: str) -> Any:
+        """The value published for ``name`` now (`LookupError` before its first load)."""
+
+    async def wait_for(self, name: str) -> Any:
+        """The value published for ``name``, once it has one."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where a refresher's values come from.
+
+    Subclass it to get the defaults below (no setup, no validation of values from
+    elsewhere, nothing to hand over), then write `fetch` and set `kind` and
+    `origin`; or implement every member yourself. ``async with source:`` and
+    ``await source()`` work on the built-in sources for use outside a middleware;
+    a source of your own needs neither.
+
+    Attributes:
+        kind: A short word for ``status()["source"]``: ``"http"``, ``"file"``,
+            ``"python"`` for plain functions, or your own.
+    """
+
+    kind: str = "custom"
+
+    @property
+    def origin(self) -> str:
+        """What this source fetches from, without secrets (its kind and URL or path).
+
+        Values stored elsewhere (by another process, in a snapshot) are bound to a
+        hash of it: a value from another origin is never published. Never put a
+        credential, a header value or a query value in it.
+        """
+        return f"{self.kind} {type(self).__module__}.{type(self).__qualname__}"
+
+    async def open(self, context: SourceContext) -> None:
+        """Get ready for one lifespan: make clients, start watches. Keep ``context``.
+
+        Called once per lifespan, as part of the refresher's first fetch (so it is
+        bounded and retried like one). A source serves one refresher: refuse a
+        second `open` while open.
+        """
+        return
+
+    async def fetch(self) -> Fetched:
+        """Load the value now.
+
+        Returns:
+            `Fetched` with the value (or a `Fresh` with an expiry), whether the
+            upstream confirmed the value already published (``not_modified``) and
+            when to refresh next if the upstream said so (``refresh_in``).
+
+        Raises:
+            SourceError: the upstream failed or sent something unusable; its message
+                is shown as is (no secrets in it), and ``retry_after`` delays the next
+                attempt. Anything else it raises is a failed fetch too.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release what `open` took; called once at shutdown, after the last fetch."""
+        return
+
+    def check(self, value: Any) -> Any:
+        """Check a value this source did not fetch itself, as a fetch would; return it.
+
+        For a value another process stored, or a snapshot holds: untrusted input.
+        Raise (any exception) to refuse it. Runs in a worker thread when the value
+        is big; it must not need the event loop.
+        """
+        return value
+
+    def handover(self) -> Mapping[str, str] | None:
+        """What another process needs to continue from the last value fetched here.
+
+        HTTP validators (an ETag), so that its first fetch can be conditional;
+        stored with the value. None when there is nothing to hand over.
+        """
+        return None
+
+    def take_over(self, value: Any, handover: Mapping[str, str]) -> None:
+        """Continue from ``value``, fetched elsewhere, with what `handover` said there.
+
+        Called while open, before the next fetch, when this process starts fetching
+        for others (or starts from a snapshot). A source that cannot use it ignores it.
+        """
+        return
+
+
+class Standalone:
+    """``async with source:`` and ``await source()``: a built-in source used outside a middleware.
+
+    Opened with a context of its own (the system clock, a client of its own),
+    closed with everything that context opened.
+    """
+
+    _standalone: SourceContext | None = None
+
+    async def __aenter__(self) -> Any:
+        source: Any = self
+        context = SourceContext.current(repr(self))
+        await source.open(context)
+        if context.standalone:
+            self._standalone = context
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        source: Any = self
+        context, self._standalone = self._standalone, None
+        try:
+            await source.close()
+        finally:
+            if context is not None:
+                await context.aclose_standalone()
+
+    async def __call__(self) -> Fetched:
+        """Fetch once (`Source.fetch`); the source must be open."""
+        source: Any = self
+        fetched: Fetched = await source.fetch()
+        return fetched
