@@ -20,20 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_refresh import CoordinatorUnavailable, JSONCodec, RedisCoordinator, SQLiteCoordinator
-from asgi_refresh._cluster.base import (
-    MAX_COUNT,
-    BadRecord,
-    Change,
-    Coordinator,
-    Head,
-    MetaValue,
-    Stored,
-    call_blocking,
-    decode_meta,
-    encode_meta,
-    parse_head,
-    parse_stored,
-)
+from asgi_refresh._cluster.base import BadRecord, Change, Coordinator, Head, MetaValue, Stored
+from asgi_refresh._cluster.blocking import call_blocking
+from asgi_refresh._cluster.records import MAX_COUNT, decode_meta, encode_meta, parse_head, parse_stored
 from asgi_refresh._cluster.redis import _parse_change
 from asgi_refresh._text import printable
 from tests.faults.backend import Poison, RedisPoisoner, SQLitePoisoner

@@ -41,7 +41,6 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from asgi_refresh._cluster.base import (
-    MAX_TIMESTAMP,
     BadRecord,
     Codec,
     Coordinator,
@@ -50,6 +49,8 @@ from asgi_refresh._cluster.base import (
     MetaValue,
     Stored,
 )
+from asgi_refresh._cluster.records import MAX_TIMESTAMP
+from asgi_refresh._contain import describe_error, escapes
 from asgi_refresh._duration import format_duration
 from asgi_refresh._sources.base import Source
 from asgi_refresh._text import printable
@@ -271,8 +272,12 @@ class Coordination:
                             await self._on_change(change)
                 except CoordinatorUnavailable as exc:
                     self._lost(exc)
-                except Exception as exc:  # a backend of our own making: not worth a stopped runtime
+                except BaseException as exc:  # a backend of our own making: not worth a stopped runtime
+                    if escapes(exc):
+                        raise
                     self._lost(_unavailable("its subscription", exc))
+                # Real time, as the backend's timeouts: it paces reconnecting to a real
+                # server, and is no part of the refresh schedule a test clock drives.
                 await anyio.sleep(_RESUBSCRIBE_AFTER)
 
     async def _on_change(self, change: object) -> None:
@@ -314,7 +319,9 @@ class Coordination:
                 if not slot.overridden:
                     try:
                         await self.turn(slot)
-                    except Exception as exc:  # a backend of our own making: the other leases go on
+                    except BaseException as exc:  # a backend of our own making: the other leases go on
+                        if escapes(exc):
+                            raise
                         self._lost(_unavailable(f"polling the lease of {slot.spec.name!r}", exc))
             self._settle()
             await clock.sleep_until(started + self.check_every)
@@ -425,7 +432,7 @@ class Coordination:
     async def _fetch_after(self, slot: _Slot, wait: float) -> None:
         share = self.shares[slot.spec.name]
         try:
-            await anyio.sleep(wait)
+            await anyio.sleep(wait)  # real time: it paces fetches from a real upstream
         finally:
             share.waiting = False
         if share.leading and share.requested > share.answered:
@@ -571,7 +578,9 @@ class Coordination:
                 share.asked = number if isinstance(number, int) and number > 0 else 1
             except CoordinatorUnavailable as exc:
                 self._lost(exc)
-            except Exception as exc:  # a backend of our own making
+            except BaseException as exc:  # a backend of our own making
+                if escapes(exc):
+                    raise
                 self._lost(_unavailable("asking for a refresh", exc))
         return outcome
 
@@ -719,7 +728,8 @@ class Coordination:
         if len(data) < _THREAD_THRESHOLD:
             return decode()
         limit = slot.spec.timeout or 30.0
-        with anyio.move_on_after(limit), self.runtime.clock.hold():
+        clock = self.runtime.clock
+        with clock.move_on_at(clock.monotonic() + limit), clock.hold():
             return await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
         raise BadRecord(f"decoding and checking its stored value took over {format_duration(limit)}")
 
@@ -801,7 +811,9 @@ class Coordination:
         except CoordinatorUnavailable as exc:
             self._lost(exc)
             return False
-        except Exception as exc:  # a backend of our own making: fetch here rather than fail
+        except BaseException as exc:  # a backend of our own making: fetch here rather than fail
+            if escapes(exc):
+                raise
             self._lost(_unavailable("asking for a refresh", exc))
             return False
         if not isinstance(number, int) or number <= share.answered:
@@ -811,12 +823,13 @@ class Coordination:
         if share.local and not share.asked:
             share.asked = number  # its answer is newer than the value we fetched on our own
         limit = (slot.spec.timeout or 30.0) + self.lease_ttl
-        with anyio.move_on_after(limit):
+        clock = self.runtime.clock
+        with clock.move_on_at(clock.monotonic() + limit):
             while share.answered < number:
                 if share.leading or not self.available or share.bad is not None:
                     return False
                 share.adopted = share.adopted or anyio.Event()
-                with anyio.move_on_after(self.check_every):
+                with clock.move_on_at(clock.monotonic() + self.check_every):
                     await share.adopted.wait()
                 if share.answered < number:
                     await self._sync(slot)  # in case the notification was lost
@@ -986,15 +999,11 @@ def _validators(meta: Mapping[str, MetaValue]) -> dict[str, str] | None:
     return found if "digest" in found else None
 
 
-def _unavailable(what: str, exc: Exception) -> CoordinatorUnavailable:
+def _unavailable(what: str, exc: BaseException) -> CoordinatorUnavailable:
     error = CoordinatorUnavailable(f"the coordinator failed in {what}: {_describe(exc)}")
     error.__cause__ = exc
     return error
 
 
 def _describe(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    return printable(f"{type(exc).__name__}: {text}" if text.strip() else type(exc).__name__, 300)
+    return describe_error(exc)[:300]

@@ -23,7 +23,7 @@ import contextlib
 import math
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -36,24 +36,24 @@ from asgi_refresh._cluster.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
-    MAX_COUNT,
-    MAX_FIELD_BYTES,
-    MAX_META_BYTES,
-    MAX_OWNER_CHARS,
     BadRecord,
     Change,
-    ChangeStream,
     Coordinator,
     CoordinatorUnavailable,
     Head,
     MetaValue,
     Stored,
-    call_blocking,
+)
+from asgi_refresh._cluster.blocking import BlockingCoordinator, ChangeStream
+from asgi_refresh._cluster.records import (
+    MAX_COUNT,
+    MAX_FIELD_BYTES,
+    MAX_META_BYTES,
+    MAX_OWNER_CHARS,
     check_max_bytes,
     check_name,
     check_prefix,
     encode_meta,
-    new_owner,
     parse_count,
     parse_head,
     parse_stored,
@@ -195,7 +195,6 @@ return reply
 
 _LISTEN_WAIT = 0.25  # how long one blocking read of the subscription waits before checking for close
 _HEALTH_CHECK_EVERY = 5  # seconds: an idle subscription pings, so a dead server is noticed
-_RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
 _SOCKET_SHARE = 0.8  # of the timeout, for the socket timeouts
 # A lease key that lives longer than this is not one that a process of this package
 # set (they last two thirds of lease_ttl): it is taken over, not waited for forever.
@@ -255,7 +254,7 @@ def _secrets_in(url: str) -> list[str]:
     return sorted({secret for secret in found if len(secret) >= 3}, key=len, reverse=True)
 
 
-class RedisCoordinator:
+class RedisCoordinator(BlockingCoordinator):
     """Coordinates the processes of a cluster through one Redis server.
 
     For each refresher, one process holds a lease and is the only one that
@@ -290,15 +289,12 @@ class RedisCoordinator:
         if not isinstance(url, str) or not url:
             kind = "an empty string" if url == "" else type(url).__name__
             raise ValueError(f"url must be a Redis URL such as 'redis://localhost:6379/0' (got {kind})")
+        super().__init__(timeout=positive_duration("RedisCoordinator", "timeout", timeout), threads=8)
         self.url = url
         self.prefix = check_prefix(prefix)
-        self.timeout = positive_duration("RedisCoordinator", "timeout", timeout)
         self.max_bytes = check_max_bytes("RedisCoordinator", max_bytes)
         self._secrets = _secrets_in(url)
-        self._owner = new_owner()
         self._client: redis.Redis | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
-        self._held: set[str] = set()
         self._scripts: dict[str, Any] = {}
         self._channel = f"{self.prefix}:changes"
 
@@ -306,19 +302,14 @@ class RedisCoordinator:
         return f"RedisCoordinator({_safe_url(self.url)!r}, prefix={self.prefix!r})"
 
     @property
-    def owner(self) -> str:
-        """Who this process is to the others, unique per process and per open."""
-        return self._owner
+    def backend(self) -> str:
+        """``Redis at <url without credentials>``."""
+        return f"Redis at {_safe_url(self.url)}"
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def open(self) -> None:
+    def connect(self) -> None:
         """Make the client (no connection yet: Redis may be down at startup)."""
-        if self._client is not None:
-            raise RuntimeError(f"{self!r} is already open: one coordinator serves one lifespan at a time")
-        self._owner = new_owner()
-        self._held = set()
-        self._limiter = anyio.CapacityLimiter(8)
         try:
             client = self._redis.Redis.from_url(
                 self.url,
@@ -339,33 +330,12 @@ class RedisCoordinator:
             "read": client.register_script(_READ),
         }
 
-    async def close(self) -> None:
-        """Give back the leases still held (best effort) and close the connections."""
-        client = self._client
-        if client is None:
-            return
-        try:
-            # Bounded as a whole, and given up at the first failure: a backend that
-            # is down must not hold up shutdown once per lease.
-            with anyio.move_on_after(_RELEASE_ON_CLOSE, shield=True):
-                for name in sorted(self._held):
-                    try:
-                        await self.release(name)
-                    except CoordinatorUnavailable:
-                        break
-        finally:
-            self._client = None
-            self._held = set()
-            # Closing only drops sockets; a thread still talking to a dead server
-            # ends by its socket timeout.
-            client.close()
-
-    async def __aenter__(self) -> RedisCoordinator:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    def disconnect(self) -> None:
+        """Drop the sockets; a thread still talking to a dead server ends by its socket timeout."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     # -- operations ----------------------------------------------------------------
 
@@ -373,11 +343,12 @@ class RedisCoordinator:
         return f"{self.prefix}:{kind}:{check_name(name)}"
 
     def _open_client(self) -> redis.Redis:
-        if self._client is None:
+        if self._client is None or not self._open:
             raise RuntimeError(f"{self!r} is not open: use `async with` or call open() first")
         return self._client
 
-    def _describe(self, exc: BaseException) -> str | None:
+    def describe(self, exc: BaseException) -> str | None:
+        """redis-py's and the socket's errors, without credentials."""
         if isinstance(exc, self._redis.RedisError | OSError):
             text = self._scrub(str(exc))
             return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -389,16 +360,6 @@ class RedisCoordinator:
             text = text.replace(secret, "***")
         return printable(text, 500)
 
-    async def _call(self, func: Callable[[], Any]) -> Any:
-        assert self._limiter is not None
-        return await call_blocking(
-            func,
-            timeout=self.timeout,
-            limiter=self._limiter,
-            describe=self._describe,
-            backend=f"Redis at {_safe_url(self.url)}",
-        )
-
     async def acquire(self, name: str, ttl: float) -> bool:
         """Take or renew the lease on ``name`` for ``ttl`` seconds; False if another holds it."""
         self._open_client()
@@ -408,10 +369,9 @@ class RedisCoordinator:
         script = self._scripts["acquire"]
         # Counted as held before the call: if shutdown abandons it, the lease it may
         # still take is given back at close, not left to expire.
-        self._held.add(name)
-        held = bool(await self._call(lambda: script(keys=[lease], args=[self._owner, millis, longest])))
-        if not held:
-            self._held.discard(name)
+        self.holds(name, True)
+        held = bool(await self.call(lambda: script(keys=[lease], args=[self.owner, millis, longest])))
+        self.holds(name, held)
         return held
 
     async def release(self, name: str) -> None:
@@ -419,8 +379,8 @@ class RedisCoordinator:
         self._open_client()
         lease = self._key("lease", name)
         script = self._scripts["release"]
-        await self._call(lambda: script(keys=[lease], args=[self._owner]))
-        self._held.discard(name)
+        await self.call(lambda: script(keys=[lease], args=[self.owner]))
+        self.holds(name, False)
 
     async def store(
         self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
@@ -437,10 +397,10 @@ class RedisCoordinator:
         if len(blob) > self.max_bytes:
             raise ValueError(f"{self!r}: the value is {len(blob)} bytes, over max_bytes ({self.max_bytes})")
         script = self._scripts["store"]
-        args = [self._owner, blob, meta_text, min(max(int(answered), 0), MAX_COUNT), self._channel, name]
-        version = await self._call(lambda: script(keys=keys, args=args))
+        args = [self.owner, blob, meta_text, min(max(int(answered), 0), MAX_COUNT), self._channel, name]
+        version = await self.call(lambda: script(keys=keys, args=args))
         if version is None:
-            self._held.discard(name)
+            self.holds(name, False)
             return None
         return int(version)
 
@@ -452,14 +412,12 @@ class RedisCoordinator:
         entry = self._key("entry", name)
         script = self._scripts["read"]
         args = [item for field, limit in limits for item in (field, limit)]
-        reply = await self._call(lambda: script(keys=[entry], args=args))
+        reply = await self.call(lambda: script(keys=[entry], args=args))
         try:
             seconds, micros, status, *rest = reply
             now = parse_count("the server's clock", seconds) + parse_count("the server's clock", micros) / 1e6
         except (TypeError, ValueError):  # not what our script returns: not a Redis we can use
-            raise CoordinatorUnavailable(
-                f"Redis at {_safe_url(self.url)}: unexpected reply to a read"
-            ) from None
+            raise CoordinatorUnavailable(f"{self.backend}: unexpected reply to a read") from None
         if status == b"none":
             return now, None
         if status == b"type":
@@ -472,7 +430,7 @@ class RedisCoordinator:
             hint = "; raise max_bytes if that is right" if field == "data" else ""
             raise BadRecord(f"{field} is {size} bytes (at most {limit}){hint}")
         if len(rest) != len(limits):
-            raise CoordinatorUnavailable(f"Redis at {_safe_url(self.url)}: unexpected reply to a read")
+            raise CoordinatorUnavailable(f"{self.backend}: unexpected reply to a read")
         return now, {field: value for (field, _), value in zip(limits, rest, strict=True)}
 
     async def load(self, name: str) -> Stored | None:
@@ -496,7 +454,7 @@ class RedisCoordinator:
         self._open_client()
         entry = self._key("entry", name)
         script = self._scripts["request"]
-        return int(await self._call(lambda: script(keys=[entry], args=[self._channel, name])))
+        return int(await self.call(lambda: script(keys=[entry], args=[self._channel, name])))
 
     # -- changes -------------------------------------------------------------------
 
@@ -517,7 +475,7 @@ class RedisCoordinator:
                     return
 
         try:
-            await self._call(subscribed)
+            await self.call(subscribed)
         except BaseException:
             _close_quietly(pubsub)
             raise
@@ -554,7 +512,7 @@ class RedisCoordinator:
         except Exception as exc:
             if not stop.is_set():
                 lost = CoordinatorUnavailable(
-                    f"Redis at {_safe_url(self.url)}: subscription lost: {self._describe(exc) or exc!r}"
+                    f"{self.backend}: subscription lost: {self.describe(exc) or exc!r}"
                 )
                 lost.__cause__ = exc
                 deliver(lost)

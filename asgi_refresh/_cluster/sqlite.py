@@ -34,23 +34,23 @@ from asgi_refresh._cluster.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
+    BadRecord,
+    Change,
+    Coordinator,
+    Head,
+    MetaValue,
+    Stored,
+)
+from asgi_refresh._cluster.blocking import BlockingCoordinator
+from asgi_refresh._cluster.records import (
     MAX_COUNT,
     MAX_FIELD_BYTES,
     MAX_META_BYTES,
     MAX_OWNER_CHARS,
-    BadRecord,
-    Change,
-    Coordinator,
-    CoordinatorUnavailable,
-    Head,
-    MetaValue,
-    Stored,
-    call_blocking,
     check_max_bytes,
     check_name,
     check_prefix,
     encode_meta,
-    new_owner,
     parse_head,
     parse_stored,
 )
@@ -123,13 +123,12 @@ _NAMES = (
     "FROM asgi_refresh_entries WHERE prefix = ? AND typeof(name) = 'text' AND length(name) <= 200 LIMIT ?"
 )
 _MAX_NAMES = 100_000  # rows a subscriber reads per change: a flooded table must not fill memory
-_RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
 _LONGEST_LEASE = 86400.0  # a lease expiring later than this (or 100 ttls) is not ours: taken over
 _LEASE_FACTOR = 100
 _ENTRY_FIELDS = ("version", "data", "meta", "stored_at", "stored_by", "answered")
 
 
-class SQLiteCoordinator:
+class SQLiteCoordinator(BlockingCoordinator):
     """Coordinates the worker processes of one host through an SQLite file.
 
     For each refresher, one process holds a lease and is the only one that
@@ -164,64 +163,24 @@ class SQLiteCoordinator:
         self.path = os.fspath(path)
         if not self.path or self.path == ":memory:" or self.path.startswith("file:"):
             raise ValueError(f"path must be a file that the processes share (got {self.path!r})")
+        super().__init__(timeout=positive_duration("SQLiteCoordinator", "timeout", timeout), threads=1)
         self.prefix = check_prefix(prefix)
         self.poll_interval = positive_duration("SQLiteCoordinator", "poll_interval", poll_interval)
-        self.timeout = positive_duration("SQLiteCoordinator", "timeout", timeout)
         self.max_bytes = check_max_bytes("SQLiteCoordinator", max_bytes)
-        self._owner = new_owner()
-        self._open = False
         self._connection: sqlite3.Connection | None = None
         self._ready = False  # the pragmas are set and the tables exist
         self._lock = threading.Lock()  # one call at a time on the connection
-        self._limiter = anyio.CapacityLimiter(1)
-        self._held: set[str] = set()
 
     def __repr__(self) -> str:
         return f"SQLiteCoordinator({self.path!r}, prefix={self.prefix!r})"
 
     @property
-    def owner(self) -> str:
-        """Who this process is to the others, unique per process and per open."""
-        return self._owner
+    def backend(self) -> str:
+        """``SQLite file <path>``."""
+        return f"SQLite file {self.path}"
 
-    # -- lifecycle -----------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Get ready; the file is opened by the first operation (it may be locked now)."""
-        if self._open:
-            raise RuntimeError(f"{self!r} is already open: one coordinator serves one lifespan at a time")
-        self._owner = new_owner()
-        self._held = set()
-        self._open = True
-
-    async def close(self) -> None:
-        """Give back the leases still held (best effort) and close the file."""
-        if not self._open:
-            return
-        try:
-            # Bounded as a whole, and given up at the first failure: a backend that
-            # is down must not hold up shutdown once per lease.
-            with anyio.move_on_after(_RELEASE_ON_CLOSE, shield=True):
-                for name in sorted(self._held):
-                    try:
-                        await self.release(name)
-                    except CoordinatorUnavailable:
-                        break
-        finally:
-            self._open = False
-            self._held = set()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._disconnect)
-
-    async def __aenter__(self) -> SQLiteCoordinator:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    def _disconnect(self) -> None:
-        # An abandoned call may still hold the connection; it gives it up within the timeout.
+    def disconnect(self) -> None:
+        """Close the file; an abandoned call may still hold it, and gives it up within the timeout."""
         if not self._lock.acquire(timeout=self.timeout):
             return  # pragma: no cover - a call stuck past its timeout; the connection dies with it
         try:
@@ -234,21 +193,14 @@ class SQLiteCoordinator:
 
     # -- the connection, in a worker thread ----------------------------------------
 
-    def _describe(self, exc: BaseException) -> str | None:
+    def describe(self, exc: BaseException) -> str | None:
+        """sqlite3's and the file system's errors."""
         if isinstance(exc, sqlite3.Error | OSError):
             return f"{type(exc).__name__}: {exc}"
         return None
 
     async def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        if not self._open:
-            raise RuntimeError(f"{self!r} is not open: use `async with` or call open() first")
-        return await call_blocking(
-            lambda: self._with_connection(func),
-            timeout=self.timeout,
-            limiter=self._limiter,
-            describe=self._describe,
-            backend=f"SQLite file {self.path}",
-        )
+        return await self.call(lambda: self._with_connection(func))
 
     def _with_connection(self, func: Callable[[sqlite3.Connection], T]) -> T:
         if not self._lock.acquire(timeout=self.timeout):
@@ -292,7 +244,7 @@ class SQLiteCoordinator:
         """Take or renew the lease on ``name`` for ``ttl`` seconds; False if another holds it."""
         check_name(name)
         positive_duration("SQLiteCoordinator", "ttl", ttl)
-        owner = self._owner
+        owner = self.owner
         longest = max(ttl * _LEASE_FACTOR, _LONGEST_LEASE)
 
         def acquire(db: sqlite3.Connection) -> bool:
@@ -319,16 +271,16 @@ class SQLiteCoordinator:
 
         # Counted as held before the call: if shutdown abandons it, the lease it may
         # still take is given back at close, not left to expire.
-        self._held.add(name)
+        self.holds(name, True)
         held = await self._call(acquire)
         if not held:
-            self._held.discard(name)
+            self.holds(name, False)
         return held
 
     async def release(self, name: str) -> None:
         """Give up the lease on ``name`` if we hold it."""
         check_name(name)
-        owner = self._owner
+        owner = self.owner
 
         def release(db: sqlite3.Connection) -> None:
             db.execute(
@@ -337,7 +289,7 @@ class SQLiteCoordinator:
             )
 
         await self._call(release)
-        self._held.discard(name)
+        self.holds(name, False)
 
     async def store(
         self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
@@ -349,7 +301,7 @@ class SQLiteCoordinator:
         """
         check_name(name)
         meta_text = encode_meta(meta)
-        owner = self._owner
+        owner = self.owner
         blob = bytes(data)
         if len(blob) > self.max_bytes:
             raise ValueError(f"{self!r}: the value is {len(blob)} bytes, over max_bytes ({self.max_bytes})")
@@ -377,7 +329,7 @@ class SQLiteCoordinator:
 
         version = await self._call(store)
         if version is None:
-            self._held.discard(name)
+            self.holds(name, False)
         return version
 
     async def load(self, name: str) -> Stored | None:

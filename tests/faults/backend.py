@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from asgi_refresh._cluster.base import Coordinator
+
 Backend = Literal["redis", "sqlite"]
 
 DELETE = object()
@@ -237,7 +239,7 @@ Misbehaviour = Literal[
 ]
 
 
-class Misbehaving:
+class Misbehaving(Coordinator):
     """A coordinator of your own with bugs: wraps a real one and misbehaves as `mode` says.
 
     - ``"raises"``: every operation raises ``KeyError`` (not `CoordinatorUnavailable`);
