@@ -11,7 +11,7 @@ import inspect
 import logging
 import math
 import random
-from collections.abc import Callable, Coroutine, Iterable, MutableMapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from contextlib import AsyncExitStack, nullcontext
 from datetime import UTC, datetime
 from functools import partial
@@ -83,6 +83,11 @@ class _Flight:
 
 class _Slot:
     """The mutable runtime state of one refresher."""
+
+    @property
+    def fetching(self) -> bool:
+        """Whether a fetch is under way."""
+        return self.flight is not None
 
     def __init__(self, spec: Refresher) -> None:
         self.spec = spec
@@ -372,6 +377,25 @@ class Runtime:
         flight = slot.flight = _Flight(on_grid=slot.consecutive_failures == 0)
         await self._fly(slot, flight)
 
+    # -- the port coordination uses (asgi_refresh._cluster.coordination.Host) --------
+
+    @property
+    def entries(self) -> Mapping[str, _Slot]:
+        """Every refresher, by name."""
+        return self.slots
+
+    def published(self, name: str) -> Any:
+        """The value published for ``name`` now."""
+        return self.state[name]
+
+    def reschedule(self, name: str, due: float) -> None:
+        """Fetch ``name`` at ``due``, or never (``inf``) until woken."""
+        self._reschedule(self.slots[name], due)
+
+    def refresh_now(self, name: str) -> None:
+        """Start a fetch of ``name`` now, unless one is under way."""
+        self.start_refresh(self.slots[name])
+
     def _reschedule(self, slot: _Slot, due: float) -> None:
         slot.next_due = due
         if slot.wakeup is not None:
@@ -437,7 +461,7 @@ class Runtime:
             if self.events is not None:
                 self.events.emit("started", slot.spec.name)
             try:
-                answered = 0 if coordination is None else coordination.shares[slot.spec.name].requested
+                answered = 0 if coordination is None else coordination.requested(slot.spec.name)
                 result = _unwrap(slot.spec, await self._fetch(slot, started))
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
@@ -506,13 +530,13 @@ class Runtime:
             flight.value = self.state[slot.spec.name]
         return True
 
-    async def share_published(self, slot: _Slot) -> None:
+    async def share_published(self, name: str) -> None:
         """Store the value published here for the others; it answers no refresh-now request.
 
         For a value fetched while the backend was down, or lost by a backend that
         came back empty.
         """
-        await self._share(slot, None, 0)
+        await self._share(self.slots[name], None, 0)
 
     async def _share(self, slot: _Slot, data: bytes | None, answered: int) -> None:
         """Store what the lease holder fetched, with the refresh-now requests it answers.
@@ -755,8 +779,9 @@ class Runtime:
         self._note_progress(slot)
         return changed, old
 
-    def adopt(self, slot: _Slot, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
+    def adopt(self, name: str, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
         """Publish a value that another process fetched and stored (coordination)."""
+        slot = self.slots[name]
         if slot.overridden:
             return
         spec = slot.spec
@@ -769,8 +794,9 @@ class Runtime:
             slot.hooks.change(old, value)
             self._start_hooks(slot)
 
-    def adopt_failed(self, slot: _Slot, error: str) -> None:
+    def adopt_failed(self, name: str, error: str) -> None:
         """A stored value this process cannot use: counts as a failed load (startup moves on)."""
+        slot = self.slots[name]
         slot.last_error = error
         slot.last_outcome = "failed"
         slot.attempted = True

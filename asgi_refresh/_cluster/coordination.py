@@ -34,12 +34,14 @@ import re
 import time
 from collections.abc import Awaitable, Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from asgi_refresh import _schedule as schedule
+from asgi_refresh._clock import Clock
 from asgi_refresh._cluster.base import (
     BadRecord,
     Codec,
@@ -52,13 +54,89 @@ from asgi_refresh._cluster.base import (
 from asgi_refresh._cluster.records import MAX_TIMESTAMP
 from asgi_refresh._contain import describe_error, escapes
 from asgi_refresh._duration import format_duration
+from asgi_refresh._refresher import Refresher
 from asgi_refresh._sources.base import Source
 from asgi_refresh._text import printable
 
-if TYPE_CHECKING:
-    from asgi_refresh._runtime import Runtime, _Slot
-
 T = TypeVar("T")
+
+
+class Entry(Protocol):
+    """One refresher as coordination reads it: the runtime's record of it, read-only here."""
+
+    @property
+    def spec(self) -> Refresher:
+        """Its description."""
+
+    @property
+    def source(self) -> Source:
+        """Its source, opened by the runtime."""
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a fetched (or adopted) value is published."""
+
+    @property
+    def overridden(self) -> bool:
+        """Whether a test pinned its value (coordination leaves it alone)."""
+
+    @property
+    def fetching(self) -> bool:
+        """Whether a fetch is under way."""
+
+    @property
+    def refresh_count(self) -> int:
+        """Successful fetches so far."""
+
+    @property
+    def last_duration(self) -> float | None:
+        """How long the last fetch took."""
+
+    @property
+    def last_success_mono(self) -> float | None:
+        """When the published value was fetched, on the runtime's clock."""
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the published value expires (a `Fresh`), on the runtime's clock."""
+
+    @property
+    def leeway(self) -> float:
+        """How long before its expiry it is renewed."""
+
+
+class Host(Protocol):
+    """What coordination needs from the runtime: its clock and refreshers, and six things to do.
+
+    The runtime is the only implementation; coordination never reaches past this.
+    """
+
+    @property
+    def clock(self) -> Clock:
+        """The schedule's clock."""
+
+    @property
+    def entries(self) -> Mapping[str, Entry]:
+        """Every refresher, by name."""
+
+    def published(self, name: str) -> Any:
+        """The value published for ``name`` now."""
+
+    def reschedule(self, name: str, due: float) -> None:
+        """Fetch ``name`` at ``due`` (the runtime's clock), or never (``inf``) until woken."""
+
+    def refresh_now(self, name: str) -> None:
+        """Start a fetch of ``name`` now, unless one is under way."""
+
+    def adopt(self, name: str, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
+        """Publish a value another process fetched ``age`` seconds ago."""
+
+    def adopt_failed(self, name: str, error: str) -> None:
+        """Count a stored value that cannot be used as a failed load of ``name``."""
+
+    async def share_published(self, name: str) -> None:
+        """Store the value published here for the others."""
+
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -213,7 +291,7 @@ class _BackendClock:
 class Coordination:
     """Coordinates one runtime's refreshers through a `Coordinator` backend."""
 
-    def __init__(self, runtime: Runtime, coordinator: Coordinator, codec: Codec, lease_ttl: float) -> None:
+    def __init__(self, runtime: Host, coordinator: Coordinator, codec: Codec, lease_ttl: float) -> None:
         self.runtime = runtime
         self.coordinator = coordinator
         self.codec = codec
@@ -225,8 +303,8 @@ class Coordination:
         self.check_every = lease_ttl / 3
         self.available = True
         self.error: str | None = None  # why the backend is unavailable, while it is
-        self.shares = {name: _Share() for name in runtime.slots}
-        self.fingerprints = {name: fingerprint(slot.source, codec) for name, slot in runtime.slots.items()}
+        self.shares = {name: _Share() for name in runtime.entries}
+        self.fingerprints = {name: fingerprint(slot.source, codec) for name, slot in runtime.entries.items()}
         self.max_bytes: int | None = getattr(coordinator, "max_bytes", None)
         self._clock = _BackendClock()
         # The current outage (None: none), when it began, how often it flapped, when
@@ -265,7 +343,7 @@ class Coordination:
                 try:
                     async with self.coordinator.subscribe() as changes:
                         self._back()
-                        for each in self.runtime.slots.values():
+                        for each in self.runtime.entries.values():
                             if not each.overridden:
                                 await self._sync(each)  # what changed before we subscribed
                         async for change in changes:
@@ -282,7 +360,7 @@ class Coordination:
 
     async def _on_change(self, change: object) -> None:
         name = getattr(change, "name", None)
-        slot = self.runtime.slots.get(name) if isinstance(name, str) else None
+        slot = self.runtime.entries.get(name) if isinstance(name, str) else None
         number = getattr(change, "number", None)
         if slot is None or slot.overridden or not isinstance(number, int):
             return  # not one of our names, or not a change at all
@@ -298,7 +376,11 @@ class Coordination:
 
     # -- the lease ---------------------------------------------------------------------
 
-    def fetches(self, slot: _Slot) -> bool:
+    def requested(self, name: str) -> int:
+        """The highest refresh-now request number seen for ``name``: what a fetch starting now answers."""
+        return self.shares[name].requested
+
+    def fetches(self, slot: Entry) -> bool:
         """Whether this process fetches ``slot`` itself.
 
         It holds the lease; or the backend is down; or the stored entry is one it
@@ -315,7 +397,7 @@ class Coordination:
         clock = self.runtime.clock
         while True:
             started = clock.monotonic()
-            for slot in self.runtime.slots.values():
+            for slot in self.runtime.entries.values():
                 if not slot.overridden:
                     try:
                         await self.turn(slot)
@@ -326,7 +408,7 @@ class Coordination:
             self._settle()
             await clock.sleep_until(started + self.check_every)
 
-    async def turn(self, slot: _Slot) -> None:
+    async def turn(self, slot: Entry) -> None:
         """Renew or take the lease; catch up with the stored entry."""
         share = self.shares[slot.spec.name]
         runtime = self.runtime
@@ -366,10 +448,10 @@ class Coordination:
                 outcome = await self._sync(slot) if head is not None and head.version is not None else None
                 if outcome is _Outcome.UNSURE:
                     # Neither is provably newer: a fetch now is newer than both.
-                    if slot.flight is None:
-                        runtime.start_refresh(slot)
+                    if not slot.fetching:
+                        runtime.refresh_now(slot.spec.name)
                 elif outcome is not _Outcome.ADOPTED:
-                    await runtime.share_published(slot)
+                    await runtime.share_published(slot.spec.name)
             elif head is not None and head.version != share.version:
                 await self._sync(slot)
         elif head is None:
@@ -386,27 +468,23 @@ class Coordination:
                 extra={"refresher": name, "outcome": "lease_taken"},
             )
             share.was_leading = False
-            runtime._reschedule(slot, self._due_after_takeover(slot))
+            runtime.reschedule(slot.spec.name, self._due_after_takeover(slot))
             self._wake(share)  # a refresh-now waiting for the holder: that is us now
         # Our own last store may be newer than this read of `head`: count what it answered.
         if leading and head is not None and head.requested > max(head.answered, share.answered):
             self._fetch_for_others(slot)
 
-    def _due_after_takeover(self, slot: _Slot) -> float:
-        """When to fetch after taking the lease over: keep the cluster's schedule.
+    def _due_after_takeover(self, slot: Entry) -> float:
+        """When to fetch after taking the lease over: keep the cluster's schedule."""
+        return schedule.due_after_takeover(
+            now=self.runtime.clock.monotonic(),
+            every=slot.spec.every,
+            last_success=slot.last_success_mono,
+            expires_at=slot.expires_at,
+            leeway=slot.leeway,
+        )
 
-        That is when the value published here is ``every`` old (or due for renewal
-        before it expires); at once if there is none.
-        """
-        now = self.runtime.clock.monotonic()
-        if slot.last_success_mono is None:
-            return now
-        due = slot.last_success_mono + slot.spec.every
-        if slot.expires_at is not None:
-            due = min(due, slot.expires_at - slot.leeway)
-        return max(now, due)
-
-    def _fetch_for_others(self, slot: _Slot) -> None:
+    def _fetch_for_others(self, slot: Entry) -> None:
         """A refresh-now at the holder: at most one fetch under way and one queued after it.
 
         Requests that arrive while a fetch (and its store) runs, or within
@@ -414,7 +492,7 @@ class Coordination:
         are: a flood of requests costs the upstream a few fetches per second.
         """
         share = self.shares[slot.spec.name]
-        if slot.flight is not None or share.storing:
+        if slot.fetching or share.storing:
             # Started once the store is done (`share`); if the fetch fails, the next
             # lease poll sees the requests still pending.
             share.queued = True
@@ -423,13 +501,13 @@ class Coordination:
             return  # a fetch starts in a moment: it answers this request too
         wait = share.done + _REFRESH_GAP - time.monotonic()
         if wait <= 0 or self._tasks is None:
-            self.runtime.start_refresh(slot)
+            self.runtime.refresh_now(slot.spec.name)
         else:
             share.waiting = True
             name = f"asgi_refresh:{slot.spec.name}:queued"
             self._tasks.start_soon(self._fetch_after, slot, wait, name=name)
 
-    async def _fetch_after(self, slot: _Slot, wait: float) -> None:
+    async def _fetch_after(self, slot: Entry, wait: float) -> None:
         share = self.shares[slot.spec.name]
         try:
             await anyio.sleep(wait)  # real time: it paces fetches from a real upstream
@@ -459,7 +537,7 @@ class Coordination:
             )
         return self.codec.decode(data), data
 
-    async def share(self, slot: _Slot, data: bytes, answered: int) -> None:
+    async def share(self, slot: Entry, data: bytes, answered: int) -> None:
         """Store the value published here for the others, if this process holds the lease.
 
         Called after every fetch of this process that succeeded (with the requests
@@ -508,7 +586,7 @@ class Coordination:
             if share.leading and share.requested > share.answered:
                 self._fetch_for_others(slot)
 
-    async def _store(self, slot: _Slot, share: _Share, data: bytes, answered: int) -> int | None:
+    async def _store(self, slot: Entry, share: _Share, data: bytes, answered: int) -> int | None:
         name = slot.spec.name
         try:
             version = await self.coordinator.store(name, data, self._meta(slot, share), answered=answered)
@@ -524,7 +602,7 @@ class Coordination:
             return None
         return version
 
-    def _meta(self, slot: _Slot, share: _Share) -> dict[str, MetaValue]:
+    def _meta(self, slot: Entry, share: _Share) -> dict[str, MetaValue]:
         """What is stored with the value: its fingerprint, and its times on the backend's clock.
 
         The holder converts its monotonic instants to the backend's clock with the
@@ -556,7 +634,7 @@ class Coordination:
             meta.update(share.validators)  # a value we adopted: pass on what came with it
         return meta
 
-    async def _sync(self, slot: _Slot) -> _Outcome:
+    async def _sync(self, slot: Entry) -> _Outcome:
         """Load the stored entry and publish it, unless it is unusable or maybe older than ours.
 
         If ours may be the newer one (we fetched it on our own: the backend was
@@ -584,7 +662,7 @@ class Coordination:
                 self._lost(_unavailable("asking for a refresh", exc))
         return outcome
 
-    async def _load(self, slot: _Slot, share: _Share) -> _Outcome:
+    async def _load(self, slot: Entry, share: _Share) -> _Outcome:
         name = slot.spec.name
         before = time.monotonic()
         try:
@@ -614,7 +692,7 @@ class Coordination:
         return share.outcome
 
     async def _examine(
-        self, slot: _Slot, share: _Share, stored: Stored, before: float, after: float
+        self, slot: Entry, share: _Share, stored: Stored, before: float, after: float
     ) -> _Outcome:
         """Publish ``stored`` unless it is another app's, unusable, or not newer than ours."""
         name = slot.spec.name
@@ -654,7 +732,7 @@ class Coordination:
         share.requested = max(share.requested, stored.answered)
         age += time.monotonic() - after  # decoding took a while
         self.runtime.adopt(
-            slot,
+            slot.spec.name,
             value,
             age=age,
             expires_in=None if lifetime is None else lifetime - age,
@@ -701,7 +779,7 @@ class Coordination:
             raise BadRecord("meta's leeway is not a number of seconds")
         return started, ended, age, lifetime, leeway
 
-    async def _decoded(self, slot: _Slot, data: bytes) -> Any:
+    async def _decoded(self, slot: Entry, data: bytes) -> Any:
         """The stored value decoded, and checked as the source checks what it fetches.
 
         Big values are decoded and validated in a worker thread, bounded by the
@@ -733,7 +811,7 @@ class Coordination:
             return await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
         raise BadRecord(f"decoding and checking its stored value took over {format_duration(limit)}")
 
-    def before_fetch(self, slot: _Slot) -> None:
+    def before_fetch(self, slot: Entry) -> None:
         """A fetch of ours begins: note when, and hand the stored validators to our source.
 
         With the validators, its first fetch as lease holder is conditional (a 304).
@@ -744,11 +822,11 @@ class Coordination:
         validators, share.validators = share.validators, None
         if validators:
             handover = {key: value for key, value in validators.items() if isinstance(value, str)}
-            slot.source.take_over(self.runtime.state[slot.spec.name], handover)
+            slot.source.take_over(self.runtime.published(slot.spec.name), handover)
 
     # -- unusable entries ---------------------------------------------------------------
 
-    def _bad(self, slot: _Slot, share: _Share, problem: str, *, foreign: bool = False) -> _Outcome:
+    def _bad(self, slot: Entry, share: _Share, problem: str, *, foreign: bool = False) -> _Outcome:
         """The stored entry cannot be used here: a failed load of this refresher.
 
         A follower fetches for itself until the entry is good again; the lease
@@ -771,14 +849,17 @@ class Coordination:
         if share.bad is None and not share.leading and self.available:
             # Followers have no schedule of their own: fetch when the value is due.
             base = slot.last_success_mono
-            self.runtime._reschedule(slot, now if base is None else max(now, base + slot.spec.every))
+            self.runtime.reschedule(
+                slot.spec.name,
+                schedule.due_when_standalone(now=now, every=slot.spec.every, last_success=base),
+            )
         share.bad = problem
         if new and not share.leading:  # a failed load, once (startup moves on); our own fetches go on
-            self.runtime.adopt_failed(slot, f"coordination: {problem}")
+            self.runtime.adopt_failed(slot.spec.name, f"coordination: {problem}")
         self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
         return _Outcome.BAD
 
-    def _clear_bad(self, slot: _Slot, share: _Share) -> None:
+    def _clear_bad(self, slot: Entry, share: _Share) -> None:
         if share.bad is None:
             return
         share.bad = None
@@ -790,7 +871,7 @@ class Coordination:
 
     # -- refresh now -------------------------------------------------------------------
 
-    async def ask_leader(self, slot: _Slot) -> bool:
+    async def ask_leader(self, slot: Entry) -> bool:
         """Refresh-now on a process that does not hold the lease: the holder fetches.
 
         Returns:
@@ -876,13 +957,16 @@ class Coordination:
         self.available = False
         self._interruptions += 1
         self.error = message
-        for slot in self.runtime.slots.values():
+        for slot in self.runtime.entries.values():
             share = self.shares[slot.spec.name]
             self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
             if not share.leading and share.bad is None and not slot.overridden:
                 # Followers had no schedule of their own: fetch when the value is due.
                 base = slot.last_success_mono
-                self.runtime._reschedule(slot, now if base is None else max(now, base + slot.spec.every))
+                self.runtime.reschedule(
+                    slot.spec.name,
+                    schedule.due_when_standalone(now=now, every=slot.spec.every, last_success=base),
+                )
             share.was_leading = share.was_leading or share.leading
             share.leading = False
 
@@ -911,7 +995,7 @@ class Coordination:
             extra={"outcome": "coordinator_back", "duration": outage, "interruptions": flaps},
         )
 
-    def status(self, slot: _Slot) -> dict[str, Any]:
+    def status(self, slot: Entry) -> dict[str, Any]:
         """The ``coordination`` part of this refresher's ``status()`` entry."""
         share = self.shares[slot.spec.name]
         if not self.available or (share.bad is not None and not share.leading):
