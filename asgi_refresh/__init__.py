@@ -8,9 +8,9 @@ from ._cluster.sqlite import SQLiteCoordinator
 from ._config import ConfigError
 from ._duration import Duration
 from ._events import RefreshEvent
+from ._handle import RefreshError, RefreshHandle
 from ._middleware import RefreshMiddleware
 from ._refresher import Refresher
-from ._runtime import RefreshError, RefreshHandle
 from ._sources.bearer import BearerToken
 from ._sources.file import FileSource
 from ._sources.http import HTTPSource

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
 from ._contain import describe_error, escapes
-from ._runtime import RefreshError, RefreshHandle
+from ._handle import Controls, RefreshError
 from ._text import printable
 from ._types import Scope, Send
 
@@ -108,7 +108,7 @@ class Admin:
         """Whether a request for ``path`` (without the ``root_path``) is an admin request."""
         return path == self.path or path.startswith(self._under)
 
-    async def __call__(self, scope: Scope, send: Send, handle: RefreshHandle | None, path: str) -> None:
+    async def __call__(self, scope: Scope, send: Send, handle: Controls | None, path: str) -> None:
         reply = _Reply(send, scope["method"] == "HEAD")
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         target = _target(path[len(self.path) :])
@@ -194,22 +194,21 @@ class Admin:
             return False
         return True
 
-    async def _health(self, reply: _Reply, handle: RefreshHandle | None) -> None:
+    async def _health(self, reply: _Reply, handle: Controls | None) -> None:
         if handle is None:
             await reply.json(503, {"status": "unavailable", "error": _NOT_RUNNING})
             return
         # Names, reasons and ages only: this endpoint needs no token, and an error
         # line from a user's own fetch may quote a URL with a key in it.
-        failing = handle._runtime.unhealthy()
+        failing = handle.unhealthy()
         if failing:
             await reply.json(503, {"status": "unavailable", "failing": failing})
         else:
             await reply.json(200, {"status": "ok"})
 
-    async def _refresh(self, reply: _Reply, handle: RefreshHandle, name: str, *, wait: bool) -> None:
-        runtime = handle._runtime
+    async def _refresh(self, reply: _Reply, handle: Controls, name: str, *, wait: bool) -> None:
         if not wait:
-            runtime.start_refresh(runtime.slots[name])
+            handle.refresh_soon(name)
             await reply.json(202, {"name": name, "refreshing": True})
             return
         try:

@@ -15,8 +15,9 @@ from ._clock import Clock, SystemClock
 from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
+from ._handle import RefreshError, RefreshHandle
 from ._refresher import RESERVED_NAME, Refresher
-from ._runtime import SNAPSHOT_KEY, RefreshError, RefreshHandle, Runtime
+from ._runtime import SNAPSHOT_KEY, Runtime
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_refresh")
@@ -116,6 +117,7 @@ class RefreshMiddleware:
         # The state dict of the lifespan that is running now, if any. The runtime
         # itself lives in `_lifespan`'s locals so that lifespans never share it.
         self._live: MutableMapping[str, Any] | None = None
+        self._running: Runtime | None = None  # its runtime, for the admin endpoints
         self._warned_no_lifespan = False
 
     @classmethod
@@ -170,7 +172,7 @@ class RefreshMiddleware:
         # substring test (cheaper than a startswith() call, and true under a root_path
         # too) sorts out nearly every request; the exact check is for the few left.
         prefix = self._admin_prefix
-        if prefix is not None and prefix in scope["path"] and await self._served_by_admin(scope, send, live):
+        if prefix is not None and prefix in scope["path"] and await self._served_by_admin(scope, send):
             return
         if live is not None:
             # O(1) on servers that copy the lifespan state into each request
@@ -190,14 +192,14 @@ class RefreshMiddleware:
             )
         await self.app(scope, receive, send)
 
-    async def _served_by_admin(self, scope: Scope, send: Send, live: MutableMapping[str, Any] | None) -> bool:
+    async def _served_by_admin(self, scope: Scope, send: Send) -> bool:
         """Serve an admin request; False for a path that only contains the prefix."""
         admin = self._admin
         assert admin is not None  # the prefix is set only with it
         path = _route_path(scope)
         if scope["type"] != "http" or not admin.owns(path):
             return False
-        await admin(scope, send, None if live is None else live[RESERVED_NAME], path)
+        await admin(scope, send, self._running, path)
         return True
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -206,7 +208,7 @@ class RefreshMiddleware:
         if state is None:  # a server without lifespan state: we keep our own
             state = {}
         other = state.get(RESERVED_NAME)
-        if isinstance(other, RefreshHandle) and other._runtime.running:
+        if isinstance(other, RefreshHandle) and other.running:
             await send(
                 {
                     "type": "lifespan.startup.failed",
@@ -238,7 +240,7 @@ class RefreshMiddleware:
                 # Live from now on, complete: a fetch may read another refresher's
                 # value through `handle` while the first loads run.
                 runtime.prepare()
-                self._live = state
+                self._live, self._running = state, runtime
                 await task_group.start(runtime.run)
                 ours = await runtime.load(self.startup_timeout)
                 failure = None if ours is None else str(ours)
@@ -273,7 +275,7 @@ class RefreshMiddleware:
         finally:
             app.close()
             if self._live is state:
-                self._live = None
+                self._live = self._running = None
         if replaced_cancellation is not None:
             raise replaced_cancellation
         if server.error is not None:

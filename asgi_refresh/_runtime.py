@@ -27,6 +27,7 @@ from ._cluster.coordination import Coordination, NotShareable
 from ._contain import describe_error, escapes, is_async_callable
 from ._duration import format_duration
 from ._events import Events, Listener
+from ._handle import RefreshError, RefreshHandle
 from ._hooks import Hooks
 from ._refresher import RESERVED_NAME, Refresher
 from ._sources.context import SharedResources, SourceContext
@@ -42,25 +43,6 @@ whether the state dict it was handed is the current snapshot."""
 
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
 _REPEAT_WARNING_EVERY = 300.0  # the same failure, again and again, is logged this often
-
-
-class RefreshError(RuntimeError):
-    """A refresher could not do what was asked of it; the cause is the ``__cause__``.
-
-    Raised by ``handle.refresh(name)`` when the fetch fails (the previous value
-    stays published), and by the middleware after it has reported
-    ``lifespan.startup.failed`` because a required refresher could not load (or
-    ``lifespan.shutdown.failed`` because one would not stop), so that test clients
-    such as ``TestClient`` and ``asgi_lifespan.LifespanManager`` raise it. A
-    ``RuntimeError``, as that failure always was.
-
-    Attributes:
-        name: The refresher that failed (the first one, when several did).
-    """
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
 
 
 class _FetchTimeout(TimeoutError):
@@ -419,7 +401,7 @@ class Runtime:
 
     # -- fetching ------------------------------------------------------------------
 
-    async def _join_flight(self, slot: _Slot) -> _Flight:
+    async def join_flight(self, slot: _Slot) -> _Flight:
         """Wait for the slot's fetch in progress, starting one if there is none."""
         flight = self.start_refresh(slot)
         await flight.done.wait()
@@ -803,14 +785,53 @@ class Runtime:
         self._note_progress(slot)
 
     def override(self, name: str, value: Any) -> None:
-        slot = self._slot(name)
+        slot = self.slot(name)
         slot.overridden = True
         slot.loaded = slot.attempted = True
         self._note_progress(slot)
         self._publish(name, value)
         self._reschedule(slot, math.inf)
 
-    def _slot(self, name: str) -> _Slot:
+    # -- what the handle controls (asgi_refresh._handle.Controls) --------------------
+
+    @property
+    def names(self) -> list[str]:
+        """The refresher names, in the order they were given."""
+        return list(self.slots)
+
+    async def refresh(self, name: str) -> Any:
+        """Fetch ``name`` now (joining a fetch under way); its value, or `RefreshError`."""
+        flight = await self.join_flight(self.slot(name))
+        if flight.error is not None:
+            message = f"Refresher {name!r} failed: {describe_error(flight.error)}"
+            raise RefreshError(name, message) from flight.error
+        return flight.value
+
+    def refresh_soon(self, name: str) -> None:
+        """Start a fetch of ``name`` without waiting for it."""
+        self.start_refresh(self.slot(name))
+
+    def value(self, name: str) -> Any:
+        """The value published for ``name`` now; `LookupError` before a required one has loaded."""
+        slot = self.slot(name)
+        if not slot.loaded and slot.spec.required:
+            raise LookupError(
+                f"Refresher {name!r} has not loaded a value yet; "
+                f"`await handle.wait_for({name!r})` waits for it"
+            )
+        return self.state[name]
+
+    async def wait_for(self, name: str) -> Any:
+        """The value published for ``name``, once a required one has loaded."""
+        slot = self.slot(name)
+        if slot.spec.required and not slot.loaded:
+            if slot.loaded_event is None:
+                slot.loaded_event = anyio.Event()
+            await slot.loaded_event.wait()
+        return self.state[name]
+
+    def slot(self, name: str) -> _Slot:
+        """The refresher called ``name``; a `LookupError` naming the known ones if there is none."""
         try:
             return self.slots[name]
         except KeyError:
@@ -878,95 +899,6 @@ class Runtime:
             if self.coordination is not None:
                 report[name]["coordination"] = self.coordination.status(slot)
         return report
-
-
-class RefreshHandle:
-    """Control of the running refreshers, at ``scope["state"]["asgi_refresh"]``.
-
-    Handlers reach it as ``request.state.asgi_refresh``; tests get it from
-    ``RefreshMiddleware.handle`` or the lifespan state.
-    """
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-
-    @property
-    def names(self) -> list[str]:
-        """The refresher names, in the order they were given."""
-        return list(self._runtime.slots)
-
-    async def refresh(self, name: str) -> Any:
-        """Fetch ``name`` now, publish the value and return it.
-
-        Concurrent calls for one name share one fetch. A successful refresh also
-        restarts the refresher's schedule from now.
-
-        Raises:
-            LookupError: there is no refresher called ``name``.
-            RefreshError: the fetch failed; the previous value stays published.
-            RuntimeError: the refreshers are not running.
-        """
-        runtime = self._runtime
-        flight = await runtime._join_flight(runtime._slot(name))
-        if flight.error is not None:
-            message = f"Refresher {name!r} failed: {describe_error(flight.error)}"
-            raise RefreshError(name, message) from flight.error
-        return flight.value
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Return a JSON-serialisable report keyed by refresher name.
-
-        Each entry has ``source`` (``"http"``, ``"file"`` or ``"python"`` for
-        any other fetch), ``required``, ``stale`` (true when the value is older
-        than the refresher's ``max_stale``, or it has no fetched value yet and
-        a ``max_stale`` is set, or it is a `Fresh` value past its expiry),
-        ``last_success_at``, ``last_changed_at`` and
-        ``next_refresh_at`` (ISO 8601 UTC or None), ``last_outcome`` (``"changed"``,
-        ``"unchanged"``, ``"not_modified"``, ``"failed"`` or None before the first
-        fetch), ``last_error`` (None or a one-line description, never the value),
-        ``consecutive_failures``, ``refresh_count`` (successful fetches, including
-        unchanged and not-modified ones), ``last_duration`` and ``age`` (seconds
-        since the last successful fetch, or None), and ``lag`` (seconds by which
-        the last scheduled fetch started late: near 0 unless the process cannot
-        keep up).
-        """
-        return self._runtime.status()
-
-    def value(self, name: str) -> Any:
-        """The value published for ``name`` right now.
-
-        For code outside a request that needs a refreshed value, such as the
-        fetch of another refresher (an API call that needs the current token).
-
-        Raises:
-            LookupError: there is no refresher called ``name``, or it is required
-                and has not loaded yet.
-        """
-        runtime = self._runtime
-        slot = runtime._slot(name)
-        if not slot.loaded and slot.spec.required:
-            raise LookupError(
-                f"Refresher {name!r} has not loaded a value yet; "
-                f"`await handle.wait_for({name!r})` waits for it"
-            )
-        return runtime.state[name]
-
-    async def wait_for(self, name: str) -> Any:
-        """The value published for ``name``, once it has one.
-
-        Waits for the first load of a required refresher, so the fetch of another
-        refresher can depend on it (an API call that needs the current token)
-        without failing while both load at startup.
-
-        Raises:
-            LookupError: there is no refresher called ``name``.
-        """
-        slot = self._runtime._slot(name)
-        if slot.spec.required and not slot.loaded:
-            if slot.loaded_event is None:
-                slot.loaded_event = anyio.Event()
-            await slot.loaded_event.wait()
-        return self._runtime.state[name]
 
 
 def _unhealthy_reason(slot: _Slot, now: float) -> str:

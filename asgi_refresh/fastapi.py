@@ -32,8 +32,8 @@ from typing import Annotated, Any
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from ._handle import RefreshHandle
 from ._refresher import RESERVED_NAME
-from ._runtime import RefreshHandle
 
 __all__ = ["RefreshControl", "Refreshed"]
 

@@ -27,7 +27,7 @@ import anyio
 import anyio.lowlevel
 
 from ._duration import Duration, parse_duration
-from ._runtime import RefreshHandle
+from ._handle import RefreshHandle
 
 __all__ = ["FakeClock", "override"]
 

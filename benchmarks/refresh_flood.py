@@ -66,7 +66,7 @@ async def measure(
             for index in range(senders):
                 tg.start_soon(sender, requests // senders + (index < requests % senders))
         sent = time.monotonic() - started
-        coordination = holder.handle._runtime.coordination
+        coordination = holder.handle._runtime.coordination  # type: ignore[attr-defined]
         assert coordination is not None
         with anyio.move_on_after(10):
             while coordination.shares["names"].answered < max(numbers):  # noqa: ASYNC110 - another task's state

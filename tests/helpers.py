@@ -6,13 +6,14 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 from anyio.abc import TaskGroup
 from asgi_lifespan import LifespanManager
 
 from asgi_refresh import Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh._runtime import Runtime
 from asgi_refresh._types import ASGIApp, Message, Receive, Scope, Send
 from asgi_refresh.testing import FakeClock
 
@@ -231,3 +232,8 @@ async def startup_failure(*refreshers: Refresher, startup_timeout: str = "10s") 
     assert [message["type"] for message in server.sent] == ["lifespan.startup.failed"], server.sent
     message: str = server.sent[0]["message"]
     return message
+
+
+def runtime_of(handle: RefreshHandle) -> Runtime:
+    """The runtime behind a handle, for tests that look at its insides."""
+    return cast(Runtime, handle._runtime)

@@ -623,7 +623,7 @@ async def test_refresh_now_outside_the_running_window_is_503() -> None:
         "headers": [(b"authorization", f"Bearer {TOKEN}".encode())],
     }
     assert middleware._admin is not None
-    await middleware._admin(scope, send, handle, "/_refresh/names")
+    await middleware._admin(scope, send, handle._runtime, "/_refresh/names")
     assert sent[0]["status"] == 503
 
 

@@ -38,7 +38,7 @@ from asgi_refresh._sources.function import source_for
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
-from .helpers import FakeServer, ScriptedApp
+from .helpers import FakeServer, ScriptedApp, runtime_of
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -202,7 +202,7 @@ async def test_the_lease_moves_when_its_holder_shuts_down(backend: Backend) -> N
             pass
         # Stop the leader's lifespan by hand: its LifespanManager is inside `workers`.
         handle: RefreshHandle = leader.handle
-        await handle._runtime.stop(5)
+        await runtime_of(handle).stop(5)
         await advance(clock, 10)  # the survivor polls the lease every lease_ttl / 3 = 5 s
         await until(lambda: survivor.handle.status()["names"]["coordination"]["role"] == "leader")
         assert upstream.calls == 1, "the stored value is not due yet: no fetch at takeover"

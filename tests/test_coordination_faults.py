@@ -52,7 +52,7 @@ from .faults.backend import (
 )
 from .faults.clock import SkewedClock
 from .faults.proxy import FlappingProxy
-from .helpers import ScriptedApp
+from .helpers import ScriptedApp, runtime_of
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -137,7 +137,7 @@ def state(*middlewares: RefreshMiddleware) -> list[dict[str, Any]]:
     """What each process knows of the cluster, for a failure message."""
     found = []
     for middleware in middlewares:
-        share = middleware.handle._runtime.coordination.shares["names"]  # type: ignore[union-attr]
+        share = runtime_of(middleware.handle).coordination.shares["names"]  # type: ignore[union-attr]
         found.append(
             {
                 "value": value(middleware),
@@ -426,7 +426,7 @@ async def test_when_the_other_apps_holder_leaves_this_app_takes_the_lease(store:
         assert [coordination(m)["role"] for m in (a_holder, b1, b2)] == ["leader", "standalone", "standalone"]
         assert value(b1) == value(b2) == "B"
         # App A's holder shuts down and gives the lease back (its LifespanManager ends later).
-        await a_holder.handle._runtime.stop(5)
+        await runtime_of(a_holder.handle).stop(5)
         await clock.advance(5)  # a lease poll
         await until(lambda: sorted(coordination(m)["role"] for m in (b1, b2)) == ["follower", "leader"])
         assert value(b1) == value(b2) == "B"
@@ -624,7 +624,7 @@ async def test_a_flood_of_refresh_now_requests_costs_the_upstream_a_few_fetches(
 
 
 def asker_answered(middleware: RefreshMiddleware) -> int:
-    coordination = middleware.handle._runtime.coordination
+    coordination = runtime_of(middleware.handle).coordination
     assert coordination is not None
     return coordination.shares["names"].answered
 

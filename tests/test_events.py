@@ -16,7 +16,7 @@ from asgi_refresh._sources.outcome import Fetched
 from asgi_refresh.prometheus import PrometheusMetrics
 from asgi_refresh.testing import FakeClock
 
-from .helpers import START, ScriptedApp, Upstream
+from .helpers import START, ScriptedApp, Upstream, runtime_of
 
 pytestmark = pytest.mark.anyio
 
@@ -218,7 +218,7 @@ async def test_no_listener_means_no_events_object() -> None:
     """Without listeners nothing is built or emitted (the default costs nothing)."""
     middleware = RefreshMiddleware(ScriptedApp(), refreshers=[Refresher("names", Upstream(), every="1m")])
     async with LifespanManager(middleware):
-        assert middleware.handle._runtime.events is None
+        assert runtime_of(middleware.handle).events is None
 
 
 # -- Prometheus ------------------------------------------------------------------------
