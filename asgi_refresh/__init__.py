@@ -15,6 +15,7 @@ from ._sources.bearer import BearerToken
 from ._sources.file import FileSource
 from ._sources.http import HTTPSource
 from ._sources.outcome import Fresh, SourceError
+from ._status import Status as RefresherStatus
 
 __all__ = [
     "BearerToken",
@@ -33,6 +34,7 @@ __all__ = [
     "RefreshHandle",
     "RefreshMiddleware",
     "Refresher",
+    "RefresherStatus",
     "SQLiteCoordinator",
     "SourceError",
 ]

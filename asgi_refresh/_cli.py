@@ -29,6 +29,7 @@ from ._runtime import Runtime
 from ._sources.base import Fetched, Source, SourceContext
 from ._sources.file import FileSource
 from ._sources.http import HTTPSource
+from ._status import Status
 from ._text import printable
 
 EXIT_OK = 0
@@ -513,7 +514,7 @@ def _failed(refresher: Refresher, error: str) -> _Result:
     return _Result(refresher.name, refresher.required, "failed", None, None, None, None, error, [])
 
 
-def _result(refresher: Refresher, entry: dict[str, Any], took: float | None, value: Any) -> _Result:
+def _result(refresher: Refresher, entry: Status, took: float | None, value: Any) -> _Result:
     if entry["last_outcome"] == "failed":
         return _Result(
             refresher.name,

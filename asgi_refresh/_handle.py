@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from asgi_refresh._status import Status, Unhealthy
+
 
 class RefreshError(RuntimeError):
     """A refresher could not do what was asked of it; the cause is the ``__cause__``.
@@ -34,7 +36,7 @@ class Controls(Protocol):
     async def refresh(self, name: str) -> Any:
         """Fetch ``name`` now; its value, or `RefreshError`."""
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, Status]:
         """The status report."""
 
     def value(self, name: str) -> Any:
@@ -53,7 +55,7 @@ class Controls(Protocol):
     def refresh_soon(self, name: str) -> None:
         """Start a fetch of ``name`` without waiting for it (`LookupError` for an unknown name)."""
 
-    def unhealthy(self) -> list[dict[str, Any]]:
+    def unhealthy(self) -> list[Unhealthy]:
         """The required refreshers without a fresh enough value: names, reasons and ages."""
 
 
@@ -90,7 +92,7 @@ class RefreshHandle:
         """
         return await self._runtime.refresh(name)
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, Status]:
         """Return a JSON-serialisable report keyed by refresher name.
 
         Each entry has ``source`` (``"http"``, ``"file"`` or ``"python"`` for

@@ -13,7 +13,6 @@ import math
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from contextlib import AsyncExitStack, nullcontext
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -21,18 +20,21 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import _schedule as schedule
+from . import _status as status
 from ._clock import Clock
 from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._cluster.coordination import Coordination, NotShareable
 from ._contain import describe_error, escapes, is_async_callable
 from ._duration import format_duration
 from ._events import Events, Listener
+from ._failure_log import REPEAT_WARNING_EVERY, FailureLog
 from ._handle import RefreshError, RefreshHandle
 from ._hooks import Hooks
 from ._refresher import RESERVED_NAME, Refresher
+from ._slot import Flight, Slot
 from ._sources.context import SharedResources, SourceContext
-from ._sources.function import source_for
 from ._sources.outcome import Fetched, Fresh, SourceError
+from ._status import Status, Unhealthy
 from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")
@@ -42,66 +44,12 @@ SNAPSHOT_KEY = "asgi_refresh.snapshot"
 whether the state dict it was handed is the current snapshot."""
 
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
-_REPEAT_WARNING_EVERY = 300.0  # the same failure, again and again, is logged this often
 
 
 class _FetchTimeout(TimeoutError):
     """A fetch ran past its ``timeout``; shown as ``TimeoutError`` in status and logs."""
 
     shown_as = "TimeoutError"
-
-
-class _Flight:
-    """One fetch that any number of callers wait for: the single-flight unit."""
-
-    __slots__ = ("done", "error", "on_grid", "value")
-
-    def __init__(self, *, on_grid: bool) -> None:
-        self.done = anyio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.on_grid = on_grid  # the scheduled refresh of a healthy refresher
-
-
-class _Slot:
-    """The mutable runtime state of one refresher."""
-
-    @property
-    def fetching(self) -> bool:
-        """Whether a fetch is under way."""
-        return self.flight is not None
-
-    def __init__(self, spec: Refresher) -> None:
-        self.spec = spec
-        self.grid = -math.inf  # nominal time of the next scheduled refresh
-        self.next_due = -math.inf  # when the loop fetches next (grid minus jitter, or a retry)
-        self.last_success_mono: float | None = None
-        self.last_success_at: float | None = None
-        self.last_duration: float | None = None
-        self.last_error: str | None = None
-        self.consecutive_failures = 0
-        self.refresh_count = 0
-        self.last_changed_at: float | None = None
-        self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
-        self.flight: _Flight | None = None
-        self.refresh_again = False  # a watched file changed while a fetch was under way
-        self.last_exception: BaseException | None = None  # of the current run of failures
-        self.logged_at = -math.inf  # when a failure was last logged at WARNING
-        self.quiet_failures = 0  # failures logged at DEBUG since then
-        self.warned = False  # the current run of failures was logged at WARNING
-        self.lag = 0.0  # how late the last scheduled refresh started
-        self.source = source_for(spec)  # per lifespan: a source serves one refresher of one runtime
-        self.opened = False
-        self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
-        self.leeway = 0.0
-        self.wakeup: anyio.CancelScope | None = None
-        self.overridden = False
-        self.thread: ThreadCall | None = None  # the last blocking fetch's thread
-        self.hooks: Hooks | None = Hooks() if spec.on_change or spec.on_error else None
-        self.loaded_event: anyio.Event | None = None  # made when someone waits for the first load
-        self.attempted = False  # the first fetch has finished, either way
-        self.loaded = False  # a fetched value (not the default) is published
-        self.fatal = False  # the last failure cannot be cured by retrying (a value the codec refuses)
 
 
 class Runtime:
@@ -118,7 +66,7 @@ class Runtime:
         codec: Codec | None = None,
         lease_ttl: float = 15.0,
     ) -> None:
-        self.slots = {spec.name: _Slot(spec) for spec in refreshers}
+        self.slots = {spec.name: Slot(spec) for spec in refreshers}
         listeners = tuple(listeners)
         self.events = Events(listeners, clock) if listeners else None  # none: nothing emitted at all
         self.state = state
@@ -184,7 +132,7 @@ class Runtime:
             await self._close_sources()
             self._stopped.set()
 
-    async def _open_source(self, slot: _Slot) -> None:
+    async def _open_source(self, slot: Slot) -> None:
         """Open the refresher's source for the rest of the lifespan.
 
         Done as part of its first fetch, so it is bounded and retried like one:
@@ -221,7 +169,7 @@ class Runtime:
                     raise
                 logger.error("asgi_refresh: closing a source failed; ignored at shutdown", exc_info=exc)
 
-    def _refresh_soon(self, slot: _Slot) -> None:
+    def _refresh_soon(self, slot: Slot) -> None:
         if slot.overridden:
             return
         if slot.flight is not None:
@@ -244,7 +192,7 @@ class Runtime:
                 )
             )
         failures: list[str] = []
-        failed: list[_Slot] = []
+        failed: list[Slot] = []
         for slot in self.slots.values():
             if slot.loaded:
                 continue
@@ -275,7 +223,7 @@ class Runtime:
                 self._progress = anyio.Event()
             await self._progress.wait()
 
-    def _note_progress(self, slot: _Slot) -> None:
+    def _note_progress(self, slot: Slot) -> None:
         # Events only while someone waits (startup, a fetch waiting for a token), not
         # one per refresh for the lifetime of the app.
         if self._progress is not None:
@@ -301,7 +249,7 @@ class Runtime:
 
     # -- scheduling ----------------------------------------------------------------
 
-    async def _keep_fresh(self, slot: _Slot) -> None:
+    async def _keep_fresh(self, slot: Slot) -> None:
         """Fetch whenever the slot is due; the outcome of each fetch sets the next due time."""
         coordination = self.coordination
         while True:
@@ -321,13 +269,13 @@ class Runtime:
                 self._note_lag(slot, self.clock.monotonic() - due)
             await self._scheduled_refresh(slot)
 
-    def _note_lag(self, slot: _Slot, lag: float) -> None:
+    def _note_lag(self, slot: Slot, lag: float) -> None:
         # A process that cannot keep up (a saturated CPU, a blocked loop, too many
         # refreshers for one core) starts every refresh later: say so once every
         # few minutes instead of quietly refreshing at a fraction of the rate asked.
         slot.lag = lag
         now = self.clock.monotonic()
-        if schedule.is_behind(lag, slot.spec.every) and now - self._warned_behind_at >= _REPEAT_WARNING_EVERY:
+        if schedule.is_behind(lag, slot.spec.every) and now - self._warned_behind_at >= REPEAT_WARNING_EVERY:
             self._warned_behind_at = now
             behind = sum(
                 1
@@ -347,7 +295,7 @@ class Runtime:
                 extra={"refresher": slot.spec.name, "outcome": "behind", "lag": lag},
             )
 
-    async def _scheduled_refresh(self, slot: _Slot) -> None:
+    async def _scheduled_refresh(self, slot: Slot) -> None:
         # A function of its own so that the loop's locals do not keep the last
         # flight alive while it sleeps: with thousands of refreshers, that adds up.
         flight = slot.flight
@@ -356,13 +304,13 @@ class Runtime:
             return
         # The scheduled fetch runs right here, in this refresher's own task: no task
         # per refresh. Hooks run apart (`_queue_hook`), so they never delay the schedule.
-        flight = slot.flight = _Flight(on_grid=slot.consecutive_failures == 0)
+        flight = slot.flight = Flight(on_grid=slot.consecutive_failures == 0)
         await self._fly(slot, flight)
 
     # -- the port coordination uses (asgi_refresh._cluster.coordination.Host) --------
 
     @property
-    def entries(self) -> Mapping[str, _Slot]:
+    def entries(self) -> Mapping[str, Slot]:
         """Every refresher, by name."""
         return self.slots
 
@@ -378,13 +326,13 @@ class Runtime:
         """Start a fetch of ``name`` now, unless one is under way."""
         self.start_refresh(self.slots[name])
 
-    def _reschedule(self, slot: _Slot, due: float) -> None:
+    def _reschedule(self, slot: Slot, due: float) -> None:
         slot.next_due = due
         if slot.wakeup is not None:
             slot.wakeup.cancel()
 
     def _schedule_after_success(
-        self, slot: _Slot, started: float, on_grid: bool, refresh_in: float | None
+        self, slot: Slot, started: float, on_grid: bool, refresh_in: float | None
     ) -> None:
         spec = slot.spec
         slot.grid, due = schedule.after_success(
@@ -401,13 +349,13 @@ class Runtime:
 
     # -- fetching ------------------------------------------------------------------
 
-    async def join_flight(self, slot: _Slot) -> _Flight:
+    async def join_flight(self, slot: Slot) -> Flight:
         """Wait for the slot's fetch in progress, starting one if there is none."""
         flight = self.start_refresh(slot)
         await flight.done.wait()
         return flight
 
-    def start_refresh(self, slot: _Slot) -> _Flight:
+    def start_refresh(self, slot: Slot) -> Flight:
         """Start a fetch outside the schedule, unless one is under way: then that is it."""
         flight = slot.flight
         if flight is None:
@@ -416,13 +364,13 @@ class Runtime:
                     f"Refresher {slot.spec.name!r} cannot refresh: asgi_refresh is not running "
                     "(the lifespan has not started or has shut down)"
                 )
-            flight = slot.flight = _Flight(on_grid=False)
+            flight = slot.flight = Flight(on_grid=False)
             # The fetch runs in the runtime's task group, not in the caller's task:
             # a request that gives up waiting must not cancel everyone else's fetch.
             self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
         return flight
 
-    async def _fly(self, slot: _Slot, flight: _Flight) -> None:
+    async def _fly(self, slot: Slot, flight: Flight) -> None:
         """Run one fetch for everyone waiting on ``flight``."""
         share_now = False
         data: bytes | None = None  # encoded for the coordinator; None: what is published (a 304)
@@ -481,7 +429,7 @@ class Runtime:
             # arriving meanwhile starts a new fetch rather than joining a finished one.
             await self._share(slot, data, answered)
 
-    async def _fetch(self, slot: _Slot, started: float) -> Any:
+    async def _fetch(self, slot: Slot, started: float) -> Any:
         spec = slot.spec
         if spec.timeout is None:
             return await self._call_fetch(slot)
@@ -489,14 +437,14 @@ class Runtime:
             return await self._call_fetch(slot)
         raise _FetchTimeout(f"fetch timed out after {format_duration(spec.timeout)}")
 
-    async def _call_fetch(self, slot: _Slot) -> Fetched:
+    async def _call_fetch(self, slot: Slot) -> Fetched:
         if not slot.opened:
             await self._open_source(slot)
         if self.coordination is not None:
             self.coordination.before_fetch(slot)
         return await slot.source.fetch()
 
-    async def _ask_leader(self, slot: _Slot, flight: _Flight) -> bool:
+    async def _ask_leader(self, slot: Slot, flight: Flight) -> bool:
         """Refresh-now where another process holds the lease: it fetches, we publish what it stored.
 
         Returns False when we must fetch ourselves (the backend is down, or we took
@@ -520,7 +468,7 @@ class Runtime:
         """
         await self._share(self.slots[name], None, 0)
 
-    async def _share(self, slot: _Slot, data: bytes | None, answered: int) -> None:
+    async def _share(self, slot: Slot, data: bytes | None, answered: int) -> None:
         """Store what the lease holder fetched, with the refresh-now requests it answers.
 
         No bytes: store the value published here (a 304 confirmed it).
@@ -536,7 +484,7 @@ class Runtime:
         # coordination's business: times cross hosts on the backend's clock.
         await coordination.share(slot, data, answered)
 
-    def _record_success(self, slot: _Slot, result: _Unwrapped, started: float, on_grid: bool) -> None:
+    def _record_success(self, slot: Slot, result: _Unwrapped, started: float, on_grid: bool) -> None:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return
         spec = slot.spec
@@ -553,17 +501,13 @@ class Runtime:
             leeway=0.0 if fresh is None else fresh.leeway,
         )
         self._schedule_after_success(slot, started, on_grid, refresh_in)
-        if failures and slot.warned:
-            # Said after a WARNING only: a flapping upstream whose failures went to
-            # DEBUG (rate-limited) must not log a recovery line per flap.
-            slot.warned = False
-            logger.info(
-                "Refresher %r recovered after %d failed attempts",
-                spec.name,
-                failures,
-                extra={"refresher": spec.name, "outcome": "recovered", "duration": duration},
-            )
-        elif logger.isEnabledFor(logging.DEBUG):  # nothing formatted for a level that is off
+        log = slot.log
+        recovered = (
+            bool(failures)
+            and log is not None
+            and log.recovered(spec.name, failures=failures, duration=duration)
+        )
+        if not recovered and logger.isEnabledFor(logging.DEBUG):  # nothing formatted for a level that is off
             logger.debug(
                 "Refresher %r refreshed: %s in %s",
                 spec.name,
@@ -579,7 +523,7 @@ class Runtime:
             slot.hooks.change(old, value)
             self._start_hooks(slot)
 
-    def _record_failure(self, slot: _Slot, exc: BaseException, started: float) -> None:
+    def _record_failure(self, slot: Slot, exc: BaseException, started: float) -> None:
         if slot.overridden:
             return
         spec, now = slot.spec, self.clock.monotonic()
@@ -607,59 +551,33 @@ class Runtime:
             retry_after=exc.retry_after if isinstance(exc, SourceError) else None,
         )
         self._reschedule(slot, now + delay)
-        self._log_failure(slot, exc, now, delay)
+        if slot.log is None:
+            slot.log = FailureLog()
+        slot.log.failed(
+            spec.name,
+            now=now,
+            failures=slot.consecutive_failures,
+            error=slot.last_error,
+            loaded=slot.loaded,
+            delay=delay,
+            duration=slot.last_duration,
+            exc=exc,
+            # A timeout's traceback is our own code; a SourceError's message says all it knows.
+            traceback=not isinstance(exc, _FetchTimeout | SourceError),
+        )
         if self.events is not None:
             self.events.emit("failed", spec.name, slot.last_duration, exc, slot.last_error)
         if slot.hooks is not None and spec.on_error is not None:
             slot.hooks.error(exc)
             self._start_hooks(slot)
 
-    def _log_failure(self, slot: _Slot, exc: BaseException, now: float, delay: float) -> None:
-        # At most one WARNING per refresher every few minutes, whatever the error
-        # says: a refresher failing for an hour, with a message that changes every
-        # time (a request id, a timestamp) or with an upstream that flaps, must not
-        # write a thousand lines. The rest go out at DEBUG and are counted in the
-        # next WARNING; a recovery is logged at INFO only after a WARNING.
-        name = slot.spec.name
-        loud = now - slot.logged_at >= _REPEAT_WARNING_EVERY
-        quiet = slot.quiet_failures
-        if loud:
-            slot.logged_at, slot.quiet_failures, slot.warned = now, 0, True
-        else:
-            slot.quiet_failures += 1
-        if not loud and not logger.isEnabledFor(logging.DEBUG):
-            return
-        logger.log(
-            logging.WARNING if loud else logging.DEBUG,
-            "Refresher %r failed (%d in a row): %s; %s, retrying in %s%s",
-            name,
-            slot.consecutive_failures,
-            slot.last_error,
-            "keeping the last good value" if slot.loaded else "no value loaded yet",
-            format_duration(delay),
-            f" ({quiet} more failures since the last warning, logged at DEBUG)" if loud and quiet else "",
-            # The traceback once per run of failures is what debugging needs; on every
-            # retry it would only bury the log. A timeout's traceback is our own code,
-            # and a SourceError's message already says all it knows.
-            exc_info=exc
-            if loud and slot.consecutive_failures == 1 and not isinstance(exc, _FetchTimeout | SourceError)
-            else None,
-            extra={
-                "refresher": name,
-                "outcome": "failed",
-                "duration": slot.last_duration,
-                "error": slot.last_error,
-                "consecutive_failures": slot.consecutive_failures,
-            },
-        )
-
-    def _start_hooks(self, slot: _Slot) -> None:
+    def _start_hooks(self, slot: Slot) -> None:
         hooks = slot.hooks
         if hooks is not None and not hooks.running and self._task_group is not None:
             hooks.running = True
             self._task_group.start_soon(self._run_hooks, slot, name=f"asgi_refresh:hooks:{slot.spec.name}")
 
-    async def _run_hooks(self, slot: _Slot) -> None:
+    async def _run_hooks(self, slot: Slot) -> None:
         # One task per refresher at a time, started once a fetch is done: a slow or
         # hanging hook delays neither the schedule nor refresh() callers, calls never
         # overlap or reorder, and what waits meanwhile is coalesced (`Hooks`).
@@ -675,7 +593,7 @@ class Runtime:
             hooks.running = False
 
     async def _call_hook(
-        self, slot: _Slot, hooks: Hooks, hook_name: str, hook: Callable[..., object], args: tuple[Any, ...]
+        self, slot: Slot, hooks: Hooks, hook_name: str, hook: Callable[..., object], args: tuple[Any, ...]
     ) -> None:
         name, timeout = slot.spec.name, slot.spec.timeout
         try:
@@ -725,7 +643,7 @@ class Runtime:
 
     def _take(
         self,
-        slot: _Slot,
+        slot: Slot,
         value: Any,
         *,
         not_modified: bool,
@@ -830,7 +748,7 @@ class Runtime:
             await slot.loaded_event.wait()
         return self.state[name]
 
-    def slot(self, name: str) -> _Slot:
+    def slot(self, name: str) -> Slot:
         """The refresher called ``name``; a `LookupError` naming the known ones if there is none."""
         try:
             return self.slots[name]
@@ -838,41 +756,14 @@ class Runtime:
             known = ", ".join(sorted(self.slots)) or "none"
             raise LookupError(f"No refresher named {name!r} (known: {known})") from None
 
-    def age(self, slot: _Slot, now: float) -> float | None:
-        """Seconds since the slot's last successful fetch, or None if it has none."""
-        return None if slot.last_success_mono is None else now - slot.last_success_mono
-
-    def is_stale(self, slot: _Slot, now: float) -> bool:
-        """Whether the value expired (a `Fresh`), or is older than ``max_stale``.
-
-        With a ``max_stale``, no fetched value at all counts as stale too.
-        """
-        if slot.overridden:
-            return False
-        if schedule.expired(now, slot.expires_at):
-            return True
-        if slot.spec.max_stale is None:
-            return False
-        age = self.age(slot, now)
-        return age is None or age > slot.spec.max_stale
-
-    def unhealthy(self) -> list[dict[str, Any]]:
+    def unhealthy(self) -> list[Unhealthy]:
         """The required refreshers without a value younger than their ``max_stale``."""
-        now = self.clock.monotonic()
-        return [
-            {
-                "name": name,
-                "reason": _unhealthy_reason(slot, now),
-                "age": _seconds(self.age(slot, now)),
-                "max_stale": slot.spec.max_stale,
-            }
-            for name, slot in self.slots.items()
-            if slot.spec.required and (not slot.loaded or self.is_stale(slot, now))
-        ]
+        return status.unhealthy(list(self.slots.values()), self.clock.monotonic())
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, Status]:
+        """Each refresher's status entry (`asgi_refresh._status.Status`)."""
         now, wall = self.clock.monotonic(), self.clock.wall()
-        report = {}
+        report: dict[str, Status] = {}
         for name, slot in self.slots.items():
             # A follower has no schedule of its own: the lease holder's refresh reaches it.
             scheduled = (
@@ -880,33 +771,10 @@ class Runtime:
                 and not slot.overridden
                 and (self.coordination is None or self.coordination.fetches(slot))
             )
-            report[name] = {
-                "source": slot.source.kind,
-                "required": slot.spec.required,
-                "stale": self.is_stale(slot, now),
-                "last_success_at": _iso(slot.last_success_at),
-                "last_changed_at": _iso(slot.last_changed_at),
-                "last_outcome": slot.last_outcome,
-                "expires_at": None if slot.expires_at is None else _iso(wall + slot.expires_at - now),
-                "last_error": slot.last_error,
-                "consecutive_failures": slot.consecutive_failures,
-                "refresh_count": slot.refresh_count,
-                "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if scheduled else None,
-                "last_duration": _seconds(slot.last_duration),
-                "age": _seconds(self.age(slot, now)),
-                "lag": _seconds(slot.lag),
-            }
+            report[name] = status.entry(slot, now=now, wall=wall, scheduled=scheduled)
             if self.coordination is not None:
                 report[name]["coordination"] = self.coordination.status(slot)
         return report
-
-
-def _unhealthy_reason(slot: _Slot, now: float) -> str:
-    if not slot.loaded:
-        return "not loaded"
-    if schedule.expired(now, slot.expires_at):
-        return "expired"
-    return "stale"
 
 
 class _Unwrapped(NamedTuple):
@@ -939,16 +807,3 @@ def _differs(old: Any, new: Any) -> bool:
         return bool(old != new)
     except BaseException:  # values whose != is odd (arrays) or raises (user code) count as changed
         return True
-
-
-def _iso(wall: float | None) -> str | None:
-    try:
-        return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
-    except (ValueError, OverflowError, OSError):  # NaN, or out of range: status() must never raise
-        return None
-
-
-def _seconds(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):  # JSON has no NaN or Infinity
-        return None
-    return round(value, 6)

@@ -376,7 +376,7 @@ async def test_a_stored_value_the_codec_cannot_decode_is_logged_and_fetched_here
             assert middleware.handle.value("names") == {"version": 1}, "a required refresher still starts"
             coordination = middleware.handle.status()["names"]["coordination"]
             assert coordination["role"] == "standalone"
-            assert "cannot be decoded by JSONCodec()" in coordination["error"]
+            assert "cannot be decoded by JSONCodec()" in (coordination["error"] or "")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("Refresher 'names': its stored value cannot be decoded by JSONCodec()")
@@ -405,7 +405,9 @@ async def test_an_expiring_value_keeps_its_expiry_across_processes(tmp_path: Pat
     first, second = worker(), worker()
     async with LifespanManager(first), LifespanManager(second):
         await until(lambda: second.handle.value("token") == "token-1")
-        expiries = [datetime.fromisoformat(m.handle.status()["token"]["expires_at"]) for m in (first, second)]
+        expiries = [
+            datetime.fromisoformat(m.handle.status()["token"]["expires_at"] or "") for m in (first, second)
+        ]
         # The follower ages the value by the backend's clock: real milliseconds went by.
         assert abs((expiries[0] - expiries[1]).total_seconds()) < 0.5
     third = worker()

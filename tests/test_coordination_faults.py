@@ -154,7 +154,7 @@ def value(middleware: RefreshMiddleware) -> Any:
 def coordination(middleware: RefreshMiddleware) -> dict[str, Any]:
     status = middleware.handle.status()
     json.dumps(status)  # status() is always JSON-serialisable (and never raises)
-    result: dict[str, Any] = status["names"]["coordination"]
+    result: dict[str, Any] = dict(status["names"]["coordination"])
     return result
 
 
@@ -554,11 +554,11 @@ async def test_a_holder_whose_wall_clock_is_off_does_not_change_a_tokens_expiry_
             status = follower.handle.status()["token"]
             assert status["coordination"]["role"] == "follower"
             assert not status["stale"], "a fresh token is not expired"
-            remaining = _epoch(status["expires_at"]) - clock.wall()
+            remaining = _epoch(status["expires_at"] or "") - clock.wall()
             # Real seconds went by since the fetch (the backend's clock ages it): a few at
             # most on a busy machine, against the hour of skew.
             assert 95 <= remaining <= 100.5, f"its lifetime is 100 s, not {remaining:.0f} s"
-            assert abs(_epoch(status["last_success_at"]) - clock.wall()) < 5, "fetched just now"
+            assert abs(_epoch(status["last_success_at"] or "") - clock.wall()) < 5, "fetched just now"
 
 
 def _epoch(iso: str) -> float:

@@ -98,7 +98,7 @@ async def test_fastapi_add_middleware_and_request_state() -> None:
         return result
 
     @app.post("/refresh")
-    async def refresh(request: Request) -> dict[str, Any]:
+    async def refresh(request: Request) -> asgi_refresh.RefresherStatus:
         handle: asgi_refresh.RefreshHandle = request.state.asgi_refresh
         await handle.refresh("rates")
         return handle.status()["rates"]

@@ -581,7 +581,7 @@ async def test_redirects_are_followed_within_the_origin_only(upstream: respx.Moc
     refreshers = [Refresher("names", source, every="1h"), Refresher("away", away, every="1h", required=False)]
     async with running(*refreshers) as handle:
         assert handle.value("names") == ["moved"]
-        error = handle.status()["away"]["last_error"]
+        error = handle.status()["away"]["last_error"] or ""
     assert error.startswith(
         "SourceError: GET https://api.example.com/away: redirected to another origin (http://other.example.net/names); not followed"
     )

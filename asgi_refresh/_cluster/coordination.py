@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Mapping
 from enum import Enum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -56,6 +56,7 @@ from asgi_refresh._contain import describe_error, escapes
 from asgi_refresh._duration import format_duration
 from asgi_refresh._refresher import Refresher
 from asgi_refresh._sources.base import Source
+from asgi_refresh._status import CoordinationStatus
 from asgi_refresh._text import printable
 
 T = TypeVar("T")
@@ -995,9 +996,10 @@ class Coordination:
             extra={"outcome": "coordinator_back", "duration": outage, "interruptions": flaps},
         )
 
-    def status(self, slot: Entry) -> dict[str, Any]:
+    def status(self, slot: Entry) -> CoordinationStatus:
         """The ``coordination`` part of this refresher's ``status()`` entry."""
         share = self.shares[slot.spec.name]
+        role: Literal["leader", "follower", "standalone"]
         if not self.available or (share.bad is not None and not share.leading):
             role = "standalone"
         else:

@@ -1,0 +1,67 @@
+"""One refresher's running state, and the single-flight unit its fetches share."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+
+from asgi_refresh._failure_log import FailureLog
+from asgi_refresh._hooks import Hooks
+from asgi_refresh._refresher import Refresher
+from asgi_refresh._sources.function import source_for
+
+
+class Flight:
+    """One fetch that any number of callers wait for: the single-flight unit."""
+
+    __slots__ = ("done", "error", "on_grid", "value")
+
+    def __init__(self, *, on_grid: bool) -> None:
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.on_grid = on_grid  # the scheduled refresh of a healthy refresher
+
+
+class Slot:
+    """What the runtime knows of one refresher while it runs: its schedule, its health, its fetch.
+
+    Plain data; the runtime (`asgi_refresh._runtime`) changes it, the status report
+    (`asgi_refresh._status`) and coordination (through its ``Entry`` view) read it.
+    """
+
+    @property
+    def fetching(self) -> bool:
+        """Whether a fetch is under way."""
+        return self.flight is not None
+
+    def __init__(self, spec: Refresher) -> None:
+        self.spec = spec
+        self.grid = -math.inf  # nominal time of the next scheduled refresh
+        self.next_due = -math.inf  # when the loop fetches next (grid minus jitter, or a retry)
+        self.last_success_mono: float | None = None
+        self.last_success_at: float | None = None
+        self.last_duration: float | None = None
+        self.last_error: str | None = None
+        self.consecutive_failures = 0
+        self.refresh_count = 0
+        self.last_changed_at: float | None = None
+        self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
+        self.flight: Flight | None = None
+        self.refresh_again = False  # a watched file changed while a fetch was under way
+        self.last_exception: BaseException | None = None  # of the current run of failures
+        self.log: FailureLog | None = None  # how its failures were logged (made at its first)
+        self.lag = 0.0  # how late the last scheduled refresh started
+        self.source = source_for(spec)  # per lifespan: a source serves one refresher of one runtime
+        self.opened = False
+        self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
+        self.leeway = 0.0
+        self.wakeup: anyio.CancelScope | None = None
+        self.overridden = False
+        self.hooks: Hooks | None = Hooks() if spec.on_change or spec.on_error else None
+        self.loaded_event: anyio.Event | None = None  # made when someone waits for the first load
+        self.attempted = False  # the first fetch has finished, either way
+        self.loaded = False  # a fetched value (not the default) is published
+        self.fatal = False  # the last failure cannot be cured by retrying (a value the codec refuses)
