@@ -1,0 +1,1 @@
+"""Sources: the family of things a refresher fetches from. base.py is the contract."""
