@@ -16,8 +16,9 @@ from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._handle import RefreshError, RefreshHandle
+from ._publisher import SNAPSHOT_KEY
 from ._refresher import RESERVED_NAME, Refresher
-from ._runtime import SNAPSHOT_KEY, Runtime
+from ._runtime import Runtime
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_refresh")

@@ -7,12 +7,10 @@ middleware instance can serve several lifespans in a row (test clients do that).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
-from contextlib import AsyncExitStack, nullcontext
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -24,24 +22,21 @@ from . import _status as status
 from ._clock import Clock
 from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._cluster.coordination import Coordination, NotShareable
-from ._contain import describe_error, escapes, is_async_callable
+from ._contain import describe_error, escapes
 from ._duration import format_duration
 from ._events import Events, Listener
-from ._failure_log import REPEAT_WARNING_EVERY, FailureLog
+from ._failure_log import FailureLog
 from ._handle import RefreshError, RefreshHandle
-from ._hooks import Hooks
+from ._publisher import SNAPSHOT_KEY, Publisher
 from ._refresher import RESERVED_NAME, Refresher
+from ._scheduler import Scheduler
 from ._slot import Flight, Slot
 from ._sources.context import SharedResources, SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
 from ._status import Status, Unhealthy
-from ._thread import ThreadCall
 
 logger = logging.getLogger("asgi_refresh")
 
-SNAPSHOT_KEY = "asgi_refresh.snapshot"
-"""State key whose value is replaced on every publish: lets a request tell in O(1)
-whether the state dict it was handed is the current snapshot."""
 
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
 
@@ -72,18 +67,17 @@ class Runtime:
         self.state = state
         self.clock = clock
         self.handle = RefreshHandle(self)
-        self._random = random.Random()
         self._task_group: TaskGroup | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
         self._shared = SharedResources()  # what the sources share (one HTTP client)
         self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
-        self._progress: anyio.Event | None = None  # while `load` waits: set when a slot makes progress
-        self._warned_behind_at = -math.inf
+        self.publisher = Publisher(state, self.slots, clock)
         self.coordination = (
             None if coordinator is None else Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
         )
+        self.scheduler = Scheduler(self.clock, self.slots, self._fly, self._fetches)
 
     @property
     def running(self) -> bool:
@@ -106,7 +100,7 @@ class Runtime:
         self.state[RESERVED_NAME] = self.handle
         for slot in self.slots.values():
             if not slot.spec.required:
-                self._publish(slot.spec.name, slot.spec.default)
+                self.publisher.publish(slot.spec.name, slot.spec.default)
         self.state[SNAPSHOT_KEY] = object()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -123,7 +117,9 @@ class Runtime:
                         task_group.start_soon(self.coordination.watch, name="asgi_refresh:coordination")
                         task_group.start_soon(self.coordination.keep_leases, name="asgi_refresh:leases")
                     for slot in self.slots.values():
-                        task_group.start_soon(self._keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}")
+                        task_group.start_soon(
+                            self.scheduler.keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}"
+                        )
                     task_status.started()
         finally:
             self._task_group = None
@@ -175,7 +171,7 @@ class Runtime:
         if slot.flight is not None:
             slot.refresh_again = True  # that fetch may have read the old data
         else:
-            self._reschedule(slot, self.clock.monotonic())
+            self.scheduler.reschedule(slot, self.clock.monotonic())
 
     async def load(self, startup_timeout: float) -> RefreshError | None:
         """Wait for the first loads; return why startup must fail, or None.
@@ -185,7 +181,7 @@ class Runtime:
         out); the others only need to have tried once.
         """
         with self.clock.move_on_at(self.clock.monotonic() + startup_timeout):
-            await self._until(
+            await self.publisher.until(
                 lambda: all(
                     slot.loaded or slot.fatal if slot.spec.required else slot.attempted
                     for slot in self.slots.values()
@@ -216,22 +212,6 @@ class Runtime:
         error.__cause__ = failed[0].last_exception  # what the fetch raised, for the traceback
         return error
 
-    async def _until(self, condition: Callable[[], bool]) -> None:
-        """Wait until ``condition()`` holds; it is checked whenever a slot makes progress."""
-        while not condition():
-            if self._progress is None:
-                self._progress = anyio.Event()
-            await self._progress.wait()
-
-    def _note_progress(self, slot: Slot) -> None:
-        # Events only while someone waits (startup, a fetch waiting for a token), not
-        # one per refresh for the lifetime of the app.
-        if self._progress is not None:
-            self._progress.set()
-            self._progress = None
-        if slot.loaded and slot.loaded_event is not None:
-            slot.loaded_event.set()
-
     async def stop(self, shutdown_timeout: float) -> list[str]:
         """Cancel every refresher and wait for them, at most ``shutdown_timeout``.
 
@@ -249,63 +229,9 @@ class Runtime:
 
     # -- scheduling ----------------------------------------------------------------
 
-    async def _keep_fresh(self, slot: Slot) -> None:
-        """Fetch whenever the slot is due; the outcome of each fetch sets the next due time."""
-        coordination = self.coordination
-        while True:
-            due = slot.next_due
-            if coordination is not None and not coordination.fetches(slot):
-                due = math.inf  # another process holds the lease: taking it over wakes us
-            if due > self.clock.monotonic():
-                # A fetch outside the schedule (refresh-now) moves next_due and
-                # cancels this sleep, so the loop re-reads the new due time.
-                with anyio.CancelScope() as slot.wakeup:
-                    if math.isinf(due):  # overridden, or not the lease holder: only a wakeup ends this
-                        await anyio.sleep_forever()
-                    await self.clock.sleep_until(due)
-                slot.wakeup = None
-                continue
-            if due > -math.inf:  # not the first load: how late is this refresh?
-                self._note_lag(slot, self.clock.monotonic() - due)
-            await self._scheduled_refresh(slot)
-
-    def _note_lag(self, slot: Slot, lag: float) -> None:
-        # A process that cannot keep up (a saturated CPU, a blocked loop, too many
-        # refreshers for one core) starts every refresh later: say so once every
-        # few minutes instead of quietly refreshing at a fraction of the rate asked.
-        slot.lag = lag
-        now = self.clock.monotonic()
-        if schedule.is_behind(lag, slot.spec.every) and now - self._warned_behind_at >= REPEAT_WARNING_EVERY:
-            self._warned_behind_at = now
-            behind = sum(
-                1
-                for other in self.slots.values()
-                if schedule.is_behind(now - other.next_due, other.spec.every)
-            )
-            logger.warning(
-                "asgi_refresh: this process cannot keep up with its refresh schedule: refresher "
-                "%r started %s late (every %s), and %d refreshers are behind. The event loop is "
-                "blocked or the CPU is saturated: fewer refreshers, a longer `every`, more CPU, "
-                "or work moved off the event loop (plain `def` fetches run in threads). "
-                "status() shows each refresher's `lag`.",
-                slot.spec.name,
-                format_duration(lag),
-                format_duration(slot.spec.every),
-                behind,
-                extra={"refresher": slot.spec.name, "outcome": "behind", "lag": lag},
-            )
-
-    async def _scheduled_refresh(self, slot: Slot) -> None:
-        # A function of its own so that the loop's locals do not keep the last
-        # flight alive while it sleeps: with thousands of refreshers, that adds up.
-        flight = slot.flight
-        if flight is not None:  # a refresh-now is under way: it is this refresh
-            await flight.done.wait()
-            return
-        # The scheduled fetch runs right here, in this refresher's own task: no task
-        # per refresh. Hooks run apart (`_queue_hook`), so they never delay the schedule.
-        flight = slot.flight = Flight(on_grid=slot.consecutive_failures == 0)
-        await self._fly(slot, flight)
+    def _fetches(self, slot: Slot) -> bool:
+        """Whether this process fetches ``slot`` itself (it is not a follower of another's lease)."""
+        return self.coordination is None or self.coordination.fetches(slot)
 
     # -- the port coordination uses (asgi_refresh._cluster.coordination.Host) --------
 
@@ -320,32 +246,11 @@ class Runtime:
 
     def reschedule(self, name: str, due: float) -> None:
         """Fetch ``name`` at ``due``, or never (``inf``) until woken."""
-        self._reschedule(self.slots[name], due)
+        self.scheduler.reschedule(self.slots[name], due)
 
     def refresh_now(self, name: str) -> None:
         """Start a fetch of ``name`` now, unless one is under way."""
         self.start_refresh(self.slots[name])
-
-    def _reschedule(self, slot: Slot, due: float) -> None:
-        slot.next_due = due
-        if slot.wakeup is not None:
-            slot.wakeup.cancel()
-
-    def _schedule_after_success(
-        self, slot: Slot, started: float, on_grid: bool, refresh_in: float | None
-    ) -> None:
-        spec = slot.spec
-        slot.grid, due = schedule.after_success(
-            grid=slot.grid,
-            started=started,
-            now=self.clock.monotonic(),
-            every=spec.every,
-            jitter=spec.jitter,
-            draw=self._random.random(),
-            on_grid=on_grid,
-            refresh_in=refresh_in,
-        )
-        self._reschedule(slot, due)
 
     # -- fetching ------------------------------------------------------------------
 
@@ -423,7 +328,7 @@ class Runtime:
             flight.done.set()
             if slot.refresh_again:
                 slot.refresh_again = False
-                self._reschedule(slot, self.clock.monotonic())
+                self.scheduler.reschedule(slot, self.clock.monotonic())
         if share_now:
             # After `done`: this process serves the value already, and a refresh-now
             # arriving meanwhile starts a new fetch rather than joining a finished one.
@@ -492,7 +397,7 @@ class Runtime:
         failures = slot.consecutive_failures
         slot.last_duration = duration = self.clock.monotonic() - started
         slot.refresh_count += 1
-        changed, old = self._take(
+        changed, old = self.publisher.take(
             slot,
             value,
             not_modified=not_modified,
@@ -500,7 +405,7 @@ class Runtime:
             expires_in=None if fresh is None else fresh.expires_in,
             leeway=0.0 if fresh is None else fresh.leeway,
         )
-        self._schedule_after_success(slot, started, on_grid, refresh_in)
+        self.scheduler.after_success(slot, started, on_grid, refresh_in)
         log = slot.log
         recovered = (
             bool(failures)
@@ -519,7 +424,7 @@ class Runtime:
             self.events.emit("not_modified" if not_modified else "succeeded", spec.name, duration)
             if changed:
                 self.events.emit("changed", spec.name, duration)
-        if changed and slot.hooks is not None and spec.on_change is not None:
+        if changed and slot.hooks is not None:
             slot.hooks.change(old, value)
             self._start_hooks(slot)
 
@@ -533,24 +438,8 @@ class Runtime:
         slot.last_exception = exc
         slot.last_outcome = "failed"
         slot.attempted = True
-        self._note_progress(slot)
-        delay = schedule.retry_delay(
-            schedule.backoff(
-                slot.consecutive_failures,
-                initial=spec.backoff_initial,
-                multiplier=spec.backoff_multiplier,
-                cap=spec.every if spec.backoff_max is None else spec.backoff_max,
-                jitter=spec.jitter,
-                draw=self._random.random(),
-            ),
-            now=now,
-            every=spec.every,
-            backoff_initial=spec.backoff_initial,
-            expires_at=slot.expires_at,
-            leeway=slot.leeway,
-            retry_after=exc.retry_after if isinstance(exc, SourceError) else None,
-        )
-        self._reschedule(slot, now + delay)
+        self.publisher.progress(slot)
+        delay = self.scheduler.after_failure(slot, exc, now)
         if slot.log is None:
             slot.log = FailureLog()
         slot.log.failed(
@@ -567,117 +456,15 @@ class Runtime:
         )
         if self.events is not None:
             self.events.emit("failed", spec.name, slot.last_duration, exc, slot.last_error)
-        if slot.hooks is not None and spec.on_error is not None:
+        if slot.hooks is not None:
             slot.hooks.error(exc)
             self._start_hooks(slot)
 
     def _start_hooks(self, slot: Slot) -> None:
-        hooks = slot.hooks
-        if hooks is not None and not hooks.running and self._task_group is not None:
-            hooks.running = True
-            self._task_group.start_soon(self._run_hooks, slot, name=f"asgi_refresh:hooks:{slot.spec.name}")
-
-    async def _run_hooks(self, slot: Slot) -> None:
-        # One task per refresher at a time, started once a fetch is done: a slow or
-        # hanging hook delays neither the schedule nor refresh() callers, calls never
-        # overlap or reorder, and what waits meanwhile is coalesced (`Hooks`).
-        hooks = slot.hooks
-        assert hooks is not None
-        try:
-            while (due := hooks.next()) is not None:
-                hook_name, args = due
-                hook = slot.spec.on_change if hook_name == "on_change" else slot.spec.on_error
-                assert hook is not None
-                await self._call_hook(slot, hooks, hook_name, hook, args)
-        finally:
-            hooks.running = False
-
-    async def _call_hook(
-        self, slot: Slot, hooks: Hooks, hook_name: str, hook: Callable[..., object], args: tuple[Any, ...]
-    ) -> None:
-        name, timeout = slot.spec.name, slot.spec.timeout
-        try:
-            with self.clock.move_on_at(self.clock.monotonic() + timeout) if timeout else nullcontext():
-                if is_async_callable(hook):
-                    await hook(*args)  # type: ignore[misc]
-                    return
-                # A plain hook may block (a sync client, a file write): it runs in a
-                # worker thread, as a plain fetch does, so it never stalls the loop.
-                if hooks.thread is not None and hooks.thread.is_running():
-                    raise RuntimeError(
-                        "its previous call is still blocked in its worker thread (it timed out "
-                        "and was abandoned); this call is skipped"
-                    )
-                hooks.thread = ThreadCall(partial(hook, *args), name=f"asgi_refresh:{name}:{hook_name}")
-                hooks.thread.start()
-                with self.clock.hold():
-                    result = await hooks.thread.result()
-                if inspect.isawaitable(result):
-                    await result
-                return
-            logger.error(
-                "Refresher %r: %s hook did not finish within %s; cancelled, the refresher carries on",
-                name,
-                hook_name,
-                format_duration(timeout or 0),
-                extra={"refresher": name, "outcome": "hook_failed"},
-            )
-        except BaseException as exc:  # the hook's failure, not ours: contained
-            if escapes(exc):
-                raise
-            logger.error(
-                "Refresher %r: %s hook raised; ignored, the refresher carries on",
-                name,
-                hook_name,
-                exc_info=exc,
-                extra={"refresher": name, "outcome": "hook_failed"},
-            )
+        if slot.hooks is not None and self._task_group is not None:
+            slot.hooks.start(self.clock, self._task_group)
 
     # -- publishing ----------------------------------------------------------------
-
-    def _publish(self, name: str, value: Any) -> None:
-        # Replace the entry, never mutate the value: a request holding the old
-        # snapshot keeps seeing the old value for its whole life.
-        self.state[name] = value
-        self.state[SNAPSHOT_KEY] = object()
-
-    def _take(
-        self,
-        slot: Slot,
-        value: Any,
-        *,
-        not_modified: bool,
-        age: float,
-        expires_in: float | None,
-        leeway: float,
-    ) -> tuple[bool, Any]:
-        """Record a good value, fetched here or ``age`` seconds ago by another process.
-
-        Returns whether it was published (it differs) and the value it replaced.
-        """
-        spec, now, wall = slot.spec, self.clock.monotonic(), self.clock.wall()
-        had_value = slot.loaded or not spec.required
-        old = self.state.get(spec.name)
-        slot.last_success_mono = now - age
-        slot.last_success_at = wall - age
-        slot.last_error = None
-        slot.last_exception = None
-        slot.consecutive_failures = 0
-        slot.fatal = False
-        slot.expires_at = None if expires_in is None else now + expires_in
-        slot.leeway = leeway
-        # Only a different value is published: an equal one would hand requests a
-        # new object for nothing and wake on_change for no change.
-        changed = not had_value or (not not_modified and _differs(old, value))
-        if changed:
-            self._publish(spec.name, value)
-            slot.last_changed_at = wall
-            slot.last_outcome = "changed"
-        else:
-            slot.last_outcome = "not_modified" if not_modified else "unchanged"
-        slot.loaded = slot.attempted = True
-        self._note_progress(slot)
-        return changed, old
 
     def adopt(self, name: str, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
         """Publish a value that another process fetched and stored (coordination)."""
@@ -685,12 +472,12 @@ class Runtime:
         if slot.overridden:
             return
         spec = slot.spec
-        changed, old = self._take(
+        changed, old = self.publisher.take(
             slot, value, not_modified=False, age=age, expires_in=expires_in, leeway=leeway
         )
         if self.events is not None and changed:
             self.events.emit("changed", spec.name)
-        if changed and slot.hooks is not None and spec.on_change is not None:
+        if changed and slot.hooks is not None:
             slot.hooks.change(old, value)
             self._start_hooks(slot)
 
@@ -700,15 +487,15 @@ class Runtime:
         slot.last_error = error
         slot.last_outcome = "failed"
         slot.attempted = True
-        self._note_progress(slot)
+        self.publisher.progress(slot)
 
     def override(self, name: str, value: Any) -> None:
         slot = self.slot(name)
         slot.overridden = True
         slot.loaded = slot.attempted = True
-        self._note_progress(slot)
-        self._publish(name, value)
-        self._reschedule(slot, math.inf)
+        self.publisher.progress(slot)
+        self.publisher.publish(name, value)
+        self.scheduler.reschedule(slot, math.inf)
 
     # -- what the handle controls (asgi_refresh._handle.Controls) --------------------
 
@@ -731,22 +518,11 @@ class Runtime:
 
     def value(self, name: str) -> Any:
         """The value published for ``name`` now; `LookupError` before a required one has loaded."""
-        slot = self.slot(name)
-        if not slot.loaded and slot.spec.required:
-            raise LookupError(
-                f"Refresher {name!r} has not loaded a value yet; "
-                f"`await handle.wait_for({name!r})` waits for it"
-            )
-        return self.state[name]
+        return self.publisher.value(self.slot(name))
 
     async def wait_for(self, name: str) -> Any:
         """The value published for ``name``, once a required one has loaded."""
-        slot = self.slot(name)
-        if slot.spec.required and not slot.loaded:
-            if slot.loaded_event is None:
-                slot.loaded_event = anyio.Event()
-            await slot.loaded_event.wait()
-        return self.state[name]
+        return await self.publisher.wait_for(self.slot(name))
 
     def slot(self, name: str) -> Slot:
         """The refresher called ``name``; a `LookupError` naming the known ones if there is none."""
@@ -800,10 +576,3 @@ def _unwrap(spec: Refresher, result: Any) -> _Unwrapped:
 
 def _start_soon(task_group: TaskGroup, name: str, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
     task_group.start_soon(func, name=name)
-
-
-def _differs(old: Any, new: Any) -> bool:
-    try:
-        return bool(old != new)
-    except BaseException:  # values whose != is odd (arrays) or raises (user code) count as changed
-        return True

@@ -60,7 +60,11 @@ class Slot:
         self.leeway = 0.0
         self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
-        self.hooks: Hooks | None = Hooks() if spec.on_change or spec.on_error else None
+        self.hooks = (
+            None
+            if spec.on_change is None and spec.on_error is None
+            else Hooks(spec.name, on_change=spec.on_change, on_error=spec.on_error, timeout=spec.timeout)
+        )
         self.loaded_event: anyio.Event | None = None  # made when someone waits for the first load
         self.attempted = False  # the first fetch has finished, either way
         self.loaded = False  # a fetched value (not the default) is published

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from asgi_refresh import Fresh, Refresher, RefreshMiddleware, SourceError
-from asgi_refresh._runtime import SNAPSHOT_KEY
+from asgi_refresh._publisher import SNAPSHOT_KEY
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, ScriptedApp, Upstream, published, running

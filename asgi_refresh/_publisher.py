@@ -1,0 +1,115 @@
+"""Publishing values into the lifespan state, and waiting for them to arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+import anyio
+
+from asgi_refresh._clock import Clock
+from asgi_refresh._slot import Slot
+
+SNAPSHOT_KEY = "asgi_refresh.snapshot"
+"""State key whose value is replaced on every publish: lets a request tell in O(1)
+whether the state dict it was handed is the current snapshot."""
+
+
+class Publisher:
+    """Puts good values in the lifespan state and records them on their slots.
+
+    Values are swapped by replacing the entry, never mutated: a request holding
+    the old snapshot keeps seeing the old value for its whole life. Only a value
+    that differs from the published one is published.
+    """
+
+    def __init__(self, state: MutableMapping[str, Any], slots: Mapping[str, Slot], clock: Clock) -> None:
+        self.state = state
+        self._slots = slots
+        self._clock = clock
+        self._progress: anyio.Event | None = None  # while someone waits: set when a slot makes progress
+
+    def publish(self, name: str, value: Any) -> None:
+        """Publish ``value`` for ``name``, as a new snapshot."""
+        self.state[name] = value
+        self.state[SNAPSHOT_KEY] = object()
+
+    def take(
+        self,
+        slot: Slot,
+        value: Any,
+        *,
+        not_modified: bool,
+        age: float,
+        expires_in: float | None,
+        leeway: float,
+    ) -> tuple[bool, Any]:
+        """Record a good value, fetched here or ``age`` seconds ago by another process.
+
+        Returns whether it was published (it differs) and the value it replaced.
+        """
+        spec, now, wall = slot.spec, self._clock.monotonic(), self._clock.wall()
+        had_value = slot.loaded or not spec.required
+        old = self.state.get(spec.name)
+        slot.last_success_mono = now - age
+        slot.last_success_at = wall - age
+        slot.last_error = None
+        slot.last_exception = None
+        slot.consecutive_failures = 0
+        slot.fatal = False
+        slot.expires_at = None if expires_in is None else now + expires_in
+        slot.leeway = leeway
+        # Only a different value is published: an equal one would hand requests a
+        # new object for nothing and wake on_change for no change.
+        changed = not had_value or (not not_modified and _differs(old, value))
+        if changed:
+            self.publish(spec.name, value)
+            slot.last_changed_at = wall
+            slot.last_outcome = "changed"
+        else:
+            slot.last_outcome = "not_modified" if not_modified else "unchanged"
+        slot.loaded = slot.attempted = True
+        self.progress(slot)
+        return changed, old
+
+    def value(self, slot: Slot) -> Any:
+        """The value published for ``slot`` now; `LookupError` before a required one has loaded."""
+        name = slot.spec.name
+        if not slot.loaded and slot.spec.required:
+            raise LookupError(
+                f"Refresher {name!r} has not loaded a value yet; "
+                f"`await handle.wait_for({name!r})` waits for it"
+            )
+        return self.state[name]
+
+    async def wait_for(self, slot: Slot) -> Any:
+        """The value published for ``slot``, once a required one has loaded."""
+        if slot.spec.required and not slot.loaded:
+            if slot.loaded_event is None:
+                slot.loaded_event = anyio.Event()
+            await slot.loaded_event.wait()
+        return self.state[slot.spec.name]
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds; it is checked whenever a slot makes progress."""
+        while not condition():
+            if self._progress is None:
+                self._progress = anyio.Event()
+            await self._progress.wait()
+
+    def progress(self, slot: Slot) -> None:
+        """``slot`` loaded, failed or was pinned: wake whoever waits for it."""
+        # Events only while someone waits (startup, a fetch waiting for a token), not
+        # one per refresh for the lifetime of the app.
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+        if slot.loaded and slot.loaded_event is not None:
+            slot.loaded_event.set()
+
+
+def _differs(old: Any, new: Any) -> bool:
+    try:
+        return bool(old != new)
+    except BaseException:  # values whose != is odd (arrays) or raises (user code) count as changed
+        return True
