@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import inspect
+import signal
+import threading
 from types import CodeType
 
 import pytest
@@ -13,6 +15,23 @@ from tests.faults.upstream import HostileUpstream
 from tests.redis_server import redis_server, redis_url, stoppable_redis
 
 __all__ = ["redis_server", "redis_url", "stoppable_redis"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl+C (SIGINT) reaches the servers the tests start, as it does from a terminal.
+
+    A shell without job control starts a background job (``bash .ci/run &``, a CI
+    runner's script) with SIGINT ignored, and every process started from it inherits
+    that. Python then leaves SIGINT ignored, and Twisted installs its handler only over
+    Python's default one: daphne ignores SIGINT altogether, and the tests that stop a
+    server with Ctrl+C fail in such a run only. A user presses Ctrl+C in a terminal,
+    where SIGINT is not ignored: the suite gives its servers that.
+    """
+    if (
+        signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        and threading.current_thread() is threading.main_thread()
+    ):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # its children get SIG_DFL
 
 
 @pytest.fixture(params=["asyncio", "trio"])

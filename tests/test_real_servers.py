@@ -106,7 +106,14 @@ class Running:
         """Send ``signum``; return how long the exit took and everything the server printed."""
         started = time.monotonic()
         self.process.send_signal(signum)
-        output = self.output(within)
+        try:
+            output = self.output(within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output = self.process.communicate()[0]
+            pytest.fail(
+                f"still running {within:.0f} s after {signal.Signals(signum).name}, killed:\n{output}"
+            )
         return time.monotonic() - started, output
 
 
@@ -183,6 +190,27 @@ def test_fresh_values_on_one_connection_then_a_clean_sigint(server: Server) -> N
         assert "no ASGI lifespan is running" in output, output
     assert took < 5, f"shutdown took {took:.1f} s"
     assert not [sign for sign in BAD_SIGNS if sign in output], output
+
+
+# The suite in a process that ignores SIGINT, as a background job of a shell without job
+# control (a CI runner's script, `bash .ci/run &`) is: its servers inherit that.
+IGNORING_SIGINT = "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.SIG_IGN); sys.exit(pytest.main(sys.argv[1:]))"
+
+
+def test_ctrl_c_stops_daphne_even_when_the_suite_runs_with_sigint_ignored() -> None:
+    """Run as a background job (SIGINT ignored), the suite still stops daphne with Ctrl+C, as a terminal does."""
+    test = (
+        f"{Path(__file__).relative_to(ROOT)}::test_fresh_values_on_one_connection_then_a_clean_sigint[daphne]"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", IGNORING_SIGINT, "-q", "-p", "no:cacheprovider", "--no-cov", test],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize("server", [s for s in SERVERS if s.lifespan], ids=lambda s: s.name)
