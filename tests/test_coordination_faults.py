@@ -14,11 +14,11 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -34,7 +34,7 @@ from asgi_refresh import (
     RefreshMiddleware,
     SQLiteCoordinator,
 )
-from asgi_refresh._cluster.base import BadRecord, Coordinator, MetaValue
+from asgi_refresh._cluster.base import BadRecord, Coordinator, MetaValue, Poll
 from asgi_refresh._cluster.coordination import fingerprint
 from asgi_refresh._sources.function import source_for
 from asgi_refresh.demo.upstream import Upstream, serve
@@ -666,6 +666,80 @@ async def test_a_buggy_coordinator_of_your_own_never_stops_the_runtime(
             ):
                 await clock.advance(20)
                 await anyio.sleep(0.1)
+
+
+class BatchPolling(Misbehaving):
+    """A coordinator of one's own with a `poll` of its own (one call per lease poll), possibly wrong."""
+
+    def __init__(self, inner: Any, answer: Literal["fine", "junk", "raises"] = "fine") -> None:
+        super().__init__(inner)
+        self.answer = answer
+        self.polls = 0
+        self.single = 0
+
+    async def acquire(self, name: str, ttl: float) -> bool:
+        self.single += 1
+        return await super().acquire(name, ttl)
+
+    async def head(self, name: str) -> Any:
+        self.single += 1
+        return await super().head(name)
+
+    async def poll(self, names: Sequence[str], ttl: float) -> Any:
+        self.polls += 1
+        if self.answer == "raises":
+            raise KeyError("a bug in poll")
+        polled = {
+            name: Poll(await self.inner.acquire(name, ttl), await self.inner.head(name)) for name in names
+        }
+        if self.answer == "junk":
+            polled[names[0]] = "junk"  # type: ignore[assignment]
+        return polled
+
+
+async def test_a_coordinator_with_a_poll_of_its_own_is_polled_once_per_cycle(tmp_path: Path) -> None:
+    """The runtime calls a backend's own `poll` (one call for every lease), never acquire and head one by one."""
+    path = tmp_path / "refresh.db"
+    clock = FakeClock()
+    upstream = Counting()
+    store = Store("sqlite", lambda: SQLiteCoordinator(path, poll_interval=0.02), SQLitePoisoner(path, ""), "")
+    batched = BatchPolling(SQLiteCoordinator(path, poll_interval=0.02))
+    holder = worker(store, upstream, clock, coordinator=batched, lease_ttl="15s")
+    follower = worker(store, upstream, clock, lease_ttl="15s")
+    async with running(holder), running(follower):
+        await until(
+            lambda: coordination(holder)["role"] == "leader" and value(follower) == {"version": 1},
+            what=lambda: (coordination(holder), value(follower), batched.polls, batched.single),
+        )
+        polls = batched.polls
+        for _ in range(6):
+            await clock.advance(5)  # lease_ttl 15 s: a lease poll every 5 s
+            await anyio.sleep(0.02)  # the poll runs in the backend's thread, in real time
+        await until(lambda: batched.polls >= polls + 3, what=lambda: batched.polls - polls)
+        assert batched.single == 0
+
+
+@pytest.mark.parametrize("answer", ["junk", "raises"])
+async def test_a_poll_of_your_own_that_fails_or_answers_junk_is_contained(
+    tmp_path: Path, answer: Literal["junk", "raises"]
+) -> None:
+    """A poll that raises is an outage, one that answers junk a bad record: values served, and back when it behaves."""
+    path = tmp_path / "refresh.db"
+    clock = FakeClock()
+    upstream = Counting()
+    store = Store("sqlite", lambda: SQLiteCoordinator(path, poll_interval=0.02), SQLitePoisoner(path, ""), "")
+    batched = BatchPolling(SQLiteCoordinator(path, poll_interval=0.02), answer)
+    newcomer = worker(store, upstream, clock, coordinator=batched)
+    async with running(newcomer):
+        assert value(newcomer) == {"version": 1}
+        error = coordination(newcomer)["error"] or ""
+        assert (
+            "KeyError: 'a bug in poll'" if answer == "raises" else "poll() returned no Poll for 'names'"
+        ) in error
+        batched.answer = "fine"
+        await clock.advance(5)
+        await until(lambda: coordination(newcomer)["error"] is None, what=lambda: coordination(newcomer))
+        assert value(newcomer) == {"version": 1}
 
 
 async def test_a_holder_whose_backend_refuses_to_store_serves_its_value_and_says_so(

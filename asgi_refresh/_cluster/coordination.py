@@ -49,6 +49,7 @@ from asgi_refresh._cluster.base import (
     CoordinatorUnavailable,
     Head,
     MetaValue,
+    Poll,
     Stored,
 )
 from asgi_refresh._cluster.records import MAX_TIMESTAMP
@@ -398,36 +399,66 @@ class Coordination:
         clock = self.runtime.clock
         while True:
             started = clock.monotonic()
-            for slot in self.runtime.entries.values():
-                if not slot.overridden:
-                    try:
-                        await self.turn(slot)
-                    except BaseException as exc:  # a backend of our own making: the other leases go on
-                        if escapes(exc):
-                            raise
-                        self._lost(_unavailable(f"polling the lease of {slot.spec.name!r}", exc))
+            slots = [slot for slot in self.runtime.entries.values() if not slot.overridden]
+            # What we counted before the read: requests announced meanwhile are not a restart.
+            known = {slot.spec.name: self.shares[slot.spec.name].requested for slot in slots}
+            polled = await self._poll([slot.spec.name for slot in slots]) if slots else {}
+            for slot in slots:
+                if polled is None:  # the backend failed: every process fetches for itself
+                    break
+                try:
+                    await self.turn(slot, polled[slot.spec.name], known[slot.spec.name])
+                except BaseException as exc:  # a backend of our own making: the other leases go on
+                    if escapes(exc):
+                        raise
+                    self._lost(_unavailable(f"polling the lease of {slot.spec.name!r}", exc))
             self._settle()
             await clock.sleep_until(started + self.check_every)
 
-    async def turn(self, slot: Entry) -> None:
-        """Renew or take the lease; catch up with the stored entry."""
+    async def _poll(self, names: list[str]) -> dict[str, Poll] | None:
+        """Every name's lease and head, in one `Coordinator.poll`; None if the backend failed."""
+        before = time.monotonic()
+        try:
+            if _overrides_poll(self.coordinator):
+                answer: object = await self.coordinator.poll(names, self.lease_seconds)
+            else:
+                answer = {name: await self._poll_one(name) for name in names}
+        except CoordinatorUnavailable as exc:
+            self._lost(exc)
+            return None
+        except BaseException as exc:  # a backend of our own making
+            if escapes(exc):
+                raise
+            self._lost(_unavailable("polling the leases", exc))
+            return None
+        after = time.monotonic()
+        polled = {name: _checked_poll(answer, name) for name in names}
+        times = [poll.head.time for poll in polled.values() if isinstance(poll.head, Head)]
+        if times:
+            self._clock.sample(times[0], before, after)
+        return polled
+
+    async def _poll_one(self, name: str) -> Poll:
+        """`Coordinator.poll`'s default for one name, a malformed head read as a bad record."""
+        held = bool(await self.coordinator.acquire(name, self.lease_seconds))
+        try:
+            head: Head | BadRecord = _checked_head(await _reading(self.coordinator.head(name)))
+        except BadRecord as exc:
+            head = exc
+        return Poll(held, head)
+
+    async def turn(self, slot: Entry, polled: Poll, known: int) -> None:
+        """Act on one name's polled lease and head: fetch, store, or catch up with the stored entry."""
         share = self.shares[slot.spec.name]
         runtime = self.runtime
         name = slot.spec.name
+        leading = polled.held
+        head: Head | None = None
         problem = ""
-        known = share.requested  # before the read: requests announced meanwhile are not a restart
-        try:
-            leading = bool(await self.coordinator.acquire(name, self.lease_seconds))
-            before = time.monotonic()
-            checked = _checked_head(await _reading(self.coordinator.head(name)))
-            self._clock.sample(checked.time, before, time.monotonic())
-            head: Head | None = checked
-        except CoordinatorUnavailable as exc:
-            self._lost(exc)
-            return
-        except BadRecord as exc:
-            head = None
-            problem = f"its stored entry is malformed: {exc}"
+        if isinstance(polled.head, BadRecord):
+            problem = f"its stored entry is malformed: {polled.head}"
+        else:
+            head = polled.head
         self._back()
         took_over = leading and not share.leading
         share.leading = leading
@@ -1025,6 +1056,26 @@ async def _reading(call: Awaitable[T]) -> T:
         raise
     except Exception as exc:
         raise BadRecord(_describe(exc)) from exc
+
+
+def _overrides_poll(coordinator: Coordinator) -> bool:
+    """Whether the backend has a `poll` of its own (a batched one), not the protocol's default."""
+    poll = getattr(type(coordinator), "poll", None)
+    return poll is not None and poll is not Coordinator.poll
+
+
+def _checked_poll(answer: object, name: str) -> Poll:
+    """One name's `Poll` from what ``poll()`` returned; a missing or malformed entry is a bad record."""
+    entry = answer.get(name) if isinstance(answer, Mapping) else None
+    if not isinstance(entry, tuple) or len(entry) != 2:
+        return Poll(False, BadRecord(f"poll() returned no Poll for {name!r}"))
+    held, head = entry
+    if not isinstance(head, BadRecord):
+        try:
+            head = _checked_head(head)
+        except BadRecord as exc:
+            head = exc
+    return Poll(held is True, head)
 
 
 def _checked_head(head: object) -> Head:
