@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -29,7 +29,10 @@ import anyio.lowlevel
 from ._duration import Duration, parse_duration
 from ._handle import RefreshHandle
 
-__all__ = ["FakeClock", "override"]
+if TYPE_CHECKING:  # imported on first use (see __getattr__): it imports pytest
+    from ._cluster.contract import CoordinatorContract
+
+__all__ = ["CoordinatorContract", "FakeClock", "override"]
 
 
 class FakeClock:
@@ -196,3 +199,12 @@ async def _wait_all_tasks_blocked() -> None:
                 return
     finally:
         _settling.discard(this_task)
+
+
+def __getattr__(name: str) -> Any:
+    """`CoordinatorContract` on first use: it imports pytest, which an app's own code never needs."""
+    if name == "CoordinatorContract":
+        from ._cluster.contract import CoordinatorContract
+
+        return CoordinatorContract
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_refresh import CoordinatorUnavailable, JSONCodec, RedisCoordinator, SQLiteCoordinator
-from asgi_refresh._cluster.base import BadRecord, Change, Coordinator, Head, MetaValue, Stored
+from asgi_refresh._cluster.base import BadRecord, Change, Coordinator, MetaValue, Stored
 from asgi_refresh._cluster.blocking import call_blocking
+from asgi_refresh._cluster.contract import CoordinatorContract, counters, next_change
 from asgi_refresh._cluster.records import MAX_COUNT, decode_meta, encode_meta, parse_head, parse_stored
 from asgi_refresh._cluster.redis import _parse_change
 from asgi_refresh._text import printable
@@ -66,227 +67,69 @@ async def pair(make: Make) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
         yield first, second
 
 
-def counters(head: Head) -> tuple[int | None, int, int]:
-    """A head's version and refresh-now counters, without the backend's clock (which moves)."""
-    assert head.time is not None, "the built-in backends report their clock"
-    return head.version, head.requested, head.answered
+# -- the contract (asgi_refresh.testing.CoordinatorContract), on each built-in backend ------
 
 
-async def next_change(changes: AsyncIterator[Change]) -> Change:
-    with anyio.fail_after(5):
-        return await anext(changes)
+class TestRedisCoordinator(CoordinatorContract):
+    """Redis passes the contract that every backend must pass."""
+
+    @pytest.fixture
+    def new_coordinator(self, redis_url: str) -> Callable[[str], Coordinator]:
+        return lambda prefix: RedisCoordinator(redis_url, prefix=prefix)
 
 
-# -- leases ----------------------------------------------------------------------------
+class TestSQLiteCoordinator(CoordinatorContract):
+    """SQLite passes the contract that every backend must pass."""
+
+    @pytest.fixture
+    def new_coordinator(self, tmp_path: Path) -> Callable[[str], Coordinator]:
+        return lambda prefix: SQLiteCoordinator(tmp_path / "refresh.db", prefix=prefix, poll_interval=0.02)
 
 
-async def test_one_owner_holds_a_lease(pair: tuple[Coordinator, Coordinator]) -> None:
-    """Of two coordinators, only the first to ask gets the lease; names have separate leases."""
-    first, second = pair
-    assert first.owner != second.owner
-    assert await first.acquire("names", TTL * 10)
-    assert not await second.acquire("names", TTL * 10)
-    assert await second.acquire("rates", TTL * 10)
+class Incomplete(CoordinatorContract):
+    """A subclass that forgot to say how to make its coordinators."""
 
 
-async def test_the_holder_renews_its_lease(pair: tuple[Coordinator, Coordinator]) -> None:
-    """Acquiring again renews: the lease outlives its first ttl and others still cannot take it."""
-    first, second = pair
-    assert await first.acquire("names", TTL)
-    await anyio.sleep(TTL * 0.6)
-    assert await first.acquire("names", TTL)
-    await anyio.sleep(TTL * 0.6)
-    assert not await second.acquire("names", TTL)
+def test_the_contract_says_what_a_subclass_must_define() -> None:
+    """Without a new_coordinator fixture, the contract's tests fail with what to define, not a fixture error."""
+    with pytest.raises(NotImplementedError, match="Incomplete: define a new_coordinator fixture"):
+        Incomplete.new_coordinator.__wrapped__(Incomplete())  # type: ignore[attr-defined]
 
 
-async def test_an_expired_lease_is_taken_over(pair: tuple[Coordinator, Coordinator]) -> None:
-    """A holder that stops renewing loses the lease after its ttl, and the other takes it."""
-    first, second = pair
-    assert await first.acquire("names", TTL)
-    assert not await second.acquire("names", TTL)
-    await anyio.sleep(TTL + 0.1)
-    assert await second.acquire("names", TTL * 10)
-    assert not await first.acquire("names", TTL)
+# -- the built-in backends' own behaviour ------------------------------------------------
 
 
-async def test_release_frees_the_lease_at_once(pair: tuple[Coordinator, Coordinator]) -> None:
-    """A released lease can be taken right away; a non-holder's release changes nothing."""
-    first, second = pair
-    assert await first.acquire("names", TTL * 10)
-    await second.release("names")
-    assert not await second.acquire("names", TTL * 10)
-    await first.release("names")
-    assert await second.acquire("names", TTL * 10)
+async def test_redis_ignores_foreign_messages_on_its_channel(redis_url: str) -> None:
+    """Messages on the changes channel that are not changes of ours are ignored; the next change arrives."""
+    import redis
 
-
-async def test_close_releases_the_leases_still_held(make: Make) -> None:
-    """Shutting down gives the leases back: another process takes over without waiting for the ttl."""
-    async with make() as other:
-        async with make() as leaving:
-            assert await leaving.acquire("names", 60)
-            assert await leaving.acquire("rates", 60)
-            await leaving.release("rates")
-        assert await other.acquire("names", 60)
-        assert await other.acquire("rates", 60)
-
-
-# -- storing and loading ---------------------------------------------------------------
-
-
-async def test_load_returns_what_was_stored(pair: tuple[Coordinator, Coordinator]) -> None:
-    """Another process loads the data, meta, version and storer of what the holder stored."""
-    first, second = pair
-    assert await second.load("names") is None
-    assert counters(await second.head("names")) == (None, 0, 0)
-    assert await first.acquire("names", TTL * 10)
-    meta: dict[str, MetaValue] = {
-        "etag": '"abc"',
-        "expires_at": 1_900_000_000.5,
-        "size": 3,
-        "gzip": False,
-        "last_modified": None,
-    }
-    before = time.time()
-    assert await first.store("names", b'["ada","bob"]', meta) == 1
-    stored = await second.load("names")
-    assert stored is not None
-    assert (stored.version, stored.data, dict(stored.meta)) == (1, b'["ada","bob"]', meta)
-    assert stored.stored_by == first.owner
-    assert before - 1 <= stored.stored_at <= time.time() + 1
-    assert stored.answered == 0
-    assert counters(await second.head("names")) == (1, 0, 0)
-
-
-async def test_versions_strictly_increase(pair: tuple[Coordinator, Coordinator]) -> None:
-    """Every store bumps the name's version, whoever holds the lease; names count separately."""
-    first, second = pair
-    assert await first.acquire("names", TTL)
-    assert [await first.store("names", str(i).encode(), {}) for i in range(3)] == [1, 2, 3]
-    await first.release("names")
-    assert await second.acquire("names", TTL)
-    assert await second.store("names", b"4", {}) == 4
-    assert await second.acquire("rates", TTL)
-    assert await second.store("rates", b"1", {}) == 1
-    loaded = await first.load("names")
-    assert loaded is not None
-    assert (loaded.version, loaded.data) == (4, b"4")
-
-
-async def test_a_store_without_the_lease_is_refused(pair: tuple[Coordinator, Coordinator]) -> None:
-    """Fencing: a store by a non-holder, or by a holder whose lease expired, returns None and changes nothing."""
-    first, second = pair
-    assert await second.store("names", b"never", {}) is None
-    assert await first.acquire("names", TTL)
-    assert await first.store("names", b"first", {}) == 1
-    assert await second.store("names", b"intruder", {}) is None
-    await anyio.sleep(TTL + 0.1)
-    assert await first.store("names", b"stale", {}) is None  # expired, though nobody took over
-    assert await second.acquire("names", TTL * 10)
-    assert await first.store("names", b"stale", {}) is None
-    loaded = await second.load("names")
-    assert loaded is not None
-    assert (loaded.version, loaded.data) == (1, b"first")
-
-
-async def test_meta_must_be_json(pair: tuple[Coordinator, Coordinator]) -> None:
-    """Metadata that JSON cannot hold is a TypeError naming the entry, before anything is stored."""
-    first, _ = pair
-    assert await first.acquire("names", TTL * 10)
-    with pytest.raises(TypeError, match=r"meta must map str to .* \(got 'expires': datetime\)"):
-        await first.store("names", b"1", {"expires": datetime.now()})  # type: ignore[dict-item]
-    assert counters(await first.head("names")) == (None, 0, 0)
-
-
-# -- refresh now and changes -----------------------------------------------------------
-
-
-async def test_refresh_requests_are_counted_until_answered(pair: tuple[Coordinator, Coordinator]) -> None:
-    """A refresh request stays pending until a store answers it; answered never goes back."""
-    holder, asker = pair
-    assert await asker.request_refresh("names") == 1
-    assert await asker.request_refresh("names") == 2
-    head = await holder.head("names")
-    assert counters(head) == (None, 2, 0)
-    assert head.pending
-    assert await holder.load("names") is None  # a request stores no value
-    assert await holder.acquire("names", TTL * 10)
-    assert await holder.store("names", b"new", {}, answered=head.requested) == 1
-    assert not (await asker.head("names")).pending
-    assert await asker.request_refresh("names") == 3
-    assert await holder.store("names", b"newer", {}, answered=1) == 2
-    assert counters(await asker.head("names")) == (2, 3, 2)
-    stored = await asker.load("names")
-    assert stored is not None
-    assert stored.answered == 2
-
-
-async def test_changes_reach_other_processes(pair: tuple[Coordinator, Coordinator]) -> None:
-    """A subscriber hears of a store and of a refresh request made by another coordinator."""
-    holder, follower = pair
-    assert await holder.acquire("names", TTL * 10)
-    async with follower.subscribe() as changes:
-        assert await holder.store("names", b"1", {}) == 1
-        assert await next_change(changes) == Change("stored", "names", 1)
-        assert await holder.request_refresh("names") == 1
-        assert await next_change(changes) == Change("refresh_requested", "names", 1)
-    async with holder.subscribe() as changes:
-        assert await follower.request_refresh("names") == 2
-        assert await next_change(changes) == Change("refresh_requested", "names", 2)
-
-
-async def test_a_quiet_subscription_waits(pair: tuple[Coordinator, Coordinator]) -> None:
-    """While nothing changes a subscriber gets nothing (and ignores foreign messages on the channel)."""
-    holder, follower = pair
-    assert await holder.acquire("names", TTL * 10)
-    async with follower.subscribe() as changes:
-        if isinstance(follower, RedisCoordinator):
-            import redis
-
-            with redis.Redis.from_url(follower.url) as raw:
-                raw.publish(f"{follower.prefix}:changes", b"not a change")
-                raw.publish(f"{follower.prefix}:changes", b"vanished names 1")
-        with anyio.move_on_after(0.3) as quiet:
-            await anext(changes)
-        assert quiet.cancelled_caught
-        assert await holder.store("names", b"1", {}) == 1
-        assert await next_change(changes) == Change("stored", "names", 1)
-
-
-async def test_prefixes_isolate(make: Make) -> None:
-    """Coordinators with other prefixes on one server or file share no lease, value or change."""
-    async with make(prefix="app-one") as one, make(prefix="app-two") as two:
-        assert await one.acquire("names", TTL * 10)
-        assert await two.acquire("names", TTL * 10)
-        async with two.subscribe() as changes:
-            assert await one.store("names", b"one", {}) == 1
-            assert await one.request_refresh("names") == 1
-            assert counters(await two.head("names")) == (None, 0, 0)
-            assert await two.load("names") is None
-            assert await two.store("names", b"two", {}) == 1
+    prefix = f"foreign{uuid.uuid4().hex[:8]}"
+    async with (
+        RedisCoordinator(redis_url, prefix=prefix) as holder,
+        RedisCoordinator(redis_url, prefix=prefix) as follower,
+    ):
+        assert await holder.acquire("names", 10)
+        async with follower.subscribe() as changes:
+            with redis.Redis.from_url(redis_url) as raw:
+                raw.publish(f"{prefix}:changes", b"not a change")
+                raw.publish(f"{prefix}:changes", b"vanished names 1")
+            with anyio.move_on_after(0.3) as quiet:
+                await anext(changes)
+            assert quiet.cancelled_caught
+            assert await holder.store("names", b"1", {}) == 1
             assert await next_change(changes) == Change("stored", "names", 1)
-        loaded = await two.load("names")
-        assert loaded is not None
-        assert loaded.data == b"two"
 
 
-# -- lifecycle and configuration -------------------------------------------------------
-
-
-async def test_a_coordinator_serves_one_lifespan_at_a_time(make: Make) -> None:
-    """Use before open or after close is a RuntimeError; open twice is refused; reopening is a new owner."""
-    coordinator = make()
-    assert isinstance(coordinator, Coordinator)
-    with pytest.raises(RuntimeError, match="is not open"):
-        await coordinator.acquire("names", TTL)
-    async with coordinator:
-        owner = coordinator.owner
-        with pytest.raises(RuntimeError, match="already open"):
-            await coordinator.open()
-    await coordinator.close()  # closing twice is harmless
-    with pytest.raises(RuntimeError, match="is not open"):
-        await coordinator.head("names")
-    async with coordinator:
-        assert coordinator.owner != owner
+async def test_the_built_in_backends_report_their_clock(pair: tuple[Coordinator, Coordinator]) -> None:
+    """Heads and stored values carry the backend's own time (the contract allows None; ours never are)."""
+    first, second = pair
+    assert await first.acquire("names", 10)
+    assert await first.store("names", b"1", {}) == 1
+    stored, head = await second.load("names"), await second.head("names")
+    assert stored is not None
+    assert stored.time is not None
+    assert head.time is not None
+    assert abs(stored.time - time.time()) < 5
 
 
 async def test_bad_arguments_are_refused(make: Make) -> None:
@@ -300,6 +143,8 @@ async def test_bad_arguments_are_refused(make: Make) -> None:
             await coordinator.acquire("names", -1)
         with pytest.raises(ValueError, match=r"a Python identifier \(got 'a:b'\)"):
             await coordinator.load("a:b")
+        with pytest.raises(TypeError, match=r"meta must map str to .* \(got 'expires': datetime\)"):
+            await coordinator.store("names", b"1", {"expires": datetime.now()})  # type: ignore[dict-item]
 
 
 def test_sqlite_needs_a_shared_file(tmp_path: Path) -> None:

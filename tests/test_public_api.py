@@ -29,7 +29,9 @@ def test_testing_all_is_sorted_and_complete() -> None:
         if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
     }
     assert module.__all__ == sorted(module.__all__)
-    assert set(module.__all__) == defined
+    assert set(module.__all__) == defined | {"CoordinatorContract"}  # imported on first use
+    for name in module.__all__:
+        assert getattr(module, name) is not None
 
 
 def test_pinned_names_are_exported() -> None:
@@ -52,3 +54,11 @@ def test_coordination_names_are_exported() -> None:
         "RedisCoordinator",
         "SQLiteCoordinator",
     } <= set(asgi_refresh.__all__)
+
+
+def test_the_two_families_contracts_are_exported() -> None:
+    """Sources and coordinators of one's own are written against public protocols and types."""
+    assert {"Source", "SourceContext", "Fetched", "SourceError", "Fresh"} <= set(asgi_refresh.__all__)
+    assert {"Coordinator", "BadRecord", "Stored", "Head", "Poll", "Change"} <= set(asgi_refresh.__all__)
+    assert isinstance(asgi_refresh.HTTPSource("http://127.0.0.1/x"), asgi_refresh.Source)
+    assert asgi_refresh.Coordinator in asgi_refresh.SQLiteCoordinator.__mro__

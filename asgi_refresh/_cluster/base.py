@@ -132,11 +132,13 @@ class Coordinator(Protocol):
 
     ``open`` and ``close`` (or ``async with``) bracket one lifespan; an instance
     may be opened again after it was closed (test clients run several lifespans),
-    with a new `owner`. Opening does not contact the backend: a backend that is
-    down at startup must not stop the app from starting. Every other operation
-    may raise `CoordinatorUnavailable`, and returns or raises within the
-    backend's ``timeout``; nothing else is raised for a backend problem. A
-    backend that comes back is used again by the next operation.
+    with a new `owner`. Opening an open instance, or any operation on one that is
+    not open, raises `RuntimeError`; closing twice is harmless. Opening does not
+    contact the backend: a backend that is down at startup must not stop the app
+    from starting. Every other operation may raise `CoordinatorUnavailable`, and
+    returns or raises within the backend's ``timeout``; nothing else is raised
+    for a backend problem. A backend that comes back is used again by the next
+    operation.
 
     Whatever a backend reads is untrusted input (anyone who can write to the
     server can write anything): ``load`` and ``head`` check every field and raise
@@ -146,7 +148,12 @@ class Coordinator(Protocol):
 
     Names are refresher names (Python identifiers); everything the backend keeps
     is namespaced by its ``prefix``, so coordinators with different prefixes on
-    one server or file never see each other's leases, values or changes.
+    one server or file never see each other's leases, values or changes. A ttl
+    that is not positive, or a name that is not an identifier, is a `ValueError`.
+
+    Subclass it to inherit `poll` and ``async with``. Every rule above is a test
+    in `asgi_refresh.testing.CoordinatorContract`: a backend of your own passes
+    it by subclassing it (see the guide "Write your own coordinator").
     """
 
     @property

@@ -34,7 +34,15 @@ _opening: ContextVar[SourceContext | None] = ContextVar("asgi_refresh_opening_so
 
 
 class SourceContext:
-    """The lifespan as one source sees it; only valid between its enter and exit."""
+    """The lifespan as one source sees it, handed to `Source.open`; valid until the source closes.
+
+    Attributes:
+        name: The refresher's name (for messages and thread names).
+        clock: The middleware's clock (a `FakeClock` in tests): use it for any
+            waiting and timing of your own, so that tests drive it.
+        handle: The running middleware's `RefreshHandle`, to read another
+            refresher's value (a token); None for a source opened by hand.
+    """
 
     def __init__(
         self,

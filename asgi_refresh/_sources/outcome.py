@@ -74,7 +74,7 @@ class SourceError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """What our sources hand the runtime: the value plus what the upstream said about it.
+    """What a fetch hands the runtime: the value, and what the upstream said about it.
 
     Attributes:
         value: The value, or a `Fresh`.
