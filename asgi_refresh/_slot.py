@@ -54,7 +54,8 @@ class Slot:
         self.last_exception: BaseException | None = None  # of the current run of failures
         self.log: FailureLog | None = None  # how its failures were logged (made at its first)
         self.lag = 0.0  # how late the last scheduled refresh started
-        self.source = source_for(spec)  # per lifespan: a source serves one refresher of one runtime
+        # Per lifespan: a source serves one refresher of one runtime.
+        self.source = source_for(spec.fetch, spec.name)
         self.opened = False
         self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
         self.leeway = 0.0

@@ -133,7 +133,7 @@ def meta_of(refresher: Refresher, **more: MetaValue) -> dict[str, MetaValue]:
     """What a process of the app running ``refresher`` stores with a value it fetched just now."""
     now = time.time()  # the SQLite backend's clock is this host's
     return {
-        "source": fingerprint(source_for(refresher), JSONCodec()),
+        "source": fingerprint(source_for(refresher.fetch, refresher.name), JSONCodec()),
         "fetched_at": now,
         "started": now,
         "error": 0.0,

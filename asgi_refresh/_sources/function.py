@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from asgi_refresh._contain import is_async_callable
-from asgi_refresh._refresher import Refresher
 from asgi_refresh._sources.base import Source
 from asgi_refresh._sources.context import SourceContext, done_opening, opening
 from asgi_refresh._sources.outcome import Fetched
@@ -100,9 +99,8 @@ class FunctionSource(Source):
         return value
 
 
-def source_for(spec: Refresher) -> Source:
-    """The source a refresher fetches with: its ``fetch`` if that is a `Source`, else a `FunctionSource`."""
-    fetch = spec.fetch
+def source_for(fetch: Source | Callable[[], Any], name: str) -> Source:
+    """The source refresher ``name`` fetches with: ``fetch`` if it is a `Source`, else a `FunctionSource`."""
     if isinstance(fetch, Source):
         return fetch
-    return FunctionSource(fetch, name=spec.name)
+    return FunctionSource(fetch, name=name)
