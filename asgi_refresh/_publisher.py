@@ -51,11 +51,11 @@ class Publisher:
         spec, now, wall = slot.spec, self._clock.monotonic(), self._clock.wall()
         had_value = slot.loaded or not spec.required
         old = self.state.get(spec.name)
-        slot.last_success_mono = now - age
-        slot.last_success_at = wall - age
-        slot.last_error = None
-        slot.last_exception = None
-        slot.consecutive_failures = 0
+        slot.history.last_success_mono = now - age
+        slot.history.last_success_at = wall - age
+        slot.history.last_error = None
+        slot.history.last_exception = None
+        slot.history.consecutive_failures = 0
         slot.fatal = False
         slot.expires_at = None if expires_in is None else now + expires_in
         slot.leeway = leeway
@@ -64,10 +64,10 @@ class Publisher:
         changed = not had_value or (not not_modified and _differs(old, value))
         if changed:
             self.publish(spec.name, value)
-            slot.last_changed_at = wall
-            slot.last_outcome = "changed"
+            slot.history.last_changed_at = wall
+            slot.history.last_outcome = "changed"
         else:
-            slot.last_outcome = "not_modified" if not_modified else "unchanged"
+            slot.history.last_outcome = "not_modified" if not_modified else "unchanged"
         slot.loaded = slot.attempted = True
         self.progress(slot)
         return changed, old

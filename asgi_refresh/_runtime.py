@@ -169,7 +169,7 @@ class Runtime:
         if slot.overridden:
             return
         if slot.flight is not None:
-            slot.refresh_again = True  # that fetch may have read the old data
+            slot.timing.refresh_again = True  # that fetch may have read the old data
         else:
             self.scheduler.reschedule(slot, self.clock.monotonic())
 
@@ -192,7 +192,7 @@ class Runtime:
         for slot in self.slots.values():
             if slot.loaded:
                 continue
-            cause = slot.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
+            cause = slot.history.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
             if slot.spec.required:
                 failed.append(slot)
                 failures.append(
@@ -209,7 +209,7 @@ class Runtime:
         if not failed:
             return None
         error = RefreshError(failed[0].spec.name, "; ".join(failures))
-        error.__cause__ = failed[0].last_exception  # what the fetch raised, for the traceback
+        error.__cause__ = failed[0].history.last_exception  # what the fetch raised, for the traceback
         return error
 
     async def stop(self, shutdown_timeout: float) -> list[str]:
@@ -326,8 +326,8 @@ class Runtime:
         finally:
             slot.flight = None
             flight.done.set()
-            if slot.refresh_again:
-                slot.refresh_again = False
+            if slot.timing.refresh_again:
+                slot.timing.refresh_again = False
                 self.scheduler.reschedule(slot, self.clock.monotonic())
         if share_now:
             # After `done`: this process serves the value already, and a refresh-now
@@ -394,9 +394,9 @@ class Runtime:
             return
         spec = slot.spec
         value, not_modified, refresh_in, fresh = result
-        failures = slot.consecutive_failures
-        slot.last_duration = duration = self.clock.monotonic() - started
-        slot.refresh_count += 1
+        failures = slot.history.consecutive_failures
+        slot.history.last_duration = duration = self.clock.monotonic() - started
+        slot.history.refresh_count += 1
         changed, old = self.publisher.take(
             slot,
             value,
@@ -406,7 +406,7 @@ class Runtime:
             leeway=0.0 if fresh is None else fresh.leeway,
         )
         self.scheduler.after_success(slot, started, on_grid, refresh_in)
-        log = slot.log
+        log = slot.history.log
         recovered = (
             bool(failures)
             and log is not None
@@ -416,9 +416,9 @@ class Runtime:
             logger.debug(
                 "Refresher %r refreshed: %s in %s",
                 spec.name,
-                "recovered" if failures else slot.last_outcome,
+                "recovered" if failures else slot.history.last_outcome,
                 format_duration(duration),
-                extra={"refresher": spec.name, "outcome": slot.last_outcome, "duration": duration},
+                extra={"refresher": spec.name, "outcome": slot.history.last_outcome, "duration": duration},
             )
         if self.events is not None:
             self.events.emit("not_modified" if not_modified else "succeeded", spec.name, duration)
@@ -432,30 +432,30 @@ class Runtime:
         if slot.overridden:
             return
         spec, now = slot.spec, self.clock.monotonic()
-        slot.last_duration = now - started
-        slot.consecutive_failures += 1
-        slot.last_error = describe_error(exc)
-        slot.last_exception = exc
-        slot.last_outcome = "failed"
+        slot.history.last_duration = now - started
+        slot.history.consecutive_failures += 1
+        slot.history.last_error = describe_error(exc)
+        slot.history.last_exception = exc
+        slot.history.last_outcome = "failed"
         slot.attempted = True
         self.publisher.progress(slot)
         delay = self.scheduler.after_failure(slot, exc, now)
-        if slot.log is None:
-            slot.log = FailureLog()
-        slot.log.failed(
+        if slot.history.log is None:
+            slot.history.log = FailureLog()
+        slot.history.log.failed(
             spec.name,
             now=now,
-            failures=slot.consecutive_failures,
-            error=slot.last_error,
+            failures=slot.history.consecutive_failures,
+            error=slot.history.last_error,
             loaded=slot.loaded,
             delay=delay,
-            duration=slot.last_duration,
+            duration=slot.history.last_duration,
             exc=exc,
             # A timeout's traceback is our own code; a SourceError's message says all it knows.
             traceback=not isinstance(exc, _FetchTimeout | SourceError),
         )
         if self.events is not None:
-            self.events.emit("failed", spec.name, slot.last_duration, exc, slot.last_error)
+            self.events.emit("failed", spec.name, slot.history.last_duration, exc, slot.history.last_error)
         if slot.hooks is not None:
             slot.hooks.error(exc)
             self._start_hooks(slot)
@@ -484,8 +484,8 @@ class Runtime:
     def adopt_failed(self, name: str, error: str) -> None:
         """A stored value this process cannot use: counts as a failed load (startup moves on)."""
         slot = self.slots[name]
-        slot.last_error = error
-        slot.last_outcome = "failed"
+        slot.history.last_error = error
+        slot.history.last_outcome = "failed"
         slot.attempted = True
         self.publisher.progress(slot)
 

@@ -52,15 +52,17 @@ class Scheduler:
         """Fetch whenever the slot is due; the outcome of each fetch sets the next due time."""
         clock = self._clock
         while True:
-            due = slot.next_due if self._fetches(slot) else math.inf  # a follower: taking over wakes us
+            due = (
+                slot.timing.next_due if self._fetches(slot) else math.inf
+            )  # a follower: taking over wakes us
             if due > clock.monotonic():
                 # A fetch outside the schedule (refresh-now) moves next_due and
                 # cancels this sleep, so the loop re-reads the new due time.
-                with anyio.CancelScope() as slot.wakeup:
+                with anyio.CancelScope() as slot.timing.wakeup:
                     if math.isinf(due):  # overridden, or not the lease holder: only a wakeup ends this
                         await anyio.sleep_forever()
                     await clock.sleep_until(due)
-                slot.wakeup = None
+                slot.timing.wakeup = None
                 continue
             if due > -math.inf:  # not the first load: how late is this refresh?
                 self._note_lag(slot, clock.monotonic() - due)
@@ -75,20 +77,20 @@ class Scheduler:
             return
         # The scheduled fetch runs right here, in this refresher's own task: no task
         # per refresh. Hooks run apart, so they never delay the schedule.
-        flight = slot.flight = Flight(on_grid=slot.consecutive_failures == 0)
+        flight = slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
         await self._fly(slot, flight)
 
     def reschedule(self, slot: Slot, due: float) -> None:
         """Fetch ``slot`` at ``due`` (``inf``: not until rescheduled again)."""
-        slot.next_due = due
-        if slot.wakeup is not None:
-            slot.wakeup.cancel()
+        slot.timing.next_due = due
+        if slot.timing.wakeup is not None:
+            slot.timing.wakeup.cancel()
 
     def after_success(self, slot: Slot, started: float, on_grid: bool, refresh_in: float | None) -> None:
         """Schedule the next fetch after a good one that started at ``started``."""
         spec = slot.spec
-        slot.grid, due = schedule.after_success(
-            grid=slot.grid,
+        slot.timing.grid, due = schedule.after_success(
+            grid=slot.timing.grid,
             started=started,
             now=self._clock.monotonic(),
             every=spec.every,
@@ -104,7 +106,7 @@ class Scheduler:
         spec = slot.spec
         delay = schedule.retry_delay(
             schedule.backoff(
-                slot.consecutive_failures,
+                slot.history.consecutive_failures,
                 initial=spec.backoff_initial,
                 multiplier=spec.backoff_multiplier,
                 cap=spec.every if spec.backoff_max is None else spec.backoff_max,
@@ -125,7 +127,7 @@ class Scheduler:
         # A process that cannot keep up (a saturated CPU, a blocked loop, too many
         # refreshers for one core) starts every refresh later: say so once every
         # few minutes instead of quietly refreshing at a fraction of the rate asked.
-        slot.lag = lag
+        slot.timing.lag = lag
         now = self._clock.monotonic()
         if (
             not schedule.is_behind(lag, slot.spec.every)
@@ -134,7 +136,9 @@ class Scheduler:
             return
         self._warned_behind_at = now
         behind = sum(
-            1 for other in self._slots.values() if schedule.is_behind(now - other.next_due, other.spec.every)
+            1
+            for other in self._slots.values()
+            if schedule.is_behind(now - other.timing.next_due, other.spec.every)
         )
         logger.warning(
             "asgi_refresh: this process cannot keep up with its refresh schedule: refresher "

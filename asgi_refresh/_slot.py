@@ -25,8 +25,50 @@ class Flight:
         self.on_grid = on_grid  # the scheduled refresh of a healthy refresher
 
 
+class History:
+    """What happened to one refresher's fetches so far: what ``status()`` and the logs report."""
+
+    __slots__ = (
+        "consecutive_failures",
+        "last_changed_at",
+        "last_duration",
+        "last_error",
+        "last_exception",
+        "last_outcome",
+        "last_success_at",
+        "last_success_mono",
+        "log",
+        "refresh_count",
+    )
+
+    def __init__(self) -> None:
+        self.refresh_count = 0  # successful fetches
+        self.consecutive_failures = 0
+        self.last_success_mono: float | None = None  # when the published value was fetched
+        self.last_success_at: float | None = None  # the same, on the wall clock
+        self.last_duration: float | None = None
+        self.last_changed_at: float | None = None  # wall clock
+        self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
+        self.last_error: str | None = None
+        self.last_exception: BaseException | None = None  # of the current run of failures
+        self.log: FailureLog | None = None  # how its failures were logged (made at its first)
+
+
+class Timing:
+    """When one refresher fetches next: the scheduler's state for it."""
+
+    __slots__ = ("grid", "lag", "next_due", "refresh_again", "wakeup")
+
+    def __init__(self) -> None:
+        self.grid = -math.inf  # nominal time of the next scheduled refresh
+        self.next_due = -math.inf  # when the loop fetches next (grid minus jitter, or a retry)
+        self.lag = 0.0  # how late the last scheduled refresh started
+        self.wakeup: anyio.CancelScope | None = None  # cancelled to fetch before next_due
+        self.refresh_again = False  # a watched file changed while a fetch was under way
+
+
 class Slot:
-    """What the runtime knows of one refresher while it runs: its schedule, its health, its fetch.
+    """What the runtime knows of one refresher while it runs: its value's state, its fetch, its past and plan.
 
     Plain data; the runtime (`asgi_refresh._runtime`) changes it, the status report
     (`asgi_refresh._status`) and coordination (through its ``Entry`` view) read it.
@@ -39,27 +81,14 @@ class Slot:
 
     def __init__(self, spec: Refresher) -> None:
         self.spec = spec
-        self.grid = -math.inf  # nominal time of the next scheduled refresh
-        self.next_due = -math.inf  # when the loop fetches next (grid minus jitter, or a retry)
-        self.last_success_mono: float | None = None
-        self.last_success_at: float | None = None
-        self.last_duration: float | None = None
-        self.last_error: str | None = None
-        self.consecutive_failures = 0
-        self.refresh_count = 0
-        self.last_changed_at: float | None = None
-        self.last_outcome: str | None = None  # changed, unchanged, not_modified or failed
-        self.flight: Flight | None = None
-        self.refresh_again = False  # a watched file changed while a fetch was under way
-        self.last_exception: BaseException | None = None  # of the current run of failures
-        self.log: FailureLog | None = None  # how its failures were logged (made at its first)
-        self.lag = 0.0  # how late the last scheduled refresh started
+        self.history = History()
+        self.timing = Timing()
         # Per lifespan: a source serves one refresher of one runtime.
         self.source = source_for(spec.fetch, spec.name)
         self.opened = False
+        self.flight: Flight | None = None
         self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic
         self.leeway = 0.0
-        self.wakeup: anyio.CancelScope | None = None
         self.overridden = False
         self.hooks = (
             None

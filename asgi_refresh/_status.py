@@ -64,23 +64,23 @@ def entry(slot: Slot, *, now: float, wall: float, scheduled: bool) -> Status:
         "source": slot.source.kind,
         "required": slot.spec.required,
         "stale": is_stale(slot, now),
-        "last_success_at": _iso(slot.last_success_at),
-        "last_changed_at": _iso(slot.last_changed_at),
-        "last_outcome": slot.last_outcome,
+        "last_success_at": _iso(slot.history.last_success_at),
+        "last_changed_at": _iso(slot.history.last_changed_at),
+        "last_outcome": slot.history.last_outcome,
         "expires_at": None if slot.expires_at is None else _iso(wall + slot.expires_at - now),
-        "last_error": slot.last_error,
-        "consecutive_failures": slot.consecutive_failures,
-        "refresh_count": slot.refresh_count,
-        "next_refresh_at": _iso(wall + max(slot.next_due - now, 0)) if scheduled else None,
-        "last_duration": _seconds(slot.last_duration),
+        "last_error": slot.history.last_error,
+        "consecutive_failures": slot.history.consecutive_failures,
+        "refresh_count": slot.history.refresh_count,
+        "next_refresh_at": _iso(wall + max(slot.timing.next_due - now, 0)) if scheduled else None,
+        "last_duration": _seconds(slot.history.last_duration),
         "age": _seconds(age(slot, now)),
-        "lag": _seconds(slot.lag),
+        "lag": _seconds(slot.timing.lag),
     }
 
 
 def age(slot: Slot, now: float) -> float | None:
     """Seconds since the slot's last successful fetch, or None if it has none."""
-    return None if slot.last_success_mono is None else now - slot.last_success_mono
+    return None if slot.history.last_success_mono is None else now - slot.history.last_success_mono
 
 
 def is_stale(slot: Slot, now: float) -> bool:

@@ -56,6 +56,7 @@ from asgi_refresh._cluster.records import MAX_TIMESTAMP
 from asgi_refresh._contain import describe_error, escapes
 from asgi_refresh._duration import format_duration
 from asgi_refresh._refresher import Refresher
+from asgi_refresh._slot import History
 from asgi_refresh._sources.base import Source
 from asgi_refresh._status import CoordinationStatus
 from asgi_refresh._text import printable
@@ -87,16 +88,8 @@ class Entry(Protocol):
         """Whether a fetch is under way."""
 
     @property
-    def refresh_count(self) -> int:
-        """Successful fetches so far."""
-
-    @property
-    def last_duration(self) -> float | None:
-        """How long the last fetch took."""
-
-    @property
-    def last_success_mono(self) -> float | None:
-        """When the published value was fetched, on the runtime's clock."""
+    def history(self) -> History:
+        """Its fetches so far: how many succeeded, how long the last took, when it was fetched."""
 
     @property
     def expires_at(self) -> float | None:
@@ -511,7 +504,7 @@ class Coordination:
         return schedule.due_after_takeover(
             now=self.runtime.clock.monotonic(),
             every=slot.spec.every,
-            last_success=slot.last_success_mono,
+            last_success=slot.history.last_success_mono,
             expires_at=slot.expires_at,
             leeway=slot.leeway,
         )
@@ -576,11 +569,12 @@ class Coordination:
         it answers), and to store again what is published (``answered`` 0).
         """
         share = self.shares[slot.spec.name]
-        if slot.refresh_count != share.mark:
+        if slot.history.refresh_count != share.mark:
             # A fetch of ours succeeded (just now: we are called right after it): the
             # value published here is ours until it is stored.
-            share.mark, share.ended = slot.refresh_count, time.monotonic()
-            began = share.began if share.began is not None else share.ended - (slot.last_duration or 0.0)
+            share.mark, share.ended = slot.history.refresh_count, time.monotonic()
+            took = slot.history.last_duration or 0.0
+            began = share.began if share.began is not None else share.ended - took
             share.started = min(began, share.ended)
             share.local, share.asked = True, 0
             share.seen = None  # the stored entry is to be weighed against this value anew
@@ -654,9 +648,9 @@ class Coordination:
             "started": started + offset - error,
             "error": error,
         }
-        if slot.expires_at is not None and slot.last_success_mono is not None:
+        if slot.expires_at is not None and slot.history.last_success_mono is not None:
             # A duration, on the schedule's clock: no clock needs to agree with another.
-            meta["lifetime"] = slot.expires_at - slot.last_success_mono
+            meta["lifetime"] = slot.expires_at - slot.history.last_success_mono
             meta["leeway"] = slot.leeway
         if share.validators is None:
             meta.update(
@@ -771,7 +765,7 @@ class Coordination:
             leeway=leeway,
         )
         share.version, share.stored_by = stored.version, stored.stored_by
-        share.started, share.ended, share.mark = started, ended, slot.refresh_count
+        share.started, share.ended, share.mark = started, ended, slot.history.refresh_count
         share.local, share.asked = False, 0
         self._answer(share, stored.answered)
         share.validators = _validators(stored.meta)
@@ -880,7 +874,7 @@ class Coordination:
             )
         if share.bad is None and not share.leading and self.available:
             # Followers have no schedule of their own: fetch when the value is due.
-            base = slot.last_success_mono
+            base = slot.history.last_success_mono
             self.runtime.reschedule(
                 slot.spec.name,
                 schedule.due_when_standalone(now=now, every=slot.spec.every, last_success=base),
@@ -994,7 +988,7 @@ class Coordination:
             self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
             if not share.leading and share.bad is None and not slot.overridden:
                 # Followers had no schedule of their own: fetch when the value is due.
-                base = slot.last_success_mono
+                base = slot.history.last_success_mono
                 self.runtime.reschedule(
                     slot.spec.name,
                     schedule.due_when_standalone(now=now, every=slot.spec.every, last_success=base),
