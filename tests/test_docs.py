@@ -116,3 +116,16 @@ def test_the_testing_guide_says_what_to_install() -> None:
         "fastapi",
     }  # the package's deps, the framework
     assert needed - the_apps_own <= installed
+
+
+def test_the_docs_home_page_gives_the_readmes_two_commands() -> None:
+    """docs/index.md's quick start is the README's, word for word: one of them cannot drift."""
+
+    def commands(page: Path) -> list[str]:
+        block = re.search(r"```bash\n(.*?)\n```", page.read_text(), re.DOTALL)
+        assert block, f"{page.name} has no bash block"
+        return block[1].splitlines()
+
+    readme = commands(ROOT / "README.md")
+    assert len(readme) == 2
+    assert commands(ROOT / "docs" / "index.md") == readme
