@@ -116,10 +116,7 @@ class Runtime:
                     if self.coordination is not None:
                         task_group.start_soon(self.coordination.watch, name="asgi_refresh:coordination")
                         task_group.start_soon(self.coordination.keep_leases, name="asgi_refresh:leases")
-                    for slot in self.slots.values():
-                        task_group.start_soon(
-                            self.scheduler.keep_fresh, slot, name=f"asgi_refresh:{slot.spec.name}"
-                        )
+                    task_group.start_soon(self.scheduler.run, task_group, name="asgi_refresh:scheduler")
                     task_status.started()
         finally:
             self._task_group = None
@@ -257,7 +254,7 @@ class Runtime:
     async def join_flight(self, slot: Slot) -> Flight:
         """Wait for the slot's fetch in progress, starting one if there is none."""
         flight = self.start_refresh(slot)
-        await flight.done.wait()
+        await flight.wait()
         return flight
 
     def start_refresh(self, slot: Slot) -> Flight:
@@ -272,7 +269,7 @@ class Runtime:
             flight = slot.flight = Flight(on_grid=False)
             # The fetch runs in the runtime's task group, not in the caller's task:
             # a request that gives up waiting must not cancel everyone else's fetch.
-            self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
+            self._task_group.start_soon(self._fly, slot, flight, name=slot.task_name)
         return flight
 
     async def _fly(self, slot: Slot, flight: Flight) -> None:
@@ -325,10 +322,12 @@ class Runtime:
             raise
         finally:
             slot.flight = None
-            flight.done.set()
+            flight.finish()
             if slot.timing.refresh_again:
                 slot.timing.refresh_again = False
                 self.scheduler.reschedule(slot, self.clock.monotonic())
+            else:
+                self.scheduler.requeue(slot)
         if share_now:
             # After `done`: this process serves the value already, and a refresh-now
             # arriving meanwhile starts a new fetch rather than joining a finished one.
@@ -338,7 +337,7 @@ class Runtime:
         spec = slot.spec
         if spec.timeout is None:
             return await self._call_fetch(slot)
-        with self.clock.move_on_at(started + spec.timeout):
+        with self.scheduler.deadline(started + spec.timeout):
             return await self._call_fetch(slot)
         raise _FetchTimeout(f"fetch timed out after {format_duration(spec.timeout)}")
 

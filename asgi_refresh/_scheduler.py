@@ -2,17 +2,22 @@
 
 The rules themselves (the fixed-rate grid, jitter, backoff, expiry, ``Retry-After``)
 are pure functions in `asgi_refresh._schedule`; this applies them to the running
-refreshers, on the runtime's clock.
+refreshers, on the runtime's clock, with one task and one timer for all of them.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from asgi_refresh import _schedule as schedule
 from asgi_refresh._clock import Clock
@@ -25,7 +30,12 @@ logger = logging.getLogger("asgi_refresh")
 
 
 class Scheduler:
-    """One loop per refresher, asleep until its due time; a reschedule wakes it.
+    """One task wakes every refresher when it is due: a heap of due times, one sleep at a time.
+
+    Refreshers are plain records, not tasks: a thousand idle ones cost a thousand
+    heap entries and one sleeping task. A fetch that falls due runs in a task of
+    its own, for as long as it runs. Fetch deadlines live in a second heap, served
+    by the same sleep: no timer is armed and cancelled per fetch.
 
     Args:
         clock: The runtime's clock.
@@ -38,7 +48,7 @@ class Scheduler:
         self,
         clock: Clock,
         slots: Mapping[str, Slot],
-        fly: Callable[[Slot, Flight], Awaitable[None]],
+        fly: Callable[[Slot, Flight], Coroutine[Any, Any, None]],
         fetches: Callable[[Slot], bool],
     ) -> None:
         self._clock = clock
@@ -47,44 +57,109 @@ class Scheduler:
         self._fetches = fetches
         self._random = random.Random()
         self._warned_behind_at = -math.inf
+        self._order = itertools.count()
+        # (due, order, slot); an entry whose due is not its slot's `queued` is stale.
+        self._due: list[tuple[float, int, Slot]] = []
+        # [deadline, order, scope]; a scope of None is a fetch that ended in time.
+        self._deadlines: list[list[Any]] = []
+        self._armed = 0
+        self._wakeup: anyio.CancelScope | None = None
+        self._sleeping_until = -math.inf  # not asleep
+        for slot in slots.values():
+            self.reschedule(slot, slot.timing.next_due)
 
-    async def keep_fresh(self, slot: Slot) -> None:
-        """Fetch whenever the slot is due; the outcome of each fetch sets the next due time."""
+    async def run(self, task_group: TaskGroup) -> None:
+        """Start each refresher's fetch when it falls due, and cancel fetches past their deadline."""
         clock = self._clock
         while True:
-            due = (
-                slot.timing.next_due if self._fetches(slot) else math.inf
-            )  # a follower: taking over wakes us
-            if due > clock.monotonic():
-                # A fetch outside the schedule (refresh-now) moves next_due and
-                # cancels this sleep, so the loop re-reads the new due time.
-                with anyio.CancelScope() as slot.timing.wakeup:
-                    if math.isinf(due):  # overridden, or not the lease holder: only a wakeup ends this
-                        await anyio.sleep_forever()
-                    await clock.sleep_until(due)
-                slot.timing.wakeup = None
+            now = clock.monotonic()
+            self._expire(now)
+            self._start_due(now, task_group)
+            wake = min(
+                self._due[0][0] if self._due else math.inf,
+                self._deadlines[0][0] if self._deadlines else math.inf,
+            )
+            if wake <= now:
                 continue
-            if due > -math.inf:  # not the first load: how late is this refresh?
-                self._note_lag(slot, clock.monotonic() - due)
-            await self._scheduled_refresh(slot)
+            # A reschedule or a deadline earlier than `wake` cancels this sleep.
+            with anyio.CancelScope() as self._wakeup:
+                self._sleeping_until = wake
+                if math.isinf(wake):
+                    await anyio.sleep_forever()
+                await clock.sleep_until(wake)
+            self._wakeup, self._sleeping_until = None, -math.inf
 
-    async def _scheduled_refresh(self, slot: Slot) -> None:
-        # A function of its own so that the loop's locals do not keep the last
-        # flight alive while it sleeps: with thousands of refreshers, that adds up.
-        flight = slot.flight
-        if flight is not None:  # a refresh-now is under way: it is this refresh
-            await flight.done.wait()
-            return
-        # The scheduled fetch runs right here, in this refresher's own task: no task
-        # per refresh. Hooks run apart, so they never delay the schedule.
-        flight = slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
-        await self._fly(slot, flight)
+    def _start_due(self, now: float, task_group: TaskGroup) -> None:
+        due_heap = self._due
+        while due_heap and due_heap[0][0] <= now:
+            due, _, slot = heapq.heappop(due_heap)
+            timing = slot.timing
+            if timing.queued != due:  # rescheduled since: another entry stands for it
+                continue
+            timing.queued = None
+            if not self._fetches(slot) or slot.overridden:
+                continue  # a follower has no schedule of its own: taking over reschedules it
+            if due > -math.inf:  # not the first load: how late is this refresh?
+                self._note_lag(slot, now - due)
+            if slot.flight is not None:
+                continue  # a refresh-now under way is this refresh; its end schedules the next
+            flight = slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
+            task_group.start_soon(self._fly, slot, flight, name=slot.task_name)
 
     def reschedule(self, slot: Slot, due: float) -> None:
         """Fetch ``slot`` at ``due`` (``inf``: not until rescheduled again)."""
-        slot.timing.next_due = due
-        if slot.timing.wakeup is not None:
-            slot.timing.wakeup.cancel()
+        timing = slot.timing
+        timing.next_due = due
+        if due == timing.queued:
+            return
+        if due == math.inf:
+            timing.queued = None  # its entry, if any, is stale now
+            return
+        timing.queued = due
+        heapq.heappush(self._due, (due, next(self._order), slot))
+        if len(self._due) > 2 * len(self._slots) + 64:  # many stale entries: drop them
+            self._due = [
+                (s.timing.queued, next(self._order), s)
+                for s in self._slots.values()
+                if s.timing.queued is not None
+            ]
+            heapq.heapify(self._due)
+        if due < self._sleeping_until and self._wakeup is not None:
+            self._wakeup.cancel()
+
+    def requeue(self, slot: Slot) -> None:
+        """After a fetch: queue the slot's next due time (a fetch may end without rescheduling)."""
+        if slot.timing.queued is None:
+            self.reschedule(slot, slot.timing.next_due)
+
+    @contextmanager
+    def deadline(self, at: float) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that the scheduler cancels at ``at`` (the runtime's clock)."""
+        with anyio.CancelScope() as scope:
+            entry: list[Any] = [at, next(self._order), scope]
+            heapq.heappush(self._deadlines, entry)
+            self._armed += 1
+            if at < self._sleeping_until and self._wakeup is not None:
+                self._wakeup.cancel()
+            try:
+                yield scope
+            finally:
+                if entry[2] is not None:
+                    entry[2] = None
+                    self._armed -= 1
+                if len(self._deadlines) > 2 * self._armed + 64:  # mostly fetches that ended in time
+                    self._deadlines = [entry for entry in self._deadlines if entry[2] is not None]
+                    heapq.heapify(self._deadlines)
+
+    def _expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            entry = heapq.heappop(deadlines)
+            scope = entry[2]
+            if scope is not None:
+                entry[2] = None
+                self._armed -= 1
+                scope.cancel()
 
     def after_success(self, slot: Slot, started: float, on_grid: bool, refresh_in: float | None) -> None:
         """Schedule the next fetch after a good one that started at ``started``."""

@@ -16,13 +16,27 @@ from asgi_refresh._sources.function import source_for
 class Flight:
     """One fetch that any number of callers wait for: the single-flight unit."""
 
-    __slots__ = ("done", "error", "on_grid", "value")
+    __slots__ = ("_done", "error", "finished", "on_grid", "value")
 
     def __init__(self, *, on_grid: bool) -> None:
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None  # made only when someone waits
+        self.finished = False
         self.value: Any = None
         self.error: BaseException | None = None
         self.on_grid = on_grid  # the scheduled refresh of a healthy refresher
+
+    async def wait(self) -> None:
+        """Return once the fetch has finished."""
+        if not self.finished:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+
+    def finish(self) -> None:
+        """The fetch has finished: wake whoever waits."""
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
 
 
 class History:
@@ -57,13 +71,13 @@ class History:
 class Timing:
     """When one refresher fetches next: the scheduler's state for it."""
 
-    __slots__ = ("grid", "lag", "next_due", "refresh_again", "wakeup")
+    __slots__ = ("grid", "lag", "next_due", "queued", "refresh_again")
 
     def __init__(self) -> None:
         self.grid = -math.inf  # nominal time of the next scheduled refresh
-        self.next_due = -math.inf  # when the loop fetches next (grid minus jitter, or a retry)
+        self.next_due = -math.inf  # when it fetches next (grid minus jitter, or a retry)
+        self.queued: float | None = None  # the due time its scheduler entry stands for; None: none
         self.lag = 0.0  # how late the last scheduled refresh started
-        self.wakeup: anyio.CancelScope | None = None  # cancelled to fetch before next_due
         self.refresh_again = False  # a watched file changed while a fetch was under way
 
 
@@ -81,6 +95,7 @@ class Slot:
 
     def __init__(self, spec: Refresher) -> None:
         self.spec = spec
+        self.task_name = f"asgi_refresh:fetch:{spec.name}"
         self.history = History()
         self.timing = Timing()
         # Per lifespan: a source serves one refresher of one runtime.
