@@ -13,6 +13,7 @@ from ._admin import Admin, TokenCheck, checked_admin_path
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
 from ._cluster.base import Codec, Coordinator, JSONCodec
+from ._config import load_config
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._handle import RefreshError, RefreshHandle
@@ -150,9 +151,8 @@ class RefreshMiddleware:
             ConfigError: the configuration cannot be read or is invalid; its
                 ``problems`` list each one with its key path.
         """
-        from ._config import load_config
-
-        loaded = load_config(config)
+        # `cls`, a subclass maybe, is what the [middleware] table's keys are the parameters of.
+        loaded = load_config(config, middleware=cls)
         return cls(app, refreshers=loaded.refreshers, **{**loaded.middleware, **options})
 
     @property
