@@ -279,9 +279,7 @@ def _parameters(cls: type) -> list[tuple[inspect.Parameter, type]]:
     to its base: the base's parameters are the subclass's too.
     """
     found: dict[str, tuple[inspect.Parameter, type]] = {}
-    for klass in cls.__mro__:
-        if klass is object:
-            break
+    for klass in cls.__mro__[:-1]:  # object's own takes nothing
         init = vars(klass).get("__init__")
         if init is None:
             continue

@@ -261,6 +261,33 @@ def test_a_subclass_from_config_reads_its_own_options_and_the_inherited_ones() -
     ]
 
 
+class Plain(RefreshMiddleware):
+    """A subclass that keeps RefreshMiddleware's constructor."""
+
+
+def test_a_subclass_without_its_own_constructor_has_the_same_options() -> None:
+    """``Plain.from_config`` builds a Plain from the keys RefreshMiddleware has."""
+    built = Plain.from_config(
+        ScriptedApp(), {"refreshers": {"names": names()}, "middleware": {"startup_timeout": "5s"}}
+    )
+    assert isinstance(built, Plain)
+    assert built.startup_timeout == 5.0
+
+
+def test_a_backend_without_its_library_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No redis-py: one problem at the coordinator's table, with the pip command (not a traceback)."""
+    from asgi_refresh._cluster import redis
+
+    def missing() -> None:
+        raise ImportError("RedisCoordinator needs redis-py: pip install 'asgi-refresh[redis]'")
+
+    monkeypatch.setattr(redis, "_import_redis", missing)
+    coordinator = {"backend": "redis", "url": "redis://127.0.0.1:1/0"}
+    assert problems({"refreshers": {"names": names()}, "middleware": {"coordinator": coordinator}}) == [
+        "middleware.coordinator: RedisCoordinator needs redis-py: pip install 'asgi-refresh[redis]'"
+    ]
+
+
 def _imports(path: Path) -> Iterable[str]:
     """Every module ``path`` imports, relative ones as ``asgi_refresh.<name>``, wherever the import is."""
     for node in ast.walk(ast.parse(path.read_text())):
