@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
 from ._contain import describe_error, escapes
 from ._handle import Controls, RefreshError
+from ._option_error import OptionTypeError, OptionValueError
 from ._text import printable
 from ._types import Scope, Send
 
@@ -28,6 +29,7 @@ logger = logging.getLogger("asgi_refresh")
 TokenCheck = Callable[[str], bool | Awaitable[bool]]
 """A custom check of the bearer token a request presents: true lets it in."""
 
+_OWNER = "RefreshMiddleware"  # the admin options are the middleware's: its errors say so
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _NOT_RUNNING = "asgi_refresh is not running (no lifespan)"
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
@@ -54,13 +56,15 @@ _JSON_HEADERS = [
 def checked_admin_path(path: object) -> str:
     """The prefix, without a trailing slash; a clear error for anything else."""
     if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "":
-        raise ValueError(
-            "RefreshMiddleware: admin_path must be a path under the root that starts with '/', "
-            f'like "/_refresh" (got {path!r})'
+        raise OptionValueError(
+            _OWNER,
+            "admin_path",
+            "admin_path must be a path under the root that starts with '/', "
+            f'like "/_refresh" (got {path!r})',
         )
     if any(part in ("", ".", "..") for part in path.rstrip("/").split("/")[1:]) or "?" in path:
-        raise ValueError(
-            f'RefreshMiddleware: admin_path must be a plain path like "/_refresh" (got {path!r})'
+        raise OptionValueError(
+            _OWNER, "admin_path", f'admin_path must be a plain path like "/_refresh" (got {path!r})'
         )
     return path.rstrip("/")
 
@@ -70,35 +74,45 @@ class Admin:
 
     def __init__(self, path: str, *, token: str | TokenCheck | None, loopback_only: bool) -> None:
         if token is None and not loopback_only:
-            raise ValueError(
-                "RefreshMiddleware: admin_path is set but admin_token is not. Pass admin_token= "
+            raise OptionValueError(
+                _OWNER,
+                "admin_path",
+                "admin_path is set but admin_token is not. Pass admin_token= "
                 "(a secret string, or a callable that checks the bearer token), or "
                 "admin_loopback_only=True to serve the admin endpoints without a token to "
-                "requests from 127.0.0.1 / ::1 only"
+                "requests from 127.0.0.1 / ::1 only",
             )
         if isinstance(token, str):
             if token != token.strip():
-                raise ValueError(
-                    "RefreshMiddleware: admin_token has leading or trailing whitespace; strip it "
-                    "(a token read from a file often ends with a newline)"
+                raise OptionValueError(
+                    _OWNER,
+                    "admin_token",
+                    "admin_token has leading or trailing whitespace; strip it "
+                    "(a token read from a file often ends with a newline)",
                 )
             if len(token) < 16:
-                raise ValueError(
-                    "RefreshMiddleware: admin_token must be at least 16 characters, e.g. "
-                    "secrets.token_urlsafe(32) read from the environment (got a shorter one)"
+                raise OptionValueError(
+                    _OWNER,
+                    "admin_token",
+                    "admin_token must be at least 16 characters, e.g. "
+                    "secrets.token_urlsafe(32) read from the environment (got a shorter one)",
                 )
             secret = token.encode()
             self._check: TokenCheck | None = lambda presented: hmac.compare_digest(presented.encode(), secret)
         elif token is None or callable(token):
             self._check = token
         else:
-            raise TypeError(
-                "RefreshMiddleware: admin_token must be a string, a callable taking the bearer "
-                f"token and returning a bool, or None (got {type(token).__name__})"
+            raise OptionTypeError(
+                _OWNER,
+                "admin_token",
+                "admin_token must be a string, a callable taking the bearer "
+                f"token and returning a bool, or None (got {type(token).__name__})",
             )
         if not isinstance(loopback_only, bool):
-            raise TypeError(
-                f"RefreshMiddleware: admin_loopback_only must be True or False (got {loopback_only!r})"
+            raise OptionTypeError(
+                _OWNER,
+                "admin_loopback_only",
+                f"admin_loopback_only must be True or False (got {loopback_only!r})",
             )
         self.path = path
         self._under = path + "/"

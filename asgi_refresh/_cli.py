@@ -24,6 +24,7 @@ from ._clock import SystemClock
 from ._config import Config, ConfigError, load_config, scrub
 from ._contain import is_async_callable
 from ._duration import format_duration, parse_duration
+from ._middleware import RefreshMiddleware
 from ._refresher import Refresher
 from ._runtime import Runtime
 from ._sources.base import Fetched, Source, SourceContext
@@ -111,7 +112,7 @@ def _run(args: argparse.Namespace, formatter: _ScrubbingFormatter) -> int:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, middleware=RefreshMiddleware)
     except ConfigError as exc:
         if args.json:
             _print_json({"config": str(args.config), "ok": False, "problems": exc.problems})

@@ -2,9 +2,12 @@
 
 There is no second description of the options here. The keys, their types and
 defaults come from the signatures of `Refresher`, `HTTPSource`, `FileSource` and
-`RefreshMiddleware`, and their meaning from the ``Args:`` sections of their
-docstrings; the values are checked by those classes' own constructors. An option
-added to one of them is a config key (and a line of the reference page) at once.
+the middleware class (given by `RefreshMiddleware.from_config`, not imported: the
+middleware depends on this module, never the reverse), and their meaning from the
+``Args:`` sections of their docstrings; the values are checked by those classes'
+own constructors, whose errors say which option they blame (`OptionError`). An
+option added to one of them is a config key (and a line of the reference page) at
+once, provided its annotation is in `KINDS`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 from urllib.parse import quote, quote_plus
 
 import httpx
 
 from ._duration import parse_duration
+from ._option_error import OptionError
 from ._refresher import MIN_EVERY, Refresher
 from ._sources.bearer import BearerToken
 from ._sources.file import FileSource
@@ -40,6 +44,7 @@ TABLES = ("defaults", "refreshers", "middleware")
 SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource}
 PYTHON_SOURCE = "python"
 TARGET_KEY = "target"
+MIDDLEWARE_OWNER = "RefreshMiddleware"  # how EXCLUDED and the reference page name the middleware's options
 NONE_WORD = "none"  # TOML has no null: this string stands for None where an option accepts it
 
 EXCLUDED: dict[str, str] = {
@@ -56,9 +61,6 @@ _DURATION_EXAMPLE = '"5m"'
 _IMPORT_STRING = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VARIABLE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
-_OWNER_PREFIX = re.compile(
-    r"^(?:Refresher|HTTPSource|FileSource|RefreshMiddleware|BearerToken)(?:\([^)]*\)| '[^']*')?: "
-)
 _MIN_SECRET_CHARS = 4
 MAX_FILE_BYTES = 1024 * 1024
 """The largest configuration file read: a real one is a few kilobytes."""
@@ -100,6 +102,60 @@ ConfigError.__module__ = "asgi_refresh"  # tracebacks name it as it is imported:
 # -- the options, read from the real signatures ----------------------------------------
 
 
+Kind: TypeAlias = Literal[
+    "duration",
+    "bool",
+    "int",
+    "number",
+    "str",
+    "url",
+    "path",
+    "table",
+    "str_table",
+    "callable",
+    "callables",
+    "objects",
+    "format",
+    "auth",
+    "token",
+    "coordinator",
+    "codec",
+    "any",
+    "unknown",
+]
+"""How a config value is read (and checked) for an option: one converter each, in `_CONVERTERS`."""
+
+KINDS: dict[str, Kind] = {
+    "Duration": "duration",
+    "bool": "bool",
+    "int": "int",
+    "float": "number",
+    "int|float": "number",
+    "str": "str",
+    "str|httpx.URL": "url",
+    "str|os.PathLike[str]": "path",
+    "Mapping[str,Any]": "table",
+    "Mapping[str,str]": "str_table",
+    "Fetch": "callable",
+    "Validate": "callable",
+    "Callable[[Any,Any],object]": "callable",
+    "Callable[[BaseException],object]": "callable",
+    "Iterable[Listener]": "objects",
+    "Format": "format",
+    "httpx.Auth|tuple[str,str]|Any": "auth",
+    "str|TokenCheck": "token",
+    "Coordinator": "coordinator",
+    "Codec": "codec",
+    "Any": "any",
+}
+"""The kind of each parameter annotation the config reads, as written without spaces or ``| None``.
+
+An annotation that is not here is of kind ``"unknown"``: the value is passed to the
+constructor as it is, and a test fails until the annotation is added here (or the
+parameter to `EXCLUDED`), so that a new option's type is a decision, not a guess.
+"""
+
+
 @dataclass(frozen=True)
 class Option:
     """One config key: a parameter of one of the classes the config builds."""
@@ -107,7 +163,7 @@ class Option:
     owner: str
     parameter: str
     key: str
-    kind: str
+    kind: Kind
     nullable: bool
     default: Any
     meaning: str
@@ -117,46 +173,26 @@ class Option:
         """Whether the parameter has no default."""
         return self.default is inspect.Parameter.empty
 
+    @property
+    def none_word_applies(self) -> bool:
+        """Whether ``"none"`` is worth mentioning: a nullable option that is not a table or free text."""
+        return self.nullable and self.kind not in (
+            "table",
+            "str_table",
+            "any",
+            "str",
+            "url",
+            "path",
+            "callables",
+            "objects",
+        )
 
-def _kind(annotation: str) -> tuple[str, bool]:
-    """The config kind of a parameter annotation (a string: annotations are postponed)."""
-    text = annotation.replace(" ", "")
-    parts = [part for part in _split_union(text) if part != "None"]
-    nullable = len(parts) != len(_split_union(text))
-    core = "|".join(parts)
-    if "Duration" in parts:
-        return "duration", nullable
-    simple = {
-        "bool": "bool",
-        "int": "int",
-        "float": "number",
-        "int|float": "number",
-        "str": "str",
-        "str|httpx.URL": "url",
-        "str|os.PathLike[str]": "path",
-        "Format": "format",
-        "httpx.Auth|tuple[str,str]|Any": "auth",
-        "str|TokenCheck": "token",
-        "Coordinator": "coordinator",
-        "Codec": "codec",
-        "Any": "any",
-        "Mapping[str,str]": "str_table",
-        "Mapping[str,Any]": "table",
-        "Fetch": "callable",
-        "Validate": "callable",
-    }
-    if core in simple:
-        return simple[core], nullable
-    if core.startswith("Callable["):
-        return "callable", nullable
-    for outer in ("Iterable[", "Sequence[", "list[", "tuple["):
-        if core.startswith(outer) and core.endswith("]"):
-            inner = core[len(outer) : -1].removesuffix(",...")
-            if inner.startswith("Callable[") or inner in ("Fetch", "Validate"):
-                return "callables", nullable
-            if re.fullmatch(r"[A-Z]\w*", inner):  # a protocol or alias of objects to import
-                return "objects", nullable
-    return "unknown", nullable
+
+def kind_of(annotation: str) -> tuple[Kind, bool]:
+    """The config kind of an annotation (a string: annotations are postponed), and whether None is allowed."""
+    parts = _split_union(annotation.replace(" ", ""))
+    given = [part for part in parts if part != "None"]
+    return KINDS.get("|".join(given), "unknown"), len(given) != len(parts)
 
 
 def _split_union(text: str) -> list[str]:
@@ -173,6 +209,7 @@ def _split_union(text: str) -> list[str]:
     return parts
 
 
+@functools.cache
 def _meanings(cls: type) -> dict[str, str]:
     """The ``Args:`` section of a Google-style class docstring, one line per argument."""
     meanings: dict[str, str] = {}
@@ -196,40 +233,65 @@ def _meanings(cls: type) -> dict[str, str]:
     return meanings
 
 
-def options_of(cls: type) -> list[Option]:
-    """Every config key that ``cls``'s constructor takes, in signature order."""
-    return list(_options_of(cls))
+def options_of(cls: type, owner: str | None = None) -> list[Option]:
+    """Every config key that ``cls``'s constructor takes, in signature order.
+
+    Args:
+        cls: The class the config builds.
+        owner: The name that `EXCLUDED` and the reference page know it by:
+            ``"RefreshMiddleware"`` for a subclass of it. Defaults to the class's name.
+    """
+    return list(_options_of(cls, owner or cls.__name__))
 
 
 @functools.cache
-def _options_of(cls: type) -> tuple[Option, ...]:
+def _options_of(cls: type, owner: str) -> tuple[Option, ...]:
     # Once per class: signatures do not change, and a file with thousands of unknown
     # keys asks for them once per key (it took 2.5 ms a key, 12 s for 5,000).
-    meanings = _meanings(cls)
     found = []
-    for parameter in list(inspect.signature(cls).parameters.values()):
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if f"{cls.__name__}.{parameter.name}" in EXCLUDED:
+    for parameter, declared_by in _parameters(cls):
+        if f"{owner}.{parameter.name}" in EXCLUDED:
             continue
         annotation = parameter.annotation if isinstance(parameter.annotation, str) else "Any"
-        kind, nullable = _kind(annotation)
+        kind, nullable = kind_of(annotation)
         key = parameter.name
         if cls in SOURCES.values() and key in _refresher_parameters():
             # One table holds both: the source's option takes its source's prefix.
             key = f"{_source_name(cls)}_{key}"
         found.append(
             Option(
-                owner=cls.__name__,
+                owner=owner,
                 parameter=parameter.name,
                 key=key,
                 kind=kind,
                 nullable=nullable,
                 default=parameter.default,
-                meaning=meanings.get(parameter.name, ""),
+                meaning=_meanings(declared_by).get(parameter.name, ""),
             )
         )
     return tuple(found)
+
+
+def _parameters(cls: type) -> list[tuple[inspect.Parameter, type]]:
+    """The named parameters of ``cls``'s constructor, each with the class that declares it.
+
+    A subclass's ``__init__(self, app, *, extra, **options)`` passes ``**options`` on
+    to its base: the base's parameters are the subclass's too.
+    """
+    found: dict[str, tuple[inspect.Parameter, type]] = {}
+    for klass in cls.__mro__[:-1]:  # object's own takes nothing
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        passes_on = False
+        for parameter in list(inspect.signature(init).parameters.values())[1:]:  # not self
+            if parameter.kind is parameter.VAR_KEYWORD:
+                passes_on = True
+            elif parameter.kind is not parameter.VAR_POSITIONAL:
+                found.setdefault(parameter.name, (parameter, klass))
+        if not passes_on:
+            break
+    return list(found.values())
 
 
 @functools.cache
@@ -266,11 +328,9 @@ def source_options(source: str) -> list[Option]:
     return options_of(SOURCES[source])
 
 
-def middleware_options() -> list[Option]:
-    """The keys of ``[middleware]``."""
-    from ._middleware import RefreshMiddleware
-
-    return options_of(RefreshMiddleware)
+def middleware_options(middleware: type) -> list[Option]:
+    """The keys of ``[middleware]``: the parameters of ``middleware``, `RefreshMiddleware` or a subclass."""
+    return options_of(middleware, MIDDLEWARE_OWNER)
 
 
 # -- loading and interpolation ----------------------------------------------------------
@@ -335,13 +395,19 @@ def _forms(secret: str) -> frozenset[str]:
 
 
 def load_config(
-    source: str | os.PathLike[str] | Mapping[str, Any], environ: Mapping[str, str] | None = None
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    middleware: type,
 ) -> Config:
     """Read, interpolate and check a configuration, and build its objects.
 
     Args:
         source: A ``.toml`` or ``.json`` file, or a mapping of the same shape.
         environ: Where ``${VAR}`` is looked up; defaults to ``os.environ``.
+        middleware: The middleware class whose constructor the ``[middleware]``
+            table is for (`RefreshMiddleware` or a subclass); it checks the
+            table's values as it checks its own arguments.
 
     Raises:
         ConfigError: the file cannot be read or parsed, or anything in it is invalid.
@@ -369,7 +435,7 @@ def load_config(
                 "needs a few levels (is this the right file?)"
             ],
         )
-    builder = _Builder(base, os.environ if environ is None else environ)
+    builder = _Builder(base, os.environ if environ is None else environ, middleware)
     config = builder.build(document, origin)
     if builder.problems:
         secrets = frozenset(builder.secrets)
@@ -472,9 +538,10 @@ def _key(*parts: str) -> str:
 class _Builder:
     """Collects every problem of one configuration while building it."""
 
-    def __init__(self, base: Path, environ: Mapping[str, str]) -> None:
+    def __init__(self, base: Path, environ: Mapping[str, str], middleware: type) -> None:
         self.base = base
         self.environ = environ
+        self.middleware_class = middleware
         self.problems: list[str] = []
         self.secrets: set[str] = set()
         self.from_env: dict[str, str] = {}  # key path -> the variable its value came from
@@ -760,12 +827,13 @@ class _Builder:
         options: Mapping[str, Option],
         stand_ins: Mapping[str, Callable[[dict[str, Any]], None]] | None = None,
     ) -> Any:
-        """Call the real constructor; each of its complaints becomes a problem at the key it names.
+        """Call the real constructor; each of its complaints becomes a problem at the key it blames.
 
         A constructor stops at its first complaint. To report the others in the same
-        run, the parameter it blamed is replaced by a stand-in (`_STAND_INS`, or put
-        in ``kwargs`` by ``stand_ins[parameter]`` for this call), or left to its
-        default, and the constructor is called again. Returns None after any complaint.
+        run, the parameter it blamed (`OptionError.option`) is replaced by a stand-in
+        (`_STAND_INS`, or put in ``kwargs`` by ``stand_ins[parameter]`` for this
+        call), or left to its default, and the constructor is called again. Returns
+        None after any complaint.
         """
         replace = stand_ins or {}
         by_parameter = {option.parameter: option for option in options.values()}
@@ -777,7 +845,7 @@ class _Builder:
                 built = cls(**kwargs)
             except (TypeError, ValueError, ImportError, OverflowError) as exc:
                 complained = True
-                parameter = self._complaint(str(exc), here, by_parameter)
+                parameter = self._complaint(exc, here, by_parameter)
                 if parameter is None:
                     return None
                 blamed[parameter] = blamed.get(parameter, 0) + 1
@@ -797,34 +865,31 @@ class _Builder:
                 continue
             return None if complained else built
 
-    def _complaint(self, text: str, here: tuple[str, ...], by_parameter: Mapping[str, Option]) -> str | None:
-        """Record a constructor's complaint at the key it names first; that key's parameter."""
-        message = _OWNER_PREFIX.sub("", text)
-        positions = {
-            parameter: found.start()
-            for parameter in by_parameter
-            if (found := re.search(rf"(?<![\w.]){re.escape(parameter)}(?!\w)", message))
-        }
-        path = here
-        blamed = None
-        if positions:
-            blamed = min(positions, key=lambda p: positions[p])
-            key = by_parameter[blamed].key
-            path = (*here, key)
-            for prefix in (f"{blamed}: ", f"{blamed} ") if key == blamed else ():
-                rest = message[len(prefix) :]
-                if message.startswith(prefix) and not rest.startswith(("and ", "or ")):
-                    message = rest
-                    break
-        line = f"{_key(*path)}: {_in_toml_terms(message, by_parameter)}"
+    def _complaint(
+        self, exc: Exception, here: tuple[str, ...], by_parameter: Mapping[str, Option]
+    ) -> str | None:
+        """Record a constructor's complaint under the key of the option it blames; that option's parameter.
+
+        A complaint that blames no option of this table (an error that is not an
+        `OptionError`, say from a subclass of the middleware) is recorded at the
+        table itself, as it is.
+        """
+        if isinstance(exc, OptionError) and exc.option in by_parameter:
+            option = by_parameter[exc.option]
+            # Under its own name, the line need not say the name again.
+            text = exc.detail if option.key == option.parameter else exc.text
+            line = f"{_key(*here, option.key)}: {_in_toml_terms(text, by_parameter)}"
+            blamed: str | None = exc.option
+        else:
+            text = exc.text if isinstance(exc, OptionError) else str(exc)
+            line = f"{_key(*here)}: {_in_toml_terms(text, by_parameter)}"
+            blamed = None
         if line not in self.problems:  # the same complaint again, about a stand-in
             self.problems.append(line)
         return blamed
 
     def middleware(self, table: dict[str, Any], refreshers: list[Refresher]) -> dict[str, Any]:
-        from ._middleware import RefreshMiddleware
-
-        options = {option.key: option for option in middleware_options()}
+        options = {option.key: option for option in middleware_options(self.middleware_class)}
         kwargs: dict[str, Any] = {}
         for key, value in table.items():
             option = options.get(key)
@@ -837,7 +902,10 @@ class _Builder:
             elif option.parameter in _STAND_INS:
                 kwargs[option.parameter] = _STAND_INS[option.parameter]  # so that the rest is checked
         self.construct(
-            RefreshMiddleware, {"app": _no_app, "refreshers": refreshers, **kwargs}, ("middleware",), options
+            self.middleware_class,
+            {"app": _no_app, "refreshers": refreshers, **kwargs},
+            ("middleware",),
+            options,
         )
         return kwargs
 
@@ -858,11 +926,7 @@ class _Builder:
                 return True, None
             self.problem(path, f"expected {_expected(option)}, got {self.got(path, value)}")
             return False, None
-        converter = getattr(self, f"_to_{kind}", None)
-        if converter is None:  # a kind this module does not know: the constructor checks it
-            return True, value
-        result: tuple[bool, Any] = converter(option, value, parts)
-        return result
+        return _CONVERTERS[kind](self, option, value, parts)
 
     def _wrong(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         path = _key(*parts)
@@ -930,8 +994,6 @@ class _Builder:
             return self._wrong(option, value, parts)
         return True, value
 
-    _to_url = _to_str
-
     def _to_path(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         if not isinstance(value, str | os.PathLike):
             return self._wrong(option, value, parts)
@@ -939,6 +1001,7 @@ class _Builder:
         return True, path if path.is_absolute() else self.base / path
 
     def _to_any(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """Any value, as it is: the constructor checks it (``default``, ``json``; an unknown kind)."""
         return True, value
 
     def _to_table(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
@@ -1044,7 +1107,11 @@ class _Builder:
             return False, None
         try:
             return True, cls(**kwargs)
-        except (TypeError, ValueError, ImportError, OverflowError) as exc:
+        except OptionError as exc:  # a bad option of the backend: under its own key
+            where = (*parts, exc.option) if exc.option in kwargs else parts
+            self.problem(_key(*where), exc.detail if exc.option in kwargs else exc.text)
+            return False, None
+        except (TypeError, ValueError, ImportError, OverflowError) as exc:  # redis-py missing
             self.problem(_key(*parts), str(exc))
             return False, None
 
@@ -1082,8 +1149,8 @@ class _Builder:
             if set(value) == {"bearer"} and isinstance(value["bearer"], str):
                 try:
                     return True, BearerToken(value["bearer"])
-                except ValueError as exc:
-                    self.problem(_key(*parts, "bearer"), _OWNER_PREFIX.sub("", str(exc)))
+                except OptionError as exc:
+                    self.problem(_key(*parts, "bearer"), exc.text)
                     return False, None
         elif isinstance(value, str):
             found = self.imported(value, parts)
@@ -1140,6 +1207,30 @@ class _Builder:
 
 
 _FAILED = object()
+
+_Converter: TypeAlias = Callable[[_Builder, Option, Any, tuple[str, ...]], tuple[bool, Any]]
+_CONVERTERS: dict[Kind, _Converter] = {
+    "duration": _Builder._to_duration,
+    "bool": _Builder._to_bool,
+    "int": _Builder._to_int,
+    "number": _Builder._to_number,
+    "str": _Builder._to_str,
+    "url": _Builder._to_str,  # HTTPSource checks it is an absolute http(s) URL
+    "path": _Builder._to_path,
+    "table": _Builder._to_table,
+    "str_table": _Builder._to_str_table,
+    "callable": _Builder._to_callable,
+    "callables": _Builder._to_callables,
+    "objects": _Builder._to_objects,
+    "format": _Builder._to_format,
+    "auth": _Builder._to_auth,
+    "token": _Builder._to_token,
+    "coordinator": _Builder._to_coordinator,
+    "codec": _Builder._to_codec,
+    "any": _Builder._to_any,
+    "unknown": _Builder._to_any,
+}
+"""How a value of each kind is read: (True, the value to pass) or (False, None) after a problem."""
 
 
 def _a_class(written: Any, cls: type) -> str:
@@ -1252,7 +1343,7 @@ def _in_toml_terms(message: str, by_parameter: Mapping[str, Option]) -> str:
     return _PYTHON_ASSIGNMENT.sub(rewrite, message)
 
 
-_EXPECTED = {
+_EXPECTED: dict[Kind, str] = {
     "duration": f"a duration like {_DURATION_EXAMPLE}",
     "bool": "true or false",
     "int": "an integer",
@@ -1278,124 +1369,4 @@ _EXPECTED = {
 
 def _expected(option: Option) -> str:
     expected = _EXPECTED[option.kind]
-    return f'{expected} or "{NONE_WORD}"' if _none_word_applies(option) else expected
-
-
-def _none_word_applies(option: Option) -> bool:
-    """Whether ``"none"`` is worth mentioning: a nullable option that is not a table or free text."""
-    return option.nullable and option.kind not in (
-        "table",
-        "str_table",
-        "any",
-        "str",
-        "url",
-        "path",
-        "callables",
-        "objects",
-    )
-
-
-# -- the reference page -------------------------------------------------------------------
-
-
-_TYPE_NAMES = {
-    "duration": "duration",
-    "bool": "boolean",
-    "int": "integer",
-    "number": "number",
-    "str": "string",
-    "url": "string (URL)",
-    "path": "string (path)",
-    "table": "table",
-    "str_table": "table of strings",
-    "callable": "import string",
-    "callables": "list of import strings",
-    "objects": "list of import strings",
-    "format": " / ".join(f'`"{name}"`' for name in FORMATS) + " or import string",
-    "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
-    "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
-    "coordinator": '`{ backend = "redis", url = "..." }` or `{ backend = "sqlite", path = "..." }`, '
-    "plus the backend's options (`prefix`, `timeout`; `poll_interval` for SQLite)",
-    "codec": "import string (an object with `encode` and `decode`)",
-    "any": "any",
-    "unknown": "see the API reference",
-}
-
-
-def _type_name(option: Option) -> str:
-    name = _TYPE_NAMES[option.kind]
-    return f'{name} or `"{NONE_WORD}"`' if _none_word_applies(option) else name
-
-
-def _default_text(option: Option) -> str:
-    if option.required:
-        return "required"
-    default = option.default
-    if default is None:
-        return "not set"
-    if isinstance(default, bool):
-        return f"`{str(default).lower()}`"
-    if isinstance(default, str):
-        return f'`"{default}"`'
-    if isinstance(default, int) and option.kind == "int" and default >= 1024:
-        return f"`{default}`"
-    return f"`{default!r}`"
-
-
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def _rows(options: list[Option]) -> list[str]:
-    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for option in options:
-        meaning = option.meaning
-        if option.kind == "path":
-            meaning += (
-                " From a config file, a relative path is resolved against that file's directory "
-                "instead; from a mapping, against the current directory."
-            )
-        if option.kind == "auth":
-            meaning += (
-                ' In a config: `["user", "password"]` (basic auth), `{ bearer = "token" }` (a `BearerToken`: '
-                "the value of refresher `token`) or the import string of an `httpx.Auth` or a callable."
-            )
-        if option.key != option.parameter and option.owner != "python":
-            meaning = f"`{option.owner}`'s `{option.parameter}`. {meaning}"
-        lines.append(
-            f"| `{option.key}` | {_type_name(option)} | {_default_text(option)} | {_cell(meaning)} |"
-        )
-    return lines
-
-
-_SOURCE_CHOICES = [f'`"{source}"`' for source in (*SOURCES, PYTHON_SOURCE)]
-
-
-def reference_markdown() -> str:
-    """The reference tables of the configuration page, generated from the signatures."""
-    refresher = [o for o in refresher_options() if o.parameter not in ("name", "fetch")]
-    out = [
-        "### `[defaults]` and `[refreshers.<name>]`: refresher options",
-        "",
-        "In `[defaults]` they apply to every refresher; in a refresher's own table they override",
-        "the default.",
-        "",
-        *_rows(refresher),
-        "",
-        "### `[refreshers.<name>]`: `source` and its options",
-        "",
-        "| key | type | default | meaning |",
-        "| --- | --- | --- | --- |",
-        f"| `source` | {' / '.join(_SOURCE_CHOICES)} | required | "
-        "Where the data comes from: `HTTPSource`, `FileSource`, or a function of yours. |",
-        "",
-    ]
-    for source in (*SOURCES, PYTHON_SOURCE):
-        title = (
-            "`HTTPSource`" if source == "http" else "`FileSource`" if source == "file" else "your function"
-        )
-        out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
-    out += ["### `[middleware]`", "", *_rows(middleware_options()), "", "### Not configurable in a file", ""]
-    out += ["| parameter | instead |", "| --- | --- |"]
-    out += [f"| `{name}` | {reason} |" for name, reason in EXCLUDED.items()]
-    return "\n".join(out) + "\n"
+    return f'{expected} or "{NONE_WORD}"' if option.none_word_applies else expected

@@ -7,6 +7,8 @@ import re
 from datetime import timedelta
 from typing import TypeAlias
 
+from ._option_error import OptionTypeError, OptionValueError
+
 Duration: TypeAlias = "int | float | timedelta | str"
 """What every duration option accepts: seconds, a ``timedelta`` or a string."""
 
@@ -76,15 +78,17 @@ def positive_duration(owner: str, option: str, value: object) -> float:
     """Parse a duration option that must be > 0, with errors that name its owner.
 
     Raises:
-        TypeError: ``value`` is not a duration (``"<owner>: <option>: expected ..."``).
-        ValueError: malformed, or not > 0 (``"<owner>: <option> must be > 0 (got ...)"``).
+        OptionTypeError: ``value`` is not a duration (``"<owner>: <option>: expected ..."``).
+        OptionValueError: malformed, or not > 0 (``"<owner>: <option> must be > 0 (got ...)"``).
     """
     try:
         seconds = parse_duration(value)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{owner}: {option}: {exc}") from None
+    except TypeError as exc:
+        raise OptionTypeError(owner, option, f"{option}: {exc}") from None
+    except ValueError as exc:
+        raise OptionValueError(owner, option, f"{option}: {exc}") from None
     if seconds <= 0:
-        raise ValueError(f"{owner}: {option} must be > 0 (got {_shown(value)})")
+        raise OptionValueError(owner, option, f"{option} must be > 0 (got {_shown(value)})")
     return seconds
 
 

@@ -13,9 +13,11 @@ from ._admin import Admin, TokenCheck, checked_admin_path
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
 from ._cluster.base import Codec, Coordinator, JSONCodec
+from ._config import load_config
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._handle import RefreshError, RefreshHandle
+from ._option_error import OptionTypeError, OptionValueError
 from ._publisher import SNAPSHOT_KEY
 from ._refresher import RESERVED_NAME, Refresher
 from ._runtime import Runtime
@@ -111,9 +113,12 @@ class RefreshMiddleware:
         )
         self._admin_prefix = None if self._admin is None else self._admin.path
         if self._admin is None and (admin_token is not None or admin_loopback_only):
-            raise ValueError(
-                "RefreshMiddleware: admin_token and admin_loopback_only need admin_path, the "
-                'prefix to serve the admin endpoints under (e.g. admin_path="/_refresh")'
+            raise OptionValueError(
+                "RefreshMiddleware",
+                # The one given: that is the key a config file has.
+                "admin_token" if admin_token is not None else "admin_loopback_only",
+                "admin_token and admin_loopback_only need admin_path, the prefix to serve the "
+                'admin endpoints under (e.g. admin_path="/_refresh")',
             )
         # The state dict of the lifespan that is running now, if any. The runtime
         # itself lives in `_lifespan`'s locals so that lifespans never share it.
@@ -146,9 +151,8 @@ class RefreshMiddleware:
             ConfigError: the configuration cannot be read or is invalid; its
                 ``problems`` list each one with its key path.
         """
-        from ._config import load_config
-
-        loaded = load_config(config)
+        # `cls`, a subclass maybe, is what the [middleware] table's keys are the parameters of.
+        loaded = load_config(config, middleware=cls)
         return cls(app, refreshers=loaded.refreshers, **{**loaded.middleware, **options})
 
     @property
@@ -346,10 +350,12 @@ def _reply(phase: str, failure: str | None) -> Message:
 def _checked_coordinator(coordinator: object) -> Coordinator | None:
     if coordinator is None or isinstance(coordinator, Coordinator):
         return coordinator
-    raise TypeError(
-        "RefreshMiddleware: coordinator must be a coordination backend such as "
+    raise OptionTypeError(
+        "RefreshMiddleware",
+        "coordinator",
+        "coordinator must be a coordination backend such as "
         'RedisCoordinator("redis://host:6379/0") or SQLiteCoordinator("/var/run/app/refresh.db") '
-        f"(got {type(coordinator).__name__})"
+        f"(got {type(coordinator).__name__})",
     )
 
 
@@ -358,54 +364,68 @@ def _checked_codec(codec: object) -> Codec:
         return JSONCodec()
     if callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None)):
         return codec  # type: ignore[return-value]
-    raise TypeError(
-        "RefreshMiddleware: codec must have encode(value) -> bytes and decode(bytes) -> value "
-        f"methods, like JSONCodec() (got {type(codec).__name__})"
+    raise OptionTypeError(
+        "RefreshMiddleware",
+        "codec",
+        "codec must have encode(value) -> bytes and decode(bytes) -> value "
+        f"methods, like JSONCodec() (got {type(codec).__name__})",
     )
 
 
 def _checked_listeners(listeners: Iterable[Listener]) -> tuple[Listener, ...]:
     if callable(listeners) or not isinstance(listeners, Iterable):
-        raise TypeError(
-            "RefreshMiddleware: listeners must be a list of callables; wrap a single one "
-            f"in a list: listeners=[{getattr(listeners, '__name__', 'listener')}]"
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "listeners",
+            "listeners must be a list of callables; wrap a single one "
+            f"in a list: listeners=[{getattr(listeners, '__name__', 'listener')}]",
         )
     checked = tuple(listeners)
     for listener in checked:
         if isinstance(listener, type):
-            raise TypeError(
-                f"RefreshMiddleware: listener {listener.__name__} is a class; pass an instance, "
-                f"e.g. listeners=[{listener.__name__}()]"
+            raise OptionTypeError(
+                "RefreshMiddleware",
+                "listeners",
+                f"listener {listener.__name__} is a class; pass an instance, "
+                f"e.g. listeners=[{listener.__name__}()]",
             )
         if not callable(listener):
-            raise TypeError(
-                "RefreshMiddleware: each listener must be a callable taking a RefreshEvent "
-                f"(got {listener!r:.80})"
+            raise OptionTypeError(
+                "RefreshMiddleware",
+                "listeners",
+                f"each listener must be a callable taking a RefreshEvent (got {listener!r:.80})",
             )
     return checked
 
 
 def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...]:
     if isinstance(refreshers, Refresher):
-        raise TypeError(
-            "RefreshMiddleware: refreshers must be a list of Refresher; wrap a single one in "
-            f"a list: refreshers=[Refresher({refreshers.name!r}, ...)]"
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "refreshers",
+            "refreshers must be a list of Refresher; wrap a single one in "
+            f"a list: refreshers=[Refresher({refreshers.name!r}, ...)]",
         )
     if isinstance(refreshers, str | bytes | Mapping) or not isinstance(refreshers, Iterable):
-        raise TypeError(
-            f"RefreshMiddleware: refreshers must be a list of Refresher (got {type(refreshers).__name__})"
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "refreshers",
+            f"refreshers must be a list of Refresher (got {type(refreshers).__name__})",
         )
     checked = tuple(refreshers)
     seen: set[str] = set()
     for refresher in checked:
         if not isinstance(refresher, Refresher):
-            raise TypeError(
-                "RefreshMiddleware: refreshers must be Refresher objects "
-                f"(got {type(refresher).__name__}: {refresher!r:.80})"
+            raise OptionTypeError(
+                "RefreshMiddleware",
+                "refreshers",
+                f"refreshers must be Refresher objects (got {type(refresher).__name__}: {refresher!r:.80})",
             )
         if refresher.name in seen:
-            raise ValueError(
-                f"RefreshMiddleware: two refreshers are named {refresher.name!r}; names must be unique"
+            raise OptionValueError(
+                "RefreshMiddleware",
+                "refreshers",
+                f"two refreshers are named {refresher.name!r}; names must be unique",
             )
         seen.add(refresher.name)
     return checked

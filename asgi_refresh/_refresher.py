@@ -10,6 +10,7 @@ from typing import Any, Union
 
 from ._contain import is_async_callable
 from ._duration import Duration, format_duration, positive_duration
+from ._option_error import OptionTypeError, OptionValueError
 from ._sources.base import Source
 
 RESERVED_NAME = "asgi_refresh"
@@ -105,68 +106,68 @@ class Refresher:
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-            raise ValueError(
+            raise OptionValueError(
+                "",
+                "name",
                 f"Refresher name must be a Python identifier so that request.state.<name> "
-                f"works, like 'names' or 'feature_flags' (got {name!r})"
+                f"works, like 'names' or 'feature_flags' (got {name!r})",
             )
         if name == RESERVED_NAME:
-            raise ValueError(
-                f"Refresher name {RESERVED_NAME!r} is reserved for the control handle; choose another name"
+            raise OptionValueError(
+                "",
+                "name",
+                f"Refresher name {RESERVED_NAME!r} is reserved for the control handle; choose another name",
             )
         problem = _Problems(name)
         if isinstance(fetch, Source):
             pass  # a source: the runtime opens it and calls its fetch()
         elif not callable(fetch):
-            raise TypeError(problem("fetch must be a Source or a zero-argument callable", fetch))
+            raise problem.type_error("fetch", "fetch must be a Source or a zero-argument callable", fetch)
         else:
             _check_no_arguments(problem, fetch)
         seconds = problem.duration("every", every)
         if seconds < MIN_EVERY:
-            raise ValueError(
-                problem(
-                    f"every must be at least {format_duration(MIN_EVERY)} (a schedule, not a busy loop)",
-                    every,
-                )
+            raise problem.value_error(
+                "every",
+                f"every must be at least {format_duration(MIN_EVERY)} (a schedule, not a busy loop)",
+                every,
             )
         if not isinstance(required, bool):
-            raise TypeError(problem("required must be True or False", required))
+            raise problem.type_error("required", "required must be True or False", required)
         if not isinstance(jitter, int | float) or isinstance(jitter, bool) or not 0 <= jitter <= MAX_JITTER:
-            raise ValueError(
-                problem(f"jitter must be a fraction of every, 0 <= jitter <= {MAX_JITTER}", jitter)
+            raise problem.value_error(
+                "jitter", f"jitter must be a fraction of every, 0 <= jitter <= {MAX_JITTER}", jitter
             )
         initial = problem.duration("backoff_initial", backoff_initial)
         cap = None if backoff_max is None else problem.duration("backoff_max", backoff_max)
         if cap is not None and cap > seconds:
-            raise ValueError(
-                problem(
-                    f"backoff_max must not exceed every ({format_duration(seconds)}): a failing "
-                    "refresher must retry at least as often as a healthy one refreshes",
-                    backoff_max,
-                )
+            raise problem.value_error(
+                "backoff_max",
+                f"backoff_max must not exceed every ({format_duration(seconds)}): a failing "
+                "refresher must retry at least as often as a healthy one refreshes",
+                backoff_max,
             )
         if (
             not isinstance(backoff_multiplier, int | float)
             or isinstance(backoff_multiplier, bool)
             or not 1 <= backoff_multiplier <= _MAX_BACKOFF_MULTIPLIER  # NaN fails this too
         ):
-            raise ValueError(
-                problem(
-                    f"backoff_multiplier must be between 1 and {_MAX_BACKOFF_MULTIPLIER:g}",
-                    backoff_multiplier,
-                )
+            raise problem.value_error(
+                "backoff_multiplier",
+                f"backoff_multiplier must be between 1 and {_MAX_BACKOFF_MULTIPLIER:g}",
+                backoff_multiplier,
             )
         stale_after = None if max_stale is None else problem.duration("max_stale", max_stale)
         if stale_after is not None and stale_after < seconds:
-            raise ValueError(
-                problem(
-                    f"max_stale must be at least every ({format_duration(seconds)}): a healthy "
-                    "refresher's value gets that old between two refreshes",
-                    max_stale,
-                )
+            raise problem.value_error(
+                "max_stale",
+                f"max_stale must be at least every ({format_duration(seconds)}): a healthy "
+                "refresher's value gets that old between two refreshes",
+                max_stale,
             )
         for hook_name, hook in (("on_change", on_change), ("on_error", on_error)):
             if hook is not None and not callable(hook):
-                raise TypeError(problem(f"{hook_name} must be callable or None", hook))
+                raise problem.type_error(hook_name, f"{hook_name} must be callable or None", hook)
 
         set_field = object.__setattr__
         set_field(self, "name", name)
@@ -197,24 +198,26 @@ def _check_no_arguments(problem: _Problems, fetch: Callable[..., Any]) -> None:
     try:
         signature.bind()
     except TypeError:
-        raise TypeError(
-            problem(
-                f"fetch is called with no arguments, but it takes ({', '.join(signature.parameters)}); "
-                "bind them first, "
-                "e.g. functools.partial(fetch, url) or lambda: fetch(url)",
-                fetch,
-            )
+        raise problem.type_error(
+            "fetch",
+            f"fetch is called with no arguments, but it takes ({', '.join(signature.parameters)}); "
+            "bind them first, "
+            "e.g. functools.partial(fetch, url) or lambda: fetch(url)",
+            fetch,
         ) from None
 
 
 class _Problems:
-    """Builds the ``Refresher 'names': ...`` messages."""
+    """Builds the ``Refresher 'names': ...`` errors, each blaming its option."""
 
     def __init__(self, name: str) -> None:
         self.owner = f"Refresher {name!r}"
 
-    def __call__(self, what: str, got: object) -> str:
-        return f"{self.owner}: {what} (got {got!r})"
+    def type_error(self, option: str, what: str, got: object) -> OptionTypeError:
+        return OptionTypeError(self.owner, option, f"{what} (got {got!r})")
+
+    def value_error(self, option: str, what: str, got: object) -> OptionValueError:
+        return OptionValueError(self.owner, option, f"{what} (got {got!r})")
 
     def duration(self, option: str, value: object) -> float:
         return positive_duration(self.owner, option, value)

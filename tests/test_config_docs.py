@@ -6,25 +6,34 @@ import os
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from asgi_refresh import FileSource, HTTPSource
+from asgi_refresh import FileSource, HTTPSource, RefreshMiddleware
 from asgi_refresh._config import (
+    Config,
     load_config,
     middleware_options,
-    reference_markdown,
     refresher_options,
     source_options,
 )
 from asgi_refresh.prometheus import PrometheusMetrics
 
+from .config_reference import reference_markdown
+
 PAGE = Path(__file__).parent.parent / "docs" / "configuration.md"
 START = re.compile(r"<!-- reference:start[^>]*-->\n\n")
 END = "\n<!-- reference:end -->"
+
+
+def load(source: Any, environ: Mapping[str, str] | None = None) -> Config:
+    """`load_config` given the middleware class, as `RefreshMiddleware.from_config` calls it."""
+    return load_config(source, environ, middleware=RefreshMiddleware)
 
 
 def generated_block(text: str) -> tuple[int, int]:
@@ -55,7 +64,7 @@ def test_the_reference_is_what_the_code_generates() -> None:
 def test_every_key_is_documented() -> None:
     """Each key of every table has a row in the page, with a meaning."""
     text = PAGE.read_text()
-    options = [*refresher_options(), *middleware_options()]
+    options = [*refresher_options(), *middleware_options(RefreshMiddleware)]
     for source in ("http", "file", "python"):
         options += source_options(source)
     for option in options:
@@ -88,13 +97,13 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     assert len(samples) >= 2
     for sample in samples:
         document = tomllib.loads(sample)
-        config = load_config(document, environ={"NAMES_TOKEN": "example-token"})
+        config = load(document, environ={"NAMES_TOKEN": "example-token"})
         assert config.refreshers
-    first = load_config(tomllib.loads(samples[0]), environ={"NAMES_TOKEN": "example-token"})
+    first = load(tomllib.loads(samples[0]), environ={"NAMES_TOKEN": "example-token"})
     names, flags, rates = first.refreshers
     assert isinstance(names.fetch, HTTPSource)
     assert isinstance(flags.fetch, FileSource)
     assert rates.fetch is sys.modules["myapp.rates"].load
     assert first.middleware == {"startup_timeout": "1m"}
-    with_metrics = load_config(tomllib.loads(next(s for s in samples if "listeners" in s)))
+    with_metrics = load(tomllib.loads(next(s for s in samples if "listeners" in s)))
     assert with_metrics.middleware["listeners"] == [sys.modules["myapp.metrics"].metrics]

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asgi_refresh._cluster.base import BadRecord, Head, MetaValue, Stored
+from asgi_refresh._option_error import OptionValueError
 from asgi_refresh._text import printable
 
 MAX_META_BYTES = 64 * 1024  # the fetch metadata is a few small fields: an ETag, a few numbers
@@ -205,14 +206,18 @@ def new_owner() -> str:
 def check_prefix(prefix: str) -> str:
     """``prefix`` if it is usable as a namespace; a clear `ValueError` if not."""
     if not isinstance(prefix, str) or not prefix or any(char.isspace() for char in prefix):
-        raise ValueError(f"prefix must be a non-empty string without whitespace (got {prefix!r})")
+        raise OptionValueError(
+            "", "prefix", f"prefix must be a non-empty string without whitespace (got {prefix!r})"
+        )
     return prefix
 
 
 def check_max_bytes(owner: str, max_bytes: object) -> int:
     """``max_bytes`` if it is a positive number of bytes; a clear `ValueError` if not."""
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ValueError(f"{owner}: max_bytes must be a positive number of bytes (got {max_bytes!r})")
+        raise OptionValueError(
+            owner, "max_bytes", f"max_bytes must be a positive number of bytes (got {max_bytes!r})"
+        )
     return max_bytes
 
 

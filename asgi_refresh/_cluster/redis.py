@@ -59,6 +59,7 @@ from asgi_refresh._cluster.records import (
     parse_stored,
 )
 from asgi_refresh._duration import Duration, positive_duration
+from asgi_refresh._option_error import OptionValueError
 from asgi_refresh._text import printable
 
 if TYPE_CHECKING:
@@ -288,7 +289,9 @@ class RedisCoordinator(BlockingCoordinator):
         self._redis = _import_redis()
         if not isinstance(url, str) or not url:
             kind = "an empty string" if url == "" else type(url).__name__
-            raise ValueError(f"url must be a Redis URL such as 'redis://localhost:6379/0' (got {kind})")
+            raise OptionValueError(
+                "", "url", f"url must be a Redis URL such as 'redis://localhost:6379/0' (got {kind})"
+            )
         super().__init__(timeout=positive_duration("RedisCoordinator", "timeout", timeout), threads=8)
         self.url = url
         self.prefix = check_prefix(prefix)

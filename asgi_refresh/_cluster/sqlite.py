@@ -55,6 +55,7 @@ from asgi_refresh._cluster.records import (
     parse_stored,
 )
 from asgi_refresh._duration import Duration, positive_duration
+from asgi_refresh._option_error import OptionTypeError, OptionValueError
 
 T = TypeVar("T")
 
@@ -160,9 +161,13 @@ class SQLiteCoordinator(BlockingCoordinator):
         timeout: Duration = DEFAULT_TIMEOUT,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise OptionTypeError("", "path", f"path must be a str or a Path (got {type(path).__name__})")
         self.path = os.fspath(path)
         if not self.path or self.path == ":memory:" or self.path.startswith("file:"):
-            raise ValueError(f"path must be a file that the processes share (got {self.path!r})")
+            raise OptionValueError(
+                "", "path", f"path must be a file that the processes share (got {self.path!r})"
+            )
         super().__init__(timeout=positive_duration("SQLiteCoordinator", "timeout", timeout), threads=1)
         self.prefix = check_prefix(prefix)
         self.poll_interval = positive_duration("SQLiteCoordinator", "poll_interval", poll_interval)

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from asgi_refresh._option_error import OptionValueError
+
 
 class BearerToken:
     """Send ``Authorization: Bearer <token>``, the token being another refresher's value.
@@ -29,8 +31,10 @@ class BearerToken:
 
     def __init__(self, refresher: str) -> None:
         if not isinstance(refresher, str) or not refresher.isidentifier():
-            raise ValueError(
-                f"BearerToken: refresher must be a refresher name, like 'token' (got {refresher!r})"
+            raise OptionValueError(
+                "BearerToken",
+                "refresher",
+                f"refresher must be a refresher name, like 'token' (got {refresher!r})",
             )
         self.refresher = refresher
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from asgi_refresh._option_error import OptionImportError, OptionTypeError, OptionValueError
 from asgi_refresh._sources.base import Source, Standalone
 from asgi_refresh._sources.context import SourceContext
 from asgi_refresh._sources.outcome import Fetched, SourceError
@@ -93,25 +94,29 @@ class FileSource(Standalone, Source):
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
-            raise TypeError(f"FileSource: path must be a str or a Path (got {type(path).__name__})")
+            raise OptionTypeError(
+                "FileSource", "path", f"path must be a str or a Path (got {type(path).__name__})"
+            )
         self.path = Path(path).expanduser().absolute()
         owner = f"FileSource({str(self.path)!r})"
         if format is None:
             format = _FORMAT_BY_SUFFIX.get(self.path.suffix.lower())
             if format is None:
-                raise ValueError(
-                    f"{owner}: cannot tell the format from the extension {self.path.suffix or '(none)'!r}; "
-                    "pass format='json', 'toml', 'text', 'bytes' or a parse callable (e.g. yaml.safe_load)"
+                raise OptionValueError(
+                    owner,
+                    "format",
+                    f"cannot tell the format from the extension {self.path.suffix or '(none)'!r}; "
+                    "pass format='json', 'toml', 'text', 'bytes' or a parse callable (e.g. yaml.safe_load)",
                 )
         self._parser = Parser(owner, "format", format, validate)
         if not isinstance(watch, bool):
-            raise TypeError(f"{owner}: watch must be True or False (got {watch!r})")
+            raise OptionTypeError(owner, "watch", f"watch must be True or False (got {watch!r})")
         if watch:
             try:
                 import watchfiles  # noqa: F401
             except ImportError:
-                raise ImportError(
-                    f"{owner}: watch=True needs watchfiles: pip install 'asgi-refresh[watch]'"
+                raise OptionImportError(
+                    owner, "watch", "watch=True needs watchfiles: pip install 'asgi-refresh[watch]'"
                 ) from None
         self.watch = watch
         self.max_bytes = max_bytes_option(owner, max_bytes)

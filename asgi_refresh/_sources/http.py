@@ -15,6 +15,7 @@ import httpx
 
 from asgi_refresh.__about__ import __version__
 from asgi_refresh._duration import Duration, format_duration, positive_duration
+from asgi_refresh._option_error import OptionTypeError, OptionValueError
 from asgi_refresh._sources.base import Source, Standalone
 from asgi_refresh._sources.bearer import BearerToken, _BoundBearer
 from asgi_refresh._sources.context import SourceContext
@@ -116,10 +117,12 @@ class HTTPSource(Standalone, Source):
         try:
             parsed = httpx.URL(url)
         except (TypeError, httpx.InvalidURL) as exc:
-            raise ValueError(f"HTTPSource: url is not a valid URL: {exc}") from None
+            raise OptionValueError("HTTPSource", "url", f"url is not a valid URL: {exc}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(
-                f"HTTPSource: url must be an absolute http:// or https:// URL (got {safe_url(parsed)!r})"
+            raise OptionValueError(
+                "HTTPSource",
+                "url",
+                f"url must be an absolute http:// or https:// URL (got {safe_url(parsed)!r})",
             )
         # The query of the URL and `params` together, once: httpx would let one replace the other.
         self.url = parsed.copy_merge_params(params) if params else parsed
@@ -128,30 +131,40 @@ class HTTPSource(Standalone, Source):
         for header, value in (headers or {}).items():
             if not isinstance(value, str) or value != value.strip() or "\n" in value or "\r" in value:
                 # Not echoed back: it is likely a credential read from a file with its newline.
-                raise ValueError(
-                    f"{owner}: the value of header {header!r} must be a string without surrounding "
-                    "whitespace or line breaks (was it read from a file with its newline?)"
+                raise OptionValueError(
+                    owner,
+                    "headers",
+                    f"the value of header {header!r} must be a string without surrounding "
+                    "whitespace or line breaks (was it read from a file with its newline?)",
                 )
         if data is not None and json is not None:
-            raise ValueError(f"{owner}: pass a form body (data=) or a JSON body (json=), not both")
+            raise OptionValueError(owner, "data", "pass a form body (data=) or a JSON body (json=), not both")
         if not isinstance(method, str) or not method.isalpha():
-            raise ValueError(f"{owner}: method must be an HTTP method like 'GET' (got {method!r})")
+            raise OptionValueError(
+                owner, "method", f"method must be an HTTP method like 'GET' (got {method!r})"
+            )
         self.method = method.upper()
         self.where = f"{self.method} {self.safe_url}"
         if client is not None and not isinstance(client, httpx.AsyncClient):
-            raise TypeError(f"{owner}: client must be an httpx.AsyncClient (got {type(client).__name__})")
+            raise OptionTypeError(
+                owner, "client", f"client must be an httpx.AsyncClient (got {type(client).__name__})"
+            )
         max_bytes = max_bytes_option(owner, max_bytes)
         if (min_every is None) != (max_every is None):
-            raise ValueError(
-                f"{owner}: set both min_every and max_every to follow the server's caching headers, "
-                "or neither"
+            raise OptionValueError(
+                owner,
+                # The one given: that is the key a config file has.
+                "min_every" if min_every is not None else "max_every",
+                "set both min_every and max_every to follow the server's caching headers, or neither",
             )
         self.min_every = None if min_every is None else positive_duration(owner, "min_every", min_every)
         self.max_every = None if max_every is None else positive_duration(owner, "max_every", max_every)
         if self.min_every is not None and self.max_every is not None and self.min_every > self.max_every:
-            raise ValueError(
-                f"{owner}: min_every ({format_duration(self.min_every)}) must not exceed "
-                f"max_every ({format_duration(self.max_every)})"
+            raise OptionValueError(
+                owner,
+                "min_every",
+                f"min_every ({format_duration(self.min_every)}) must not exceed "
+                f"max_every ({format_duration(self.max_every)})",
             )
         self._request: dict[str, Any] = {
             "headers": dict(headers or {}),

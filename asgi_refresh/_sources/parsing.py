@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
+from asgi_refresh._option_error import OptionTypeError, OptionValueError
 from asgi_refresh._sources.context import SourceContext
 from asgi_refresh._sources.outcome import Fresh, SourceError
 from asgi_refresh._text import printable
@@ -44,7 +45,9 @@ def max_bytes_option(owner: str, max_bytes: object) -> int:
         ValueError: it is anything else.
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ValueError(f"{owner}: max_bytes must be a positive number of bytes (got {max_bytes!r})")
+        raise OptionValueError(
+            owner, "max_bytes", f"max_bytes must be a positive number of bytes (got {max_bytes!r})"
+        )
     return max_bytes
 
 
@@ -66,14 +69,18 @@ class Parser:
 
     def __init__(self, owner: str, option: str, format: Format, validate: Validate | None) -> None:
         if not callable(format) and format not in FORMATS:
-            raise ValueError(
-                f"{owner}: {option} must be one of {', '.join(map(repr, FORMATS))} or a callable that "
-                f"takes the body's bytes (got {format!r})"
+            raise OptionValueError(
+                owner,
+                option,
+                f"{option} must be one of {', '.join(map(repr, FORMATS))} or a callable that "
+                f"takes the body's bytes (got {format!r})",
             )
         if validate is not None and not callable(validate):
-            raise TypeError(
-                f"{owner}: validate must be a callable that returns the value or raises, such as "
-                f"pydantic.TypeAdapter(list[str]).validate_python (got {validate!r})"
+            raise OptionTypeError(
+                owner,
+                "validate",
+                "validate must be a callable that returns the value or raises, such as "
+                f"pydantic.TypeAdapter(list[str]).validate_python (got {validate!r})",
             )
         self.format = format
         self.validate = validate

@@ -1,0 +1,130 @@
+"""The reference tables of docs/configuration.md, generated from the options as the config reads them.
+
+Not part of the package: only the docs test (tests/test_config_docs.py) runs it, to
+check the page, or to rewrite it with ``UPDATE_DOCS=1``.
+"""
+
+from __future__ import annotations
+
+from asgi_refresh import RefreshMiddleware
+from asgi_refresh._config import (
+    EXCLUDED,
+    NONE_WORD,
+    PYTHON_SOURCE,
+    SOURCES,
+    Kind,
+    Option,
+    middleware_options,
+    refresher_options,
+    source_options,
+)
+from asgi_refresh._sources.parsing import FORMATS
+
+TYPE_NAMES: dict[Kind, str] = {
+    "duration": "duration",
+    "bool": "boolean",
+    "int": "integer",
+    "number": "number",
+    "str": "string",
+    "url": "string (URL)",
+    "path": "string (path)",
+    "table": "table",
+    "str_table": "table of strings",
+    "callable": "import string",
+    "callables": "list of import strings",
+    "objects": "list of import strings",
+    "format": " / ".join(f'`"{name}"`' for name in FORMATS) + " or import string",
+    "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
+    "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
+    "coordinator": '`{ backend = "redis", url = "..." }` or `{ backend = "sqlite", path = "..." }`, '
+    "plus the backend's options (`prefix`, `timeout`; `poll_interval` for SQLite)",
+    "codec": "import string (an object with `encode` and `decode`)",
+    "any": "any",
+    "unknown": "see the API reference",
+}
+
+
+def _type_name(option: Option) -> str:
+    name = TYPE_NAMES[option.kind]
+    return f'{name} or `"{NONE_WORD}"`' if option.none_word_applies else name
+
+
+def _default_text(option: Option) -> str:
+    if option.required:
+        return "required"
+    default = option.default
+    if default is None:
+        return "not set"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, str):
+        return f'`"{default}"`'
+    if isinstance(default, int) and option.kind == "int" and default >= 1024:
+        return f"`{default}`"
+    return f"`{default!r}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _rows(options: list[Option]) -> list[str]:
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for option in options:
+        meaning = option.meaning
+        if option.kind == "path":
+            meaning += (
+                " From a config file, a relative path is resolved against that file's directory "
+                "instead; from a mapping, against the current directory."
+            )
+        if option.kind == "auth":
+            meaning += (
+                ' In a config: `["user", "password"]` (basic auth), `{ bearer = "token" }` (a `BearerToken`: '
+                "the value of refresher `token`) or the import string of an `httpx.Auth` or a callable."
+            )
+        if option.key != option.parameter and option.owner != "python":
+            meaning = f"`{option.owner}`'s `{option.parameter}`. {meaning}"
+        lines.append(
+            f"| `{option.key}` | {_type_name(option)} | {_default_text(option)} | {_cell(meaning)} |"
+        )
+    return lines
+
+
+_SOURCE_CHOICES = [f'`"{source}"`' for source in (*SOURCES, PYTHON_SOURCE)]
+
+
+def reference_markdown() -> str:
+    """The reference tables of the configuration page, generated from the signatures."""
+    refresher = [o for o in refresher_options() if o.parameter not in ("name", "fetch")]
+    out = [
+        "### `[defaults]` and `[refreshers.<name>]`: refresher options",
+        "",
+        "In `[defaults]` they apply to every refresher; in a refresher's own table they override",
+        "the default.",
+        "",
+        *_rows(refresher),
+        "",
+        "### `[refreshers.<name>]`: `source` and its options",
+        "",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+        f"| `source` | {' / '.join(_SOURCE_CHOICES)} | required | "
+        "Where the data comes from: `HTTPSource`, `FileSource`, or a function of yours. |",
+        "",
+    ]
+    for source in (*SOURCES, PYTHON_SOURCE):
+        title = (
+            "`HTTPSource`" if source == "http" else "`FileSource`" if source == "file" else "your function"
+        )
+        out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
+    out += [
+        "### `[middleware]`",
+        "",
+        *_rows(middleware_options(RefreshMiddleware)),
+        "",
+        "### Not configurable in a file",
+        "",
+    ]
+    out += ["| parameter | instead |", "| --- | --- |"]
+    out += [f"| `{name}` | {reason} |" for name, reason in EXCLUDED.items()]
+    return "\n".join(out) + "\n"
