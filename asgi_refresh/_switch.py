@@ -113,5 +113,5 @@ def enter(switch: Switch) -> None:
 def leave(switch: Switch) -> None:
     """Deactivate ``switch`` (blocks may end out of order in different threads)."""
     with _switches_lock:
-        if switch in _switches:
-            _switches.remove(switch)
+        # By identity: switches are mappings, and two with the same pins are equal.
+        _switches[:] = [entered for entered in _switches if entered is not switch]
