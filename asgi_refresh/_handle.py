@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 
 from asgi_refresh._status import Status, Unhealthy
+
+T = TypeVar("T")
 
 
 class RefreshError(RuntimeError):
@@ -26,8 +36,58 @@ class RefreshError(RuntimeError):
         self.name = name
 
 
+@dataclass(frozen=True)
+class LoopHome:
+    """The event loop the refreshers run on, so that other threads can reach it.
+
+    The runtime's state (cancel scopes, events, the published dict) belongs to
+    that loop: touched from another thread, anyio raises ``no running event loop``
+    or, worse, leaves a cancel scope half-cancelled so that shutdown waits for the
+    next scheduled refresh. Calls from other threads (a sync test beside
+    ``TestClient``'s portal thread, a plain ``def`` fetch in its worker thread) are
+    carried onto the loop instead.
+    """
+
+    token: anyio.lowlevel.EventLoopToken
+    thread: int
+
+    @classmethod
+    def here(cls) -> LoopHome:
+        """The loop running the calling task."""
+        return cls(anyio.lowlevel.current_token(), threading.get_ident())
+
+    def is_away(self) -> bool:
+        """Whether the caller runs in another thread than the loop."""
+        return threading.get_ident() != self.thread
+
+    def call(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(*args)`` on the loop and return what it returns (or raise what it raises).
+
+        Blocks the calling thread for one turn of the loop. Once the loop has
+        finished nothing runs there any more, so ``func`` runs right here.
+        """
+        try:
+            return anyio.from_thread.run_sync(func, *args, token=self.token)
+        except anyio.RunFinishedError:
+            return func(*args)
+
+    async def wait(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Await ``func(*args)`` on the loop, from a task of another loop in another thread."""
+
+        def blocking() -> T:
+            return anyio.from_thread.run(func, *args, token=self.token)
+
+        # Abandoned on cancellation: the caller stops waiting, the call finishes
+        # on the refreshers' loop (a shared fetch others may be waiting for).
+        return await anyio.to_thread.run_sync(blocking, abandon_on_cancel=True)
+
+
 class Controls(Protocol):
     """What the handle controls: one lifespan's running refreshers (the runtime)."""
+
+    @property
+    def home(self) -> LoopHome | None:
+        """The loop the refreshers run on, from startup until they have stopped; None otherwise."""
 
     @property
     def names(self) -> list[str]:
@@ -64,10 +124,29 @@ class RefreshHandle:
 
     Handlers reach it as ``request.state.asgi_refresh``; tests get it from
     ``RefreshMiddleware.handle`` or the lifespan state.
+
+    Every method works from any thread: called outside the event loop the
+    refreshers run on (a sync test beside ``TestClient``, whose app runs in a
+    portal thread; a plain ``def`` fetch in its worker thread), a method is carried
+    onto that loop and waits for it. The ``async`` ones are awaited in an async
+    function as usual, on any event loop; from sync code, run them on the app's
+    loop: ``client.portal.call(handle.refresh, "names")`` with ``TestClient``.
     """
 
     def __init__(self, runtime: Controls) -> None:
         self._runtime = runtime
+
+    def _call(self, func: Callable[..., T], *args: Any) -> T:
+        home = self._runtime.home
+        if home is None or not home.is_away():
+            return func(*args)
+        return home.call(func, *args)
+
+    async def _wait(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        home = self._runtime.home
+        if home is None or not home.is_away():
+            return await func(*args)
+        return await home.wait(func, *args)
 
     @property
     def names(self) -> list[str]:
@@ -90,7 +169,7 @@ class RefreshHandle:
             RefreshError: the fetch failed; the previous value stays published.
             RuntimeError: the refreshers are not running.
         """
-        return await self._runtime.refresh(name)
+        return await self._wait(self._runtime.refresh, name)
 
     def status(self) -> dict[str, Status]:
         """Return a JSON-serialisable report keyed by refresher name.
@@ -109,7 +188,7 @@ class RefreshHandle:
         the last scheduled fetch started late: near 0 unless the process cannot
         keep up).
         """
-        return self._runtime.status()
+        return self._call(self._runtime.status)
 
     def value(self, name: str) -> Any:
         """The value published for ``name`` right now.
@@ -121,7 +200,7 @@ class RefreshHandle:
             LookupError: there is no refresher called ``name``, or it is required
                 and has not loaded yet.
         """
-        return self._runtime.value(name)
+        return self._call(self._runtime.value, name)
 
     async def wait_for(self, name: str) -> Any:
         """The value published for ``name``, once it has one.
@@ -133,4 +212,9 @@ class RefreshHandle:
         Raises:
             LookupError: there is no refresher called ``name``.
         """
-        return await self._runtime.wait_for(name)
+        return await self._wait(self._runtime.wait_for, name)
+
+
+def override(handle: RefreshHandle, name: str, value: Any) -> None:
+    """Publish ``value`` for ``name`` and stop refreshing it, from any thread (for the testing helpers)."""
+    handle._call(handle._runtime.override, name, value)

@@ -21,6 +21,7 @@ from ._option_error import OptionTypeError, OptionValueError
 from ._publisher import SNAPSHOT_KEY
 from ._refresher import RESERVED_NAME, Refresher
 from ._runtime import Runtime
+from ._switch import active as active_switch
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_refresh")
@@ -222,10 +223,14 @@ class RefreshMiddleware:
                 }
             )
             return
+        # Under `asgi_refresh.testing.fake_time()`: its clock and pinned values, read
+        # once, here, so that a lifespan keeps what it started with.
+        switch = active_switch()
+        clock = self.clock if switch is None else switch.clock_for(self.clock)
         runtime = Runtime(
             self.refreshers,
             state=state,
-            clock=self.clock,
+            clock=clock,
             listeners=self.listeners,
             coordinator=self.coordinator,
             codec=self.codec,
@@ -234,7 +239,7 @@ class RefreshMiddleware:
         if scope.get("state") is not state:
             scope["state"] = state  # the one documented change to the app's lifespan scope
         # The server's own scope dict, not a copy: the app sees what it would without us.
-        app = AppLifespan(self.app, scope, self.clock)
+        app = AppLifespan(self.app, scope, clock)
         server = _ServerSend(send)
         outcome: Message | None = None  # for the server, once everything has stopped
         reported: Message | None = None
@@ -245,9 +250,13 @@ class RefreshMiddleware:
                 # Live from now on, complete: a fetch may read another refresher's
                 # value through `handle` while the first loads run.
                 runtime.prepare()
+                if switch is not None:
+                    switch.started(runtime.handle)
                 self._live, self._running = state, runtime
                 await task_group.start(runtime.run)
-                ours = await runtime.load(self.startup_timeout)
+                # The switch's clock moves only when the test moves it: retries at
+                # startup would hang the test instead of failing its startup.
+                ours = await runtime.load(self.startup_timeout, simulated=clock is not self.clock)
                 failure = None if ours is None else str(ours)
                 if failure is None:
                     failure = await app.startup(task_group)
@@ -279,6 +288,8 @@ class RefreshMiddleware:
             replaced_cancellation = app.error
         finally:
             app.close()
+            if switch is not None:
+                switch.stopped(runtime.handle)
             if self._live is state:
                 self._live = self._running = None
         if replaced_cancellation is not None:

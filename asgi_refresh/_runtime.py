@@ -26,7 +26,7 @@ from ._contain import describe_error, escapes
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._failure_log import FailureLog
-from ._handle import RefreshError, RefreshHandle
+from ._handle import LoopHome, RefreshError, RefreshHandle
 from ._publisher import SNAPSHOT_KEY, Publisher
 from ._refresher import RESERVED_NAME, Refresher
 from ._scheduler import Scheduler
@@ -67,6 +67,7 @@ class Runtime:
         self.state = state
         self.clock = clock
         self.handle = RefreshHandle(self)
+        self.home: LoopHome | None = None  # the loop we run on, for calls from other threads
         self._task_group: TaskGroup | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
@@ -97,6 +98,7 @@ class Runtime:
         Synchronous, so that nothing (a request, ``middleware.handle``) can see the
         state half-filled.
         """
+        self.home = LoopHome.here()
         self.state[RESERVED_NAME] = self.handle
         for slot in self.slots.values():
             if not slot.spec.required:
@@ -124,6 +126,7 @@ class Runtime:
                 await self.coordination.close()
             await self._close_sources()
             self._stopped.set()
+            self.home = None  # nothing runs any more: other threads may call in directly
 
     async def _open_source(self, slot: Slot) -> None:
         """Open the refresher's source for the rest of the lifespan.
@@ -170,17 +173,25 @@ class Runtime:
         else:
             self.scheduler.reschedule(slot, self.clock.monotonic())
 
-    async def load(self, startup_timeout: float) -> RefreshError | None:
+    async def load(self, startup_timeout: float, *, simulated: bool = False) -> RefreshError | None:
         """Wait for the first loads; return why startup must fail, or None.
 
         Loads run concurrently, so this takes as long as the slowest one. Required
         refreshers must get a value (retrying with backoff until the budget runs
         out); the others only need to have tried once.
+
+        ``simulated``: the clock is a test's, which moves only when the test moves it
+        (`asgi_refresh.testing.fake_time`). Retries would wait for it forever, so
+        required refreshers get their first fetch only, and ``startup_timeout`` also
+        bounds the wait in real seconds (a first fetch stuck on real I/O).
         """
-        with self.clock.move_on_at(self.clock.monotonic() + startup_timeout):
+        with (
+            self.clock.move_on_at(self.clock.monotonic() + startup_timeout),
+            anyio.move_on_after(startup_timeout if simulated else math.inf),
+        ):
             await self.publisher.until(
                 lambda: all(
-                    slot.loaded or slot.fatal if slot.spec.required else slot.attempted
+                    slot.loaded or slot.fatal if slot.spec.required and not simulated else slot.attempted
                     for slot in self.slots.values()
                 )
             )
@@ -190,7 +201,14 @@ class Runtime:
             if slot.loaded:
                 continue
             cause = slot.history.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
-            if slot.spec.required:
+            if slot.spec.required and simulated:
+                failed.append(slot)
+                failures.append(
+                    f"Refresher {slot.spec.name!r} could not load: {cause} (under "
+                    "asgi_refresh.testing.fake_time, a failed first fetch fails startup at once; "
+                    "pin the refresher's value to test without it)"
+                )
+            elif slot.spec.required:
                 failed.append(slot)
                 failures.append(
                     f"Refresher {slot.spec.name!r} could not load within startup_timeout "
@@ -277,6 +295,7 @@ class Runtime:
         share_now = False
         data: bytes | None = None  # encoded for the coordinator; None: what is published (a 304)
         answered = 0  # the refresh-now requests this fetch answers
+        stopping = False
         cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
@@ -319,15 +338,17 @@ class Runtime:
             # Shutdown cancelled us; callers waiting outside (a request) get an error,
             # not a hang and not a half-finished value.
             flight.error = RuntimeError(f"asgi_refresh stopped while refreshing {slot.spec.name!r}")
+            stopping = True
             raise
         finally:
             slot.flight = None
-            flight.finish()
             if slot.timing.refresh_again:
                 slot.timing.refresh_again = False
-                self.scheduler.reschedule(slot, self.clock.monotonic())
-            else:
-                self.scheduler.requeue(slot)
+                slot.timing.next_due = self.clock.monotonic()  # that fetch may have read the old data
+            if not stopping:
+                # Before waking the callers: a refresh that fell due meanwhile starts now.
+                self.scheduler.after_flight(slot)
+            flight.finish()
         if share_now:
             # After `done`: this process serves the value already, and a refresh-now
             # arriving meanwhile starts a new fetch rather than joining a finished one.

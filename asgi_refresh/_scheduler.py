@@ -65,12 +65,14 @@ class Scheduler:
         self._armed = 0
         self._wakeup: anyio.CancelScope | None = None
         self._sleeping_until = -math.inf  # not asleep
+        self._task_group: TaskGroup | None = None
         for slot in slots.values():
             self.reschedule(slot, slot.timing.next_due)
 
     async def run(self, task_group: TaskGroup) -> None:
         """Start each refresher's fetch when it falls due, and cancel fetches past their deadline."""
         clock = self._clock
+        self._task_group = task_group
         while True:
             now = clock.monotonic()
             self._expire(now)
@@ -127,10 +129,28 @@ class Scheduler:
         if due < self._sleeping_until and self._wakeup is not None:
             self._wakeup.cancel()
 
-    def requeue(self, slot: Slot) -> None:
-        """After a fetch: queue the slot's next due time (a fetch may end without rescheduling)."""
-        if slot.timing.queued is None:
-            self.reschedule(slot, slot.timing.next_due)
+    def after_flight(self, slot: Slot) -> None:
+        """After a fetch: start the next at once if it is due already, else make sure it is queued.
+
+        A refresh that fell due while a refresh-now ran, or a watched file that
+        changed meanwhile, is fetched right away, without a round through the
+        scheduler's task.
+        """
+        timing = slot.timing
+        now = self._clock.monotonic()
+        if (
+            timing.next_due <= now
+            and self._task_group is not None
+            and self._fetches(slot)
+            and not slot.overridden
+        ):
+            timing.queued = None  # its entry, if any, is stale now
+            if timing.next_due > -math.inf:
+                self._note_lag(slot, now - timing.next_due)
+            flight = slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
+            self._task_group.start_soon(self._fly, slot, flight, name=slot.task_name)
+        elif timing.queued is None or timing.queued != timing.next_due:
+            self.reschedule(slot, timing.next_due)
 
     @contextmanager
     def deadline(self, at: float) -> Iterator[anyio.CancelScope]:
