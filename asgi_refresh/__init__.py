@@ -20,6 +20,7 @@ from ._duration import Duration
 from ._events import RefreshEvent
 from ._handle import RefreshError, RefreshHandle
 from ._middleware import RefreshMiddleware
+from ._option_error import OptionError
 from ._refresher import Refresher
 from ._sources.base import Source
 from ._sources.bearer import BearerToken
@@ -45,6 +46,7 @@ __all__ = [
     "HTTPSource",
     "Head",
     "JSONCodec",
+    "OptionError",
     "Poll",
     "RedisCoordinator",
     "RefreshError",

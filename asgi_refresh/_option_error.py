@@ -62,3 +62,6 @@ class OptionTypeError(OptionError, TypeError):
 
 class OptionImportError(OptionError, ImportError):
     """An argument needs an optional dependency that is not installed (an `ImportError`)."""
+
+
+OptionError.__module__ = "asgi_refresh"  # tracebacks name it as it is imported
