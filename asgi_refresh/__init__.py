@@ -1,4 +1,13 @@
-"""Keep an ASGI app's startup data fresh without restarts."""
+"""Keep an ASGI app's startup data fresh without restarts.
+
+The sources, the coordination backends and the configuration loader are imported
+on first use (``asgi_refresh.HTTPSource`` or ``from asgi_refresh import
+HTTPSource``): an app that uses none of them never loads httpx, sqlite3 or tomllib.
+"""
+
+from importlib import import_module as _import_module
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from .__about__ import __version__ as __version__
 from ._clock import Clock
@@ -13,9 +22,6 @@ from ._cluster.base import (
     Poll,
     Stored,
 )
-from ._cluster.redis import RedisCoordinator
-from ._cluster.sqlite import SQLiteCoordinator
-from ._config import ConfigError
 from ._duration import Duration
 from ._events import RefreshEvent
 from ._handle import RefreshError, RefreshHandle
@@ -23,12 +29,27 @@ from ._middleware import RefreshMiddleware
 from ._option_error import OptionError
 from ._refresher import Refresher
 from ._sources.base import Source
-from ._sources.bearer import BearerToken
 from ._sources.context import SourceContext
-from ._sources.file import FileSource
-from ._sources.http import HTTPSource
 from ._sources.outcome import Fetched, Fresh, SourceError
 from ._status import Status as RefresherStatus
+
+if _TYPE_CHECKING:
+    from ._cluster.redis import RedisCoordinator
+    from ._cluster.sqlite import SQLiteCoordinator
+    from ._config import ConfigError
+    from ._sources.bearer import BearerToken
+    from ._sources.file import FileSource
+    from ._sources.http import HTTPSource
+
+# Imported on first use: name -> module.
+_LAZY = {
+    "BearerToken": "._sources.bearer",
+    "ConfigError": "._config",
+    "FileSource": "._sources.file",
+    "HTTPSource": "._sources.http",
+    "RedisCoordinator": "._cluster.redis",
+    "SQLiteCoordinator": "._cluster.sqlite",
+}
 
 __all__ = [
     "BadRecord",
@@ -61,3 +82,16 @@ __all__ = [
     "SourceError",
     "Stored",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(module, __name__), name)
+    globals()[name] = value  # once: the next access is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -12,8 +12,8 @@ Servers handle SIGINT and SIGTERM themselves (uvicorn, hypercorn, granian), so a
 
 from __future__ import annotations
 
-import asyncio
 import inspect
+import sys
 
 import anyio
 
@@ -37,6 +37,9 @@ def is_stray_cancellation() -> bool:
     A library that awaits a future cancelled elsewhere raises ``CancelledError``
     into our task although nobody cancelled it: that is the fetch failing.
     """
+    asyncio = sys.modules.get("asyncio")  # not imported: not on asyncio (and importing it costs 25 ms)
+    if asyncio is None:
+        return False
     try:
         task = asyncio.current_task()
     except RuntimeError:  # not asyncio: trio's Cancelled cannot be raised by user code

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._admin import Admin, TokenCheck, checked_admin_path
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
 from ._cluster.base import Codec, Coordinator, JSONCodec
-from ._config import load_config
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._handle import RefreshError, RefreshHandle
@@ -23,6 +21,9 @@ from ._refresher import RESERVED_NAME, Refresher
 from ._runtime import Runtime
 from ._switch import active as active_switch
 from ._types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._admin import Admin, TokenCheck
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -107,11 +108,13 @@ class RefreshMiddleware:
         self.coordinator = _checked_coordinator(coordinator)
         self.codec: Codec = _checked_codec(codec)
         self.lease_ttl = positive_duration("RefreshMiddleware", "lease_ttl", lease_ttl)
-        self._admin = (
-            None
-            if admin_path is None
-            else Admin(checked_admin_path(admin_path), token=admin_token, loopback_only=admin_loopback_only)
-        )
+        self._admin: Admin | None = None
+        if admin_path is not None:
+            from ._admin import Admin, checked_admin_path  # on first use: only apps that serve it load it
+
+            self._admin = Admin(
+                checked_admin_path(admin_path), token=admin_token, loopback_only=admin_loopback_only
+            )
         self._admin_prefix = None if self._admin is None else self._admin.path
         if self._admin is None and (admin_token is not None or admin_loopback_only):
             raise OptionValueError(
@@ -153,6 +156,8 @@ class RefreshMiddleware:
                 ``problems`` list each one with its key path.
         """
         # `cls`, a subclass maybe, is what the [middleware] table's keys are the parameters of.
+        from ._config import load_config  # on first use: it loads the sources and tomllib
+
         loaded = load_config(config, middleware=cls)
         return cls(app, refreshers=loaded.refreshers, **{**loaded.middleware, **options})
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -21,7 +21,6 @@ from . import _schedule as schedule
 from . import _status as status
 from ._clock import Clock
 from ._cluster.base import Codec, Coordinator, JSONCodec
-from ._cluster.coordination import Coordination, NotShareable
 from ._contain import describe_error, escapes
 from ._duration import format_duration
 from ._events import Events, Listener
@@ -34,6 +33,9 @@ from ._slot import Flight, Slot
 from ._sources.context import SharedResources, SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
 from ._status import Status, Unhealthy
+
+if TYPE_CHECKING:
+    from ._cluster.coordination import Coordination
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -75,9 +77,11 @@ class Runtime:
         self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
         self._close_deadline: float | None = None
         self.publisher = Publisher(state, self.slots, clock)
-        self.coordination = (
-            None if coordinator is None else Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
-        )
+        self.coordination: Coordination | None = None
+        if coordinator is not None:
+            from ._cluster.coordination import Coordination  # on first use: apps without one never load it
+
+            self.coordination = Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
         self.scheduler = Scheduler(self.clock, self.slots, self._fly, self._fetches)
 
     @property
@@ -325,7 +329,7 @@ class Runtime:
                     # cancelled elsewhere) is the fetch failing, not us shutting down.
                     exc = RuntimeError("fetch raised CancelledError without being cancelled")
                 flight.error = exc
-                slot.fatal = isinstance(exc, NotShareable)
+                slot.fatal = getattr(exc, "cannot_be_retried", False) is True
                 self._record_failure(slot, exc, started)
             else:
                 self._record_success(slot, result, started, flight.on_grid)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import asgi_refresh
@@ -17,7 +19,27 @@ def test_package_all_is_sorted_and_complete() -> None:
         if not name.startswith("_") and not inspect.ismodule(value)
     }
     assert asgi_refresh.__all__ == sorted(asgi_refresh.__all__)
-    assert set(asgi_refresh.__all__) == public
+    assert set(asgi_refresh.__all__) == public | set(asgi_refresh._LAZY)
+    for name in asgi_refresh.__all__:
+        assert getattr(asgi_refresh, name) is not None
+    assert set(asgi_refresh.__all__) <= set(dir(asgi_refresh))
+
+
+def test_importing_the_package_loads_no_source_backend_or_config_machinery() -> None:
+    """`import asgi_refresh` loads neither httpx nor sqlite3 nor tomllib: they come with first use."""
+    code = (
+        "import sys, asgi_refresh; "
+        "print(sorted(m for m in ('httpx', 'sqlite3', 'tomllib', 'asgi_refresh._config') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    code = "import sys; from asgi_refresh import HTTPSource, ConfigError; print('httpx' in sys.modules)"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "True"
+    )
 
 
 def test_testing_all_is_sorted_and_complete() -> None:

@@ -158,6 +158,8 @@ _HEX = re.compile(r"[0-9a-f]{32}")
 class NotShareable(TypeError):
     """A fetched value that the codec cannot encode: a configuration error, not a bad fetch."""
 
+    cannot_be_retried = True  # the runtime reads this: retrying the fetch would not help
+
 
 def fingerprint(source: Source, codec: Codec) -> str:
     """A short hash of what produces a refresher's values (its source's origin) and how they are encoded.
