@@ -11,7 +11,6 @@ import logging
 import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from contextlib import AsyncExitStack
-from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -74,7 +73,8 @@ class Runtime:
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
         self._shared = SharedResources()  # what the sources share (one HTTP client)
-        self._sources = AsyncExitStack()  # the opened sources, closed when the runtime ends
+        self._sources = AsyncExitStack()  # what the sources share (a client), closed after them
+        self._opened: list[Slot] = []  # the opened sources' slots, in the order they opened
         self._close_deadline: float | None = None
         self.publisher = Publisher(state, self.slots, clock)
         self.coordination: Coordination | None = None
@@ -138,16 +138,13 @@ class Runtime:
         Done as part of its first fetch, so it is bounded and retried like one:
         a source that cannot open is a failed load, not a crash.
         """
-        assert self._task_group is not None
-        name = slot.spec.name
         context = SourceContext(
-            name=name,
+            name=slot.spec.name,
             clock=self.clock,
             shared=self._shared,
             stack=self._sources,
             handle=self.handle,
-            start_soon=partial(_start_soon, self._task_group, f"asgi_refresh:{name}:source"),
-            refresh_soon=partial(self._refresh_soon, slot),
+            lifespan=self,
         )
         try:
             await slot.source.open(context)
@@ -155,19 +152,44 @@ class Runtime:
             if escapes(exc):
                 raise
             raise SourceError(f"could not open its source: {describe_error(exc)}") from exc
-        self._sources.push_async_callback(slot.source.close)
         slot.opened = True
+        self._opened.append(slot)
 
     async def _close_sources(self) -> None:
         deadline = self._close_deadline or self.clock.monotonic() + _CLOSE_TIMEOUT
         # Shielded: shutdown cancelled us, and a source must still close its client.
         with anyio.CancelScope(shield=True), self.clock.move_on_at(deadline):
+            # The sources first, last opened first; then what they shared (a client).
+            while self._opened:
+                slot = self._opened.pop()
+                slot.opened = False
+                try:
+                    await slot.source.close()
+                except BaseException as exc:  # a source is user code: contained
+                    if escapes(exc):
+                        raise
+                    logger.error(
+                        "asgi_refresh: closing the source of %r failed; ignored at shutdown",
+                        slot.spec.name,
+                        exc_info=exc,
+                    )
             try:
                 await self._sources.aclose()
-            except BaseException as exc:  # a source is user code: contained
+            except BaseException as exc:  # a source's shared resource: contained
                 if escapes(exc):
                     raise
                 logger.error("asgi_refresh: closing a source failed; ignored at shutdown", exc_info=exc)
+
+    # -- what sources ask of the lifespan (asgi_refresh._sources.context.Lifespan) ------
+
+    def start_source_task(self, func: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run a source's own task (a file watch) in the task group until shutdown."""
+        assert self._task_group is not None
+        self._task_group.start_soon(func, name=name)
+
+    def source_changed(self, name: str) -> None:
+        """A source says its data changed (a watched file): fetch it soon."""
+        self._refresh_soon(self.slots[name])
 
     def _refresh_soon(self, slot: Slot) -> None:
         if slot.overridden:
@@ -596,7 +618,3 @@ def _unwrap(spec: Refresher, result: Any) -> _Unwrapped:
         refresh_in = until_expiry if refresh_in is None else min(refresh_in, until_expiry)
         result = fresh.value
     return _Unwrapped(result, not_modified, refresh_in, fresh)
-
-
-def _start_soon(task_group: TaskGroup, name: str, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    task_group.start_soon(func, name=name)

@@ -189,7 +189,7 @@ async def test_a_source_raising_anything_on_open_or_close_is_contained(
         assert (middleware.handle.status()["n"]["last_error"] or "").startswith("SourceError: could not open")
         await clock.advance("1s")
         assert published(middleware)["n"] == "value"
-    assert "closing a source failed" in caplog.text
+    assert "closing the source of 'n' failed" in caplog.text
 
 
 async def test_a_blocking_sync_hook_runs_in_a_thread_and_never_stalls_the_loop() -> None:

@@ -64,7 +64,7 @@ async def test_a_source_that_fails_to_close_is_logged_and_shutdown_completes(
     source = RecordingSource(fail_on_exit=True)
     async with running(Refresher("n", source, every="1h")):
         pass
-    assert "closing a source failed; ignored at shutdown" in caplog.text
+    assert "closing the source of 'n' failed; ignored at shutdown" in caplog.text
     assert "OSError: cannot close" in caplog.text
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -30,6 +30,16 @@ class SharedResources:
         self.lock = anyio.Lock()  # two sources opening at once must not make two clients
 
 
+class Lifespan(Protocol):
+    """What a source's context asks of the running middleware (the runtime implements it)."""
+
+    def start_source_task(self, func: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run ``func`` in the lifespan's task group until shutdown."""
+
+    def source_changed(self, name: str) -> None:
+        """Refresher ``name``'s source says its data changed: fetch it soon."""
+
+
 _opening: ContextVar[SourceContext | None] = ContextVar("asgi_refresh_opening_source", default=None)
 
 
@@ -44,6 +54,8 @@ class SourceContext:
             refresher's value (a token); None for a source opened by hand.
     """
 
+    __slots__ = ("_lifespan", "_shared", "_stack", "clock", "handle", "name")
+
     def __init__(
         self,
         *,
@@ -52,16 +64,14 @@ class SourceContext:
         shared: SharedResources,
         stack: AsyncExitStack,
         handle: Any = None,
-        start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None,
-        refresh_soon: Callable[[], None] | None = None,
+        lifespan: Lifespan | None = None,
     ) -> None:
         self.name = name
         self.clock = clock
         self._shared = shared
         self._stack = stack
         self.handle = handle  # the RefreshHandle of the running middleware; None standalone
-        self._start_soon = start_soon
-        self._refresh_soon = refresh_soon
+        self._lifespan = lifespan  # None: opened by hand
 
     @staticmethod
     def claim(source: object, open_context: SourceContext | None, context: SourceContext) -> SourceContext:
@@ -102,7 +112,7 @@ class SourceContext:
     @property
     def standalone(self) -> bool:
         """Whether the source was entered by hand rather than by a running middleware."""
-        return self._refresh_soon is None
+        return self._lifespan is None
 
     async def shared(self, key: str, factory: Callable[[], AbstractAsyncContextManager[T]]) -> T:
         """One object per lifespan for ``key`` (an HTTP client), closed when the lifespan ends."""
@@ -131,15 +141,15 @@ class SourceContext:
 
     def start_soon(self, func: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``func`` in the lifespan's task group until shutdown; False if standalone."""
-        if self._start_soon is None:
+        if self._lifespan is None:
             return False
-        self._start_soon(func)
+        self._lifespan.start_source_task(func, f"asgi_refresh:{self.name}:source")
         return True
 
     def refresh_soon(self) -> None:
         """Ask for a refresh of this source's refresher now (a watched file changed)."""
-        if self._refresh_soon is not None:
-            self._refresh_soon()
+        if self._lifespan is not None:
+            self._lifespan.source_changed(self.name)
 
 
 def opening(context: SourceContext) -> Any:
