@@ -9,12 +9,14 @@ Keys, for prefix ``p`` and refresher ``name``:
   ``refresh_requested <name> <number>``.
 
 Everything that must be atomic (renew, release, a fenced store, a refresh request
-and its message) is one small Lua script.
+and its message) is one small Lua script; so is a poll of up to `CHUNK` leases and
+heads.
 
 redis-py's asyncio client runs on asyncio only, and this package also runs on
 trio; so this uses redis-py's blocking client in worker threads, each call bounded
 by the socket timeouts and by ``timeout``. Coordination calls happen per fetch and
-per lease renewal, never per request, so a thread hop costs nothing that matters.
+once per lease poll for all the leases, never per request, so a thread hop costs
+nothing that matters.
 """
 
 from __future__ import annotations
