@@ -15,6 +15,7 @@ import platform
 import time
 
 import cluster
+import coordinator_idle
 import failure_logs
 import idle
 import overhead
@@ -35,6 +36,7 @@ async def run(quick: bool) -> list[Row]:
             await throughput.measure(refreshers=100, seconds=0.5),
             *await sources.measure(polls=2, rounds=1, seconds=0.2),
             *await cluster.measure(seconds=1.0, changes=2, kills=1, lease_ttl=1.5),
+            *await coordinator_idle.measure(refreshers=200, lease_ttl=1.5, polls=1),
             *await failure_logs.measure(refreshers=50, minutes=5),
         ]
     return [
@@ -45,6 +47,7 @@ async def run(quick: bool) -> list[Row]:
         await throughput.measure(),
         *await sources.measure(),
         *await cluster.measure(),
+        *await coordinator_idle.measure(),
         *await failure_logs.measure(),
     ]
 

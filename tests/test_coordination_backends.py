@@ -24,9 +24,10 @@ from asgi_refresh._cluster.base import BadRecord, Change, Coordinator, MetaValue
 from asgi_refresh._cluster.blocking import call_blocking
 from asgi_refresh._cluster.contract import CoordinatorContract, counters, next_change
 from asgi_refresh._cluster.records import MAX_COUNT, decode_meta, encode_meta, parse_head, parse_stored
+from asgi_refresh._cluster.redis import _head as _poll_head
 from asgi_refresh._cluster.redis import _parse_change
 from asgi_refresh._text import printable
-from tests.faults.backend import Poison, RedisPoisoner, SQLitePoisoner
+from tests.faults.backend import POISONS, Poison, RedisPoisoner, SQLitePoisoner
 from tests.faults.proxy import FlappingProxy
 from tests.redis_server import RedisServer
 
@@ -558,3 +559,229 @@ async def test_a_redis_slowed_down_past_the_timeout_is_unavailable_in_time(redis
                         break
                     except CoordinatorUnavailable:  # the connection pool still held the cut one
                         await anyio.sleep(0.05)
+
+
+# -- one poll for every lease -------------------------------------------------------------
+
+
+def _count_thread_hops(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the blocking calls (each one worker-thread hop) that ``coordinator`` makes."""
+    assert isinstance(coordinator, RedisCoordinator | SQLiteCoordinator)
+    hops = [0]
+    call = coordinator.call
+
+    async def counted(func: Callable[[], Any]) -> Any:
+        hops[0] += 1
+        return await call(func)
+
+    monkeypatch.setattr(coordinator, "call", counted)
+    return hops
+
+
+def _poisoner(coordinator: Coordinator) -> RedisPoisoner | SQLitePoisoner:
+    if isinstance(coordinator, RedisCoordinator):
+        return RedisPoisoner(coordinator.url, coordinator.prefix)
+    assert isinstance(coordinator, SQLiteCoordinator)
+    return SQLitePoisoner(Path(coordinator.path), coordinator.prefix)
+
+
+async def test_a_poll_of_a_thousand_names_is_one_thread_hop(
+    pair: tuple[Coordinator, Coordinator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 leases renewed or taken and 1,000 heads read in one blocking call, each answer right."""
+    first, second = pair
+    names = [f"r{i}" for i in range(1000)]
+    for name in names[:10]:  # the other process holds ten leases and stored a value for each
+        assert await first.acquire(name, 10)
+        assert await first.store(name, b"1", {}) == 1
+    assert await first.request_refresh("r3") == 1
+    assert await first.request_refresh("r500") == 1
+    hops = _count_thread_hops(second, monkeypatch)
+    polled = await second.poll(names, 10)
+    assert hops == [1]
+    assert list(polled) == names
+    assert [name for name, poll in polled.items() if not poll.held] == names[:10]
+    assert {counters(poll.head) for poll in polled.values()} == {
+        (None, 0, 0),
+        (1, 0, 0),
+        (1, 1, 0),
+        (None, 1, 0),
+    }
+    assert counters(polled["r3"].head) == (1, 1, 0)
+    assert counters(polled["r500"].head) == (None, 1, 0)
+    assert all(poll.head.time is not None for poll in polled.values() if not isinstance(poll.head, BadRecord))
+    again = await second.poll(names, 10)
+    assert hops == [2]
+    assert [name for name, poll in again.items() if not poll.held] == names[:10], "renewed, not lost"
+    assert not await first.acquire("r999", 10), "the poll took the lease"
+
+
+async def test_close_gives_back_every_lease_a_poll_took_in_one_call(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leases a poll took are released at close, all in one blocking call, so another takes them at once."""
+    names = [f"r{i}" for i in range(1000)]
+    async with make() as first, make() as second:
+        assert await second.acquire("r7", 10)
+        polled = await first.poll(names, 60)
+        assert sum(poll.held for poll in polled.values()) == 999
+        hops = _count_thread_hops(first, monkeypatch)
+        await first.close()
+        assert hops == [1]
+        again = await second.poll(names, 60)
+        assert all(poll.held for poll in again.values()), "every lease was free again at once"
+
+
+async def test_a_poll_is_chunked_and_answers_each_name_once_in_order(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past CHUNK names a poll makes several short scripts or transactions in one hop; a name asked twice is answered once."""
+    import asgi_refresh._cluster.redis as redis_backend
+    import asgi_refresh._cluster.sqlite as sqlite_backend
+
+    monkeypatch.setattr(redis_backend, "CHUNK", 3)
+    monkeypatch.setattr(sqlite_backend, "CHUNK", 3)
+    async with make() as first, make() as second:
+        assert await first.acquire("r4", 10)
+        assert await first.store("r4", b"1", {}) == 1
+        hops = _count_thread_hops(second, monkeypatch)
+        assert await second.poll([], 10) == {}
+        assert hops == [0]
+        names = ["r6", "r0", "r4", "r1", "r0", "r5", "r2", "r3"]
+        polled = await second.poll(names, 10)
+        assert hops == [1]
+        assert list(polled) == ["r6", "r0", "r4", "r1", "r5", "r2", "r3"]
+        assert {name: poll.held for name, poll in polled.items()} == {name: name != "r4" for name in polled}
+        assert counters(polled["r4"].head) == (1, 0, 0)
+        await second.close()
+        others = ["r0", "r1", "r2", "r3", "r5", "r6"]
+        assert all(poll.held for poll in (await first.poll(others, 10)).values()), "given back at close"
+
+
+_HEAD_POISONS = [  # what damages a head (the counters, or the entry's type)
+    "version is a fraction",
+    "version is negative",
+    "version has 30 digits",
+    "requested is text",
+    "requested is huge",
+    "answered is text",
+    "answered is a fraction",
+    "the entry is a list",
+    "the entry is a string",
+]
+
+
+async def test_a_poisoned_head_is_a_bad_record_of_that_name_only(make: Make) -> None:
+    """Heads damaged each their own way, in one poll: each is that name's BadRecord; the others are right."""
+    async with make() as holder, make() as poller:
+        poisoner = _poisoner(holder)
+        cases = [case for case in _HEAD_POISONS if POISONS[case].applies_to(poisoner.backend)]
+        bad = [f"bad{i}" for i in range(len(cases))]
+        try:
+            for name in ["before", *bad, "after"]:
+                assert await holder.acquire(name, 10)
+                assert await holder.store(name, b"1", {}) == 1
+            await holder.release("after")
+            for name, case in zip(bad, cases, strict=True):
+                poisoner.apply(name, POISONS[case])
+            polled = await poller.poll(["before", *bad, "after", "fresh"], 10)
+        finally:
+            poisoner.close()
+        for name, case in zip(bad, cases, strict=True):
+            assert isinstance(polled[name].head, BadRecord), case
+            assert not polled[name].held, "the lease is another matter than the head"
+        assert (polled["before"].held, counters(polled["before"].head)) == (False, (1, 0, 0))
+        assert (polled["after"].held, counters(polled["after"].head)) == (True, (1, 0, 0))
+        assert (polled["fresh"].held, counters(polled["fresh"].head)) == (True, (None, 0, 0))
+        for name in bad:  # what head() says of each, poll says too
+            with pytest.raises(BadRecord) as raised:
+                await poller.head(name)
+            assert str(raised.value) == str(polled[name].head)
+
+
+async def test_redis_down_during_a_poll_is_coordinator_unavailable(
+    stoppable_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis stopped, a poll fails whole with CoordinatorUnavailable in time; close still ends in time; it recovers."""
+    names = [f"r{i}" for i in range(1000)]
+    prefix = f"down-{uuid.uuid4().hex[:8]}"
+    async with RedisCoordinator(stoppable_redis.url, prefix=prefix, timeout=0.5) as coordinator:
+        assert all(poll.held for poll in (await coordinator.poll(names, 10)).values())
+        stoppable_redis.stop()
+        started = time.monotonic()
+        with pytest.raises(CoordinatorUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0: "):
+            await coordinator.poll(names, 10)
+        assert time.monotonic() - started < 1.5
+        stoppable_redis.start()
+        polled = await coordinator.poll(names, 10)
+        assert all(poll.held for poll in polled.values())
+        assert all(counters(poll.head) == (None, 0, 0) for poll in polled.values())
+        stoppable_redis.stop()
+        started = time.monotonic()
+        await coordinator.close()  # the leases cannot be given back: one bounded attempt
+        assert time.monotonic() - started < 1.5
+
+
+async def test_sqlite_locked_during_a_poll_is_coordinator_unavailable(tmp_path: Path) -> None:
+    """A database locked by another connection fails a poll whole with CoordinatorUnavailable in time; it works after."""
+    path = tmp_path / "refresh.db"
+    names = [f"r{i}" for i in range(1000)]
+    async with SQLiteCoordinator(path, timeout=0.3) as coordinator:
+        assert all(poll.held for poll in (await coordinator.poll(names, 10)).values())
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")
+            started = time.monotonic()
+            with pytest.raises(CoordinatorUnavailable, match="database is locked"):
+                await coordinator.poll(names, 10)
+            assert time.monotonic() - started < 1.0
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        polled = await coordinator.poll(names, 10)
+        assert all(poll.held for poll in polled.values())
+
+
+async def test_a_redis_poll_reply_that_is_not_ours_is_coordinator_unavailable(redis_url: str) -> None:
+    """A reply of the wrong shape (not what our script returns) fails the poll as a backend problem, never half-read."""
+    async with RedisCoordinator(redis_url, prefix=f"odd{uuid.uuid4().hex[:8]}") as coordinator:
+        replies: list[object] = [
+            None,
+            [b"1"],
+            [b"1", b"2", [1, b"none"]],  # an answer per name is missing
+            [b"1", b"2", [1, b"weird"], [1, b"none"]],
+            [b"1", b"2", [1, b"ok", b"1"], [1, b"none"]],
+            [b"x", b"2", [1, b"none"], [1, b"none"]],
+        ]
+        for reply in replies:
+            coordinator._scripts["poll"] = lambda keys, args, reply=reply: reply
+            with pytest.raises(CoordinatorUnavailable, match="unexpected reply to a poll"):
+                await coordinator.poll(["names", "rates"], 10)
+
+
+_REPLY_PART = st.one_of(st.binary(max_size=20), st.integers(), st.none(), st.sampled_from([b"0", b"1", b"7"]))
+
+
+@settings(max_examples=300)
+@given(
+    status=st.one_of(st.sampled_from([b"none", b"type", b"big", b"ok"]), _REPLY_PART),
+    rest=st.lists(_REPLY_PART, max_size=4),
+)
+def test_a_name_s_part_of_a_redis_poll_is_a_head_a_bad_record_or_a_wrong_reply(
+    status: object, rest: list[Any]
+) -> None:
+    """Whatever one name's part of a poll reply holds: a checked Head, that name's BadRecord, or ValueError (a reply not ours)."""
+    try:
+        head = _poll_head(status, rest, 1_700_000_000.0)
+    except BadRecord:  # pragma: no cover - a BadRecord is returned, never raised
+        raise AssertionError("a BadRecord is the name's answer, not an exception") from None
+    except ValueError:
+        return
+    if isinstance(head, BadRecord):
+        assert printable(str(head)) == str(head)
+        return
+    assert head.time == 1_700_000_000.0
+    for value in head[1:3]:
+        assert isinstance(value, int)
+        assert 0 <= value <= MAX_COUNT
+    assert head.version is None or 1 <= head.version <= MAX_COUNT

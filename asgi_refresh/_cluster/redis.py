@@ -9,12 +9,14 @@ Keys, for prefix ``p`` and refresher ``name``:
   ``refresh_requested <name> <number>``.
 
 Everything that must be atomic (renew, release, a fenced store, a refresh request
-and its message) is one small Lua script.
+and its message) is one small Lua script; so is a poll of up to `CHUNK` leases and
+heads.
 
 redis-py's asyncio client runs on asyncio only, and this package also runs on
 trio; so this uses redis-py's blocking client in worker threads, each call bounded
 by the socket timeouts and by ``timeout``. Coordination calls happen per fetch and
-per lease renewal, never per request, so a thread hop costs nothing that matters.
+once per lease poll for all the leases, never per request, so a thread hop costs
+nothing that matters.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from asgi_refresh._cluster.base import (
     CoordinatorUnavailable,
     Head,
     MetaValue,
+    Poll,
     Stored,
 )
 from asgi_refresh._cluster.blocking import BlockingCoordinator, ChangeStream
@@ -78,36 +81,88 @@ local function kind(key)
 end
 """
 
-# KEYS: lease. ARGV: owner, ttl in ms, the longest lease any process takes (ms).
-_ACQUIRE = (
-    _VALID
-    + """
-if kind(KEYS[1]) ~= 'string' then
-  redis.call('DEL', KEYS[1])
-end
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# take(lease, owner, ttl in ms, the longest lease any process takes in ms): 1 if
+# we hold the lease now (taken or renewed), 0 if another owner holds it.
+_TAKE = """
+local function take(lease, owner, millis, longest)
+  if kind(lease) ~= 'string' then
+    redis.call('DEL', lease)
+  end
+  local holder = redis.call('GET', lease)
+  if holder == owner then
+    redis.call('PEXPIRE', lease, millis)
+    return 1
+  end
+  if holder then
+    local left = redis.call('PTTL', lease)
+    if left >= 0 and left <= longest then
+      return 0
+    end
+  end
+  redis.call('SET', lease, owner, 'PX', millis)
   return 1
 end
-if holder then
-  local left = redis.call('PTTL', KEYS[1])
-  if left >= 0 and left <= tonumber(ARGV[3]) then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
 """
-)
 
+# KEYS: lease. ARGV: owner, ttl in ms, the longest lease any process takes (ms).
+_ACQUIRE = _VALID + _TAKE + "return take(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))\n"
+
+# KEYS: the leases to give back. ARGV: owner. Returns how many were ours.
 _RELEASE = (
     _VALID
     + """
-if kind(KEYS[1]) == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+local released = 0
+for i = 1, #KEYS do
+  if kind(KEYS[i]) == 'string' and redis.call('GET', KEYS[i]) == ARGV[1] then
+    released = released + redis.call('DEL', KEYS[i])
+  end
 end
-return 0
+return released
+"""
+)
+
+# KEYS: the lease and the entry of each name, in turn. ARGV: owner, ttl in ms, the
+# longest lease (ms), the largest counter (bytes). Every lease is renewed or taken
+# and every head read, in one script: what a process's lease loop does each cycle.
+# Returns {seconds, microseconds} of the server's clock, then per name {held, status,
+# ...} with the statuses of _READ: 'none', 'type' and the key's type, 'big' with the
+# field and its size, or 'ok' with version, requested and answered (false if missing).
+_POLL = (
+    _VALID
+    + _TAKE
+    + """
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+local owner, millis, longest, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local fields = {'version', 'requested', 'answered'}
+local function head(entry)
+  local what = kind(entry)
+  if what == 'none' then
+    return {'none'}
+  end
+  if what ~= 'hash' then
+    return {'type', what}
+  end
+  for _, field in ipairs(fields) do
+    local size = redis.call('HSTRLEN', entry, field)
+    if size > limit then
+      return {'big', field, size}
+    end
+  end
+  local values = redis.call('HMGET', entry, 'version', 'requested', 'answered')
+  return {'ok', values[1], values[2], values[3]}
+end
+local reply = {}
+for i = 1, #KEYS, 2 do
+  local answer = head(KEYS[i + 1])
+  table.insert(answer, 1, take(KEYS[i], owner, millis, longest))
+  reply[#reply + 1] = answer
+end
+local now = redis.call('TIME')
+table.insert(reply, 1, now[2])
+table.insert(reply, 1, now[1])
+return reply
 """
 )
 
@@ -203,6 +258,10 @@ _LONGEST_LEASE = 86400.0
 _LEASE_FACTOR = 100  # ... or than this many times the ttl we ask for, if that is longer
 _ENTRY_FIELDS = ("version", "data", "meta", "stored_at", "stored_by", "answered")
 _HEAD_FIELDS = ("version", "requested", "answered")
+# Names per script of a poll or a release: Redis runs nothing else while a script
+# runs, so a process with 100,000 leases makes 200 short scripts (one round trip
+# each, all in one worker thread), not one that stops the server for everyone.
+CHUNK = 500
 
 
 def _import_redis() -> Any:
@@ -328,6 +387,7 @@ class RedisCoordinator(BlockingCoordinator):
         self._scripts = {
             "acquire": client.register_script(_ACQUIRE),
             "release": client.register_script(_RELEASE),
+            "poll": client.register_script(_POLL),
             "store": client.register_script(_STORE),
             "request": client.register_script(_REQUEST),
             "read": client.register_script(_READ),
@@ -379,11 +439,61 @@ class RedisCoordinator(BlockingCoordinator):
 
     async def release(self, name: str) -> None:
         """Give up the lease on ``name`` if we hold it."""
+        await self.release_all([name])
+
+    async def release_all(self, names: Sequence[str]) -> None:
+        """Give up the leases on ``names`` that we hold: one script per `CHUNK` names, one thread hop."""
         self._open_client()
-        lease = self._key("lease", name)
-        script = self._scripts["release"]
-        await self.call(lambda: script(keys=[lease], args=[self.owner]))
-        self.holds(name, False)
+        leases = [self._key("lease", name) for name in names]
+        script, owner = self._scripts["release"], self.owner
+
+        def release() -> None:
+            for start in range(0, len(leases), CHUNK):
+                script(keys=leases[start : start + CHUNK], args=[owner])
+
+        if leases:
+            await self.call(release)
+        for name in names:
+            self.holds(name, False)
+
+    async def poll(self, names: Sequence[str], ttl: float) -> dict[str, Poll]:
+        """Renew or take the lease of every name and read every head: one script per `CHUNK` names.
+
+        All of it in one worker thread: a thousand idle refreshers cost two short
+        scripts per poll, not two thousand calls. A malformed head is the
+        `BadRecord` of its name only.
+        """
+        self._open_client()
+        millis = max(1, math.ceil(positive_duration("RedisCoordinator", "ttl", ttl) * 1000))
+        longest = max(millis * _LEASE_FACTOR, int(_LONGEST_LEASE * 1000))
+        wanted = list(dict.fromkeys(names))  # one answer per name, in the order given
+        keys = [key for name in wanted for key in (self._key("lease", name), self._key("entry", name))]
+        script, args = self._scripts["poll"], [self.owner, millis, longest, MAX_FIELD_BYTES]
+
+        def poll() -> list[Any]:
+            return [
+                script(keys=keys[start : start + 2 * CHUNK], args=args)
+                for start in range(0, len(keys), 2 * CHUNK)
+            ]
+
+        # Counted as held before the call, as in `acquire`.
+        for name in wanted:
+            self.holds(name, True)
+        replies = await self.call(poll) if wanted else []
+        polled: dict[str, Poll] = {}
+        for start, reply in zip(range(0, len(wanted), CHUNK), replies, strict=True):
+            chunk = wanted[start : start + CHUNK]
+            try:
+                seconds, micros, *answers = reply
+                now = _clock(seconds, micros)
+                if len(answers) != len(chunk):
+                    raise ValueError(len(answers))
+                for name, (held, status, *rest) in zip(chunk, answers, strict=True):
+                    polled[name] = Poll(held == 1, _head(status, rest, now))
+                    self.holds(name, held == 1)
+            except (TypeError, ValueError):  # not what our script returns: not a Redis we can use
+                raise CoordinatorUnavailable(f"{self.backend}: unexpected reply to a poll") from None
+        return polled
 
     async def store(
         self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
@@ -418,20 +528,15 @@ class RedisCoordinator(BlockingCoordinator):
         reply = await self.call(lambda: script(keys=[entry], args=args))
         try:
             seconds, micros, status, *rest = reply
-            now = parse_count("the server's clock", seconds) + parse_count("the server's clock", micros) / 1e6
+            now = _clock(seconds, micros)
         except (TypeError, ValueError):  # not what our script returns: not a Redis we can use
             raise CoordinatorUnavailable(f"{self.backend}: unexpected reply to a read") from None
         if status == b"none":
             return now, None
         if status == b"type":
-            raise BadRecord(
-                f"the entry is a Redis {printable(bytes(rest[0]).decode('ascii', 'replace'), 20)}, not a hash"
-            )
+            raise _wrong_type(rest[0])
         if status == b"big":
-            field, size = bytes(rest[0]).decode("ascii", "replace"), rest[1]
-            limit = dict(limits).get(field, 0)
-            hint = "; raise max_bytes if that is right" if field == "data" else ""
-            raise BadRecord(f"{field} is {size} bytes (at most {limit}){hint}")
+            raise _too_big(rest[0], rest[1], dict(limits))
         if len(rest) != len(limits):
             raise CoordinatorUnavailable(f"{self.backend}: unexpected reply to a read")
         return now, {field: value for (field, _), value in zip(limits, rest, strict=True)}
@@ -521,6 +626,50 @@ class RedisCoordinator(BlockingCoordinator):
                 deliver(lost)
         finally:
             _close_quietly(pubsub)
+
+
+def _clock(seconds: object, micros: object) -> float:
+    """The server's clock from the two numbers of its TIME; `BadRecord` if they are not numbers."""
+    return parse_count("the server's clock", seconds) + parse_count("the server's clock", micros) / 1e6
+
+
+def _word(raw: object) -> str:
+    """A short word of a script's reply (a key type, a field name), as text for a message."""
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    return printable(text, 20)
+
+
+def _wrong_type(kind: object) -> BadRecord:
+    return BadRecord(f"the entry is a Redis {_word(kind)}, not a hash")
+
+
+def _too_big(field: object, size: object, limits: Mapping[str, int]) -> BadRecord:
+    name = _word(field)
+    hint = "; raise max_bytes if that is right" if name == "data" else ""
+    return BadRecord(f"{name} is {_word(size)} bytes (at most {limits.get(name, 0)}){hint}")
+
+
+_HEAD_LIMITS = dict.fromkeys(_HEAD_FIELDS, MAX_FIELD_BYTES)
+
+
+def _head(status: object, rest: list[Any], now: float) -> Head | BadRecord:
+    """One name's head from its part of a poll's reply, or the `BadRecord` it is.
+
+    Raises:
+        ValueError: the reply is not what the script returns (not a `BadRecord`).
+    """
+    try:
+        if status == b"none" and not rest:
+            return Head(None, 0, 0, time=now)
+        if status == b"type" and len(rest) == 1:
+            return _wrong_type(rest[0])
+        if status == b"big" and len(rest) == 2:
+            return _too_big(rest[0], rest[1], _HEAD_LIMITS)
+        if status == b"ok" and len(rest) == 3:
+            return parse_head(*rest, time=now)
+    except BadRecord as exc:
+        return exc
+    raise ValueError(status)
 
 
 def _parse_change(data: object) -> Change | None:

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +39,7 @@ from asgi_refresh._cluster.base import (
     Coordinator,
     Head,
     MetaValue,
+    Poll,
     Stored,
 )
 from asgi_refresh._cluster.blocking import BlockingCoordinator
@@ -123,6 +124,26 @@ _NAMES = (
     "CASE WHEN typeof(requested) = 'integer' THEN requested ELSE -1 END "
     "FROM asgi_refresh_entries WHERE prefix = ? AND typeof(name) = 'text' AND length(name) <= 200 LIMIT ?"
 )
+# Take or renew a lease, unless another owner holds it (a row of ours, unexpired):
+# ?1 prefix, ?2 name, ?3 owner, ?4 new expiry, ?5 now, ?6 the longest lease's expiry.
+# A row that is not a lease we wrote (the wrong types, an expiry absurdly far ahead)
+# is taken over, not obeyed: it would stop every fetch forever.
+_TAKE = (
+    "INSERT INTO asgi_refresh_leases (prefix, name, owner, expires_at) VALUES (?1, ?2, ?3, ?4) "
+    "ON CONFLICT (prefix, name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE NOT (typeof(owner) = 'text' AND owner != excluded.owner "
+    "AND typeof(expires_at) IN ('real', 'integer') AND expires_at > ?5 AND expires_at <= ?6)"
+)
+# A head: whether its counters are small enough to be counters, then the counters.
+_SMALL = f"coalesce(length({{0}}), 0) <= {MAX_FIELD_BYTES}"
+_HEAD = (
+    f"{_SMALL.format('version')} AND {_SMALL.format('requested')} AND {_SMALL.format('answered')}, "
+    "version, requested, answered"
+)
+# Names per statement of a poll or a release, within SQLite's oldest limit on
+# parameters (999), and per transaction: another process's write waits for one
+# chunk, not for a process's every lease.
+CHUNK = 500
 _MAX_NAMES = 100_000  # rows a subscriber reads per change: a flooded table must not fill memory
 _LONGEST_LEASE = 86400.0  # a lease expiring later than this (or 100 ttls) is not ours: taken over
 _LEASE_FACTOR = 100
@@ -284,17 +305,72 @@ class SQLiteCoordinator(BlockingCoordinator):
 
     async def release(self, name: str) -> None:
         """Give up the lease on ``name`` if we hold it."""
-        check_name(name)
+        await self.release_all([name])
+
+    async def release_all(self, names: Sequence[str]) -> None:
+        """Give up the leases on ``names`` that we hold: one statement per `CHUNK` names, one thread hop."""
+        wanted = [check_name(name) for name in names]
         owner = self.owner
 
         def release(db: sqlite3.Connection) -> None:
-            db.execute(
-                "DELETE FROM asgi_refresh_leases WHERE prefix = ? AND name = ? AND owner = ?",
-                (self.prefix, name, owner),
-            )
+            for chunk in _chunks(wanted):
+                db.execute(
+                    "DELETE FROM asgi_refresh_leases WHERE prefix = ? AND owner = ? "
+                    f"AND name IN ({', '.join('?' * len(chunk))})",
+                    (self.prefix, owner, *chunk),
+                )
 
-        await self._call(release)
-        self.holds(name, False)
+        if wanted:
+            await self._call(release)
+        for name in wanted:
+            self.holds(name, False)
+
+    async def poll(self, names: Sequence[str], ttl: float) -> dict[str, Poll]:
+        """Renew or take the lease of every name and read every head: one transaction per `CHUNK` names.
+
+        All of it in one worker thread: a thousand idle refreshers cost two short
+        transactions per poll, not two thousand calls. A malformed head is the
+        `BadRecord` of its name only.
+        """
+        wanted = list(dict.fromkeys(check_name(name) for name in names))  # one answer each, in order
+        positive_duration("SQLiteCoordinator", "ttl", ttl)
+        owner, prefix = self.owner, self.prefix
+        longest = max(ttl * _LEASE_FACTOR, _LONGEST_LEASE)
+
+        def poll(db: sqlite3.Connection) -> list[tuple[float, set[str], dict[str, Any]]]:
+            answers = []
+            for chunk in _chunks(wanted):
+                db.execute("BEGIN IMMEDIATE")
+                now = time.time()
+                db.executemany(
+                    _TAKE, [(prefix, name, owner, now + ttl, now, now + longest) for name in chunk]
+                )
+                marks = ", ".join("?" * len(chunk))
+                mine = "FROM asgi_refresh_leases WHERE prefix = ? AND owner = ?"
+                held = {
+                    name
+                    for (name,) in db.execute(
+                        f"SELECT name {mine} AND name IN ({marks})", (prefix, owner, *chunk)
+                    )
+                }
+                entries = f"FROM asgi_refresh_entries WHERE prefix = ? AND name IN ({marks})"
+                heads = {
+                    row[0]: row[1:] for row in db.execute(f"SELECT name, {_HEAD} {entries}", (prefix, *chunk))
+                }
+                db.execute("COMMIT")
+                answers.append((time.time(), held, heads))
+            return answers
+
+        # Counted as held before the call, as in `acquire`.
+        for name in wanted:
+            self.holds(name, True)
+        answers = await self._call(poll) if wanted else []
+        polled: dict[str, Poll] = {}
+        for chunk, (now, held, heads) in zip(_chunks(wanted), answers, strict=True):
+            for name in chunk:
+                self.holds(name, name in held)
+                polled[name] = Poll(name in held, _head(heads.get(name), now))
+        return polled
 
     async def store(
         self, name: str, data: bytes, meta: Mapping[str, MetaValue], *, answered: int = 0
@@ -374,22 +450,17 @@ class SQLiteCoordinator(BlockingCoordinator):
         """Version and refresh-now counters of ``name`` (one primary-key read); `BadRecord` if malformed."""
         check_name(name)
 
-        def head(db: sqlite3.Connection) -> tuple[float, Any]:
+        def read(db: sqlite3.Connection) -> tuple[float, Any]:
             row = db.execute(
-                "SELECT coalesce(length(version), 0) <= ? AND coalesce(length(requested), 0) <= ? "
-                "AND coalesce(length(answered), 0) <= ?, "
-                "version, requested, answered FROM asgi_refresh_entries WHERE prefix = ? AND name = ?",
-                (MAX_FIELD_BYTES, MAX_FIELD_BYTES, MAX_FIELD_BYTES, self.prefix, name),
+                f"SELECT {_HEAD} FROM asgi_refresh_entries WHERE prefix = ? AND name = ?", (self.prefix, name)
             ).fetchone()
             return time.time(), row
 
-        now, row = await self._call(head)
-        if row is None:
-            return Head(None, 0, 0, time=now)
-        small, version, requested, answered = row
-        if not small:
-            raise BadRecord("a counter is bigger than any number")
-        return parse_head(version, requested, answered, time=now)
+        now, row = await self._call(read)
+        head = _head(row, now)
+        if isinstance(head, BadRecord):
+            raise head
+        return head
 
     async def request_refresh(self, name: str) -> int:
         """Count a refresh-now request for ``name``; its number."""
@@ -434,6 +505,23 @@ class SQLiteCoordinator(BlockingCoordinator):
         """Changes under the prefix from now on, found by polling every ``poll_interval``."""
         seq, names = await self._call(self._snapshot)
         yield _Poller(self, seq, names)
+
+
+def _chunks(names: list[str]) -> list[list[str]]:
+    return [names[start : start + CHUNK] for start in range(0, len(names), CHUNK)]
+
+
+def _head(row: Sequence[Any] | None, now: float) -> Head | BadRecord:
+    """A head from its row (whether its counters are small, then the counters), or its `BadRecord`."""
+    if row is None:
+        return Head(None, 0, 0, time=now)
+    small, version, requested, answered = row
+    if not small:
+        return BadRecord("a counter is bigger than any number")
+    try:
+        return parse_head(version, requested, answered, time=now)
+    except BadRecord as exc:
+        return exc
 
 
 class _Poller:
