@@ -12,7 +12,9 @@ import ast
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-PACKAGE = Path(__file__).parent.parent / "asgi_refresh"
+import asgi_refresh
+
+PACKAGE = Path(asgi_refresh.__file__).parent  # the installed package: .ci/lowest tests a wheel
 
 # Lowest first. A module may import from its own layer or any layer below it.
 LAYERS: list[tuple[str, set[str]]] = [
