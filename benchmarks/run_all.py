@@ -18,6 +18,7 @@ import cluster
 import coordinator_idle
 import failure_logs
 import idle
+import import_cost
 import overhead
 import sources
 import startup
@@ -38,6 +39,7 @@ async def run(quick: bool) -> list[Row]:
             *await cluster.measure(seconds=1.0, changes=2, kills=1, lease_ttl=1.5),
             *await coordinator_idle.measure(refreshers=200, lease_ttl=1.5, polls=1),
             *await failure_logs.measure(refreshers=50, minutes=5),
+            *await import_cost.measure(rounds=2),
         ]
     return [
         *await overhead.measure(),
@@ -49,6 +51,7 @@ async def run(quick: bool) -> list[Row]:
         *await cluster.measure(),
         *await coordinator_idle.measure(),
         *await failure_logs.measure(),
+        *await import_cost.measure(),
     ]
 
 
