@@ -1,4 +1,4 @@
-"""When each refresher fetches: its loop, its next due time, and what a fetch's outcome does to it.
+"""When each refresher fetches: one heap of due times for all, and what a fetch's outcome does to it.
 
 The rules themselves (the fixed-rate grid, jitter, backoff, expiry, ``Retry-After``)
 are pure functions in `asgi_refresh._schedule`; this applies them to the running
