@@ -12,11 +12,14 @@ import itertools
 import logging
 import math
 import random
+import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from asgi_refresh import _schedule as schedule
@@ -28,14 +31,22 @@ from asgi_refresh._sources.outcome import SourceError
 
 logger = logging.getLogger("asgi_refresh")
 
+# Workers: started this many at a time (at least) while due fetches wait for one; at
+# most this many kept idle; a worker lets other tasks run after this long (real time).
+_NEW_WORKERS = 16
+_MAX_IDLE_WORKERS = 8
+_FAIRNESS = 0.001
+
 
 class Scheduler:
     """One task wakes every refresher when it is due: a heap of due times, one sleep at a time.
 
     Refreshers are plain records, not tasks: a thousand idle ones cost a thousand
-    heap entries and one sleeping task. A fetch that falls due runs in a task of
-    its own, for as long as it runs. Fetch deadlines live in a second heap, served
-    by the same sleep: no timer is armed and cancelled per fetch.
+    heap entries and one sleeping task. Due fetches go to a small pool of worker
+    tasks, which grows while fetches wait on I/O (so none queues behind a slow one)
+    and shrinks back when idle: no task is spawned per refresh. Fetch deadlines
+    live in a second heap, served by the same sleep: no timer is armed and
+    cancelled per fetch.
 
     Args:
         clock: The runtime's clock.
@@ -66,6 +77,10 @@ class Scheduler:
         self._wakeup: anyio.CancelScope | None = None
         self._sleeping_until = -math.inf  # not asleep
         self._task_group: TaskGroup | None = None
+        # Due fetches waiting for a worker, the idle workers' wake-up events, the workers.
+        self._ready: deque[Slot] = deque()
+        self._idle: list[anyio.Event] = []
+        self._workers = 0
         for slot in slots.values():
             self.reschedule(slot, slot.timing.next_due)
 
@@ -77,6 +92,12 @@ class Scheduler:
             now = clock.monotonic()
             self._expire(now)
             self._start_due(now, task_group)
+            while self._ready:
+                # Workers are waiting inside fetches (I/O): add workers until every due
+                # fetch has started, so that slow fetches never queue behind each other.
+                await anyio.lowlevel.checkpoint()
+                for _ in range(min(len(self._ready), max(_NEW_WORKERS, self._workers))):
+                    self._spawn_worker(task_group)
             wake = min(
                 self._due[0][0] if self._due else math.inf,
                 self._deadlines[0][0] if self._deadlines else math.inf,
@@ -105,8 +126,41 @@ class Scheduler:
                 self._note_lag(slot, now - due)
             if slot.flight is not None:
                 continue  # a refresh-now under way is this refresh; its end schedules the next
-            flight = slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
-            task_group.start_soon(self._fly, slot, flight, name=slot.task_name)
+            slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
+            self._ready.append(slot)
+        if self._ready:
+            # Idle workers take the due fetches; without any, one new worker starts on them.
+            woken = min(len(self._ready), len(self._idle))
+            for _ in range(woken):
+                self._idle.pop().set()
+            if not woken:
+                self._spawn_worker(task_group)
+
+    def _spawn_worker(self, task_group: TaskGroup) -> None:
+        self._workers += 1
+        task_group.start_soon(self._work, name="asgi_refresh:worker")
+
+    async def _work(self) -> None:
+        """Run due fetches one after another; wait idle for more, or end when enough others wait."""
+        ready = self._ready
+        try:
+            while True:
+                yielded = time.monotonic()
+                while ready:
+                    slot = ready.popleft()
+                    flight = slot.flight
+                    if flight is not None:
+                        await self._fly(slot, flight)
+                    if ready and time.monotonic() - yielded > _FAIRNESS:
+                        await anyio.lowlevel.checkpoint()  # let requests in between fetches
+                        yielded = time.monotonic()
+                if len(self._idle) >= _MAX_IDLE_WORKERS:
+                    return
+                woken = anyio.Event()
+                self._idle.append(woken)
+                await woken.wait()
+        finally:
+            self._workers -= 1
 
     def reschedule(self, slot: Slot, due: float) -> None:
         """Fetch ``slot`` at ``due`` (``inf``: not until rescheduled again)."""
