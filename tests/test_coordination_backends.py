@@ -274,9 +274,12 @@ async def test_sqlite_locked_past_the_timeout_is_coordinator_unavailable(tmp_pat
             ]
             for operation in operations:
                 started = time.monotonic()
-                with pytest.raises(CoordinatorUnavailable, match="database is locked"):
+                # SQLite's busy timeout or our own bound on the call, whichever a loaded machine hits first.
+                with pytest.raises(
+                    CoordinatorUnavailable, match=r"database is locked|no answer within 0\.3s"
+                ):
                     await operation()
-                assert time.monotonic() - started < 1.0
+                assert time.monotonic() - started < 2.0  # the lock is held for ever: in time, not never
             assert counters(await coordinator.head("names")) == (None, 0, 0)  # WAL: reads go on
             blocker.execute("ROLLBACK")
         finally:
@@ -539,16 +542,17 @@ async def test_store_and_request_repair_damaged_counters_instead_of_failing(
 
 
 async def test_a_redis_slowed_down_past_the_timeout_is_unavailable_in_time(redis_server: RedisServer) -> None:
-    """Behind a proxy that delays every chunk by 1 s, each call fails within the timeout; fast again, it works."""
+    """Behind a proxy that delays every chunk by 5 s, a call fails at its timeout, not the delay; fast again, it works."""
     with FlappingProxy(("127.0.0.1", redis_server.port)) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         async with RedisCoordinator(url, prefix=f"slow{uuid.uuid4().hex[:8]}", timeout=0.3) as coordinator:
             assert await coordinator.acquire("names", 10)
-            proxy.delay = 1.0
+            proxy.delay = 5.0
             started = time.monotonic()
             with pytest.raises(CoordinatorUnavailable):
                 await coordinator.head("names")
-            assert time.monotonic() - started < 0.6
+            # The timeout is 0.3 s; a loaded CI machine adds to it, but nowhere near the 5 s delay.
+            assert time.monotonic() - started < 2.0
             proxy.delay = 0.0
             proxy.down()  # the slow connection is cut: the next call makes a new one
             proxy.up()
