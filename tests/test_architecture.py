@@ -32,7 +32,6 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_admin_page",
             "_sources",
             "_sources.headers",
-            "_sources.bearer",
             "_cluster",
             "_cluster.base",
         },
@@ -55,6 +54,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "_sources.parsing",
             "_sources.decoding",
+            "_sources.bearer",
             "_sources.file",
             "_sources.http",
             "_sources.function",

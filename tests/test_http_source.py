@@ -17,6 +17,7 @@ import pytest
 import respx
 
 from asgi_refresh import BearerToken, Fresh, HTTPSource, Refresher, RefreshError, SourceError
+from asgi_refresh._sources.context import Values
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, running, startup_failure
@@ -670,7 +671,7 @@ async def test_bearer_token_needs_a_running_middleware() -> None:
                 pass  # pragma: no cover
     with pytest.raises(ValueError, match="BearerToken: refresher must be a refresher name"):
         BearerToken("a token")
-    bound = BearerToken("token")._bind(object())
+    bound = BearerToken("token")._bind(runtime_values())
     with pytest.raises(RuntimeError, match=r"works with httpx\.AsyncClient only"):
         next(bound.sync_auth_flow(httpx.Request("GET", URL)))
 
@@ -819,3 +820,16 @@ async def test_your_own_client_follows_its_own_redirect_policy(upstream: respx.M
         source = HTTPSource(URL, client=client)
         async with source:
             assert (await source()).value == ["elsewhere"]
+
+
+def runtime_values() -> Values:
+    """A stand-in for the running middleware's handle, for a source bound outside one."""
+
+    class Handle:
+        def value(self, name: str) -> Any:
+            return "token"
+
+        async def wait_for(self, name: str) -> Any:
+            return "token"
+
+    return Handle()

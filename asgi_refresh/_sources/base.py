@@ -22,24 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from asgi_refresh._sources.context import SourceContext
+from asgi_refresh._sources.context import SourceContext, Values
 from asgi_refresh._sources.outcome import Fetched
 
 __all__ = ["Fetched", "Source", "SourceContext", "Values"]
-
-
-class Values(Protocol):
-    """Read access to the published values: what `SourceContext.handle` offers a source.
-
-    The running middleware's `RefreshHandle` is one; a source that needs another
-    refresher's value (a token) reads it through this.
-    """
-
-    def value(self, name: str) -> Any:
-        """The value published for ``name`` now (`LookupError` before its first load)."""
-
-    async def wait_for(self, name: str) -> Any:
-        """The value published for ``name``, once it has one."""
 
 
 @runtime_checkable

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from asgi_refresh._option_error import OptionValueError
+
+if TYPE_CHECKING:
+    from asgi_refresh._sources.context import Values
 
 
 class BearerToken:
@@ -41,7 +44,7 @@ class BearerToken:
     def __repr__(self) -> str:
         return f"BearerToken({self.refresher!r})"
 
-    def _bind(self, handle: Any) -> _BoundBearer:
+    def _bind(self, handle: Values | None) -> _BoundBearer:
         if handle is None:
             raise RuntimeError(
                 f"{self!r} reads another refresher's value: it needs a running RefreshMiddleware"
@@ -52,7 +55,7 @@ class BearerToken:
 class _BoundBearer(httpx.Auth):
     """A `BearerToken` tied to the running middleware's handle, for one open source."""
 
-    def __init__(self, token: BearerToken, handle: Any) -> None:
+    def __init__(self, token: BearerToken, handle: Values) -> None:
         self.token, self.handle = token, handle
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:

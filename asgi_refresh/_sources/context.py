@@ -30,6 +30,20 @@ class SharedResources:
         self.lock = anyio.Lock()  # two sources opening at once must not make two clients
 
 
+class Values(Protocol):
+    """Read access to the published values: what `SourceContext.handle` offers a source.
+
+    The running middleware's `RefreshHandle` is one; a source that needs another
+    refresher's value (a token) reads it through this.
+    """
+
+    def value(self, name: str) -> Any:
+        """The value published for ``name`` now (`LookupError` before its first load)."""
+
+    async def wait_for(self, name: str) -> Any:
+        """The value published for ``name``, once it has one."""
+
+
 class Lifespan(Protocol):
     """What a source's context asks of the running middleware (the runtime implements it)."""
 
@@ -63,7 +77,7 @@ class SourceContext:
         clock: Clock,
         shared: SharedResources,
         stack: AsyncExitStack,
-        handle: Any = None,
+        handle: Values | None = None,
         lifespan: Lifespan | None = None,
     ) -> None:
         self.name = name
