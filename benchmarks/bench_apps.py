@@ -86,3 +86,40 @@ async def _hand_written_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 hand_written = _app(_hand_written_lifespan)
+
+
+# -- busy: the same app while 1,000 values refresh every 100 ms (benchmarks/busy.py) ----------
+
+BUSY = 1000
+
+
+async def _busy_value() -> int:
+    return 1
+
+
+refreshed_busy = RefreshMiddleware(
+    _app(per_request=True),
+    refreshers=[
+        Refresher("names", load_names, every="60s"),
+        *(Refresher(f"value{i}", _busy_value, every="100ms") for i in range(BUSY)),
+    ],
+)
+
+
+@contextlib.asynccontextmanager
+async def _hand_written_busy_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    values: dict[str, int] = {}
+
+    async def loop(name: str) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            values[name] = await _busy_value()
+
+    app.state.names = await load_names()
+    tasks = [asyncio.create_task(loop(f"value{i}")) for i in range(BUSY)]
+    yield
+    for task in tasks:
+        task.cancel()
+
+
+hand_written_busy = _app(_hand_written_busy_lifespan)

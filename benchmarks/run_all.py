@@ -14,6 +14,7 @@ import asyncio
 import platform
 import time
 
+import busy
 import cluster
 import coordinator_idle
 import failure_logs
@@ -32,6 +33,7 @@ async def run(quick: bool) -> list[Row]:
         return [
             *await overhead.measure(refreshers=10, rounds=2, requests=200),
             *await uvicorn_load.measure(rounds=1, seconds=0.5),
+            *await busy.measure(rounds=1, seconds=0.5),
             await startup.measure(rounds=1),
             *await idle.measure(refreshers=1000, seconds=0.5),
             *await throughput.measure(refreshers=100, seconds=0.5, rounds=1),
@@ -44,6 +46,7 @@ async def run(quick: bool) -> list[Row]:
     return [
         *await overhead.measure(),
         *await uvicorn_load.measure(),
+        *await busy.measure(),
         await startup.measure(),
         *await idle.measure(),
         *await throughput.measure(),
