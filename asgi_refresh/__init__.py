@@ -31,7 +31,6 @@ from ._refresher import Refresher
 from ._sources.base import Source
 from ._sources.context import SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
-from ._status import Status as RefresherStatus
 
 if _TYPE_CHECKING:
     from ._cluster.redis import RedisCoordinator
@@ -40,14 +39,17 @@ if _TYPE_CHECKING:
     from ._sources.bearer import BearerToken
     from ._sources.file import FileSource
     from ._sources.http import HTTPSource
+    from ._status import Status as RefresherStatus
 
-# Imported on first use: name -> module.
+# Imported on first use: name -> module (and the name there, where it differs).
+_RENAMED = {"RefresherStatus": "Status"}
 _LAZY = {
     "BearerToken": "._sources.bearer",
     "ConfigError": "._config",
     "FileSource": "._sources.file",
     "HTTPSource": "._sources.http",
     "RedisCoordinator": "._cluster.redis",
+    "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
 }
 
@@ -88,7 +90,7 @@ def __getattr__(name: str) -> _Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(module, __name__), name)
+    value = getattr(_import_module(module, __name__), _RENAMED.get(name, name))
     globals()[name] = value  # once: the next access is a plain global
     return value
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from asgi_refresh._status import Status, Unhealthy
+if TYPE_CHECKING:
+    from asgi_refresh._status import Status, Unhealthy
+
 
 T = TypeVar("T")
 

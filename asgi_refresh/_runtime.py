@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from . import _report as status
 from . import _schedule as schedule
-from . import _status as status
 from ._clock import Clock
 from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._contain import describe_error, escapes
@@ -31,10 +31,10 @@ from ._scheduler import Scheduler
 from ._slot import Flight, Slot
 from ._sources.context import SharedResources, SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
-from ._status import Status, Unhealthy
 
 if TYPE_CHECKING:
     from ._cluster.coordination import Coordination
+    from ._status import Status, Unhealthy
 
 logger = logging.getLogger("asgi_refresh")
 

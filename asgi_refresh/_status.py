@@ -1,19 +1,19 @@
-"""The status report: one typed, JSON-serialisable entry per refresher, and readiness."""
+"""The status report's types: one typed, JSON-serialisable entry per refresher, and readiness.
+
+Types only, for annotations and for pydantic (``RefresherStatus`` can be a FastAPI
+response model); the report is built by `asgi_refresh._report`. Loaded on first use:
+the runtime names these types only for type checkers.
+"""
 
 from __future__ import annotations
 
-import math
 import sys
-from datetime import UTC, datetime
 from typing import Literal, NotRequired
 
 if sys.version_info >= (3, 12):
     from typing import TypedDict
 else:  # pydantic (FastAPI) refuses typing.TypedDict before 3.12: RefresherStatus can be a response model
     from typing_extensions import TypedDict
-
-from asgi_refresh import _schedule as schedule
-from asgi_refresh._slot import Slot
 
 
 class CoordinationStatus(TypedDict):
@@ -56,78 +56,3 @@ class Unhealthy(TypedDict):
     reason: Literal["not loaded", "expired", "stale"]
     age: float | None
     max_stale: float | None
-
-
-def entry(slot: Slot, *, now: float, wall: float, scheduled: bool) -> Status:
-    """The status entry of ``slot``; ``scheduled``: whether this process fetches it on a schedule."""
-    return {
-        "source": slot.source.kind,
-        "required": slot.spec.required,
-        "stale": is_stale(slot, now),
-        "last_success_at": _iso(slot.history.last_success_at),
-        "last_changed_at": _iso(slot.history.last_changed_at),
-        "last_outcome": slot.history.last_outcome,
-        "expires_at": None if slot.expires_at is None else _iso(wall + slot.expires_at - now),
-        "last_error": slot.history.last_error,
-        "consecutive_failures": slot.history.consecutive_failures,
-        "refresh_count": slot.history.refresh_count,
-        "next_refresh_at": _iso(wall + max(slot.timing.next_due - now, 0)) if scheduled else None,
-        "last_duration": _seconds(slot.history.last_duration),
-        "age": _seconds(age(slot, now)),
-        "lag": _seconds(slot.timing.lag),
-    }
-
-
-def age(slot: Slot, now: float) -> float | None:
-    """Seconds since the slot's last successful fetch, or None if it has none."""
-    return None if slot.history.last_success_mono is None else now - slot.history.last_success_mono
-
-
-def is_stale(slot: Slot, now: float) -> bool:
-    """Whether the value expired (a `Fresh`), or is older than ``max_stale``.
-
-    With a ``max_stale``, no fetched value at all counts as stale too.
-    """
-    if slot.overridden:
-        return False
-    if schedule.expired(now, slot.expires_at):
-        return True
-    if slot.spec.max_stale is None:
-        return False
-    seconds = age(slot, now)
-    return seconds is None or seconds > slot.spec.max_stale
-
-
-def unhealthy(slots: list[Slot], now: float) -> list[Unhealthy]:
-    """The required refreshers without a value younger than their ``max_stale``."""
-    return [
-        {
-            "name": slot.spec.name,
-            "reason": _reason(slot, now),
-            "age": _seconds(age(slot, now)),
-            "max_stale": slot.spec.max_stale,
-        }
-        for slot in slots
-        if slot.spec.required and (not slot.loaded or is_stale(slot, now))
-    ]
-
-
-def _reason(slot: Slot, now: float) -> Literal["not loaded", "expired", "stale"]:
-    if not slot.loaded:
-        return "not loaded"
-    if schedule.expired(now, slot.expires_at):
-        return "expired"
-    return "stale"
-
-
-def _iso(wall: float | None) -> str | None:
-    try:
-        return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
-    except (ValueError, OverflowError, OSError):  # NaN, or out of range: status() must never raise
-        return None
-
-
-def _seconds(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):  # JSON has no NaN or Infinity
-        return None
-    return round(value, 6)

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "__about__",
             "_option_error",
+            "_status",
             "_clock",
             "_duration",
             "_text",
@@ -67,7 +68,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "the runtime's parts",
         {
             "_slot",
-            "_status",
+            "_report",
             "_handle",
             "_publisher",
             "_scheduler",

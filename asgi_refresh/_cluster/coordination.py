@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Mapping
 from enum import Enum
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -58,8 +58,10 @@ from asgi_refresh._duration import format_duration
 from asgi_refresh._refresher import Refresher
 from asgi_refresh._slot import History
 from asgi_refresh._sources.base import Source
-from asgi_refresh._status import CoordinationStatus
 from asgi_refresh._text import printable
+
+if TYPE_CHECKING:
+    from asgi_refresh._status import CoordinationStatus
 
 T = TypeVar("T")
 

@@ -636,7 +636,7 @@ def _clock(seconds: object, micros: object) -> float:
 def _word(raw: object) -> str:
     """A short word of a script's reply (a key type, a field name), as text for a message."""
     text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
-    return printable(text, 20)
+    return printable(text, 20) or "(empty)"  # an empty word would leave a hole in the message
 
 
 def _wrong_type(kind: object) -> BadRecord:
