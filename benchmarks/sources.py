@@ -9,6 +9,8 @@
    against a hand-written fetch that parses on the event loop. HTTPSource is
    measured twice when ijson is installed: as it parses without the big-json
    extra (json.loads in a thread) and with it (a slice at a time on the loop).
+   The floor: the same GET with no parse at all (the upstream runs in a thread
+   of this process, and its work holds the GIL too).
 
 Everything runs on 127.0.0.1; the upstream is uvicorn in a thread. Figures are
 ratios measured side by side in one run.
@@ -112,7 +114,12 @@ async def stalls(upstream: Upstream, base_url: str, rounds: int, seconds: float)
         change()
         await middleware.handle.refresh("doc")
 
-    results: dict[str, list[float]] = {"no refresh": [], "HTTPSource": [], "hand-written": []}
+    results: dict[str, list[float]] = {
+        "no refresh": [],
+        "HTTPSource": [],
+        "hand-written": [],
+        "GET, no parse": [],
+    }
     if incremental.available():
         results["HTTPSource, big-json"] = []
     async with Server(middleware), httpx.AsyncClient() as client:
@@ -121,6 +128,10 @@ async def stalls(upstream: Upstream, base_url: str, rounds: int, seconds: float)
             change()
             json.loads((await client.get(f"{base_url}/doc-5mb")).content)  # parsed on the loop
 
+        async def download_only() -> None:
+            change()
+            await client.get(f"{base_url}/doc-5mb")
+
         for _ in range(rounds):
             results["no refresh"].append(await worst_latency(middleware, seconds, None))
             with mock.patch.object(incremental, "available", return_value=False):  # as without the extra
@@ -128,6 +139,7 @@ async def stalls(upstream: Upstream, base_url: str, rounds: int, seconds: float)
             if "HTTPSource, big-json" in results:
                 results["HTTPSource, big-json"].append(await worst_latency(middleware, seconds, refresh))
             results["hand-written"].append(await worst_latency(middleware, seconds, hand_written))
+            results["GET, no parse"].append(await worst_latency(middleware, seconds, download_only))
     return {name: statistics.median(values) for name, values in results.items()}
 
 
@@ -146,7 +158,7 @@ async def measure(polls: int = 50, rounds: int = 5, seconds: float = 2.0) -> lis
             conditional / plain,
         )
     ]
-    for name in ("HTTPSource", "HTTPSource, big-json", "hand-written"):
+    for name in ("HTTPSource", "HTTPSource, big-json", "hand-written", "GET, no parse"):
         if name in worst:
             rows.append(
                 Row(

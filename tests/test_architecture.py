@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_sources",
             "_sources.headers",
             "_sources.bearer",
+            "_sources.incremental",
             "_cluster",
             "_cluster.base",
         },
@@ -54,6 +55,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "the families' implementations",
         {
             "_sources.parsing",
+            "_sources.retire",
             "_sources.decoding",
             "_sources.file",
             "_sources.http",

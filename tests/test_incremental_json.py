@@ -127,6 +127,8 @@ def test_any_bytes_are_refused_or_parsed_like_json_loads(body: bytes, step: int)
         b"",
         b"   ",
         b"[1] [2]",
+        b'[]"',  # yajl lets an unfinished token after the value go (found by hypothesis)
+        b'{"a": 1} "x',
     ],
 )
 def test_what_yajl_would_get_wrong_goes_to_json_loads(body: bytes) -> None:
@@ -223,3 +225,27 @@ async def test_a_lone_surrogate_in_a_big_document_keeps_json_loads_value() -> No
     value = await parsing.Parser("test", "parse", "json", None)(SourceContext.current("test"), body, WHERE)
     assert value["odd"] == "\ud800"
     assert not math.isnan(value["items"][1]["score"])
+
+
+@pytest.mark.anyio
+async def test_a_big_json_file_is_parsed_incrementally_too(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FileSource's big JSON files go through the same incremental parse, to the same value."""
+    from asgi_refresh import FileSource, Refresher
+
+    from .helpers import running
+
+    calls: list[int] = []
+    original = incremental.IncrementalJSON.close
+
+    def close(self: IncrementalJSON) -> Any:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(incremental.IncrementalJSON, "close", close)
+    path = tmp_path / "doc.json"
+    path.write_bytes(big_document())
+    async with running(Refresher("doc", FileSource(path), every="1h")) as handle:
+        assert handle.value("doc") == json.loads(path.read_bytes())
+    assert calls == [1]

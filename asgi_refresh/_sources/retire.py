@@ -17,7 +17,6 @@ that plain (free-threaded CPython, PyPy).
 from __future__ import annotations
 
 import gc
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -37,9 +36,7 @@ PIECE = 256
 _BUSY = 0.001  # seconds of freeing at most before the event loop gets a turn
 _FIRST_DELAY = 0.005
 # Reference counts tell "only we hold it" on CPython with its GIL; not free-threaded, not PyPy.
-_EXACT_COUNTS = platform.python_implementation() == "CPython" and bool(
-    getattr(sys, "_is_gil_enabled", lambda: True)()
-)
+_EXACT_COUNTS = sys.implementation.name == "cpython" and bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 
 def retire(context: SourceContext, old: Any, size: int, threshold: int) -> None:
