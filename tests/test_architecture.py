@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_admin_page",
             "_sources",
             "_sources.headers",
+            "_sources.incremental",
             "_cluster",
             "_cluster.base",
         },
@@ -54,6 +55,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "the families' implementations",
         {
             "_sources.parsing",
+            "_sources.retire",
             "_sources.decoding",
             "_sources.bearer",
             "_sources.file",

@@ -18,6 +18,7 @@ from asgi_refresh._sources.context import SourceContext
 from asgi_refresh._sources.outcome import Fetched, SourceError
 from asgi_refresh._sources.parsing import (
     DEFAULT_MAX_BYTES,
+    THREAD_THRESHOLD,
     Format,
     Parser,
     Validate,
@@ -25,6 +26,7 @@ from asgi_refresh._sources.parsing import (
     max_bytes_option,
     too_big,
 )
+from asgi_refresh._sources.retire import retire
 from asgi_refresh._text import printable
 
 logger = logging.getLogger("asgi_refresh")
@@ -159,7 +161,10 @@ class FileSource(Standalone, Source):
         signature, digest, data = read
         value = await self._parser(context, data, str(self.path))
         # Remembered only once it parses: a half-written file is read again next time.
-        self._signature, self._digest, self._value = signature, digest, value
+        previous, self._signature, self._digest, self._value = self._value, signature, digest, value
+        # Once the new value is published, the old one is freed in pieces, not in one stall.
+        retire(context, previous, len(data), THREAD_THRESHOLD)
+        del previous
         return Fetched(value)
 
     def check(self, value: Any) -> Any:

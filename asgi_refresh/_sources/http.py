@@ -24,6 +24,7 @@ from asgi_refresh._sources.headers import content_length, freshness_lifetime, re
 from asgi_refresh._sources.outcome import Fetched, Fresh, SourceError
 from asgi_refresh._sources.parsing import (
     DEFAULT_MAX_BYTES,
+    THREAD_THRESHOLD,
     Format,
     Parser,
     Validate,
@@ -31,6 +32,7 @@ from asgi_refresh._sources.parsing import (
     max_bytes_option,
     too_big,
 )
+from asgi_refresh._sources.retire import retire
 from asgi_refresh._text import printable
 
 DEFAULT_TIMEOUT = 10.0
@@ -283,8 +285,11 @@ class HTTPSource(Standalone, Source):
         # Remembered only once the body is good: a broken document must be fetched
         # in full next time, not confirmed with a 304.
         self._remember_validators(response, keep_missing=False)
-        self._cached, self._digest = value, body_digest
+        previous, self._cached, self._digest = self._cached, value, body_digest
         self._expires_at = _expiry(context, value)
+        # Once the new value is published, the old one is freed in pieces, not in one stall.
+        retire(context, previous, len(body), THREAD_THRESHOLD)
+        del previous
         return Fetched(value, refresh_in=refresh_in)
 
     def check(self, value: Any) -> Any:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import tomllib
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
+import anyio.lowlevel
+
 from asgi_refresh._option_error import OptionTypeError, OptionValueError
+from asgi_refresh._sources import incremental
 from asgi_refresh._sources.context import SourceContext
 from asgi_refresh._sources.outcome import Fresh, SourceError
 from asgi_refresh._text import printable
@@ -25,6 +29,7 @@ DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 _FORMAT_TYPES: dict[str, type] = {"toml": dict, "text": str, "bytes": bytes}  # json: any JSON value
 # Parsing a big document on the event loop would stall every request meanwhile.
 THREAD_THRESHOLD = 64 * 1024
+_BUSY = 0.001  # seconds of incremental parsing at most before the event loop gets a turn
 
 
 async def digest(context: SourceContext, body: bytes) -> bytes:
@@ -91,6 +96,15 @@ class Parser:
         """The value of ``body``; raises `SourceError` naming ``where`` if it is unusable."""
         if len(body) < THREAD_THRESHOLD:
             return self._value(body, where, encoding)
+        if self.format == "json" and incremental.available():
+            try:
+                value = await _parse_incrementally(body)
+            except incremental.Fallback:
+                pass  # json.loads decides: the same value, or its error with line and column
+            else:
+                if self.validate is None:
+                    return value
+                return await context.run_in_thread(lambda: self._checked(value, where))
         return await context.run_in_thread(lambda: self._value(body, where, encoding))
 
     def _value(self, body: bytes, where: str, encoding: str | None) -> Any:
@@ -102,6 +116,10 @@ class Parser:
             # A third-party parser's message may quote the document (yaml does): its
             # type and position only.
             raise SourceError(f"{where}: the parse function raised {_kind_and_position(exc)}") from None
+        return self._checked(value, where)
+
+    def _checked(self, value: Any, where: str) -> Any:
+        """A parsed ``value`` through ``validate``, if there is one."""
         if self.validate is None:
             return value
         if isinstance(value, Fresh):  # a token parser: validate what it wraps
@@ -148,6 +166,22 @@ class Parser:
                 "or raise, e.g. `lambda v: (check(v), v)[1]` for a checker that returns nothing"
             )
         return valid
+
+
+async def _parse_incrementally(body: bytes) -> Any:
+    """``body``'s JSON value, built a slice at a time with the event loop's turns between.
+
+    Raises:
+        incremental.Fallback: ``json.loads`` must parse it instead.
+    """
+    parser = incremental.IncrementalJSON(body)
+    busy_since = time.perf_counter()
+    for start in range(0, len(body), incremental.SLICE):
+        parser.feed(start, start + incremental.SLICE)
+        if time.perf_counter() - busy_since > _BUSY:
+            await anyio.lowlevel.checkpoint()
+            busy_since = time.perf_counter()
+    return parser.close()
 
 
 def _kind_and_position(exc: Exception) -> str:
