@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -12,8 +13,11 @@ import anyio
 from anyio.abc import TaskGroup
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh import JSONCodec, Refresher, RefreshHandle, RefreshMiddleware
+from asgi_refresh._cluster.base import MetaValue
+from asgi_refresh._cluster.coordination import fingerprint
 from asgi_refresh._runtime import Runtime
+from asgi_refresh._sources.function import source_for
 from asgi_refresh._types import ASGIApp, Message, Receive, Scope, Send
 from asgi_refresh.testing import FakeClock
 
@@ -237,3 +241,26 @@ async def startup_failure(*refreshers: Refresher, startup_timeout: str = "10s") 
 def runtime_of(handle: RefreshHandle) -> Runtime:
     """The runtime behind a handle, for tests that look at its insides."""
     return cast(Runtime, handle._runtime)
+
+
+class Counting:
+    """A fetch that returns how many times it was called (a new, larger value every time)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> dict[str, int]:
+        self.calls += 1
+        return {"version": self.calls}
+
+
+def meta_of(refresher: Refresher, **more: MetaValue) -> dict[str, MetaValue]:
+    """What a process of the app running ``refresher`` stores with a value it fetched just now."""
+    now = time.time()  # the SQLite backend's clock is this host's
+    return {
+        "source": fingerprint(source_for(refresher.fetch, refresher.name), JSONCodec()),
+        "fetched_at": now,
+        "started": now,
+        "error": 0.0,
+        **more,
+    }

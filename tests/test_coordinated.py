@@ -23,7 +23,6 @@ from asgi_lifespan import LifespanManager
 from asgi_refresh import (
     Fresh,
     HTTPSource,
-    JSONCodec,
     RedisCoordinator,
     Refresher,
     RefreshError,
@@ -31,14 +30,12 @@ from asgi_refresh import (
     RefreshMiddleware,
     SQLiteCoordinator,
 )
-from asgi_refresh._cluster.base import Coordinator, CoordinatorUnavailable, MetaValue
-from asgi_refresh._cluster.coordination import fingerprint
+from asgi_refresh._cluster.base import Coordinator, CoordinatorUnavailable
 from asgi_refresh._runtime import Runtime
-from asgi_refresh._sources.function import source_for
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
-from .helpers import FakeServer, ScriptedApp, runtime_of
+from .helpers import Counting, FakeServer, ScriptedApp, meta_of, runtime_of
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -55,17 +52,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     server: RedisServer = request.getfixturevalue("redis_server")
     prefix = f"test{time.monotonic_ns()}"
     return lambda **options: RedisCoordinator(server.url, **{"prefix": prefix, **options})
-
-
-class CountingUpstream:
-    """A fetch that counts its calls and returns the count (a new value every time)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self) -> dict[str, int]:
-        self.calls += 1
-        return {"version": self.calls}
 
 
 @asynccontextmanager
@@ -129,22 +115,10 @@ async def coordinating_again(clock: FakeClock, middlewares: list[RefreshMiddlewa
         await anyio.sleep(0.05)
 
 
-def meta_of(refresher: Refresher, **more: MetaValue) -> dict[str, MetaValue]:
-    """What a process of the app running ``refresher`` stores with a value it fetched just now."""
-    now = time.time()  # the SQLite backend's clock is this host's
-    return {
-        "source": fingerprint(source_for(refresher.fetch, refresher.name), JSONCodec()),
-        "fetched_at": now,
-        "started": now,
-        "error": 0.0,
-        **more,
-    }
-
-
 async def test_four_workers_fetch_once_per_interval_and_converge(backend: Backend) -> None:
     """4 workers over 20 intervals: 21 fetches (not 84), every worker serves each new version."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     async with workers(4, backend, upstream, clock) as middlewares:
         await until(lambda: values(middlewares) == [{"version": 1}] * 4)
         assert upstream.calls == 1
@@ -166,7 +140,7 @@ async def test_four_workers_fetch_once_per_interval_and_converge(backend: Backen
 async def test_a_new_worker_starts_from_the_stored_value_without_fetching(backend: Backend) -> None:
     """A process that starts when a fresh value is stored uses it: no fetch at startup."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     async with workers(1, backend, upstream, clock) as first:
         assert values(first) == [{"version": 1}]
     async with workers(1, backend, upstream, clock) as second:
@@ -179,7 +153,7 @@ async def test_a_new_worker_starts_from_the_stored_value_without_fetching(backen
 async def test_refresh_now_on_a_follower_reaches_every_worker(backend: Backend) -> None:
     """handle.refresh on any worker: the lease holder fetches, all serve the result."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     async with workers(3, backend, upstream, clock) as middlewares:
         await until(lambda: values(middlewares) == [{"version": 1}] * 3)
         follower = next(
@@ -193,7 +167,7 @@ async def test_refresh_now_on_a_follower_reaches_every_worker(backend: Backend) 
 async def test_the_lease_moves_when_its_holder_shuts_down(backend: Backend) -> None:
     """The holder releases at shutdown; another worker takes over and keeps the schedule."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     async with workers(2, backend, upstream, clock) as middlewares:
         await until(lambda: values(middlewares) == [{"version": 1}] * 2)
         leader = middlewares[roles(middlewares).index("leader")]
@@ -232,7 +206,7 @@ async def test_a_value_the_codec_cannot_encode_fails_startup_at_once(backend: Ba
 async def test_prefixes_keep_two_apps_apart(backend: Backend) -> None:
     """Two apps with different prefixes on one backend each fetch their own value."""
     clock = FakeClock()
-    first, second = CountingUpstream(), CountingUpstream()
+    first, second = Counting(), Counting()
     app_a = RefreshMiddleware(
         ScriptedApp(),
         refreshers=[Refresher("names", first, every="1m")],
@@ -254,7 +228,7 @@ async def test_prefixes_keep_two_apps_apart(backend: Backend) -> None:
 async def test_refresh_now_when_the_leader_cannot_answer_times_out_with_a_clear_error(tmp_path: Path) -> None:
     """A follower whose leader never stores gets a RefreshError naming the wait, and keeps its value."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     path = tmp_path / "refresh.db"
     refresher = Refresher("names", upstream, every="1m", timeout="1s")
     follower = RefreshMiddleware(
@@ -294,7 +268,7 @@ async def test_without_the_backend_each_worker_fetches_for_itself_then_coordinat
 ) -> None:
     """Redis stopped mid-run: fallback (logged, in status), no failed request; back when it returns."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     backend = quick_redis(stoppable_redis)
 
     async with workers(2, backend, upstream, clock) as middlewares:
@@ -361,7 +335,7 @@ async def test_a_stored_value_the_codec_cannot_decode_is_logged_and_fetched_here
     """Garbage in the backend is one WARNING naming the refresher; this process fetches for itself."""
     path = tmp_path / "refresh.db"
     squatter = SQLiteCoordinator(path)
-    refresher = Refresher("names", CountingUpstream(), every="1m", required=True)
+    refresher = Refresher("names", Counting(), every="1m", required=True)
     async with squatter:
         assert await squatter.acquire("names", ttl=60)
         await squatter.store("names", b"\xff not json", meta_of(refresher))
@@ -499,7 +473,7 @@ async def test_refresh_now_after_the_backend_lost_its_data_still_waits_for_a_new
 ) -> None:
     """Redis restarted empty: request numbers and versions restart at 1, and nobody is fooled."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     backend = quick_redis(stoppable_redis)
 
     async with workers(2, backend, upstream, clock) as middlewares:
@@ -533,7 +507,7 @@ async def test_refresh_now_after_the_backend_lost_its_data_still_waits_for_a_new
 async def test_a_follower_waiting_for_a_dead_holder_takes_over_and_fetches(tmp_path: Path) -> None:
     """Refresh-now while the holder is gone: when this process gets the lease, it fetches itself."""
     path = tmp_path / "refresh.db"
-    upstream = CountingUpstream()
+    upstream = Counting()
     squatter = SQLiteCoordinator(path)
     refresher = Refresher("names", upstream, every="1h", timeout="5s")
     async with squatter:
@@ -555,7 +529,7 @@ async def test_a_follower_waiting_for_a_dead_holder_takes_over_and_fetches(tmp_p
 async def test_refresh_now_while_the_backend_is_down_fetches_locally(stoppable_redis: RedisServer) -> None:
     """No backend, no leader to ask: the follower fetches itself, and agrees again afterwards."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     backend = quick_redis(stoppable_redis)
 
     async with workers(2, backend, upstream, clock) as middlewares:
@@ -575,7 +549,7 @@ async def test_a_required_refresher_with_nothing_stored_and_no_fetch_fails_start
     """The startup rule holds with a coordinator: another holder that stores nothing is no value."""
     path = tmp_path / "refresh.db"
     squatter = SQLiteCoordinator(path)
-    upstream = CountingUpstream()
+    upstream = Counting()
     clock = FakeClock()
     middleware = RefreshMiddleware(
         ScriptedApp(),
@@ -604,7 +578,7 @@ async def test_a_process_joining_after_the_backend_came_back_empty_finds_a_value
 ) -> None:
     """Redis restarted without its data: the holder stores what it serves again, so a newcomer starts."""
     clock = FakeClock()
-    upstream = CountingUpstream()
+    upstream = Counting()
     backend = quick_redis(stoppable_redis)
     async with workers(2, backend, upstream, clock) as middlewares:
         await until(lambda: values(middlewares) == [{"version": 1}] * 2)
@@ -624,7 +598,7 @@ async def test_an_outage_is_one_warning_however_often_the_backend_flaps(
     caplog.set_level(logging.DEBUG, logger="asgi_refresh")
     clock = FakeClock()
     runtime = Runtime(
-        [Refresher("names", CountingUpstream(), every="1m")],
+        [Refresher("names", Counting(), every="1m")],
         state={},
         clock=clock,
         coordinator=SQLiteCoordinator(tmp_path / "refresh.db"),

@@ -28,15 +28,12 @@ from asgi_refresh import (
     FileSource,
     Fresh,
     HTTPSource,
-    JSONCodec,
     RedisCoordinator,
     Refresher,
     RefreshMiddleware,
     SQLiteCoordinator,
 )
-from asgi_refresh._cluster.base import BadRecord, Coordinator, MetaValue, Poll
-from asgi_refresh._cluster.coordination import fingerprint
-from asgi_refresh._sources.function import source_for
+from asgi_refresh._cluster.base import BadRecord, Coordinator, Poll
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.testing import FakeClock
 
@@ -52,7 +49,7 @@ from .faults.backend import (
 )
 from .faults.clock import SkewedClock
 from .faults.proxy import FlappingProxy
-from .helpers import ScriptedApp, runtime_of
+from .helpers import Counting, ScriptedApp, meta_of, runtime_of
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -92,17 +89,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         )
     finally:
         poisoner.close()
-
-
-class Counting:
-    """A fetch that returns how many times it was called (a new, larger value every time)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self) -> dict[str, int]:
-        self.calls += 1
-        return {"version": self.calls}
 
 
 def worker(store: Store, fetch: Any, clock: Any, **options: Any) -> RefreshMiddleware:
@@ -160,18 +146,6 @@ def coordination(middleware: RefreshMiddleware) -> dict[str, Any]:
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
-
-
-def meta_of(refresher: Refresher, **more: MetaValue) -> dict[str, MetaValue]:
-    """What a process of the app running ``refresher`` stores with a value it fetched just now."""
-    now = time.time()  # the SQLite backend's clock is this host's
-    return {
-        "source": fingerprint(source_for(refresher.fetch, refresher.name), JSONCodec()),
-        "fetched_at": now,
-        "started": now,
-        "error": 0.0,
-        **more,
-    }
 
 
 # -- a poisoned backend ------------------------------------------------------------------
