@@ -23,7 +23,7 @@ import time
 
 from _common import Row, print_rows
 from _loadgen import REQUEST, requests_per_second
-from uvicorn_load import _start
+from uvicorn_load import _start, _stop
 
 VARIANTS = ["bare", "refreshed_busy", "hand_written_busy"]
 
@@ -72,13 +72,7 @@ async def measure(rounds: int = 3, seconds: float = 3.0) -> list[Row]:
                 rates[variant].append(await requests_per_second(port, connections=16, seconds=seconds))
                 p99s[variant].append(await paced_p99(port, seconds=seconds))
     finally:
-        for process, _ in servers.values():
-            process.terminate()
-        for process, _ in servers.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop(servers.values())
     rate = {variant: statistics.median(values) for variant, values in rates.items()}
     p99 = {variant: statistics.median(values) for variant, values in p99s.items()}
     return [

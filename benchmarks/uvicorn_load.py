@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,18 @@ def _start(variant: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.1)
 
 
+def _stop(servers: Iterable[tuple[subprocess.Popen[bytes], int]]) -> None:
+    """Stop the uvicorn processes `_start` started: politely, then not."""
+    processes = [process for process, _ in servers]
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 async def measure(rounds: int = 5, seconds: float = 3.0, connections: int = 16) -> list[Row]:
     """Median requests per second per variant; each one's ratio to the bare app."""
     if importlib.util.find_spec("fastapi_utils") is None:
@@ -80,13 +93,7 @@ async def measure(rounds: int = 5, seconds: float = 3.0, connections: int = 16) 
                     await requests_per_second(port, connections=connections, seconds=seconds)
                 )
     finally:
-        for process, _ in servers.values():
-            process.terminate()
-        for process, _ in servers.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop(servers.values())
     rate = {variant: statistics.median(values) for variant, values in samples.items()}
     return [
         Row(
