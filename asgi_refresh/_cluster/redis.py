@@ -427,8 +427,7 @@ class RedisCoordinator(BlockingCoordinator):
         """Take or renew the lease on ``name`` for ``ttl`` seconds; False if another holds it."""
         self._open_client()
         lease = self._key("lease", name)
-        millis = max(1, math.ceil(positive_duration("RedisCoordinator", "ttl", ttl) * 1000))
-        longest = max(millis * _LEASE_FACTOR, int(_LONGEST_LEASE * 1000))
+        millis, longest = _lease_millis(ttl)
         script = self._scripts["acquire"]
         # Counted as held before the call: if shutdown abandons it, the lease it may
         # still take is given back at close, not left to expire.
@@ -464,8 +463,7 @@ class RedisCoordinator(BlockingCoordinator):
         `BadRecord` of its name only.
         """
         self._open_client()
-        millis = max(1, math.ceil(positive_duration("RedisCoordinator", "ttl", ttl) * 1000))
-        longest = max(millis * _LEASE_FACTOR, int(_LONGEST_LEASE * 1000))
+        millis, longest = _lease_millis(ttl)
         wanted = list(dict.fromkeys(names))  # one answer per name, in the order given
         keys = [key for name in wanted for key in (self._key("lease", name), self._key("entry", name))]
         script, args = self._scripts["poll"], [self.owner, millis, longest, MAX_FIELD_BYTES]
@@ -637,6 +635,12 @@ def _word(raw: object) -> str:
     """A short word of a script's reply (a key type, a field name), as text for a message."""
     text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
     return printable(text, 20) or "(empty)"  # an empty word would leave a hole in the message
+
+
+def _lease_millis(ttl: float) -> tuple[int, int]:
+    """A lease's lifetime in milliseconds, and the longest one that is ours (a longer one is taken over)."""
+    millis = max(1, math.ceil(positive_duration("RedisCoordinator", "ttl", ttl) * 1000))
+    return millis, max(millis * _LEASE_FACTOR, int(_LONGEST_LEASE * 1000))
 
 
 def _wrong_type(kind: object) -> BadRecord:
