@@ -189,9 +189,7 @@ class Runtime:
 
     def source_changed(self, name: str) -> None:
         """A source says its data changed (a watched file): fetch it soon."""
-        self._refresh_soon(self.slots[name])
-
-    def _refresh_soon(self, slot: Slot) -> None:
+        slot = self.slots[name]
         if slot.overridden:
             return
         if slot.flight is not None:
@@ -313,7 +311,7 @@ class Runtime:
             flight = slot.flight = Flight(on_grid=False)
             # The fetch runs in the runtime's task group, not in the caller's task:
             # a request that gives up waiting must not cancel everyone else's fetch.
-            self._task_group.start_soon(self._fly, slot, flight, name=slot.task_name)
+            self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
         return flight
 
     async def _fly(self, slot: Slot, flight: Flight) -> None:

@@ -116,25 +116,30 @@ class Scheduler:
         due_heap = self._due
         while due_heap and due_heap[0][0] <= now:
             due, _, slot = heapq.heappop(due_heap)
-            timing = slot.timing
-            if timing.queued != due:  # rescheduled since: another entry stands for it
+            if slot.timing.queued != due:  # rescheduled since: another entry stands for it
                 continue
-            timing.queued = None
-            if not self._fetches(slot) or slot.overridden:
-                continue  # a follower has no schedule of its own: taking over reschedules it
-            if due > -math.inf:  # not the first load: how late is this refresh?
-                self._note_lag(slot, now - due)
-            if slot.flight is not None:
-                continue  # a refresh-now under way is this refresh; its end schedules the next
-            slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
-            self._ready.append(slot)
-        if self._ready:
-            # Idle workers take the due fetches; without any, one new worker starts on them.
-            woken = min(len(self._ready), len(self._idle))
-            for _ in range(woken):
-                self._idle.pop().set()
-            if not woken:
-                self._spawn_worker(task_group)
+            slot.timing.queued = None
+            self._take_off(slot, due, now)
+        self._hand_out(task_group)
+
+    def _take_off(self, slot: Slot, due: float, now: float) -> None:
+        """Queue ``slot``'s fetch (due at ``due``) for a worker, unless another process or fetch has it."""
+        if not self._fetches(slot) or slot.overridden:
+            return  # a follower has no schedule of its own: taking over reschedules it
+        if due > -math.inf:  # not the first load: how late is this refresh?
+            self._note_lag(slot, now - due)
+        if slot.flight is not None:
+            return  # a refresh-now under way is this refresh; its end schedules the next
+        slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
+        self._ready.append(slot)
+
+    def _hand_out(self, task_group: TaskGroup) -> None:
+        """Idle workers take the queued fetches; without any, one new worker starts on them."""
+        woken = min(len(self._ready), len(self._idle))
+        for _ in range(woken):
+            self._idle.pop().set()
+        if self._ready and not woken:
+            self._spawn_worker(task_group)
 
     def _spawn_worker(self, task_group: TaskGroup) -> None:
         self._workers += 1
@@ -180,8 +185,7 @@ class Scheduler:
                 if s.timing.queued is not None
             ]
             heapq.heapify(self._due)
-        if due < self._sleeping_until and self._wakeup is not None:
-            self._wakeup.cancel()
+        self._wake_before(due)
 
     def after_flight(self, slot: Slot) -> None:
         """After a fetch: start the next at once if it is due already, else make sure it is queued.
@@ -190,20 +194,12 @@ class Scheduler:
         changed meanwhile, is fetched right away, without a round through the
         scheduler's task.
         """
-        timing = slot.timing
-        now = self._clock.monotonic()
-        if (
-            timing.next_due <= now
-            and self._task_group is not None
-            and self._fetches(slot)
-            and not slot.overridden
-        ):
+        timing, now = slot.timing, self._clock.monotonic()
+        if timing.next_due <= now and self._task_group is not None:
             timing.queued = None  # its entry, if any, is stale now
-            if timing.next_due > -math.inf:
-                self._note_lag(slot, now - timing.next_due)
-            flight = slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
-            self._task_group.start_soon(self._fly, slot, flight, name=slot.task_name)
-        elif timing.queued is None or timing.queued != timing.next_due:
+            self._take_off(slot, timing.next_due, now)
+            self._hand_out(self._task_group)
+        else:
             self.reschedule(slot, timing.next_due)
 
     @contextmanager
@@ -213,8 +209,7 @@ class Scheduler:
             entry: list[Any] = [at, next(self._order), scope]
             heapq.heappush(self._deadlines, entry)
             self._armed += 1
-            if at < self._sleeping_until and self._wakeup is not None:
-                self._wakeup.cancel()
+            self._wake_before(at)
             try:
                 yield scope
             finally:
@@ -224,6 +219,11 @@ class Scheduler:
                 if len(self._deadlines) > 2 * self._armed + 64:  # mostly fetches that ended in time
                     self._deadlines = [entry for entry in self._deadlines if entry[2] is not None]
                     heapq.heapify(self._deadlines)
+
+    def _wake_before(self, at: float) -> None:
+        """Cut the scheduler's sleep short if it would sleep past ``at``."""
+        if at < self._sleeping_until and self._wakeup is not None:
+            self._wakeup.cancel()
 
     def _expire(self, now: float) -> None:
         deadlines = self._deadlines

@@ -95,7 +95,6 @@ class Slot:
 
     def __init__(self, spec: Refresher) -> None:
         self.spec = spec
-        self.task_name = f"asgi_refresh:fetch:{spec.name}"
         self.history = History()
         self.timing = Timing()
         # Per lifespan: a source serves one refresher of one runtime.
