@@ -18,6 +18,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, Self, runtime_checkable
 
+from asgi_refresh._text import printable
+
 MetaValue = str | int | float | bool | None
 """What fetch metadata (an ETag, an expiry) may hold: it is stored as JSON."""
 
@@ -223,7 +225,8 @@ class Coordinator(Protocol):
     async def poll(self, names: Sequence[str], ttl: float) -> dict[str, Poll]:
         """Renew or take the lease of every name and read its head (each process, every ``lease_ttl / 3``).
 
-        The default makes one `acquire` and one `head` call per name; a backend that
+        The default makes one `acquire` and one `head` call per name (a head that
+        raises anything but `CoordinatorUnavailable` is that name's `BadRecord`); a backend that
         can do it all in one round trip (a script, a transaction) should, so that a
         thousand idle refreshers cost one call per poll, not two thousand. A name
         whose head is malformed gets its `BadRecord` in place of the head.
@@ -240,8 +243,12 @@ class Coordinator(Protocol):
             held = await self.acquire(name, ttl)
             try:
                 head: Head | BadRecord = await self.head(name)
+            except CoordinatorUnavailable:
+                raise
             except BadRecord as exc:
                 head = exc
+            except Exception as exc:  # a parser that let int() or json.loads fail: that name's record is bad
+                head = BadRecord(f"head() raised {type(exc).__name__}: {printable(str(exc), 200)}")
             polled[name] = Poll(held, head)
         return polled
 

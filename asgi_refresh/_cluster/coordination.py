@@ -34,6 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Mapping
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
@@ -415,11 +416,10 @@ class Coordination:
     async def _poll(self, names: list[str]) -> dict[str, Poll] | None:
         """Every name's lease and head, in one `Coordinator.poll`; None if the backend failed."""
         before = time.monotonic()
+        # A backend of one's own that does not subclass the protocol gets its default.
+        poll = getattr(self.coordinator, "poll", None) or partial(Coordinator.poll, self.coordinator)
         try:
-            if _overrides_poll(self.coordinator):
-                answer: object = await self.coordinator.poll(names, self.lease_seconds)
-            else:
-                answer = {name: await self._poll_one(name) for name in names}
+            answer: object = await poll(names, self.lease_seconds)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
             return None
@@ -434,15 +434,6 @@ class Coordination:
         if times:
             self._clock.sample(times[0], before, after)
         return polled
-
-    async def _poll_one(self, name: str) -> Poll:
-        """`Coordinator.poll`'s default for one name, a malformed head read as a bad record."""
-        held = bool(await self.coordinator.acquire(name, self.lease_seconds))
-        try:
-            head: Head | BadRecord = _checked_head(await _reading(self.coordinator.head(name)))
-        except BadRecord as exc:
-            head = exc
-        return Poll(held, head)
 
     async def turn(self, slot: Entry, polled: Poll, known: int) -> None:
         """Act on one name's polled lease and head: fetch, store, or catch up with the stored entry."""
@@ -1054,12 +1045,6 @@ async def _reading(call: Awaitable[T]) -> T:
         raise
     except Exception as exc:
         raise BadRecord(_describe(exc)) from exc
-
-
-def _overrides_poll(coordinator: Coordinator) -> bool:
-    """Whether the backend has a `poll` of its own (a batched one), not the protocol's default."""
-    poll = getattr(type(coordinator), "poll", None)
-    return poll is not None and poll is not Coordinator.poll
 
 
 def _checked_poll(answer: object, name: str) -> Poll:
