@@ -40,15 +40,16 @@ class Publisher:
         value: Any,
         *,
         not_modified: bool,
+        now: float,
         age: float,
         expires_in: float | None,
         leeway: float,
     ) -> tuple[bool, Any]:
-        """Record a good value, fetched here or ``age`` seconds ago by another process.
+        """Record a good value, fetched here or ``age`` seconds ago by another process (``now``: the clock's).
 
         Returns whether it was published (it differs) and the value it replaced.
         """
-        spec, now, wall = slot.spec, self._clock.monotonic(), self._clock.wall()
+        spec, wall = slot.spec, self._clock.wall()
         had_value = slot.loaded or not spec.required
         old = self.state.get(spec.name)
         slot.history.last_success_mono = now - age

@@ -122,7 +122,7 @@ class Runtime:
                     if self.coordination is not None:
                         task_group.start_soon(self.coordination.watch, name="asgi_refresh:coordination")
                         task_group.start_soon(self.coordination.keep_leases, name="asgi_refresh:leases")
-                    task_group.start_soon(self.scheduler.run, task_group, name="asgi_refresh:scheduler")
+                    self.scheduler.start(task_group)
                     task_status.started()
         finally:
             self._task_group = None
@@ -301,18 +301,9 @@ class Runtime:
 
     def start_refresh(self, slot: Slot) -> Flight:
         """Start a fetch outside the schedule, unless one is under way: then that is it."""
-        flight = slot.flight
-        if flight is None:
-            if self._task_group is None:
-                raise RuntimeError(
-                    f"Refresher {slot.spec.name!r} cannot refresh: asgi_refresh is not running "
-                    "(the lifespan has not started or has shut down)"
-                )
-            flight = slot.flight = Flight(on_grid=False)
-            # The fetch runs in the runtime's task group, not in the caller's task:
-            # a request that gives up waiting must not cancel everyone else's fetch.
-            self._task_group.start_soon(self._fly, slot, flight, name=f"asgi_refresh:fetch:{slot.spec.name}")
-        return flight
+        # The fetch runs in the scheduler's workers, not in the caller's task: a
+        # request that gives up waiting must not cancel everyone else's fetch.
+        return slot.flight or self.scheduler.fetch_now(slot)
 
     async def _fly(self, slot: Slot, flight: Flight) -> None:
         """Run one fetch for everyone waiting on ``flight``."""
@@ -320,7 +311,6 @@ class Runtime:
         data: bytes | None = None  # encoded for the coordinator; None: what is published (a 304)
         answered = 0  # the refresh-now requests this fetch answers
         stopping = False
-        cancelled = anyio.get_cancelled_exc_class()
         try:
             if slot.overridden:
                 flight.value = self.state[slot.spec.name]
@@ -337,14 +327,14 @@ class Runtime:
                 self.events.emit("started", slot.spec.name)
             try:
                 answered = 0 if coordination is None else coordination.requested(slot.spec.name)
-                result = _unwrap(slot.spec, await self._fetch(slot, started))
+                result = _unwrap(slot.spec, await self._fetch(slot, flight, started))
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
                     result = result._replace(value=value)
             except BaseException as exc:  # whatever the user's fetch raises is data, not a crash
                 if escapes(exc):
                     raise
-                if isinstance(exc, cancelled):
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
                     # A CancelledError nobody asked for (a library awaiting a future
                     # cancelled elsewhere) is the fetch failing, not us shutting down.
                     exc = RuntimeError("fetch raised CancelledError without being cancelled")
@@ -378,13 +368,17 @@ class Runtime:
             # arriving meanwhile starts a new fetch rather than joining a finished one.
             await self._share(slot, data, answered)
 
-    async def _fetch(self, slot: Slot, started: float) -> Any:
-        spec = slot.spec
-        if spec.timeout is None:
+    async def _fetch(self, slot: Slot, flight: Flight, started: float) -> Any:
+        timeout = slot.spec.timeout
+        if timeout is None:
             return await self._call_fetch(slot)
-        with self.scheduler.deadline(started + spec.timeout):
+        deadline = self.scheduler.deadline(flight, started + timeout)
+        try:
             return await self._call_fetch(slot)
-        raise _FetchTimeout(f"fetch timed out after {format_duration(spec.timeout)}")
+        finally:
+            self.scheduler.disarm(deadline)
+            if deadline.passed:  # whatever the fetch raised or returned once cancelled
+                raise _FetchTimeout(f"fetch timed out after {format_duration(timeout)}") from None
 
     async def _call_fetch(self, slot: Slot) -> Fetched:
         if not slot.opened:
@@ -439,17 +433,19 @@ class Runtime:
         spec = slot.spec
         value, not_modified, refresh_in, fresh = result
         failures = slot.history.consecutive_failures
-        slot.history.last_duration = duration = self.clock.monotonic() - started
+        now = self.clock.monotonic()
+        slot.history.last_duration = duration = now - started
         slot.history.refresh_count += 1
         changed, old = self.publisher.take(
             slot,
             value,
             not_modified=not_modified,
+            now=now,
             age=0.0,
             expires_in=None if fresh is None else fresh.expires_in,
             leeway=0.0 if fresh is None else fresh.leeway,
         )
-        self.scheduler.after_success(slot, started, on_grid, refresh_in)
+        self.scheduler.after_success(slot, started, now, on_grid, refresh_in)
         log = slot.history.log
         recovered = (
             bool(failures)
@@ -517,7 +513,13 @@ class Runtime:
             return
         spec = slot.spec
         changed, old = self.publisher.take(
-            slot, value, not_modified=False, age=age, expires_in=expires_in, leeway=leeway
+            slot,
+            value,
+            not_modified=False,
+            now=self.clock.monotonic(),
+            age=age,
+            expires_in=expires_in,
+            leeway=leeway,
         )
         if self.events is not None and changed:
             self.events.emit("changed", spec.name)

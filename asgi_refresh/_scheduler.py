@@ -14,8 +14,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -32,10 +31,22 @@ from asgi_refresh._sources.outcome import SourceError
 logger = logging.getLogger("asgi_refresh")
 
 # Workers: started this many at a time (at least) while due fetches wait for one; at
-# most this many kept idle; a worker lets other tasks run after this long (real time).
+# most this many kept idle; workers let other tasks run after this long (real time).
+# Short, because a request needs a few turns of the event loop and may wait this long
+# at each: at 1 ms, a burst of refreshes tripled the p99 of requests (benchmarks/busy.py).
 _NEW_WORKERS = 16
 _MAX_IDLE_WORKERS = 8
-_FAIRNESS = 0.001
+_FAIRNESS = 0.0003
+
+
+class Deadline:
+    """A fetch's deadline: the worker scope it cancels when it passes (None once disarmed)."""
+
+    __slots__ = ("passed", "scope")
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope: anyio.CancelScope | None = scope
+        self.passed = False  # the scheduler cancelled the fetch: it ran past its deadline
 
 
 class Scheduler:
@@ -71,8 +82,8 @@ class Scheduler:
         self._order = itertools.count()
         # (due, order, slot); an entry whose due is not its slot's `queued` is stale.
         self._due: list[tuple[float, int, Slot]] = []
-        # [deadline, order, scope]; a scope of None is a fetch that ended in time.
-        self._deadlines: list[list[Any]] = []
+        # (deadline, order, Deadline); a Deadline without a scope is disarmed.
+        self._deadlines: list[tuple[float, int, Deadline]] = []
         self._armed = 0
         self._wakeup: anyio.CancelScope | None = None
         self._sleeping_until = -math.inf  # not asleep
@@ -81,23 +92,37 @@ class Scheduler:
         self._ready: deque[Slot] = deque()
         self._idle: list[anyio.Event] = []
         self._workers = 0
+        self._fetching = 0  # workers inside a fetch: when the scheduler runs, they wait on I/O
+        self._yielded = time.monotonic()  # when a worker last let other tasks run
         for slot in slots.values():
             self.reschedule(slot, slot.timing.next_due)
 
-    async def run(self, task_group: TaskGroup) -> None:
-        """Start each refresher's fetch when it falls due, and cancel fetches past their deadline."""
-        clock = self._clock
+    def start(self, task_group: TaskGroup) -> None:
+        """Run the schedule and the workers in ``task_group`` until it ends; fetches can start now."""
         self._task_group = task_group
+        task_group.start_soon(self._run, task_group, name="asgi_refresh:scheduler")
+
+    async def _run(self, task_group: TaskGroup) -> None:
+        """Start each refresher's fetch when it falls due, and cancel fetches past their deadline."""
+        try:
+            await self._serve(task_group)
+        finally:
+            self._task_group = None
+
+    async def _serve(self, task_group: TaskGroup) -> None:
+        clock = self._clock
         while True:
             now = clock.monotonic()
             self._expire(now)
             self._start_due(now, task_group)
             while self._ready:
-                # Workers are waiting inside fetches (I/O): add workers until every due
-                # fetch has started, so that slow fetches never queue behind each other.
                 await anyio.lowlevel.checkpoint()
-                for _ in range(min(len(self._ready), max(_NEW_WORKERS, self._workers))):
-                    self._spawn_worker(task_group)
+                if self._ready and not self._runnable():
+                    # Every worker waits inside a fetch (I/O): add workers until every
+                    # due fetch has started, so that slow fetches never queue behind
+                    # each other.
+                    for _ in range(min(len(self._ready), max(_NEW_WORKERS, self._workers))):
+                        self._spawn_worker(task_group)
             wake = min(
                 self._due[0][0] if self._due else math.inf,
                 self._deadlines[0][0] if self._deadlines else math.inf,
@@ -127,7 +152,7 @@ class Scheduler:
         if not self._fetches(slot) or slot.overridden:
             return  # a follower has no schedule of its own: taking over reschedules it
         if due > -math.inf:  # not the first load: how late is this refresh?
-            self._note_lag(slot, now - due)
+            self._note_lag(slot, now - due, now)
         if slot.flight is not None:
             return  # a refresh-now under way is this refresh; its end schedules the next
         slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
@@ -135,37 +160,68 @@ class Scheduler:
 
     def _hand_out(self, task_group: TaskGroup) -> None:
         """Idle workers take the queued fetches; without any, one new worker starts on them."""
-        woken = min(len(self._ready), len(self._idle))
-        for _ in range(woken):
+        for _ in range(min(len(self._ready), len(self._idle))):
             self._idle.pop().set()
-        if self._ready and not woken:
+        if self._ready and not self._runnable():
             self._spawn_worker(task_group)
+
+    def _runnable(self) -> int:
+        """Workers that will take queued fetches without a new one: not idle, not waiting inside a fetch."""
+        return self._workers - self._fetching - len(self._idle)
 
     def _spawn_worker(self, task_group: TaskGroup) -> None:
         self._workers += 1
         task_group.start_soon(self._work, name="asgi_refresh:worker")
 
     async def _work(self) -> None:
-        """Run due fetches one after another; wait idle for more, or end when enough others wait."""
+        """Run queued fetches one after another; wait idle for more, or end when enough others wait.
+
+        One cancel scope serves many fetches: a fetch past its deadline cancels
+        it (`deadline`), and the worker goes on in a new one. No scope is entered
+        and left per fetch.
+        """
         ready = self._ready
         try:
             while True:
-                yielded = time.monotonic()
-                while ready:
-                    slot = ready.popleft()
-                    flight = slot.flight
-                    if flight is not None:
-                        await self._fly(slot, flight)
-                    if ready and time.monotonic() - yielded > _FAIRNESS:
-                        await anyio.lowlevel.checkpoint()  # let requests in between fetches
-                        yielded = time.monotonic()
-                if len(self._idle) >= _MAX_IDLE_WORKERS:
-                    return
-                woken = anyio.Event()
-                self._idle.append(woken)
-                await woken.wait()
+                with anyio.CancelScope() as scope:
+                    while not scope.cancel_called:
+                        while ready and not scope.cancel_called:
+                            slot = ready.popleft()
+                            flight = slot.flight
+                            if flight is not None and flight.scope is None:
+                                flight.scope = scope
+                                self._fetching += 1
+                                try:
+                                    await self._fly(slot, flight)
+                                finally:
+                                    self._fetching -= 1
+                            # Requests get the loop between fetches: the time since any
+                            # worker last yielded counts, so that several workers running
+                            # in one turn of the loop still hold it for _FAIRNESS in all.
+                            if ready and time.monotonic() - self._yielded > _FAIRNESS:
+                                self._yielded = time.monotonic()
+                                await anyio.lowlevel.checkpoint()
+                        if scope.cancel_called:
+                            break  # a deadline cancelled this scope: go on in a new one
+                        if len(self._idle) >= _MAX_IDLE_WORKERS:
+                            return
+                        woken = anyio.Event()
+                        self._idle.append(woken)
+                        await woken.wait()
         finally:
             self._workers -= 1
+
+    def fetch_now(self, slot: Slot) -> Flight:
+        """Start a fetch of ``slot`` outside its schedule, ahead of the due ones; its flight."""
+        if self._task_group is None:
+            raise RuntimeError(
+                f"Refresher {slot.spec.name!r} cannot refresh: asgi_refresh is not running "
+                "(the lifespan has not started or has shut down)"
+            )
+        flight = slot.flight = Flight(on_grid=False)
+        self._ready.appendleft(slot)
+        self._hand_out(self._task_group)
+        return flight
 
     def reschedule(self, slot: Slot, due: float) -> None:
         """Fetch ``slot`` at ``due`` (``inf``: not until rescheduled again)."""
@@ -202,23 +258,27 @@ class Scheduler:
         else:
             self.reschedule(slot, timing.next_due)
 
-    @contextmanager
-    def deadline(self, at: float) -> Iterator[anyio.CancelScope]:
-        """A cancel scope that the scheduler cancels at ``at`` (the runtime's clock)."""
-        with anyio.CancelScope() as scope:
-            entry: list[Any] = [at, next(self._order), scope]
-            heapq.heappush(self._deadlines, entry)
-            self._armed += 1
-            self._wake_before(at)
-            try:
-                yield scope
-            finally:
-                if entry[2] is not None:
-                    entry[2] = None
-                    self._armed -= 1
-                if len(self._deadlines) > 2 * self._armed + 64:  # mostly fetches that ended in time
-                    self._deadlines = [entry for entry in self._deadlines if entry[2] is not None]
-                    heapq.heapify(self._deadlines)
+    def deadline(self, flight: Flight, at: float) -> Deadline:
+        """Cancel ``flight``'s worker scope at ``at`` (the runtime's clock), unless disarmed before.
+
+        The same sleep serves fetch deadlines and due times: no timer is armed and
+        cancelled per fetch.
+        """
+        assert flight.scope is not None, "fetches run in the scheduler's workers"
+        deadline = Deadline(flight.scope)
+        heapq.heappush(self._deadlines, (at, next(self._order), deadline))
+        self._armed += 1
+        self._wake_before(at)
+        return deadline
+
+    def disarm(self, deadline: Deadline) -> None:
+        """The fetch has ended: its deadline no longer applies."""
+        if deadline.scope is not None:
+            deadline.scope = None
+            self._armed -= 1
+        if len(self._deadlines) > 2 * self._armed + 64:  # mostly fetches that ended in time
+            self._deadlines = [entry for entry in self._deadlines if entry[2].scope is not None]
+            heapq.heapify(self._deadlines)
 
     def _wake_before(self, at: float) -> None:
         """Cut the scheduler's sleep short if it would sleep past ``at``."""
@@ -228,20 +288,23 @@ class Scheduler:
     def _expire(self, now: float) -> None:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            entry = heapq.heappop(deadlines)
-            scope = entry[2]
+            deadline = heapq.heappop(deadlines)[2]
+            scope = deadline.scope
             if scope is not None:
-                entry[2] = None
+                deadline.scope = None
+                deadline.passed = True
                 self._armed -= 1
                 scope.cancel()
 
-    def after_success(self, slot: Slot, started: float, on_grid: bool, refresh_in: float | None) -> None:
-        """Schedule the next fetch after a good one that started at ``started``."""
+    def after_success(
+        self, slot: Slot, started: float, now: float, on_grid: bool, refresh_in: float | None
+    ) -> None:
+        """Schedule the next fetch after a good one that started at ``started`` and ended at ``now``."""
         spec = slot.spec
         slot.timing.grid, due = schedule.after_success(
             grid=slot.timing.grid,
             started=started,
-            now=self._clock.monotonic(),
+            now=now,
             every=spec.every,
             jitter=spec.jitter,
             draw=self._random.random(),
@@ -272,12 +335,11 @@ class Scheduler:
         self.reschedule(slot, now + delay)
         return delay
 
-    def _note_lag(self, slot: Slot, lag: float) -> None:
+    def _note_lag(self, slot: Slot, lag: float, now: float) -> None:
         # A process that cannot keep up (a saturated CPU, a blocked loop, too many
         # refreshers for one core) starts every refresh later: say so once every
         # few minutes instead of quietly refreshing at a fraction of the rate asked.
         slot.timing.lag = lag
-        now = self._clock.monotonic()
         if (
             not schedule.is_behind(lag, slot.spec.every)
             or now - self._warned_behind_at < REPEAT_WARNING_EVERY
