@@ -11,17 +11,6 @@ from typing import Any as _Any
 
 from .__about__ import __version__ as __version__
 from ._clock import Clock
-from ._cluster.base import (
-    BadRecord,
-    Change,
-    Codec,
-    Coordinator,
-    CoordinatorUnavailable,
-    Head,
-    JSONCodec,
-    Poll,
-    Stored,
-)
 from ._duration import Duration
 from ._events import RefreshEvent
 from ._handle import RefreshError, RefreshHandle
@@ -33,6 +22,17 @@ from ._sources.context import SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
 
 if _TYPE_CHECKING:
+    from ._cluster.base import (
+        BadRecord,
+        Change,
+        Codec,
+        Coordinator,
+        CoordinatorUnavailable,
+        Head,
+        JSONCodec,
+        Poll,
+        Stored,
+    )
     from ._cluster.redis import RedisCoordinator
     from ._cluster.sqlite import SQLiteCoordinator
     from ._config import ConfigError
@@ -44,6 +44,20 @@ if _TYPE_CHECKING:
 # Imported on first use: name -> module (and the name there, where it differs).
 _RENAMED = {"RefresherStatus": "Status"}
 _LAZY = {
+    **dict.fromkeys(
+        (
+            "BadRecord",
+            "Change",
+            "Codec",
+            "Coordinator",
+            "CoordinatorUnavailable",
+            "Head",
+            "JSONCodec",
+            "Poll",
+            "Stored",
+        ),
+        "._cluster.base",
+    ),
     "BearerToken": "._sources.bearer",
     "ConfigError": "._config",
     "FileSource": "._sources.file",

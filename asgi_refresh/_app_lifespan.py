@@ -5,13 +5,16 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ._clock import Clock
 from ._contain import describe_error, escapes
 from ._types import ASGIApp, Message, Scope
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
 
 logger = logging.getLogger("asgi_refresh")
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
-from typing import TypeAlias
+import sys
+from typing import TYPE_CHECKING, TypeAlias, TypeGuard
 
 from ._option_error import OptionTypeError, OptionValueError
+
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 Duration: TypeAlias = "int | float | timedelta | str"
 """What every duration option accepts: seconds, a ``timedelta`` or a string."""
@@ -39,7 +42,7 @@ def parse_duration(value: object) -> float:
     try:
         if isinstance(value, int | float):
             seconds = float(value)
-        elif isinstance(value, timedelta):
+        elif _is_timedelta(value):
             seconds = value.total_seconds()
         elif isinstance(value, str):
             seconds = _parse_text(value)
@@ -54,6 +57,13 @@ def parse_duration(value: object) -> float:
     if abs(seconds) > MAX_SECONDS:
         raise ValueError(f"expected a duration of at most 100 years (got {_shown(value)})")
     return seconds
+
+
+def _is_timedelta(value: object) -> TypeGuard[timedelta]:
+    # A timedelta exists only once its module is imported: importing it here would
+    # cost every app 2 ms at import time for the apps that pass one.
+    datetime = sys.modules.get("datetime")
+    return datetime is not None and isinstance(value, datetime.timedelta)
 
 
 def _parse_text(value: str) -> float:

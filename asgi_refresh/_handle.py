@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
-import anyio.to_thread
 
 if TYPE_CHECKING:
     from asgi_refresh._status import Status, Unhealthy
@@ -68,6 +66,8 @@ class LoopHome:
         Blocks the calling thread for one turn of the loop. Once the loop has
         finished nothing runs there any more, so ``func`` runs right here.
         """
+        import anyio.from_thread  # on first use: most apps never call in from another thread
+
         try:
             return anyio.from_thread.run_sync(func, *args, token=self.token)
         except anyio.RunFinishedError:
@@ -75,6 +75,8 @@ class LoopHome:
 
     async def wait(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Await ``func(*args)`` on the loop, from a task of another loop in another thread."""
+        import anyio.from_thread
+        import anyio.to_thread
 
         def blocking() -> T:
             return anyio.from_thread.run(func, *args, token=self.token)

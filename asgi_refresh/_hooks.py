@@ -7,14 +7,15 @@ import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Literal
-
-from anyio.abc import TaskGroup
+from typing import TYPE_CHECKING, Any, Literal
 
 from asgi_refresh._clock import Clock
 from asgi_refresh._contain import escapes, is_async_callable
 from asgi_refresh._duration import format_duration
 from asgi_refresh._thread import ThreadCall
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
 
 logger = logging.getLogger("asgi_refresh")
 

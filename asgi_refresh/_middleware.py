@@ -11,7 +11,6 @@ import anyio
 
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
-from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._handle import RefreshError, RefreshHandle
@@ -24,6 +23,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from ._admin import Admin, TokenCheck
+    from ._cluster.base import Codec, Coordinator
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -106,7 +106,7 @@ class RefreshMiddleware:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.listeners = _checked_listeners(listeners)
         self.coordinator = _checked_coordinator(coordinator)
-        self.codec: Codec = _checked_codec(codec)
+        self.codec: Codec | None = _checked_codec(codec)  # None: JSON (loaded with a coordinator)
         self.lease_ttl = positive_duration("RefreshMiddleware", "lease_ttl", lease_ttl)
         self._admin: Admin | None = None
         if admin_path is not None:
@@ -364,7 +364,11 @@ def _reply(phase: str, failure: str | None) -> Message:
 
 
 def _checked_coordinator(coordinator: object) -> Coordinator | None:
-    if coordinator is None or isinstance(coordinator, Coordinator):
+    if coordinator is None:
+        return None
+    from ._cluster.base import Coordinator  # on first use: apps without one never load it
+
+    if isinstance(coordinator, Coordinator):
         return coordinator
     raise OptionTypeError(
         "RefreshMiddleware",
@@ -375,9 +379,9 @@ def _checked_coordinator(coordinator: object) -> Coordinator | None:
     )
 
 
-def _checked_codec(codec: object) -> Codec:
+def _checked_codec(codec: object) -> Codec | None:
     if codec is None:
-        return JSONCodec()
+        return None
     if callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None)):
         return codec  # type: ignore[return-value]
     raise OptionTypeError(

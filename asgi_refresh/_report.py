@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from asgi_refresh import _schedule as schedule
@@ -76,6 +75,8 @@ def _reason(slot: Slot, now: float) -> Literal["not loaded", "expired", "stale"]
 
 
 def _iso(wall: float | None) -> str | None:
+    from datetime import UTC, datetime  # on first status(): importing asgi_refresh stays cheap
+
     try:
         return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
     except (ValueError, OverflowError, OSError):  # NaN, or out of range: status() must never raise

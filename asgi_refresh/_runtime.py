@@ -14,12 +14,10 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
 
 from . import _report as status
 from . import _schedule as schedule
 from ._clock import Clock
-from ._cluster.base import Codec, Coordinator, JSONCodec
 from ._contain import describe_error, escapes
 from ._duration import format_duration
 from ._events import Events, Listener
@@ -33,6 +31,9 @@ from ._sources.context import SharedResources, SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup, TaskStatus
+
+    from ._cluster.base import Codec, Coordinator
     from ._cluster.coordination import Coordination
     from ._status import Status, Unhealthy
 
@@ -79,7 +80,9 @@ class Runtime:
         self.publisher = Publisher(state, self.slots, clock)
         self.coordination: Coordination | None = None
         if coordinator is not None:
-            from ._cluster.coordination import Coordination  # on first use: apps without one never load it
+            # On first use: apps without a coordinator never load them.
+            from ._cluster.base import JSONCodec
+            from ._cluster.coordination import Coordination
 
             self.coordination = Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
         self.scheduler = Scheduler(self.clock, self.slots, self._fly, self._fetches)
@@ -109,8 +112,11 @@ class Runtime:
                 self.publisher.publish(slot.spec.name, slot.spec.default)
         self.state[SNAPSHOT_KEY] = object()
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run every refresher until `stop`; report started once all loops run (after `prepare`)."""
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """Run every refresher until `stop`; report started once all loops run (after `prepare`).
+
+        Started with ``task_group.start(runtime.run)``.
+        """
         try:
             with self._scope:
                 if self.coordination is not None:

@@ -11,15 +11,13 @@ import heapq
 import itertools
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskGroup
 
 from asgi_refresh import _schedule as schedule
 from asgi_refresh._clock import Clock
@@ -27,6 +25,9 @@ from asgi_refresh._duration import format_duration
 from asgi_refresh._failure_log import REPEAT_WARNING_EVERY
 from asgi_refresh._slot import Flight, Slot
 from asgi_refresh._sources.outcome import SourceError
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -77,6 +78,8 @@ class Scheduler:
         self._slots = slots
         self._fly = fly
         self._fetches = fetches
+        import random  # here: importing asgi_refresh stays cheap
+
         self._random = random.Random()
         self._warned_behind_at = -math.inf
         self._order = itertools.count()

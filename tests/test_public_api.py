@@ -26,11 +26,18 @@ def test_package_all_is_sorted_and_complete() -> None:
 
 
 def test_importing_the_package_loads_no_source_backend_or_config_machinery() -> None:
-    """`import asgi_refresh` loads neither httpx nor sqlite3 nor tomllib: they come with first use."""
-    code = (
-        "import sys, asgi_refresh; "
-        "print(sorted(m for m in ('httpx', 'sqlite3', 'tomllib', 'asgi_refresh._config') if m in sys.modules))"
+    """`import asgi_refresh` loads no source, backend, config or thread machinery: they come with first use."""
+    optional = (
+        "httpx",
+        "sqlite3",
+        "tomllib",
+        "asgi_refresh._config",
+        "asgi_refresh._cluster.base",
+        "anyio.from_thread",
+        "datetime",
+        "random",
     )
+    code = f"import sys, asgi_refresh; print(sorted(m for m in {optional!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
     code = "import sys; from asgi_refresh import HTTPSource, ConfigError; print('httpx' in sys.modules)"
