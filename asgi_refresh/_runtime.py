@@ -374,24 +374,21 @@ class Runtime:
             # arriving meanwhile starts a new fetch rather than joining a finished one.
             await self._share(slot, data, answered)
 
-    async def _fetch(self, slot: Slot, flight: Flight, started: float) -> Any:
+    async def _fetch(self, slot: Slot, flight: Flight, started: float) -> Fetched:
+        """Fetch from the slot's source (opening it first), within the refresher's timeout."""
         timeout = slot.spec.timeout
-        if timeout is None:
-            return await self._call_fetch(slot)
-        deadline = self.scheduler.deadline(flight, started + timeout)
+        if timeout is not None:
+            self.scheduler.arm(flight, started + timeout)
         try:
-            return await self._call_fetch(slot)
+            if not slot.opened:
+                await self._open_source(slot)
+            if self.coordination is not None:
+                self.coordination.before_fetch(slot)
+            return await slot.source.fetch()
         finally:
-            self.scheduler.disarm(deadline)
-            if deadline.passed:  # whatever the fetch raised or returned once cancelled
+            # Past its deadline: a timeout, whatever the fetch raised or returned once cancelled.
+            if timeout is not None and self.scheduler.disarm(flight):
                 raise _FetchTimeout(f"fetch timed out after {format_duration(timeout)}") from None
-
-    async def _call_fetch(self, slot: Slot) -> Fetched:
-        if not slot.opened:
-            await self._open_source(slot)
-        if self.coordination is not None:
-            self.coordination.before_fetch(slot)
-        return await slot.source.fetch()
 
     async def _ask_leader(self, slot: Slot, flight: Flight) -> bool:
         """Refresh-now where another process holds the lease: it fetches, we publish what it stored.

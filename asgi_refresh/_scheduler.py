@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from asgi_refresh import _schedule as schedule
-from asgi_refresh._clock import Clock
+from asgi_refresh._clock import Clock, SystemClock
 from asgi_refresh._duration import format_duration
 from asgi_refresh._failure_log import REPEAT_WARNING_EVERY
 from asgi_refresh._slot import Flight, Slot
@@ -38,16 +38,22 @@ logger = logging.getLogger("asgi_refresh")
 _NEW_WORKERS = 16
 _MAX_IDLE_WORKERS = 8
 _FAIRNESS = 0.0003
+# On real time, the scheduler wakes up to this late, so that refreshes due within it
+# start in one wake-up: jitter spreads a thousand refreshers' due times apart, and a
+# wake-up each cost more than the refreshes (benchmarks/scaling.py). Simulated time
+# (a test's clock) stays exact.
+_TIMER_SLACK = 0.001
 
 
-class Deadline:
-    """A fetch's deadline: the worker scope it cancels when it passes (None once disarmed)."""
+class Worker:
+    """One worker task: its cancel scope, and the deadline of the fetch it runs (``inf``: none)."""
 
-    __slots__ = ("passed", "scope")
+    __slots__ = ("deadline", "scope", "timed_out")
 
-    def __init__(self, scope: anyio.CancelScope) -> None:
-        self.scope: anyio.CancelScope | None = scope
-        self.passed = False  # the scheduler cancelled the fetch: it ran past its deadline
+    def __init__(self) -> None:
+        self.scope: anyio.CancelScope | None = None  # entered anew after each timeout
+        self.deadline = math.inf
+        self.timed_out = False  # its fetch ran past its deadline: the scheduler cancelled the scope
 
 
 class Scheduler:
@@ -75,6 +81,7 @@ class Scheduler:
         fetches: Callable[[Slot], bool],
     ) -> None:
         self._clock = clock
+        self._slack = _TIMER_SLACK if isinstance(clock, SystemClock) else 0.0
         self._slots = slots
         self._fly = fly
         self._fetches = fetches
@@ -85,9 +92,9 @@ class Scheduler:
         self._order = itertools.count()
         # (due, order, slot); an entry whose due is not its slot's `queued` is stale.
         self._due: list[tuple[float, int, Slot]] = []
-        # (deadline, order, Deadline); a Deadline without a scope is disarmed.
-        self._deadlines: list[tuple[float, int, Deadline]] = []
-        self._armed = 0
+        self._crew: set[Worker] = set()
+        # No earlier deadline than this (a fetch that armed it may have ended since).
+        self._earliest_deadline = math.inf
         self._wakeup: anyio.CancelScope | None = None
         self._sleeping_until = -math.inf  # not asleep
         self._task_group: TaskGroup | None = None
@@ -128,7 +135,7 @@ class Scheduler:
                         self._spawn_worker(task_group)
             wake = min(
                 self._due[0][0] if self._due else math.inf,
-                self._deadlines[0][0] if self._deadlines else math.inf,
+                self._earliest_deadline,
             )
             if wake <= now:
                 continue
@@ -137,7 +144,7 @@ class Scheduler:
                 self._sleeping_until = wake
                 if math.isinf(wake):
                     await anyio.sleep_forever()
-                await clock.sleep_until(wake)
+                await clock.sleep_until(wake + self._slack)
             self._wakeup, self._sleeping_until = None, -math.inf
 
     def _start_due(self, now: float, task_group: TaskGroup) -> None:
@@ -155,7 +162,9 @@ class Scheduler:
         if not self._fetches(slot) or slot.overridden:
             return  # a follower has no schedule of its own: taking over reschedules it
         if due > -math.inf:  # not the first load: how late is this refresh?
-            self._note_lag(slot, now - due, now)
+            lag = slot.timing.lag = now - due
+            if schedule.is_behind(lag, slot.spec.every):
+                self._warn_behind(slot, lag, now)
         if slot.flight is not None:
             return  # a refresh-now under way is this refresh; its end schedules the next
         slot.flight = Flight(on_grid=slot.history.consecutive_failures == 0)
@@ -180,19 +189,21 @@ class Scheduler:
         """Run queued fetches one after another; wait idle for more, or end when enough others wait.
 
         One cancel scope serves many fetches: a fetch past its deadline cancels
-        it (`deadline`), and the worker goes on in a new one. No scope is entered
+        it (`arm`), and the worker goes on in a new one. No scope is entered
         and left per fetch.
         """
-        ready = self._ready
+        ready, worker = self._ready, Worker()
+        self._crew.add(worker)
         try:
             while True:
                 with anyio.CancelScope() as scope:
+                    worker.scope = scope
                     while not scope.cancel_called:
                         while ready and not scope.cancel_called:
                             slot = ready.popleft()
                             flight = slot.flight
-                            if flight is not None and flight.scope is None:
-                                flight.scope = scope
+                            if flight is not None and flight.worker is None:
+                                flight.worker = worker
                                 self._fetching += 1
                                 try:
                                     await self._fly(slot, flight)
@@ -212,6 +223,7 @@ class Scheduler:
                         self._idle.append(woken)
                         await woken.wait()
         finally:
+            self._crew.discard(worker)
             self._workers -= 1
 
     def fetch_now(self, slot: Slot) -> Flight:
@@ -261,27 +273,24 @@ class Scheduler:
         else:
             self.reschedule(slot, timing.next_due)
 
-    def deadline(self, flight: Flight, at: float) -> Deadline:
-        """Cancel ``flight``'s worker scope at ``at`` (the runtime's clock), unless disarmed before.
+    def arm(self, flight: Flight, at: float) -> None:
+        """Cancel the fetch of ``flight`` at ``at`` (the runtime's clock), unless `disarm` comes first.
 
-        The same sleep serves fetch deadlines and due times: no timer is armed and
-        cancelled per fetch.
+        Nothing is allocated, pushed or armed per fetch: the worker notes the
+        deadline, and the scheduler looks at its workers' deadlines when the
+        earliest one it knows of passes (one sleep serves due times and deadlines).
         """
-        assert flight.scope is not None, "fetches run in the scheduler's workers"
-        deadline = Deadline(flight.scope)
-        heapq.heappush(self._deadlines, (at, next(self._order), deadline))
-        self._armed += 1
-        self._wake_before(at)
-        return deadline
+        worker: Worker = flight.worker  # fetches run in the scheduler's workers
+        worker.deadline, worker.timed_out = at, False
+        if at < self._earliest_deadline:
+            self._earliest_deadline = at
+            self._wake_before(at)
 
-    def disarm(self, deadline: Deadline) -> None:
-        """The fetch has ended: its deadline no longer applies."""
-        if deadline.scope is not None:
-            deadline.scope = None
-            self._armed -= 1
-        if len(self._deadlines) > 2 * self._armed + 64:  # mostly fetches that ended in time
-            self._deadlines = [entry for entry in self._deadlines if entry[2].scope is not None]
-            heapq.heapify(self._deadlines)
+    def disarm(self, flight: Flight) -> bool:
+        """The fetch of ``flight`` has ended; whether it ran past its deadline (and was cancelled)."""
+        worker: Worker = flight.worker
+        worker.deadline = math.inf
+        return worker.timed_out
 
     def _wake_before(self, at: float) -> None:
         """Cut the scheduler's sleep short if it would sleep past ``at``."""
@@ -289,15 +298,18 @@ class Scheduler:
             self._wakeup.cancel()
 
     def _expire(self, now: float) -> None:
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            deadline = heapq.heappop(deadlines)[2]
-            scope = deadline.scope
-            if scope is not None:
-                deadline.scope = None
-                deadline.passed = True
-                self._armed -= 1
-                scope.cancel()
+        """Cancel the fetches past their deadline; find the next deadline."""
+        if now < self._earliest_deadline:
+            return
+        earliest = math.inf
+        for worker in self._crew:
+            if worker.deadline <= now:
+                worker.deadline, worker.timed_out = math.inf, True
+                if worker.scope is not None:
+                    worker.scope.cancel()
+            elif worker.deadline < earliest:
+                earliest = worker.deadline
+        self._earliest_deadline = earliest
 
     def after_success(
         self, slot: Slot, started: float, now: float, on_grid: bool, refresh_in: float | None
@@ -338,15 +350,11 @@ class Scheduler:
         self.reschedule(slot, now + delay)
         return delay
 
-    def _note_lag(self, slot: Slot, lag: float, now: float) -> None:
+    def _warn_behind(self, slot: Slot, lag: float, now: float) -> None:
         # A process that cannot keep up (a saturated CPU, a blocked loop, too many
         # refreshers for one core) starts every refresh later: say so once every
         # few minutes instead of quietly refreshing at a fraction of the rate asked.
-        slot.timing.lag = lag
-        if (
-            not schedule.is_behind(lag, slot.spec.every)
-            or now - self._warned_behind_at < REPEAT_WARNING_EVERY
-        ):
+        if now - self._warned_behind_at < REPEAT_WARNING_EVERY:
             return
         self._warned_behind_at = now
         behind = sum(

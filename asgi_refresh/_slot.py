@@ -16,7 +16,7 @@ from asgi_refresh._sources.function import source_for
 class Flight:
     """One fetch that any number of callers wait for: the single-flight unit."""
 
-    __slots__ = ("_done", "error", "finished", "on_grid", "scope", "value")
+    __slots__ = ("_done", "error", "finished", "on_grid", "value", "worker")
 
     def __init__(self, *, on_grid: bool) -> None:
         self._done: anyio.Event | None = None  # made only when someone waits
@@ -24,7 +24,7 @@ class Flight:
         self.value: Any = None
         self.error: BaseException | None = None
         self.on_grid = on_grid  # the scheduled refresh of a healthy refresher
-        self.scope: anyio.CancelScope | None = None  # the worker's that runs it: what its deadline cancels
+        self.worker: Any = None  # the scheduler's worker that runs it: what its deadline cancels
 
     async def wait(self) -> None:
         """Return once the fetch has finished."""

@@ -129,10 +129,13 @@ def test_any_bytes_are_refused_or_parsed_like_json_loads(body: bytes, step: int)
         b"[1] [2]",
         b'[]"',  # yajl lets an unfinished token after the value go (found by hypothesis)
         b'{"a": 1} "x',
+        b'-2.5634005030957068e+16"',  # yajl ends a bare number at any byte (found by hypothesis)
+        b"12",
+        b"true",
     ],
 )
 def test_what_yajl_would_get_wrong_goes_to_json_loads(body: bytes) -> None:
-    """Lone surrogates, vertical tabs, a BOM, NaN, huge numbers, UTF-16, no value, two values: json.loads decides."""
+    """Lone surrogates, vertical tabs, a BOM, NaN, huge numbers, UTF-16, no value, two values, a bare scalar: json.loads decides."""
     with pytest.raises(Fallback):
         incremental_value(body, 4)
 

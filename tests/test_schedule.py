@@ -424,6 +424,37 @@ async def test_plain_function_returning_another_awaitable_is_a_clear_error() -> 
     )
 
 
+async def test_a_deadline_cancels_only_its_own_fetch_and_the_worker_goes_on() -> None:
+    """A deadline passing after its fetch ended cancels nothing; after a timeout, the next fetch runs.
+
+    Deadlines live on the worker running the fetch, which goes on in a new cancel scope.
+    """
+    clock = FakeClock(START)
+    durations = iter([0, 3, 60, 0, 0])
+    outcomes: list[str] = []
+
+    async def fetch() -> int:
+        duration = next(durations)
+        if duration:
+            await clock.sleep_until(clock.monotonic() + duration)
+        outcomes.append(f"done after {duration}s")
+        return len(outcomes)
+
+    refresher = Refresher("n", fetch, every=4, jitter=0, timeout=5, backoff_initial=1)
+    async with running(refresher, clock=clock) as handle:
+        await clock.advance(4)  # a 3 s fetch starts; the first load's deadline (t=5) passes meanwhile
+        await clock.advance(3)
+        assert outcomes == ["done after 0s", "done after 3s"]
+        assert handle.status()["n"]["consecutive_failures"] == 0
+        await clock.advance(1)  # t=8: a fetch that hangs, cancelled at its deadline (t=13)
+        await clock.advance(5)
+        assert handle.status()["n"]["last_error"] == "TimeoutError: fetch timed out after 5s"
+        await clock.advance(1)  # the retry, one second later, in a fresh cancel scope
+        assert outcomes[-1] == "done after 0s"
+        assert handle.status()["n"]["consecutive_failures"] == 0
+        assert handle.value("n") == 3
+
+
 async def test_sync_fetch_that_times_out_is_abandoned(caplog: pytest.LogCaptureFixture) -> None:
     """A blocking fetch past its timeout fails the attempt; its late result is discarded."""
     release = threading.Event()

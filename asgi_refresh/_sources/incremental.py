@@ -163,6 +163,10 @@ class IncrementalJSON:
                 else:
                     top[keys[-1]] = item
             elif not opened:
+                if type(item) is not str:
+                    # yajl ends a bare number at whatever byte follows it (`1"`), which
+                    # json.loads refuses: a document that is one scalar is small, its call.
+                    raise Fallback("a bare number or literal")
                 self._finish(item)
             if opened:
                 if len(stack) >= MAX_DEPTH:
