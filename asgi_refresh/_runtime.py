@@ -85,7 +85,8 @@ class Runtime:
             from ._cluster.coordination import Coordination
 
             self.coordination = Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
-        self.scheduler = Scheduler(self.clock, self.slots, self._fly, self._fetches)
+        fetches = None if self.coordination is None else self.coordination.fetches  # a follower does not
+        self.scheduler = Scheduler(self.clock, self.slots, self._fly, fetches)
 
     @property
     def running(self) -> bool:
@@ -271,12 +272,6 @@ class Runtime:
         if self._stopped.is_set():
             return []
         return [name for name, slot in self.slots.items() if slot.flight is not None] or list(self.slots)
-
-    # -- scheduling ----------------------------------------------------------------
-
-    def _fetches(self, slot: Slot) -> bool:
-        """Whether this process fetches ``slot`` itself (it is not a follower of another's lease)."""
-        return self.coordination is None or self.coordination.fetches(slot)
 
     # -- the port coordination uses (asgi_refresh._cluster.coordination.Host) --------
 

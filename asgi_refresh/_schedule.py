@@ -135,7 +135,11 @@ def due_when_standalone(*, now: float, every: float, last_success: float | None)
     return now if last_success is None else max(now, last_success + every)
 
 
-def is_behind(lag: float, every: float, *, after: float = 1.0) -> bool:
+BEHIND_AFTER = 1.0
+"""A refresh this late (seconds) or less is never falling behind, whatever its interval."""
+
+
+def is_behind(lag: float, every: float, *, after: float = BEHIND_AFTER) -> bool:
     """Whether a refresh starting ``lag`` seconds late means the process is falling behind.
 
     Later than a whole interval and more than ``after`` seconds: a hiccup of the

@@ -48,10 +48,11 @@ _TIMER_SLACK = 0.001
 class Worker:
     """One worker task: its cancel scope, and the deadline of the fetch it runs (``inf``: none)."""
 
-    __slots__ = ("deadline", "scope", "timed_out")
+    __slots__ = ("cancelled", "deadline", "scope", "timed_out")
 
     def __init__(self) -> None:
         self.scope: anyio.CancelScope | None = None  # entered anew after each timeout
+        self.cancelled = False  # the scope is cancelled: leave it for a new one
         self.deadline = math.inf
         self.timed_out = False  # its fetch ran past its deadline: the scheduler cancelled the scope
 
@@ -70,7 +71,8 @@ class Scheduler:
         clock: The runtime's clock.
         slots: The refreshers.
         fly: Runs one fetch for everyone waiting on a flight (the runtime's).
-        fetches: Whether this process fetches a refresher itself (not a follower).
+        fetches: Whether this process fetches a refresher itself (not a follower);
+            None: always (no coordination).
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class Scheduler:
         clock: Clock,
         slots: Mapping[str, Slot],
         fly: Callable[[Slot, Flight], Coroutine[Any, Any, None]],
-        fetches: Callable[[Slot], bool],
+        fetches: Callable[[Slot], bool] | None,
     ) -> None:
         self._clock = clock
         self._slack = _TIMER_SLACK if isinstance(clock, SystemClock) else 0.0
@@ -159,11 +161,11 @@ class Scheduler:
 
     def _take_off(self, slot: Slot, due: float, now: float) -> None:
         """Queue ``slot``'s fetch (due at ``due``) for a worker, unless another process or fetch has it."""
-        if not self._fetches(slot) or slot.overridden:
+        if slot.overridden or (self._fetches is not None and not self._fetches(slot)):
             return  # a follower has no schedule of its own: taking over reschedules it
         if due > -math.inf:  # not the first load: how late is this refresh?
             lag = slot.timing.lag = now - due
-            if schedule.is_behind(lag, slot.spec.every):
+            if lag > schedule.BEHIND_AFTER and schedule.is_behind(lag, slot.spec.every):
                 self._warn_behind(slot, lag, now)
         if slot.flight is not None:
             return  # a refresh-now under way is this refresh; its end schedules the next
@@ -196,10 +198,10 @@ class Scheduler:
         self._crew.add(worker)
         try:
             while True:
-                with anyio.CancelScope() as scope:
-                    worker.scope = scope
-                    while not scope.cancel_called:
-                        while ready and not scope.cancel_called:
+                with anyio.CancelScope() as worker.scope:
+                    worker.cancelled = False
+                    while not worker.cancelled:
+                        while ready and not worker.cancelled:
                             slot = ready.popleft()
                             flight = slot.flight
                             if flight is not None and flight.worker is None:
@@ -215,7 +217,7 @@ class Scheduler:
                             if ready and time.monotonic() - self._yielded > _FAIRNESS:
                                 self._yielded = time.monotonic()
                                 await anyio.lowlevel.checkpoint()
-                        if scope.cancel_called:
+                        if worker.cancelled:
                             break  # a deadline cancelled this scope: go on in a new one
                         if len(self._idle) >= _MAX_IDLE_WORKERS:
                             return
@@ -256,7 +258,8 @@ class Scheduler:
                 if s.timing.queued is not None
             ]
             heapq.heapify(self._due)
-        self._wake_before(due)
+        if due < self._sleeping_until and self._wakeup is not None:  # `_wake_before`, inlined: per refresh
+            self._wakeup.cancel()
 
     def after_flight(self, slot: Slot) -> None:
         """After a fetch: start the next at once if it is due already, else make sure it is queued.
@@ -270,7 +273,7 @@ class Scheduler:
             timing.queued = None  # its entry, if any, is stale now
             self._take_off(slot, timing.next_due, now)
             self._hand_out(self._task_group)
-        else:
+        elif timing.queued != timing.next_due:
             self.reschedule(slot, timing.next_due)
 
     def arm(self, flight: Flight, at: float) -> None:
@@ -304,7 +307,7 @@ class Scheduler:
         earliest = math.inf
         for worker in self._crew:
             if worker.deadline <= now:
-                worker.deadline, worker.timed_out = math.inf, True
+                worker.deadline, worker.timed_out, worker.cancelled = math.inf, True, True
                 if worker.scope is not None:
                     worker.scope.cancel()
             elif worker.deadline < earliest:

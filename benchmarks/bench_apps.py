@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from asgi_refresh import Refresher, RefreshMiddleware
+from asgi_refresh.demo.upstream import Upstream
 
 NAMES = ["ada", "grace", "katherine"]
 
@@ -123,3 +124,43 @@ async def _hand_written_busy_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 hand_written_busy = _app(_hand_written_busy_lifespan)
+
+
+# -- a 5 MB JSON document that changes on every request (benchmarks/sources.py) -----------
+
+
+def document(megabytes: float, salt: int = 0) -> list[dict[str, Any]]:
+    """A JSON array of small records, about ``megabytes`` once encoded."""
+    count = int(megabytes * 1024 * 1024 / 64)
+    return [{"id": i, "name": f"user-{i}-{salt}", "active": i % 3 == 0} for i in range(count)]
+
+
+class _ChangingDocument:
+    """Serves ``/doc-5mb`` in two versions, taking turns: every fetch is a full 200 and a parse.
+
+    In a process of its own, so that serving 5 MB holds nobody's GIL but its own:
+    the stall measured in the fetching process is the fetch's. ``/`` answers once
+    both versions are built.
+    """
+
+    def __init__(self) -> None:
+        self._upstream: Upstream | None = None
+        self._versions: list[Any] = []
+        self._turn = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._upstream is None:
+            self._upstream = Upstream()
+            for salt in range(2):
+                self._upstream.set("/doc-5mb", document(5, salt))
+                self._versions.append(self._upstream.documents["/doc-5mb"])
+        if scope["path"] == "/doc-5mb":
+            self._turn += 1
+            self._upstream.documents["/doc-5mb"] = self._versions[self._turn % 2]
+            await self._upstream(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+changing_document = _ChangingDocument()

@@ -9,11 +9,12 @@
    against a hand-written fetch that parses on the event loop. HTTPSource is
    measured twice when ijson is installed: as it parses without the big-json
    extra (json.loads in a thread) and with it (a slice at a time on the loop).
-   The floor: the same GET with no parse at all (the upstream runs in a thread
-   of this process, and its work holds the GIL too).
+   The floor: the same GET with no parse at all.
 
-Everything runs on 127.0.0.1; the upstream is uvicorn in a thread. Figures are
-ratios measured side by side in one run.
+Everything runs on 127.0.0.1: for the bytes, the upstream is uvicorn in a thread;
+for the stalls, uvicorn in a process of its own (serving 5 MB in a thread of this
+process held the GIL and counted as our stall). Figures are ratios measured side
+by side in one run.
 
     python benchmarks/sources.py [--polls 50] [--rounds 5] [--seconds 2]
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import statistics
 import time
@@ -32,16 +32,12 @@ from unittest import mock
 
 import httpx
 from _common import Row, Server, print_rows, trivial_app
+from bench_apps import document
+from uvicorn_load import _start, _stop
 
 from asgi_refresh import HTTPSource, Refresher, RefreshMiddleware
 from asgi_refresh._sources import incremental
 from asgi_refresh.demo.upstream import Upstream, serve
-
-
-def document(megabytes: float, salt: int = 0) -> list[dict[str, Any]]:
-    """A JSON array of small records, about ``megabytes`` once encoded."""
-    count = int(megabytes * 1024 * 1024 / 64)
-    return [{"id": i, "name": f"user-{i}-{salt}", "active": i % 3 == 0} for i in range(count)]
 
 
 async def bytes_per_poll(upstream: Upstream, base_url: str, polls: int) -> tuple[float, float]:
@@ -92,26 +88,17 @@ async def worst_latency(app: Any, seconds: float, background: Callable[[], Await
     return worst
 
 
-async def stalls(upstream: Upstream, base_url: str, rounds: int, seconds: float) -> dict[str, float]:
-    """Median over rounds of the worst trivial-request latency, per variant."""
-    # Two versions, hashed once up front: swapping them costs the loop nothing, so
-    # every fetch is a full 200 and a parse, and the stall measured is the fetch's.
-    versions = []
-    for salt in range(2):
-        upstream.set("/doc-5mb", document(5, salt))
-        versions.append(upstream.documents["/doc-5mb"])
-    turn = itertools.count()
+async def stalls(base_url: str, rounds: int, seconds: float) -> dict[str, float]:
+    """Median over rounds of the worst trivial-request latency, per variant.
 
-    def change() -> None:
-        upstream.documents["/doc-5mb"] = versions[next(turn) % 2]
-
-    change()
+    The upstream (`bench_apps.changing_document`) runs in a process of its own and
+    changes the document on every request, so every fetch is a full 200 and a parse.
+    """
     middleware = RefreshMiddleware(
         trivial_app, refreshers=[Refresher("doc", HTTPSource(f"{base_url}/doc-5mb"), every="1h")]
     )
 
     async def refresh() -> None:
-        change()
         await middleware.handle.refresh("doc")
 
     results: dict[str, list[float]] = {
@@ -125,11 +112,9 @@ async def stalls(upstream: Upstream, base_url: str, rounds: int, seconds: float)
     async with Server(middleware), httpx.AsyncClient() as client:
 
         async def hand_written() -> None:
-            change()
             json.loads((await client.get(f"{base_url}/doc-5mb")).content)  # parsed on the loop
 
         async def download_only() -> None:
-            change()
             await client.get(f"{base_url}/doc-5mb")
 
         for _ in range(rounds):
@@ -148,7 +133,11 @@ async def measure(polls: int = 50, rounds: int = 5, seconds: float = 2.0) -> lis
     upstream = Upstream()
     with serve(upstream) as base_url:
         plain, conditional = await bytes_per_poll(upstream, base_url, polls)
-        worst = await stalls(upstream, base_url, rounds, seconds)
+    server = _start("changing_document")
+    try:
+        worst = await stalls(f"http://127.0.0.1:{server[1]}", rounds, seconds)
+    finally:
+        _stop([server])
     base = worst["no refresh"]
     rows = [
         Row(
