@@ -11,7 +11,7 @@ from typing import Any, Union
 from ._contain import is_async_callable
 from ._duration import Duration, format_duration, positive_duration
 from ._option_error import OptionTypeError, OptionValueError
-from ._sources.base import Source
+from ._sources.base import Source, is_source
 
 RESERVED_NAME = "asgi_refresh"
 MIN_EVERY = 0.01
@@ -119,7 +119,7 @@ class Refresher:
                 f"Refresher name {RESERVED_NAME!r} is reserved for the control handle; choose another name",
             )
         problem = _Problems(name)
-        if isinstance(fetch, Source):
+        if is_source(fetch):
             pass  # a source: the runtime opens it and calls its fetch()
         elif not callable(fetch):
             raise problem.type_error("fetch", "fetch must be a Source or a zero-argument callable", fetch)

@@ -220,12 +220,7 @@ class Runtime:
             self.clock.move_on_at(self.clock.monotonic() + startup_timeout),
             anyio.move_on_after(startup_timeout if simulated else math.inf),
         ):
-            await self.publisher.until(
-                lambda: all(
-                    slot.loaded or slot.fatal if slot.spec.required and not simulated else slot.attempted
-                    for slot in self.slots.values()
-                )
-            )
+            await self.publisher.until(_all_settled(list(self.slots.values()), simulated))
         failures: list[str] = []
         failed: list[Slot] = []
         for slot in self.slots.values():
@@ -602,6 +597,28 @@ class _Unwrapped(NamedTuple):
     not_modified: bool
     refresh_in: float | None  # seconds until the next refresh, if not `every` on the grid
     fresh: Fresh[Any] | None  # what the fetch said about the value's expiry
+
+
+def _all_settled(slots: list[Slot], simulated: bool) -> Callable[[], bool]:
+    """Whether startup may end: each required refresher loaded (or cannot be), each other one tried.
+
+    Checked at every refresher's progress: the slots found settled are dropped, so
+    that startup costs O(n) checks in all, not O(n) per refresh (O(n²): 20,000
+    refreshers took 33 s to start).
+    """
+    pending = slots[::-1]
+
+    def settled(slot: Slot) -> bool:
+        if slot.spec.required and not simulated:
+            return slot.loaded or slot.fatal
+        return slot.attempted
+
+    def check() -> bool:
+        while pending and settled(pending[-1]):
+            pending.pop()
+        return not pending
+
+    return check
 
 
 def _unwrap(spec: Refresher, result: Any) -> _Unwrapped:

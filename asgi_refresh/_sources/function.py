@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from asgi_refresh._contain import is_async_callable
-from asgi_refresh._sources.base import Source
+from asgi_refresh._sources.base import Source, is_source
 from asgi_refresh._sources.context import SourceContext, done_opening, opening
 from asgi_refresh._sources.outcome import Fetched
 from asgi_refresh._thread import ThreadCall
@@ -101,6 +101,6 @@ class FunctionSource(Source):
 
 def source_for(fetch: Source | Callable[[], Any], name: str) -> Source:
     """The source refresher ``name`` fetches with: ``fetch`` if it is a `Source`, else a `FunctionSource`."""
-    if isinstance(fetch, Source):
+    if is_source(fetch):
         return fetch
-    return FunctionSource(fetch, name=name)
+    return FunctionSource(cast("Callable[[], Any]", fetch), name=name)
