@@ -26,7 +26,7 @@ from ._handle import LoopHome, RefreshError, RefreshHandle
 from ._publisher import SNAPSHOT_KEY, Publisher
 from ._refresher import RESERVED_NAME, Refresher
 from ._scheduler import Scheduler
-from ._slot import Flight, Slot
+from ._slot import Flight, Slot, stopped_while_refreshing
 from ._sources.context import SharedResources, SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
 
@@ -347,7 +347,7 @@ class Runtime:
         except BaseException:
             # Shutdown cancelled us; callers waiting outside (a request) get an error,
             # not a hang and not a half-finished value.
-            flight.error = RuntimeError(f"asgi_refresh stopped while refreshing {slot.spec.name!r}")
+            flight.error = stopped_while_refreshing(slot.spec.name)
             stopping = True
             raise
         finally:
@@ -376,8 +376,9 @@ class Runtime:
                 self.coordination.before_fetch(slot)
             return await slot.source.fetch()
         finally:
-            # Past its deadline: a timeout, whatever the fetch raised or returned once cancelled.
-            if timeout is not None and self.scheduler.disarm(flight):
+            # Past its deadline: a timeout, whatever the fetch raised or returned once
+            # cancelled; unless shutdown cancelled it too, which must go on.
+            if timeout is not None and self.scheduler.disarm(flight) and not self._scope.cancel_called:
                 raise _FetchTimeout(f"fetch timed out after {format_duration(timeout)}") from None
 
     async def _ask_leader(self, slot: Slot, flight: Flight) -> bool:

@@ -23,7 +23,7 @@ from asgi_refresh import _schedule as schedule
 from asgi_refresh._clock import Clock, SystemClock
 from asgi_refresh._duration import format_duration
 from asgi_refresh._failure_log import REPEAT_WARNING_EVERY
-from asgi_refresh._slot import Flight, Slot
+from asgi_refresh._slot import Flight, Slot, stopped_while_refreshing
 from asgi_refresh._sources.outcome import SourceError
 
 if TYPE_CHECKING:
@@ -120,6 +120,15 @@ class Scheduler:
             await self._serve(task_group)
         finally:
             self._task_group = None
+            # Fetches queued but never started (refresh-now, due ones) will not run:
+            # release whoever waits for them, and let a later refresh() say why.
+            while self._ready:
+                slot = self._ready.popleft()
+                flight = slot.flight
+                if flight is not None and flight.worker is None:
+                    flight.error = stopped_while_refreshing(slot.spec.name)
+                    slot.flight = None
+                    flight.finish()
 
     async def _serve(self, task_group: TaskGroup) -> None:
         clock = self._clock
@@ -178,6 +187,11 @@ class Scheduler:
             self._idle.pop().set()
         if self._ready and not self._runnable():
             self._spawn_worker(task_group)
+        if self._ready and self._wakeup is not None:
+            # Queued from outside the schedule (refresh-now, a refresh that fell due
+            # meanwhile): the scheduler adds workers while all of them wait on I/O,
+            # so that this fetch never waits behind another one's I/O.
+            self._wakeup.cancel()
 
     def _runnable(self) -> int:
         """Workers that will take queued fetches without a new one: not idle, not waiting inside a fetch."""

@@ -13,6 +13,11 @@ from asgi_refresh._refresher import Refresher
 from asgi_refresh._sources.function import source_for
 
 
+def stopped_while_refreshing(name: str) -> RuntimeError:
+    """What the callers waiting on a fetch get when shutdown ends it (or it never started)."""
+    return RuntimeError(f"asgi_refresh stopped while refreshing {name!r}")
+
+
 class Flight:
     """One fetch that any number of callers wait for: the single-flight unit."""
 

@@ -10,13 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from asgi_lifespan import LifespanManager
 
 from asgi_refresh import Refresher, RefreshError, RefreshMiddleware, SourceError
 from asgi_refresh.testing import FakeClock
 
-from .helpers import START, ScriptedApp, Upstream, hang, published, running
+from .helpers import START, ScriptedApp, Upstream, hang, published, running, runtime_of
 
 pytestmark = pytest.mark.anyio
 
@@ -623,3 +624,111 @@ async def test_a_failure_that_repeats_is_logged_once_then_every_five_minutes(
     ]
     assert "(29 more failures since the last warning, logged at DEBUG)" in warnings[1]
     assert "recovered after 55 failed attempts" in caplog.text
+
+
+async def test_a_refresh_now_never_waits_behind_another_refresh_nows_io() -> None:
+    """Two refresh-nows started together: the quick one returns while the other waits on I/O."""
+    gate = anyio.Event()
+    slow_calls = 0
+
+    async def slow() -> str:
+        nonlocal slow_calls
+        slow_calls += 1
+        if slow_calls > 1:  # the first load returns; the refresh-now hangs on its upstream
+            await gate.wait()
+        return "slow"
+
+    async def quick() -> str:
+        return "quick"
+
+    async with running(
+        Refresher("slow", slow, every="1h", timeout=None), Refresher("quick", quick, every="1h")
+    ) as handle:
+        got: list[str] = []
+        quick_done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def refresh(name: str) -> None:
+                got.append(await handle.refresh(name))
+                if name == "quick":
+                    quick_done.set()
+
+            tg.start_soon(refresh, "quick")
+            tg.start_soon(refresh, "slow")
+            with anyio.fail_after(5):  # real seconds: a guard, never reached when it works
+                await quick_done.wait()
+            assert got == ["quick"]
+            gate.set()
+        assert sorted(got) == ["quick", "slow"]
+
+
+async def test_fetches_still_queued_at_shutdown_release_their_waiters() -> None:
+    """Shutdown before queued fetches started: their callers get an error, and refresh() afterwards says why."""
+    runtime: Any = None
+    flights: dict[str, Any] = {}
+    calls = 0
+
+    async def trigger() -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # a refresh-now: queue two more, and shutdown comes in this same turn
+            for name in ("b", "c"):
+                flights[name] = runtime.start_refresh(runtime.slots[name])
+            runtime._scope.cancel()
+            await anyio.sleep_forever()
+        return 0
+
+    async def other() -> int:
+        await anyio.lowlevel.checkpoint()
+        return 1
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[
+            Refresher(name, fetch, every="1h") for name, fetch in (("a", trigger), ("b", other), ("c", other))
+        ],
+        clock=FakeClock(START),
+    )
+    async with LifespanManager(middleware):
+        runtime = runtime_of(middleware.handle)
+        with anyio.fail_after(5), pytest.raises(RuntimeError, match="stopped while refreshing 'a'"):
+            await middleware.handle.refresh("a")
+    assert sorted(flights) == ["b", "c"]
+    for name, flight in flights.items():
+        assert flight.finished, f"{name}'s waiters would wait forever"
+        assert str(flight.error) == f"asgi_refresh stopped while refreshing {name!r}"
+    with pytest.raises(RuntimeError, match="asgi_refresh is not running"):
+        await middleware.handle.refresh("b")
+
+
+async def test_shutdown_at_a_fetch_deadline_is_shutdown_not_a_timeout() -> None:
+    """A fetch whose deadline passes as shutdown cancels it stops quietly: no timeout failure, no retry."""
+    clock = FakeClock(START)
+    runtime: Any = None
+    calls = 0
+    events: list[str] = []
+
+    async def fetch() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return 1
+        try:
+            await anyio.sleep_forever()
+        finally:
+            runtime._scope.cancel()  # shutdown arrives in the same turn as the deadline
+        return 2  # pragma: no cover - cancelled above
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("n", fetch, every=60, jitter=0, timeout=5)],
+        clock=clock,
+        listeners=[lambda event: events.append(event.kind)],
+    )
+    async with LifespanManager(middleware):
+        runtime = runtime_of(middleware.handle)
+        await clock.advance(60)  # the refresh starts and hangs
+        await clock.advance(5)  # its deadline passes: the timeout and the shutdown coincide
+        assert runtime.slots["n"].history.last_error is None, "shutdown, not a timed-out fetch"
+    assert "failed" not in events
+    assert calls == 2
