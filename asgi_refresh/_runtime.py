@@ -364,8 +364,11 @@ class Runtime:
             # arriving meanwhile starts a new fetch rather than joining a finished one.
             await self._share(slot, data, answered)
 
-    async def _fetch(self, slot: Slot, flight: Flight, started: float) -> Fetched:
-        """Fetch from the slot's source (opening it first), within the refresher's timeout."""
+    async def _fetch(self, slot: Slot, flight: Flight, started: float) -> Any:
+        """Fetch from the slot's source (opening it first), within the refresher's timeout.
+
+        Returns a `Fetched`, or the value an ``async def`` fetch returned (`fetcher_of`).
+        """
         timeout = slot.spec.timeout
         if timeout is not None:
             self.scheduler.arm(flight, started + timeout)
@@ -374,7 +377,7 @@ class Runtime:
                 await self._open_source(slot)
             if self.coordination is not None:
                 self.coordination.before_fetch(slot)
-            return await slot.source.fetch()
+            return await slot.fetch()
         finally:
             # Past its deadline: a timeout, whatever the fetch raised or returned once
             # cancelled; unless shutdown cancelled it too, which must go on.

@@ -10,7 +10,7 @@ import anyio
 from asgi_refresh._failure_log import FailureLog
 from asgi_refresh._hooks import Hooks
 from asgi_refresh._refresher import Refresher
-from asgi_refresh._sources.function import source_for
+from asgi_refresh._sources.function import fetcher_of, source_for
 
 
 def stopped_while_refreshing(name: str) -> RuntimeError:
@@ -105,6 +105,7 @@ class Slot:
         self.timing = Timing()
         # Per lifespan: a source serves one refresher of one runtime.
         self.source = source_for(spec.fetch, spec.name)
+        self.fetch = fetcher_of(self.source)  # what one fetch awaits
         self.opened = False
         self.flight: Flight | None = None
         self.expires_at: float | None = None  # the published value's expiry (a Fresh), monotonic

