@@ -10,7 +10,7 @@ alternating rounds:
 - the p99 latency of paced requests (one connection, 200 requests/s) meanwhile,
   against the seed loop's.
 
-    python benchmarks/busy.py [--rounds 3] [--seconds 3]
+    python benchmarks/busy.py [--rounds 5] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ async def paced_p99(port: int, *, seconds: float = 3.0, rate: float = 200.0) -> 
     return statistics.quantiles(latencies, n=100)[98]
 
 
-async def measure(rounds: int = 3, seconds: float = 3.0) -> list[Row]:
+async def measure(rounds: int = 5, seconds: float = 3.0) -> list[Row]:
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     rates: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     p99s: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
@@ -102,7 +102,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     print_rows(asyncio.run(measure(args.rounds, args.seconds)))
