@@ -121,6 +121,19 @@ async def test_redis_ignores_foreign_messages_on_its_channel(redis_url: str) -> 
             assert await next_change(changes) == Change("stored", "names", 1)
 
 
+async def test_redis_after_close_a_late_call_cannot_open_a_connection(redis_url: str) -> None:
+    """A call abandoned at shutdown that runs after close fails instead of leaking a new socket."""
+    import redis
+
+    coordinator = RedisCoordinator(redis_url, prefix=f"late{uuid.uuid4().hex[:8]}")
+    await coordinator.open()
+    client = coordinator._client  # what an abandoned call still holds
+    assert client is not None
+    await coordinator.close()
+    with pytest.raises(redis.exceptions.ConnectionError, match="is closed"):
+        client.ping()
+
+
 async def test_the_built_in_backends_report_their_clock(pair: tuple[Coordinator, Coordinator]) -> None:
     """Heads and stored values carry the backend's own time (the contract allows None; ours never are)."""
     first, second = pair
