@@ -272,8 +272,7 @@ class Scheduler:
                 if s.timing.queued is not None
             ]
             heapq.heapify(self._due)
-        if due < self._sleeping_until and self._wakeup is not None:  # `_wake_before`, inlined: per refresh
-            self._wakeup.cancel()
+        self._wake_before(due)
 
     def after_flight(self, slot: Slot) -> None:
         """After a fetch: start the next at once if it is due already, else make sure it is queued.
