@@ -13,6 +13,7 @@ from .__about__ import __version__ as __version__
 from ._clock import Clock
 from ._duration import Duration
 from ._events import RefreshEvent
+from ._guards import max_shrink, required_keys
 from ._handle import RefreshError, RefreshHandle
 from ._middleware import RefreshMiddleware
 from ._option_error import OptionError
@@ -97,6 +98,8 @@ __all__ = [
     "SourceContext",
     "SourceError",
     "Stored",
+    "max_shrink",
+    "required_keys",
 ]
 
 

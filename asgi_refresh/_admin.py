@@ -165,8 +165,15 @@ class Admin:
                 return
             await reply.json(200, {"refreshers": handle.status()})
             return
+        target, _, action = target.partition("/")
         if target not in handle.names:
             await reply.json(404, {"error": f"no refresher named {target!r}"})
+            return
+        if action:
+            if method != "POST":
+                await reply.json(405, {"error": f"use POST to {action}"}, allow=b"POST")
+                return
+            await self._act(reply, handle, target, action, scope)
             return
         if method != "POST":
             await reply.json(405, {"error": "use POST to refresh"}, allow=b"POST")
@@ -219,6 +226,34 @@ class Admin:
             await reply.json(503, {"status": "unavailable", "failing": failing})
         else:
             await reply.json(200, {"status": "ok"})
+
+    async def _act(self, reply: _Reply, handle: Controls, name: str, action: str, scope: Scope) -> None:
+        """Last known good: accept, reject, pin, unpin or roll back one refresher."""
+        try:
+            if action == "accept":
+                await handle.accept(name)
+            elif action == "reject":
+                await handle.reject(name)
+            elif action == "pin":
+                version = _query_value(scope, "version")
+                if not version:
+                    await reply.json(400, {"error": "pin needs ?version=V, a version id from the status"})
+                    return
+                await handle.pin(name, version)
+            elif action == "unpin":
+                handle.unpin(name)
+            else:
+                await handle.rollback(name)
+        except (LookupError, ValueError) as exc:  # nothing held back, no such version...
+            await reply.json(409, {"name": name, "error": str(exc)})
+            return
+        except TimeoutError as exc:
+            await reply.json(504, {"name": name, "error": str(exc) or "the lease holder did not answer"})
+            return
+        except RuntimeError as exc:  # not running
+            await reply.json(503, {"error": str(exc)})
+            return
+        await reply.json(200, {"name": name, "status": handle.status()[name]})
 
     async def _refresh(self, reply: _Reply, handle: Controls, name: str, *, wait: bool) -> None:
         if not wait:
@@ -344,17 +379,23 @@ def _is_loopback_address(host: str) -> bool:
     return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
-def _target(rest: str) -> str | None:
-    """What follows the prefix: "" for the prefix itself, a name, or None (not an admin path).
+_ACTIONS = frozenset({"accept", "reject", "pin", "unpin", "rollback"})
 
-    One trailing slash is allowed; empty segments and deeper paths are not.
+
+def _target(rest: str) -> str | None:
+    """What follows the prefix: "" for the prefix itself, a name, ``name/action``, or None.
+
+    One trailing slash is allowed; empty segments and other deeper paths are not.
     """
     if rest in ("", "/"):
         return ""
     if not rest.startswith("/"):
         return None
     target = rest[1:].removesuffix("/")
-    return target if target and "/" not in target else None
+    name, slash, action = target.partition("/")
+    if not name or (slash and action not in _ACTIONS):
+        return None
+    return target
 
 
 def _cross_origin(scope: Scope, headers: _Headers) -> str | None:
@@ -408,6 +449,11 @@ def _origin_of(url: str) -> tuple[str, str, int] | None:
         return None
     host, port = parsed
     return scheme, host, _DEFAULT_PORTS[scheme] if port is None else port
+
+
+def _query_value(scope: Scope, name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get(name)
+    return values[-1][:100] if values else None
 
 
 def _query_flag(scope: Scope, name: str) -> bool | None:

@@ -18,7 +18,19 @@ if TYPE_CHECKING:  # anyio loads its streams on first use: so do we
 
 logger = logging.getLogger("asgi_refresh")
 
-EventKind = Literal["started", "succeeded", "not_modified", "failed", "changed"]
+EventKind = Literal[
+    "started",
+    "succeeded",
+    "not_modified",
+    "failed",
+    "changed",
+    "quarantined",
+    "accepted",
+    "rejected",
+    "pinned",
+    "unpinned",
+    "restored",
+]
 
 Listener = Callable[["RefreshEvent"], object]
 """A callable taking a `RefreshEvent`; plain or ``async def``."""
@@ -38,14 +50,21 @@ class RefreshEvent:
     ``succeeded`` fetch whose value differs from the published one is followed
     by ``changed`` once the new value is published.
 
+    Last known good adds: ``quarantined`` (a guard held a fetched value back;
+    ``error`` says why), ``accepted`` and ``rejected`` (an operator decided on
+    it), ``pinned`` and ``unpinned``, and ``restored`` (a refresher whose first
+    load failed started from its snapshot). Each is followed by ``changed`` when
+    it changed the published value.
+
     Attributes:
-        kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"`` or
-            ``"changed"``.
+        kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"``,
+            ``"changed"``, or one of last known good's kinds above.
         name: The refresher's name.
         at: When it happened, in seconds since the epoch (the middleware's clock).
         duration: How long the fetch took, in seconds; None for ``started``.
         error: One line describing the failure (``"TimeoutError: ..."``) for
-            ``failed``, else None. Never the value, never a secret from a URL.
+            ``failed``, the guard's reason for ``quarantined``, else None.
+            Never the value, never a secret from a URL.
         exception: The exception of a ``failed`` fetch, else None.
     """
 

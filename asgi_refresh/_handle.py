@@ -122,6 +122,21 @@ class Controls(Protocol):
     def unhealthy(self) -> list[Unhealthy]:
         """The required refreshers without a fresh enough value: names, reasons and ages."""
 
+    async def accept(self, name: str) -> Any:
+        """Publish the value held back."""
+
+    async def reject(self, name: str) -> None:
+        """Drop the value held back."""
+
+    async def pin(self, name: str, version: str) -> Any:
+        """Publish a kept version until unpinned."""
+
+    def unpin(self, name: str) -> None:
+        """Follow the upstream again."""
+
+    async def rollback(self, name: str) -> str:
+        """Pin the version before the current one."""
+
 
 class RefreshHandle:
     """Control of the running refreshers, at ``scope["state"]["asgi_refresh"]``.
@@ -217,6 +232,63 @@ class RefreshHandle:
             LookupError: there is no refresher called ``name``.
         """
         return await self._wait(self._runtime.wait_for, name)
+
+    async def accept(self, name: str) -> Any:
+        """Publish the value that ``name``'s guards held back (quarantine); return it.
+
+        With a coordinator, the process holding the lease publishes it, for every
+        process.
+
+        Raises:
+            LookupError: no refresher called ``name``, or it holds no value back.
+            TimeoutError: with a coordinator, the lease holder did not act in time.
+        """
+        return await self._wait(self._runtime.accept, name)
+
+    async def reject(self, name: str) -> None:
+        """Drop the value that ``name``'s guards held back; the published value stays.
+
+        The same value fetched again stays held back, quietly; a different one is
+        guarded anew.
+
+        Raises:
+            LookupError: no refresher called ``name``, or it holds no value back.
+            TimeoutError: with a coordinator, the lease holder did not act in time.
+        """
+        await self._wait(self._runtime.reject, name)
+
+    async def pin(self, name: str, version: str) -> Any:
+        """Publish kept version ``version`` of ``name`` (``"3-9f2c41ab"`` or ``"3"``) until `unpin`.
+
+        The refresher keeps fetching while pinned (``status()`` shows what the
+        upstream has under ``upstream``) but publishes only the pinned version.
+        With a coordinator the pin holds for every process, including ones that
+        start later. Returns the pinned value.
+
+        Raises:
+            LookupError: no refresher called ``name``, it keeps no versions
+                (``keep_versions``), or it keeps no such version.
+            TimeoutError: with a coordinator, the lease holder did not act in time.
+        """
+        return await self._wait(self._runtime.pin, name, version)
+
+    def unpin(self, name: str) -> None:
+        """Follow the upstream again: a fetch starts now, and its value is published as usual.
+
+        Until it succeeds, the pinned value stays published.
+
+        Raises:
+            LookupError: no refresher called ``name``, or it keeps no versions.
+        """
+        self._call(self._runtime.unpin, name)
+
+    async def rollback(self, name: str) -> str:
+        """Pin the version published before the current one; return its id.
+
+        Raises:
+            LookupError: no refresher called ``name``, or no earlier version is kept.
+        """
+        return await self._wait(self._runtime.rollback, name)
 
 
 def override(handle: RefreshHandle, name: str, value: Any) -> None:

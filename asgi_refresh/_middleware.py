@@ -22,6 +22,8 @@ from ._switch import active as active_switch
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ._admin import Admin, TokenCheck
     from ._cluster.base import Codec, Coordinator
 
@@ -71,12 +73,19 @@ class RefreshMiddleware:
             `RedisCoordinator` or `SQLiteCoordinator`. For each refresher, one
             process holds a lease and fetches; the others publish what it stored.
             None (the default): every process fetches for itself.
-        codec: How values are encoded for the coordinator: `JSONCodec` by
-            default; any object with ``encode(value) -> bytes`` and
-            ``decode(bytes) -> value``. Never pickle.
+        codec: How values are encoded for the coordinator, snapshots and kept
+            versions: `JSONCodec` by default; any object with
+            ``encode(value) -> bytes`` and ``decode(bytes) -> value``. Never pickle.
         lease_ttl: The longest a refresher goes without a lease holder when the
             process holding it dies or hangs: another takes over within this. Every
             process polls the lease every third of it (cheap backend calls).
+        snapshot_dir: Keep the last good value of every refresher in this
+            directory (created 0700; files 0600, replaced atomically), and start a
+            refresher whose first load fails from its snapshot instead of failing
+            startup. Off (None) by default. Snapshots hold values: see the guide
+            "When the upstream is down or wrong" about secrets.
+        snapshot_max_age: The oldest snapshot a refresher may start from (each
+            refresher can say otherwise); None (the default) for no limit.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -98,6 +107,8 @@ class RefreshMiddleware:
         coordinator: Coordinator | None = None,
         codec: Codec | None = None,
         lease_ttl: Duration = "15s",
+        snapshot_dir: str | os.PathLike[str] | None = None,
+        snapshot_max_age: Duration | None = None,
     ) -> None:
         self.app = app
         self.refreshers = _checked_refreshers(refreshers)
@@ -108,6 +119,12 @@ class RefreshMiddleware:
         self.coordinator = _checked_coordinator(coordinator)
         self.codec: Codec | None = _checked_codec(codec)  # None: JSON (loaded with a coordinator)
         self.lease_ttl = positive_duration("RefreshMiddleware", "lease_ttl", lease_ttl)
+        self.snapshot_dir = _checked_directory(snapshot_dir)
+        self.snapshot_max_age = (
+            None
+            if snapshot_max_age is None
+            else positive_duration("RefreshMiddleware", "snapshot_max_age", snapshot_max_age)
+        )
         self._admin: Admin | None = None
         if admin_path is not None:
             from ._admin import Admin, checked_admin_path  # on first use: only apps that serve it load it
@@ -240,6 +257,8 @@ class RefreshMiddleware:
             coordinator=self.coordinator,
             codec=self.codec,
             lease_ttl=self.lease_ttl,
+            snapshot_dir=self.snapshot_dir,
+            snapshot_max_age=self.snapshot_max_age,
         )
         if scope.get("state") is not state:
             scope["state"] = state  # the one documented change to the app's lifespan scope
@@ -377,6 +396,25 @@ def _checked_coordinator(coordinator: object) -> Coordinator | None:
         'RedisCoordinator("redis://host:6379/0") or SQLiteCoordinator("/var/run/app/refresh.db") '
         f"(got {type(coordinator).__name__})",
     )
+
+
+def _checked_directory(directory: object) -> Path | None:
+    if directory is None:
+        return None
+    if not isinstance(directory, str | os.PathLike) or not os.fspath(directory):
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "snapshot_dir",
+            f"snapshot_dir must be a directory path, like '/var/lib/myapp/snapshots' (got {directory!r})",
+        )
+    from pathlib import Path
+
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise OptionValueError(
+            "RefreshMiddleware", "snapshot_dir", f"snapshot_dir {str(path)!r} exists and is not a directory"
+        )
+    return path
 
 
 def _checked_codec(codec: object) -> Codec | None:

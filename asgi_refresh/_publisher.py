@@ -62,7 +62,7 @@ class Publisher:
         slot.leeway = leeway
         # Only a different value is published: an equal one would hand requests a
         # new object for nothing and wake on_change for no change.
-        changed = not had_value or (not not_modified and _differs(old, value))
+        changed = not had_value or (not not_modified and differs(old, value))
         if changed:
             self.publish(spec.name, value)
             slot.history.last_changed_at = wall
@@ -109,7 +109,7 @@ class Publisher:
             slot.loaded_event.set()
 
 
-def _differs(old: Any, new: Any) -> bool:
+def differs(old: Any, new: Any) -> bool:
     try:
         return bool(old != new)
     except BaseException:  # values whose != is odd (arrays) or raises (user code) count as changed

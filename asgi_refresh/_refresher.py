@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import inspect
 import keyword
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Union
 
 from ._contain import is_async_callable
 from ._duration import Duration, format_duration, positive_duration
+from ._guards import Guard, checked_guards
 from ._option_error import OptionTypeError, OptionValueError
 from ._sources.base import Source, is_source
 
 RESERVED_NAME = "asgi_refresh"
+RESERVED_PREFIX = "asgi_refresh__"  # a coordinator's control and version records of a refresher
 MIN_EVERY = 0.01
 MAX_JITTER = 0.5
+MAX_KEEP_VERSIONS = 100
 _MAX_BACKOFF_MULTIPLIER = 100.0  # finite: a retry delay must stay a number
 
 Fetch = Union["Source", Callable[[], Awaitable[Any]], Callable[[], Any]]
@@ -68,6 +71,23 @@ class Refresher:
             logged and the refresher carries on.
         on_error: Called as ``on_error(exc)`` after a failed fetch. Sync or async;
             if it raises, the error is logged and the refresher carries on.
+        guard: A change guard ``guard(old, new) -> None | str``, or a list of
+            them, asked before a fetched value that differs from the published
+            one is published: a string is the reason to hold it back
+            (quarantine) while the last good value stays published, until it is
+            accepted or a later fetch brings an acceptable one. Built-in:
+            `max_shrink` and `required_keys`. Sync guards of your own run in a
+            worker thread, bounded by ``timeout``; one that raises holds the value
+            back too. Not asked for the first value (there is nothing to compare).
+        keep_versions: How many published versions to keep (in memory, in the
+            coordinator and in the snapshot directory) for ``handle.pin`` and
+            ``handle.rollback``; 0 (the default) keeps none.
+        snapshot: Whether the middleware's ``snapshot_dir`` keeps this
+            refresher's value. None (the default): yes, unless the fetch returns
+            a `Fresh` (a token: kept only in memory). False for values that must
+            never touch the disk.
+        snapshot_max_age: The oldest snapshot this refresher may start from;
+            None: the middleware's ``snapshot_max_age``.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -87,6 +107,10 @@ class Refresher:
     max_stale: float | None
     on_change: Callable[[Any, Any], object] | None
     on_error: Callable[[BaseException], object] | None
+    guard: tuple[Guard, ...]
+    keep_versions: int
+    snapshot: bool | None
+    snapshot_max_age: float | None
 
     def __init__(
         self,
@@ -104,6 +128,10 @@ class Refresher:
         max_stale: Duration | None = None,
         on_change: Callable[[Any, Any], object] | None = None,
         on_error: Callable[[BaseException], object] | None = None,
+        guard: Guard | Iterable[Guard] | None = None,
+        keep_versions: int = 0,
+        snapshot: bool | None = None,
+        snapshot_max_age: Duration | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise OptionValueError(
@@ -117,6 +145,13 @@ class Refresher:
                 "",
                 "name",
                 f"Refresher name {RESERVED_NAME!r} is reserved for the control handle; choose another name",
+            )
+        if name.startswith(RESERVED_PREFIX):
+            raise OptionValueError(
+                "",
+                "name",
+                f"Refresher names starting with {RESERVED_PREFIX!r} are reserved for what a "
+                f"coordinator keeps beside the values (got {name!r}); choose another name",
             )
         problem = _Problems(name)
         if is_source(fetch):
@@ -168,6 +203,20 @@ class Refresher:
         for hook_name, hook in (("on_change", on_change), ("on_error", on_error)):
             if hook is not None and not callable(hook):
                 raise problem.type_error(hook_name, f"{hook_name} must be callable or None", hook)
+        guards = checked_guards(problem.owner, guard)
+        if (
+            isinstance(keep_versions, bool)
+            or not isinstance(keep_versions, int)
+            or not 0 <= keep_versions <= MAX_KEEP_VERSIONS
+        ):
+            raise problem.value_error(
+                "keep_versions",
+                f"keep_versions must be a whole number from 0 to {MAX_KEEP_VERSIONS}",
+                keep_versions,
+            )
+        if snapshot is not None and not isinstance(snapshot, bool):
+            raise problem.type_error("snapshot", "snapshot must be True, False or None", snapshot)
+        max_age = None if snapshot_max_age is None else problem.duration("snapshot_max_age", snapshot_max_age)
 
         set_field = object.__setattr__
         set_field(self, "name", name)
@@ -183,6 +232,10 @@ class Refresher:
         set_field(self, "max_stale", stale_after)
         set_field(self, "on_change", on_change)
         set_field(self, "on_error", on_error)
+        set_field(self, "guard", guards)
+        set_field(self, "keep_versions", keep_versions)
+        set_field(self, "snapshot", snapshot)
+        set_field(self, "snapshot_max_age", max_age)
 
     @property
     def is_async(self) -> bool:

@@ -9,26 +9,60 @@ from asgi_refresh import _schedule as schedule
 from asgi_refresh._slot import Slot
 
 if TYPE_CHECKING:
+    from asgi_refresh._snapshots import SnapshotWriter
     from asgi_refresh._status import Status, Unhealthy
 
 
-def entry(slot: Slot, *, now: float, wall: float, scheduled: bool) -> Status:
+def entry(
+    slot: Slot, *, now: float, wall: float, scheduled: bool, snapshots: SnapshotWriter | None
+) -> Status:
     """The status entry of ``slot``; ``scheduled``: whether this process fetches it on a schedule."""
+    kept = slot.kept
+    current = kept.current
     return {
         "source": slot.source.kind,
         "required": slot.spec.required,
         "stale": is_stale(slot, now),
-        "last_success_at": _iso(slot.history.last_success_at),
-        "last_changed_at": _iso(slot.history.last_changed_at),
+        "last_success_at": iso(slot.history.last_success_at),
+        "last_changed_at": iso(slot.history.last_changed_at),
         "last_outcome": slot.history.last_outcome,
-        "expires_at": None if slot.expires_at is None else _iso(wall + slot.expires_at - now),
+        "expires_at": None if slot.expires_at is None else iso(wall + slot.expires_at - now),
         "last_error": slot.history.last_error,
         "consecutive_failures": slot.history.consecutive_failures,
         "refresh_count": slot.history.refresh_count,
-        "next_refresh_at": _iso(wall + max(slot.timing.next_due - now, 0)) if scheduled else None,
+        "next_refresh_at": iso(wall + max(slot.timing.next_due - now, 0)) if scheduled else None,
         "last_duration": _seconds(slot.history.last_duration),
         "age": _seconds(age(slot, now)),
         "lag": _seconds(slot.timing.lag),
+        "origin": kept.origin,  # type: ignore[typeddict-item]
+        "version": None if current is None else current.id,
+        "versions": [
+            {"id": each.id, "fetched_at": iso(each.fetched_at), "size": each.size, "digest": each.digest}
+            for each in reversed(kept.versions)
+        ],
+        "pin": None if kept.pinned is None else kept.pinned.id,
+        "upstream": None
+        if kept.upstream is None
+        else {
+            "fetched_at": iso(kept.upstream.fetched_at),
+            "size": kept.upstream.size,
+            "digest": kept.upstream.digest or None,
+        },
+        "quarantined": None
+        if kept.held is None
+        else {
+            "reason": kept.held.reason,
+            "since": iso(kept.held.since),
+            "rejected": kept.held.rejected,
+            "summary": dict(kept.held.summary),
+        },
+        "snapshot": None
+        if snapshots is None or slot.spec.snapshot is False
+        else {
+            "written_at": iso(snapshots.written_at.get(slot.spec.name)),
+            "error": snapshots.errors.get(slot.spec.name),
+            "not_used": kept.snapshot_problem,
+        },
     }
 
 
@@ -42,7 +76,7 @@ def is_stale(slot: Slot, now: float) -> bool:
 
     With a ``max_stale``, no fetched value at all counts as stale too.
     """
-    if slot.overridden:
+    if slot.overridden or slot.kept.pinned is not None:  # an operator's choice: never stale
         return False
     if schedule.expired(now, slot.expires_at):
         return True
@@ -74,7 +108,7 @@ def _reason(slot: Slot, now: float) -> Literal["not loaded", "expired", "stale"]
     return "stale"
 
 
-def _iso(wall: float | None) -> str | None:
+def iso(wall: float | None) -> str | None:
     from datetime import UTC, datetime  # on first status(): importing asgi_refresh stays cheap
 
     try:

@@ -22,19 +22,23 @@ from ._contain import describe_error, escapes
 from ._duration import format_duration
 from ._events import Events, Listener
 from ._failure_log import FailureLog
+from ._fingerprint import content_digest
 from ._handle import LoopHome, RefreshError, RefreshHandle
-from ._publisher import SNAPSHOT_KEY, Publisher
+from ._publisher import SNAPSHOT_KEY, Publisher, differs
 from ._refresher import RESERVED_NAME, Refresher
 from ._scheduler import Scheduler
-from ._slot import Flight, Slot, stopped_while_refreshing
+from ._slot import Flight, Held, Slot, Version, stopped_while_refreshing
 from ._sources.context import SharedResources, SourceContext
 from ._sources.outcome import Fetched, Fresh, SourceError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from anyio.abc import TaskGroup, TaskStatus
 
     from ._cluster.base import Codec, Coordinator
     from ._cluster.coordination import Coordination
+    from ._keeper import ClusterKept, Keeper
     from ._status import Status, Unhealthy
 
 logger = logging.getLogger("asgi_refresh")
@@ -62,6 +66,8 @@ class Runtime:
         coordinator: Coordinator | None = None,
         codec: Codec | None = None,
         lease_ttl: float = 15.0,
+        snapshot_dir: Path | None = None,
+        snapshot_max_age: float | None = None,
     ) -> None:
         self.slots = {spec.name: Slot(spec) for spec in refreshers}
         listeners = tuple(listeners)
@@ -79,12 +85,27 @@ class Runtime:
         self._close_deadline: float | None = None
         self.publisher = Publisher(state, self.slots, clock)
         self.coordination: Coordination | None = None
-        if coordinator is not None:
-            # On first use: apps without a coordinator never load them.
+        self.keeper: Keeper | None = None  # last known good: guards, versions, snapshots
+        keeps = snapshot_dir is not None or any(
+            slot.spec.guard or slot.spec.keep_versions for slot in self.slots.values()
+        )
+        if coordinator is not None or keeps:
+            # On first use: apps without a coordinator or last known good never load them.
             from ._cluster.base import JSONCodec
+
+            codec = codec or JSONCodec()
+        if keeps:
+            from ._keeper import Keeper
+
+            assert codec is not None
+            self.keeper = Keeper(
+                clock=clock, codec=codec, snapshot_dir=snapshot_dir, snapshot_max_age=snapshot_max_age
+            )
+        if coordinator is not None:
             from ._cluster.coordination import Coordination
 
-            self.coordination = Coordination(self, coordinator, codec or JSONCodec(), lease_ttl)
+            assert codec is not None
+            self.coordination = Coordination(self, coordinator, codec, lease_ttl)
         fetches = None if self.coordination is None else self.coordination.fetches  # a follower does not
         self.scheduler = Scheduler(self.clock, self.slots, self._fly, fetches)
 
@@ -111,6 +132,7 @@ class Runtime:
         for slot in self.slots.values():
             if not slot.spec.required:
                 self.publisher.publish(slot.spec.name, slot.spec.default)
+                slot.kept.origin = "default"
         self.state[SNAPSHOT_KEY] = object()
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
@@ -126,6 +148,8 @@ class Runtime:
                     self._task_group = task_group
                     if self.events is not None:
                         task_group.start_soon(self.events.run, name="asgi_refresh:events")
+                    if self.keeper is not None and self.keeper.writer is not None:
+                        task_group.start_soon(self.keeper.writer.run, name="asgi_refresh:snapshots")
                     if self.coordination is not None:
                         task_group.start_soon(self.coordination.watch, name="asgi_refresh:coordination")
                         task_group.start_soon(self.coordination.keep_leases, name="asgi_refresh:leases")
@@ -227,6 +251,8 @@ class Runtime:
             if slot.loaded:
                 continue
             cause = slot.history.last_error or f"no fetch finished within {format_duration(startup_timeout)}"
+            if slot.kept.snapshot_problem is not None:
+                cause = f"{cause}; snapshot not used: {slot.kept.snapshot_problem}"
             if slot.spec.required and simulated:
                 failed.append(slot)
                 failures.append(
@@ -324,9 +350,20 @@ class Runtime:
             try:
                 answered = 0 if coordination is None else coordination.requested(slot.spec.name)
                 result = _unwrap(slot.spec, await self._fetch(slot, flight, started))
+                keeper = self.keeper
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
                     result = result._replace(value=value)
+                elif (
+                    keeper is not None
+                    and not result.not_modified
+                    and keeper.encodes(slot, fresh=result.fresh is not None)
+                    and (not slot.loaded or differs(self.state[slot.spec.name], result.value))
+                ):
+                    data = keeper.encode(slot, result.value)
+                withheld = None
+                if keeper is not None and not result.not_modified:
+                    withheld = await self._screen(keeper, slot, result.value, data)
             except BaseException as exc:  # whatever the user's fetch raises is data, not a crash
                 if escapes(exc):
                     raise
@@ -338,7 +375,11 @@ class Runtime:
                 slot.fatal = getattr(exc, "cannot_be_retried", False) is True
                 self._record_failure(slot, exc, started)
             else:
-                self._record_success(slot, result, started, flight.on_grid)
+                if withheld is None:
+                    self._record_success(slot, result, started, flight.on_grid, data)
+                else:
+                    self._record_withheld(slot, result, started, flight.on_grid, withheld, data)
+                    data = None  # what is stored is what is published: the last good value
                 # What is published now: the fetched value, or the equal one already
                 # there, or the pinned one if the refresher was overridden meanwhile.
                 flight.value = self.state[slot.spec.name]
@@ -375,6 +416,9 @@ class Runtime:
         try:
             if not slot.opened:
                 await self._open_source(slot)
+            if slot.kept.handover is not None:  # the validators of a snapshot: a 304 confirms it
+                handover, slot.kept.handover = slot.kept.handover, None
+                slot.source.take_over(self.state[slot.spec.name], handover)
             if self.coordination is not None:
                 self.coordination.before_fetch(slot)
             return await slot.fetch()
@@ -424,7 +468,89 @@ class Runtime:
         # coordination's business: times cross hosts on the backend's clock.
         await coordination.share(slot, data, answered)
 
-    def _record_success(self, slot: Slot, result: _Unwrapped, started: float, on_grid: bool) -> None:
+    async def _screen(self, keeper: Keeper, slot: Slot, value: Any, data: bytes | None) -> str | None:
+        """Why a fetched value must not be published ("pinned", or a guard's reason), or None.
+
+        A value held back before and fetched again stays held (quietly); one equal
+        to what is published ends a quarantine (the upstream is back to normal).
+        """
+        kept = slot.kept
+        if kept.pinned is not None:
+            return "pinned"
+        if not slot.spec.guard or not slot.loaded or slot.overridden:
+            return None
+        published = self.state[slot.spec.name]
+        if not differs(published, value):
+            if kept.held is not None:
+                self._release_held(slot, "the upstream is back to the published value")
+            return None
+        held = kept.held
+        if held is not None and _same(held, value, data):
+            return held.reason
+        reason = await keeper.screen(slot, published, value)
+        if reason is None:
+            if held is not None:
+                self._release_held(slot, "a newer value passes its guards")
+            return None
+        self._hold(slot, published, value, data, reason)
+        return reason
+
+    def _hold(self, slot: Slot, old: Any, value: Any, data: bytes | None, reason: str) -> None:
+        from ._guards import summarize
+
+        name = slot.spec.name
+        digest = None if data is None else content_digest(data)
+        slot.kept.held = Held(value, data, digest, reason, summarize(old, value), self.clock.wall())
+        logger.warning(
+            "Refresher %r: a new value is held back (%s); the last good value stays published. "
+            "Accept or reject it: handle.accept(%r) / handle.reject(%r), or the admin endpoints "
+            "POST .../%s/accept and .../%s/reject",
+            name,
+            reason,
+            name,
+            name,
+            name,
+            name,
+            extra={"refresher": name, "outcome": "quarantined"},
+        )
+        if self.events is not None:
+            self.events.emit("quarantined", name, error=reason)
+
+    def _release_held(self, slot: Slot, why: str) -> None:
+        slot.kept.held = None
+        logger.info(
+            "Refresher %r: the value held back is dropped: %s",
+            slot.spec.name,
+            why,
+            extra={"refresher": slot.spec.name, "outcome": "quarantine_ended"},
+        )
+
+    def _record_withheld(
+        self, slot: Slot, result: _Unwrapped, started: float, on_grid: bool, why: str, data: bytes | None
+    ) -> None:
+        """A good fetch whose value is not published: held back by a guard, or the refresher is pinned."""
+        if slot.overridden:
+            return
+        history, now = slot.history, self.clock.monotonic()
+        history.last_duration = duration = now - started
+        history.refresh_count += 1
+        history.consecutive_failures = 0
+        history.last_error = history.last_exception = None
+        history.last_outcome = "pinned" if why == "pinned" else "quarantined"
+        slot.fatal = False
+        slot.attempted = True
+        if why == "pinned":
+            digest = "" if data is None else content_digest(data)
+            size = None if data is None else len(data)
+            slot.kept.upstream = Version(0, digest, self.clock.wall(), None, None, size)
+        self.publisher.progress(slot)
+        self.scheduler.after_success(slot, started, now, on_grid, result.refresh_in)
+        if self.events is not None:
+            self.events.emit("succeeded", slot.spec.name, duration)
+
+    def _record_success(
+        self, slot: Slot, result: _Unwrapped, started: float, on_grid: bool, data: bytes | None = None
+    ) -> None:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return
         spec = slot.spec
@@ -443,6 +569,9 @@ class Runtime:
             leeway=0.0 if fresh is None else fresh.leeway,
         )
         self.scheduler.after_success(slot, started, now, on_grid, refresh_in)
+        if self.keeper is not None:
+            self._keep(slot, value, data, changed=changed, fresh=fresh, handover=slot.source.handover())
+        slot.kept.origin = "fetched"
         log = slot.history.log
         recovered = (
             bool(failures)
@@ -465,9 +594,55 @@ class Runtime:
             slot.hooks.change(old, value)
             self._start_hooks(slot)
 
+    def _keep(
+        self,
+        slot: Slot,
+        value: Any,
+        data: bytes | None,
+        *,
+        changed: bool,
+        fresh: Fresh[Any] | None,
+        handover: Mapping[str, str] | None,
+        version: str | None = None,
+        age: float = 0.0,
+    ) -> None:
+        """After a publish: a version and a snapshot for a new value, a touched snapshot for the same one."""
+        keeper = self.keeper
+        assert keeper is not None
+        is_fresh = fresh is not None
+        if not changed:
+            keeper.confirm(slot, fresh=is_fresh)
+            return
+        if data is None and keeper.encodes(slot, fresh=is_fresh):
+            try:
+                data = keeper.encode(slot, value)
+            except TypeError as exc:
+                logger.warning(
+                    "Refresher %r: %s",
+                    slot.spec.name,
+                    exc,
+                    extra={"refresher": slot.spec.name, "outcome": "not_kept"},
+                )
+                return
+        wall = self.clock.wall()
+        keeper.keep(
+            slot,
+            value,
+            data,
+            version=version,
+            fetched_at=wall - age,
+            handover=dict(handover) if handover else None,
+            expires_at=None if fresh is None else wall - age + fresh.expires_in,
+            fresh=is_fresh,
+        )
+
     def _record_failure(self, slot: Slot, exc: BaseException, started: float) -> None:
         if slot.overridden:
             return
+        if not slot.loaded and not slot.restoring and self._can_restore(slot):
+            slot.restoring = True  # the first load failed: start from the snapshot meanwhile
+            assert self._task_group is not None
+            self._task_group.start_soon(self._restore, slot, name=f"asgi_refresh:{slot.spec.name}:restore")
         spec, now = slot.spec, self.clock.monotonic()
         slot.history.last_duration = now - started
         slot.history.consecutive_failures += 1
@@ -497,18 +672,101 @@ class Runtime:
             slot.hooks.error(exc)
             self._start_hooks(slot)
 
+    def _can_restore(self, slot: Slot) -> bool:
+        keeper = self.keeper
+        return (
+            keeper is not None
+            and keeper.writer is not None
+            and slot.spec.snapshot is not False
+            and slot.kept.snapshot_problem is None
+            and self._task_group is not None
+        )
+
+    async def _restore(self, slot: Slot) -> None:
+        """Publish the slot's snapshot: its first load failed, and the upstream may be down for a while."""
+        assert self.keeper is not None
+        try:
+            restored = await self.keeper.restore(slot)
+        finally:
+            slot.restoring = False
+        name = slot.spec.name
+        if restored is None or slot.loaded or slot.overridden:  # a fetch got there first
+            self.publisher.progress(slot)
+            return
+        history = slot.history
+        # Published as a good value, but the refresher is still failing: status says so.
+        failures, error, exception, outcome = (
+            history.consecutive_failures,
+            history.last_error,
+            history.last_exception,
+            history.last_outcome,
+        )
+        changed, old = self.publisher.take(
+            slot,
+            restored.value,
+            not_modified=False,
+            now=self.clock.monotonic(),
+            age=restored.age,
+            expires_in=restored.expires_in,
+            leeway=0.0,
+        )
+        history.consecutive_failures, history.last_error = failures, error
+        history.last_exception, history.last_outcome = exception, outcome
+        slot.kept.origin = "snapshot"
+        slot.kept.snapshot_age = restored.age
+        slot.kept.handover = restored.handover
+        if restored.version is not None and slot.spec.keep_versions:
+            from ._keeper import parse_version
+
+            number, digest = parse_version(restored.version)
+            if number is not None and digest is not None:
+                slot.kept.versions = [
+                    Version(number, digest, self.clock.wall() - restored.age, None, restored.value)
+                ]
+        logger.warning(
+            "Refresher %r could not load (%s); serving its snapshot from %s ago until a fetch succeeds",
+            name,
+            error,
+            format_duration(max(restored.age, 0.001)),
+            extra={"refresher": name, "outcome": "snapshot", "age": restored.age},
+        )
+        if self.events is not None:
+            self.events.emit("restored", name)
+        if changed and slot.hooks is not None:
+            slot.hooks.change(old, restored.value)
+            self._start_hooks(slot)
+
     def _start_hooks(self, slot: Slot) -> None:
         if slot.hooks is not None and self._task_group is not None:
             slot.hooks.start(self.clock, self._task_group)
 
     # -- publishing ----------------------------------------------------------------
 
-    def adopt(self, name: str, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
-        """Publish a value that another process fetched and stored (coordination)."""
+    def adopt(
+        self,
+        name: str,
+        value: Any,
+        *,
+        age: float,
+        expires_in: float | None,
+        leeway: float,
+        data: bytes | None = None,
+        cluster: ClusterKept | None = None,
+    ) -> None:
+        """Publish a value that another process fetched and stored (coordination).
+
+        ``cluster``: what the lease holder said about it (its version, a pin, a value
+        it holds back), for this process's status.
+        """
         slot = self.slots[name]
         if slot.overridden:
             return
         spec = slot.spec
+        if cluster is not None:
+            kept = slot.kept
+            kept.held = cluster.held
+            kept.pinned = None
+            kept.upstream = cluster.upstream
         changed, old = self.publisher.take(
             slot,
             value,
@@ -518,6 +776,17 @@ class Runtime:
             expires_in=expires_in,
             leeway=leeway,
         )
+        version = None if cluster is None else cluster.version
+        if self.keeper is not None:
+            self._keep(
+                slot, value, data, changed=changed, fresh=None, handover=None, version=version, age=age
+            )
+        slot.kept.origin = "coordinator"
+        if cluster is not None and cluster.pin is not None:
+            slot.kept.pinned = slot.kept.find(cluster.pin) or _version(
+                cluster.pin, self.clock.wall() - age, data, value
+            )
+            slot.kept.origin = "pinned"
         if self.events is not None and changed:
             self.events.emit("changed", spec.name)
         if changed and slot.hooks is not None:
@@ -535,6 +804,7 @@ class Runtime:
     def override(self, name: str, value: Any) -> None:
         slot = self.slot(name)
         slot.overridden = True
+        slot.kept.origin = "override"
         slot.loaded = slot.attempted = True
         self.publisher.progress(slot)
         self.publisher.publish(name, value)
@@ -554,6 +824,178 @@ class Runtime:
             message = f"Refresher {name!r} failed: {describe_error(flight.error)}"
             raise RefreshError(name, message) from flight.error
         return flight.value
+
+    # -- last known good: quarantine, pins (asgi_refresh._handle.Controls) ---------------
+
+    async def accept(self, name: str) -> Any:
+        """Publish the value ``name``'s guards held back; return it."""
+        slot = self.slot(name)
+        if await self._forward(slot, "accept"):
+            return self.state[name]
+        held = slot.kept.held
+        if held is None or held.value is None:
+            raise LookupError(f"Refresher {name!r} holds no value back; nothing to accept")
+        slot.kept.held = None
+        self._publish_kept(
+            slot, held.value, held.data, age=max(self.clock.wall() - held.since, 0.0), origin="fetched"
+        )
+        logger.info(
+            "Refresher %r: the value held back was accepted and is published",
+            name,
+            extra={"refresher": name, "outcome": "accepted"},
+        )
+        if self.events is not None:
+            self.events.emit("accepted", name)
+        await self._share_control(slot)
+        return self.state[name]
+
+    async def reject(self, name: str) -> None:
+        """Drop the value ``name``'s guards held back: the same value fetched again stays held, quietly."""
+        slot = self.slot(name)
+        if await self._forward(slot, "reject"):
+            return
+        held = slot.kept.held
+        if held is None or held.value is None:
+            raise LookupError(f"Refresher {name!r} holds no value back; nothing to reject")
+        held.rejected = True
+        logger.info(
+            "Refresher %r: the value held back was rejected; the published value stays",
+            name,
+            extra={"refresher": name, "outcome": "rejected"},
+        )
+        if self.events is not None:
+            self.events.emit("rejected", name)
+        await self._share_control(slot)
+
+    async def pin(self, name: str, version: str) -> Any:
+        """Publish kept version ``version`` of ``name`` and keep it published until `unpin`; return it."""
+        slot = self.slot(name)
+        if not isinstance(version, str) or not version:
+            raise ValueError(
+                f"Refresher {name!r}: a version is a string like '3-9f2c41ab' or '3' (got {version!r})"
+            )
+        self._needs_versions(slot, "pin")
+        if await self._forward(slot, "pin", version):
+            return self.state[name]
+        chosen = slot.kept.find(version)
+        if chosen is None and self.keeper is not None:
+            chosen = await self.keeper.load_version(slot, version)
+        if chosen is None:
+            known = ", ".join(each.id for each in slot.kept.versions) or "none"
+            raise LookupError(f"Refresher {name!r} keeps no version {version!r} (kept: {known})")
+        self._pin(slot, chosen)
+        await self._share_control(slot)
+        return self.state[name]
+
+    def unpin(self, name: str) -> None:
+        """Follow the upstream again: the next fetch (started now) publishes what it brings."""
+        slot = self.slot(name)
+        self._needs_versions(slot, "unpin")
+        coordination = self.coordination
+        if coordination is not None and not coordination.fetches(slot):
+            assert self._task_group is not None, "asgi_refresh is not running"
+            self._task_group.start_soon(self._forward, slot, "unpin", name=f"asgi_refresh:{name}:unpin")
+            return
+        if slot.kept.pinned is None:
+            return
+        slot.kept.pinned = None
+        slot.kept.upstream = None
+        slot.kept.origin = "fetched"
+        logger.info(
+            "Refresher %r is unpinned; it publishes what it fetches again",
+            name,
+            extra={"refresher": name, "outcome": "unpinned"},
+        )
+        if self.events is not None:
+            self.events.emit("unpinned", name)
+        self.start_refresh(slot)
+
+    async def rollback(self, name: str) -> str:
+        """Pin the version published before the current one; return its id."""
+        slot = self.slot(name)
+        self._needs_versions(slot, "rollback")
+        current = slot.kept.current
+        earlier = [each for each in slot.kept.versions if current is None or each.number < current.number]
+        if not earlier:
+            raise LookupError(f"Refresher {name!r} keeps no version before the current one to roll back to")
+        target = earlier[-1].id
+        await self.pin(name, target)
+        return target
+
+    async def act(self, name: str, action: str, argument: str | None) -> None:
+        """Carry out an operator's action asked on another process (this one holds the lease)."""
+        if action == "accept":
+            await self.accept(name)
+        elif action == "reject":
+            await self.reject(name)
+        elif action == "pin":
+            await self.pin(name, argument or "")
+        elif action == "unpin":
+            self.unpin(name)
+        elif action == "rollback":
+            await self.rollback(name)
+
+    def _needs_versions(self, slot: Slot, what: str) -> None:
+        if not slot.spec.keep_versions:
+            raise LookupError(
+                f"Refresher {slot.spec.name!r} keeps no versions to {what}; give it keep_versions=5"
+            )
+
+    def _pin(self, slot: Slot, version: Version) -> None:
+        name = slot.spec.name
+        slot.kept.pinned = version
+        self._publish_kept(slot, version.value, version.data, age=None, origin="pinned")
+        logger.warning(
+            "Refresher %r is pinned to version %s; it keeps fetching but publishes only that until unpinned",
+            name,
+            version.id,
+            extra={"refresher": name, "outcome": "pinned", "version": version.id},
+        )
+        if self.events is not None:
+            self.events.emit("pinned", name)
+
+    def _publish_kept(
+        self, slot: Slot, value: Any, data: bytes | None, *, age: float | None, origin: str
+    ) -> None:
+        """Publish a value an operator chose (accepted, pinned): a change like any other."""
+        name = slot.spec.name
+        old = self.state.get(name)
+        changed = differs(old, value)
+        if changed:
+            self.publisher.publish(name, value)
+            slot.history.last_changed_at = self.clock.wall()
+        if age is not None:  # an accepted value: fetched, only held back
+            now = self.clock.monotonic()
+            slot.history.last_success_mono = now - age
+            slot.history.last_success_at = self.clock.wall() - age
+        slot.loaded = slot.attempted = True
+        self.publisher.progress(slot)
+        if self.keeper is not None and origin != "pinned":
+            self._keep(slot, value, data, changed=changed, fresh=None, handover=None)
+        elif self.keeper is not None and changed and data is not None and self.keeper.writer is not None:
+            self.keeper.snapshot_pinned(slot, data)
+        slot.kept.origin = origin
+        if changed and self.events is not None:
+            self.events.emit("changed", name)
+        if changed and slot.hooks is not None:
+            slot.hooks.change(old, value)
+            self._start_hooks(slot)
+
+    async def _forward(self, slot: Slot, action: str, argument: str | None = None) -> bool:
+        """An operator's action on a process that does not hold the lease: the holder acts, for all.
+
+        Returns False when this process acts itself (no coordinator, it holds the
+        lease, or the backend is down).
+        """
+        coordination = self.coordination
+        if coordination is None or coordination.fetches(slot):
+            return False
+        return await coordination.control(slot, action, argument)
+
+    async def _share_control(self, slot: Slot) -> None:
+        """Store what an operator's action published, with the cluster's state, for the others."""
+        if self.coordination is not None and self.coordination.fetches(slot):
+            await self._share(slot, None, 0)
 
     def refresh_soon(self, name: str) -> None:
         """Start a fetch of ``name`` without waiting for it."""
@@ -582,6 +1024,7 @@ class Runtime:
     def status(self) -> dict[str, Status]:
         """Each refresher's status entry (`asgi_refresh._status.Status`)."""
         now, wall = self.clock.monotonic(), self.clock.wall()
+        writer = None if self.keeper is None else self.keeper.writer
         report: dict[str, Status] = {}
         for name, slot in self.slots.items():
             # A follower has no schedule of its own: the lease holder's refresh reaches it.
@@ -590,7 +1033,7 @@ class Runtime:
                 and not slot.overridden
                 and (self.coordination is None or self.coordination.fetches(slot))
             )
-            report[name] = status.entry(slot, now=now, wall=wall, scheduled=scheduled)
+            report[name] = status.entry(slot, now=now, wall=wall, scheduled=scheduled, snapshots=writer)
             if self.coordination is not None:
                 report[name]["coordination"] = self.coordination.status(slot)
         return report
@@ -613,6 +1056,8 @@ def _all_settled(slots: list[Slot], simulated: bool) -> Callable[[], bool]:
     pending = slots[::-1]
 
     def settled(slot: Slot) -> bool:
+        if slot.restoring:  # its first load failed: its snapshot is being read
+            return False
         if slot.spec.required and not simulated:
             return slot.loaded or slot.fatal
         return slot.attempted
@@ -623,6 +1068,20 @@ def _all_settled(slots: list[Slot], simulated: bool) -> Callable[[], bool]:
         return not pending
 
     return check
+
+
+def _version(version: str, fetched_at: float, data: bytes | None, value: Any) -> Version:
+    from ._keeper import parse_version
+
+    number, digest = parse_version(version)
+    return Version(number or 0, digest or "", fetched_at, data, value)
+
+
+def _same(held: Held, value: Any, data: bytes | None) -> bool:
+    """Whether ``value`` is the value held back (fetched again)."""
+    if held.digest is not None and data is not None:
+        return held.digest == content_digest(data)
+    return not differs(held.value, value)
 
 
 def _unwrap(spec: Refresher, result: Any) -> _Unwrapped:

@@ -87,6 +87,93 @@ class Timing:
         self.refresh_again = False  # a watched file changed while a fetch was under way
 
 
+class Version:
+    """One published value as ``keep_versions`` keeps it: ``{number}-{digest}``, e.g. ``3-9f2c41ab``."""
+
+    __slots__ = ("data", "digest", "fetched_at", "number", "size", "value")
+
+    def __init__(
+        self,
+        number: int,
+        digest: str,
+        fetched_at: float,
+        data: bytes | None,
+        value: Any,
+        size: int | None = None,
+    ) -> None:
+        self.number = number
+        self.digest = digest  # of its encoding (`content_digest`)
+        self.fetched_at = fetched_at  # wall clock
+        self.size = len(data) if data is not None else size  # bytes, encoded
+        self.data = data  # the encoding, for the coordinator and the snapshot directory
+        self.value = value
+
+    @property
+    def id(self) -> str:
+        """What an operator names it by: ``number-digest``."""
+        return f"{self.number}-{self.digest}"
+
+
+class Held:
+    """A fetched value that a guard held back (quarantine): not published until accepted."""
+
+    __slots__ = ("data", "digest", "reason", "rejected", "since", "summary", "value")
+
+    def __init__(
+        self,
+        value: Any,
+        data: bytes | None,
+        digest: str | None,
+        reason: str,
+        summary: dict[str, Any],
+        since: float,
+    ) -> None:
+        self.value = value
+        self.data = data
+        self.digest = digest  # to recognise the same value fetched again
+        self.reason = reason
+        self.summary = summary  # sizes and keys, never values
+        self.since = since  # wall clock
+        self.rejected = False  # an operator said no: the same value fetched again stays held, quietly
+
+
+class Kept:
+    """What one refresher keeps as last known good: its versions, a pin, a held value, its origin."""
+
+    __slots__ = (
+        "handover",
+        "held",
+        "origin",
+        "pinned",
+        "snapshot_age",
+        "snapshot_problem",
+        "upstream",
+        "versions",
+    )
+
+    def __init__(self) -> None:
+        self.origin: str | None = None  # default, fetched, coordinator, snapshot, pinned, override
+        self.versions: list[Version] = []  # oldest first, at most keep_versions
+        self.pinned: Version | None = None
+        self.upstream: Version | None = None  # while pinned: the last value fetched (not published)
+        self.held: Held | None = None
+        self.handover: dict[str, str] | None = None  # validators from a snapshot, for the next fetch
+        self.snapshot_age: float | None = None  # how old the snapshot started from was
+        self.snapshot_problem: str | None = None  # why the snapshot could not be used, if it was tried
+
+    @property
+    def current(self) -> Version | None:
+        """The version published now: the pinned one, or the latest."""
+        return self.pinned or (self.versions[-1] if self.versions else None)
+
+    def find(self, version: str) -> Version | None:
+        """The kept version named ``version`` (``3-9f2c41ab``, or just ``3``)."""
+        for each in self.versions:
+            if version in (each.id, str(each.number)):
+                return each
+        return None
+
+
 class Slot:
     """What the runtime knows of one refresher while it runs: its value's state, its fetch, its past and plan.
 
@@ -120,3 +207,5 @@ class Slot:
         self.attempted = False  # the first fetch has finished, either way
         self.loaded = False  # a fetched value (not the default) is published
         self.fatal = False  # the last failure cannot be cured by retrying (a value the codec refuses)
+        self.kept = Kept()
+        self.restoring = False  # its snapshot is being read back (its first load failed)

@@ -26,6 +26,40 @@ class CoordinationStatus(TypedDict):
     error: str | None
 
 
+class VersionStatus(TypedDict):
+    """One kept version of a refresher's value (``keep_versions``): never the value itself."""
+
+    id: str
+    fetched_at: str | None
+    size: int | None
+    digest: str
+
+
+class UpstreamStatus(TypedDict):
+    """While pinned: what the upstream has now (the last value fetched, not published)."""
+
+    fetched_at: str | None
+    size: int | None
+    digest: str | None
+
+
+class QuarantineStatus(TypedDict):
+    """A fetched value that a guard held back: why, since when, and what differs (never values)."""
+
+    reason: str
+    since: str | None
+    rejected: bool
+    summary: dict[str, object]
+
+
+class SnapshotStatus(TypedDict):
+    """The refresher's snapshot file (with ``snapshot_dir``)."""
+
+    written_at: str | None
+    error: str | None
+    not_used: str | None
+
+
 class Status(TypedDict):
     """One refresher's entry in ``handle.status()``: what it is doing, never its value.
 
@@ -46,6 +80,13 @@ class Status(TypedDict):
     last_duration: float | None
     age: float | None
     lag: float | None
+    origin: Literal["default", "fetched", "coordinator", "snapshot", "pinned", "override"] | None
+    version: str | None
+    versions: list[VersionStatus]
+    pin: str | None
+    upstream: UpstreamStatus | None
+    quarantined: QuarantineStatus | None
+    snapshot: SnapshotStatus | None
     coordination: NotRequired[CoordinationStatus]
 
 

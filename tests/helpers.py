@@ -15,7 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from asgi_refresh import JSONCodec, Refresher, RefreshHandle, RefreshMiddleware
 from asgi_refresh._cluster.base import MetaValue
-from asgi_refresh._cluster.coordination import fingerprint
+from asgi_refresh._fingerprint import fingerprint
 from asgi_refresh._runtime import Runtime
 from asgi_refresh._sources.function import source_for
 from asgi_refresh._types import ASGIApp, Message, Receive, Scope, Send

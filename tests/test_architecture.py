@@ -48,9 +48,11 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_sources.outcome",
             "_sources.context",
             "_cluster.records",
+            "_guards",
+            "_snapshots",
         },
     ),
-    ("the families' contracts", {"_sources.base", "_cluster.blocking", "_cluster.contract"}),
+    ("the families' contracts", {"_sources.base", "_cluster.blocking", "_cluster.contract", "_fingerprint"}),
     (
         "the families' implementations",
         {
@@ -76,6 +78,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_scheduler",
             "_app_lifespan",
             "_switch",
+            "_keeper",
             "_cluster.coordination",
         },
     ),

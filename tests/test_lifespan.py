@@ -476,6 +476,7 @@ def test_the_startup_check_costs_o_n_in_all_not_per_refresh() -> None:
 
         def __init__(self) -> None:
             self.tried = False
+            self.restoring = False
 
         @property
         def attempted(self) -> bool:

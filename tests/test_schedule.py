@@ -196,6 +196,13 @@ async def test_status_reports_every_field_as_json() -> None:
                     "last_duration": 2.0,
                     "age": 0.0,
                     "lag": 0.0,
+                    "origin": "fetched",
+                    "version": None,
+                    "versions": [],
+                    "pin": None,
+                    "upstream": None,
+                    "quarantined": None,
+                    "snapshot": None,
                 }
             }
             await clock.advance(58)  # t=60: the scheduled refresh fails

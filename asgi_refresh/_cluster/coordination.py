@@ -27,10 +27,8 @@ coordinating when it answers again. Requests never touch the backend.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Mapping
 from enum import Enum
@@ -56,8 +54,10 @@ from asgi_refresh._cluster.base import (
 from asgi_refresh._cluster.records import MAX_TIMESTAMP
 from asgi_refresh._contain import describe_error, escapes
 from asgi_refresh._duration import format_duration
-from asgi_refresh._refresher import Refresher
-from asgi_refresh._slot import History
+from asgi_refresh._fingerprint import checked_handover, fingerprint
+from asgi_refresh._keeper import ClusterKept, cluster_meta, read_cluster_meta
+from asgi_refresh._refresher import RESERVED_PREFIX, Refresher
+from asgi_refresh._slot import History, Kept
 from asgi_refresh._sources.base import Source
 from asgi_refresh._text import printable
 
@@ -102,6 +102,10 @@ class Entry(Protocol):
     def leeway(self) -> float:
         """How long before its expiry it is renewed."""
 
+    @property
+    def kept(self) -> Kept:
+        """Its last known good: versions, a pin, a value held back."""
+
 
 class Host(Protocol):
     """What coordination needs from the runtime: its clock and refreshers, and six things to do.
@@ -126,8 +130,21 @@ class Host(Protocol):
     def refresh_now(self, name: str) -> None:
         """Start a fetch of ``name`` now, unless one is under way."""
 
-    def adopt(self, name: str, value: Any, *, age: float, expires_in: float | None, leeway: float) -> None:
-        """Publish a value another process fetched ``age`` seconds ago."""
+    def adopt(
+        self,
+        name: str,
+        value: Any,
+        *,
+        age: float,
+        expires_in: float | None,
+        leeway: float,
+        data: bytes | None = None,
+        cluster: ClusterKept | None = None,
+    ) -> None:
+        """Publish a value another process fetched ``age`` seconds ago (its encoding: ``data``)."""
+
+    async def act(self, name: str, action: str, argument: str | None) -> None:
+        """Carry out an operator's action (accept, reject, pin, unpin, rollback) asked on another process."""
 
     def adopt_failed(self, name: str, error: str) -> None:
         """Count a stored value that cannot be used as a failed load of ``name``."""
@@ -138,7 +155,6 @@ class Host(Protocol):
 
 logger = logging.getLogger("asgi_refresh")
 
-VALIDATOR_KEYS = ("digest", "etag", "last_modified")  # what HTTPSource hands over
 _RESUBSCRIBE_AFTER = 1.0  # seconds between attempts to subscribe again after losing the backend
 _CLOSE_TIMEOUT = 5.0
 # An outage is over once the backend has answered for this long without failing
@@ -153,27 +169,20 @@ _REPEAT_WARNING_EVERY = 300.0  # the same unusable record of one refresher: logg
 # uncertainty of a clock offset measured a while ago grows by this per second.
 _DRIFT = 1e-3
 _MAX_SECONDS = 1e9  # ages, lifetimes: about 31 years; more is not a record we wrote
-_MAX_VALIDATOR_CHARS = 1024
 _THREAD_THRESHOLD = 64 * 1024  # decode and validate a stored value this big in a worker thread
-_HEX = re.compile(r"[0-9a-f]{32}")
+# An operator's action asked on a follower goes to the holder through a control record
+# per refresher, written under a short lease of its own.
+_CONTROL = RESERVED_PREFIX + "control__"
+_CONTROL_LEASE = 5.0
+_CONTROL_ATTEMPTS = 20
+_CONTROL_RETRY = 0.05
+_ACTIONS = frozenset({"accept", "reject", "pin", "unpin", "rollback"})
 
 
 class NotShareable(TypeError):
     """A fetched value that the codec cannot encode: a configuration error, not a bad fetch."""
 
     cannot_be_retried = True  # the runtime reads this: retrying the fetch would not help
-
-
-def fingerprint(source: Source, codec: Codec) -> str:
-    """A short hash of what produces a refresher's values (its source's origin) and how they are encoded.
-
-    Stored with every value: a process refuses an entry whose fingerprint is not
-    its own (another app on the same backend and prefix). A hash, so that the
-    backend holds nothing about the source but this.
-    """
-    codec_type = type(codec)
-    description = f"{source.origin}\ncodec {codec_type.__module__}.{codec_type.__qualname__}"
-    return hashlib.blake2b(description.encode(), digest_size=8).hexdigest()
 
 
 class _Outcome(Enum):
@@ -198,6 +207,8 @@ class _Share:
         "bad_logged_at",
         "began",
         "checked",
+        "control",
+        "control_error",
         "done",
         "ended",
         "epoch",
@@ -259,6 +270,10 @@ class _Share:
         # The HTTP validators (ETag...) the lease holder stored with the value published
         # here: handed to our own source before it next fetches, so that is a 304.
         self.validators: dict[str, str] | None = None
+        # The last operator action (accept, pin...) the lease holder carried out, by
+        # number, and why it could not (nothing held back, no such version).
+        self.control = 0
+        self.control_error: str | None = None
 
 
 class _BackendClock:
@@ -360,6 +375,11 @@ class Coordination:
 
     async def _on_change(self, change: object) -> None:
         name = getattr(change, "name", None)
+        if isinstance(name, str) and name.startswith(_CONTROL):
+            slot = self.runtime.entries.get(name[len(_CONTROL) :])
+            if slot is not None and self.shares[slot.spec.name].leading:
+                await self._carry_out(slot)
+            return
         slot = self.runtime.entries.get(name) if isinstance(name, str) else None
         number = getattr(change, "number", None)
         if slot is None or slot.overridden or not isinstance(number, int):
@@ -490,6 +510,8 @@ class Coordination:
             share.was_leading = False
             runtime.reschedule(slot.spec.name, self._due_after_takeover(slot))
             self._wake(share)  # a refresh-now waiting for the holder: that is us now
+            if self._tasks is not None:  # an operator's action the last holder did not get to
+                self._tasks.start_soon(self._carry_out, slot, name=f"asgi_refresh:{name}:control")
         # Our own last store may be newer than this read of `head`: count what it answered.
         if leading and head is not None and head.requested > max(head.answered, share.answered):
             self._fetch_for_others(slot)
@@ -647,7 +669,13 @@ class Coordination:
             # A duration, on the schedule's clock: no clock needs to agree with another.
             meta["lifetime"] = slot.expires_at - slot.history.last_success_mono
             meta["leeway"] = slot.leeway
-        if share.validators is None:
+        meta.update(cluster_meta(slot.kept, share.control))
+        if share.control_error is not None:
+            meta["control_error"] = share.control_error
+        pinned = slot.kept.pinned is not None
+        if pinned:
+            pass  # the upstream's validators are for what it has, not for the pinned value
+        elif share.validators is None:
             meta.update(
                 slot.source.handover() or {}
             )  # an HTTPSource's ETag: the next holder asks "changed since?"
@@ -728,6 +756,7 @@ class Coordination:
             )
         try:
             times = self._times(stored, before, after)
+            cluster = read_cluster_meta(stored.meta)
         except BadRecord as exc:
             return self._bad(slot, share, f"its stored entry is malformed: {exc}")
         started, ended, age, lifetime, leeway = times
@@ -752,18 +781,23 @@ class Coordination:
             self.epoch += 1
         share.requested = max(share.requested, stored.answered)
         age += time.monotonic() - after  # decoding took a while
+        error = stored.meta.get("control_error")
+        share.control = max(share.control, cluster.control)
+        share.control_error = printable(error, 300) if isinstance(error, str) else None
         self.runtime.adopt(
             slot.spec.name,
             value,
             age=age,
             expires_in=None if lifetime is None else lifetime - age,
             leeway=leeway,
+            data=stored.data,
+            cluster=cluster,
         )
         share.version, share.stored_by = stored.version, stored.stored_by
         share.started, share.ended, share.mark = started, ended, slot.history.refresh_count
         share.local, share.asked = False, 0
         self._answer(share, stored.answered)
-        share.validators = _validators(stored.meta)
+        share.validators = checked_handover(stored.meta)
         return _Outcome.ADOPTED
 
     def _times(
@@ -940,6 +974,101 @@ class Coordination:
             f"the process holding the lease did not store a new value within {format_duration(limit)}"
         )
 
+    # -- operators' actions (accept, reject, pin, unpin, rollback) -----------------------
+
+    async def control(self, slot: Entry, action: str, argument: str | None) -> bool:
+        """Have the lease holder carry out an operator's action, for the whole cluster.
+
+        The action is written to the refresher's control record; the holder is told
+        (a change), carries it out and stores the outcome with the value.
+
+        Returns:
+            True once the holder has carried it out; False when this process must
+            act itself (the backend is down, or it took the lease over meanwhile).
+
+        Raises:
+            LookupError: the holder could not (nothing held back, no such version).
+            TimeoutError: no holder carried it out in time.
+        """
+        name = slot.spec.name
+        share = self.shares[name]
+        try:
+            number = await self._write_control(name, share, action, argument)
+        except CoordinatorUnavailable as exc:
+            self._lost(exc)
+            return False
+        except BadRecord:
+            number = None
+        if number is None:
+            raise TimeoutError(f"Refresher {name!r}: another process is changing it; try again")
+        limit = (slot.spec.timeout or 30.0) + self.lease_ttl
+        clock = self.runtime.clock
+        with clock.move_on_at(clock.monotonic() + limit):
+            while share.control < number:
+                if share.leading or not self.available:
+                    return False
+                share.adopted = share.adopted or anyio.Event()
+                with clock.move_on_at(clock.monotonic() + self.check_every):
+                    await share.adopted.wait()
+                if share.control < number:
+                    await self._sync(slot)  # in case the notification was lost
+            if share.control == number and share.control_error is not None:
+                raise LookupError(share.control_error)
+            return True
+        raise TimeoutError(
+            f"Refresher {name!r}: the process holding the lease did not carry out {action!r} "
+            f"within {format_duration(limit)}"
+        )
+
+    async def _write_control(self, name: str, share: _Share, action: str, argument: str | None) -> int | None:
+        """Write an action to ``name``'s control record under its own short lease; its number, or None."""
+        record = _CONTROL + name
+        coordinator = self.coordinator
+        for _ in range(_CONTROL_ATTEMPTS):
+            if await coordinator.acquire(record, _CONTROL_LEASE):
+                try:
+                    current = _checked_stored(await _reading(coordinator.load(record)))
+                    last = current.meta.get("number") if current is not None else 0
+                    last = last if isinstance(last, int) and not isinstance(last, bool) and last >= 0 else 0
+                    number = max(last, share.control) + 1
+                    meta: dict[str, MetaValue] = {"number": number, "action": action, "argument": argument}
+                    if await coordinator.store(record, b"{}", meta) is not None:
+                        return number
+                finally:
+                    await coordinator.release(record)
+            await anyio.sleep(_CONTROL_RETRY)  # real time: another process writes the record now
+        return None
+
+    async def _carry_out(self, slot: Entry) -> None:
+        """As the lease holder: carry out an action written to ``slot``'s control record, if it is new."""
+        name = slot.spec.name
+        share = self.shares[name]
+        try:
+            stored = _checked_stored(await _reading(self.coordinator.load(_CONTROL + name)))
+        except CoordinatorUnavailable as exc:
+            self._lost(exc)
+            return
+        except BadRecord:
+            return  # a damaged control record: nothing to carry out; the next action replaces it
+        if stored is None or not share.leading:
+            return
+        number, action, argument = (stored.meta.get(key) for key in ("number", "action", "argument"))
+        if (
+            not isinstance(number, int)
+            or isinstance(number, bool)
+            or number <= share.control
+            or action not in _ACTIONS
+            or not (argument is None or (isinstance(argument, str) and len(argument) <= 100))
+        ):
+            return
+        assert isinstance(action, str)
+        share.control, share.control_error = number, None
+        try:
+            await self.runtime.act(name, action, argument if isinstance(argument, str) else None)
+        except (LookupError, ValueError) as exc:
+            share.control_error = printable(str(exc), 300)
+        await self.runtime.share_published(name)  # the outcome, for whoever asked
+
     def _answer(self, share: _Share, answered: int) -> None:
         share.answered = max(share.answered, answered)
         self._wake(share)
@@ -1105,18 +1234,6 @@ def _number(
         return None
     number = float(value)  # type: ignore[arg-type]
     return number if low <= number <= high else None
-
-
-def _validators(meta: Mapping[str, MetaValue]) -> dict[str, str] | None:
-    """The HTTP validators stored with a value, if they look like validators (they become headers)."""
-    found: dict[str, str] = {}
-    for key in VALIDATOR_KEYS:
-        value = meta.get(key)
-        if not isinstance(value, str) or not 0 < len(value) <= _MAX_VALIDATOR_CHARS:
-            continue
-        if value.isascii() and value.isprintable() and (key != "digest" or _HEX.fullmatch(value)):
-            found[key] = value
-    return found if "digest" in found else None
 
 
 def _unavailable(what: str, exc: BaseException) -> CoordinatorUnavailable:
