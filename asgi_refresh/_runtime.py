@@ -350,6 +350,10 @@ class Runtime:
             try:
                 answered = 0 if coordination is None else coordination.requested(slot.spec.name)
                 result = _unwrap(slot.spec, await self._fetch(slot, flight, started))
+                if result.not_modified and (slot.kept.withheld or slot.kept.pinned is not None):
+                    # The source confirms the value it fetched last, which was not published:
+                    # weighed as a new value (held back again, or published once unpinned).
+                    result = result._replace(not_modified=False)
                 keeper = self.keeper
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
@@ -537,6 +541,7 @@ class Runtime:
         history.consecutive_failures = 0
         history.last_error = history.last_exception = None
         history.last_outcome = "pinned" if why == "pinned" else "quarantined"
+        slot.kept.withheld = True
         slot.fatal = False
         slot.attempted = True
         if why == "pinned":
@@ -559,6 +564,7 @@ class Runtime:
         now = self.clock.monotonic()
         slot.history.last_duration = duration = now - started
         slot.history.refresh_count += 1
+        slot.kept.withheld = False
         changed, old = self.publisher.take(
             slot,
             value,
@@ -900,6 +906,7 @@ class Runtime:
             return
         slot.kept.pinned = None
         slot.kept.upstream = None
+        slot.kept.withheld = True  # the source's last value (and its ETag) is not the pinned one
         slot.kept.origin = "fetched"
         logger.info(
             "Refresher %r is unpinned; it publishes what it fetches again",
