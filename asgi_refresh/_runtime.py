@@ -490,6 +490,8 @@ class Runtime:
             return None
         held = kept.held
         if held is not None and _same(held, value, data):
+            if held.value is None:  # held back by the last lease holder: ours to accept or reject now
+                held.value, held.data = value, data
             return held.reason
         reason = await keeper.screen(slot, published, value)
         if reason is None:

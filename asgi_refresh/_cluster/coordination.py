@@ -673,8 +673,8 @@ class Coordination:
         if share.control_error is not None:
             meta["control_error"] = share.control_error
         pinned = slot.kept.pinned is not None
-        if pinned:
-            pass  # the upstream's validators are for what it has, not for the pinned value
+        if pinned or slot.kept.withheld:
+            pass  # the upstream's validators are for what it has, not for the published value
         elif share.validators is None:
             meta.update(
                 slot.source.handover() or {}
