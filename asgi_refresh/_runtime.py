@@ -923,6 +923,12 @@ class Runtime:
         """Pin the version published before the current one; return its id."""
         slot = self.slot(name)
         self._needs_versions(slot, "rollback")
+        # The lease holder picks the version: a process that started later keeps fewer.
+        if await self._forward(slot, "rollback"):
+            pinned = slot.kept.pinned
+            if pinned is None:
+                raise LookupError(f"Refresher {name!r} was unpinned meanwhile; roll back again")
+            return pinned.id
         current = slot.kept.current
         earlier = [each for each in slot.kept.versions if current is None or each.number < current.number]
         if not earlier:
