@@ -902,7 +902,7 @@ class Runtime:
         coordination = self.coordination
         if coordination is not None and not coordination.fetches(slot):
             assert self._task_group is not None, "asgi_refresh is not running"
-            self._task_group.start_soon(self._forward, slot, "unpin", name=f"asgi_refresh:{name}:unpin")
+            self._task_group.start_soon(self._unpin_elsewhere, slot, name=f"asgi_refresh:{name}:unpin")
             return
         if slot.kept.pinned is None:
             return
@@ -918,6 +918,24 @@ class Runtime:
         if self.events is not None:
             self.events.emit("unpinned", name)
         self.start_refresh(slot)
+
+    async def _unpin_elsewhere(self, slot: Slot) -> None:
+        """`unpin` on a process that does not hold the lease: the holder unpins, for all.
+
+        Nobody waits for it: whatever goes wrong is logged, never raised into the
+        task group (that would stop every refresher of this process).
+        """
+        name = slot.spec.name
+        try:
+            if not await self._forward(slot, "unpin"):
+                self.unpin(name)  # it holds the lease now, or the backend is down: it unpins itself
+        except Exception as exc:
+            logger.warning(
+                "Refresher %r could not unpin (%s); see its pin in the status, and unpin again",
+                name,
+                describe_error(exc),
+                extra={"refresher": name, "outcome": "unpin_failed"},
+            )
 
     async def rollback(self, name: str) -> str:
         """Pin the version published before the current one; return its id."""
