@@ -181,10 +181,20 @@ class Keeper:
         if number is None or digest is None:
             latest = kept.versions[-1].number if kept.versions else _number_of(kept.current)
             number, digest = latest + 1, content_digest(data)
+        # A kept version published again (the lease holder pinned it) keeps its place
+        # among the versions, and when it was first fetched.
+        known = next(
+            (each for each in kept.versions if each.number == number and each.digest == digest), None
+        )
+        if known is not None:
+            fetched_at = known.fetched_at
         made = Version(number, digest, fetched_at, data if spec.keep_versions else None, value)
         if spec.keep_versions:
-            versions = [each for each in kept.versions if each.number != number]
-            versions.append(made)
+            if known is not None:
+                versions = [made if each is known else each for each in kept.versions]
+            else:
+                versions = [each for each in kept.versions if each.number != number]
+                versions.append(made)
             kept.versions = versions[-spec.keep_versions :]
         if self.writer is not None and self.snapshots(slot, fresh=fresh):
             meta = snapshots.snapshot_meta(
