@@ -181,10 +181,20 @@ class Keeper:
         if number is None or digest is None:
             latest = kept.versions[-1].number if kept.versions else _number_of(kept.current)
             number, digest = latest + 1, content_digest(data)
+        # A kept version published again (the lease holder pinned it) keeps its place
+        # among the versions, and when it was first fetched.
+        known = next(
+            (each for each in kept.versions if each.number == number and each.digest == digest), None
+        )
+        if known is not None:
+            fetched_at = known.fetched_at
         made = Version(number, digest, fetched_at, data if spec.keep_versions else None, value)
         if spec.keep_versions:
-            versions = [each for each in kept.versions if each.number != number]
-            versions.append(made)
+            if known is not None:
+                versions = [made if each is known else each for each in kept.versions]
+            else:
+                versions = [each for each in kept.versions if each.number != number]
+                versions.append(made)
             kept.versions = versions[-spec.keep_versions :]
         if self.writer is not None and self.snapshots(slot, fresh=fresh):
             meta = snapshots.snapshot_meta(
@@ -385,17 +395,7 @@ def cluster_meta(kept: Kept, control: int) -> dict[str, MetaValue]:
     if kept.pinned is not None:
         meta["pin"] = kept.pinned.id
     if kept.held is not None:
-        held = kept.held
-        meta["held"] = json.dumps(
-            {
-                "reason": held.reason,
-                "summary": held.summary,
-                "since": held.since,
-                "rejected": held.rejected,
-                "digest": held.digest,
-            },
-            separators=(",", ":"),
-        )[:_MAX_HELD_CHARS]
+        meta["held"] = _held_text(kept.held)
     if kept.upstream is not None:
         upstream = kept.upstream
         meta["upstream"] = json.dumps(
@@ -403,6 +403,22 @@ def cluster_meta(kept: Kept, control: int) -> dict[str, MetaValue]:
             separators=(",", ":"),
         )
     return meta
+
+
+def _held_text(held: Held) -> str:
+    """``held`` as JSON within `_MAX_HELD_CHARS`, never cut: cut JSON is no record at all."""
+    fields = {
+        "reason": printable(held.reason, 500),
+        "summary": held.summary,
+        "since": held.since,
+        "rejected": held.rejected,
+        "digest": held.digest,
+    }
+    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    if len(text) > _MAX_HELD_CHARS:  # long key names or type names: the sizes and counts go on
+        fields["summary"] = {key: value for key, value in held.summary.items() if isinstance(value, int)}
+        text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return text
 
 
 def read_cluster_meta(meta: Mapping[str, object]) -> ClusterKept:

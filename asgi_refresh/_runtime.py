@@ -350,6 +350,10 @@ class Runtime:
             try:
                 answered = 0 if coordination is None else coordination.requested(slot.spec.name)
                 result = _unwrap(slot.spec, await self._fetch(slot, flight, started))
+                if result.not_modified and (slot.kept.withheld or slot.kept.pinned is not None):
+                    # The source confirms the value it fetched last, which was not published:
+                    # weighed as a new value (held back again, or published once unpinned).
+                    result = result._replace(not_modified=False)
                 keeper = self.keeper
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
@@ -486,6 +490,8 @@ class Runtime:
             return None
         held = kept.held
         if held is not None and _same(held, value, data):
+            if held.value is None:  # held back by the last lease holder: ours to accept or reject now
+                held.value, held.data = value, data
             return held.reason
         reason = await keeper.screen(slot, published, value)
         if reason is None:
@@ -537,6 +543,7 @@ class Runtime:
         history.consecutive_failures = 0
         history.last_error = history.last_exception = None
         history.last_outcome = "pinned" if why == "pinned" else "quarantined"
+        slot.kept.withheld = True
         slot.fatal = False
         slot.attempted = True
         if why == "pinned":
@@ -559,6 +566,7 @@ class Runtime:
         now = self.clock.monotonic()
         slot.history.last_duration = duration = now - started
         slot.history.refresh_count += 1
+        slot.kept.withheld = False
         changed, old = self.publisher.take(
             slot,
             value,
@@ -894,12 +902,13 @@ class Runtime:
         coordination = self.coordination
         if coordination is not None and not coordination.fetches(slot):
             assert self._task_group is not None, "asgi_refresh is not running"
-            self._task_group.start_soon(self._forward, slot, "unpin", name=f"asgi_refresh:{name}:unpin")
+            self._task_group.start_soon(self._unpin_elsewhere, slot, name=f"asgi_refresh:{name}:unpin")
             return
         if slot.kept.pinned is None:
             return
         slot.kept.pinned = None
         slot.kept.upstream = None
+        slot.kept.withheld = True  # the source's last value (and its ETag) is not the pinned one
         slot.kept.origin = "fetched"
         logger.info(
             "Refresher %r is unpinned; it publishes what it fetches again",
@@ -910,10 +919,34 @@ class Runtime:
             self.events.emit("unpinned", name)
         self.start_refresh(slot)
 
+    async def _unpin_elsewhere(self, slot: Slot) -> None:
+        """`unpin` on a process that does not hold the lease: the holder unpins, for all.
+
+        Nobody waits for it: whatever goes wrong is logged, never raised into the
+        task group (that would stop every refresher of this process).
+        """
+        name = slot.spec.name
+        try:
+            if not await self._forward(slot, "unpin"):
+                self.unpin(name)  # it holds the lease now, or the backend is down: it unpins itself
+        except Exception as exc:
+            logger.warning(
+                "Refresher %r could not unpin (%s); see its pin in the status, and unpin again",
+                name,
+                describe_error(exc),
+                extra={"refresher": name, "outcome": "unpin_failed"},
+            )
+
     async def rollback(self, name: str) -> str:
         """Pin the version published before the current one; return its id."""
         slot = self.slot(name)
         self._needs_versions(slot, "rollback")
+        # The lease holder picks the version: a process that started later keeps fewer.
+        if await self._forward(slot, "rollback"):
+            pinned = slot.kept.pinned
+            if pinned is None:
+                raise LookupError(f"Refresher {name!r} was unpinned meanwhile; roll back again")
+            return pinned.id
         current = slot.kept.current
         earlier = [each for each in slot.kept.versions if current is None or each.number < current.number]
         if not earlier:

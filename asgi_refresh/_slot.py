@@ -149,6 +149,7 @@ class Kept:
         "snapshot_problem",
         "upstream",
         "versions",
+        "withheld",
     )
 
     def __init__(self) -> None:
@@ -160,6 +161,9 @@ class Kept:
         self.handover: dict[str, str] | None = None  # validators from a snapshot, for the next fetch
         self.snapshot_age: float | None = None  # how old the snapshot started from was
         self.snapshot_problem: str | None = None  # why the snapshot could not be used, if it was tried
+        # What the source fetched last is not what is published (held back, pinned, or
+        # pinned until just now): its "not modified" confirms that, not the published value.
+        self.withheld = False
 
     @property
     def current(self) -> Version | None:

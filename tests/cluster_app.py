@@ -19,6 +19,10 @@ Environment:
     LEASE_TTL: The lease's ttl (default ``3s``).
     COORDINATOR_TIMEOUT: Seconds any one backend operation may take (default 1).
     POLL_INTERVAL: Seconds between an SQLite subscriber's checks (default 0.2).
+    GUARD: A change guard for ``data``: ``max_shrink:0.5`` (default: none).
+    KEEP_VERSIONS: How many published versions ``data`` keeps, to pin and roll
+        back through ``POST /_refresh/data/pin?version=V``, ``.../rollback`` and
+        ``.../unpin`` (default 0).
     LOG_LEVEL: If set (``INFO``, ``WARNING``...), the package's log lines go to
         stderr at that level as ``<pid> <LEVEL> <message>``, so that what each
         worker said can be counted (the benchmarks do).
@@ -32,7 +36,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from asgi_refresh import HTTPSource, RedisCoordinator, Refresher, RefreshMiddleware, SQLiteCoordinator
+from asgi_refresh import (
+    HTTPSource,
+    RedisCoordinator,
+    Refresher,
+    RefreshMiddleware,
+    SQLiteCoordinator,
+    max_shrink,
+)
 from asgi_refresh._cluster.base import Coordinator
 from asgi_refresh._types import Receive, Scope, Send
 
@@ -50,6 +61,16 @@ def coordinator_from_env(env: Mapping[str, str] = os.environ) -> Coordinator | N
     if backend == "none":
         return None
     raise ValueError(f"BACKEND must be redis, sqlite or none (got {backend!r})")
+
+
+def guard_from_env(env: Mapping[str, str] = os.environ) -> max_shrink | None:
+    """The guard that ``GUARD`` names, or None when it is not set."""
+    kind, _, argument = env.get("GUARD", "").partition(":")
+    if kind == "max_shrink":
+        return max_shrink(float(argument))
+    if kind:
+        raise ValueError(f"GUARD must be max_shrink:FRACTION (got {kind!r})")
+    return None
 
 
 async def inner(scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,6 +116,8 @@ app = RefreshMiddleware(
             every=os.environ.get("EVERY", "1s"),
             jitter=0,
             timeout="5s",
+            guard=guard_from_env(),
+            keep_versions=int(os.environ.get("KEEP_VERSIONS", "0")),
         )
     ],
     coordinator=coordinator_from_env(),

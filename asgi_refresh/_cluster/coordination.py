@@ -673,8 +673,8 @@ class Coordination:
         if share.control_error is not None:
             meta["control_error"] = share.control_error
         pinned = slot.kept.pinned is not None
-        if pinned:
-            pass  # the upstream's validators are for what it has, not for the pinned value
+        if pinned or slot.kept.withheld:
+            pass  # the upstream's validators are for what it has, not for the published value
         elif share.validators is None:
             meta.update(
                 slot.source.handover() or {}
@@ -992,8 +992,9 @@ class Coordination:
         """
         name = slot.spec.name
         share = self.shares[name]
+        limit = (slot.spec.timeout or 30.0) + self.lease_ttl
         try:
-            number = await self._write_control(name, share, action, argument)
+            number = await self._write_control(name, share, action, argument, limit)
         except CoordinatorUnavailable as exc:
             self._lost(exc)
             return False
@@ -1001,7 +1002,6 @@ class Coordination:
             number = None
         if number is None:
             raise TimeoutError(f"Refresher {name!r}: another process is changing it; try again")
-        limit = (slot.spec.timeout or 30.0) + self.lease_ttl
         clock = self.runtime.clock
         with clock.move_on_at(clock.monotonic() + limit):
             while share.control < number:
@@ -1020,20 +1020,36 @@ class Coordination:
             f"within {format_duration(limit)}"
         )
 
-    async def _write_control(self, name: str, share: _Share, action: str, argument: str | None) -> int | None:
-        """Write an action to ``name``'s control record under its own short lease; its number, or None."""
+    async def _write_control(
+        self, name: str, share: _Share, action: str, argument: str | None, limit: float
+    ) -> int | None:
+        """Write an action to ``name``'s control record under its own short lease; its number, or None.
+
+        ``limit``: how long an asker waits for its action; one pending longer than
+        that was abandoned (the holder never heard of it: a lost notification).
+        """
         record = _CONTROL + name
         coordinator = self.coordinator
         for _ in range(_CONTROL_ATTEMPTS):
             if await coordinator.acquire(record, _CONTROL_LEASE):
                 try:
-                    current = _checked_stored(await _reading(coordinator.load(record)))
-                    last = current.meta.get("number") if current is not None else 0
-                    last = last if isinstance(last, int) and not isinstance(last, bool) and last >= 0 else 0
-                    number = max(last, share.control) + 1
-                    meta: dict[str, MetaValue] = {"number": number, "action": action, "argument": argument}
-                    if await coordinator.store(record, b"{}", meta) is not None:
-                        return number
+                    try:
+                        current = _checked_stored(await _reading(coordinator.load(record)))
+                    except BadRecord:
+                        current = None  # a damaged record: this action replaces it
+                    last = _control_number(current.meta.get("number")) if current is not None else 0
+                    # One record per refresher: an action the holder has not carried out
+                    # yet (as far as we know) is not overwritten, or it would be lost
+                    # while its asker hears it was done.
+                    if last <= share.control or _abandoned(current, limit):
+                        number = max(last, share.control) + 1
+                        meta: dict[str, MetaValue] = {
+                            "number": number,
+                            "action": action,
+                            "argument": argument,
+                        }
+                        if await coordinator.store(record, b"{}", meta) is not None:
+                            return number
                 finally:
                     await coordinator.release(record)
             await anyio.sleep(_CONTROL_RETRY)  # real time: another process writes the record now
@@ -1053,20 +1069,23 @@ class Coordination:
         if stored is None or not share.leading:
             return
         number, action, argument = (stored.meta.get(key) for key in ("number", "action", "argument"))
-        if (
-            not isinstance(number, int)
-            or isinstance(number, bool)
-            or number <= share.control
-            or action not in _ACTIONS
-            or not (argument is None or (isinstance(argument, str) and len(argument) <= 100))
-        ):
+        number = _control_number(number)
+        if number <= share.control:
             return
-        assert isinstance(action, str)
         share.control, share.control_error = number, None
-        try:
-            await self.runtime.act(name, action, argument if isinstance(argument, str) else None)
-        except (LookupError, ValueError) as exc:
-            share.control_error = printable(str(exc), 300)
+        if action not in _ACTIONS or not (
+            argument is None or (isinstance(argument, str) and len(argument) <= 100)
+        ):
+            # Answered all the same: whoever asked learns it, and the next action is not held up.
+            share.control_error = (
+                "not an action this process carries out (accept, reject, pin, unpin, rollback)"
+            )
+        else:
+            assert isinstance(action, str)
+            try:
+                await self.runtime.act(name, action, argument if isinstance(argument, str) else None)
+            except (LookupError, ValueError) as exc:
+                share.control_error = printable(str(exc), 300)
         await self.runtime.share_published(name)  # the outcome, for whoever asked
 
     def _answer(self, share: _Share, answered: int) -> None:
@@ -1219,6 +1238,21 @@ def _checked_stored(stored: object) -> Stored | None:
     if not all(checks):
         raise BadRecord("load() returned a Stored with fields of the wrong types")
     return stored
+
+
+def _abandoned(record: Stored | None, limit: float) -> bool:
+    """Whether a control record was stored more than ``limit`` seconds ago (on the backend's clock)."""
+    if record is None:
+        return True
+    now = record.time if record.time is not None else time.time()
+    return now - record.stored_at > limit
+
+
+def _control_number(value: object) -> int:
+    """An action's number from a control record; 0 for anything that is not one (a damaged record)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**15:
+        return value
+    return 0
 
 
 def _finite(value: object) -> bool:
