@@ -15,7 +15,7 @@ import anyio
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshMiddleware
+from asgi_refresh import Fresh, Refresher, RefreshMiddleware, SQLiteCoordinator
 
 from .helpers import ScriptedApp
 
@@ -38,6 +38,36 @@ def snapshot_files(directory: Path) -> dict[str, bytes]:
 
 def role(middleware: RefreshMiddleware, name: str) -> str:
     return middleware.handle.status()[name]["coordination"]["role"]
+
+
+async def test_a_follower_keeps_a_fresh_token_off_its_disk(tmp_path: Path) -> None:
+    """A follower adopting a Fresh token does not write it to its snapshot_dir (snapshot=None), as the holder does not."""
+
+    async def token() -> Fresh[str]:
+        return Fresh("s3cret-token", expires_in=3600)
+
+    async def names() -> list[str]:
+        return ["ada", "grace"]
+
+    def worker(directory: str) -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("token", token, every="1h"), Refresher("names", names, every="1h")],
+            coordinator=SQLiteCoordinator(tmp_path / "refresh.db", poll_interval=0.02),
+            snapshot_dir=tmp_path / directory,
+        )
+
+    leader, follower = worker("leader"), worker("follower")
+    async with LifespanManager(leader, startup_timeout=10), LifespanManager(follower, startup_timeout=10):
+        await until(lambda: role(follower, "token") == "follower" and role(follower, "names") == "follower")
+        assert follower.handle.value("token") == "s3cret-token"
+        assert follower.handle.status()["token"]["origin"] == "coordinator"
+    # Written at shutdown at the latest: a follower keeps snapshots of what it publishes,
+    # but a token stays in memory, on every process.
+    assert sorted(snapshot_files(tmp_path / "leader")) == ["names.snapshot"]
+    followers = snapshot_files(tmp_path / "follower")
+    assert sorted(followers) == ["names.snapshot"]
+    assert all(b"s3cret-token" not in data for data in followers.values())
 
 
 async def test_snapshots_still_waiting_at_shutdown_are_all_written(tmp_path: Path) -> None:
