@@ -909,7 +909,7 @@ class Runtime:
         coordination = self.coordination
         if coordination is not None and not coordination.fetches(slot):
             assert self._task_group is not None, "asgi_refresh is not running"
-            self._task_group.start_soon(self._forward, slot, "unpin", name=f"asgi_refresh:{name}:unpin")
+            self._task_group.start_soon(self._unpin_through_holder, slot, name=f"asgi_refresh:{name}:unpin")
             return
         if slot.kept.pinned is None:
             return
@@ -924,6 +924,27 @@ class Runtime:
         if self.events is not None:
             self.events.emit("unpinned", name)
         self.start_refresh(slot)
+
+    async def _unpin_through_holder(self, slot: Slot) -> None:
+        """`unpin` on a process that does not hold the lease, in the background: the holder unpins, for all.
+
+        Nobody waits for it, so a failure is logged here: raised, it would end every
+        refresher of this process (the runtime's task group).
+        """
+        name = slot.spec.name
+        try:
+            forwarded = await self._forward(slot, "unpin")
+        except Exception as exc:  # the holder did not act in time, or could not
+            logger.warning(
+                "Refresher %r: unpin did not reach the process holding the lease (%s); it stays pinned, "
+                "try again",
+                name,
+                describe_error(exc),
+                extra={"refresher": name, "outcome": "unpin_failed"},
+            )
+            return
+        if not forwarded:  # the backend is down, or this process took the lease over: unpin here
+            self.unpin(name)
 
     async def rollback(self, name: str) -> str:
         """Pin the version published before the current one; return its id."""

@@ -7,6 +7,8 @@ waits below poll for up to a few seconds.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from asgi_lifespan import LifespanManager
 
 from asgi_refresh import Fresh, Refresher, RefreshMiddleware, SQLiteCoordinator
 
-from .helpers import ScriptedApp
+from .helpers import ScriptedApp, runtime_of
 
 pytestmark = pytest.mark.anyio
 
@@ -87,3 +89,75 @@ async def test_snapshots_still_waiting_at_shutdown_are_all_written(tmp_path: Pat
     async with LifespanManager(middleware):
         pass
     assert sorted(snapshot_files(tmp_path)) == sorted(f"r{n}.snapshot" for n in range(50))
+
+
+async def test_a_failed_unpin_on_a_follower_is_logged_and_the_refreshers_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unpin on a follower that cannot reach the holder logs a WARNING; it never stops the process's refreshers."""
+
+    async def names() -> list[str]:
+        return ["ada", "grace"]
+
+    def worker() -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", names, every="1h", keep_versions=2)],
+            coordinator=SQLiteCoordinator(tmp_path / "refresh.db", poll_interval=0.02),
+        )
+
+    leader, follower = worker(), worker()
+    # Another operator's action holds the refresher's control record meanwhile.
+    other = SQLiteCoordinator(tmp_path / "refresh.db")
+    await other.open()
+    try:
+        async with LifespanManager(leader, startup_timeout=10), LifespanManager(follower, startup_timeout=10):
+            await until(lambda: role(follower, "names") == "follower")
+            assert await other.acquire("asgi_refresh__control__names", 60)
+            with caplog.at_level(logging.WARNING, logger="asgi_refresh"):
+                follower.handle.unpin("names")
+                await until(lambda: "unpin did not reach the process holding the lease" in caplog.text)
+            assert runtime_of(follower.handle).running
+            assert await follower.handle.refresh("names") == ["ada", "grace"]
+    finally:
+        await other.close()
+
+
+async def test_an_unpin_the_backend_cannot_take_is_done_on_this_process(tmp_path: Path) -> None:
+    """Unpin on a follower whose backend fails as the action is written unpins here, as with the backend down."""
+    fetched = 0
+
+    async def names() -> dict[str, int]:
+        nonlocal fetched
+        fetched += 1
+        return {"fetch": fetched}
+
+    def worker() -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", names, every="1h", keep_versions=2)],
+            coordinator=SQLiteCoordinator(tmp_path / "refresh.db", poll_interval=0.02, timeout=0.5),
+        )
+
+    leader, follower = worker(), worker()
+    async with LifespanManager(leader, startup_timeout=10), LifespanManager(follower, startup_timeout=10):
+        await until(lambda: role(follower, "names") == "follower")
+        await follower.handle.refresh("names")
+        first = await leader.handle.rollback("names")
+        await until(lambda: follower.handle.status()["names"]["pin"] == first)
+        blocker = lock_database(tmp_path / "refresh.db")  # the backend stops taking writes
+        try:
+            follower.handle.unpin("names")
+            await until(lambda: follower.handle.status()["names"]["pin"] is None)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert role(follower, "names") == "standalone"
+        assert leader.handle.status()["names"]["pin"] == first  # it did not hear of it
+
+
+def lock_database(path: Path) -> sqlite3.Connection:
+    """A connection holding an exclusive lock on the SQLite file: other writers time out."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("BEGIN EXCLUSIVE")
+    return connection
