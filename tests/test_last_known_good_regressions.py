@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from asgi_refresh import Fresh, Refresher, RefreshMiddleware, SQLiteCoordinator
+from asgi_refresh import _snapshots as snapshots
 
 from .helpers import ScriptedApp, runtime_of
 
@@ -161,3 +163,44 @@ def lock_database(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("BEGIN EXCLUSIVE")
     return connection
+
+
+def age_snapshot(directory: Path, name: str, seconds: float) -> None:
+    """Make ``name``'s snapshot one that was last confirmed good ``seconds`` ago."""
+    written = snapshots.read(snapshots.path_of(directory, name), name)
+    then = time.time() - seconds
+    snapshots.write(directory, name, written.data, {**written.meta, "fetched_at": then}, at=then)
+
+
+async def test_followers_see_the_age_of_the_snapshot_the_holder_started_from(tmp_path: Path) -> None:
+    """A holder started from a 3-hour-old snapshot stores it as 3 hours old: followers count it stale too."""
+    upstream_down = False
+
+    async def names() -> list[str]:
+        if upstream_down:
+            raise ConnectionError("the upstream is down")
+        return ["ada", "grace"]
+
+    def worker(database: str, directory: str) -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", names, every="1h", max_stale="2h")],
+            coordinator=SQLiteCoordinator(tmp_path / database, poll_interval=0.02),
+            lease_ttl="1s",
+            snapshot_dir=tmp_path / directory,
+        )
+
+    async with LifespanManager(worker("first.db", "leader")):
+        pass
+    age_snapshot(tmp_path / "leader", "names", 3 * 3600)
+
+    upstream_down = True
+    leader, follower = worker("second.db", "leader"), worker("second.db", "follower")
+    async with LifespanManager(leader, startup_timeout=10), LifespanManager(follower, startup_timeout=10):
+        held = leader.handle.status()["names"]
+        assert (held["origin"], held["stale"]) == ("snapshot", True)
+        await until(lambda: follower.handle.status()["names"]["origin"] == "coordinator")
+        seen = follower.handle.status()["names"]
+        assert seen["age"] is not None
+        assert seen["age"] > 3 * 3600 - 60
+        assert seen["stale"] is True
