@@ -613,11 +613,16 @@ class Runtime:
         handover: Mapping[str, str] | None,
         version: str | None = None,
         age: float = 0.0,
+        expiry: float | None = None,
     ) -> None:
-        """After a publish: a version and a snapshot for a new value, a touched snapshot for the same one."""
+        """After a publish: a version and a snapshot for a new value, a touched snapshot for the same one.
+
+        ``expiry``: when a value adopted from the coordinator expires (wall clock); it
+        counts as a `Fresh`, as it was one where it was fetched.
+        """
         keeper = self.keeper
         assert keeper is not None
-        is_fresh = fresh is not None
+        is_fresh = fresh is not None or expiry is not None
         if not changed:
             keeper.confirm(slot, fresh=is_fresh)
             return
@@ -640,7 +645,7 @@ class Runtime:
             version=version,
             fetched_at=wall - age,
             handover=dict(handover) if handover else None,
-            expires_at=None if fresh is None else wall - age + fresh.expires_in,
+            expires_at=expiry if fresh is None else wall - age + fresh.expires_in,
             fresh=is_fresh,
         )
 
@@ -786,8 +791,18 @@ class Runtime:
         )
         version = None if cluster is None else cluster.version
         if self.keeper is not None:
+            # A value with a lifetime is the holder's Fresh (a token): kept off the disk as it is there.
+            expiry = None if expires_in is None else self.clock.wall() + expires_in
             self._keep(
-                slot, value, data, changed=changed, fresh=None, handover=None, version=version, age=age
+                slot,
+                value,
+                data,
+                changed=changed,
+                fresh=None,
+                handover=None,
+                version=version,
+                age=age,
+                expiry=expiry,
             )
         slot.kept.origin = "coordinator"
         if cluster is not None and cluster.pin is not None:

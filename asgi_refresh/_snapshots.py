@@ -307,10 +307,26 @@ class SnapshotWriter:
         """Write everything pending now."""
         while self._pending:
             jobs, self._pending = self._pending, {}
-            with self._clock.hold():
-                results = await anyio.to_thread.run_sync(self._write_all, jobs)
+            try:
+                with self._clock.hold():
+                    results = await anyio.to_thread.run_sync(self._write_all, jobs)
+            except BaseException:
+                # Cancelled before a thread took them (shutdown): they go back for the
+                # shielded flush that follows, or they would be lost.
+                self._put_back(jobs)
+                raise
             for name, error in results.items():
                 self._record(name, jobs[name], error)
+
+    def _put_back(self, jobs: dict[str, _Job]) -> None:
+        """Jobs taken but not written: pending again, unless a newer value of the same refresher waits."""
+        for name, job in jobs.items():
+            newer = self._pending.get(name)
+            if newer is None:
+                self._pending[name] = job
+            elif newer.data is None:  # only a touch since: the value taken is still to be written
+                job.at = newer.at
+                self._pending[name] = job
 
     def _write_all(self, jobs: dict[str, _Job]) -> dict[str, BaseException | None]:
         results: dict[str, BaseException | None] = {}

@@ -657,7 +657,7 @@ class Coordination:
         offset, error = self._clock.offset, self._clock.uncertainty(now)
         if offset is None:  # a backend that does not tell its time: this host's clock stands in
             offset, error = time.time() - now, 0.0
-        ended = share.ended if share.ended is not None else now
+        ended = share.ended if share.ended is not None else now - self._published_age(slot)
         started = share.started if share.started is not None else ended
         meta: dict[str, MetaValue] = {
             "source": self.fingerprints[slot.spec.name],
@@ -682,6 +682,15 @@ class Coordination:
         elif share.validators:
             meta.update(share.validators)  # a value we adopted: pass on what came with it
         return meta
+
+    def _published_age(self, slot: Entry) -> float:
+        """How old the value published here is, when no fetch of ours made it (it came from a snapshot).
+
+        Stored as fetched now, a snapshot's value would look new to every follower
+        (never stale) and to the snapshots they write of it.
+        """
+        success = slot.history.last_success_mono
+        return 0.0 if success is None else max(self.runtime.clock.monotonic() - success, 0.0)
 
     async def _sync(self, slot: Entry) -> _Outcome:
         """Load the stored entry and publish it, unless it is unusable or maybe older than ours.
