@@ -350,6 +350,10 @@ class Runtime:
             try:
                 answered = 0 if coordination is None else coordination.requested(slot.spec.name)
                 result = _unwrap(slot.spec, await self._fetch(slot, flight, started))
+                if result.not_modified and slot.kept.out_of_step:
+                    # "Unchanged since the source's last value", which is not the one
+                    # published: news here, screened and published like any fetch.
+                    result = result._replace(not_modified=False)
                 keeper = self.keeper
                 if coordination is not None and not result.not_modified:
                     value, data = coordination.roundtrip(slot.spec.name, result.value)
@@ -537,6 +541,7 @@ class Runtime:
         history.consecutive_failures = 0
         history.last_error = history.last_exception = None
         history.last_outcome = "pinned" if why == "pinned" else "quarantined"
+        slot.kept.out_of_step = True
         slot.fatal = False
         slot.attempted = True
         if why == "pinned":
@@ -553,6 +558,7 @@ class Runtime:
     ) -> None:
         if slot.overridden:  # overridden while fetching: the pinned value wins
             return
+        slot.kept.out_of_step = False
         spec = slot.spec
         value, not_modified, refresh_in, fresh = result
         failures = slot.history.consecutive_failures
@@ -969,6 +975,7 @@ class Runtime:
             slot.history.last_success_mono = now - age
             slot.history.last_success_at = self.clock.wall() - age
         slot.loaded = slot.attempted = True
+        slot.kept.out_of_step = True
         self.publisher.progress(slot)
         if self.keeper is not None and origin != "pinned":
             self._keep(slot, value, data, changed=changed, fresh=None, handover=None)

@@ -144,6 +144,7 @@ class Kept:
         "handover",
         "held",
         "origin",
+        "out_of_step",
         "pinned",
         "snapshot_age",
         "snapshot_problem",
@@ -157,6 +158,9 @@ class Kept:
         self.pinned: Version | None = None
         self.upstream: Version | None = None  # while pinned: the last value fetched (not published)
         self.held: Held | None = None
+        # The source's last value is not what is published (withheld, pinned, accepted):
+        # a 304 then confirms the source's value, not the published one.
+        self.out_of_step = False
         self.handover: dict[str, str] | None = None  # validators from a snapshot, for the next fetch
         self.snapshot_age: float | None = None  # how old the snapshot started from was
         self.snapshot_problem: str | None = None  # why the snapshot could not be used, if it was tried

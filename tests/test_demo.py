@@ -144,6 +144,30 @@ async def test_broken_names_are_held_back_until_accepted_and_versions_can_be_pin
             assert (unpinned["origin"], unpinned["pin"], unpinned["value"]) == ("fetched", None, NAMES[0])
 
 
+async def test_a_pin_outlasts_a_304_and_unpin_publishes_what_the_upstream_has(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """Pinned, a 304 leaves the pin in place; unpinned, the next 304 publishes the upstream's value, not the pinned one."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600)
+    async with LifespanManager(app):
+        handle = app.handle
+        upstream.set("/names", NAMES[1])
+        await handle.refresh("names")
+        await handle.rollback("names")
+        assert handle.value("names") == NAMES[0]
+        confirmed = upstream.not_modified["/names"]
+        await handle.refresh("names")  # the upstream still has NAMES[1]: its ETag matches, a 304
+        assert upstream.not_modified["/names"] == confirmed + 1
+        assert handle.value("names") == NAMES[0]
+        assert handle.status()["names"]["origin"] == "pinned"
+        handle.unpin("names")
+        await handle.refresh("names")  # joins the fetch unpin started: a 304 again
+        assert upstream.not_modified["/names"] == confirmed + 2
+        assert handle.value("names") == NAMES[1]
+        assert handle.status()["names"]["origin"] == "fetched"
+
+
 async def test_a_restart_with_the_upstream_down_starts_from_the_snapshots(
     local_upstream: tuple[Upstream, str], tmp_path: Path
 ) -> None:
