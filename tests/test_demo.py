@@ -298,6 +298,103 @@ def test_the_demo_page_shows_relative_times_with_the_iso_time_as_tooltip(
     assert problems == [], "the page ran without script errors or failed requests"
 
 
+# A made-up /data entry of a refresher serving its snapshot, rendered by the page's own code.
+RENDER_A_SNAPSHOT = """() => {
+  const at = new Date(Date.now() - 12000).toISOString();
+  render({rates: {value: {EUR: 1}, age: 12, last_success_at: at, last_outcome: "failed",
+                  last_changed_at: at, next_refresh_at: null, refresh_count: 0, origin: "snapshot",
+                  last_error: "SourceError: <b>503</b>", version: null, versions: [], pin: null,
+                  quarantined: null}});
+  const lkg = document.querySelector("tr[data-lkg=rates] section.snapshot");
+  return [document.querySelector("tr[data-name=rates] td.origin").textContent, lkg.textContent,
+          document.querySelectorAll("b").length];
+}"""
+
+
+def test_the_demo_page_shows_last_known_good_and_its_buttons_work(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """In Chromium: break the names, see them held back and accept them; roll back, unpin, pin; take the upstream down."""
+    upstream, url = local_upstream
+    problems: list[str] = []
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600)
+    refused = f"{url}/_refresh/names/accept"
+    with serve(app, lifespan="on") as demo, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on(
+                "response",
+                lambda response: (
+                    problems.append(f"{response.status} {response.url}")
+                    if response.status >= 400
+                    and not response.url.endswith("/favicon.ico")
+                    and response.status != 409  # the Accept with nothing held back, below
+                    else None
+                ),
+            )
+            page.goto(demo)
+            names = page.locator("tr[data-name=names]")
+            details = page.locator("tr[data-lkg=names]")
+            notice = page.locator("#notice")
+            expect(names.locator("td.origin")).to_have_text("fetched")
+            expect(page.locator("#upstream")).to_have_text("working")
+            expect(page.get_by_role("button", name="Fix the names")).to_be_disabled()
+
+            page.get_by_role("button", name="Break the names").click()
+            expect(notice).to_have_text("Broke the names: the upstream now sends an empty list.")
+            expect(page.locator("#upstream")).to_have_text("sending an empty names list")
+            expect(page.get_by_role("button", name="Break the names")).to_be_disabled()
+            held = details.locator("section.quarantine")
+            # names is fetched every 3 s: its next fetch brings the empty list, which is held back.
+            expect(held.locator(".reason")).to_have_text(
+                re.compile(r"^it shrank from 2 to 0 items"), timeout=10_000
+            )
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]')
+            held.get_by_role("button", name="Accept").click()
+            expect(notice).to_have_text("Accepted: names publishes the value held back.")
+            expect(names.locator("td.value")).to_have_text("[]")
+            expect(held).to_have_count(0)
+
+            page.get_by_role("button", name="Fix the names").click()
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]', timeout=10_000)
+            versions = details.locator("table.versions tr")
+            expect(versions).to_have_count(3)
+            details.get_by_role("button", name="Rollback").click()
+            expect(notice).to_have_text("Rolled names back to the version before.")
+            expect(names.locator("td.origin")).to_have_text(re.compile(r"^pinned to 2-[0-9a-f]{8}$"))
+            expect(names.locator("td.origin")).to_have_class("origin flag")
+            expect(names.locator("td.value")).to_have_text("[]")
+            details.get_by_role("button", name="Unpin").click()
+            expect(notice).to_have_text("Unpinned: names follows its upstream.")
+            expect(names.locator("td.origin")).to_have_text("fetched")
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]')
+            versions.last.get_by_role("button", name="Pin").click()
+            expect(names.locator("td.origin")).to_have_text(re.compile(r"^pinned to 1-[0-9a-f]{8}$"))
+            expect(notice).to_have_text(re.compile(r"^Pinned names to 1-[0-9a-f]{8}\.$"))
+            details.get_by_role("button", name="Unpin").click()
+            expect(names.locator("td.origin")).to_have_text("fetched")
+
+            page.evaluate(f'act(document.createElement("button"), "{refused.removeprefix(url)}", "accepted")')
+            expect(notice).to_have_text("Refused: Refresher 'names' holds no value back; nothing to accept")
+
+            page.get_by_role("button", name="Take it down").click()
+            expect(page.locator("#upstream")).to_have_text("down (503)")
+            expect(names.locator("td.outcome")).to_have_text("failed", timeout=10_000)
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]')
+            page.get_by_role("button", name="Bring it back").click()
+            expect(page.locator("#upstream")).to_have_text("working")
+
+            origin, text, bold = page.evaluate(RENDER_A_SNAPSHOT)
+            assert origin == "snapshot, 12 s old"
+            assert "the upstream has not answered since startup (SourceError: <b>503</b>)." in text
+            assert bold == 0, "an error line is shown as text"
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or unexpected failed requests"
+
+
 async def test_the_upstream_accepts_the_previous_token_for_a_grace_period() -> None:
     """Just after a renewal the previous token still works (as with real token servers); after the grace, 401."""
     now = [100.0]
