@@ -528,6 +528,8 @@ class Runtime:
             why,
             extra={"refresher": slot.spec.name, "outcome": "quarantine_ended"},
         )
+        if self.events is not None:  # without it, a listener cannot tell this from a value held again
+            self.events.emit("quarantine_ended", slot.spec.name)
 
     def _record_withheld(
         self, slot: Slot, result: _Unwrapped, started: float, on_grid: bool, why: str, data: bytes | None
