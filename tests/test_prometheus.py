@@ -7,7 +7,6 @@ events they are built on, in tests/test_events.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -46,12 +45,8 @@ def gauges(registry: CollectorRegistry, name: str = "names") -> tuple[float, flo
     return found[GAUGES[0]], found[GAUGES[1]], found[GAUGES[2]]
 
 
-def guarded(
-    upstream: Upstream, registry: CollectorRegistry, clock: FakeClock, **options: Any
-) -> RefreshMiddleware:
-    refresher = Refresher(
-        "names", upstream, every="1h", jitter=0, guard=max_shrink(0.5), keep_versions=5, **options
-    )
+def guarded(upstream: Upstream, registry: CollectorRegistry, clock: FakeClock) -> RefreshMiddleware:
+    refresher = Refresher("names", upstream, every="1h", jitter=0, guard=max_shrink(0.5), keep_versions=5)
     return RefreshMiddleware(
         ScriptedApp(),
         refreshers=[refresher],
