@@ -291,6 +291,14 @@ function snapshotPanel(entry) {
   return section;
 }
 
+// A refresh that worked but published nothing new says why: held back, or pinned.
+function withheld(body) {
+  const outcome = body.status ? body.status.last_outcome : null;
+  if (outcome === "quarantined") return " A guard holds the value it fetched back.";
+  if (outcome === "pinned") return " It is pinned: the value it fetched is not published.";
+  return "";
+}
+
 // One POST for a button. The message says what happened, or the server's reason (409, 504...).
 async function post(name, label, path, done) {
   busy.add(name);
@@ -302,7 +310,8 @@ async function post(name, label, path, done) {
     const url = base + "/" + encodeURIComponent(name) + path;
     const response = await fetch(url, {method: "POST", headers: headers()});
     const body = await response.json().catch(() => ({}));
-    message.textContent = response.ok ? done : (body.error || response.status + " " + response.statusText);
+    const refused = body.error || response.status + " " + response.statusText;
+    message.textContent = !response.ok ? refused : path === "?wait=true" ? done + withheld(body) : done;
   } catch (error) {
     message.textContent = "Could not reach the server: " + error;
   }

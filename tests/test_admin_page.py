@@ -202,7 +202,7 @@ def test_status_page_shows_last_known_good_and_acts_on_it(tmp_path: Path) -> Non
 
             # A value that lost most of its items is held back: reason, summary, Accept and Reject.
             upstream.names = ["ada"]
-            click(page, "names", "Refresh", "Refreshed names.")
+            click(page, "names", "Refresh", "Refreshed names. A guard holds the value it fetched back.")
             held = details.locator("section.quarantine")
             expect(held.locator(".reason")).to_have_text(
                 "it shrank from 5 to 1 items (80%), more than max_shrink allows (50%)"
@@ -229,7 +229,12 @@ def test_status_page_shows_last_known_good_and_acts_on_it(tmp_path: Path) -> Non
                 "Upstream now: nothing fetched since the pin."
             )
             upstream.names = ["ada", "grace"]
-            click(page, "names", "Refresh", "Refreshed names.")
+            click(
+                page,
+                "names",
+                "Refresh",
+                "Refreshed names. It is pinned: the value it fetched is not published.",
+            )
             expect(details.locator("section.pin .upstream")).to_have_text(
                 re.compile(r"^Upstream now: \d+ B, digest [0-9a-f]{8}, fetched (just now|\d+ s ago)$")
             )
@@ -251,7 +256,7 @@ def test_status_page_shows_last_known_good_and_acts_on_it(tmp_path: Path) -> Non
 
             # Keys from upstream are shown as text: a key that looks like HTML stays text.
             upstream.flags = {HOSTILE_KEY: True}
-            click(page, "flags", "Refresh", "Refreshed flags.")
+            click(page, "flags", "Refresh", "Refreshed flags. A guard holds the value it fetched back.")
             flags_held = page.locator("tr[data-lkg=flags] section.quarantine")
             expect(flags_held.locator(".reason")).to_have_text("it lacks required keys: 'beta'")
             expect(flags_held.locator(".keys").first).to_have_text(f"Keys added (1): {HOSTILE_KEY}")

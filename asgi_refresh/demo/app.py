@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -211,7 +210,7 @@ def build(
 
 async def change_the_world(world: World, every: float) -> None:
     """Move the upstream on: new names, rewritten settings, more orders."""
-    for _ in itertools.count(1):
+    while True:
         await anyio.sleep(every)
         world.move_on()
 
