@@ -25,6 +25,7 @@ EventKind = Literal[
     "failed",
     "changed",
     "quarantined",
+    "quarantine_ended",
     "accepted",
     "rejected",
     "pinned",
@@ -52,9 +53,11 @@ class RefreshEvent:
 
     Last known good adds: ``quarantined`` (a guard held a fetched value back;
     ``error`` says why), ``accepted`` and ``rejected`` (an operator decided on
-    it), ``pinned`` and ``unpinned``, and ``restored`` (a refresher whose first
-    load failed started from its snapshot). Each is followed by ``changed`` when
-    it changed the published value.
+    it), ``quarantine_ended`` (the held value was dropped without an operator:
+    the upstream went back to the published value, or sent a newer one that
+    passes the guards), ``pinned`` and ``unpinned``, and ``restored`` (a
+    refresher whose first load failed started from its snapshot). Each is
+    followed by ``changed`` when it changed the published value.
 
     Attributes:
         kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"``,

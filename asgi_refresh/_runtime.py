@@ -530,6 +530,8 @@ class Runtime:
             why,
             extra={"refresher": slot.spec.name, "outcome": "quarantine_ended"},
         )
+        if self.events is not None:  # without it, a listener cannot tell this from a value held again
+            self.events.emit("quarantine_ended", slot.spec.name)
 
     def _record_withheld(
         self, slot: Slot, result: _Unwrapped, started: float, on_grid: bool, why: str, data: bytes | None
@@ -1017,6 +1019,7 @@ class Runtime:
             slot.history.last_success_mono = now - age
             slot.history.last_success_at = self.clock.wall() - age
         slot.loaded = slot.attempted = True
+        slot.kept.withheld = True  # the source's last value may not be this one: its next 304 is weighed
         self.publisher.progress(slot)
         if self.keeper is not None and origin != "pinned":
             self._keep(slot, value, data, changed=changed, fresh=None, handover=None)

@@ -34,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 __all__ = ["PrometheusMetrics"]
 
 _FINISHED = ("succeeded", "not_modified", "failed")
+_ACTIONS = {"accepted": "accept", "rejected": "reject", "pinned": "pin", "unpinned": "unpin"}
 
 
 class PrometheusMetrics:
@@ -51,6 +52,22 @@ class PrometheusMetrics:
     - ``asgi_refresh_value_age_seconds{name}``: seconds since the last successful
       fetch, computed when scraped; ``+Inf`` until the first success. Alert on
       it: it grows while a refresher fails.
+
+    And for last known good (guards, versions, snapshots):
+
+    - ``asgi_refresh_quarantines_total{name}``: fetched values a guard held back.
+    - ``asgi_refresh_operator_actions_total{name, action}``: ``accept``,
+      ``reject``, ``pin`` (a rollback too) and ``unpin``.
+    - ``asgi_refresh_snapshot_restores_total{name}``: starts from a snapshot
+      because the first load failed.
+    - ``asgi_refresh_value_held_back{name}``: 1 while a guard holds a fetched
+      value back (accepted, dropped, or the upstream moved on: 0), else 0.
+    - ``asgi_refresh_value_pinned{name}``: 1 while pinned to a kept version.
+    - ``asgi_refresh_value_from_snapshot{name}``: 1 while the published value is
+      the snapshot the refresher started from.
+
+    The three gauges say what this process did: with a coordinator, the lease
+    holder's series show the cluster's quarantine and pin.
 
     Make one per process and share it between middlewares: registering the same
     metric names twice in one registry is an error in ``prometheus_client``.
@@ -89,23 +106,76 @@ class PrometheusMetrics:
             ["name"],
             registry=registry,
         )
+        self._quarantines = Counter(
+            "asgi_refresh_quarantines",
+            "Fetched values a guard held back, by refresher.",
+            ["name"],
+            registry=registry,
+        )
+        self._actions = Counter(
+            "asgi_refresh_operator_actions",
+            "Operators' actions on a refresher: accept, reject, pin (a rollback too), unpin.",
+            ["name", "action"],
+            registry=registry,
+        )
+        self._restores = Counter(
+            "asgi_refresh_snapshot_restores",
+            "Starts from a snapshot because the refresher's first load failed.",
+            ["name"],
+            registry=registry,
+        )
+        self._held_back = Gauge(
+            "asgi_refresh_value_held_back",
+            "1 while a guard holds a fetched value of the refresher back, else 0.",
+            ["name"],
+            registry=registry,
+        )
+        self._pinned = Gauge(
+            "asgi_refresh_value_pinned",
+            "1 while the refresher is pinned to a kept version, else 0.",
+            ["name"],
+            registry=registry,
+        )
+        self._from_snapshot = Gauge(
+            "asgi_refresh_value_from_snapshot",
+            "1 while the refresher's published value is the snapshot it started from, else 0.",
+            ["name"],
+            registry=registry,
+        )
         self._successes: dict[str, float | None] = {}  # name -> wall time of the last success
+        self._kept: dict[str, _Kept] = {}  # name -> what the last-known-good gauges say
         self._lock = threading.Lock()  # scrapes may run in another thread
         registry.register(_AgeCollector(self))
 
     def __call__(self, event: RefreshEvent) -> None:
         """Update the metrics for one event (a listener: plain, and quick)."""
-        name = event.name
-        if event.kind == "started":
+        name, kind = event.name, event.kind
+        if kind == "started":
             if name not in self._successes:
-                # Series exist from the first attempt on, so a refresher that never
-                # succeeds shows an infinite age (an alert fires) rather than no series.
-                with self._lock:
-                    self._successes.setdefault(name, None)
-                self._failures.labels(name)
+                self._first_seen(name)
             return
-        if event.kind not in _FINISHED:
-            return
+        if kind in _FINISHED:
+            self._finished(event)
+        else:
+            self._last_known_good(name, kind)
+
+    def _first_seen(self, name: str) -> None:
+        # Series exist from the first attempt on, so a refresher that never succeeds
+        # shows an infinite age (an alert fires) rather than no series, and counters
+        # start at 0 (a rate() sees their first increment).
+        with self._lock:
+            self._successes.setdefault(name, None)
+            self._kept.setdefault(name, _Kept())
+        self._failures.labels(name)
+        self._quarantines.labels(name)
+        self._restores.labels(name)
+        for action in _ACTIONS.values():
+            self._actions.labels(name, action)
+        for gauge in (self._held_back, self._pinned, self._from_snapshot):
+            gauge.labels(name).set(0)
+
+    def _finished(self, event: RefreshEvent) -> None:
+        name = event.name
         self._refreshes.labels(name, event.kind).inc()
         if event.duration is not None:
             self._duration.labels(name).observe(event.duration)
@@ -116,12 +186,55 @@ class PrometheusMetrics:
         self._last_success.labels(name).set(event.at)
         with self._lock:
             self._successes[name] = event.at
+            kept = self._kept.setdefault(name, _Kept())
+            # A good fetch that was not held back (quarantined comes before it, or the
+            # value it brought is held already) nor withheld by a pin is published: the
+            # snapshot is no longer what is served.
+            if kept.held_back or kept.pinned:
+                return
+            kept.from_snapshot = False
+        self._from_snapshot.labels(name).set(0)
+
+    def _last_known_good(self, name: str, kind: str) -> None:
+        if kind == "quarantined":
+            self._quarantines.labels(name).inc()
+        elif kind == "restored":
+            self._restores.labels(name).inc()
+        elif kind in _ACTIONS:
+            self._actions.labels(name, _ACTIONS[kind]).inc()
+        with self._lock:
+            kept = self._kept.setdefault(name, _Kept())
+            if kind == "quarantined":
+                kept.held_back = True
+            elif kind in ("accepted", "quarantine_ended"):
+                kept.held_back = False
+            elif kind in ("pinned", "unpinned"):
+                kept.pinned = kind == "pinned"
+            if kind == "restored":
+                kept.from_snapshot = True
+            elif kind in ("changed", "accepted", "pinned"):  # another value is published
+                kept.from_snapshot = False
+            held_back, pinned, from_snapshot = kept.held_back, kept.pinned, kept.from_snapshot
+        self._held_back.labels(name).set(int(held_back))
+        self._pinned.labels(name).set(int(pinned))
+        self._from_snapshot.labels(name).set(int(from_snapshot))
 
     def _ages(self) -> list[tuple[str, float]]:
         now = self._clock.wall()
         with self._lock:
             successes = list(self._successes.items())
         return [(name, math.inf if at is None else max(now - at, 0.0)) for name, at in successes]
+
+
+class _Kept:
+    """What the last-known-good gauges say of one refresher, as its events told."""
+
+    __slots__ = ("from_snapshot", "held_back", "pinned")
+
+    def __init__(self) -> None:
+        self.held_back = False
+        self.pinned = False
+        self.from_snapshot = False
 
 
 class _AgeCollector(Collector):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from playwright.sync_api import expect, sync_playwright
 
-from asgi_refresh.demo.app import build
+from asgi_refresh.demo.app import BROKEN_NAMES, NAMES, build, cache_directory, serve_upstream
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .test_admin_page import chromium
@@ -64,6 +65,14 @@ async def test_the_demo_shows_values_that_change(
             status = (await client.get("/status")).json()
             assert status["token"]["expires_at"] is not None
             assert all(entry["last_error"] is None for entry in status.values())
+            assert {name: entry["origin"] for name, entry in data.items()} == dict.fromkeys(data, "fetched")
+            assert len(data["names"]["versions"]) == 2, (
+                "names keeps its versions: the first and the changed one"
+            )
+            assert data["names"]["version"] == data["names"]["versions"][0]["id"]
+            assert data["names"]["quarantined"] is None
+            assert data["names"]["pin"] is None
+            assert data["settings"]["versions"] == [], "only names keeps versions"
 
 
 async def test_a_failed_refresh_now_is_a_502_with_the_reason(
@@ -84,6 +93,151 @@ async def test_a_failed_refresh_now_is_a_502_with_the_reason(
             assert "invalid toml" in detail["error"], detail
             data = (await client.get("/data")).json()
             assert data["settings"]["value"] == {"greeting": "hello", "banner": False}
+
+
+async def test_broken_names_are_held_back_until_accepted_and_versions_can_be_pinned(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """Break the upstream: the empty names are held back (reject keeps them out, accept publishes); rollback, unpin."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        # The admin endpoints answer loopback only: the client is 127.0.0.1, and says so in its Host.
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+
+            async def names() -> dict[str, Any]:
+                entry: dict[str, Any] = (await client.get("/data")).json()["names"]
+                return entry
+
+            assert (await client.get("/upstream")).json() == {"broken": False, "down": False}
+            assert (await client.post("/upstream/break")).json() == {"broken": True, "down": False}
+            assert (await client.post("/refresh/names")).status_code == 200
+            held = await names()
+            assert held["value"] == NAMES[0], "the last good value stays published"
+            assert held["last_outcome"] == "quarantined"
+            assert held["quarantined"]["reason"].startswith("it shrank from 2 to 0 items (100%)")
+            assert held["quarantined"]["summary"]["new_size"] == 0
+            assert (await client.post("/_refresh/names/reject")).status_code == 200
+            assert (await names())["quarantined"]["rejected"] is True
+            assert (await client.post("/_refresh/names/accept")).status_code == 200
+            accepted = await names()
+            assert accepted["value"] == BROKEN_NAMES
+            assert accepted["quarantined"] is None
+            refused = await client.post("/_refresh/names/accept")
+            assert refused.status_code == 409
+            assert "holds no value back" in refused.json()["error"]
+
+            assert (await client.post("/upstream/fix")).json() == {"broken": False, "down": False}
+            assert (await client.post("/refresh/names")).json()["value"] == NAMES[0], "growing is fine"
+            versions = [each["id"] for each in (await names())["versions"]]
+            assert len(versions) == 3
+            assert (await client.post("/_refresh/names/rollback")).status_code == 200
+            pinned = await names()
+            assert (pinned["value"], pinned["origin"], pinned["pin"]) == (BROKEN_NAMES, "pinned", versions[1])
+            pin = await client.post("/_refresh/names/pin", params={"version": versions[2]})
+            assert pin.status_code == 200
+            assert (await names())["value"] == NAMES[0]
+            assert (await client.post("/_refresh/names/unpin")).status_code == 200
+            await client.post("/refresh/names")
+            unpinned = await names()
+            assert (unpinned["origin"], unpinned["pin"], unpinned["value"]) == ("fetched", None, NAMES[0])
+
+
+async def test_a_pin_outlasts_a_304_and_unpin_publishes_what_the_upstream_has(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """Pinned, a 304 leaves the pin in place; unpinned, the next 304 publishes the upstream's value, not the pinned one."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600)
+    async with LifespanManager(app):
+        handle = app.handle
+        upstream.set("/names", NAMES[1])
+        await handle.refresh("names")
+        await handle.rollback("names")
+        assert handle.value("names") == NAMES[0]
+        confirmed = upstream.not_modified["/names"]
+        await handle.refresh("names")  # the upstream still has NAMES[1]: its ETag matches, a 304
+        assert upstream.not_modified["/names"] == confirmed + 1
+        assert handle.value("names") == NAMES[0]
+        assert handle.status()["names"]["origin"] == "pinned"
+        handle.unpin("names")
+        await handle.refresh("names")  # joins the fetch unpin started: a 304 again
+        assert upstream.not_modified["/names"] == confirmed + 2
+        assert handle.value("names") == NAMES[1]
+        assert handle.status()["names"]["origin"] == "fetched"
+
+
+async def test_a_restart_with_the_upstream_down_starts_from_the_snapshots(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """The names and orders of the last run come back from the snapshot directory; bringing the upstream back fetches again."""
+    upstream, url = local_upstream
+    snapshots = tmp_path / "snapshots"
+    first = build(upstream, url, tmp_path / "settings.toml", change_every=3600, snapshot_dir=snapshots)
+    async with LifespanManager(first):
+        before = first.handle.value("names"), first.handle.value("orders")
+    assert sorted(path.name for path in snapshots.glob("*.snapshot")) == [
+        "names.snapshot",
+        "names@1.snapshot",
+        "orders.snapshot",
+        "settings.snapshot",
+    ], "a token is never written down"
+
+    upstream.down = True
+    upstream.set("/names", ["someone", "new"])  # what the upstream will have once it is back
+    again = build(upstream, url, tmp_path / "settings.toml", change_every=3600, snapshot_dir=snapshots)
+    async with LifespanManager(again) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            data = (await client.get("/data")).json()
+            assert (data["names"]["value"], data["orders"]["value"]) == before
+            assert data["names"]["origin"] == data["orders"]["origin"] == "snapshot"
+            assert "503" in data["names"]["last_error"]
+            assert data["token"]["origin"] == "fetched", "the token server is not the one that is down"
+            assert (await client.post("/upstream/up")).json() == {"broken": False, "down": False}
+            back = (await client.post("/refresh/names")).json()
+            assert (back["origin"], back["value"]) == ("fetched", NAMES[0])
+
+
+async def test_the_upstream_down_switch_fails_documents_but_not_the_token_endpoint() -> None:
+    """Upstream.down: every document answers 503 (an outage); POST /token still issues tokens."""
+    upstream = Upstream()
+    upstream.set("/names", ["ada"])
+    transport = httpx.ASGITransport(app=upstream)
+    async with httpx.AsyncClient(transport=transport, base_url="http://upstream") as client:
+        upstream.down = True
+        assert (await client.get("/names")).status_code == 503
+        assert (await client.get("/nope")).status_code == 503
+        assert (await client.post("/token")).status_code == 200
+        upstream.down = False
+        assert (await client.get("/names")).json() == ["ada"]
+
+
+def test_the_demo_upstream_keeps_its_port_across_runs(tmp_path: Path) -> None:
+    """serve_upstream remembers its port (snapshots are bound to the URL); a taken or hostile one means any free port."""
+    with serve_upstream(Upstream(), tmp_path) as first:
+        pass
+    with serve_upstream(Upstream(), tmp_path) as second:
+        assert second == first
+        with serve_upstream(Upstream(), tmp_path) as third:  # the remembered port is taken now
+            assert third != second
+    for hostile in ("99999", "22", "not a port", "\x00" * 100):
+        (tmp_path / "upstream-port").write_text(hostile)
+        with serve_upstream(Upstream(), tmp_path) as url:
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+            assert (tmp_path / "upstream-port").read_text() == url.rsplit(":", 1)[1]
+
+
+def test_the_demo_cache_directory_follows_xdg_cache_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$XDG_CACHE_HOME/asgi-refresh-demo when set, else ~/.cache/asgi-refresh-demo."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_directory() == tmp_path / "asgi-refresh-demo"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_directory() == tmp_path / "home" / ".cache" / "asgi-refresh-demo"
 
 
 # In the page: read /data, render it with the page's own code, and return the data with
@@ -144,6 +298,103 @@ def test_the_demo_page_shows_relative_times_with_the_iso_time_as_tooltip(
     assert problems == [], "the page ran without script errors or failed requests"
 
 
+# A made-up /data entry of a refresher serving its snapshot, rendered by the page's own code.
+RENDER_A_SNAPSHOT = """() => {
+  const at = new Date(Date.now() - 12000).toISOString();
+  render({rates: {value: {EUR: 1}, age: 12, last_success_at: at, last_outcome: "failed",
+                  last_changed_at: at, next_refresh_at: null, refresh_count: 0, origin: "snapshot",
+                  last_error: "SourceError: <b>503</b>", version: null, versions: [], pin: null,
+                  quarantined: null}});
+  const lkg = document.querySelector("tr[data-lkg=rates] section.snapshot");
+  return [document.querySelector("tr[data-name=rates] td.origin").textContent, lkg.textContent,
+          document.querySelectorAll("b").length];
+}"""
+
+
+def test_the_demo_page_shows_last_known_good_and_its_buttons_work(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """In Chromium: break the names, see them held back and accept them; roll back, unpin, pin; take the upstream down."""
+    upstream, url = local_upstream
+    problems: list[str] = []
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600)
+    refused = f"{url}/_refresh/names/accept"
+    with serve(app, lifespan="on") as demo, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on(
+                "response",
+                lambda response: (
+                    problems.append(f"{response.status} {response.url}")
+                    if response.status >= 400
+                    and not response.url.endswith("/favicon.ico")
+                    and response.status != 409  # the Accept with nothing held back, below
+                    else None
+                ),
+            )
+            page.goto(demo)
+            names = page.locator("tr[data-name=names]")
+            details = page.locator("tr[data-lkg=names]")
+            notice = page.locator("#notice")
+            expect(names.locator("td.origin")).to_have_text("fetched")
+            expect(page.locator("#upstream")).to_have_text("working")
+            expect(page.get_by_role("button", name="Fix the names")).to_be_disabled()
+
+            page.get_by_role("button", name="Break the names").click()
+            expect(notice).to_have_text("Broke the names: the upstream now sends an empty list.")
+            expect(page.locator("#upstream")).to_have_text("sending an empty names list")
+            expect(page.get_by_role("button", name="Break the names")).to_be_disabled()
+            held = details.locator("section.quarantine")
+            # names is fetched every 3 s: its next fetch brings the empty list, which is held back.
+            expect(held.locator(".reason")).to_have_text(
+                re.compile(r"^it shrank from 2 to 0 items"), timeout=10_000
+            )
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]')
+            held.get_by_role("button", name="Accept").click()
+            expect(notice).to_have_text("Accepted: names publishes the value held back.")
+            expect(names.locator("td.value")).to_have_text("[]")
+            expect(held).to_have_count(0)
+
+            page.get_by_role("button", name="Fix the names").click()
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]', timeout=10_000)
+            versions = details.locator("table.versions tr")
+            expect(versions).to_have_count(3)
+            details.get_by_role("button", name="Rollback").click()
+            expect(notice).to_have_text("Rolled names back to the version before.")
+            expect(names.locator("td.origin")).to_have_text(re.compile(r"^pinned to 2-[0-9a-f]{8}$"))
+            expect(names.locator("td.origin")).to_have_class("origin flag")
+            expect(names.locator("td.value")).to_have_text("[]")
+            details.get_by_role("button", name="Unpin").click()
+            expect(notice).to_have_text("Unpinned: names follows its upstream.")
+            expect(names.locator("td.origin")).to_have_text("fetched")
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]')
+            versions.last.get_by_role("button", name="Pin").click()
+            expect(names.locator("td.origin")).to_have_text(re.compile(r"^pinned to 1-[0-9a-f]{8}$"))
+            expect(notice).to_have_text(re.compile(r"^Pinned names to 1-[0-9a-f]{8}\.$"))
+            details.get_by_role("button", name="Unpin").click()
+            expect(names.locator("td.origin")).to_have_text("fetched")
+
+            page.evaluate(f'act(document.createElement("button"), "{refused.removeprefix(url)}", "accepted")')
+            expect(notice).to_have_text("Refused: Refresher 'names' holds no value back; nothing to accept")
+
+            page.get_by_role("button", name="Take it down").click()
+            expect(page.locator("#upstream")).to_have_text("down (503)")
+            expect(names.locator("td.outcome")).to_have_text("failed", timeout=10_000)
+            expect(names.locator("td.value")).to_have_text('["ada","grace"]')
+            page.get_by_role("button", name="Bring it back").click()
+            expect(page.locator("#upstream")).to_have_text("working")
+
+            origin, text, bold = page.evaluate(RENDER_A_SNAPSHOT)
+            assert origin == "snapshot, 12 s old"
+            assert "the upstream has not answered since startup (SourceError: <b>503</b>)." in text
+            assert bold == 0, "an error line is shown as text"
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or unexpected failed requests"
+
+
 async def test_the_upstream_accepts_the_previous_token_for_a_grace_period() -> None:
     """Just after a renewal the previous token still works (as with real token servers); after the grace, 401."""
     now = [100.0]
@@ -187,32 +438,32 @@ def test_the_readme_mentions_every_option_of_the_demo() -> None:
         check=True,
     )
     options = set(re.findall(r"^  (--[a-z-]+)", done.stdout, re.MULTILINE)) - {"--help"}
-    assert options == {"--port"}
+    assert options == {"--port", "--upstream-down"}
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for option in options:
         assert re.search(rf"python -m asgi_refresh\.demo {option}\b", readme), option
 
 
-def test_python_m_asgi_refresh_demo_serves_and_stops_cleanly() -> None:
-    """The README's first command: it prints its URL, serves, and exits on Ctrl+C without a traceback."""
+def run_demo(*options: str, cache: Path) -> tuple[dict[str, Any], str]:
+    """Run ``python -m asgi_refresh.demo`` with ``cache`` as $XDG_CACHE_HOME; its /data, and all it printed once stopped by Ctrl+C."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "asgi_refresh.demo", "--port", str(port)],
+        [sys.executable, "-m", "asgi_refresh.demo", "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache)},  # never the user's own cache
     )
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                data = httpx.get(f"http://127.0.0.1:{port}/data", timeout=1).json()
+                data: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/data", timeout=1).json()
                 break
             except httpx.TransportError:
                 assert process.poll() is None, process.communicate()[0]
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        assert data["names"]["value"] == ["ada", "grace"]
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=10)
     finally:
@@ -221,3 +472,33 @@ def test_python_m_asgi_refresh_demo_serves_and_stops_cleanly() -> None:
             process.communicate()
     assert f"open http://127.0.0.1:{port}/" in output
     assert not [sign for sign in BAD_SIGNS if sign in output], output
+    return data, output
+
+
+def test_python_m_asgi_refresh_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    """The README's first command: it prints its URL, serves, and exits on Ctrl+C without a traceback."""
+    data, output = run_demo(cache=tmp_path)
+    assert data["names"]["value"] == ["ada", "grace"]
+    assert data["names"]["origin"] == "fetched"
+    snapshots = tmp_path / "asgi-refresh-demo" / "snapshots"
+    assert f"snapshots: {snapshots}" in output
+    assert (snapshots / "names.snapshot").is_file()
+
+
+def test_python_m_asgi_refresh_demo_upstream_down_starts_from_the_last_runs_snapshots(tmp_path: Path) -> None:
+    """--upstream-down: refused with a hint before any run; after one, names and orders start from its snapshots."""
+    done = subprocess.run(
+        [sys.executable, "-m", "asgi_refresh.demo", "--upstream-down"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "run the demo once without --upstream-down" in done.stderr
+    first, _ = run_demo(cache=tmp_path)
+    data, output = run_demo("--upstream-down", cache=tmp_path)
+    assert data["names"]["origin"] == data["orders"]["origin"] == "snapshot"
+    assert data["names"]["value"] == first["names"]["value"]
+    assert "serving its snapshot" in output

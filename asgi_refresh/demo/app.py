@@ -1,30 +1,38 @@
 """The demo: a FastAPI app kept fresh from a local upstream that keeps changing.
 
-    python -m asgi_refresh.demo [--port 8000]
+    python -m asgi_refresh.demo [--port 8000] [--upstream-down]
 
 Four refreshers, all fed from 127.0.0.1, no internet needed:
 
-- ``names``: JSON over HTTP with an ETag (polls that find nothing new are 304s);
+- ``names``: JSON over HTTP with an ETag (polls that find nothing new are 304s),
+  guarded by ``max_shrink(0.5)`` and keeping its last five versions;
 - ``settings``: a TOML file the demo rewrites now and then;
 - ``token``: a token from a local token endpoint, renewed before it expires;
 - ``orders``: JSON fetched with that token.
 
-Open the printed URL: the page shows each value, when it was fetched and changed
-and when the next refresh is due ("12 s ago", "in 3 s"), and updates itself every
-two seconds.
+Open the printed URL: the page shows each value, where it came from, when it was
+fetched and changed and when the next refresh is due ("12 s ago", "in 3 s"),
+and updates itself every two seconds. Its buttons break the upstream (the names
+come back empty: the guard holds them back until you accept or reject them),
+take it down and bring it back, and pin or roll back the names.
+
+Every good value is also written to a snapshot directory in the user's cache
+(``$XDG_CACHE_HOME/asgi-refresh-demo``, else ``~/.cache/asgi-refresh-demo``):
+``--upstream-down`` starts the demo with its upstream down, and the names and
+orders then start from the snapshots of the last run.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import logging
+import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import FastAPI, HTTPException
@@ -39,6 +47,7 @@ from asgi_refresh import (
     RefreshError,
     RefreshHandle,
     RefreshMiddleware,
+    max_shrink,
 )
 from asgi_refresh.demo.upstream import Upstream, serve
 from asgi_refresh.fastapi import RefreshControl
@@ -46,7 +55,9 @@ from asgi_refresh.fastapi import RefreshControl
 logger = logging.getLogger("asgi_refresh.demo")
 
 NAMES = [["ada", "grace"], ["ada", "grace", "katherine"], ["barbara", "margaret", "radia"]]
+BROKEN_NAMES: list[str] = []  # what a broken upstream sends: valid JSON, and every name gone
 SETTINGS = ['greeting = "hello"\nbanner = false\n', 'greeting = "bonjour"\nbanner = true\n']
+KEEP_VERSIONS = 5
 
 
 def token_grant(body: bytes) -> Fresh[str]:
@@ -55,20 +66,68 @@ def token_grant(body: bytes) -> Fresh[str]:
     return Fresh(grant["access_token"], expires_in=grant["expires_in"])
 
 
+class World:
+    """What the upstream serves, moving on every ``change_every`` seconds; the page's switches.
+
+    ``broken``: the names come back as an empty list (until fixed); ``upstream.down``:
+    every document answers 503.
+    """
+
+    def __init__(self, upstream: Upstream, settings: Path) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self.turn = 0
+        self.broken = False
+        self.show()
+        settings.write_text(SETTINGS[0])
+
+    def show(self) -> None:
+        """Serve this turn's names and orders."""
+        self.upstream.set("/names", BROKEN_NAMES if self.broken else NAMES[self.turn % len(NAMES)])
+        self.upstream.set("/protected", {"open orders": 3 + self.turn})
+
+    def move_on(self) -> None:
+        """Next turn: new names, more orders, the settings rewritten (by rename, as editors do)."""
+        self.turn += 1
+        self.show()
+        temporary = self.settings.with_suffix(".tmp")
+        temporary.write_text(SETTINGS[self.turn % len(SETTINGS)])
+        temporary.replace(self.settings)
+
+    def switch(self, action: Literal["break", "fix", "down", "up"]) -> None:
+        """Flip one of the page's switches."""
+        if action in ("break", "fix"):
+            self.broken = action == "break"
+            self.show()
+        else:
+            self.upstream.down = action == "down"
+
+    def state(self) -> dict[str, bool]:
+        """The switches, for the page."""
+        return {"broken": self.broken, "down": self.upstream.down}
+
+
 def build(
-    upstream: Upstream, upstream_url: str, settings: Path, *, change_every: float = 7.0
+    upstream: Upstream,
+    upstream_url: str,
+    settings: Path,
+    *,
+    change_every: float = 7.0,
+    snapshot_dir: Path | None = None,
 ) -> RefreshMiddleware:
-    """The demo app, wrapped, and the story it tells: the upstream changes every ``change_every``."""
-    upstream.set("/names", NAMES[0])
-    upstream.set("/protected", {"open orders": 3})
-    settings.write_text(SETTINGS[0])
+    """The demo app, wrapped, and the story it tells: the upstream changes every ``change_every``.
+
+    With ``snapshot_dir``, every good value is written there, and a refresher that
+    cannot load at startup (the upstream is down) starts from its snapshot.
+    """
+    world = World(upstream, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The app's own lifespan runs after the first loads: the data is already here.
         logger.info("first values loaded: %s", ", ".join(middleware.handle.names))
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(change_the_world, upstream, settings, change_every)
+            task_group.start_soon(change_the_world, world, change_every)
             yield
             task_group.cancel_scope.cancel()
 
@@ -80,8 +139,8 @@ def build(
 
     @app.get("/data")
     async def data(control: RefreshControl) -> dict[str, Any]:
-        """Each value with its age and schedule."""
-        return snapshot(control)
+        """Each value with its age, schedule and last known good (origin, versions, quarantine)."""
+        return report(control)
 
     @app.get("/status")
     async def status(control: RefreshControl) -> dict[str, Any]:
@@ -97,7 +156,18 @@ def build(
             await control.refresh(name)
         except RefreshError as exc:  # the upstream failed: say why, the last good value stays
             raise HTTPException(502, {"name": name, "error": str(exc)}) from exc
-        return snapshot(control)[name]
+        return report(control)[name]
+
+    @app.get("/upstream")
+    async def upstream_state() -> dict[str, bool]:
+        """The upstream's switches: ``broken`` (the names come back empty) and ``down``."""
+        return world.state()
+
+    @app.post("/upstream/{action}")
+    async def switch(action: Literal["break", "fix", "down", "up"]) -> dict[str, bool]:
+        """Break or fix the names, take the upstream down or bring it back."""
+        world.switch(action)
+        return world.state()
 
     def announce(name: str) -> Callable[[Any, Any], None]:
         def on_change(old: Any, new: Any) -> None:
@@ -108,7 +178,15 @@ def build(
     middleware = RefreshMiddleware(
         app,
         refreshers=[
-            Refresher("names", HTTPSource(f"{upstream_url}/names"), every="3s", on_change=announce("names")),
+            Refresher(
+                "names",
+                HTTPSource(f"{upstream_url}/names"),
+                every="3s",
+                on_change=announce("names"),
+                # An upstream that suddenly sends far fewer names is held back for an operator.
+                guard=max_shrink(0.5),
+                keep_versions=KEEP_VERSIONS,
+            ),
             Refresher("settings", FileSource(settings), every="2s", on_change=announce("settings")),
             Refresher(
                 "token",
@@ -125,23 +203,20 @@ def build(
         # The demo listens on 127.0.0.1 only, so its admin endpoints need no token.
         admin_path="/_refresh",
         admin_loopback_only=True,
+        snapshot_dir=snapshot_dir,
     )
     return middleware
 
 
-async def change_the_world(upstream: Upstream, settings: Path, every: float) -> None:
-    """Move the upstream on: new names, rewritten settings (by rename), more orders."""
-    for turn in itertools.count(1):
+async def change_the_world(world: World, every: float) -> None:
+    """Move the upstream on: new names, rewritten settings, more orders."""
+    while True:
         await anyio.sleep(every)
-        upstream.set("/names", NAMES[turn % len(NAMES)])
-        upstream.set("/protected", {"open orders": 3 + turn})
-        temporary = settings.with_suffix(".tmp")
-        temporary.write_text(SETTINGS[turn % len(SETTINGS)])
-        temporary.replace(settings)
+        world.move_on()
 
 
-def snapshot(control: RefreshHandle) -> dict[str, Any]:
-    """Each refresher's value (never the token's) with its age and schedule."""
+def report(control: RefreshHandle) -> dict[str, Any]:
+    """Each refresher's value (never the token's) with its age, schedule and last known good."""
     status = control.status()
     return {
         name: {
@@ -152,37 +227,102 @@ def snapshot(control: RefreshHandle) -> dict[str, Any]:
             "last_changed_at": status[name]["last_changed_at"],
             "next_refresh_at": status[name]["next_refresh_at"],
             "refresh_count": status[name]["refresh_count"],
+            "last_error": status[name]["last_error"],
+            "origin": status[name]["origin"],
+            "version": status[name]["version"],
+            "versions": status[name]["versions"],
+            "pin": status[name]["pin"],
+            "quarantined": status[name]["quarantined"],
         }
         for name in control.names
     }
 
 
-# The page holds no data: it reads /data every two seconds and shows times relative
-# to now ("12 s ago", "in 3 min"), computed in the browser so that they keep ticking
-# between reads, with the ISO time as a tooltip. No external resources.
+def cache_directory() -> Path:
+    """Where the demo keeps what outlives a run: ``$XDG_CACHE_HOME/asgi-refresh-demo``, or in ``~/.cache``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "asgi-refresh-demo"
+
+
+@contextlib.contextmanager
+def serve_upstream(upstream: Upstream, cache: Path) -> Iterator[str]:
+    """Serve the upstream on the port it had last time (remembered in ``cache``), else on a free one.
+
+    A snapshot is bound to its source's URL, port included: on another port, the
+    names of the last run would not be used.
+    """
+    remembered = cache / "upstream-port"
+    try:
+        port = int(remembered.read_text().strip())
+    except (OSError, ValueError):
+        port = 0
+    if not 1024 <= port <= 65535:
+        port = 0
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(serve(upstream, port=port))
+        except OSError:  # taken meanwhile: any free port (the snapshots then wait for the next run)
+            url = stack.enter_context(serve(upstream))
+        with contextlib.suppress(OSError):
+            remembered.write_text(url.rsplit(":", 1)[1])
+        yield url
+
+
+# The page holds no data: it reads /data and /upstream every two seconds and shows
+# times relative to now ("12 s ago", "in 3 min"), computed in the browser so that
+# they keep ticking between reads, with the ISO time as a tooltip. Everything is
+# put in as text (textContent), never as HTML. Its buttons use the admin endpoints
+# (accept, reject, pin, unpin, rollback) and the demo's own /upstream switches.
+# No external resources.
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>asgi_refresh demo</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2rem; }
-td, th { padding: .3rem .8rem; text-align: left; }
-tr:nth-child(even) { background: #f4f4f4; }
+table { border-collapse: collapse; }
+td, th { padding: .3rem .8rem; text-align: left; vertical-align: top; border-bottom: 1px solid #ddd; }
+tr.has-lkg > td { border-bottom: none; }
 code { font-size: .9em; }
 time { text-decoration: underline dotted; cursor: help; }
+td.flag { background: #fdefd0; font-weight: 600; }
+.panels { display: flex; flex-wrap: wrap; gap: .5rem 2rem; }
+section { border-left: 3px solid #ccc; padding: .1rem .7rem; }
+section.quarantine, section.pin { border-left-color: #c80; }
+section h2 { font-size: 1rem; margin: 0 0 .2rem; }
+section p { margin: .15rem 0; }
+table.versions td { border: none; padding: .1rem .8rem .1rem 0; vertical-align: middle; }
+.muted { color: #888; }
+#switches { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; }
+#notice { min-height: 1.4em; }
 #message { color: #c33; min-height: 1.4em; }
 </style></head>
 <body><h1>asgi_refresh demo</h1>
 <p>Values kept fresh from a local upstream that changes every few seconds. This page updates itself.
 JSON: <a href="/data">/data</a>, <a href="/status">/status</a>, API docs: <a href="/docs">/docs</a>.
 The operators' status page, with a refresh button per refresher: <a href="/_refresh">/_refresh</a>.</p>
+<p><code>names</code> keeps its last five versions (pin one, or roll back) and holds back a value that
+lost more than half of its names (<code>guard=max_shrink(0.5)</code>): break the upstream to see it.
+Every good value is also written to a snapshot: restart the demo with <code>--upstream-down</code>
+and the names and orders start from there.</p>
+<div id="switches">The upstream: <strong id="upstream">–</strong>
+<button type="button" data-switch="break">Break the names</button>
+<button type="button" data-switch="fix">Fix the names</button>
+<button type="button" data-switch="down">Take it down</button>
+<button type="button" data-switch="up">Bring it back</button></div>
 <noscript><p>This page needs JavaScript to show the values; they are at
 <a href="/data">/data</a>.</p></noscript>
-<table><thead><tr><th>refresher</th><th>value</th><th>last fetch</th><th>fetched</th><th>changed</th>
-<th>fetches</th><th>next refresh</th></tr></thead><tbody id="rows"></tbody></table>
+<table><thead><tr><th>refresher</th><th>value</th><th>origin</th><th>last fetch</th><th>fetched</th>
+<th>changed</th><th>fetches</th><th>next refresh</th></tr></thead><tbody id="rows"></tbody></table>
+<p id="notice" role="status"></p>
 <p id="message"></p>
 <script>
 "use strict";
 const rows = document.getElementById("rows");
 const message = document.getElementById("message");
+const notice = document.getElementById("notice");
+const COLUMNS = 8;
+const SWITCHED = {break: "Broke the names: the upstream now sends an empty list.",
+                  fix: "Fixed the names.", down: "The upstream is down: every document answers 503.",
+                  up: "The upstream is back."};
 
 function span(seconds) {
   const s = Math.round(Math.abs(seconds));
@@ -198,6 +338,15 @@ function relative(iso, due) {
   return seconds > 0 ? "in " + span(seconds) : span(seconds) + " ago";
 }
 
+function time(iso, due) {
+  const node = document.createElement("time");
+  node.dateTime = iso;
+  node.title = iso;
+  if (due) node.dataset.due = "";
+  node.textContent = relative(iso, due);
+  return node;
+}
+
 function timeCell(row, iso, className) {
   const td = row.insertCell();
   td.className = className;
@@ -205,16 +354,12 @@ function timeCell(row, iso, className) {
     td.textContent = "–";
     return;
   }
-  const time = document.createElement("time");
-  time.dateTime = iso;
-  time.title = iso;
-  if (className === "next") time.dataset.due = "";
-  td.append(time);
+  td.append(time(iso, className === "next"));
 }
 
 function tick() {
-  for (const time of document.querySelectorAll("time[datetime]")) {
-    time.textContent = relative(time.dateTime, "due" in time.dataset);
+  for (const node of document.querySelectorAll("time[datetime]")) {
+    node.textContent = relative(node.dateTime, "due" in node.dataset);
   }
 }
 
@@ -223,6 +368,33 @@ function textCell(row, text, className) {
   td.className = className;
   td.textContent = text;
   return td;
+}
+
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function paragraph(...parts) {
+  const p = element("p");
+  p.append(...parts);
+  return p;
+}
+
+// A button that POSTs to ``path``; the notice then says ``done``, or why the server refused.
+function button(label, path, done) {
+  const node = element("button", label);
+  node.type = "button";
+  node.addEventListener("click", () => act(node, path, done));
+  return node;
+}
+
+function origin(entry) {
+  if (entry.origin === "snapshot") return ["snapshot, " + span(entry.age || 0) + " old", true];
+  if (entry.origin === "pinned") return ["pinned to " + entry.pin, true];
+  return [entry.origin || "–", false];
 }
 
 function render(data) {
@@ -234,20 +406,122 @@ function render(data) {
     const code = document.createElement("code");
     code.textContent = JSON.stringify(entry.value);
     textCell(row, "", "value").append(code);
+    const [where, flagged] = origin(entry);
+    textCell(row, where, flagged ? "origin flag" : "origin");
     textCell(row, entry.last_outcome || "–", "outcome");
     timeCell(row, entry.last_success_at, "fetched");
     timeCell(row, entry.last_changed_at, "changed");
     textCell(row, String(entry.refresh_count), "count");
     timeCell(row, entry.next_refresh_at, "next");
+    const panels = lastKnownGood(name, entry);
+    if (panels.length) {
+      row.classList.add("has-lkg");
+      const more = rows.insertRow();
+      more.dataset.lkg = name;
+      const td = textCell(more, "", "lkg");
+      td.colSpan = COLUMNS;
+      const box = element("div", undefined, "panels");
+      box.append(...panels);
+      td.append(box);
+    }
   }
   tick();
 }
 
+function lastKnownGood(name, entry) {
+  const panels = [];
+  const admin = "/_refresh/" + encodeURIComponent(name);
+  const held = entry.quarantined;
+  if (held) {
+    const section = element("section", undefined, "quarantine");
+    section.append(element("h2", held.rejected ? "Held back, rejected" : "Held back by its guard"));
+    section.append(paragraph(element("span", held.reason, "reason")));
+    const s = held.summary || {};
+    section.append(paragraph("Since ", time(held.since, false), ": " + s.old_type + " of " + s.old_size
+                             + " → " + s.new_type + " of " + s.new_size + ". The last good value stays."));
+    section.append(paragraph(
+      button("Accept", admin + "/accept", "Accepted: " + name + " publishes the value held back."), " ",
+      button("Reject", admin + "/reject", "Rejected: " + name + " keeps its value.")));
+    panels.push(section);
+  }
+  if (entry.versions && entry.versions.length) {
+    const section = element("section", undefined, entry.pin ? "versions pin" : "versions");
+    section.append(element("h2", entry.pin ? "Pinned to " + entry.pin : "Kept versions, newest first"));
+    const table = element("table", undefined, "versions");
+    for (const each of entry.versions) {
+      const row = table.insertRow();
+      row.dataset.version = each.id;
+      textCell(row, each.id, "id");
+      row.insertCell().append(time(each.fetched_at, false));
+      textCell(row, each.size === null ? "–" : each.size + " B", "size");
+      const mark = row.insertCell();
+      if (each.id === entry.pin) mark.textContent = "pinned";
+      else {
+        if (each.id === entry.version) mark.append(element("span", "published ", "muted"));
+        mark.append(button("Pin", admin + "/pin?version=" + encodeURIComponent(each.id),
+                           "Pinned " + name + " to " + each.id + "."));
+      }
+    }
+    section.append(table);
+    const current = parseInt(entry.version, 10);
+    const buttons = [];
+    if (entry.versions.some((each) => parseInt(each.id, 10) < current)) {
+      const done = "Rolled " + name + " back to the version before.";
+      buttons.push(button("Rollback", admin + "/rollback", done));
+    }
+    if (entry.pin) {
+      buttons.push(button("Unpin", admin + "/unpin", "Unpinned: " + name + " follows its upstream."));
+    }
+    if (buttons.length) section.append(paragraph(...buttons));
+    panels.push(section);
+  }
+  if (entry.origin === "snapshot") {
+    const section = element("section", undefined, "snapshot");
+    section.append(element("h2", "From its snapshot"));
+    const why = " (" + (entry.last_error || "no error yet") + ").";
+    section.append(paragraph("Fetched ", time(entry.last_success_at, false),
+                             " by an earlier run; the upstream has not answered since startup" + why));
+    panels.push(section);
+  }
+  return panels;
+}
+
+function showSwitches(state) {
+  const said = state.down ? "down (503)" : state.broken ? "sending an empty names list" : "working";
+  document.getElementById("upstream").textContent = said;
+  for (const node of document.querySelectorAll("button[data-switch]")) {
+    const action = node.dataset.switch;
+    node.disabled = (action === "break" && state.broken) || (action === "fix" && !state.broken)
+      || (action === "down" && state.down) || (action === "up" && !state.down);
+  }
+}
+
+for (const node of document.querySelectorAll("button[data-switch]")) {
+  const action = node.dataset.switch;
+  node.addEventListener("click", () => act(node, "/upstream/" + action, SWITCHED[action]));
+}
+
+async function act(node, path, done) {
+  node.disabled = true;
+  try {
+    const response = await fetch(path, {method: "POST", headers: {"Accept": "application/json"}});
+    const body = await response.json().catch(() => ({}));
+    notice.textContent = response.ok ? done : "Refused: " + (body.error || "HTTP " + response.status);
+  } catch (error) {
+    notice.textContent = "Could not reach the demo: " + error.message;
+  }
+  await load();
+}
+
 async function load() {
   try {
-    const response = await fetch("/data", {headers: {"Accept": "application/json"}});
-    if (!response.ok) throw new Error("HTTP " + response.status);
-    render(await response.json());
+    const [data, upstream] = await Promise.all(["/data", "/upstream"].map(async (path) => {
+      const response = await fetch(path, {headers: {"Accept": "application/json"}});
+      if (!response.ok) throw new Error("HTTP " + response.status + " from " + path);
+      return response.json();
+    }));
+    render(data);
+    showSwitches(upstream);
     message.textContent = "";
   } catch (error) {
     message.textContent = "Could not read /data: " + error.message;
@@ -268,13 +542,28 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover
 
     parser = argparse.ArgumentParser(prog="python -m asgi_refresh.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    parser.add_argument(
+        "--upstream-down",
+        action="store_true",
+        help="start with the local upstream down: the names and orders start from the last run's snapshots",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     upstream = Upstream(token_lifetime=15)
-    with (
-        tempfile.TemporaryDirectory(prefix="asgi-refresh-demo-") as directory,
-        serve(upstream) as upstream_url,
-    ):
-        app = build(upstream, upstream_url, Path(directory) / "settings.toml")
-        print(f"\n  asgi_refresh demo: open http://127.0.0.1:{args.port}/  (Ctrl+C stops)\n", flush=True)
+    upstream.down = args.upstream_down
+    with contextlib.ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asgi-refresh-demo-")))
+        try:
+            cache = cache_directory()
+            cache.mkdir(parents=True, exist_ok=True)
+        except (OSError, RuntimeError) as exc:  # no home, or a read-only one: snapshots for this run only
+            cache = directory
+            print(f"  (no cache directory: {exc}; snapshots last for this run only)")
+        snapshots = cache / "snapshots"
+        if args.upstream_down and not (snapshots / "names.snapshot").exists():
+            parser.exit(2, f"No snapshot in {snapshots} yet: run the demo once without --upstream-down.\n")
+        upstream_url = stack.enter_context(serve_upstream(upstream, cache))
+        app = build(upstream, upstream_url, directory / "settings.toml", snapshot_dir=snapshots)
+        print(f"\n  asgi_refresh demo: open http://127.0.0.1:{args.port}/  (Ctrl+C stops)", flush=True)
+        print(f"  snapshots: {snapshots}\n", flush=True)
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -5,8 +5,9 @@ HTTP caching a real API has: an ``ETag`` per document, ``304 Not Modified`` for
 a matching ``If-None-Match``, and counters of requests and body bytes sent. It
 also issues short-lived tokens at ``POST /token`` and, like a real token server,
 still accepts the previous token for a short grace period after issuing a new
-one (a request sent just before a renewal lands just after it). `serve` runs it
-under uvicorn on 127.0.0.1 in a background thread.
+one (a request sent just before a renewal lands just after it). Its ``down``
+switch makes every document answer ``503`` (an outage). `serve` runs it under
+uvicorn on 127.0.0.1 in a background thread.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Document:
 class Upstream:
     """An ASGI app serving documents with ETags; counts what it sends.
 
+    Set ``down`` to true for an outage: every document then answers ``503``.
+    The token endpoint keeps working (in real life, a separate service).
+
     Args:
         token_lifetime: ``expires_in`` of the tokens ``POST /token`` issues, in seconds.
         token_grace: Seconds for which the previous token is still accepted after
@@ -60,6 +64,7 @@ class Upstream:
         self.token_lifetime = token_lifetime
         self.token_grace = token_grace
         self.tokens: list[str] = []
+        self.down = False
         self._clock = clock
         self._issued_at = -float("inf")  # when the newest token was issued
         self._lock = threading.Lock()
@@ -96,6 +101,9 @@ class Upstream:
                 self._issued_at = self._clock()
             body = json.dumps({"access_token": token, "expires_in": self.token_lifetime}).encode()
             await _respond(send, 200, body, [(b"content-type", b"application/json")])
+            return
+        if self.down:
+            await _respond(send, 503, b"the upstream is down", [(b"content-type", b"text/plain")])
             return
         if path == "/protected":
             authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
@@ -141,8 +149,12 @@ def serve(app: Any, *, port: int = 0, lifespan: Literal["on", "off"] = "off") ->
     import uvicorn
 
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except OSError:  # the port is taken: no socket left open behind the error
+        sock.close()
+        raise
     config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
