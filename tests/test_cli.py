@@ -867,10 +867,10 @@ async def test_the_cli_writes_the_files_the_runtime_writes(
         ScriptedApp(), tmp_path / path, snapshot_dir=tmp_path / "runtime"
     )
     async with LifespanManager(middleware):
-        # Written in a worker thread: wait for both (a write still pending at shutdown can
-        # be lost, reported with tests/test_config_last_known_good.py's xfail).
+        # Written in a worker thread, which signals nothing: wait for both (a write still
+        # pending at shutdown can be lost, tests/test_config_last_known_good.py's xfail).
         with anyio.fail_after(10):
-            while not all(written(middleware, name) for name in ("names", "flags")):
+            while not all(written(middleware, name) for name in ("names", "flags")):  # noqa: ASYNC110 - a worker thread writes it
                 await anyio.sleep(0.01)
     for name in ("names", "flags"):
         from_cli = snapshots.read(tmp_path / "from-cli" / f"{name}.snapshot", name)

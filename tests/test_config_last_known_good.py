@@ -16,12 +16,15 @@ from hypothesis import strategies as st
 
 from asgi_refresh import (
     ConfigError,
+    Fetched,
     Refresher,
     RefreshEvent,
     RefreshMiddleware,
+    Source,
     max_shrink,
     required_keys,
 )
+from asgi_refresh import _snapshots as snapshots
 from asgi_refresh._config import Config, load_config
 from asgi_refresh.testing import FakeClock
 
@@ -462,8 +465,11 @@ def test_any_value_of_a_refresher_key_is_built_or_a_problem_at_that_key(
         prefix = f"defaults.{key}"
     problems = outcome(config)
     assert problems is None or problems
+    # A [defaults] value of the right type that a refresher's constructor refuses (a
+    # range) is reported at each refresher that takes it, as for every key.
+    at = (prefix + ":", prefix + ".", f"refreshers.names.{key}:")
     for problem in problems or []:
-        assert problem.startswith((prefix + ":", prefix + ".")), problem
+        assert problem.startswith(at), problem
 
 
 @settings(max_examples=300, deadline=None)
@@ -563,3 +569,88 @@ async def test_a_config_files_snapshot_keys_decide_where_a_refresher_starts_from
     async with LifespanManager(RefreshMiddleware.from_config(ScriptedApp(), off, clock=FakeClock(START))):
         pass
     assert not (tmp_path / "off" / "snapshots" / "names.snapshot").exists()
+
+
+# -- found in the core while testing the keys: reported to the lead, fixed there ---------------
+
+
+class NoValidators(Source):
+    """A source of one's own whose handover() raises (user code may raise anything)."""
+
+    kind = "custom"
+
+    async def fetch(self) -> Fetched:
+        return Fetched({"a": 1})
+
+    def handover(self) -> dict[str, str] | None:
+        raise RuntimeError("no validators today")
+
+    async def __call__(self) -> Fetched:  # a config's target must be callable
+        return await self.fetch()
+
+
+no_validators = NoValidators()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core: Runtime._record_success calls slot.source.handover() uncontained when a keeper exists",
+)
+async def test_a_source_whose_handover_raises_does_not_take_the_app_down(tmp_path: Path) -> None:
+    """With keep_versions, a source's raising handover() is that source's problem, not a crashed lifespan."""
+    path = write_config(
+        tmp_path, refresher='target = "tests.test_config_last_known_good:no_validators"\nkeep_versions = 2\n'
+    )
+    path.write_text(path.read_text().replace('target = "tests.test_config_last_known_good:names"\n', ""))
+    middleware = RefreshMiddleware.from_config(ScriptedApp(), path, clock=FakeClock(START))
+    async with LifespanManager(middleware):
+        assert await middleware.handle.refresh("names") == {"a": 1}
+        assert middleware.handle.value("names") == {"a": 1}
+
+
+@pytest.mark.xfail(
+    strict=True, reason="core: SnapshotWriter.flush takes the pending jobs out before a cancellable await"
+)
+async def test_a_snapshot_pending_when_a_flush_is_cancelled_is_written_by_the_next(tmp_path: Path) -> None:
+    """Shutdown cancelling the writer's flush loses no pending write: the shielded flush after it writes it."""
+    writer = snapshots.SnapshotWriter(tmp_path, FakeClock(START))
+    writer.save("names", b'{"a":1}', {"source": "x", "fetched_at": 1.0}, number=None, keep_versions=0)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # shutdown, arriving as the writer's loop starts its next flush
+        await writer.flush()
+    await writer.flush()  # what run() does next, shielded
+    assert snapshots.read(tmp_path / "names.snapshot", "names").data == b'{"a":1}'
+
+
+async def wait_for_version(path: Path, version: str | None) -> None:
+    """Until the snapshot at ``path`` holds ``version`` (written in a worker thread)."""
+    with anyio.fail_after(10):
+        while True:
+            try:
+                if snapshots.read(path, "names").meta.get("version") == version:
+                    return
+            except (FileNotFoundError, snapshots.SnapshotProblem):
+                pass
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core: a restarted runtime numbers from 1 again and prunes kept files by number, "
+    "deleting its own new version and keeping the last run's",
+)
+async def test_after_a_restart_the_newest_kept_version_on_disk_is_the_current_value(tmp_path: Path) -> None:
+    """keep_versions = 1 with snapshot_dir, restarted: the kept version file holds the value published now."""
+    path = write_config(tmp_path, refresher="keep_versions = 1\n")
+    directory = tmp_path / "snapshots"
+    names.results = [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+    middleware = RefreshMiddleware.from_config(ScriptedApp(), path, clock=FakeClock(START))
+    async with LifespanManager(middleware):
+        for _ in range(2):
+            await middleware.handle.refresh("names")
+        await wait_for_version(directory / "names.snapshot", middleware.handle.status()["names"]["version"])
+    async with LifespanManager(middleware):
+        assert middleware.handle.value("names") == {"n": 4}
+        await wait_for_version(directory / "names.snapshot", middleware.handle.status()["names"]["version"])
+    newest = snapshots.kept_versions(directory, "names")[-1]
+    assert snapshots.read(snapshots.version_path(directory, "names", newest), "names").data == b'{"n":4}'
