@@ -15,23 +15,30 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .__about__ import __version__
 from ._clock import SystemClock
 from ._config import Config, ConfigError, load_config, scrub
-from ._contain import is_async_callable
+from ._contain import describe_error, escapes, is_async_callable
 from ._duration import format_duration, parse_duration
 from ._middleware import RefreshMiddleware
 from ._refresher import Refresher
 from ._runtime import Runtime
-from ._sources.base import Fetched, Source, SourceContext
+from ._sources.base import Fetched, Source, SourceContext, is_source
 from ._sources.file import FileSource
+from ._sources.function import source_for
 from ._sources.http import HTTPSource
 from ._status import Status
 from ._text import printable
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._cluster.base import Codec
 
 EXIT_OK = 0
 EXIT_REQUIRED_FAILED = 1
@@ -45,7 +52,8 @@ EPILOG = """\
 exit status:
   0  check: the configuration is valid; fetch: every required refresher loaded
      (a refresher with required = false may have failed: it is reported, not fatal)
-  1  fetch: at least one required refresher failed
+  1  fetch: at least one required refresher failed; with --write-snapshot, any
+     refresher failed or a snapshot that should be written could not be
   2  the configuration is invalid or unreadable, a NAME is unknown, or the
      command line is wrong
 
@@ -177,6 +185,15 @@ def _parser() -> argparse.ArgumentParser:
         help="give up on fetches still running after this long (default: 1m)",
     )
     fetch.add_argument("--no-preview", action="store_true", help="do not show any part of the values")
+    fetch.add_argument(
+        "--write-snapshot",
+        metavar="DIR",
+        type=Path,
+        help="also write each value fetched as a snapshot in DIR (created 0700, files 0600), the "
+        "files a middleware with snapshot_dir = DIR starts from when its upstream is down: for a "
+        "build step to bake into an image. Refreshers with snapshot = false, and Fresh tokens "
+        "(unless snapshot = true), are skipped; any failed fetch makes the exit status 1",
+    )
     return parser
 
 
@@ -293,6 +310,7 @@ class _Result:
     preview: str | None
     error: str | None
     needed_by: list[str]
+    snapshot: _Snapshot | None = None  # with --write-snapshot
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -305,7 +323,28 @@ class _Result:
             "preview": self.preview,
             "error": self.error,
             "needed_by": self.needed_by,
+            "snapshot": None if self.snapshot is None else dataclasses.asdict(self.snapshot),
         }
+
+
+@dataclass
+class _Snapshot:
+    """What ``--write-snapshot`` did for one refresher."""
+
+    outcome: str  # written, skipped, not written
+    file: str | None  # the file written, as the command line named its directory
+    version: str | None
+    detail: str | None  # why it was skipped or not written
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """What the runtime published for one refresher, taken while its source is still open."""
+
+    value: Any
+    fetched_at: float  # seconds since the epoch
+    expires_at: float | None  # a Fresh value's expiry, seconds since the epoch
+    handover: Mapping[str, str] | None  # the source's HTTP validators for the value
 
 
 def _fetch(args: argparse.Namespace, config: Config) -> int:
@@ -318,24 +357,38 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
             line = f"{args.config}: no refresher named {name!r} (known: {', '.join(by_name)}){suggestion}"
             print(printable(line), file=sys.stderr)
         return EXIT_INVALID
+    directory: Path | None = args.write_snapshot
+    if directory is not None and directory.exists() and not directory.is_dir():
+        print(printable(f"--write-snapshot {directory}: exists and is not a directory"), file=sys.stderr)
+        return EXIT_INVALID
     selected = _with_needs(config, args.names or list(by_name))
     needed_by: dict[str, list[str]] = {name: [] for name in selected}
     for name in selected:
         for needed in config.needs.get(name, ()):
             needed_by[needed].append(name)
-    results = anyio.run(_fetch_once, config, [by_name[name] for name in selected], args.timeout)
+    results, captured = anyio.run(
+        _fetch_once, config, [by_name[name] for name in selected], args.timeout, directory is not None
+    )
     for result in results:
         result.needed_by = needed_by[result.name]
         if args.no_preview:
             result.preview = None
         if result.error is not None:
             result.error = config.scrub(result.error)
+        if directory is not None:
+            result.snapshot = _write_snapshot(config, by_name[result.name], result, captured, directory)
+            if result.snapshot.detail is not None:
+                result.snapshot.detail = config.scrub(result.snapshot.detail)
     failed_required = any(result.required and result.outcome != "ok" for result in results)
+    unwritten = directory is not None and any(
+        result.snapshot is not None and result.snapshot.outcome == "not written" for result in results
+    )
     if args.json:
         _print_json(
             {
                 "config": str(args.config),
-                "ok": not failed_required,
+                "ok": not (failed_required or unwritten),
+                "snapshot_dir": None if directory is None else str(directory),
                 "refreshers": [result.as_json() for result in results],
             }
         )
@@ -359,7 +412,34 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
             f"{len(results) - failures} ok, {failures} failed"
             + ("; a required refresher failed" if failed_required else "")
         )
-    return EXIT_REQUIRED_FAILED if failed_required else EXIT_OK
+        if directory is not None:
+            _print_snapshots(results, directory)
+    return EXIT_REQUIRED_FAILED if failed_required or unwritten else EXIT_OK
+
+
+def _print_snapshots(results: list[_Result], directory: Path) -> None:
+    print()
+    rows = []
+    for result in results:
+        snapshot = result.snapshot
+        assert snapshot is not None
+        if snapshot.outcome == "written":
+            detail = f"{snapshot.file}, version {snapshot.version}"
+        else:
+            detail = snapshot.detail or ""
+        rows.append([result.name, snapshot.outcome, detail])
+    print(_table(rows, ["NAME", "SNAPSHOT", "FILE / REASON"]))
+    print()
+    counts = {
+        outcome: sum(result.snapshot is not None and result.snapshot.outcome == outcome for result in results)
+        for outcome in ("written", "skipped", "not written")
+    }
+    print(
+        printable(
+            f"snapshots in {directory}: {counts['written']} written, {counts['skipped']} skipped, "
+            f"{counts['not written']} not written"
+        )
+    )
 
 
 def _with_needs(config: Config, names: list[str]) -> list[str]:
@@ -374,12 +454,27 @@ def _with_needs(config: Config, names: list[str]) -> list[str]:
     return [refresher.name for refresher in config.refreshers if refresher.name in wanted]
 
 
-async def _fetch_once(config: Config, refreshers: list[Refresher], limit: float) -> list[_Result]:
-    """Run the refreshers' first fetches the way the middleware does, then stop them."""
+async def _fetch_once(
+    config: Config, refreshers: list[Refresher], limit: float, capture: bool
+) -> tuple[list[_Result], dict[str, _Captured | str]]:
+    """Run the refreshers' first fetches the way the middleware does, then stop them.
+
+    With ``capture``, also take what a snapshot of each value needs while its
+    source is open (its HTTP validators), or why that failed.
+    """
     stopwatch = _Stopwatch(config)
-    runtime = Runtime([stopwatch.wrap(refresher) for refresher in refreshers], state={}, clock=SystemClock())
+    clock = SystemClock()
+    # The config's codec, as the middleware gets it: a refresher that keeps versions
+    # encodes each value with it, and the default (JSON) may refuse what it accepts.
+    runtime = Runtime(
+        [stopwatch.wrap(refresher) for refresher in refreshers],
+        state={},
+        clock=clock,
+        codec=config.middleware.get("codec"),
+    )
     stopwatch.handle = runtime.handle
     results: dict[str, _Result] = {}
+    captured: dict[str, _Captured | str] = {}
     deadline = time.monotonic() + limit
     runtime.prepare()
     async with anyio.create_task_group() as task_group:
@@ -392,8 +487,14 @@ async def _fetch_once(config: Config, refreshers: list[Refresher], limit: float)
                     continue
                 entry = status[name]
                 if entry["last_outcome"] is not None:
+                    slot = runtime.slots[name]
+                    ok = entry["last_outcome"] != "failed"
+                    if capture and ok and slot.fetching and time.monotonic() < deadline:
+                        continue  # a second fetch is changing the validators: take both after it
                     took = stopwatch.durations.get(name, entry["last_duration"])
                     results[name] = _result(refresher, entry, took, runtime.state.get(name))
+                    if capture and ok:
+                        captured[name] = _capture(refresher, runtime.state.get(name), slot.expires_at, clock)
                     continue
                 # Waiting for a token that failed would only wait for our own timeout.
                 failed = [
@@ -409,7 +510,110 @@ async def _fetch_once(config: Config, refreshers: list[Refresher], limit: float)
                     )
             await anyio.sleep(_POLL)
         await runtime.stop(parse_duration(config.middleware.get("shutdown_timeout", "10s")))
-    return [results[refresher.name] for refresher in refreshers]
+    return [results[refresher.name] for refresher in refreshers], captured
+
+
+def _capture(
+    refresher: Refresher, value: Any, expires_at: float | None, clock: SystemClock
+) -> _Captured | str:
+    """What the runtime would keep with ``value`` in a snapshot; or why it cannot be had."""
+    wall = clock.wall()
+    handover: Mapping[str, str] | None = None
+    if is_source(refresher.fetch):  # the live source, whose last fetch this was
+        try:
+            handover = refresher.fetch.handover()
+        except BaseException as exc:  # user code (a source of one's own)
+            if escapes(exc):
+                raise
+            return f"its source's handover() raised {describe_error(exc)}"
+        if handover is not None:
+            handover = dict(handover)
+    return _Captured(
+        value=value,
+        fetched_at=wall,
+        expires_at=None if expires_at is None else wall + (expires_at - clock.monotonic()),
+        handover=handover,
+    )
+
+
+def _write_snapshot(
+    config: Config,
+    refresher: Refresher,
+    result: _Result,
+    captured: Mapping[str, _Captured | str],
+    directory: Path,
+) -> _Snapshot:
+    """Write ``refresher``'s snapshot into ``directory`` as a middleware's runtime would, or say why not.
+
+    The same file in every byte that matters: the fingerprint of the refresher's
+    source and of the codec (`fingerprint`), the codec's encoding, version 1 (the
+    first value a process publishes), the source's HTTP validators, and for a
+    refresher that keeps versions, version 1 kept beside it.
+    """
+    from . import _snapshots as snapshots
+    from ._fingerprint import content_digest, fingerprint
+
+    if result.outcome != "ok":
+        return _Snapshot("not written", None, None, "its fetch failed")
+    if refresher.snapshot is False:
+        return _Snapshot("skipped", None, None, "snapshot = false")
+    taken = captured[refresher.name]  # every value fetched is taken
+    if isinstance(taken, str):
+        return _Snapshot("not written", None, None, taken)
+    if taken.expires_at is not None and refresher.snapshot is None:
+        return _Snapshot(
+            "skipped",
+            None,
+            None,
+            "its value is a Fresh token, kept only in memory (set snapshot = true to write it)",
+        )
+    codec = _codec(config)
+    try:
+        data = codec.encode(taken.value)
+        if not isinstance(data, bytes):
+            raise TypeError(f"encode() returned {type(data).__name__}, not bytes")
+    except BaseException as exc:  # user code (a codec), or JSON refusing a set; no event loop here
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return _Snapshot("not written", None, None, f"{codec!r} cannot encode it: {describe_error(exc)}")
+    if len(data) > snapshots.DEFAULT_MAX_BYTES:
+        return _Snapshot(
+            "not written",
+            None,
+            None,
+            f"{len(data)} bytes encoded, over the {snapshots.DEFAULT_MAX_BYTES} a snapshot may hold",
+        )
+    version = f"1-{content_digest(data)}"
+    meta = snapshots.snapshot_meta(
+        source=fingerprint(source_for(refresher.fetch, refresher.name), codec),
+        fetched_at=taken.fetched_at,
+        version=version,
+        handover=taken.handover,
+        expires_at=taken.expires_at,
+    )
+    try:
+        snapshots.write(
+            directory,
+            refresher.name,
+            data,
+            meta,
+            at=taken.fetched_at,
+            number=1,
+            keep_versions=refresher.keep_versions,
+        )
+    except (OSError, ValueError) as exc:  # a directory we may not write, a full disk
+        return _Snapshot("not written", None, None, describe_error(exc))
+    return _Snapshot("written", str(snapshots.path_of(directory, refresher.name)), version, None)
+
+
+def _codec(config: Config) -> Codec:
+    """The codec the middleware would use: the config's, or JSON."""
+    codec: Codec | None = config.middleware.get("codec")
+    if codec is None:
+        from ._cluster.base import JSONCodec
+
+        codec = JSONCodec()
+    return codec
 
 
 class _Stopwatch:

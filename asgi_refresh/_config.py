@@ -33,6 +33,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from ._duration import parse_duration
+from ._guards import max_shrink, required_keys
 from ._option_error import OptionError
 from ._refresher import MIN_EVERY, Refresher
 from ._sources.bearer import BearerToken
@@ -115,6 +116,7 @@ Kind: TypeAlias = Literal[
     "callable",
     "callables",
     "objects",
+    "guards",
     "format",
     "auth",
     "token",
@@ -141,6 +143,7 @@ KINDS: dict[str, Kind] = {
     "Callable[[Any,Any],object]": "callable",
     "Callable[[BaseException],object]": "callable",
     "Iterable[Listener]": "objects",
+    "Guard|Iterable[Guard]": "guards",
     "Format": "format",
     "httpx.Auth|tuple[str,str]|Any": "auth",
     "str|TokenCheck": "token",
@@ -997,7 +1000,15 @@ class _Builder:
     def _to_path(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         if not isinstance(value, str | os.PathLike):
             return self._wrong(option, value, parts)
-        path = Path(value).expanduser()
+        where = _key(*parts)
+        if not _is_file_name(value):
+            self.problem(where, f"expected {_expected(option)}, got {self.got(where, value)}")
+            return False, None
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # "~nobody/x": no such user, no home directory to put in
+            self.problem(where, f"{self.got(where, value)}: no home directory for that ~user")
+            return False, None
         return True, path if path.is_absolute() else self.base / path
 
     def _to_any(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
@@ -1055,6 +1066,110 @@ class _Builder:
                 imported = _FAILED
             found.append(imported)
         return all(item is not _FAILED for item in found), found
+
+    def _to_guards(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """One guard or a list of them, each as `_guard` reads it; the list keeps its order.
+
+        The order is the Python API's: guards are asked in turn and the first reason
+        to hold a value back is the one shown.
+        """
+        if not isinstance(value, list):
+            return self._guard(option, value, parts)
+        results = [
+            self._guard(option, item, (*parts, str(index)), in_list=True) for index, item in enumerate(value)
+        ]
+        return all(ok for ok, _ in results), [guard for _, guard in results]
+
+    def _guard(
+        self, option: Option, value: Any, parts: tuple[str, ...], *, in_list: bool = False
+    ) -> tuple[bool, Any]:
+        """A guard of yours (an import string) or a built-in one, ``{ max_shrink = 0.5 }``.
+
+        A one-key table names a built-in guard and its argument, as ``auth = { bearer
+        = "token" }`` names a `BearerToken`: it builds ``max_shrink(0.5)`` or
+        ``required_keys("a", "b")``.
+        """
+        if isinstance(value, Mapping):
+            return self._built_in_guard(value, parts)
+        if isinstance(value, str):
+            found = self.imported(value, parts)
+            if found is _FAILED:
+                return False, None
+        elif callable(value):  # a mapping built in Python may hold the guard itself
+            found = value
+        elif in_list:
+            where = _key(*parts)
+            self.problem(where, f"expected {_GUARD}, got {self.got(where, value)}")
+            return False, None
+        else:
+            return self._wrong(option, value, parts)
+        path = _key(*parts)
+        if inspect.isclass(found):
+            # Called as guard(old, new), a class would build an object (or raise) on
+            # every change, and hold every value back: what is meant is an instance.
+            name = found.__name__
+            if name in _BUILT_IN_GUARDS:
+                example = "0.5" if name == "max_shrink" else '["id"]'
+                self.problem(path, f"{name} is a class; write the built-in guard as {{ {name} = {example} }}")
+            else:
+                self.problem(path, _a_class(value, found, "myapp.guards"))
+            return False, None
+        if not callable(found):
+            self.problem(
+                path,
+                f"{value!r} is not callable (it is {type(found).__name__}); name a function "
+                "guard(old, new) -> None | str",
+            )
+            return False, None
+        return True, found
+
+    def _built_in_guard(self, table: Mapping[str, Any], parts: tuple[str, ...]) -> tuple[bool, Any]:
+        path = _key(*parts)
+        if len(table) != 1:
+            if not table:
+                self.problem(path, f"name a built-in guard: {_GUARD_EXAMPLES}")
+            else:
+                self.problem(
+                    path,
+                    f"one built-in guard per table (got {', '.join(_key(str(key)) for key in table)}); "
+                    'list them instead: guard = [{ max_shrink = 0.5 }, { required_keys = ["id"] }]',
+                )
+            return False, None
+        ((name, argument),) = table.items()
+        here = (*parts, str(name))
+        if name not in _BUILT_IN_GUARDS:
+            close = difflib.get_close_matches(str(name), _BUILT_IN_GUARDS, n=1)
+            self.problem(
+                _key(*here),
+                f"unknown built-in guard; did you mean {close[0]!r}?"
+                if close
+                else "unknown built-in guard: they are max_shrink and required_keys (a guard of "
+                'your own is an import string, like "myapp.guards:check")',
+            )
+            return False, None
+        argument = self._from_env_text(here, argument)
+        if name == "max_shrink":
+            try:
+                return True, max_shrink(argument)
+            except ValueError as exc:  # out of range, or not a number: its own words
+                self.problem(_key(*here), str(exc).removeprefix("max_shrink: "))
+                return False, None
+        if not isinstance(argument, list):
+            self.problem(
+                _key(*here),
+                f'expected a list of keys like ["prices", "currency"], got {self.got(_key(*here), argument)}',
+            )
+            return False, None
+        ok = True
+        for index, key in enumerate(argument):
+            if not isinstance(key, str):
+                where = _key(*here, str(index))
+                self.problem(where, f"expected a key (a string), got {self.got(where, key)}")
+                ok = False
+        if ok and not argument:
+            self.problem(_key(*here), 'name at least one key, like ["prices"]')
+            ok = False
+        return (True, required_keys(*argument)) if ok else (False, None)
 
     def _to_format(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         if isinstance(value, str) and value in FORMATS:
@@ -1207,6 +1322,9 @@ class _Builder:
 
 
 _FAILED = object()
+_BUILT_IN_GUARDS = ("max_shrink", "required_keys")
+_GUARD_EXAMPLES = '{ max_shrink = 0.5 } or { required_keys = ["id"] }'
+_GUARD = f'a guard: an import string like "myapp.guards:check", {_GUARD_EXAMPLES}'
 
 _Converter: TypeAlias = Callable[[_Builder, Option, Any, tuple[str, ...]], tuple[bool, Any]]
 _CONVERTERS: dict[Kind, _Converter] = {
@@ -1222,6 +1340,7 @@ _CONVERTERS: dict[Kind, _Converter] = {
     "callable": _Builder._to_callable,
     "callables": _Builder._to_callables,
     "objects": _Builder._to_objects,
+    "guards": _Builder._to_guards,
     "format": _Builder._to_format,
     "auth": _Builder._to_auth,
     "token": _Builder._to_token,
@@ -1233,19 +1352,28 @@ _CONVERTERS: dict[Kind, _Converter] = {
 """How a value of each kind is read: (True, the value to pass) or (False, None) after a problem."""
 
 
-def _a_class(written: Any, cls: type) -> str:
-    """Why a class is not a listener, and what to write instead."""
+def _a_class(written: Any, cls: type, module: str = "myapp.listeners") -> str:
+    """Why a class is not a listener (or a guard), and what to write instead."""
     variable = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__).lower()
     name = repr(written) if isinstance(written, str) else f"{cls.__module__}.{cls.__qualname__}"
     return (
         f"{name} is a class; name an instance or a function: e.g. define "
         f"`{variable} = {cls.__name__}()` in a module of yours and write "
-        f'"myapp.listeners:{variable}"'
+        f'"{module}:{variable}"'
     )
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     """Stands for the app while the [middleware] table is checked."""
+
+
+def _is_file_name(value: str | os.PathLike[str]) -> bool:
+    """Whether ``value`` can name a file: "" would be the config's own directory, a NUL ends a C string."""
+    try:
+        encoded = os.fsencode(value)
+    except UnicodeError:  # a lone surrogate ("\ud800"), which no file system name holds
+        return False
+    return bool(encoded) and b"\0" not in encoded
 
 
 def _quoted(values: Iterable[str]) -> str:
@@ -1356,6 +1484,8 @@ _EXPECTED: dict[Kind, str] = {
     "callable": 'an import string like "myapp.rates:load"',
     "callables": 'a list of import strings like ["myapp.hooks:notify"]',
     "objects": 'a list of import strings like ["myapp.hooks:listener"]',
+    "guards": 'a guard (an import string like "myapp.guards:check", { max_shrink = 0.5 } or '
+    '{ required_keys = ["id"] }) or a list of them',
     "format": f'one of {_quoted(FORMATS)} or an import string like "yaml:safe_load"',
     "auth": '["user", "password"], { bearer = "<refresher>" } or an import string',
     "token": 'a string like "${ADMIN_TOKEN}" or { check = "myapp.auth:check_token" }',

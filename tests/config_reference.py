@@ -33,6 +33,7 @@ TYPE_NAMES: dict[Kind, str] = {
     "callable": "import string",
     "callables": "list of import strings",
     "objects": "list of import strings",
+    "guards": 'import string, `{ max_shrink = 0.5 }`, `{ required_keys = ["id"] }`, or a list of them',
     "format": " / ".join(f'`"{name}"`' for name in FORMATS) + " or import string",
     "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
     "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
@@ -81,6 +82,12 @@ def _rows(options: list[Option]) -> list[str]:
             meaning += (
                 ' In a config: `["user", "password"]` (basic auth), `{ bearer = "token" }` (a `BearerToken`: '
                 "the value of refresher `token`) or the import string of an `httpx.Auth` or a callable."
+            )
+        if option.kind == "guards":
+            meaning += (
+                " In a config: the import string of a guard of yours, a built-in one as a table "
+                '(`{ max_shrink = 0.5 }` is `max_shrink(0.5)`, `{ required_keys = ["a", "b"] }` is '
+                '`required_keys("a", "b")`), or a list of them, asked in that order.'
             )
         if option.key != option.parameter and option.owner != "python":
             meaning = f"`{option.owner}`'s `{option.parameter}`. {meaning}"

@@ -6,8 +6,10 @@ through ``main()`` (so that coverage sees it).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -17,11 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 import asgi_refresh._sources.http
+from asgi_refresh import RefreshMiddleware
+from asgi_refresh import _snapshots as snapshots
 from asgi_refresh._cli import main
 from asgi_refresh.demo.upstream import Upstream, serve
+
+from .helpers import ScriptedApp
 
 SECRET = "sekrit-cli-value-123"
 ODD_SECRET = "pä ss wörd<+>"  # percent-encoded in a URL path: p%C3%A4%20ss%20w%C3%B6rd%3C+%3E
@@ -31,7 +39,8 @@ import json
 
 import anyio
 
-from asgi_refresh import Fresh
+from asgi_refresh import Fetched, Fresh, Source
+from asgi_refresh._snapshots import DEFAULT_MAX_BYTES as HUGE
 
 
 def grant(body):
@@ -80,6 +89,44 @@ def hostile():
 
 def failing():
     raise OSError("\x1b[31mdisk on fire\u202e")
+
+
+def short_lived():
+    return Fresh({"key": "k-123"}, expires_in=600)
+
+
+class SetCodec:
+    def encode(self, value):
+        return json.dumps(sorted(value) if isinstance(value, set) else value).encode()
+
+    def decode(self, data):
+        return json.loads(data)
+
+    def __repr__(self):
+        return "SetCodec()"
+
+
+set_codec = SetCodec()
+
+
+def huge():
+    return "x" * HUGE
+
+
+class NoValidators(Source):
+    kind = "custom"
+
+    async def fetch(self):
+        return Fetched(["v"])
+
+    def handover(self):
+        raise RuntimeError("no validators today")
+
+    async def __call__(self):  # a config's target must be callable
+        return await self.fetch()
+
+
+no_validators = NoValidators()
 """
 
 
@@ -557,6 +604,9 @@ def test_help_reads_well(cli: Run) -> None:
     assert fetch.code == 0
     assert "--no-preview" in fetch.out
     assert "The preview shows the data itself" in fetch.out
+    assert "--write-snapshot DIR" in fetch.out
+    assert "a middleware with snapshot_dir = DIR starts from" in " ".join(fetch.out.split())
+    assert "with --write-snapshot, any\n     refresher failed" in fetch.out
 
 
 @pytest.mark.parametrize(
@@ -686,3 +736,260 @@ def test_a_secret_in_a_url_path_is_masked_percent_encoded(cli: Run, tmp_path: Pa
         for text in (ran.out, ran.err):
             assert encoded not in text
             assert ODD_SECRET not in text
+
+
+# -- fetch with the config's codec, and --write-snapshot ---------------------------------------
+
+
+def test_fetch_encodes_with_the_configs_codec(cli: Run, tmp_path: Path) -> None:
+    """A refresher that keeps versions is encoded with [middleware] codec, as in the app (JSON refused a set)."""
+    (tmp_path / "refresh.toml").write_text(
+        '[middleware]\ncodec = "cli_tokens:set_codec"\n'
+        '[refreshers.odd]\nsource = "python"\ntarget = "cli_tokens:a_set"\nevery = "1h"\nkeep_versions = 2\n'
+    )
+    ran = cli("fetch", "--json", "refresh.toml")
+    assert ran.code == 0, ran.out + ran.err
+    assert ran.json["refreshers"][0]["outcome"] == "ok"
+    assert ran.json["refreshers"][0]["preview"] == "{1}"
+
+
+def snapshot_config(tmp_path: Path, base_url: str, extra: str = "") -> str:
+    """A config with an HTTP source (ETags), a file, a refresher opted out and a Fresh token."""
+    (tmp_path / "flags.json").write_text('{"dark_mode": true}')
+    (tmp_path / "refresh.toml").write_text(
+        f"""
+[defaults]
+every = "1h"
+
+[refreshers.names]
+source = "http"
+url = "{base_url}/names"
+keep_versions = 2
+
+[refreshers.flags]
+source = "file"
+path = "flags.json"
+
+[refreshers.private]
+source = "python"
+target = "cli_tokens:quick"
+snapshot = false
+required = false
+default = []
+
+[refreshers.token]
+source = "python"
+target = "cli_tokens:short_lived"
+required = false
+{extra}
+"""
+    )
+    return "refresh.toml"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def written(middleware: RefreshMiddleware, name: str) -> bool:
+    """Whether the running middleware has written ``name``'s snapshot."""
+    snapshot = middleware.handle.status()[name]["snapshot"]
+    return snapshot is not None and snapshot["written_at"] is not None
+
+
+def importable_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let this process import ``cli_tokens`` from tmp_path (for from_config), until the test ends."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "cli_tokens", importlib.import_module("cli_tokens"))
+
+
+@pytest.mark.anyio
+async def test_a_written_snapshot_is_what_startup_reads_with_the_upstream_down(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    """Written by the CLI, read by a middleware whose upstream is down: it starts, serves it, origin snapshot."""
+    app = Upstream()
+    app.set("/names", ["ada", "grace"])
+    with serve(app) as base_url:
+        path = snapshot_config(tmp_path, base_url)
+        ran = await anyio.to_thread.run_sync(cli, "fetch", path, "--write-snapshot", "snaps")
+    assert ran.code == 0, ran.out + ran.err
+    snaps = tmp_path / "snaps"
+    assert sorted(entry.name for entry in snaps.iterdir()) == [
+        "flags.snapshot",
+        "names.snapshot",
+        "names@1.snapshot",  # keep_versions: version 1 is kept, as the runtime keeps it
+    ]
+    assert mode(snaps) == 0o700
+    assert {mode(entry) for entry in snaps.iterdir()} == {0o600}
+    sent = app.bytes_sent["/names"]
+    (tmp_path / "flags.json").unlink()  # the file is gone too
+
+    importable_here(tmp_path, monkeypatch)
+    middleware = RefreshMiddleware.from_config(
+        ScriptedApp(), tmp_path / path, snapshot_dir=snaps, startup_timeout="20s"
+    )
+    async with LifespanManager(middleware) as manager:
+        handle = middleware.handle
+        status = handle.status()
+        assert status["names"]["origin"] == status["flags"]["origin"] == "snapshot"
+        assert status["names"]["last_outcome"] == "failed"  # the upstream is down: it says so
+        assert status["names"]["version"] is not None
+        assert status["names"]["version"].startswith("1-")
+        assert status["private"]["origin"] == status["token"]["origin"] == "fetched"
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            body = (await client.get("/")).text
+        assert "'names': ['ada', 'grace']" in body
+        assert "'flags': {'dark_mode': True}" in body
+        port = int(base_url.rsplit(":", 1)[1])
+        with serve(app, port=port):  # the upstream is back: the snapshot's ETag makes it a 304
+            assert await handle.refresh("names") == ["ada", "grace"]
+        assert app.not_modified["/names"] >= 1
+        assert app.bytes_sent["/names"] == sent
+        assert handle.status()["names"]["origin"] == "fetched"
+
+
+@pytest.mark.anyio
+async def test_the_cli_writes_the_files_the_runtime_writes(
+    cli: Run,
+    tmp_path: Path,
+    upstream: tuple[Upstream, str],
+    monkeypatch: pytest.MonkeyPatch,
+    anyio_backend: str,
+) -> None:
+    """Same bytes, fingerprint, version id, HTTP validators and kept version as a running middleware's."""
+    path = snapshot_config(tmp_path, upstream[1])
+    ran = await anyio.to_thread.run_sync(cli, "fetch", path, "--write-snapshot", "from-cli")
+    assert ran.code == 0, ran.out + ran.err
+    importable_here(tmp_path, monkeypatch)
+    middleware = RefreshMiddleware.from_config(
+        ScriptedApp(), tmp_path / path, snapshot_dir=tmp_path / "runtime"
+    )
+    async with LifespanManager(middleware):
+        # Written in a worker thread, which signals nothing: wait for both (a write still
+        # pending at shutdown can be lost, tests/test_config_last_known_good.py's xfail).
+        with anyio.fail_after(10):
+            while not all(written(middleware, name) for name in ("names", "flags")):  # noqa: ASYNC110 - a worker thread writes it
+                await anyio.sleep(0.01)
+    for name in ("names", "flags"):
+        from_cli = snapshots.read(tmp_path / "from-cli" / f"{name}.snapshot", name)
+        from_runtime = snapshots.read(tmp_path / "runtime" / f"{name}.snapshot", name)
+        assert from_cli.data == from_runtime.data
+        assert set(from_cli.meta) == set(from_runtime.meta)
+        for key in ("source", "version", "etag", "digest", "last_modified", "size", "checksum", "name"):
+            assert from_cli.meta.get(key) == from_runtime.meta.get(key), key
+    assert snapshots.read(tmp_path / "from-cli" / "names.snapshot", "names").meta["etag"]
+    assert sorted(entry.name for entry in (tmp_path / "runtime").iterdir()) == sorted(
+        entry.name for entry in (tmp_path / "from-cli").iterdir()
+    )
+
+
+def test_write_snapshot_says_what_it_wrote_and_skipped(
+    cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    """A table of the snapshots: written (file, version), skipped (opted out, a Fresh token) and why."""
+    ran = cli("fetch", snapshot_config(tmp_path, upstream[1]), "--write-snapshot", "snaps")
+    assert ran.code == 0, ran.out + ran.err
+    lines = ran.out.splitlines()
+    start = lines.index("4 ok, 0 failed") + 2
+    assert lines[start].split() == ["NAME", "SNAPSHOT", "FILE", "/", "REASON"]
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in lines[start + 1 : start + 5]}
+    version = snapshots.read(tmp_path / "snaps" / "names.snapshot", "names").meta["version"]
+    assert rows["names"] == ["written", f"snaps/names.snapshot, version {version}"]
+    assert rows["flags"][0] == "written"
+    assert rows["private"] == ["skipped", "snapshot = false"]
+    assert rows["token"] == [
+        "skipped",
+        "its value is a Fresh token, kept only in memory (set snapshot = true to write it)",
+    ]
+    assert lines[-1] == "snapshots in snaps: 2 written, 2 skipped, 0 not written"
+
+
+def test_write_snapshot_exits_1_naming_each_refresher_not_written(
+    cli: Run, tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    """A failed fetch (even a refresher not required) or a value the codec refuses: exit 1, which ones, others written."""
+    extra = (
+        f'[refreshers.gone]\nsource = "http"\nurl = "{upstream[1]}/gone"\nrequired = false\n'
+        '[refreshers.odd]\nsource = "python"\ntarget = "cli_tokens:a_set"\nrequired = false\n'
+    )
+    path = snapshot_config(tmp_path, upstream[1], extra)
+    ran = cli("fetch", "--json", path, "--write-snapshot", "snaps")
+    assert ran.code == 1
+    document = ran.json
+    assert document["ok"] is False
+    assert document["snapshot_dir"] == "snaps"
+    written = {item["name"]: item["snapshot"] for item in document["refreshers"]}
+    assert written["gone"] == {
+        "outcome": "not written",
+        "file": None,
+        "version": None,
+        "detail": "its fetch failed",
+    }
+    assert written["odd"]["outcome"] == "not written"
+    assert written["odd"]["detail"].startswith("JSONCodec() cannot encode it: TypeError: ")
+    assert written["names"]["outcome"] == "written"
+    assert written["names"]["file"] == os.path.join("snaps", "names.snapshot")
+    assert sorted(entry.name for entry in (tmp_path / "snaps").iterdir()) == [
+        "flags.snapshot",
+        "names.snapshot",
+        "names@1.snapshot",
+    ]
+    table = cli("fetch", path, "--write-snapshot", "snaps")
+    assert table.code == 1
+    assert table.out.splitlines()[-1] == "snapshots in snaps: 2 written, 2 skipped, 2 not written"
+    without = cli("fetch", "--json", path)
+    assert without.code == 0  # without the flag, refreshers that are not required may fail
+    assert {item["snapshot"] for item in without.json["refreshers"]} == {None}
+
+
+def test_a_fresh_token_is_written_when_snapshot_is_true(cli: Run, tmp_path: Path) -> None:
+    """With snapshot = true a Fresh token is written too, with its expiry, as the runtime would."""
+    (tmp_path / "refresh.toml").write_text(
+        '[refreshers.token]\nsource = "python"\ntarget = "cli_tokens:short_lived"\nevery = "1h"\nsnapshot = true\n'
+    )
+    before = time.time()
+    ran = cli("fetch", "refresh.toml", "--write-snapshot", "snaps")
+    assert ran.code == 0, ran.out + ran.err
+    snapshot = snapshots.read(tmp_path / "snaps" / "token.snapshot", "token")
+    assert json.loads(snapshot.data) == {"key": "k-123"}
+    expires_at = snapshot.meta["expires_at"]
+    assert isinstance(expires_at, float)
+    assert before + 590 < expires_at < time.time() + 600
+
+
+def test_write_snapshot_into_a_file_exits_2(cli: Run, tmp_path: Path) -> None:
+    """A DIR that is a file is a wrong command line: exit 2 before fetching anything."""
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "refresh.toml").write_text(
+        '[refreshers.odd]\nsource = "python"\ntarget = "cli_tokens:failing"\nevery = "1h"\n'
+    )
+    ran = cli("fetch", "refresh.toml", "--write-snapshot", "taken")
+    assert ran.code == 2
+    assert ran.err == "--write-snapshot taken: exists and is not a directory\n"
+    assert ran.out == ""
+
+
+def test_a_snapshot_that_cannot_be_made_is_not_written_and_says_why(cli: Run, tmp_path: Path) -> None:
+    """A source whose handover() raises, a value over the size startup reads, a DIR under a file: exit 1, each named."""
+    (tmp_path / "refresh.toml").write_text(
+        '[defaults]\nevery = "1h"\n'
+        '[refreshers.odd]\nsource = "python"\ntarget = "cli_tokens:no_validators"\n'
+        '[refreshers.huge]\nsource = "python"\ntarget = "cli_tokens:huge"\n'
+        '[refreshers.fine]\nsource = "python"\ntarget = "cli_tokens:quick"\n'
+    )
+    ran = cli("fetch", "--json", "--no-preview", "refresh.toml", "--write-snapshot", "snaps")
+    assert ran.code == 1, ran.out + ran.err
+    odd, huge, fine = (item["snapshot"] for item in ran.json["refreshers"])
+    assert odd["detail"] == "its source's handover() raised RuntimeError: no validators today"
+    limit = snapshots.DEFAULT_MAX_BYTES
+    assert huge["detail"] == f"{limit + 2} bytes encoded, over the {limit} a snapshot may hold"
+    assert (odd["outcome"], huge["outcome"], fine["outcome"]) == ("not written", "not written", "written")
+    assert sorted(entry.name for entry in (tmp_path / "snaps").iterdir()) == ["fine.snapshot"]
+    (tmp_path / "taken").write_text("a file")
+    under_a_file = cli("fetch", "--json", "refresh.toml", "fine", "--write-snapshot", "taken/snaps")
+    assert under_a_file.code == 1
+    (fine,) = (item["snapshot"] for item in under_a_file.json["refreshers"])
+    assert fine["outcome"] == "not written"
+    assert fine["detail"].startswith("NotADirectoryError: ")
