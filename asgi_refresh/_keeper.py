@@ -78,6 +78,7 @@ class Keeper:
         self.max_age = snapshot_max_age
         self.writer = None if snapshot_dir is None else snapshots.SnapshotWriter(snapshot_dir, clock)
         self._fingerprints: dict[str, str] = {}
+        self._disk_numbers: dict[str, int] = {}
 
     def fingerprint(self, slot: Slot) -> str:
         """What binds a snapshot of ``slot`` to its source and codec."""
@@ -180,7 +181,7 @@ class Keeper:
         kept = slot.kept
         if number is None or digest is None:
             latest = kept.versions[-1].number if kept.versions else _number_of(kept.current)
-            number, digest = latest + 1, content_digest(data)
+            number, digest = max(latest, self._numbered_on_disk(slot)) + 1, content_digest(data)
         # A kept version published again (the lease holder pinned it) keeps its place
         # among the versions, and when it was first fetched.
         known = next(
@@ -206,6 +207,22 @@ class Keeper:
             )
             self.writer.save(spec.name, data, meta, number=number, keep_versions=spec.keep_versions)
         return made
+
+    def _numbered_on_disk(self, slot: Slot) -> int:
+        """The highest version number of ``slot`` kept in the snapshot directory by an earlier run.
+
+        Read once per refresher and lifespan: a restarted process numbers on from there,
+        so that its new versions are never older by number than the last run's.
+        """
+        name = slot.spec.name
+        found = self._disk_numbers.get(name)
+        if found is None:
+            found = 0
+            if self.writer is not None and slot.spec.keep_versions:
+                numbers = snapshots.kept_versions(self.writer.directory, name)
+                found = numbers[-1] if numbers else 0
+            self._disk_numbers[name] = found
+        return found
 
     def confirm(self, slot: Slot, *, fresh: bool) -> None:
         """A refresh found ``slot``'s value unchanged: its snapshot is confirmed good now."""

@@ -580,7 +580,7 @@ class Runtime:
         )
         self.scheduler.after_success(slot, started, now, on_grid, refresh_in)
         if self.keeper is not None:
-            self._keep(slot, value, data, changed=changed, fresh=fresh, handover=slot.source.handover())
+            self._keep(slot, value, data, changed=changed, fresh=fresh, handover=_handover_of(slot))
         slot.kept.origin = "fetched"
         log = slot.history.log
         recovered = (
@@ -1119,6 +1119,17 @@ def _all_settled(slots: list[Slot], simulated: bool) -> Callable[[], bool]:
         return not pending
 
     return check
+
+
+def _handover_of(slot: Slot) -> Mapping[str, str] | None:
+    """The source's validators for a snapshot; none if it raises (a source is user code)."""
+    try:
+        return slot.source.handover()
+    except Exception:
+        logger.debug(
+            "Refresher %r: its source's handover() raised; the snapshot has no validators", slot.spec.name
+        )
+        return None
 
 
 def _version(version: str, fetched_at: float, data: bytes | None, value: Any) -> Version:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import anyio
 
 from asgi_refresh._clock import Clock
-from asgi_refresh._contain import describe_error, escapes
+from asgi_refresh._contain import describe_error
 
 if TYPE_CHECKING:
     from asgi_refresh._cluster.base import MetaValue
@@ -260,6 +260,7 @@ class SnapshotWriter:
         self._clock = clock
         self._pending: dict[str, _Job] = {}
         self._wake: anyio.Event | None = None
+        self._lock: anyio.Lock | None = None
         self.written_at: dict[str, float] = {}  # wall time of each refresher's last good write
         self.errors: dict[str, str] = {}  # the last write error of each refresher, until one succeeds
         self._warned_at: dict[str, float] = {}
@@ -304,19 +305,22 @@ class SnapshotWriter:
                 await self.flush()
 
     async def flush(self) -> None:
-        """Write everything pending now."""
-        while self._pending:
-            jobs, self._pending = self._pending, {}
-            try:
-                with self._clock.hold():
-                    results = await anyio.to_thread.run_sync(self._write_all, jobs)
-            except BaseException:
-                # Cancelled before a thread took them (shutdown): they go back for the
-                # shielded flush that follows, or they would be lost.
-                self._put_back(jobs)
-                raise
-            for name, error in results.items():
-                self._record(name, jobs[name], error)
+        """Write everything pending now; return once it is written (also what another flush had taken)."""
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:  # one batch at a time: files are replaced in the order values came
+            while self._pending:
+                jobs, self._pending = self._pending, {}
+                try:
+                    with self._clock.hold():
+                        results = await anyio.to_thread.run_sync(self._write_all, jobs)
+                except BaseException:
+                    # Cancelled before a thread took them (shutdown): they go back for the
+                    # shielded flush that follows, or they would be lost.
+                    self._put_back(jobs)
+                    raise
+                for name, error in results.items():
+                    self._record(name, jobs[name], error)
 
     def _put_back(self, jobs: dict[str, _Job]) -> None:
         """Jobs taken but not written: pending again, unless a newer value of the same refresher waits."""
@@ -344,9 +348,7 @@ class SnapshotWriter:
                         number=job.number,
                         keep_versions=job.keep_versions,
                     )
-            except BaseException as exc:  # a full disk, a directory we may not write: logged, not fatal
-                if escapes(exc):
-                    raise
+            except Exception as exc:  # a full disk, a directory we may not write: logged, not fatal
                 results[name] = exc
             else:
                 results[name] = None

@@ -592,10 +592,6 @@ class NoValidators(Source):
 no_validators = NoValidators()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: Runtime._record_success calls slot.source.handover() uncontained when a keeper exists",
-)
 async def test_a_source_whose_handover_raises_does_not_take_the_app_down(tmp_path: Path) -> None:
     """With keep_versions, a source's raising handover() is that source's problem, not a crashed lifespan."""
     path = write_config(
@@ -608,9 +604,6 @@ async def test_a_source_whose_handover_raises_does_not_take_the_app_down(tmp_pat
         assert middleware.handle.value("names") == {"a": 1}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="core: SnapshotWriter.flush takes the pending jobs out before a cancellable await"
-)
 async def test_a_snapshot_pending_when_a_flush_is_cancelled_is_written_by_the_next(tmp_path: Path) -> None:
     """Shutdown cancelling the writer's flush loses no pending write: the shielded flush after it writes it."""
     writer = snapshots.SnapshotWriter(tmp_path, FakeClock(START))
@@ -634,11 +627,6 @@ async def wait_for_version(path: Path, version: str | None) -> None:
             await anyio.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a restarted runtime numbers from 1 again and prunes kept files by number, "
-    "deleting its own new version and keeping the last run's",
-)
 async def test_after_a_restart_the_newest_kept_version_on_disk_is_the_current_value(tmp_path: Path) -> None:
     """keep_versions = 1 with snapshot_dir, restarted: the kept version file holds the value published now."""
     path = write_config(tmp_path, refresher="keep_versions = 1\n")
