@@ -204,3 +204,64 @@ async def test_followers_see_the_age_of_the_snapshot_the_holder_started_from(tmp
         assert seen["age"] is not None
         assert seen["age"] > 3 * 3600 - 60
         assert seen["stale"] is True
+
+
+async def test_a_process_taking_the_lease_over_can_roll_back_to_versions_it_never_saw(tmp_path: Path) -> None:
+    """Kept versions live in the backend too: a holder started after them rolls back to them."""
+    values = iter([["a"], ["b"], ["c"], ["c"], ["c"]])
+
+    async def names() -> list[str]:
+        return next(values)
+
+    def worker() -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", names, every="1h", keep_versions=3)],
+            coordinator=SQLiteCoordinator(tmp_path / "refresh.db", poll_interval=0.02),
+            lease_ttl=0.3,
+        )
+
+    first = worker()
+    async with LifespanManager(first, startup_timeout=10):
+        await until(lambda: role(first, "names") == "leader")
+        await first.handle.refresh("names")
+        await first.handle.refresh("names")
+        assert [each["id"][0] for each in first.handle.status()["names"]["versions"]] == ["3", "2", "1"]
+    # The holder is gone; a process that never saw versions 1 and 2 takes the lease over.
+    second = worker()
+    async with LifespanManager(second, startup_timeout=10):
+        await until(lambda: role(second, "names") == "leader")
+        await until(lambda: len(second.handle.status()["names"]["versions"]) == 3)
+        assert second.handle.value("names") == ["c"]
+        assert (await second.handle.rollback("names")).startswith("2-")
+        assert second.handle.value("names") == ["b"]
+        assert runtime_of(second.handle).slots["names"].kept.pinned is not None
+
+
+async def test_a_follower_never_publishes_a_held_value_and_accept_on_it_acts_for_all(tmp_path: Path) -> None:
+    """The holder guards before it stores: followers show the quarantine, and accept on one publishes everywhere."""
+    from asgi_refresh import max_shrink
+
+    values = iter([[1, 2, 3, 4], [1], [1], [1]])
+
+    async def names() -> list[int]:
+        return next(values)
+
+    def worker() -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", names, every="1h", guard=max_shrink(0.5))],
+            coordinator=SQLiteCoordinator(tmp_path / "refresh.db", poll_interval=0.02),
+        )
+
+    holder, follower = worker(), worker()
+    async with LifespanManager(holder, startup_timeout=10), LifespanManager(follower, startup_timeout=10):
+        await until(lambda: role(holder, "names") == "leader" and role(follower, "names") == "follower")
+        await holder.handle.refresh("names")
+        await until(lambda: follower.handle.status()["names"]["quarantined"] is not None)
+        assert follower.handle.value("names") == [1, 2, 3, 4]
+        assert holder.handle.value("names") == [1, 2, 3, 4]
+        await follower.handle.accept("names")
+        await until(lambda: follower.handle.value("names") == [1])
+        assert holder.handle.value("names") == [1]
+        assert follower.handle.status()["names"]["quarantined"] is None

@@ -55,9 +55,9 @@ from asgi_refresh._cluster.records import MAX_TIMESTAMP
 from asgi_refresh._contain import describe_error, escapes
 from asgi_refresh._duration import format_duration
 from asgi_refresh._fingerprint import checked_handover, fingerprint
-from asgi_refresh._keeper import ClusterKept, cluster_meta, read_cluster_meta
+from asgi_refresh._keeper import ClusterKept, cluster_meta, parse_version, read_cluster_meta
 from asgi_refresh._refresher import RESERVED_PREFIX, Refresher
-from asgi_refresh._slot import History, Kept
+from asgi_refresh._slot import History, Kept, Version
 from asgi_refresh._sources.base import Source
 from asgi_refresh._text import printable
 
@@ -179,6 +179,11 @@ _CONTROL_RETRY = 0.05
 _ACTIONS = frozenset({"accept", "reject", "pin", "unpin", "rollback"})
 
 
+def _version_record(name: str, index: int) -> str:
+    """The backend's name for slot ``index`` of ``name``'s kept versions."""
+    return f"{RESERVED_PREFIX}version{index}__{name}"
+
+
 class NotShareable(TypeError):
     """A fetched value that the codec cannot encode: a configuration error, not a bad fetch."""
 
@@ -225,6 +230,7 @@ class _Share:
         "storing",
         "validators",
         "version",
+        "versions_stored",
         "waiting",
         "was_leading",
     )
@@ -273,6 +279,7 @@ class _Share:
         # The last operator action (accept, pin...) the lease holder carried out, by
         # number, and why it could not (nothing held back, no such version).
         self.control = 0
+        self.versions_stored = 0  # the highest kept version number stored in the backend
         self.control_error: str | None = None
 
 
@@ -511,7 +518,10 @@ class Coordination:
             runtime.reschedule(slot.spec.name, self._due_after_takeover(slot))
             self._wake(share)  # a refresh-now waiting for the holder: that is us now
             if self._tasks is not None:  # an operator's action the last holder did not get to
-                self._tasks.start_soon(self._carry_out, slot, name=f"asgi_refresh:{name}:control")
+                if slot.spec.keep_versions:  # first what the last holder kept: a rollback needs it
+                    self._tasks.start_soon(self._take_over, slot, name=f"asgi_refresh:{name}:control")
+                else:
+                    self._tasks.start_soon(self._carry_out, slot, name=f"asgi_refresh:{name}:control")
         # Our own last store may be newer than this read of `head`: count what it answered.
         if leading and head is not None and head.requested > max(head.answered, share.answered):
             self._fetch_for_others(slot)
@@ -615,6 +625,8 @@ class Coordination:
                 async with share.lock:
                     if self.available and share.leading:  # still, after waiting for the lock
                         version = await self._store(slot, share, data, answered)
+                    if version is not None and slot.spec.keep_versions:
+                        await self._store_versions(slot, share)
         finally:
             share.storing = False
             share.done = time.monotonic()
@@ -1096,6 +1108,77 @@ class Coordination:
             except (LookupError, ValueError) as exc:
                 share.control_error = printable(str(exc), 300)
         await self.runtime.share_published(name)  # the outcome, for whoever asked
+
+    # -- kept versions in the backend (keep_versions) ------------------------------------------
+
+    async def _store_versions(self, slot: Entry, share: _Share) -> None:
+        """Store the kept versions not stored yet, each in one of ``keep_versions`` records.
+
+        Version ``n`` goes to record ``n % keep_versions``: the backend holds the last
+        ``keep_versions`` versions, so that a process taking the lease over can pin or
+        roll back to one it never saw. Each record is written under a short lease of
+        its own, as the control record is.
+        """
+        keep = slot.spec.keep_versions
+        for version in slot.kept.versions:
+            if version.number <= share.versions_stored or version.data is None:
+                continue
+            record = _version_record(slot.spec.name, version.number % keep)
+            meta: dict[str, MetaValue] = {
+                "source": self.fingerprints[slot.spec.name],
+                "version": version.id,
+                "fetched_at": version.fetched_at,
+            }
+            try:
+                if not await self.coordinator.acquire(record, _CONTROL_LEASE):
+                    return  # another holder writes it now: it stores its own versions
+                try:
+                    if await self.coordinator.store(record, version.data, meta) is None:
+                        return
+                finally:
+                    await self.coordinator.release(record)
+            except CoordinatorUnavailable as exc:
+                self._lost(exc)
+                return
+            except Exception as exc:  # a backend of our own making
+                self._lost(_unavailable(f"storing a version of {slot.spec.name!r}", exc))
+                return
+            share.versions_stored = version.number
+
+    async def _take_over(self, slot: Entry) -> None:
+        """As the new lease holder: load the versions the last holder kept, then any pending action."""
+        await self._load_versions(slot)
+        await self._carry_out(slot)
+
+    async def _load_versions(self, slot: Entry) -> None:
+        """The versions kept in the backend that this process does not keep yet (it started later)."""
+        name = slot.spec.name
+        found: list[Version] = []
+        for index in range(slot.spec.keep_versions):
+            try:
+                stored = _checked_stored(await _reading(self.coordinator.load(_version_record(name, index))))
+            except CoordinatorUnavailable as exc:
+                self._lost(exc)
+                return
+            except BadRecord:
+                continue  # a damaged record: that version is not kept, the next store replaces it
+            if stored is None or stored.meta.get("source") != self.fingerprints[name]:
+                continue
+            version_id, fetched_at = stored.meta.get("version"), stored.meta.get("fetched_at")
+            number, digest = parse_version(version_id) if isinstance(version_id, str) else (None, None)
+            if number is None or digest is None or not _finite(fetched_at) or slot.kept.find(str(number)):
+                continue
+            try:
+                value = await self._decoded(slot, stored.data)
+            except BadRecord:
+                continue
+            assert isinstance(fetched_at, int | float)
+            found.append(Version(number, digest, float(fetched_at), stored.data, value))
+        if found:
+            kept = sorted([*slot.kept.versions, *found], key=lambda each: each.number)
+            slot.kept.versions = kept[-slot.spec.keep_versions :]
+        share = self.shares[name]
+        share.versions_stored = max([share.versions_stored, *(each.number for each in found)])
 
     def _answer(self, share: _Share, answered: int) -> None:
         share.answered = max(share.answered, answered)
