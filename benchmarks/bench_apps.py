@@ -164,3 +164,41 @@ class _ChangingDocument:
 
 
 changing_document = _ChangingDocument()
+
+
+def snapshot_app() -> Any:
+    """For benchmarks/snapshots.py: ``BENCH_REFRESHERS`` HTTP refreshers of ``BENCH_UPSTREAM``,
+    snapshotted to ``BENCH_SNAPSHOTS``; ``/`` answers how many have a value."""
+    import os
+
+    from asgi_refresh import HTTPSource
+
+    count = int(os.environ["BENCH_REFRESHERS"])
+    upstream = os.environ["BENCH_UPSTREAM"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        state = scope["state"]
+        loaded = sum(1 for i in range(count) if state.get(f"r{i}") is not None)
+        body = f'{{"loaded": {loaded}}}'.encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return RefreshMiddleware(
+        app,
+        refreshers=[
+            Refresher(f"r{i}", HTTPSource(f"{upstream}/r{i}", timeout="2s"), every="1h") for i in range(count)
+        ],
+        snapshot_dir=os.environ["BENCH_SNAPSHOTS"],
+        startup_timeout="20s",
+    )

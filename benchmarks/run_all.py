@@ -21,6 +21,7 @@ import failure_logs
 import idle
 import import_cost
 import overhead
+import snapshots
 import sources
 import startup
 import throughput
@@ -42,6 +43,7 @@ async def run(quick: bool) -> list[Row]:
             *await coordinator_idle.measure(refreshers=200, lease_ttl=1.5, polls=1),
             *await failure_logs.measure(refreshers=50, minutes=5),
             *await import_cost.measure(rounds=2),
+            *await snapshots.measure(refreshers=20, rounds=1, refreshes=3),
         ]
     return [
         *await overhead.measure(),
@@ -55,6 +57,7 @@ async def run(quick: bool) -> list[Row]:
         *await coordinator_idle.measure(),
         *await failure_logs.measure(),
         *await import_cost.measure(),
+        *await snapshots.measure(),
     ]
 
 
