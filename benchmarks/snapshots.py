@@ -158,7 +158,7 @@ async def _refreshes(snapshot_dir: str | None, refreshes: int, *, changing: bool
             if writer is not None:
                 await writer.flush()  # counted: the write is part of what a refresh costs
         took = (time.perf_counter() - started) / refreshes
-    size = 0 if snapshot_dir is None else os.path.getsize(Path(snapshot_dir) / "big.snapshot")
+    size = 0 if snapshot_dir is None else (Path(snapshot_dir) / "big.snapshot").stat().st_size
     return took, size
 
 
