@@ -56,8 +56,9 @@ class RefreshEvent:
     it), ``quarantine_ended`` (the held value was dropped without an operator:
     the upstream went back to the published value, or sent a newer one that
     passes the guards), ``pinned`` and ``unpinned``, and ``restored`` (a
-    refresher whose first load failed started from its snapshot). Each is
-    followed by ``changed`` when it changed the published value.
+    refresher whose first load failed started from its snapshot). An
+    ``accepted`` or ``pinned`` that changes the published value comes with a
+    ``changed`` (sent first: the value is published by then).
 
     Attributes:
         kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"``,

@@ -98,6 +98,13 @@ def checked_guards(owner: str, guard: object) -> tuple[Guard, ...]:
         )
     checked = tuple(guards)
     for each in checked:
+        if isinstance(each, type):
+            raise OptionTypeError(
+                owner,
+                "guard",
+                f"guard must be a guard, not the class {each.__name__}: call it, like "
+                f"{each.__name__}(...) (got {each!r})",
+            )
         if not callable(each):
             raise OptionTypeError(
                 owner, "guard", f"guard must hold callables guard(old, new) -> None | str (got {each!r})"

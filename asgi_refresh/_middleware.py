@@ -54,8 +54,9 @@ class RefreshMiddleware:
         clock: Where the schedule reads time; tests pass
             `asgi_refresh.testing.FakeClock` to run hours of schedule in milliseconds.
         listeners: Callables given a `RefreshEvent` for every fetch started,
-            succeeded, not modified or failed, and every value changed (metrics,
-            alerts). Plain ones run inline and must be quick; ``async`` ones run
+            succeeded, not modified or failed, every value changed, and what
+            last known good does (held back, accepted, pinned, restored...) for
+            metrics and alerts. Plain ones run inline and must be quick; ``async`` ones run
             in order on a task of their own. One that raises is logged and ignored.
         admin_path: Serve the admin endpoints under this prefix, like
             ``"/_refresh"``: ``GET`` it for the JSON status (or the status page

@@ -895,9 +895,9 @@ class Runtime:
     async def pin(self, name: str, version: str) -> Any:
         """Publish kept version ``version`` of ``name`` and keep it published until `unpin`; return it."""
         slot = self.slot(name)
-        if not isinstance(version, str) or not version:
+        if not isinstance(version, str) or not version or len(version) > 100:
             raise ValueError(
-                f"Refresher {name!r}: a version is a string like '3-9f2c41ab' or '3' (got {version!r})"
+                f"Refresher {name!r}: a version is a string like '3-9f2c41ab' or '3' (got {version!r:.60})"
             )
         self._needs_versions(slot, "pin")
         if await self._forward(slot, "pin", version):

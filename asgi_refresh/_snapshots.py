@@ -115,6 +115,11 @@ def write(
     """
     from asgi_refresh._cluster.records import encode_meta
 
+    if len(data) > DEFAULT_MAX_BYTES:
+        raise ValueError(
+            f"its value is {len(data)} bytes encoded, over the {DEFAULT_MAX_BYTES} a snapshot may hold "
+            "(startup would refuse it); give this refresher snapshot=False"
+        )
     header = encode_meta({**meta, "name": name, "size": len(data), "checksum": checksum(data)})
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = path_of(directory, name)

@@ -81,6 +81,31 @@ async def test_a_cold_start_with_the_upstream_down_serves_the_snapshot(tmp_path:
         assert runtime_of(handle).unhealthy() == []
 
 
+async def test_with_the_upstream_and_the_coordinator_both_down_it_starts_from_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    """A coordinator that cannot be reached is no reason to fail startup when a snapshot exists."""
+    import socket
+
+    from asgi_refresh import RedisCoordinator
+
+    with socket.socket() as closed:  # a loopback port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    refresher = Refresher("names", Upstream(["ada"]), every="1h")
+    async with lifespan(refresher, snapshot_dir=tmp_path):
+        pass
+    down = Refresher("names", Upstream(OSError("connection refused")), every="1h")
+    coordinator = RedisCoordinator(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+    async with lifespan(
+        down, snapshot_dir=tmp_path, coordinator=coordinator, clock=FakeClock(START)
+    ) as middleware:
+        assert middleware.handle.value("names") == ["ada"]
+        entry = middleware.handle.status()["names"]
+        assert entry["origin"] == "snapshot"
+        assert entry["coordination"]["role"] == "standalone"
+
+
 async def test_a_snapshot_counts_as_stale_past_max_stale(tmp_path: Path) -> None:
     """Readiness follows max_stale for a snapshot value as for any value."""
     clock = FakeClock(START)
@@ -675,3 +700,34 @@ async def startup_failure_with(refresher: Refresher, *, start: Any = START, **op
     assert [message["type"] for message in server.sent] == ["lifespan.startup.failed"], server.sent
     message: str = server.sent[0]["message"]
     return message
+
+
+def test_a_guard_class_instead_of_a_guard_is_refused() -> None:
+    """guard=max_shrink (the class) would hold back every change: refused, saying to call it."""
+    from asgi_refresh import OptionError
+
+    with pytest.raises(
+        TypeError, match=r"not the class max_shrink: call it, like max_shrink\(...\)"
+    ) as caught:
+        Refresher("names", Upstream([1]), every="1h", guard=max_shrink)  # type: ignore[arg-type]
+    assert isinstance(caught.value, OptionError)
+    assert caught.value.option == "guard"
+
+
+def test_a_value_too_big_for_a_snapshot_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What startup would refuse to read is not written: a clear error instead."""
+    monkeypatch.setattr(snapshots, "DEFAULT_MAX_BYTES", 10)
+    with pytest.raises(ValueError, match="over the 10 a snapshot may hold"):
+        snapshots.write(tmp_path, "names", b"x" * 11, {"source": "s", "fetched_at": 1.0}, at=1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_version_argument_that_is_not_a_version_is_refused_at_once() -> None:
+    """pin() checks its argument before anything else (a follower would forward it to the holder)."""
+    async with lifespan(Refresher("names", Upstream(["a"]), every="1h", keep_versions=2)) as middleware:
+        with pytest.raises(ValueError, match="a version is a string like"):
+            await middleware.handle.pin("names", "9" * 500)
+        with pytest.raises(ValueError, match="a version is a string like"):
+            await middleware.handle.pin("names", "")
