@@ -313,7 +313,9 @@ class Keeper:
         """Version ``version`` of ``slot`` from the snapshot directory (kept there with ``keep_versions``)."""
         writer = self.writer
         number, _ = (
-            parse_version(version) if "-" in version else (int(version) if version.isdigit() else None, None)
+            parse_version(version)
+            if "-" in version
+            else (int(version) if version.isascii() and version.isdigit() else None, None)
         )
         if writer is None or number is None:
             return None
@@ -369,7 +371,10 @@ def _number_of(version: Version | None) -> int:
 def parse_version(version: str) -> tuple[int | None, str | None]:
     """``3-9f2c41ab`` as (3, "9f2c41ab"); (None, None) for anything else (it came from outside)."""
     number, _, digest = version.partition("-")
-    if not (number.isdigit() and len(number) <= 15 and len(digest) == 8 and _is_hex(digest)):
+    # ASCII digits only: str.isdigit takes "²" (int() refuses it) and "٣" (int() reads 3).
+    if not (
+        number.isascii() and number.isdigit() and len(number) <= 15 and len(digest) == 8 and _is_hex(digest)
+    ):
         return None, None
     return int(number), digest
 

@@ -87,7 +87,7 @@ def kept_versions(directory: Path, name: str) -> list[int]:
     for entry in entries:
         if entry.startswith(prefix) and entry.endswith(_SUFFIX):
             number = entry[len(prefix) : -len(_SUFFIX)]
-            if number.isdigit() and len(number) <= 15:
+            if number.isascii() and number.isdigit() and len(number) <= 15:  # not "²": int() refuses it
                 numbers.append(int(number))
     return sorted(numbers)
 

@@ -1,0 +1,99 @@
+"""Review of the last-known-good core: regressions for defects found reading it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgi_lifespan import LifespanManager
+
+from asgi_refresh import Refresher, RefreshMiddleware
+from asgi_refresh import _snapshots as snapshots
+from asgi_refresh._cluster.base import BadRecord
+from asgi_refresh._keeper import parse_version, read_cluster_meta
+from asgi_refresh.testing import FakeClock
+from tests.helpers import START, ScriptedApp, Upstream, runtime_of
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def lifespan(
+    *refreshers: Refresher, clock: FakeClock | None = None, **options: Any
+) -> AsyncIterator[RefreshMiddleware]:
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=list(refreshers), clock=clock or FakeClock(START), **options
+    )
+    async with LifespanManager(middleware):
+        yield middleware
+
+
+async def written(middleware: RefreshMiddleware) -> None:
+    """Wait until the snapshots queued so far are on disk."""
+    keeper = runtime_of(middleware.handle).keeper
+    assert keeper is not None
+    assert keeper.writer is not None
+    await keeper.writer.flush()
+
+
+# -- version numbers from outside: only ASCII digits ------------------------------------
+
+
+@pytest.mark.parametrize("version", ["²-0123abcd", "٣-0123abcd", "1²-0123abcd"])
+def test_a_version_id_with_non_ascii_digits_is_not_a_version(version: str) -> None:
+    """parse_version refuses '²' and '٣' (str.isdigit accepts them, int() fails or reads them as 3)."""
+    assert parse_version(version) == (None, None)
+
+
+def test_a_backend_record_whose_version_has_non_ascii_digits_is_a_bad_record() -> None:
+    """A hostile record's meta is a BadRecord (logged, skipped), not a ValueError out of the watch loop."""
+    with pytest.raises(BadRecord):
+        read_cluster_meta({"version": "²-0123abcd"})
+    with pytest.raises(BadRecord):
+        read_cluster_meta({"pin": "²-0123abcd"})
+
+
+async def test_a_snapshot_whose_version_has_non_ascii_digits_is_still_started_from(tmp_path: Path) -> None:
+    """A snapshot header naming version '²-…' does not crash the restore: the value is served, unnumbered."""
+    async with lifespan(
+        Refresher("names", Upstream(["ada"]), every="1h", keep_versions=3), snapshot_dir=tmp_path
+    ):
+        pass
+    good = snapshots.read(snapshots.path_of(tmp_path, "names"), "names")
+    snapshots.write(tmp_path, "names", good.data, {**good.meta, "version": "²-0123abcd"}, at=time.time())
+    down = Upstream(OSError("connection refused"))
+    async with lifespan(
+        Refresher("names", down, every="1h", keep_versions=3), snapshot_dir=tmp_path
+    ) as middleware:
+        assert middleware.handle.value("names") == ["ada"]
+        entry = middleware.handle.status()["names"]
+        assert entry["origin"] == "snapshot"
+        assert entry["version"] is None
+
+
+async def test_a_stray_version_file_with_non_ascii_digits_does_not_stop_the_refresher(tmp_path: Path) -> None:
+    """names@².snapshot in the snapshot directory is ignored: new values are still published and numbered."""
+    (tmp_path / "names@².snapshot").write_bytes(b"hostile")
+    async with lifespan(
+        Refresher("names", Upstream(["a"], ["b"]), every="1h", keep_versions=3), snapshot_dir=tmp_path
+    ) as middleware:
+        handle = middleware.handle
+        assert await handle.refresh("names") == ["b"]
+        assert [each["id"].split("-")[0] for each in handle.status()["names"]["versions"]] == ["2", "1"]
+        await written(middleware)
+        assert handle.status()["names"]["snapshot"]["error"] is None  # type: ignore[index]
+    assert "names@2.snapshot" in os.listdir(tmp_path)
+
+
+async def test_pin_with_a_non_ascii_digit_is_a_lookup_error(tmp_path: Path) -> None:
+    """pin('names', '²') says no such version, as for any unknown one (not int()'s ValueError)."""
+    async with lifespan(
+        Refresher("names", Upstream(["a"]), every="1h", keep_versions=3), snapshot_dir=tmp_path
+    ) as middleware:
+        with pytest.raises(LookupError, match="keeps no version"):
+            await middleware.handle.pin("names", "²")
