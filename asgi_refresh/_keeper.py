@@ -496,6 +496,7 @@ def _held(fields: dict[str, Any]) -> Held:
     clean = {key: value for key, value in summary.items() if key in _SUMMARY_KEYS and _summary_value(value)}
     held = Held(None, None, digest, printable(reason, 500), clean, float(since))
     held.rejected = rejected
+    held.here = False
     return held
 
 

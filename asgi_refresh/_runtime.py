@@ -490,8 +490,8 @@ class Runtime:
             return None
         held = kept.held
         if held is not None and _same(held, value, data):
-            if held.value is None:  # held back by the last lease holder: ours to accept or reject now
-                held.value, held.data = value, data
+            if not held.here:  # held back by the last lease holder: ours to accept or reject now
+                held.value, held.data, held.here = value, data, True
             return held.reason
         reason = await keeper.screen(slot, published, value)
         if reason is None:
@@ -858,7 +858,7 @@ class Runtime:
         if await self._forward(slot, "accept"):
             return self.state[name]
         held = slot.kept.held
-        if held is None or held.value is None:
+        if held is None or not held.here:
             raise LookupError(f"Refresher {name!r} holds no value back; nothing to accept")
         slot.kept.held = None
         self._publish_kept(
@@ -880,7 +880,7 @@ class Runtime:
         if await self._forward(slot, "reject"):
             return
         held = slot.kept.held
-        if held is None or held.value is None:
+        if held is None or not held.here:
             raise LookupError(f"Refresher {name!r} holds no value back; nothing to reject")
         held.rejected = True
         logger.info(

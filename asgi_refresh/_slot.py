@@ -117,7 +117,7 @@ class Version:
 class Held:
     """A fetched value that a guard held back (quarantine): not published until accepted."""
 
-    __slots__ = ("data", "digest", "reason", "rejected", "since", "summary", "value")
+    __slots__ = ("data", "digest", "here", "reason", "rejected", "since", "summary", "value")
 
     def __init__(
         self,
@@ -135,6 +135,9 @@ class Held:
         self.summary = summary  # sizes and keys, never values
         self.since = since  # wall clock
         self.rejected = False  # an operator said no: the same value fetched again stays held, quietly
+        # Its value is in this process (False: the last lease holder held it back). Not
+        # `value is None`: a fetch may return None, and a guard hold it back.
+        self.here = True
 
 
 class Kept:

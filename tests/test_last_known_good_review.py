@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshMiddleware
+from asgi_refresh import Refresher, RefreshMiddleware, required_keys
 from asgi_refresh import _snapshots as snapshots
 from asgi_refresh._cluster.base import BadRecord
 from asgi_refresh._keeper import parse_version, read_cluster_meta
@@ -97,3 +97,24 @@ async def test_pin_with_a_non_ascii_digit_is_a_lookup_error(tmp_path: Path) -> N
     ) as middleware:
         with pytest.raises(LookupError, match="keeps no version"):
             await middleware.handle.pin("names", "²")
+
+
+# -- quarantine ----------------------------------------------------------------------------
+
+
+async def test_a_held_back_none_can_be_rejected_and_accepted() -> None:
+    """A fetch that returns None and is held back is in quarantine like any value: reject and accept work."""
+    upstream = Upstream({"prices": 1}, None)
+    async with lifespan(
+        Refresher("config", upstream, every="1h", guard=required_keys("prices"))
+    ) as middleware:
+        handle = middleware.handle
+        await handle.refresh("config")
+        held = handle.status()["config"]["quarantined"]
+        assert held is not None
+        assert held["reason"] == "it is None, not a mapping with the required keys"
+        await handle.reject("config")
+        assert handle.status()["config"]["quarantined"]["rejected"] is True  # type: ignore[index]
+        assert await handle.accept("config") is None
+        assert handle.value("config") is None
+        assert handle.status()["config"]["quarantined"] is None
