@@ -548,6 +548,9 @@ class Runtime:
         slot.kept.withheld = True
         slot.fatal = False
         slot.attempted = True
+        held = slot.kept.held
+        if why != "pinned" and held is not None:  # fetched (again) now: accepted, it is this old
+            held.fetched_at, held.fresh = self.clock.wall(), result.fresh
         if why == "pinned":
             digest = "" if data is None else content_digest(data)
             size = None if data is None else len(data)
@@ -862,7 +865,12 @@ class Runtime:
             raise LookupError(f"Refresher {name!r} holds no value back; nothing to accept")
         slot.kept.held = None
         self._publish_kept(
-            slot, held.value, held.data, age=max(self.clock.wall() - held.since, 0.0), origin="fetched"
+            slot,
+            held.value,
+            held.data,
+            age=max(self.clock.wall() - held.fetched_at, 0.0),
+            origin="fetched",
+            fresh=held.fresh,
         )
         logger.info(
             "Refresher %r: the value held back was accepted and is published",
@@ -1005,7 +1013,14 @@ class Runtime:
             self.events.emit("pinned", name)
 
     def _publish_kept(
-        self, slot: Slot, value: Any, data: bytes | None, *, age: float | None, origin: str
+        self,
+        slot: Slot,
+        value: Any,
+        data: bytes | None,
+        *,
+        age: float | None,
+        origin: str,
+        fresh: Fresh[Any] | None = None,
     ) -> None:
         """Publish a value an operator chose (accepted, pinned): a change like any other."""
         name = slot.spec.name
@@ -1018,11 +1033,22 @@ class Runtime:
             now = self.clock.monotonic()
             slot.history.last_success_mono = now - age
             slot.history.last_success_at = self.clock.wall() - age
+            # Its own expiry (a token), not the one of the value it replaces.
+            slot.expires_at = None if fresh is None else now - age + fresh.expires_in
+            slot.leeway = 0.0 if fresh is None else fresh.leeway
         slot.loaded = slot.attempted = True
         slot.kept.withheld = True  # the source's last value may not be this one: its next 304 is weighed
         self.publisher.progress(slot)
         if self.keeper is not None and origin != "pinned":
-            self._keep(slot, value, data, changed=changed, fresh=None, handover=None)
+            self._keep(
+                slot,
+                value,
+                data,
+                changed=changed,
+                fresh=fresh,
+                handover=None,
+                age=0.0 if age is None else age,
+            )
         elif self.keeper is not None and changed and data is not None and self.keeper.writer is not None:
             self.keeper.snapshot_pinned(slot, data)
         slot.kept.origin = origin

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Refresher, RefreshMiddleware, required_keys
+from asgi_refresh import Fresh, Refresher, RefreshMiddleware, max_shrink, required_keys
 from asgi_refresh import _snapshots as snapshots
 from asgi_refresh._cluster.base import BadRecord
 from asgi_refresh._keeper import parse_version, read_cluster_meta
@@ -102,6 +102,27 @@ async def test_pin_with_a_non_ascii_digit_is_a_lookup_error(tmp_path: Path) -> N
 # -- quarantine ----------------------------------------------------------------------------
 
 
+async def test_a_value_accepted_after_a_long_quarantine_is_as_old_as_its_last_fetch() -> None:
+    """Accepting a value that was fetched again all along does not make it stale (nor the app unready)."""
+    clock = FakeClock(START)
+    upstream = Upstream([1, 2, 3, 4], [1])
+    async with lifespan(
+        Refresher("names", upstream, every="1h", jitter=0, max_stale="2h", guard=max_shrink(0.5)),
+        clock=clock,
+    ) as middleware:
+        handle = middleware.handle
+        await handle.refresh("names")
+        assert handle.status()["names"]["quarantined"] is not None
+        await clock.advance("10h")  # fetched every hour meanwhile, held back quietly each time
+        assert upstream.calls >= 10
+        assert await handle.accept("names") == [1]
+        entry = handle.status()["names"]
+        assert entry["stale"] is False
+        assert entry["age"] is not None
+        assert entry["age"] <= 3600
+        assert runtime_of(handle).unhealthy() == []
+
+
 async def test_a_held_back_none_can_be_rejected_and_accepted() -> None:
     """A fetch that returns None and is held back is in quarantine like any value: reject and accept work."""
     upstream = Upstream({"prices": 1}, None)
@@ -118,3 +139,44 @@ async def test_a_held_back_none_can_be_rejected_and_accepted() -> None:
         assert await handle.accept("config") is None
         assert handle.value("config") is None
         assert handle.status()["config"]["quarantined"] is None
+
+
+async def test_an_accepted_fresh_token_is_not_written_to_the_snapshot_directory(tmp_path: Path) -> None:
+    """A Fresh value held back and accepted stays off the disk, as every Fresh value does (snapshot=None)."""
+    tokens = iter(["a" * 40, "short"])
+
+    async def token() -> Fresh[str]:
+        return Fresh(next(tokens), expires_in="1h")
+
+    def same_length(old: Any, new: Any) -> str | None:
+        return None if len(old) == len(new) else "the token changed shape"
+
+    async with lifespan(
+        Refresher("token", token, every="1h", guard=same_length), snapshot_dir=tmp_path
+    ) as middleware:
+        handle = middleware.handle
+        await handle.refresh("token")
+        assert handle.status()["token"]["quarantined"] is not None
+        assert await handle.accept("token") == "short"
+        await written(middleware)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_an_accepted_fresh_token_keeps_its_own_expiry() -> None:
+    """The accepted token expires when it does, not when the token it replaced did (status, readiness)."""
+    tokens = iter([Fresh("a" * 40, expires_in="10m"), Fresh("short", expires_in="2h")])
+
+    async def token() -> Fresh[str]:
+        return next(tokens)
+
+    def same_length(old: Any, new: Any) -> str | None:
+        return None if len(old) == len(new) else "the token changed shape"
+
+    clock = FakeClock(START)
+    async with lifespan(Refresher("token", token, every="1d", guard=same_length), clock=clock) as middleware:
+        handle = middleware.handle
+        await handle.refresh("token")
+        assert await handle.accept("token") == "short"
+        expires_at = runtime_of(handle).slots["token"].expires_at
+        assert expires_at is not None
+        assert expires_at - clock.monotonic() == pytest.approx(7200, abs=1)
