@@ -190,6 +190,7 @@ class Keeper:
         if known is not None:
             fetched_at = known.fetched_at
         made = Version(number, digest, fetched_at, data if spec.keep_versions else None, value)
+        made.fresh = fresh
         if spec.keep_versions:
             if known is not None:
                 versions = [made if each is known else each for each in kept.versions]
@@ -347,7 +348,7 @@ class Keeper:
     def snapshot_pinned(self, slot: Slot, data: bytes) -> None:
         """Snapshot a pinned value: a restart with the upstream down starts from what was served."""
         pinned = slot.kept.pinned
-        if self.writer is None or pinned is None or not self.snapshots(slot, fresh=False):
+        if self.writer is None or pinned is None or not self.snapshots(slot, fresh=pinned.fresh):
             return
         meta = snapshots.snapshot_meta(
             source=self.fingerprint(slot),

@@ -926,7 +926,8 @@ class Runtime:
         self._needs_versions(slot, "unpin")
         coordination = self.coordination
         if coordination is not None and not coordination.fetches(slot):
-            assert self._task_group is not None, "asgi_refresh is not running"
+            if self._task_group is None:
+                raise RuntimeError("asgi_refresh is not running (no lifespan)")
             self._task_group.start_soon(self._unpin_elsewhere, slot, name=f"asgi_refresh:{name}:unpin")
             return
         if slot.kept.pinned is None:

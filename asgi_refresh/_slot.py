@@ -93,7 +93,7 @@ class Timing:
 class Version:
     """One published value as ``keep_versions`` keeps it: ``{number}-{digest}``, e.g. ``3-9f2c41ab``."""
 
-    __slots__ = ("data", "digest", "fetched_at", "number", "size", "value")
+    __slots__ = ("data", "digest", "fetched_at", "fresh", "number", "size", "value")
 
     def __init__(
         self,
@@ -110,6 +110,7 @@ class Version:
         self.size = len(data) if data is not None else size  # bytes, encoded
         self.data = data  # the encoding, for the coordinator and the snapshot directory
         self.value = value
+        self.fresh = False  # a `Fresh` (a token): kept off the disk unless snapshot=True
 
     @property
     def id(self) -> str:
