@@ -547,3 +547,87 @@ def test_hostile_headers_are_refused_never_raised(
 ) -> None:
     """Any header bytes at all are a refusal (None), never an exception."""
     assert _verify(hook(scheme), headers, body, NOW) is None
+
+
+# -- configuration files ----------------------------------------------------------------------
+
+
+CONFIG = """
+[refreshers.names]
+source = "python"
+target = "tests.test_webhooks:count_fetch"
+every = "1h"
+
+[middleware]
+admin_path = "/_refresh"
+admin_token = "${ADMIN_TOKEN}"
+
+[middleware.admin_webhooks.deploy]
+refreshers = ["names"]
+github_secret = "${HOOK_SECRET}"
+max_body = 4096
+"""
+FETCHES: list[int] = []
+
+
+async def count_fetch() -> int:
+    FETCHES.append(1)
+    return len(FETCHES)
+
+
+async def test_a_config_file_serves_its_webhooks(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[middleware.admin_webhooks.<hook>]`` with a secret from the environment serves the hook."""
+    monkeypatch.setenv("ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("HOOK_SECRET", GITHUB)
+    path = tmp_path / "refresh.toml"
+    path.write_text(CONFIG)
+    FETCHES.clear()
+    middleware = RefreshMiddleware.from_config(ScriptedApp(), path, clock=FakeClock(START))
+    async with LifespanManager(middleware):
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+            body = b"{}"
+            good = await http.post("/_refresh/hooks/deploy", content=body, headers=signed("github", body))
+            bad = await http.post("/_refresh/hooks/deploy", content=body, headers=signed("gitlab", body))
+            big = await http.post(
+                "/_refresh/hooks/deploy", content=b"x" * 4097, headers=signed("github", body)
+            )
+            await settle()
+    assert (good.status_code, bad.status_code, big.status_code) == (202, 401, 413)
+    assert len(FETCHES) == 2
+
+
+def test_a_bad_webhook_table_reports_every_problem_and_no_secret(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown keys, bad secrets and unknown refreshers are reported by key, secrets masked."""
+    from asgi_refresh import ConfigError
+
+    secret_with_newline = GITHUB + " "
+    monkeypatch.setenv("ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("HOOK_SECRET", secret_with_newline)
+    path = tmp_path / "refresh.toml"
+    path.write_text(
+        CONFIG
+        + """
+[middleware.admin_webhooks.other]
+refreshers = ["names"]
+gitlab_token = "short"
+colour = "blue"
+"""
+    )
+    with pytest.raises(ConfigError) as caught:
+        RefreshMiddleware.from_config(ScriptedApp(), path)
+    text = str(caught.value)
+    assert (
+        "middleware.admin_webhooks.deploy.github_secret: github_secret has leading or trailing whitespace"
+        in text
+    )
+    assert "middleware.admin_webhooks.other.colour: unknown key" in text
+    assert "middleware.admin_webhooks.other.gitlab_token: gitlab_token must be at least 16" in text
+    assert "exactly one" not in text
+    assert GITHUB not in text
+    path.write_text(CONFIG.replace('refreshers = ["names"]', 'refreshers = ["nope"]'))
+    monkeypatch.setenv("HOOK_SECRET", GITHUB)
+    with pytest.raises(ConfigError, match=r"middleware.admin_webhooks: .*'nope'"):
+        RefreshMiddleware.from_config(ScriptedApp(), path)
