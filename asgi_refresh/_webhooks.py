@@ -232,7 +232,8 @@ class Webhooks:
 
     def __init__(self, hooks: Mapping[str, Webhook]) -> None:
         self.hooks = dict(hooks)
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # (hook, id) -> wall time seen
+        # hook -> {webhook-id: wall time first seen}, oldest first
+        self._seen: dict[str, OrderedDict[str, float]] = {name: OrderedDict() for name in self.hooks}
         # Pacing belongs to a lifespan (its trailing refresh runs in that lifespan's tasks).
         self._gates: weakref.WeakKeyDictionary[Any, dict[str, _Gate]] = weakref.WeakKeyDictionary()
         self._refused: dict[str, tuple[float, int]] = {}  # hook -> (when logged, refused since)
@@ -274,18 +275,23 @@ class Webhooks:
         await _reply(send, 202, {"hook": hook_name, "refreshing": list(hook.refreshers)})
 
     def _replayed(self, hook_name: str, delivery_id: str, hook: Webhook, now: float) -> bool:
-        """Whether ``delivery_id`` was seen within the tolerance; remember it if not."""
-        seen = self._seen
-        window = float(hook.tolerance)  # type: ignore[arg-type]  # checked: seconds
-        while seen:  # forget what is outside every window: insertion order is time order
-            (_, at) = next(iter(seen.items()))
-            if now - at <= window and len(seen) < _SEEN_MAX:
+        """Whether ``delivery_id`` was seen within the tolerance; remember it if not.
+
+        An id is kept for twice the tolerance: a timestamp may be that far ahead of
+        our clock and still pass, and it must stay a replay until it no longer does.
+        Past `_SEEN_MAX` ids the oldest are forgotten (only senders with the secret
+        can add ids, so only a sender's own flood reaches that).
+        """
+        seen = self._seen[hook_name]
+        keep = 2 * float(hook.tolerance)  # type: ignore[arg-type]  # checked: seconds
+        while seen:  # insertion order is time order: forget from the oldest
+            at = next(iter(seen.values()))
+            if now - at <= keep and len(seen) < _SEEN_MAX:
                 break
             seen.popitem(last=False)
-        key = (hook_name, delivery_id)
-        if key in seen:
+        if delivery_id in seen:
             return True
-        seen[key] = now
+        seen[delivery_id] = now
         return False
 
     def _trigger(self, target: Target, name: str) -> None:
@@ -311,7 +317,7 @@ class Webhooks:
 
         try:
             target.start_source_task(trailing, f"asgi_refresh:{name}:webhook")
-        except (AssertionError, RuntimeError):  # stopping: nothing to refresh any more
+        except (AssertionError, AttributeError, RuntimeError):  # stopping: nothing to refresh any more
             gate.trailing = False
 
     def _record(self, target: Target, hook_name: str, outcome: Outcome) -> None:
@@ -319,7 +325,7 @@ class Webhooks:
         if target.events is not None:
             target.events.emit("webhook", hook_name, error=None if outcome == "accepted" else outcome)
         if outcome in ("accepted", "duplicate"):
-            logger.info(
+            logger.debug(  # a burst would flood INFO: the event and the metric count them
                 "asgi_refresh: webhook %r delivery %s",
                 hook_name,
                 outcome,

@@ -223,6 +223,25 @@ async def test_standard_a_replayed_id_is_answered_without_a_refresh() -> None:
         assert (await http.post("/_refresh/hooks/deploy", content=body, headers=other)).status_code == 202
 
 
+async def test_standard_a_replay_of_a_timestamp_from_ahead_stays_a_replay() -> None:
+    """An id signed 299 s ahead of our clock is still a replay 400 s later, while its timestamp passes."""
+    clock = FakeClock(START)
+    async with running({"deploy": hook("standard")}, clock=clock) as (http, middleware):
+        body = b"{}"
+        headers = signed("standard", body, delivery="msg_ahead", at=NOW + 299)
+        assert (await http.post("/_refresh/hooks/deploy", content=body, headers=headers)).status_code == 202
+        await settle()
+        await clock.advance(400)
+        again = await http.post("/_refresh/hooks/deploy", content=body, headers=headers)
+        assert again.status_code == 200
+        assert again.json()["duplicate"] is True
+        await clock.advance(300)  # now its timestamp is out of the window: refused as too old
+        late = await http.post("/_refresh/hooks/deploy", content=body, headers=headers)
+        assert late.status_code == 401
+        await settle()
+        assert calls(middleware, "names") == 2
+
+
 @pytest.mark.parametrize("scheme", ["github", "gitlab"])
 async def test_github_and_gitlab_replays_only_refresh_again_paced(scheme: str) -> None:
     """GitHub and GitLab sign no timestamp: a replay is a valid delivery, and pacing bounds its cost."""
@@ -619,12 +638,9 @@ colour = "blue"
     with pytest.raises(ConfigError) as caught:
         RefreshMiddleware.from_config(ScriptedApp(), path)
     text = str(caught.value)
-    assert (
-        "middleware.admin_webhooks.deploy.github_secret: github_secret has leading or trailing whitespace"
-        in text
-    )
+    assert "middleware.admin_webhooks.deploy.github_secret: has leading or trailing whitespace" in text
     assert "middleware.admin_webhooks.other.colour: unknown key" in text
-    assert "middleware.admin_webhooks.other.gitlab_token: gitlab_token must be at least 16" in text
+    assert "middleware.admin_webhooks.other.gitlab_token: must be at least 16" in text
     assert "exactly one" not in text
     assert GITHUB not in text
     path.write_text(CONFIG.replace('refreshers = ["names"]', 'refreshers = ["nope"]'))
