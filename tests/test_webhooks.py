@@ -647,3 +647,46 @@ colour = "blue"
     monkeypatch.setenv("HOOK_SECRET", GITHUB)
     with pytest.raises(ConfigError, match=r"middleware.admin_webhooks: .*'nope'"):
         RefreshMiddleware.from_config(ScriptedApp(), path)
+
+
+class _Runtime:
+    """A stand-in runtime for raw ASGI calls: it records what a delivery asks of it."""
+
+    def __init__(self) -> None:
+        self.clock: Clock = FakeClock(START)
+        self.events: Events | None = None
+        self.refreshed: list[str] = []
+
+    def refresh_after_change(self, name: str) -> None:
+        self.refreshed.append(name)
+
+    def start_source_task(self, func: Any, name: str) -> None:
+        raise AssertionError("nothing may be queued")
+
+
+async def test_a_body_too_slow_or_abandoned_is_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body that stalls answers 408 after the read limit; a client that leaves is not refreshed for."""
+    monkeypatch.setattr("asgi_refresh._webhooks._READ_TIMEOUT", 0.05)
+    webhooks = Webhooks({"deploy": hook("github")})
+    runtime = _Runtime()
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def stall() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    scope = {"type": "http", "method": "POST", "headers": []}
+    with anyio.fail_after(5):
+        await webhooks(scope, stall, send, "deploy", runtime)
+    assert sent[0]["status"] == 408
+
+    async def leave() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    sent.clear()
+    await webhooks(scope, leave, send, "deploy", runtime)
+    assert sent[0]["status"] == 408
+    assert runtime.refreshed == []
