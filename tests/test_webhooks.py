@@ -512,6 +512,7 @@ def test_a_bad_webhook_is_refused_with_a_clear_error(
         ({"deploy": hook("github", "nope")}, {}, "do not exist: 'nope'"),
         ({"bad/name": hook("github")}, {}, "hook name"),
         ({"deploy": "not a webhook"}, {}, "must be a Webhook"),
+        (["deploy"], {}, "must be a mapping of hook names"),
         ({"deploy": hook("github")}, {"admin_path": None}, "needs admin_path"),
     ],
 )
