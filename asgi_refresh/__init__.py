@@ -41,6 +41,7 @@ if _TYPE_CHECKING:
     from ._sources.file import FileSource
     from ._sources.http import HTTPSource
     from ._status import Status as RefresherStatus
+    from ._webhooks import Webhook
 
 # Imported on first use: name -> module (and the name there, where it differs).
 _RENAMED = {"RefresherStatus": "Status"}
@@ -66,6 +67,7 @@ _LAZY = {
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
+    "Webhook": "._webhooks",
 }
 
 __all__ = [
@@ -98,6 +100,7 @@ __all__ = [
     "SourceContext",
     "SourceError",
     "Stored",
+    "Webhook",
     "max_shrink",
     "required_keys",
 ]

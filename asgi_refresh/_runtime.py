@@ -228,6 +228,22 @@ class Runtime:
         else:
             self.scheduler.reschedule(slot, self.clock.monotonic())
 
+    def refresh_after_change(self, name: str) -> None:
+        """The upstream of ``name`` says it changed (a webhook): fetch it now.
+
+        A fetch under way here may have read the old data, so another follows it (as
+        for a watched file). A process that does not hold the lease asks the holder
+        to fetch (refresh-now), so that every process serves the change.
+        """
+        slot = self.slot(name)
+        if slot.overridden:
+            return
+        coordination = self.coordination
+        if slot.flight is not None and (coordination is None or coordination.fetches(slot)):
+            slot.timing.refresh_again = True
+        else:
+            self.start_refresh(slot)
+
     async def load(self, startup_timeout: float, *, simulated: bool = False) -> RefreshError | None:
         """Wait for the first loads; return why startup must fail, or None.
 

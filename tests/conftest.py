@@ -51,12 +51,19 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 # Modules whose every test starts a real server: subprocesses (uvicorn, hypercorn, granian,
 # daphne, `python -m asgi_refresh.demo`) or a uvicorn thread.
 SERVER_MODULES = frozenset(
-    {"test_real_servers", "test_cluster", "test_sources_e2e", "test_demo", "test_admin_page"}
+    {
+        "test_real_servers",
+        "test_cluster",
+        "test_sources_e2e",
+        "test_demo",
+        "test_admin_page",
+        "test_webhooks_cluster",
+    }
 )
 # Fixtures that start server subprocesses (test_admin: the admin checks as they come off the wire).
 SERVER_FIXTURES = frozenset({"admin_server"})
 # Several uvicorn processes coordinating, as the workers and hosts of a cluster.
-CLUSTER_MODULES = frozenset({"test_cluster"})
+CLUSTER_MODULES = frozenset({"test_cluster", "test_webhooks_cluster"})
 # The Redis server (tests/redis_server.py); a backend fixture that asks for it by
 # request.getfixturevalue() is seen by its parameter, "redis", instead.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})

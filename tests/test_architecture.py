@@ -80,6 +80,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_switch",
             "_keeper",
             "_cluster.coordination",
+            "_webhooks",
         },
     ),
     ("the runtime", {"_runtime"}),
