@@ -151,7 +151,7 @@ async def test_a_change_is_published_within_50_ms(kv: tuple[BlockingKV, str]) ->
             await until(lambda: store.waiting() == 1)
             changed = time.monotonic()
             store.put("/flags", {"beta": True, "round": round_})
-            served = await until(lambda r=round_: handle.value("flags") == {"beta": True, "round": r})  # type: ignore[misc]
+            served = await until(lambda r=round_: handle.value("flags") == {"beta": True, "round": r})
             latencies.append(served - changed)
         # Some 40 ms each if the server's socket waits for delayed ACKs (Nagle): 1 to 3 ms without.
         assert max(latencies) < 0.05, latencies
@@ -267,7 +267,7 @@ async def test_consul_kv_a_refused_token_is_a_failed_load_without_the_token(
     source = consul_kv(base_url, "app/flags", token="wr0ng-t0ken")
     async with lifespan(Refresher("flags", source, every="1h", required=False, default={})) as handle:
         await until(lambda: handle.status()["flags"]["last_error"] is not None)
-        error = handle.status()["flags"]["last_error"]
+        error: str = handle.status()["flags"]["last_error"]
         assert handle.value("flags") == {}
     assert "HTTP 403" in error
     assert "/v1/kv/app/flags" in error
