@@ -267,8 +267,9 @@ async def test_consul_kv_a_refused_token_is_a_failed_load_without_the_token(
     source = consul_kv(base_url, "app/flags", token="wr0ng-t0ken")
     async with lifespan(Refresher("flags", source, every="1h", required=False, default={})) as handle:
         await until(lambda: handle.status()["flags"]["last_error"] is not None)
-        error: str = handle.status()["flags"]["last_error"]
+        error = handle.status()["flags"]["last_error"]
         assert handle.value("flags") == {}
+    assert error is not None
     assert "HTTP 403" in error
     assert "/v1/kv/app/flags" in error
     assert "wr0ng-t0ken" not in json.dumps(handle.status())
