@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asgi_refresh import LongPollSource, Refresher, RefreshHandle, RefreshMiddleware, consul_kv
+from asgi_refresh._config import load_config
 from asgi_refresh._sources.longpoll import MAX_INDEX, bounded_wait, pace, parse_index, wait_text
 from asgi_refresh.demo.upstream import serve
 
@@ -329,3 +330,38 @@ def test_consul_kv_refuses_a_key_that_could_leave_the_kv_api(key: str) -> None:
     """A key with an empty, '.' or '..' part (or a control character) is refused: no path outside /v1/kv/."""
     with pytest.raises(ValueError, match="key must be a path"):
         consul_kv("http://127.0.0.1:8500", key)
+
+
+def test_a_config_file_declares_a_long_poll_source() -> None:
+    """A `source = "longpoll"` table builds a LongPollSource with its options; a bad one is a problem by key."""
+    config = load_config(
+        {
+            "refreshers": {
+                "flags": {
+                    "source": "longpoll",
+                    "url": "http://127.0.0.1:8500/v1/kv/app/flags?raw",
+                    "wait": "2m",
+                    "min_interval": "250ms",
+                    "headers": {"X-Consul-Token": "${CONSUL_TOKEN}"},
+                    "every": "5m",
+                    "timeout": "3m",
+                }
+            }
+        },
+        {"CONSUL_TOKEN": "s3cr3t-token"},
+        middleware=RefreshMiddleware,
+    )
+    (flags,) = config.refreshers
+    source = flags.fetch
+    assert isinstance(source, LongPollSource)
+    assert (source.wait, source.min_interval, source.index_header) == (120.0, 0.25, "X-Consul-Index")
+    assert "s3cr3t-token" not in source.origin
+    with pytest.raises(ValueError, match=r"refreshers\.flags\.index_param"):
+        load_config(
+            {
+                "refreshers": {
+                    "flags": {"source": "longpoll", "url": "http://x/kv", "every": "5m", "index_param": "a b"}
+                }
+            },
+            middleware=RefreshMiddleware,
+        )
