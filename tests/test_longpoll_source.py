@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from asgi_refresh import LongPollSource, Refresher, RefreshHandle, RefreshMiddleware, consul_kv
 from asgi_refresh._config import load_config
+from asgi_refresh._fingerprint import checked_handover
 from asgi_refresh._sources.longpoll import MAX_INDEX, bounded_wait, pace, parse_index, wait_text
 from asgi_refresh.demo.upstream import serve
 
@@ -365,3 +366,9 @@ def test_a_config_file_declares_a_long_poll_source() -> None:
             },
             middleware=RefreshMiddleware,
         )
+
+
+def test_the_index_survives_the_checks_on_stored_validators() -> None:
+    """What a coordinator or a snapshot keeps of a handover includes the index (checked again on take-over)."""
+    kept = checked_handover({"digest": "ab" * 16, "index": "42", "control": 3})
+    assert kept == {"digest": "ab" * 16, "index": "42"}
