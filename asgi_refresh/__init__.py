@@ -40,6 +40,7 @@ if _TYPE_CHECKING:
     from ._sources.bearer import BearerToken
     from ._sources.file import FileSource
     from ._sources.http import HTTPSource
+    from ._sources.longpoll import LongPollSource, consul_kv
     from ._status import Status as RefresherStatus
     from ._webhooks import Webhook
 
@@ -64,6 +65,8 @@ _LAZY = {
     "ConfigError": "._config",
     "FileSource": "._sources.file",
     "HTTPSource": "._sources.http",
+    "LongPollSource": "._sources.longpoll",
+    "consul_kv": "._sources.longpoll",
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
@@ -86,6 +89,7 @@ __all__ = [
     "HTTPSource",
     "Head",
     "JSONCodec",
+    "LongPollSource",
     "OptionError",
     "Poll",
     "RedisCoordinator",
@@ -101,6 +105,7 @@ __all__ = [
     "SourceError",
     "Stored",
     "Webhook",
+    "consul_kv",
     "max_shrink",
     "required_keys",
 ]

@@ -1,9 +1,10 @@
 """Declarative configuration: a TOML or JSON file, or a mapping, checked whole, built into the real objects.
 
 There is no second description of the options here. The keys, their types and
-defaults come from the signatures of `Refresher`, `HTTPSource`, `FileSource` and
-the middleware class (given by `RefreshMiddleware.from_config`, not imported: the
-middleware depends on this module, never the reverse), and their meaning from the
+defaults come from the signatures of `Refresher`, the sources (`HTTPSource`,
+`FileSource`, `LongPollSource`) and the middleware class (given by
+`RefreshMiddleware.from_config`, not imported: the middleware depends on this
+module, never the reverse), and their meaning from the
 ``Args:`` sections of their docstrings; the values are checked by those classes'
 own constructors, whose errors say which option they blame (`OptionError`). An
 option added to one of them is a config key (and a line of the reference page) at
@@ -39,19 +40,22 @@ from ._refresher import MIN_EVERY, Refresher
 from ._sources.bearer import BearerToken
 from ._sources.file import FileSource
 from ._sources.http import HTTPSource
+from ._sources.longpoll import LongPollSource
 from ._sources.parsing import FORMATS
 
 TABLES = ("defaults", "refreshers", "middleware")
-SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource}
+SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource, "longpoll": LongPollSource}
 PYTHON_SOURCE = "python"
 TARGET_KEY = "target"
 MIDDLEWARE_OWNER = "RefreshMiddleware"  # how EXCLUDED and the reference page name the middleware's options
 NONE_WORD = "none"  # TOML has no null: this string stands for None where an option accepts it
 
+_LIVE_CLIENT = "a live `httpx.AsyncClient` cannot come from a file; build that refresher in Python"
 EXCLUDED: dict[str, str] = {
     "Refresher.name": "the name of the `[refreshers.<name>]` table",
     "Refresher.fetch": 'chosen by `source` (`target` for `source = "python"`)',
-    "HTTPSource.client": "a live `httpx.AsyncClient` cannot come from a file; build that refresher in Python",
+    "HTTPSource.client": _LIVE_CLIENT,
+    "LongPollSource.client": _LIVE_CLIENT,
     "RefreshMiddleware.app": "the app you pass to `from_config`",
     "RefreshMiddleware.refreshers": "the `[refreshers.<name>]` tables",
     "RefreshMiddleware.clock": "a live object; tests pass it to `from_config` as a keyword argument",

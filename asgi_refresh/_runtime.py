@@ -176,6 +176,7 @@ class Runtime:
             stack=self._sources,
             handle=self.handle,
             lifespan=self,
+            timeout=slot.spec.timeout,
         )
         try:
             await slot.source.open(context)

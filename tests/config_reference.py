@@ -120,12 +120,12 @@ def reference_markdown() -> str:
         "| key | type | default | meaning |",
         "| --- | --- | --- | --- |",
         f"| `source` | {' / '.join(_SOURCE_CHOICES)} | required | "
-        "Where the data comes from: `HTTPSource`, `FileSource`, or a function of yours. |",
+        "Where the data comes from: `HTTPSource`, `FileSource`, `LongPollSource`, or a function of yours. |",
         "",
     ]
     for source in (*SOURCES, PYTHON_SOURCE):
-        title = (
-            "`HTTPSource`" if source == "http" else "`FileSource`" if source == "file" else "your function"
+        title = {"http": "`HTTPSource`", "file": "`FileSource`", "longpoll": "`LongPollSource`"}.get(
+            source, "your function"
         )
         out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
     out += [
