@@ -40,6 +40,7 @@ if _TYPE_CHECKING:
     from ._sources.bearer import BearerToken
     from ._sources.file import FileSource
     from ._sources.http import HTTPSource
+    from ._sources.sse import SSESource
     from ._status import Status as RefresherStatus
 
 # Imported on first use: name -> module (and the name there, where it differs).
@@ -66,6 +67,7 @@ _LAZY = {
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
+    "SSESource": "._sources.sse",
 }
 
 __all__ = [
@@ -94,6 +96,7 @@ __all__ = [
     "Refresher",
     "RefresherStatus",
     "SQLiteCoordinator",
+    "SSESource",
     "Source",
     "SourceContext",
     "SourceError",

@@ -51,7 +51,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 # Modules whose every test starts a real server: subprocesses (uvicorn, hypercorn, granian,
 # daphne, `python -m asgi_refresh.demo`) or a uvicorn thread.
 SERVER_MODULES = frozenset(
-    {"test_real_servers", "test_cluster", "test_sources_e2e", "test_demo", "test_admin_page"}
+    {
+        "test_real_servers",
+        "test_cluster",
+        "test_sources_e2e",
+        "test_sse_source",
+        "test_demo",
+        "test_admin_page",
+    }
 )
 # Fixtures that start server subprocesses (test_admin: the admin checks as they come off the wire).
 SERVER_FIXTURES = frozenset({"admin_server"})
