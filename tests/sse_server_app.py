@@ -34,6 +34,7 @@ class SSEUpstream:
         self.keepalive = keepalive
         self.silent = False  # no keepalives, no events: a stream that hangs
         self.refuse = False  # new streams get a 503 (the stream is down)
+        self.end_at_once = False  # new streams end right after their headers
         self.generation = 0  # drop(): the streams of an older generation end
         self.connections = 0
         self.last_event_ids: list[str | None] = []  # what each connection sent
@@ -165,7 +166,7 @@ class SSEUpstream:
                         "more_body": True,
                     }
                 )
-            while not gone.is_set():
+            while not gone.is_set() and not self.end_at_once:
                 with self.lock:
                     pending = self.events[position:]
                     position = len(self.events)

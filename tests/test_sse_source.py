@@ -133,6 +133,40 @@ async def test_a_silent_stream_is_taken_for_dead_after_heartbeat_timeout(
         await until(lambda: handle.value("flags") == {"v": 2})
 
 
+async def test_the_servers_retry_field_sets_the_reconnect_delay(upstream: tuple[SSEUpstream, str]) -> None:
+    """A `retry: 400` sent on the stream delays the reconnect by 400 ms (the source's own delay is 50 ms)."""
+    server, base_url = upstream
+    server.retry_ms = 400
+    server.emit({"v": 1})
+    source = SSESource(f"{base_url}/stream", reconnect_delay=0.05)
+    async with started(Refresher("flags", source, every="1h")) as handle:
+        await until(lambda: handle.value("flags") == {"v": 1})
+        server.drop()
+        dropped = time.perf_counter()
+        await until(lambda: server.connections == 2)
+        assert 0.38 < time.perf_counter() - dropped < 1.5
+
+
+async def test_a_server_that_ends_every_stream_at_once_is_backed_off(
+    upstream: tuple[SSEUpstream, str],
+) -> None:
+    """No hot loop: streams that end with no event reconnect at growing, jittered delays, capped."""
+    server, base_url = upstream
+    server.emit({"v": 1})
+    source = SSESource(f"{base_url}/stream", reconnect_delay=0.05, max_reconnect_delay=0.4)
+    async with started(Refresher("flags", source, every="1h")) as handle:
+        await until(lambda: handle.value("flags") == {"v": 1})
+        server.end_at_once = True
+        server.drop()
+        before = server.connections
+        await anyio.sleep(1.5)
+        reconnects = server.connections - before
+        server.end_at_once = False
+        await until(lambda: stream(handle)["connected"], within=3)
+    # At a fixed 50 ms it would be 30; backing off 0.05, 0.1, 0.2, then at most 0.4 (jittered): under 12.
+    assert 3 <= reconnects < 12
+
+
 async def test_keepalive_comments_keep_a_quiet_stream_alive(upstream: tuple[SSEUpstream, str]) -> None:
     """Comments every 0.1 s count as activity: a 0.4 s heartbeat_timeout never fires in 1.2 s of no events."""
     server, base_url = upstream

@@ -43,6 +43,7 @@ DEFAULT_EVENT_MAX_BYTES = 1024 * 1024
 # before the byte guard gives up on it (the data itself is checked exactly once decoded).
 _FIELD_SLACK = 4096
 _MIN_RECONNECT = 0.1  # a `retry: 0` with a server that closes at once must not make a hot loop
+_HEALTHY = 10.0  # seconds up after which an ended stream is not a failure to back off from
 _MAX_EVENT_ID = 1024  # a Last-Event-ID we send back: bounded, and ASCII so that httpx can send it
 _LOG_EVERY = 60.0  # seconds between WARNINGs about refused events (all are counted)
 _ASCII_ID = re.compile(r"^[\x20-\x7e]*$")
@@ -339,7 +340,7 @@ class SSESource(Standalone, Source):
         with anyio.CancelScope() as scope:
             self._task_scope = scope
             while self._context is context:
-                received = self._received
+                received, began = self._received, context.clock.monotonic()
                 try:
                     await self._connect_once(context)
                     error = f"{self.where}: the server ended the stream"
@@ -351,8 +352,13 @@ class SSESource(Standalone, Source):
                 self._connected, self._last_error = False, error
                 self._reconnects += 1
                 self._wake()
-                # A stream that delivered an event was healthy: back to the first delay.
-                failures = 0 if self._received > received else failures + 1
+                # A stream that delivered an event, or stayed up a while (a proxy that ends
+                # idle connections), was healthy: back to the first delay. One that ends at
+                # once, again and again, backs off.
+                healthy = self._received > received or (
+                    was_connected and context.clock.monotonic() - began >= _HEALTHY
+                )
+                failures = 0 if healthy else failures + 1
                 delay = self._delay(failures)
                 logger.log(
                     logging.WARNING if failures > 1 or not was_connected else logging.INFO,
