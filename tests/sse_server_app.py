@@ -35,6 +35,7 @@ class SSEUpstream:
         self.silent = False  # no keepalives, no events: a stream that hangs
         self.refuse = False  # new streams get a 503 (the stream is down)
         self.end_at_once = False  # new streams end right after their headers
+        self.doc_delay = 0.0  # seconds /doc takes to answer, with what it read on arrival
         self.generation = 0  # drop(): the streams of an older generation end
         self.connections = 0
         self.last_event_ids: list[str | None] = []  # what each connection sent
@@ -90,6 +91,8 @@ class SSEUpstream:
             with self.lock:
                 self.doc_requests += 1
                 body = json.dumps(self.document).encode()
+            if self.doc_delay:
+                await asyncio.sleep(self.doc_delay)
             await send(
                 {
                     "type": "http.response.start",

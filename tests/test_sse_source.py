@@ -298,6 +298,55 @@ async def test_hostile_events_never_crash_the_stream(upstream: tuple[SSEUpstream
         assert "\x00" not in server.last_event_ids[-1]
 
 
+async def test_an_event_during_a_document_fetch_wins_over_the_older_document(
+    upstream: tuple[SSEUpstream, str],
+) -> None:
+    """The document read before an event arrived is not published over it: the first value is the event's."""
+    server, base_url = upstream
+    server.document = {"v": "older"}
+    server.doc_delay = 0.3  # the response carries what /doc read on arrival
+
+    async def emit_while_the_document_is_on_its_way() -> None:
+        await until(lambda: server.doc_requests == 1 and server.connections == 1)
+        server.emit({"v": "newer"})
+
+    source = SSESource(f"{base_url}/stream", fetch_url=f"{base_url}/doc")
+    published: list[Any] = []
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("flags", source, every="1h")],
+        # Each event comes once the value is published: what every request from then on sees.
+        listeners=[
+            lambda event: (
+                published.append(middleware.handle.value("flags")) if event.kind == "changed" else None
+            )
+        ],
+    )
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(emit_while_the_document_is_on_its_way)
+        async with LifespanManager(middleware):
+            await anyio.sleep(1.0)
+    assert published == [{"v": "newer"}]
+    assert server.doc_requests == 2  # the first, and the catch-up after connecting (it read "newer")
+
+
+async def test_after_a_reconnect_the_document_is_fetched_once_even_when_an_event_came_first(
+    upstream: tuple[SSEUpstream, str],
+) -> None:
+    """The catch-up GET after a reconnect is not lost when a replayed event is fetched before it."""
+    server, base_url = upstream
+    server.document = {"v": "first"}
+    source = SSESource(f"{base_url}/stream", fetch_url=f"{base_url}/doc", reconnect_delay=0.3)
+    async with started(Refresher("flags", source, every="1h")) as handle:
+        await until(lambda: stream(handle)["connected"] and server.doc_requests == 2)
+        server.drop()
+        await until(lambda: not stream(handle)["connected"])
+        await until(lambda: server.doc_requests == 3)  # the poll when the stream went down
+        server.emit({"v": "replayed"})  # sent at once when the stream is back (after Last-Event-ID)
+        await until(lambda: handle.value("flags") == {"v": "replayed"})
+        await until(lambda: server.doc_requests == 4, within=2)  # and the catch-up still happens
+
+
 async def test_on_event_refetch_fetches_the_document_on_each_event(upstream: tuple[SSEUpstream, str]) -> None:
     """With on_event='refetch' an event's data is ignored: the document is fetched at once instead."""
     server, base_url = upstream

@@ -270,6 +270,8 @@ class SSESource(Standalone, Source):
         while True:
             if self._pending is not None:
                 (value,), self._pending = self._pending, None
+                if self._document is not None and (self._resync or self._dirty):
+                    context.refresh_soon()  # the catch-up this fetch was asked for is still due
                 return Fetched(value)
             if self._document is not None and (
                 not self._connected or self._resync or self._dirty or not self._loaded
@@ -301,6 +303,12 @@ class SSESource(Standalone, Source):
             raise
         self._last, self._loaded = fetched.value, True
         self._last_digest = None  # the next event is a change, whatever it holds
+        if self._pending is not None:
+            # An event came while the document was on its way: the stream's value is
+            # the newer one; publishing the document's would go back in time.
+            (value,), self._pending = self._pending, None
+            self._last = value
+            return Fetched(value)
         return fetched
 
     def check(self, value: Any) -> Any:
@@ -464,7 +472,9 @@ class SSESource(Standalone, Source):
                 stream=guard,
             )
             async for event in EventSource(bounded).aiter_sse():
-                if event.id and _ASCII_ID.match(event.id) and len(event.id) <= _MAX_EVENT_ID:
+                if event.id == "":
+                    self._last_event_id = None  # an empty id: reset, as the spec says
+                elif _ASCII_ID.match(event.id) and len(event.id) <= _MAX_EVENT_ID:
                     self._last_event_id = event.id
                 if event.retry is not None and event.retry >= 0:
                     self._server_retry = min(event.retry / 1000, self.max_reconnect_delay)
@@ -473,8 +483,10 @@ class SSESource(Standalone, Source):
                     continue
                 if self.events is not None and (event.event or "message") not in self.events:
                     continue
-                if not event.data and not event.event:
-                    continue  # only an id or a retry: nothing happened
+                if not event.data and (self.on_event == "value" or not event.event):
+                    # Only an id, a retry or an event type (a ping): no value in it. With
+                    # on_event="refetch", a named event without data is a change signal.
+                    continue
                 await self._receive(context, event.data)
 
     def _touch(self) -> None:
