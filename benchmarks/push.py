@@ -66,7 +66,7 @@ async def latencies(changes: int, every: float) -> tuple[list[float], list[float
                     await asyncio.sleep(0.01)
                 await asyncio.sleep(0.2)  # the catch-up GET after connecting is done
                 for number in range(1, changes + 1):
-                    await asyncio.sleep(random.uniform(0, 1))  # a random phase against the poll
+                    await asyncio.sleep(random.uniform(0, every))  # a random phase against the poll
                     wanted = {"change": number}
                     event_id = upstream.emit(wanted)
                     emitted = upstream.emitted_at[event_id]

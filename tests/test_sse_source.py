@@ -178,6 +178,9 @@ async def test_keepalive_comments_keep_a_quiet_stream_alive(upstream: tuple[SSEU
         await anyio.sleep(1.2)
         assert server.connections == 1
         assert stream(handle)["reconnects"] == 0
+        # After an id: every blank line ends an "event" with no data (httpx-sse): no value, not refused.
+        assert stream(handle)["refused_events"] == 0
+        assert stream(handle)["events"] == 1
 
 
 async def test_polls_fetch_url_while_the_stream_is_down_then_streams_again(
