@@ -350,6 +350,17 @@ async def test_after_a_reconnect_the_document_is_fetched_once_even_when_an_event
         await until(lambda: server.doc_requests == 4, within=2)  # and the catch-up still happens
 
 
+async def test_line_separators_other_than_cr_and_lf_stay_in_the_data(
+    upstream: tuple[SSEUpstream, str],
+) -> None:
+    """U+2028, U+0085 or a form feed in a JSON string is data, not a line break (httpx-sse 0.4.2 or later)."""
+    server, base_url = upstream
+    tricky = {"text": "a\u2028b\u0085c\x0cd\x1ce"}
+    server.emit_raw(("data: " + json.dumps(tricky, ensure_ascii=False) + "\n\n").encode(), numbered=True)
+    async with started(Refresher("flags", SSESource(f"{base_url}/stream"), every="1h")) as handle:
+        assert handle.value("flags") == tricky
+
+
 async def test_on_event_refetch_fetches_the_document_on_each_event(upstream: tuple[SSEUpstream, str]) -> None:
     """With on_event='refetch' an event's data is ignored: the document is fetched at once instead."""
     server, base_url = upstream
