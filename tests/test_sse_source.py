@@ -450,6 +450,26 @@ async def test_a_refused_stream_without_fetch_url_fails_the_fetch_with_the_reaso
         assert "HTTP 503" in error
 
 
+async def test_a_bug_in_the_stream_task_costs_the_stream_not_the_app(
+    upstream: tuple[SSEUpstream, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever escapes the stream task is logged; the lifespan runs on and fetch_url is polled."""
+    server, base_url = upstream
+    server.document = {"v": 1}
+
+    def broken(self: SSESource, failures: int) -> float:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(SSESource, "_delay", broken)
+    server.refuse = True  # the first connect fails, and the delay after it raises
+    source = SSESource(f"{base_url}/stream", fetch_url=f"{base_url}/doc")
+    async with started(Refresher("flags", source, every=0.1)) as handle:
+        await until(lambda: stream(handle)["last_error"] == "the stream task failed: ZeroDivisionError")
+        server.document = {"v": 2}
+        await until(lambda: handle.value("flags") == {"v": 2})
+    assert any(getattr(record, "outcome", None) == "stream_failed" for record in caplog.records)
+
+
 async def test_standalone_without_fetch_url_says_it_needs_a_middleware() -> None:
     """Entered by hand there is no task to stream in: the fetch says so."""
     async with SSESource("http://127.0.0.1:9/stream") as source:

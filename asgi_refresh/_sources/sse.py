@@ -344,6 +344,22 @@ class SSESource(Standalone, Source):
         context = self._context
         if context is None:  # closed before the task started
             return
+        # The task runs in the lifespan's task group: whatever escapes it would end the
+        # lifespan. A bug here costs the stream, never the app: fetch_url polls on.
+        try:
+            await self._stream_forever(context)
+        except Exception as exc:
+            self._connected, self._last_error = False, f"the stream task failed: {type(exc).__name__}"
+            self._wake()
+            logger.error(
+                "Refresher %r: the stream task failed; %s",
+                context.name,
+                "fetch_url is polled on every" if self._document is not None else "no fetch_url to poll",
+                exc_info=exc,
+                extra={"refresher": context.name, "outcome": "stream_failed"},
+            )
+
+    async def _stream_forever(self, context: SourceContext) -> None:
         failures = 0
         with anyio.CancelScope() as scope:
             self._task_scope = scope
