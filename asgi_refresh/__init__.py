@@ -40,8 +40,10 @@ if _TYPE_CHECKING:
     from ._sources.bearer import BearerToken
     from ._sources.file import FileSource
     from ._sources.http import HTTPSource
+    from ._sources.longpoll import LongPollSource, consul_kv
     from ._sources.sse import SSESource
     from ._status import Status as RefresherStatus
+    from ._webhooks import Webhook
 
 # Imported on first use: name -> module (and the name there, where it differs).
 _RENAMED = {"RefresherStatus": "Status"}
@@ -64,10 +66,13 @@ _LAZY = {
     "ConfigError": "._config",
     "FileSource": "._sources.file",
     "HTTPSource": "._sources.http",
+    "LongPollSource": "._sources.longpoll",
+    "consul_kv": "._sources.longpoll",
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
     "SSESource": "._sources.sse",
+    "Webhook": "._webhooks",
 }
 
 __all__ = [
@@ -86,6 +91,7 @@ __all__ = [
     "HTTPSource",
     "Head",
     "JSONCodec",
+    "LongPollSource",
     "OptionError",
     "Poll",
     "RedisCoordinator",
@@ -101,6 +107,8 @@ __all__ = [
     "SourceContext",
     "SourceError",
     "Stored",
+    "Webhook",
+    "consul_kv",
     "max_shrink",
     "required_keys",
 ]

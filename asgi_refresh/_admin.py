@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
@@ -22,7 +22,11 @@ from ._contain import describe_error, escapes
 from ._handle import Controls, RefreshError
 from ._option_error import OptionTypeError, OptionValueError
 from ._text import printable
-from ._types import Scope, Send
+from ._types import Receive, Scope, Send
+from ._webhooks import HOOK_NAME
+
+if TYPE_CHECKING:
+    from ._webhooks import Target, Webhooks
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -72,7 +76,14 @@ def checked_admin_path(path: object) -> str:
 class Admin:
     """The admin endpoints of one middleware (see `RefreshMiddleware`'s ``admin_*`` options)."""
 
-    def __init__(self, path: str, *, token: str | TokenCheck | None, loopback_only: bool) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        token: str | TokenCheck | None,
+        loopback_only: bool,
+        webhooks: Webhooks | None = None,
+    ) -> None:
         if token is None and not loopback_only:
             raise OptionValueError(
                 _OWNER,
@@ -116,13 +127,27 @@ class Admin:
             )
         self.path = path
         self._under = path + "/"
+        self._hooks = path + "/hooks/"
+        self._webhooks = webhooks
         self._loopback_only = loopback_only
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (without the ``root_path``) is an admin request."""
         return path == self.path or path.startswith(self._under)
 
-    async def __call__(self, scope: Scope, send: Send, handle: Controls | None, path: str) -> None:
+    async def __call__(
+        self, scope: Scope, send: Send, handle: Controls | None, path: str, receive: Receive | None = None
+    ) -> None:
+        if self._webhooks is not None and receive is not None and path.startswith(self._hooks):
+            # Before the token and loopback checks: a webhook proves itself by its
+            # signature, and comes from the sender's servers (often through a proxy).
+            hook = path[len(self._hooks) :].removesuffix("/")
+            if HOOK_NAME.fullmatch(hook):
+                runtime = cast("Target | None", handle)  # the runtime is both
+                await self._webhooks(scope, receive, send, hook, runtime)
+                return
+            await _Reply(send, False).json(404, {"error": "not found"})
+            return
         reply = _Reply(send, scope["method"] == "HEAD")
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         target = _target(path[len(self.path) :])

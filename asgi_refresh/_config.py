@@ -1,9 +1,10 @@
 """Declarative configuration: a TOML or JSON file, or a mapping, checked whole, built into the real objects.
 
 There is no second description of the options here. The keys, their types and
-defaults come from the signatures of `Refresher`, `HTTPSource`, `FileSource` and
-the middleware class (given by `RefreshMiddleware.from_config`, not imported: the
-middleware depends on this module, never the reverse), and their meaning from the
+defaults come from the signatures of `Refresher`, the sources (`HTTPSource`,
+`FileSource`, `LongPollSource`) and the middleware class (given by
+`RefreshMiddleware.from_config`, not imported: the middleware depends on this
+module, never the reverse), and their meaning from the
 ``Args:`` sections of their docstrings; the values are checked by those classes'
 own constructors, whose errors say which option they blame (`OptionError`). An
 option added to one of them is a config key (and a line of the reference page) at
@@ -39,19 +40,22 @@ from ._refresher import MIN_EVERY, Refresher
 from ._sources.bearer import BearerToken
 from ._sources.file import FileSource
 from ._sources.http import HTTPSource
+from ._sources.longpoll import LongPollSource
 from ._sources.parsing import FORMATS
 
 TABLES = ("defaults", "refreshers", "middleware")
-SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource}
+SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource, "longpoll": LongPollSource}
 PYTHON_SOURCE = "python"
 TARGET_KEY = "target"
 MIDDLEWARE_OWNER = "RefreshMiddleware"  # how EXCLUDED and the reference page name the middleware's options
 NONE_WORD = "none"  # TOML has no null: this string stands for None where an option accepts it
 
+_LIVE_CLIENT = "a live `httpx.AsyncClient` cannot come from a file; build that refresher in Python"
 EXCLUDED: dict[str, str] = {
     "Refresher.name": "the name of the `[refreshers.<name>]` table",
     "Refresher.fetch": 'chosen by `source` (`target` for `source = "python"`)',
-    "HTTPSource.client": "a live `httpx.AsyncClient` cannot come from a file; build that refresher in Python",
+    "HTTPSource.client": _LIVE_CLIENT,
+    "LongPollSource.client": _LIVE_CLIENT,
     "RefreshMiddleware.app": "the app you pass to `from_config`",
     "RefreshMiddleware.refreshers": "the `[refreshers.<name>]` tables",
     "RefreshMiddleware.clock": "a live object; tests pass it to `from_config` as a keyword argument",
@@ -122,6 +126,7 @@ Kind: TypeAlias = Literal[
     "token",
     "coordinator",
     "codec",
+    "webhooks",
     "any",
     "unknown",
 ]
@@ -149,6 +154,7 @@ KINDS: dict[str, Kind] = {
     "str|TokenCheck": "token",
     "Coordinator": "coordinator",
     "Codec": "codec",
+    "Mapping[str,Webhook]": "webhooks",
     "Any": "any",
 }
 """The kind of each parameter annotation the config reads, as written without spaces or ``| None``.
@@ -1247,6 +1253,43 @@ class _Builder:
             return False, None
         return True, found
 
+    def _to_webhooks(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """``{ deploy = { refreshers = ["names"], github_secret = "${SECRET}" } }``: a Webhook per hook."""
+        from ._webhooks import Webhook
+
+        if not isinstance(value, Mapping):
+            return self._wrong(option, value, parts)
+        options = {hook_option.key: hook_option for hook_option in options_of(Webhook)}
+        built: dict[str, Any] = {}
+        ok = True
+        for hook, table in value.items():
+            here = (*parts, str(hook))
+            if isinstance(table, Webhook):  # a mapping built in Python
+                built[hook] = table
+                continue
+            if not isinstance(table, Mapping):
+                path = _key(*here)
+                self.problem(
+                    path,
+                    'expected a table like { refreshers = ["names"], github_secret = "${HOOK_SECRET}" }, '
+                    f"got {self.got(path, table)}",
+                )
+                ok = False
+                continue
+            unknown = [key for key in table if key not in options]
+            for key in unknown:
+                self.unknown(_key(*here, str(key)), str(key), options)
+            known = {key: item for key, item in table.items() if key in options}
+            # A bad secret is replaced by a valid one to check the rest: dropping it would
+            # make up "no scheme given".
+            stand_ins = {secret: _stand_in_secret(secret) for secret in _WEBHOOK_SECRETS if secret in known}
+            webhook = self.construct(Webhook, known, here, options, stand_ins)  # its own complaints too
+            if webhook is None or unknown:
+                ok = False
+            else:
+                built[hook] = webhook
+        return (True, built) if ok else (False, None)
+
     def _to_token(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         """A secret string (from ``${VAR}``, not written in the file), or ``{ check = "mod:func" }``."""
         if isinstance(value, str) or (callable(value) and not isinstance(value, Mapping)):
@@ -1346,6 +1389,7 @@ _CONVERTERS: dict[Kind, _Converter] = {
     "token": _Builder._to_token,
     "coordinator": _Builder._to_coordinator,
     "codec": _Builder._to_codec,
+    "webhooks": _Builder._to_webhooks,
     "any": _Builder._to_any,
     "unknown": _Builder._to_any,
 }
@@ -1404,6 +1448,18 @@ source needs its URL; ``admin_token`` is checked only with an ``admin_path``, wh
 complains when there is no token). Other invalid optional values are left out
 instead, falling back to their defaults.
 """
+
+
+_WEBHOOK_SECRETS = ("github_secret", "gitlab_token", "standard_secret")
+
+
+def _stand_in_secret(parameter: str) -> Callable[[dict[str, Any]], None]:
+    """Put a valid secret for ``parameter`` in a webhook's ``kwargs``, for one that is invalid."""
+
+    def put(kwargs: dict[str, Any]) -> None:
+        kwargs[parameter] = "a-stand-in-webhook-secret"
+
+    return put
 
 
 def _stand_in_every(kwargs: dict[str, Any]) -> None:
@@ -1492,6 +1548,8 @@ _EXPECTED: dict[Kind, str] = {
     "coordinator": '{ backend = "redis", url = "redis://host:6379/0" } or '
     '{ backend = "sqlite", path = "refresh.db" }',
     "codec": 'an import string like "myapp.codecs:codec" (an object with encode and decode)',
+    "webhooks": "a table of hooks like "
+    '{ deploy = { refreshers = ["names"], github_secret = "${HOOK_SECRET}" } }',
     "any": "any value",
     "unknown": "a value",
 }

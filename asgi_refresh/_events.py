@@ -31,6 +31,7 @@ EventKind = Literal[
     "pinned",
     "unpinned",
     "restored",
+    "webhook",
 ]
 
 Listener = Callable[["RefreshEvent"], object]
@@ -60,15 +61,22 @@ class RefreshEvent:
     ``accepted`` or ``pinned`` that changes the published value comes with a
     ``changed`` (sent first: the value is published by then).
 
+    Webhooks add ``webhook``: one per delivery to a configured hook (see
+    `Webhook`), whatever became of it. Its ``name`` is the hook's name, not a
+    refresher's, and its ``error`` is None for an accepted delivery, else what
+    became of it: ``"duplicate"`` (a replayed ``webhook-id``: answered, not
+    refreshed), ``"unauthorized"`` (a bad or missing signature, or a timestamp
+    out of the window), ``"too_large"`` or ``"timeout"`` (the body).
+
     Attributes:
         kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"``,
-            ``"changed"``, or one of last known good's kinds above.
-        name: The refresher's name.
+            ``"changed"``, one of last known good's kinds above, or ``"webhook"``.
+        name: The refresher's name (the hook's for ``webhook``).
         at: When it happened, in seconds since the epoch (the middleware's clock).
         duration: How long the fetch took, in seconds; None for ``started``.
         error: One line describing the failure (``"TimeoutError: ..."``) for
-            ``failed``, the guard's reason for ``quarantined``, else None.
-            Never the value, never a secret from a URL.
+            ``failed``, the guard's reason for ``quarantined``, a refused
+            delivery's outcome for ``webhook``, else None. Never the value, never a secret from a URL.
         exception: The exception of a ``failed`` fetch, else None.
     """
 

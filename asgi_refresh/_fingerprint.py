@@ -30,7 +30,7 @@ def content_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=4).hexdigest()
 
 
-VALIDATOR_KEYS = ("digest", "etag", "last_modified")  # what HTTPSource hands over
+VALIDATOR_KEYS = ("digest", "etag", "last_modified", "index")  # what HTTPSource and LongPollSource hand over
 _MAX_VALIDATOR_CHARS = 1024
 _HEX = re.compile(r"[0-9a-f]{32}")
 

@@ -190,6 +190,7 @@ class Keeper:
         if known is not None:
             fetched_at = known.fetched_at
         made = Version(number, digest, fetched_at, data if spec.keep_versions else None, value)
+        made.fresh = fresh
         if spec.keep_versions:
             if known is not None:
                 versions = [made if each is known else each for each in kept.versions]
@@ -313,7 +314,9 @@ class Keeper:
         """Version ``version`` of ``slot`` from the snapshot directory (kept there with ``keep_versions``)."""
         writer = self.writer
         number, _ = (
-            parse_version(version) if "-" in version else (int(version) if version.isdigit() else None, None)
+            parse_version(version)
+            if "-" in version
+            else (int(version) if version.isascii() and version.isdigit() else None, None)
         )
         if writer is None or number is None:
             return None
@@ -345,7 +348,7 @@ class Keeper:
     def snapshot_pinned(self, slot: Slot, data: bytes) -> None:
         """Snapshot a pinned value: a restart with the upstream down starts from what was served."""
         pinned = slot.kept.pinned
-        if self.writer is None or pinned is None or not self.snapshots(slot, fresh=False):
+        if self.writer is None or pinned is None or not self.snapshots(slot, fresh=pinned.fresh):
             return
         meta = snapshots.snapshot_meta(
             source=self.fingerprint(slot),
@@ -369,7 +372,10 @@ def _number_of(version: Version | None) -> int:
 def parse_version(version: str) -> tuple[int | None, str | None]:
     """``3-9f2c41ab`` as (3, "9f2c41ab"); (None, None) for anything else (it came from outside)."""
     number, _, digest = version.partition("-")
-    if not (number.isdigit() and len(number) <= 15 and len(digest) == 8 and _is_hex(digest)):
+    # ASCII digits only: str.isdigit takes "²" (int() refuses it) and "٣" (int() reads 3).
+    if not (
+        number.isascii() and number.isdigit() and len(number) <= 15 and len(digest) == 8 and _is_hex(digest)
+    ):
         return None, None
     return int(number), digest
 
@@ -491,6 +497,7 @@ def _held(fields: dict[str, Any]) -> Held:
     clean = {key: value for key, value in summary.items() if key in _SUMMARY_KEYS and _summary_value(value)}
     held = Held(None, None, digest, printable(reason, 500), clean, float(since))
     held.rejected = rejected
+    held.here = False
     return held
 
 

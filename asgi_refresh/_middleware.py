@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._admin import Admin, TokenCheck
     from ._cluster.base import Codec, Coordinator
+    from ._webhooks import Webhook
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -70,6 +71,12 @@ class RefreshMiddleware:
         admin_loopback_only: Serve the admin endpoints only to requests from
             127.0.0.1 / ::1 with a loopback ``Host``; without ``admin_token``, this
             is what allows them unauthenticated.
+        admin_webhooks: Signed webhooks, by hook name: ``{"deploy":
+            Webhook(["names"], github_secret=...)}`` serves ``POST
+            {admin_path}/hooks/deploy``, which refreshes the hook's refreshers now
+            (cluster-wide with a coordinator) and answers 202. A delivery is let in
+            by its signature (GitHub, GitLab or Standard Webhooks; see `Webhook`),
+            not by ``admin_token`` nor ``admin_loopback_only``. Requires ``admin_path``.
         coordinator: Share fetches between processes (workers, hosts): a
             `RedisCoordinator` or `SQLiteCoordinator`. For each refresher, one
             process holds a lease and fetches; the others publish what it stored.
@@ -105,6 +112,7 @@ class RefreshMiddleware:
         admin_path: str | None = None,
         admin_token: str | TokenCheck | None = None,
         admin_loopback_only: bool = False,
+        admin_webhooks: Mapping[str, Webhook] | None = None,
         coordinator: Coordinator | None = None,
         codec: Codec | None = None,
         lease_ttl: Duration = "15s",
@@ -129,9 +137,23 @@ class RefreshMiddleware:
         self._admin: Admin | None = None
         if admin_path is not None:
             from ._admin import Admin, checked_admin_path  # on first use: only apps that serve it load it
+            from ._webhooks import Webhooks, checked_webhooks
 
+            hooks = None
+            if admin_webhooks is not None:
+                hooks = Webhooks(checked_webhooks(admin_webhooks, [spec.name for spec in self.refreshers]))
             self._admin = Admin(
-                checked_admin_path(admin_path), token=admin_token, loopback_only=admin_loopback_only
+                checked_admin_path(admin_path),
+                token=admin_token,
+                loopback_only=admin_loopback_only,
+                webhooks=hooks,
+            )
+        elif admin_webhooks is not None:
+            raise OptionValueError(
+                "RefreshMiddleware",
+                "admin_webhooks",
+                "admin_webhooks needs admin_path, the prefix to serve them under: "
+                'admin_path="/_refresh" serves POST /_refresh/hooks/<hook>',
             )
         self._admin_prefix = None if self._admin is None else self._admin.path
         if self._admin is None and (admin_token is not None or admin_loopback_only):
@@ -201,7 +223,11 @@ class RefreshMiddleware:
         # substring test (cheaper than a startswith() call, and true under a root_path
         # too) sorts out nearly every request; the exact check is for the few left.
         prefix = self._admin_prefix
-        if prefix is not None and prefix in scope["path"] and await self._served_by_admin(scope, send):
+        if (
+            prefix is not None
+            and prefix in scope["path"]
+            and await self._served_by_admin(scope, receive, send)
+        ):
             return
         if live is not None:
             # O(1) on servers that copy the lifespan state into each request
@@ -221,14 +247,14 @@ class RefreshMiddleware:
             )
         await self.app(scope, receive, send)
 
-    async def _served_by_admin(self, scope: Scope, send: Send) -> bool:
+    async def _served_by_admin(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve an admin request; False for a path that only contains the prefix."""
         admin = self._admin
         assert admin is not None  # the prefix is set only with it
         path = _route_path(scope)
         if scope["type"] != "http" or not admin.owns(path):
             return False
-        await admin(scope, send, self._running, path)
+        await admin(scope, send, self._running, path, receive)
         return True
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -176,6 +176,7 @@ class Runtime:
             stack=self._sources,
             handle=self.handle,
             lifespan=self,
+            timeout=slot.spec.timeout,
         )
         try:
             await slot.source.open(context)
@@ -227,6 +228,22 @@ class Runtime:
             slot.timing.refresh_again = True  # that fetch may have read the old data
         else:
             self.scheduler.reschedule(slot, self.clock.monotonic())
+
+    def refresh_after_change(self, name: str) -> None:
+        """The upstream of ``name`` says it changed (a webhook): fetch it now.
+
+        A fetch under way here may have read the old data, so another follows it (as
+        for a watched file). A process that does not hold the lease asks the holder
+        to fetch (refresh-now), so that every process serves the change.
+        """
+        slot = self.slot(name)
+        if slot.overridden:
+            return
+        coordination = self.coordination
+        if slot.flight is not None and (coordination is None or coordination.fetches(slot)):
+            slot.timing.refresh_again = True
+        else:
+            self.start_refresh(slot)
 
     async def load(self, startup_timeout: float, *, simulated: bool = False) -> RefreshError | None:
         """Wait for the first loads; return why startup must fail, or None.
@@ -490,8 +507,8 @@ class Runtime:
             return None
         held = kept.held
         if held is not None and _same(held, value, data):
-            if held.value is None:  # held back by the last lease holder: ours to accept or reject now
-                held.value, held.data = value, data
+            if not held.here:  # held back by the last lease holder: ours to accept or reject now
+                held.value, held.data, held.here = value, data, True
             return held.reason
         reason = await keeper.screen(slot, published, value)
         if reason is None:
@@ -548,6 +565,9 @@ class Runtime:
         slot.kept.withheld = True
         slot.fatal = False
         slot.attempted = True
+        held = slot.kept.held
+        if why != "pinned" and held is not None:  # fetched (again) now: accepted, it is this old
+            held.fetched_at, held.fresh = self.clock.wall(), result.fresh
         if why == "pinned":
             digest = "" if data is None else content_digest(data)
             size = None if data is None else len(data)
@@ -858,11 +878,16 @@ class Runtime:
         if await self._forward(slot, "accept"):
             return self.state[name]
         held = slot.kept.held
-        if held is None or held.value is None:
+        if held is None or not held.here:
             raise LookupError(f"Refresher {name!r} holds no value back; nothing to accept")
         slot.kept.held = None
         self._publish_kept(
-            slot, held.value, held.data, age=max(self.clock.wall() - held.since, 0.0), origin="fetched"
+            slot,
+            held.value,
+            held.data,
+            age=max(self.clock.wall() - held.fetched_at, 0.0),
+            origin="fetched",
+            fresh=held.fresh,
         )
         logger.info(
             "Refresher %r: the value held back was accepted and is published",
@@ -880,7 +905,7 @@ class Runtime:
         if await self._forward(slot, "reject"):
             return
         held = slot.kept.held
-        if held is None or held.value is None:
+        if held is None or not held.here:
             raise LookupError(f"Refresher {name!r} holds no value back; nothing to reject")
         held.rejected = True
         logger.info(
@@ -918,7 +943,8 @@ class Runtime:
         self._needs_versions(slot, "unpin")
         coordination = self.coordination
         if coordination is not None and not coordination.fetches(slot):
-            assert self._task_group is not None, "asgi_refresh is not running"
+            if self._task_group is None:
+                raise RuntimeError("asgi_refresh is not running (no lifespan)")
             self._task_group.start_soon(self._unpin_elsewhere, slot, name=f"asgi_refresh:{name}:unpin")
             return
         if slot.kept.pinned is None:
@@ -1005,7 +1031,14 @@ class Runtime:
             self.events.emit("pinned", name)
 
     def _publish_kept(
-        self, slot: Slot, value: Any, data: bytes | None, *, age: float | None, origin: str
+        self,
+        slot: Slot,
+        value: Any,
+        data: bytes | None,
+        *,
+        age: float | None,
+        origin: str,
+        fresh: Fresh[Any] | None = None,
     ) -> None:
         """Publish a value an operator chose (accepted, pinned): a change like any other."""
         name = slot.spec.name
@@ -1018,11 +1051,22 @@ class Runtime:
             now = self.clock.monotonic()
             slot.history.last_success_mono = now - age
             slot.history.last_success_at = self.clock.wall() - age
+            # Its own expiry (a token), not the one of the value it replaces.
+            slot.expires_at = None if fresh is None else now - age + fresh.expires_in
+            slot.leeway = 0.0 if fresh is None else fresh.leeway
         slot.loaded = slot.attempted = True
         slot.kept.withheld = True  # the source's last value may not be this one: its next 304 is weighed
         self.publisher.progress(slot)
         if self.keeper is not None and origin != "pinned":
-            self._keep(slot, value, data, changed=changed, fresh=None, handover=None)
+            self._keep(
+                slot,
+                value,
+                data,
+                changed=changed,
+                fresh=fresh,
+                handover=None,
+                age=0.0 if age is None else age,
+            )
         elif self.keeper is not None and changed and data is not None and self.keeper.writer is not None:
             self.keeper.snapshot_pinned(slot, data)
         slot.kept.origin = origin

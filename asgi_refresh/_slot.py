@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -11,6 +11,9 @@ from asgi_refresh._failure_log import FailureLog
 from asgi_refresh._hooks import Hooks
 from asgi_refresh._refresher import Refresher
 from asgi_refresh._sources.function import fetcher_of, source_for
+
+if TYPE_CHECKING:
+    from asgi_refresh._sources.outcome import Fresh
 
 
 def stopped_while_refreshing(name: str) -> RuntimeError:
@@ -90,7 +93,7 @@ class Timing:
 class Version:
     """One published value as ``keep_versions`` keeps it: ``{number}-{digest}``, e.g. ``3-9f2c41ab``."""
 
-    __slots__ = ("data", "digest", "fetched_at", "number", "size", "value")
+    __slots__ = ("data", "digest", "fetched_at", "fresh", "number", "size", "value")
 
     def __init__(
         self,
@@ -107,6 +110,7 @@ class Version:
         self.size = len(data) if data is not None else size  # bytes, encoded
         self.data = data  # the encoding, for the coordinator and the snapshot directory
         self.value = value
+        self.fresh = False  # a `Fresh` (a token): kept off the disk unless snapshot=True
 
     @property
     def id(self) -> str:
@@ -117,7 +121,18 @@ class Version:
 class Held:
     """A fetched value that a guard held back (quarantine): not published until accepted."""
 
-    __slots__ = ("data", "digest", "reason", "rejected", "since", "summary", "value")
+    __slots__ = (
+        "data",
+        "digest",
+        "fetched_at",
+        "fresh",
+        "here",
+        "reason",
+        "rejected",
+        "since",
+        "summary",
+        "value",
+    )
 
     def __init__(
         self,
@@ -134,7 +149,12 @@ class Held:
         self.reason = reason
         self.summary = summary  # sizes and keys, never values
         self.since = since  # wall clock
+        self.fetched_at = since  # when it was last fetched (again): how old it is once accepted
+        self.fresh: Fresh[Any] | None = None  # what its fetch said about its expiry (a token)
         self.rejected = False  # an operator said no: the same value fetched again stays held, quietly
+        # Its value is in this process (False: the last lease holder held it back). Not
+        # `value is None`: a fetch may return None, and a guard hold it back.
+        self.here = True
 
 
 class Kept:

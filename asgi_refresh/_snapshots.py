@@ -87,7 +87,7 @@ def kept_versions(directory: Path, name: str) -> list[int]:
     for entry in entries:
         if entry.startswith(prefix) and entry.endswith(_SUFFIX):
             number = entry[len(prefix) : -len(_SUFFIX)]
-            if number.isdigit() and len(number) <= 15:
+            if number.isascii() and number.isdigit() and len(number) <= 15:  # not "²": int() refuses it
                 numbers.append(int(number))
     return sorted(numbers)
 
@@ -151,6 +151,8 @@ def _keep_version(directory: Path, name: str, target: Path, number: int, keep: i
         os.link(target, kept)  # the same bytes, no copy
     except OSError:  # a filesystem without hard links
         temporary = kept.with_name(f".{kept.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # left by a crash: made anew, never followed if someone planted a link
         with open(target, "rb") as source, open(os.open(temporary, _NEW_FILE, 0o600), "wb") as copy:
             copy.write(source.read())
         os.replace(temporary, kept)
@@ -159,7 +161,7 @@ def _keep_version(directory: Path, name: str, target: Path, number: int, keep: i
             os.unlink(version_path(directory, name, old))
 
 
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
 def touch(directory: Path, name: str, at: float) -> None:

@@ -66,6 +66,13 @@ class PrometheusMetrics:
     - ``asgi_refresh_value_from_snapshot{name}``: 1 while the published value is
       the snapshot the refresher started from.
 
+    And for webhooks (``admin_webhooks``):
+
+    - ``asgi_refresh_webhook_deliveries_total{hook, outcome}``: deliveries to
+      each configured hook by outcome: ``accepted``, ``duplicate`` (a replayed
+      ``webhook-id``), ``unauthorized``, ``too_large`` or ``timeout``. A rise in
+      ``unauthorized`` is a sender with the wrong secret, or someone probing.
+
     The three gauges say what this process did: with a coordinator, the lease
     holder's series show the cluster's quarantine and pin.
 
@@ -142,6 +149,12 @@ class PrometheusMetrics:
             ["name"],
             registry=registry,
         )
+        self._webhooks = Counter(
+            "asgi_refresh_webhook_deliveries",
+            "Webhook deliveries by hook and outcome (accepted, duplicate, unauthorized, too_large, timeout).",
+            ["hook", "outcome"],
+            registry=registry,
+        )
         self._successes: dict[str, float | None] = {}  # name -> wall time of the last success
         self._kept: dict[str, _Kept] = {}  # name -> what the last-known-good gauges say
         self._lock = threading.Lock()  # scrapes may run in another thread
@@ -154,7 +167,9 @@ class PrometheusMetrics:
             if name not in self._successes:
                 self._first_seen(name)
             return
-        if kind in _FINISHED:
+        if kind == "webhook":  # its name is the hook's, and it is no refresher's fetch
+            self._webhooks.labels(name, event.error or "accepted").inc()
+        elif kind in _FINISHED:
             self._finished(event)
         else:
             self._last_known_good(name, kind)

@@ -23,6 +23,8 @@ Environment:
     KEEP_VERSIONS: How many published versions ``data`` keeps, to pin and roll
         back through ``POST /_refresh/data/pin?version=V``, ``.../rollback`` and
         ``.../unpin`` (default 0).
+    WEBHOOK_SECRET: If set, ``POST /_refresh/hooks/deploy`` is a GitHub-signed
+        webhook with this secret that refreshes ``data``.
     LOG_LEVEL: If set (``INFO``, ``WARNING``...), the package's log lines go to
         stderr at that level as ``<pid> <LEVEL> <message>``, so that what each
         worker said can be counted (the benchmarks do).
@@ -42,6 +44,7 @@ from asgi_refresh import (
     Refresher,
     RefreshMiddleware,
     SQLiteCoordinator,
+    Webhook,
     max_shrink,
 )
 from asgi_refresh._cluster.base import Coordinator
@@ -124,5 +127,10 @@ app = RefreshMiddleware(
     lease_ttl=os.environ.get("LEASE_TTL", "3s"),
     admin_path="/_refresh",
     admin_loopback_only=True,
+    admin_webhooks=(
+        {"deploy": Webhook(["data"], github_secret=os.environ["WEBHOOK_SECRET"])}
+        if os.environ.get("WEBHOOK_SECRET")
+        else None
+    ),
     shutdown_timeout="3s",
 )

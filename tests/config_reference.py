@@ -6,7 +6,7 @@ check the page, or to rewrite it with ``UPDATE_DOCS=1``.
 
 from __future__ import annotations
 
-from asgi_refresh import RefreshMiddleware
+from asgi_refresh import RefreshMiddleware, Webhook
 from asgi_refresh._config import (
     EXCLUDED,
     NONE_WORD,
@@ -15,6 +15,7 @@ from asgi_refresh._config import (
     Kind,
     Option,
     middleware_options,
+    options_of,
     refresher_options,
     source_options,
 )
@@ -40,12 +41,15 @@ TYPE_NAMES: dict[Kind, str] = {
     "coordinator": '`{ backend = "redis", url = "..." }` or `{ backend = "sqlite", path = "..." }`, '
     "plus the backend's options (`prefix`, `timeout`; `poll_interval` for SQLite)",
     "codec": "import string (an object with `encode` and `decode`)",
+    "webhooks": "table of `[middleware.admin_webhooks.<hook>]` tables (below)",
     "any": "any",
     "unknown": "see the API reference",
 }
 
 
 def _type_name(option: Option) -> str:
+    if (option.owner, option.parameter) == ("Webhook", "refreshers"):
+        return "list of refresher names"
     name = TYPE_NAMES[option.kind]
     return f'{name} or `"{NONE_WORD}"`' if option.none_word_applies else name
 
@@ -116,18 +120,25 @@ def reference_markdown() -> str:
         "| key | type | default | meaning |",
         "| --- | --- | --- | --- |",
         f"| `source` | {' / '.join(_SOURCE_CHOICES)} | required | "
-        "Where the data comes from: `HTTPSource`, `FileSource`, or a function of yours. |",
+        "Where the data comes from: `HTTPSource`, `FileSource`, `LongPollSource`, or a function of yours. |",
         "",
     ]
     for source in (*SOURCES, PYTHON_SOURCE):
-        title = (
-            "`HTTPSource`" if source == "http" else "`FileSource`" if source == "file" else "your function"
+        title = {"http": "`HTTPSource`", "file": "`FileSource`", "longpoll": "`LongPollSource`"}.get(
+            source, "your function"
         )
         out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
     out += [
         "### `[middleware]`",
         "",
         *_rows(middleware_options(RefreshMiddleware)),
+        "",
+        "#### `[middleware.admin_webhooks.<hook>]`: one `Webhook` per hook",
+        "",
+        "Served at `POST {admin_path}/hooks/<hook>`. Set exactly one of `github_secret`, `gitlab_token`",
+        'and `standard_secret`, from the environment: `github_secret = "${DEPLOY_HOOK_SECRET}"`.',
+        "",
+        *_rows(options_of(Webhook)),
         "",
         "### Not configurable in a file",
         "",

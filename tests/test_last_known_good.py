@@ -670,6 +670,7 @@ async def test_every_new_admin_route_needs_the_token(action: str) -> None:
 # -- what other processes store: hostile metadata ---------------------------------------
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     st.dictionaries(
         st.sampled_from(["version", "pin", "control", "held", "upstream", "other"]),
@@ -731,3 +732,57 @@ async def test_a_version_argument_that_is_not_a_version_is_refused_at_once() -> 
             await middleware.handle.pin("names", "9" * 500)
         with pytest.raises(ValueError, match="a version is a string like"):
             await middleware.handle.pin("names", "")
+
+
+async def test_a_pinned_token_stays_off_the_disk(tmp_path: Path) -> None:
+    """Pinning a version of a Fresh token does not write the token to snapshot_dir."""
+    tokens = iter(["t0k3n-one", "t0k3n-two"])
+
+    async def token() -> Fresh[str]:
+        return Fresh(next(tokens), expires_in="1h")
+
+    async with lifespan(
+        Refresher("token", token, every="1h", keep_versions=3), snapshot_dir=tmp_path
+    ) as middleware:
+        await middleware.handle.refresh("token")
+        await middleware.handle.rollback("token")
+        assert middleware.handle.value("token") == "t0k3n-one"
+        await written(middleware)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_unpin_after_shutdown_says_not_running(tmp_path: Path) -> None:
+    """unpin() on a follower once the lifespan is over is the usual RuntimeError, not an assertion."""
+    from asgi_refresh import SQLiteCoordinator
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", Upstream(["a"]), every="1h", keep_versions=2)],
+        coordinator=SQLiteCoordinator(tmp_path / "refresh.db"),
+    )
+    async with LifespanManager(middleware):
+        handle = middleware.handle
+        runtime = runtime_of(handle)
+    assert runtime.coordination is not None
+    runtime.coordination.shares["names"].leading = False  # as a follower would be
+    with pytest.raises(RuntimeError, match="not running"):
+        handle.unpin("names")
+
+
+def test_a_version_kept_by_copy_never_follows_a_planted_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hard links, a version is copied to a new file: a symlink in its place is not written through."""
+
+    def no_links(*args: object) -> None:
+        raise OSError("no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / ".names@1.snapshot.tmp").symlink_to(victim)
+    snapshots.write(
+        tmp_path, "names", b'["a"]', {"source": "s", "fetched_at": 1.0}, at=1.0, number=1, keep_versions=2
+    )
+    assert victim.read_text() == "untouched"
+    assert snapshots.read(snapshots.version_path(tmp_path, "names", 1), "names").data == b'["a"]'

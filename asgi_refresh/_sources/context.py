@@ -66,9 +66,12 @@ class SourceContext:
             waiting and timing of your own, so that tests drive it.
         handle: The running middleware's `RefreshHandle`, to read another
             refresher's value (a token); None for a source opened by hand.
+        timeout: The refresher's ``timeout`` in seconds (what bounds each fetch),
+            or None for none (and for a source opened by hand): a source whose
+            fetch waits on purpose (a blocking query) waits less than this.
     """
 
-    __slots__ = ("_lifespan", "_shared", "_stack", "clock", "handle", "name")
+    __slots__ = ("_lifespan", "_shared", "_stack", "clock", "handle", "name", "timeout")
 
     def __init__(
         self,
@@ -79,8 +82,10 @@ class SourceContext:
         stack: AsyncExitStack,
         handle: Values | None = None,
         lifespan: Lifespan | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.name = name
+        self.timeout = timeout
         self.clock = clock
         self._shared = shared
         self._stack = stack

@@ -262,6 +262,7 @@ class HTTPSource(Standalone, Source):
                     raise self._status_error(response)
                 body = await self._read(response)
                 encoding = response.charset_encoding
+                unchanged = self._unchanged(response)
         except httpx.TimeoutException as exc:
             raise SourceError(f"{self.where}: timed out ({type(exc).__name__})") from None
         except httpx.LocalProtocolError as exc:
@@ -272,6 +273,9 @@ class HTTPSource(Standalone, Source):
             ) from None
         except httpx.HTTPError as exc:
             raise SourceError(f"{self.where}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        if unchanged and self._loaded:
+            # The upstream said so in its own way (a blocking query's index): no digest, no parse.
+            return Fetched(self._cached_now(), not_modified=True)
         refresh_in = self._refresh_in(response)
         body_digest = await digest(context, body)
         if self._loaded and body_digest == self._digest:
@@ -335,6 +339,18 @@ class HTTPSource(Standalone, Source):
         self._last_modified = modified if isinstance(modified, str) else None
         self._cached, self._digest, self._expires_at = value, body_digest, None
 
+    def _target(self) -> httpx.URL:
+        """The URL of the next request: ``url``; a subclass adds per-request parameters (an index)."""
+        return self.url
+
+    def _unchanged(self, response: httpx.Response) -> bool:
+        """Whether a successful ``response`` says the value is the one cached, other than by a 304.
+
+        Called once per successful response, its body read; a subclass reads its own
+        headers here (a blocking query's index). HTTPSource has no such signal.
+        """
+        return False
+
     @property
     def _loaded(self) -> bool:
         """Whether a body has been parsed and cached (what a 304 may confirm)."""
@@ -369,7 +385,7 @@ class HTTPSource(Standalone, Source):
             options["timeout"] = read_timeout
         if ours:
             options["follow_redirects"] = False
-        response = await responses.enter_async_context(client.stream(self.method, self.url, **options))
+        response = await responses.enter_async_context(client.stream(self.method, self._target(), **options))
         hops = 0
         while ours and response.next_request is not None:
             request = response.next_request

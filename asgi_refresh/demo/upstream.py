@@ -151,6 +151,10 @@ def serve(app: Any, *, port: int = 0, lifespan: Literal["on", "off"] = "off") ->
     sock = socket.socket()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by each accepted connection: without it, on a kept-alive connection
+        # a response's body (written after its headers) waits ~40 ms for the client's
+        # delayed ACK (Nagle), and a pushed change would seem 40 ms slower than it is.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", port))
     except OSError:  # the port is taken: no socket left open behind the error
         sock.close()
