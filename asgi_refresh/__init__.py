@@ -41,6 +41,7 @@ if _TYPE_CHECKING:
     from ._sources.file import FileSource
     from ._sources.http import HTTPSource
     from ._sources.longpoll import LongPollSource, consul_kv
+    from ._sources.sse import SSESource
     from ._status import Status as RefresherStatus
     from ._webhooks import Webhook
 
@@ -70,6 +71,7 @@ _LAZY = {
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
+    "SSESource": "._sources.sse",
     "Webhook": "._webhooks",
 }
 
@@ -100,6 +102,7 @@ __all__ = [
     "Refresher",
     "RefresherStatus",
     "SQLiteCoordinator",
+    "SSESource",
     "Source",
     "SourceContext",
     "SourceError",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from asgi_refresh import _schedule as schedule
 from asgi_refresh._slot import Slot
+from asgi_refresh._sources.base import source_state
 
 if TYPE_CHECKING:
     from asgi_refresh._snapshots import SnapshotWriter
@@ -17,6 +18,16 @@ def entry(
     slot: Slot, *, now: float, wall: float, scheduled: bool, snapshots: SnapshotWriter | None
 ) -> Status:
     """The status entry of ``slot``; ``scheduled``: whether this process fetches it on a schedule."""
+    report = _entry(slot, now=now, wall=wall, scheduled=scheduled, snapshots=snapshots)
+    state = source_state(slot.source)
+    if state is not None:
+        report["stream"] = state  # type: ignore[typeddict-item]  # a StreamStatus, from user code
+    return report
+
+
+def _entry(
+    slot: Slot, *, now: float, wall: float, scheduled: bool, snapshots: SnapshotWriter | None
+) -> Status:
     kept = slot.kept
     current = kept.current
     return {

@@ -60,6 +60,18 @@ class SnapshotStatus(TypedDict):
     not_used: str | None
 
 
+class StreamStatus(TypedDict):
+    """A streaming source's connection (`SSESource`): what its ``state()`` reports."""
+
+    connected: bool
+    connected_since: str | None
+    last_event_at: str | None
+    reconnects: int
+    events: int
+    refused_events: int
+    last_error: str | None
+
+
 class Status(TypedDict):
     """One refresher's entry in ``handle.status()``: what it is doing, never its value.
 
@@ -88,6 +100,7 @@ class Status(TypedDict):
     quarantined: QuarantineStatus | None
     snapshot: SnapshotStatus | None
     coordination: NotRequired[CoordinationStatus]
+    stream: NotRequired[StreamStatus]
 
 
 class Unhealthy(TypedDict):

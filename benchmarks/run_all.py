@@ -21,6 +21,7 @@ import failure_logs
 import idle
 import import_cost
 import overhead
+import push
 import snapshots
 import sources
 import startup
@@ -44,6 +45,7 @@ async def run(quick: bool) -> list[Row]:
             *await failure_logs.measure(refreshers=50, minutes=5),
             *await import_cost.measure(rounds=2),
             *await snapshots.measure(refreshers=20, rounds=1, refreshes=3),
+            *await push.measure(changes=2, quiet=1.0, every=0.5),
         ]
     return [
         *await overhead.measure(),
@@ -58,6 +60,7 @@ async def run(quick: bool) -> list[Row]:
         *await failure_logs.measure(),
         *await import_cost.measure(),
         *await snapshots.measure(),
+        *await push.measure(),
     ]
 
 

@@ -59,6 +59,7 @@ SERVER_MODULES = frozenset(
         "test_admin_page",
         "test_webhooks_cluster",
         "test_longpoll_source",
+        "test_sse_source",
     }
 )
 # Fixtures that start server subprocesses (test_admin: the admin checks as they come off the wire).

@@ -62,6 +62,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_sources.bearer",
             "_sources.file",
             "_sources.http",
+            "_sources.sse",
             "_sources.longpoll",
             "_sources.function",
             "_cluster.redis",

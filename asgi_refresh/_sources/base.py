@@ -38,6 +38,12 @@ class Source(Protocol):
     ``await source()`` work on the built-in sources for use outside a middleware;
     a source of your own needs neither.
 
+    A source that holds a connection (a stream) may also define ``state()``,
+    returning a `StreamStatus`-shaped dict (``connected``, ``connected_since``,
+    ``last_event_at``, ``reconnects``, ``last_error``...) that ``status()`` shows
+    under ``"stream"``. It is looked up, not part of the protocol: a source
+    without it is still a `Source`.
+
     Attributes:
         kind: A short word for ``status()["source"]``: ``"http"``, ``"file"``,
             ``"python"`` for plain functions, or your own.
@@ -149,3 +155,29 @@ def is_source(obj: object) -> TypeGuard[Source]:
     fetch is usually a plain function, which has no ``fetch`` attribute at all.
     """
     return hasattr(obj, "fetch") and isinstance(obj, Source)
+
+
+_STATE_VALUES = (str, int, float, bool, type(None))
+
+
+def source_state(source: object) -> dict[str, Any] | None:
+    """What ``source.state()`` reports, if it has one: plain JSON values only, never raising.
+
+    The optional hook of a streaming source (its connection, for ``status()``). It is
+    user code: what it raises or returns that is not a flat mapping of JSON scalars is
+    left out, so that ``status()`` stays JSON-serialisable and never fails.
+    """
+    state = getattr(source, "state", None)
+    if not callable(state):
+        return None
+    try:
+        reported = state()
+        if not isinstance(reported, Mapping):
+            return None
+        return {
+            str(key)[:100]: (value[:500] if isinstance(value, str) else value)
+            for key, value in list(reported.items())[:32]
+            if isinstance(value, _STATE_VALUES)
+        }
+    except Exception:
+        return None

@@ -365,7 +365,12 @@ class HTTPSource(Standalone, Source):
         return Fresh(self._cached.value, expires_in=left, leeway=min(self._cached.leeway, left))
 
     async def _send(
-        self, client: httpx.AsyncClient, headers: dict[str, str], responses: AsyncExitStack
+        self,
+        client: httpx.AsyncClient,
+        headers: dict[str, str],
+        responses: AsyncExitStack,
+        *,
+        read_timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
         r"""The response to our request, after the redirects we may follow (closed with ``responses``).
 
@@ -376,6 +381,8 @@ class HTTPSource(Standalone, Source):
         """
         ours = self._client is None
         options = {**self._request, "headers": headers}
+        if read_timeout is not None:  # an event stream: reads bounded by its heartbeat instead
+            options["timeout"] = read_timeout
         if ours:
             options["follow_redirects"] = False
         response = await responses.enter_async_context(client.stream(self.method, self._target(), **options))
