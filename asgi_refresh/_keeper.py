@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgi_refresh")
 
 _GUARD_TIMEOUT = 30.0  # a guard of a refresher without a timeout
-_THREAD_THRESHOLD = 64 * 1024  # decode and check a snapshot this big in a worker thread
 
 
 class NotKeepable(TypeError):

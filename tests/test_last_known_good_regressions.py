@@ -265,3 +265,33 @@ async def test_a_follower_never_publishes_a_held_value_and_accept_on_it_acts_for
         await until(lambda: follower.handle.value("names") == [1])
         assert holder.handle.value("names") == [1]
         assert follower.handle.status()["names"]["quarantined"] is None
+
+
+async def test_taking_a_lease_over_reads_no_control_record_for_a_refresher_without_actions(
+    tmp_path: Path,
+) -> None:
+    """Only refreshers with guards or versions have operator actions: the others cost no extra backend read."""
+    from asgi_refresh import max_shrink
+
+    loaded: list[str] = []
+
+    class Counting(SQLiteCoordinator):
+        async def load(self, name: str) -> Any:
+            loaded.append(name)
+            return await super().load(name)
+
+    async def names() -> list[str]:
+        return ["ada"]
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[
+            Refresher("plain", names, every="1h"),
+            Refresher("guarded", names, every="1h", guard=max_shrink(0.5)),
+        ],
+        coordinator=Counting(tmp_path / "refresh.db", poll_interval=0.02),
+    )
+    async with LifespanManager(middleware, startup_timeout=10):
+        await until(lambda: role(middleware, "plain") == "leader" and role(middleware, "guarded") == "leader")
+        await until(lambda: "asgi_refresh__control__guarded" in loaded)
+    assert "asgi_refresh__control__plain" not in loaded

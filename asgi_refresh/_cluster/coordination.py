@@ -517,11 +517,14 @@ class Coordination:
             share.was_leading = False
             runtime.reschedule(slot.spec.name, self._due_after_takeover(slot))
             self._wake(share)  # a refresh-now waiting for the holder: that is us now
-            if self._tasks is not None:  # an operator's action the last holder did not get to
-                if slot.spec.keep_versions:  # first what the last holder kept: a rollback needs it
-                    self._tasks.start_soon(self._take_over, slot, name=f"asgi_refresh:{name}:control")
-                else:
-                    self._tasks.start_soon(self._carry_out, slot, name=f"asgi_refresh:{name}:control")
+            # An operator's action the last holder did not get to. Only refreshers with
+            # guards or versions have actions: the others cost no backend call here
+            # (a thousand refreshers taken over at startup would cost a thousand reads).
+            if self._tasks is not None and slot.spec.keep_versions:
+                # First what the last holder kept: a rollback needs it.
+                self._tasks.start_soon(self._take_over, slot, name=f"asgi_refresh:{name}:control")
+            elif self._tasks is not None and slot.spec.guard:
+                self._tasks.start_soon(self._carry_out, slot, name=f"asgi_refresh:{name}:control")
         # Our own last store may be newer than this read of `head`: count what it answered.
         if leading and head is not None and head.requested > max(head.answered, share.answered):
             self._fetch_for_others(slot)
