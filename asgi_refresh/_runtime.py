@@ -618,11 +618,8 @@ class Runtime:
             )
         if self.events is not None:
             self.events.emit("not_modified" if not_modified else "succeeded", spec.name, duration)
-            if changed:
-                self.events.emit("changed", spec.name, duration)
-        if changed and slot.hooks is not None:
-            slot.hooks.change(old, value)
-            self._start_hooks(slot)
+        if changed:
+            self._announce_change(slot, old, value, duration)
 
     def _keep(
         self,
@@ -771,6 +768,14 @@ class Runtime:
             slot.hooks.change(old, restored.value)
             self._start_hooks(slot)
 
+    def _announce_change(self, slot: Slot, old: Any, new: Any, duration: float | None = None) -> None:
+        """A different value is published: the ``changed`` event, then ``on_change``."""
+        if self.events is not None:
+            self.events.emit("changed", slot.spec.name, duration)
+        if slot.hooks is not None:
+            slot.hooks.change(old, new)
+            self._start_hooks(slot)
+
     def _start_hooks(self, slot: Slot) -> None:
         if slot.hooks is not None and self._task_group is not None:
             slot.hooks.start(self.clock, self._task_group)
@@ -796,7 +801,6 @@ class Runtime:
         slot = self.slots[name]
         if slot.overridden:
             return
-        spec = slot.spec
         if cluster is not None:
             kept = slot.kept
             kept.held = cluster.held
@@ -832,11 +836,8 @@ class Runtime:
                 cluster.pin, self.clock.wall() - age, data, value
             )
             slot.kept.origin = "pinned"
-        if self.events is not None and changed:
-            self.events.emit("changed", spec.name)
-        if changed and slot.hooks is not None:
-            slot.hooks.change(old, value)
-            self._start_hooks(slot)
+        if changed:
+            self._announce_change(slot, old, value)
 
     def adopt_failed(self, name: str, error: str) -> None:
         """A stored value this process cannot use: counts as a failed load (startup moves on)."""
@@ -1070,11 +1071,8 @@ class Runtime:
         elif self.keeper is not None and changed and data is not None and self.keeper.writer is not None:
             self.keeper.snapshot_pinned(slot, data)
         slot.kept.origin = origin
-        if changed and self.events is not None:
-            self.events.emit("changed", name)
-        if changed and slot.hooks is not None:
-            slot.hooks.change(old, value)
-            self._start_hooks(slot)
+        if changed:
+            self._announce_change(slot, old, value)
 
     async def _forward(self, slot: Slot, action: str, argument: str | None = None) -> bool:
         """An operator's action on a process that does not hold the lease: the holder acts, for all.
