@@ -222,11 +222,13 @@ async def running(*refreshers: Refresher, clock: FakeClock | None = None) -> Asy
         yield middleware.handle
 
 
-async def startup_failure(*refreshers: Refresher, startup_timeout: str = "10s") -> str:
-    """Start a lifespan whose startup must fail; return the startup.failed message."""
-    clock = FakeClock(START)
+async def startup_failure(
+    *refreshers: Refresher, startup_timeout: str = "10s", start: datetime = START, **options: Any
+) -> str:
+    """Start a lifespan (the middleware given ``options``) whose startup must fail; return the startup.failed message."""
+    clock = FakeClock(start)
     middleware = RefreshMiddleware(
-        ScriptedApp(), refreshers=list(refreshers), clock=clock, startup_timeout=startup_timeout
+        ScriptedApp(), refreshers=list(refreshers), clock=clock, startup_timeout=startup_timeout, **options
     )
     server = FakeServer(middleware)
     async with anyio.create_task_group() as tg:
@@ -241,6 +243,26 @@ async def startup_failure(*refreshers: Refresher, startup_timeout: str = "10s") 
 def runtime_of(handle: RefreshHandle) -> Runtime:
     """The runtime behind a handle, for tests that look at its insides."""
     return cast(Runtime, handle._runtime)
+
+
+@asynccontextmanager
+async def lifespan(
+    *refreshers: Refresher, clock: FakeClock | None = None, **options: Any
+) -> AsyncIterator[RefreshMiddleware]:
+    """Run the refreshers in a middleware given ``options``; yield the middleware."""
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=list(refreshers), clock=clock or FakeClock(START), **options
+    )
+    async with LifespanManager(middleware):
+        yield middleware
+
+
+async def written(middleware: RefreshMiddleware) -> None:
+    """Wait until the snapshots queued so far are on disk."""
+    keeper = runtime_of(middleware.handle).keeper
+    assert keeper is not None
+    assert keeper.writer is not None
+    await keeper.writer.flush()
 
 
 class Counting:

@@ -15,7 +15,6 @@ import anyio
 import httpx
 import pytest
 import respx
-from asgi_lifespan import LifespanManager
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,31 +30,12 @@ from asgi_refresh import (
 from asgi_refresh import _snapshots as snapshots
 from asgi_refresh._keeper import read_cluster_meta
 from asgi_refresh.testing import FakeClock
-from tests.helpers import START, ScriptedApp, Upstream, runtime_of
+from tests.helpers import START, Upstream, lifespan, runtime_of, startup_failure, written
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "s3cret-token-for-tests-only"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@asynccontextmanager
-async def lifespan(
-    *refreshers: Refresher, clock: FakeClock | None = None, **options: Any
-) -> AsyncIterator[RefreshMiddleware]:
-    middleware = RefreshMiddleware(
-        ScriptedApp(), refreshers=list(refreshers), clock=clock or FakeClock(START), **options
-    )
-    async with LifespanManager(middleware):
-        yield middleware
-
-
-async def written(middleware: RefreshMiddleware) -> None:
-    """Wait until the snapshots queued so far are on disk."""
-    keeper = runtime_of(middleware.handle).keeper
-    assert keeper is not None
-    assert keeper.writer is not None
-    await keeper.writer.flush()
 
 
 # -- snapshots -------------------------------------------------------------------------
@@ -162,7 +142,7 @@ async def test_a_snapshot_of_another_source_is_not_used_and_startup_says_why(tmp
             pass
     with respx.mock(assert_all_called=False) as mock:
         mock.get("http://two.test/names").mock(side_effect=httpx.ConnectError("refused"))
-        message = await startup_failure_with(
+        message = await startup_failure(
             Refresher("names", HTTPSource("http://two.test/names"), every="1h"), snapshot_dir=tmp_path
         )
     assert "could not load" in message
@@ -174,7 +154,7 @@ async def test_a_snapshot_older_than_snapshot_max_age_is_not_used(tmp_path: Path
     async with lifespan(Refresher("names", Upstream(["ada"]), every="1h"), snapshot_dir=tmp_path):
         pass
     two_days_on = START.replace(day=3)
-    message = await startup_failure_with(
+    message = await startup_failure(
         Refresher("names", Upstream(OSError("down")), every="1h"),
         snapshot_dir=tmp_path,
         snapshot_max_age="1d",
@@ -193,7 +173,7 @@ async def test_a_snapshot_older_than_snapshot_max_age_is_not_used(tmp_path: Path
 
 async def test_without_a_snapshot_startup_fails_as_before_and_says_there_is_none(tmp_path: Path) -> None:
     """No file: the usual startup failure, with the reason the snapshot was not used."""
-    message = await startup_failure_with(
+    message = await startup_failure(
         Refresher("names", Upstream(OSError("down")), every="1h"), snapshot_dir=tmp_path
     )
     assert "snapshot not used: there is no snapshot (names.snapshot)" in message
@@ -217,7 +197,7 @@ async def test_a_damaged_snapshot_is_ignored_with_a_warning(
     path = tmp_path / "names.snapshot"
     path.write_bytes(damage(path.read_bytes()))
     with caplog.at_level(logging.WARNING, logger="asgi_refresh"):
-        message = await startup_failure_with(
+        message = await startup_failure(
             Refresher("names", Upstream(OSError("down")), every="1h"), snapshot_dir=tmp_path
         )
     assert "snapshot not used: names.snapshot" in message
@@ -231,7 +211,7 @@ async def test_a_symlinked_snapshot_is_refused(tmp_path: Path) -> None:
     real = tmp_path / "elsewhere"
     (tmp_path / "names.snapshot").rename(real)
     (tmp_path / "names.snapshot").symlink_to(real)
-    message = await startup_failure_with(
+    message = await startup_failure(
         Refresher("names", Upstream(OSError("down")), every="1h"), snapshot_dir=tmp_path
     )
     assert "names.snapshot cannot be opened" in message
@@ -683,106 +663,3 @@ def test_cluster_metadata_is_checked_field_by_field(meta: dict[str, Any]) -> Non
 
     with suppress(BadRecord):
         read_cluster_meta(meta)
-
-
-async def startup_failure_with(refresher: Refresher, *, start: Any = START, **options: Any) -> str:
-    """The startup.failed message of a middleware with ``options`` whose refresher cannot load."""
-    from tests.helpers import FakeServer
-
-    clock = FakeClock(start)
-    middleware = RefreshMiddleware(
-        ScriptedApp(), refreshers=[refresher], clock=clock, startup_timeout="10s", **options
-    )
-    server = FakeServer(middleware)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.startup, tg)
-        await clock.advance("10s")
-        await server.finished.wait()
-    assert [message["type"] for message in server.sent] == ["lifespan.startup.failed"], server.sent
-    message: str = server.sent[0]["message"]
-    return message
-
-
-def test_a_guard_class_instead_of_a_guard_is_refused() -> None:
-    """guard=max_shrink (the class) would hold back every change: refused, saying to call it."""
-    from asgi_refresh import OptionError
-
-    with pytest.raises(
-        TypeError, match=r"not the class max_shrink: call it, like max_shrink\(...\)"
-    ) as caught:
-        Refresher("names", Upstream([1]), every="1h", guard=max_shrink)  # type: ignore[arg-type]
-    assert isinstance(caught.value, OptionError)
-    assert caught.value.option == "guard"
-
-
-def test_a_value_too_big_for_a_snapshot_is_not_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What startup would refuse to read is not written: a clear error instead."""
-    monkeypatch.setattr(snapshots, "DEFAULT_MAX_BYTES", 10)
-    with pytest.raises(ValueError, match="over the 10 a snapshot may hold"):
-        snapshots.write(tmp_path, "names", b"x" * 11, {"source": "s", "fetched_at": 1.0}, at=1.0)
-    assert list(tmp_path.iterdir()) == []
-
-
-async def test_a_version_argument_that_is_not_a_version_is_refused_at_once() -> None:
-    """pin() checks its argument before anything else (a follower would forward it to the holder)."""
-    async with lifespan(Refresher("names", Upstream(["a"]), every="1h", keep_versions=2)) as middleware:
-        with pytest.raises(ValueError, match="a version is a string like"):
-            await middleware.handle.pin("names", "9" * 500)
-        with pytest.raises(ValueError, match="a version is a string like"):
-            await middleware.handle.pin("names", "")
-
-
-async def test_a_pinned_token_stays_off_the_disk(tmp_path: Path) -> None:
-    """Pinning a version of a Fresh token does not write the token to snapshot_dir."""
-    tokens = iter(["t0k3n-one", "t0k3n-two"])
-
-    async def token() -> Fresh[str]:
-        return Fresh(next(tokens), expires_in="1h")
-
-    async with lifespan(
-        Refresher("token", token, every="1h", keep_versions=3), snapshot_dir=tmp_path
-    ) as middleware:
-        await middleware.handle.refresh("token")
-        await middleware.handle.rollback("token")
-        assert middleware.handle.value("token") == "t0k3n-one"
-        await written(middleware)
-    assert os.listdir(tmp_path) == []
-
-
-async def test_unpin_after_shutdown_says_not_running(tmp_path: Path) -> None:
-    """unpin() on a follower once the lifespan is over is the usual RuntimeError, not an assertion."""
-    from asgi_refresh import SQLiteCoordinator
-
-    middleware = RefreshMiddleware(
-        ScriptedApp(),
-        refreshers=[Refresher("names", Upstream(["a"]), every="1h", keep_versions=2)],
-        coordinator=SQLiteCoordinator(tmp_path / "refresh.db"),
-    )
-    async with LifespanManager(middleware):
-        handle = middleware.handle
-        runtime = runtime_of(handle)
-    assert runtime.coordination is not None
-    runtime.coordination.shares["names"].leading = False  # as a follower would be
-    with pytest.raises(RuntimeError, match="not running"):
-        handle.unpin("names")
-
-
-def test_a_version_kept_by_copy_never_follows_a_planted_link(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without hard links, a version is copied to a new file: a symlink in its place is not written through."""
-
-    def no_links(*args: object) -> None:
-        raise OSError("no hard links here")
-
-    monkeypatch.setattr(os, "link", no_links)
-    victim = tmp_path / "victim"
-    victim.write_text("untouched")
-    (tmp_path / ".names@1.snapshot.tmp").symlink_to(victim)
-    snapshots.write(
-        tmp_path, "names", b'["a"]', {"source": "s", "fetched_at": 1.0}, at=1.0, number=1, keep_versions=2
-    )
-    assert victim.read_text() == "untouched"
-    assert snapshots.read(snapshots.version_path(tmp_path, "names", 1), "names").data == b'["a"]'

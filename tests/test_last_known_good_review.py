@@ -4,41 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Fresh, Refresher, RefreshMiddleware, max_shrink, required_keys
+from asgi_refresh import Fresh, Refresher, max_shrink, required_keys
 from asgi_refresh import _snapshots as snapshots
 from asgi_refresh._cluster.base import BadRecord
 from asgi_refresh._keeper import parse_version, read_cluster_meta
 from asgi_refresh.testing import FakeClock
-from tests.helpers import START, ScriptedApp, Upstream, runtime_of
+from tests.helpers import START, Upstream, lifespan, runtime_of, written
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def lifespan(
-    *refreshers: Refresher, clock: FakeClock | None = None, **options: Any
-) -> AsyncIterator[RefreshMiddleware]:
-    middleware = RefreshMiddleware(
-        ScriptedApp(), refreshers=list(refreshers), clock=clock or FakeClock(START), **options
-    )
-    async with LifespanManager(middleware):
-        yield middleware
-
-
-async def written(middleware: RefreshMiddleware) -> None:
-    """Wait until the snapshots queued so far are on disk."""
-    keeper = runtime_of(middleware.handle).keeper
-    assert keeper is not None
-    assert keeper.writer is not None
-    await keeper.writer.flush()
 
 
 # -- version numbers from outside: only ASCII digits ------------------------------------
