@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 import respx
+from asgi_lifespan import LifespanManager
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +31,7 @@ from asgi_refresh import (
 from asgi_refresh import _snapshots as snapshots
 from asgi_refresh._keeper import read_cluster_meta
 from asgi_refresh.testing import FakeClock
-from tests.helpers import START, Upstream, lifespan, runtime_of, startup_failure, written
+from tests.helpers import START, ScriptedApp, Upstream, lifespan, runtime_of, startup_failure, written
 
 pytestmark = pytest.mark.anyio
 
@@ -663,3 +664,88 @@ def test_cluster_metadata_is_checked_field_by_field(meta: dict[str, Any]) -> Non
 
     with suppress(BadRecord):
         read_cluster_meta(meta)
+
+
+def test_a_guard_class_instead_of_a_guard_is_refused() -> None:
+    """guard=max_shrink (the class) would hold back every change: refused, saying to call it."""
+    from asgi_refresh import OptionError
+
+    with pytest.raises(
+        TypeError, match=r"not the class max_shrink: call it, like max_shrink\(...\)"
+    ) as caught:
+        Refresher("names", Upstream([1]), every="1h", guard=max_shrink)  # type: ignore[arg-type]
+    assert isinstance(caught.value, OptionError)
+    assert caught.value.option == "guard"
+
+
+def test_a_value_too_big_for_a_snapshot_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What startup would refuse to read is not written: a clear error instead."""
+    monkeypatch.setattr(snapshots, "DEFAULT_MAX_BYTES", 10)
+    with pytest.raises(ValueError, match="over the 10 a snapshot may hold"):
+        snapshots.write(tmp_path, "names", b"x" * 11, {"source": "s", "fetched_at": 1.0}, at=1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_version_argument_that_is_not_a_version_is_refused_at_once() -> None:
+    """pin() checks its argument before anything else (a follower would forward it to the holder)."""
+    async with lifespan(Refresher("names", Upstream(["a"]), every="1h", keep_versions=2)) as middleware:
+        with pytest.raises(ValueError, match="a version is a string like"):
+            await middleware.handle.pin("names", "9" * 500)
+        with pytest.raises(ValueError, match="a version is a string like"):
+            await middleware.handle.pin("names", "")
+
+
+async def test_a_pinned_token_stays_off_the_disk(tmp_path: Path) -> None:
+    """Pinning a version of a Fresh token does not write the token to snapshot_dir."""
+    tokens = iter(["t0k3n-one", "t0k3n-two"])
+
+    async def token() -> Fresh[str]:
+        return Fresh(next(tokens), expires_in="1h")
+
+    async with lifespan(
+        Refresher("token", token, every="1h", keep_versions=3), snapshot_dir=tmp_path
+    ) as middleware:
+        await middleware.handle.refresh("token")
+        await middleware.handle.rollback("token")
+        assert middleware.handle.value("token") == "t0k3n-one"
+        await written(middleware)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_unpin_after_shutdown_says_not_running(tmp_path: Path) -> None:
+    """unpin() on a follower once the lifespan is over is the usual RuntimeError, not an assertion."""
+    from asgi_refresh import SQLiteCoordinator
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", Upstream(["a"]), every="1h", keep_versions=2)],
+        coordinator=SQLiteCoordinator(tmp_path / "refresh.db"),
+    )
+    async with LifespanManager(middleware):
+        handle = middleware.handle
+        runtime = runtime_of(handle)
+    assert runtime.coordination is not None
+    runtime.coordination.shares["names"].leading = False  # as a follower would be
+    with pytest.raises(RuntimeError, match="not running"):
+        handle.unpin("names")
+
+
+def test_a_version_kept_by_copy_never_follows_a_planted_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hard links, a version is copied to a new file: a symlink in its place is not written through."""
+
+    def no_links(*args: object) -> None:
+        raise OSError("no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / ".names@1.snapshot.tmp").symlink_to(victim)
+    snapshots.write(
+        tmp_path, "names", b'["a"]', {"source": "s", "fetched_at": 1.0}, at=1.0, number=1, keep_versions=2
+    )
+    assert victim.read_text() == "untouched"
+    assert snapshots.read(snapshots.version_path(tmp_path, "names", 1), "names").data == b'["a"]'
