@@ -202,7 +202,9 @@ class Coordinator(Protocol):
             data: The encoded value.
             meta: JSON-serialisable fetch metadata (``TypeError`` if it is not).
             answered: `Head.requested` as read before the fetch started: the
-                refresh-now requests this fetch answers. Never lowers the stored one.
+                refresh-now requests this fetch answers. Never lowers the stored one,
+                and never raises it past the requests the entry has counted (a fetch
+                that began before the backend lost its data answers none of the new ones).
 
         Returns:
             The new version, or None if we do not hold the lease (nothing changed).

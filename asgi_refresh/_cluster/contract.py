@@ -226,6 +226,23 @@ class CoordinatorContract:
         assert stored is not None
         assert stored.answered == 2
 
+    async def test_a_store_answers_no_request_the_entry_has_not_counted(
+        self, pair: tuple[Coordinator, Coordinator]
+    ) -> None:
+        """A fetch that began before the backend lost its data carries an old request number.
+
+        Stored on the backend that came back empty, it must not answer the requests
+        counted from then on: ``answered`` never goes past ``requested``.
+        """
+        holder, asker = pair
+        assert await holder.acquire("names", self.lease_ttl * 10)
+        assert await holder.store("names", b"old", {}, answered=5) == 1  # counted before the loss
+        assert counters(await asker.head("names")) == (1, 0, 0)
+        assert await asker.request_refresh("names") == 1
+        assert (await asker.head("names")).pending  # still waits for a fetch
+        assert await holder.store("names", b"new", {}, answered=7) == 2
+        assert counters(await asker.head("names")) == (2, 1, 1)
+
     async def test_changes_reach_other_processes(self, pair: tuple[Coordinator, Coordinator]) -> None:
         """A subscriber hears of a store and of a refresh request made by another coordinator."""
         holder, follower = pair

@@ -194,6 +194,12 @@ end
 if tonumber(ARGV[4]) > tonumber(answered) then
   answered = ARGV[4]
 end
+-- Never past the requests this entry has counted: a store that began before the
+-- server lost its data carries a number from before, which would answer new requests.
+local requested = redis.call('HGET', KEYS[2], 'requested')
+if tonumber(answered) > tonumber(requested) then
+  answered = requested
+end
 local now = redis.call('TIME')
 local stored_at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 redis.call('HSET', KEYS[2], 'data', ARGV[2], 'meta', ARGV[3], 'stored_at', stored_at,

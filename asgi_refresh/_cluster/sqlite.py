@@ -101,13 +101,15 @@ _COUNTER = f"typeof({{0}}) = 'integer' AND {{0}} BETWEEN 0 AND {MAX_COUNT - 1}"
 _STORE = (
     "INSERT INTO asgi_refresh_entries "
     "(prefix, name, version, data, meta, stored_at, stored_by, requested, answered) "
-    "VALUES (?, ?, 1, ?, ?, ?, ?, 0, ?) ON CONFLICT (prefix, name) DO UPDATE SET "
+    "VALUES (?, ?, 1, ?, ?, ?, ?, 0, 0) ON CONFLICT (prefix, name) DO UPDATE SET "
     f"version = CASE WHEN {_COUNTER.format('version')} THEN version + 1 ELSE 1 END, "
     "data = excluded.data, meta = excluded.meta, stored_at = excluded.stored_at, "
     "stored_by = excluded.stored_by, "
     f"requested = CASE WHEN {_COUNTER.format('requested')} THEN requested ELSE 0 END, "
-    f"answered = CASE WHEN {_COUNTER.format('answered')} THEN max(answered, excluded.answered) "
-    "ELSE excluded.answered END"
+    # Never past the requests counted here (a new row has none): a store that began
+    # before the entry was lost carries a number from before, which would answer new ones.
+    f"answered = min(CASE WHEN {_COUNTER.format('answered')} THEN max(answered, ?) ELSE ? END, "
+    f"CASE WHEN {_COUNTER.format('requested')} THEN requested ELSE 0 END)"
 )
 _REQUEST = (
     "INSERT INTO asgi_refresh_entries (prefix, name, requested) VALUES (?, ?, 1) "
@@ -399,7 +401,7 @@ class SQLiteCoordinator(BlockingCoordinator):
             if holder is None:
                 db.execute("COMMIT")
                 return None
-            db.execute(_STORE, (self.prefix, name, blob, meta_text, now, owner, number))
+            db.execute(_STORE, (self.prefix, name, blob, meta_text, now, owner, number, number))
             row = db.execute(  # not RETURNING: that needs SQLite 3.35, upserts only 3.24
                 "SELECT version FROM asgi_refresh_entries WHERE prefix = ? AND name = ?", (self.prefix, name)
             ).fetchone()
