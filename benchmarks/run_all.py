@@ -45,7 +45,7 @@ async def run(quick: bool) -> list[Row]:
             *await failure_logs.measure(refreshers=50, minutes=5),
             *await import_cost.measure(rounds=2),
             *await snapshots.measure(refreshers=20, rounds=1, refreshes=3),
-            *await push.measure(changes=2, quiet=1.0, every=0.5),
+            *await push.measure(changes=2, quiet=1.0, every=0.5, workers=2, deliveries=20),
         ]
     return [
         *await overhead.measure(),

@@ -5,8 +5,9 @@ is not the test's: the test calls `SSEUpstream.emit` and friends from its own th
 and they wake the streams with ``call_soon_threadsafe``.
 
 - ``GET /stream``: the event stream. Without ``Last-Event-ID`` it starts from the first
-  event, with one it replays what came after that event, then sends each new one as it
-  is emitted; ``: ping`` comments every ``keepalive`` seconds unless ``silent``.
+  event (with ``replay`` off, from the next one), with one it replays what came after
+  that event, then sends each new one as it is emitted; ``: ping`` comments every
+  ``keepalive`` seconds unless ``silent``.
 - ``GET /doc``: the current value as a JSON document (what polling fetches).
 - ``GET /elsewhere``: a redirect of the stream to another origin.
 """
@@ -42,6 +43,7 @@ class SSEUpstream:
         self.doc_requests = 0
         self.stream_requests = 0
         self.retry_ms: int | None = None  # a retry: field sent first on each connection
+        self.replay = True  # a connection without Last-Event-ID starts from the first event
         self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.base_url = ""  # set by the fixture: for the cross-origin redirect
 
@@ -129,7 +131,7 @@ class SSEUpstream:
             self.connections += 1
             self.last_event_ids.append(None if last_id is None else last_id.decode())
             generation = self.generation
-            position = 0
+            position = 0 if self.replay else len(self.events)  # without replay: new events only
             if last_id is not None:
                 position = next(
                     (

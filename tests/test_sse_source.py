@@ -9,16 +9,25 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgi_refresh import Refresher, RefreshHandle, RefreshMiddleware, SourceError, SSESource
+from asgi_refresh import (
+    Refresher,
+    RefreshHandle,
+    RefreshMiddleware,
+    SourceError,
+    SQLiteCoordinator,
+    SSESource,
+)
 from asgi_refresh._sources.sse import _EventGuard
 from asgi_refresh.demo.upstream import serve
 
@@ -394,6 +403,107 @@ async def test_shutdown_with_an_open_stream_is_prompt(upstream: tuple[SSEUpstrea
         await manager.__aexit__(None, None, None)
     assert time.perf_counter() - began < 1.0
     await until(lambda: not server._wakers, within=2)  # the server saw the client go
+
+
+# -- with a coordinator ---------------------------------------------------------------
+
+
+class Process:
+    """A process of a cluster on one SQLite file: it streams ``flags`` once it fetches (holds the lease)."""
+
+    def __init__(self, base_url: str, path: Path) -> None:
+        self.middleware = RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("flags", SSESource(f"{base_url}/stream"), every="1h", timeout="5s")],
+            coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+            lease_ttl="1s",
+        )
+        self.stopping = anyio.Event()
+        self.stopped = anyio.Event()
+
+    @property
+    def handle(self) -> RefreshHandle:
+        return self.middleware.handle
+
+    @property
+    def role(self) -> str:
+        coordination: Any = self.handle.status()["flags"]["coordination"]
+        return str(coordination["role"])
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Its lifespan, in a task of its own: processes stop in any order."""
+        try:
+            async with LifespanManager(self.middleware):
+                task_status.started()
+                await self.stopping.wait()
+        finally:
+            self.stopped.set()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await self.stopped.wait()
+
+
+@asynccontextmanager
+async def cluster_of_two(base_url: str, path: Path) -> AsyncIterator[tuple[Process, Process]]:
+    """Two processes, started; yields (holder, follower); stops whichever is still running."""
+    processes = [Process(base_url, path), Process(base_url, path)]
+    async with anyio.create_task_group() as task_group:
+        try:
+            for process in processes:
+                await task_group.start(process.run)
+            await until(lambda: sorted(p.role for p in processes) == ["follower", "leader"])
+            holder, follower = sorted(processes, key=lambda p: p.role, reverse=True)
+            yield holder, follower
+        finally:
+            for process in processes:
+                process.stopping.set()
+
+
+async def test_with_a_coordinator_only_the_lease_holder_streams_and_followers_serve_its_events(
+    upstream: tuple[SSEUpstream, str], tmp_path: Path
+) -> None:
+    """One held connection per cluster: the holder streams and stores, the follower publishes what is stored."""
+    server, base_url = upstream
+    server.emit({"v": 0})
+    async with cluster_of_two(base_url, tmp_path / "cluster.db") as (holder, follower):
+        handles = [holder.handle, follower.handle]
+        await until(lambda: stream(handles[0])["connected"])
+        for number in range(1, 6):
+            server.emit({"v": number})
+            await until(lambda n=number: [h.value("flags") for h in handles] == [{"v": n}] * 2)  # type: ignore[misc]
+        assert not stream(handles[1])["connected"]
+        assert stream(handles[1])["events"] == 0
+        assert server.stream_requests == 1
+        assert handles[1].status()["flags"]["origin"] == "coordinator"
+
+
+async def test_the_next_holder_opens_its_stream_and_goes_on_from_the_cluster_value(
+    upstream: tuple[SSEUpstream, str], tmp_path: Path
+) -> None:
+    """The holder stops: the follower streams, its quiet stream confirms the value it adopted, no fetch fails.
+
+    The server sends new events only (no replay) and there is no fetch_url: the new
+    holder has nothing to wait for but its connection.
+    """
+    server, base_url = upstream
+    server.emit({"v": 1})
+    async with cluster_of_two(base_url, tmp_path / "cluster.db") as (holder, follower):
+        handle = follower.handle
+        await until(lambda: handle.value("flags") == {"v": 1})
+        server.replay = False
+        await holder.stop()  # gives the lease back
+        await until(lambda: follower.role == "leader" and stream(handle)["connected"])
+        await until(lambda: handle.status()["flags"]["refresh_count"] == 1)
+        state = handle.status()["flags"]
+        assert (state["last_outcome"], state["last_error"], state["consecutive_failures"]) == (
+            "not_modified",
+            None,
+            0,
+        )
+        event_id = server.emit({"v": 2})
+        await until(lambda: handle.value("flags") == {"v": 2}, within=0.05 + 1)
+        assert time.perf_counter() - server.emitted_at[event_id] < 0.5
 
 
 async def test_no_secret_reaches_status_or_logs_and_cross_origin_redirects_are_refused(

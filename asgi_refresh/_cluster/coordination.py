@@ -212,6 +212,7 @@ class _Share:
         "bad_logged_at",
         "began",
         "checked",
+        "continued",
         "control",
         "control_error",
         "done",
@@ -276,6 +277,9 @@ class _Share:
         # The HTTP validators (ETag...) the lease holder stored with the value published
         # here: handed to our own source before it next fetches, so that is a 304.
         self.validators: dict[str, str] | None = None
+        # Whether our source has been told (`Source.take_over`) of the value last adopted
+        # from the store: it continues from that value, not from what it last fetched.
+        self.continued = True
         # The last operator action (accept, pin...) the lease holder carried out, by
         # number, and why it could not (nothing held back, no such version).
         self.control = 0
@@ -531,13 +535,32 @@ class Coordination:
 
     def _due_after_takeover(self, slot: Entry) -> float:
         """When to fetch after taking the lease over: keep the cluster's schedule."""
-        return schedule.due_after_takeover(
-            now=self.runtime.clock.monotonic(),
-            every=slot.spec.every,
-            last_success=slot.history.last_success_mono,
-            expires_at=slot.expires_at,
-            leeway=slot.leeway,
+        return self._on_our_own(
+            slot,
+            schedule.due_after_takeover(
+                now=self.runtime.clock.monotonic(),
+                every=slot.spec.every,
+                last_success=slot.history.last_success_mono,
+                expires_at=slot.expires_at,
+                leeway=slot.leeway,
+            ),
         )
+
+    def _due_when_standalone(self, slot: Entry, now: float) -> float:
+        """When a follower fetches once it must fetch for itself: when its value is due."""
+        base = slot.history.last_success_mono
+        return self._on_our_own(
+            slot, schedule.due_when_standalone(now=now, every=slot.spec.every, last_success=base)
+        )
+
+    def _on_our_own(self, slot: Entry, due: float) -> float:
+        """``due``; at once for a source that holds a stream (it has ``state()``, as `SSESource`).
+
+        A source opens at its first fetch, so a process that starts fetching for
+        itself would hear none of the stream's pushes until ``due``, up to ``every``
+        later. Its first fetch costs at most a catch-up request.
+        """
+        return self.runtime.clock.monotonic() if callable(getattr(slot.source, "state", None)) else due
 
     def _fetch_for_others(self, slot: Entry) -> None:
         """A refresh-now at the holder: at most one fetch under way and one queued after it.
@@ -821,7 +844,7 @@ class Coordination:
         share.started, share.ended, share.mark = started, ended, slot.history.refresh_count
         share.local, share.asked = False, 0
         self._answer(share, stored.answered)
-        share.validators = checked_handover(stored.meta)
+        share.validators, share.continued = checked_handover(stored.meta), False
         return _Outcome.ADOPTED
 
     def _times(
@@ -891,16 +914,19 @@ class Coordination:
         raise BadRecord(f"decoding and checking its stored value took over {format_duration(limit)}")
 
     def before_fetch(self, slot: Entry) -> None:
-        """A fetch of ours begins: note when, and hand the stored validators to our source.
+        """A fetch of ours begins: note when, and hand the value we adopted to our source.
 
-        With the validators, its first fetch as lease holder is conditional (a 304).
+        With the stored validators, its first fetch as lease holder is conditional (a 304).
         """
         share = self.shares[slot.spec.name]
         share.began = time.monotonic()
         share.epoch = self.epoch if self.available and share.leading else -1
         validators, share.validators = share.validators, None
-        if validators:
-            handover = {key: value for key, value in validators.items() if isinstance(value, str)}
+        if not share.continued:
+            # The first fetch since we published a stored value: our source goes on from
+            # it (a stream's quiet connection confirms it), with the validators if any.
+            share.continued = True
+            handover = {key: value for key, value in (validators or {}).items() if isinstance(value, str)}
             slot.source.take_over(self.runtime.published(slot.spec.name), handover)
 
     # -- unusable entries ---------------------------------------------------------------
@@ -927,11 +953,7 @@ class Coordination:
             )
         if share.bad is None and not share.leading and self.available:
             # Followers have no schedule of their own: fetch when the value is due.
-            base = slot.history.last_success_mono
-            self.runtime.reschedule(
-                slot.spec.name,
-                schedule.due_when_standalone(now=now, every=slot.spec.every, last_success=base),
-            )
+            self.runtime.reschedule(slot.spec.name, self._due_when_standalone(slot, now))
         share.bad = problem
         if new and not share.leading:  # a failed load, once (startup moves on); our own fetches go on
             self.runtime.adopt_failed(slot.spec.name, f"coordination: {problem}")
@@ -1226,11 +1248,7 @@ class Coordination:
             self._wake(share)  # a refresh-now waiting for the holder: fetch locally instead
             if not share.leading and share.bad is None and not slot.overridden:
                 # Followers had no schedule of their own: fetch when the value is due.
-                base = slot.history.last_success_mono
-                self.runtime.reschedule(
-                    slot.spec.name,
-                    schedule.due_when_standalone(now=now, every=slot.spec.every, last_success=base),
-                )
+                self.runtime.reschedule(slot.spec.name, self._due_when_standalone(slot, now))
             share.was_leading = share.was_leading or share.leading
             share.leading = False
 

@@ -109,8 +109,10 @@ class Source(Protocol):
     def take_over(self, value: Any, handover: Mapping[str, str]) -> None:
         """Continue from ``value``, fetched elsewhere, with what `handover` said there.
 
-        Called while open, before the next fetch, when this process starts fetching
-        for others (or starts from a snapshot). A source that cannot use it ignores it.
+        Called while open, before the first fetch of this process since it published
+        a value fetched elsewhere (by the lease holder, or from a snapshot).
+        ``handover`` may be empty: the value came without one. A source that cannot
+        use it ignores it.
         """
         return
 
