@@ -31,6 +31,7 @@ from asgi_refresh import (
 from asgi_refresh._sources.sse import _EventGuard
 from asgi_refresh.demo.upstream import serve
 
+from .faults.backend import Misbehaving
 from .helpers import ScriptedApp
 from .sse_server_app import SSEUpstream
 
@@ -412,10 +413,11 @@ class Process:
     """A process of a cluster on one SQLite file: it streams ``flags`` once it fetches (holds the lease)."""
 
     def __init__(self, base_url: str, path: Path) -> None:
+        self.backend = Misbehaving(SQLiteCoordinator(path, poll_interval=0.02))  # "raises": it is down
         self.middleware = RefreshMiddleware(
             ScriptedApp(),
             refreshers=[Refresher("flags", SSESource(f"{base_url}/stream"), every="1h", timeout="5s")],
-            coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+            coordinator=self.backend,
             lease_ttl="1s",
         )
         self.stopping = anyio.Event()
@@ -504,6 +506,25 @@ async def test_the_next_holder_opens_its_stream_and_goes_on_from_the_cluster_val
         event_id = server.emit({"v": 2})
         await until(lambda: handle.value("flags") == {"v": 2}, within=0.05 + 1)
         assert time.perf_counter() - server.emitted_at[event_id] < 0.5
+
+
+async def test_while_the_backend_is_down_every_process_streams_for_itself(
+    upstream: tuple[SSEUpstream, str], tmp_path: Path
+) -> None:
+    """A follower that loses the backend opens its own stream at once, not at its next scheduled fetch."""
+    server, base_url = upstream
+    server.emit({"v": 1})
+    async with cluster_of_two(base_url, tmp_path / "cluster.db") as (holder, follower):
+        handle = follower.handle
+        await until(lambda: handle.value("flags") == {"v": 1})
+        assert not stream(handle)["connected"]
+        follower.backend.mode = "raises"
+        await until(lambda: stream(handle)["connected"])
+        assert handle.status()["flags"]["coordination"]["error"]
+        event_id = server.emit({"v": 2})
+        await until(lambda: handle.value("flags") == {"v": 2} and holder.handle.value("flags") == {"v": 2})
+        assert time.perf_counter() - server.emitted_at[event_id] < 0.5
+        assert server.stream_requests == 2
 
 
 async def test_no_secret_reaches_status_or_logs_and_cross_origin_redirects_are_refused(
