@@ -357,7 +357,7 @@ def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Pat
     assert ran.out == ""
     assert ran.err.splitlines() == [
         "invalid configuration in 'refresh.toml' (2 problems):",
-        '  refreshers.extra.source: expected one of "http", "file", "longpoll", "python", got "htp" (did you mean \'http\'?)',
+        '  refreshers.extra.source: expected one of "http", "file", "longpoll", "sse", "python", got "htp" (did you mean \'http\'?)',
         '  refreshers.extra.every: expected a duration like "5m", got "soon"',
     ]
     as_json = cli("fetch", "--json", path)

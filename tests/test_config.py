@@ -143,11 +143,11 @@ def only_problem(config: Any, environ: dict[str, str] | None = None) -> str:
         ),
         (
             {"refreshers": {"names": {"target": "tests.test_config:load_names", "every": "1h"}}},
-            'refreshers.names.source: missing: say where the data comes from, one of "http", "file", "longpoll", "python"',
+            'refreshers.names.source: missing: say where the data comes from, one of "http", "file", "longpoll", "sse", "python"',
         ),
         (
             {"refreshers": {"names": refresher(source="htp", url="http://x")}},
-            'refreshers.names.source: expected one of "http", "file", "longpoll", "python", got "htp" (did you mean \'http\'?)',
+            'refreshers.names.source: expected one of "http", "file", "longpoll", "sse", "python", got "htp" (did you mean \'http\'?)',
         ),
         (
             {"refreshers": {"names": {"source": "http", "every": "1h"}}},
