@@ -733,9 +733,11 @@ class _Builder:
             return {}
         return dict(value)
 
-    def unknown(self, path: str, key: str, known: Iterable[str], hint: str = "") -> None:
+    def unknown(
+        self, path: str, key: str, known: Iterable[str], hint: str = "", meant: str | None = None
+    ) -> None:
         candidates = sorted(known)
-        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        close = [meant] if meant is not None else difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
         if close:
             suggestion = f"; did you mean {close[0]!r}?"
         else:
@@ -784,9 +786,19 @@ class _Builder:
         for key, value in table.items():
             path = (*here, key)
             option = known.get(key)
+            excluded = EXCLUDED.get(f"{SOURCES[source].__name__}.{key}") if source in SOURCES else None
+            if option is None and excluded is not None:
+                self.problem(_key(*path), f"not configurable in a file: {excluded}")
+                continue
             if option is None:
                 if source in choices:
-                    self.unknown(_key(*path), key, [*known, "source"], self._other_source_hint(key, source))
+                    self.unknown(
+                        _key(*path),
+                        key,
+                        [*known, "source"],
+                        self._other_source_hint(key, source),
+                        self._same_option(key, source),
+                    )
                 continue
             ok, converted = self.convert(option, value, path)
             if not ok:
@@ -849,6 +861,17 @@ class _Builder:
             return None
         target = _import_string(table[TARGET_KEY]) if source == PYTHON_SOURCE else ""
         return refresher, str(source), target, needed
+
+    def _same_option(self, key: str, source: str) -> str | None:
+        """This source's key for what another source calls ``key`` (``http_timeout``: ``sse_timeout``)."""
+        if source not in SOURCES:
+            return None
+        mine = {option.parameter: option.key for option in source_options(source)}
+        for other in SOURCES:
+            for option in source_options(other):
+                if other != source and option.key == key and option.key != option.parameter:
+                    return mine.get(option.parameter)
+        return None
 
     def _other_source_hint(self, key: str, source: str) -> str:
         for other in (*SOURCES, PYTHON_SOURCE):

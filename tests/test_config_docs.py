@@ -108,9 +108,9 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     assert rates.fetch is sys.modules["myapp.rates"].load
     assert first.middleware == {"startup_timeout": "1m"}
     pushed = load(tomllib.loads(next(s for s in samples if 'source = "sse"' in s)), environ=environ)
-    flags, catalog = (refresher.fetch for refresher in pushed.refreshers)
-    assert isinstance(flags, SSESource)
-    assert (flags.fetch_url, flags.heartbeat_timeout) == ("https://flags.example.com/flags", 30.0)
+    streamed, catalog = (refresher.fetch for refresher in pushed.refreshers)
+    assert isinstance(streamed, SSESource)
+    assert (streamed.fetch_url, streamed.heartbeat_timeout) == ("https://flags.example.com/flags", 30.0)
     assert isinstance(catalog, SSESource)
     assert (catalog.on_event, catalog.events) == ("refetch", frozenset({"catalog"}))
     with_metrics = load(tomllib.loads(next(s for s in samples if "listeners" in s)))
