@@ -1524,14 +1524,16 @@ def _placeholder() -> None:
 _STAND_IN_NAME = "refresher"
 _STAND_INS: dict[str, Any] = {
     "url": "https://example.com/",
+    "fetch_url": "https://example.com/",  # SSESource: on_event = "refetch" needs one
     "admin_path": "/_refresh",
     "admin_token": "a-stand-in-admin-token",
 }
 """Valid values that stand for an invalid one, so that a constructor checks everything else.
 
 Only for parameters whose absence would hide other checks or cause a false one (a
-source needs its URL; ``admin_token`` is checked only with an ``admin_path``, which
-complains when there is no token). Other invalid optional values are left out
+source needs its URL, an SSE source with ``on_event = "refetch"`` its ``fetch_url``;
+``admin_token`` is checked only with an ``admin_path``, which complains when there is
+no token). Other invalid optional values are left out
 instead, falling back to their defaults.
 """
 

@@ -312,6 +312,16 @@ BAD: list[tuple[dict[str, Any], list[str]]] = [
         ],
     ),
     (
+        {"on_event": "refetch", "fetch_url": "ftp://flags.example.com/doc"},
+        [
+            "refreshers.flags.fetch_url: must be an absolute http:// or https:// URL (got 'ftp://flags.example.com/doc')"
+        ],
+    ),
+    (
+        {"on_event": "refetch", "fetch_url": ["https://flags.example.com/doc"]},
+        ['refreshers.flags.fetch_url: expected a URL like "https://api.example.com/names", got a list'],
+    ),
+    (
         {"events": []},
         [
             "refreshers.flags.events: an empty list matches nothing; name at least one, or leave events out for all"
