@@ -32,6 +32,7 @@ from ._sources.base import Fetched, Source, SourceContext, is_source
 from ._sources.file import FileSource
 from ._sources.function import source_for
 from ._sources.http import HTTPSource
+from ._sources.sse import SSESource
 from ._status import Status
 from ._text import printable
 
@@ -250,7 +251,9 @@ def _describe(config: Config, refresher: Refresher) -> dict[str, Any]:
     """What ``check`` says about one refresher: never a header, a credential or a query."""
     source = config.sources[refresher.name]
     fetch = refresher.fetch
-    if isinstance(fetch, HTTPSource):
+    if isinstance(fetch, SSESource):
+        where = fetch.safe_url + (f" + fetch_url {fetch.fetch_url}" if fetch.fetch_url is not None else "")
+    elif isinstance(fetch, HTTPSource):
         where = f"{fetch.method} {fetch.safe_url}"
     elif isinstance(fetch, FileSource):
         where = str(fetch.path)
@@ -263,6 +266,13 @@ def _describe(config: Config, refresher: Refresher) -> dict[str, Any]:
         )
     if isinstance(fetch, FileSource) and fetch.watch:
         schedule += " + watch"
+    if isinstance(fetch, SSESource):
+        # While the stream is up, `every` costs nothing; it is the safety net when it is down.
+        schedule = (
+            f"stream ({fetch.on_event}); {schedule} while it is down"
+            if fetch.fetch_url is not None
+            else f"stream ({fetch.on_event}) only: no fetch_url to poll"
+        )
     return {
         "name": refresher.name,
         "source": source,
@@ -493,6 +503,7 @@ async def _fetch_once(
                         continue  # a second fetch is changing the validators: take both after it
                     took = stopwatch.durations.get(name, entry["last_duration"])
                     results[name] = _result(refresher, entry, took, runtime.state.get(name))
+                    _explain_stream(refresher, results[name])
                     if capture and ok:
                         captured[name] = _capture(refresher, runtime.state.get(name), slot.expires_at, clock)
                     continue
@@ -508,9 +519,35 @@ async def _fetch_once(
                     results[name] = _failed(
                         refresher, f"no result within {format_duration(limit)} (--timeout)"
                     )
+                    _explain_stream(refresher, results[name])
             await anyio.sleep(_POLL)
         await runtime.stop(parse_duration(config.middleware.get("shutdown_timeout", "10s")))
     return [results[refresher.name] for refresher in refreshers], captured
+
+
+def _explain_stream(refresher: Refresher, result: _Result) -> None:
+    """Say why an SSE refresher without ``fetch_url`` timed out: its first value is the stream's first event.
+
+    Without a document to fetch, ``fetch`` can only wait for an event; a stream that
+    is up but quiet (nothing changed) gives a bare timeout, which reads like a hung
+    server. The stream's own state tells the two apart. A stream that failed has
+    said why in the error already.
+    """
+    source = refresher.fetch
+    if result.outcome == "ok" or not isinstance(source, SSESource) or source.fetch_url is not None:
+        return
+    state = source.state()
+    if state["connected"]:
+        hint = "the stream is connected but sent no event yet"
+    elif state["last_error"] is None:
+        hint = "the stream has not connected yet"
+    else:
+        return
+    result.error = (
+        f"{result.error}; {hint}: without fetch_url the first value is the stream's first event "
+        "(set fetch_url to the same value as a document, for startup and for polling while the "
+        "stream is down)"
+    )
 
 
 def _capture(

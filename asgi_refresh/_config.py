@@ -2,7 +2,7 @@
 
 There is no second description of the options here. The keys, their types and
 defaults come from the signatures of `Refresher`, the sources (`HTTPSource`,
-`FileSource`, `LongPollSource`) and the middleware class (given by
+`FileSource`, `LongPollSource`, `SSESource`) and the middleware class (given by
 `RefreshMiddleware.from_config`, not imported: the middleware depends on this
 module, never the reverse), and their meaning from the
 ``Args:`` sections of their docstrings; the values are checked by those classes'
@@ -13,6 +13,7 @@ once, provided its annotation is in `KINDS`.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import importlib
@@ -42,9 +43,15 @@ from ._sources.file import FileSource
 from ._sources.http import HTTPSource
 from ._sources.longpoll import LongPollSource
 from ._sources.parsing import FORMATS
+from ._sources.sse import SSESource
 
 TABLES = ("defaults", "refreshers", "middleware")
-SOURCES: dict[str, type] = {"http": HTTPSource, "file": FileSource, "longpoll": LongPollSource}
+SOURCES: dict[str, type] = {
+    "http": HTTPSource,
+    "file": FileSource,
+    "longpoll": LongPollSource,
+    "sse": SSESource,
+}
 PYTHON_SOURCE = "python"
 TARGET_KEY = "target"
 MIDDLEWARE_OWNER = "RefreshMiddleware"  # how EXCLUDED and the reference page name the middleware's options
@@ -56,6 +63,7 @@ EXCLUDED: dict[str, str] = {
     "Refresher.fetch": 'chosen by `source` (`target` for `source = "python"`)',
     "HTTPSource.client": _LIVE_CLIENT,
     "LongPollSource.client": _LIVE_CLIENT,
+    "SSESource.client": _LIVE_CLIENT,
     "RefreshMiddleware.app": "the app you pass to `from_config`",
     "RefreshMiddleware.refreshers": "the `[refreshers.<name>]` tables",
     "RefreshMiddleware.clock": "a live object; tests pass it to `from_config` as a keyword argument",
@@ -122,6 +130,8 @@ Kind: TypeAlias = Literal[
     "objects",
     "guards",
     "format",
+    "choice",
+    "names",
     "auth",
     "token",
     "coordinator",
@@ -140,6 +150,9 @@ KINDS: dict[str, Kind] = {
     "int|float": "number",
     "str": "str",
     "str|httpx.URL": "url",
+    # From a file, a URL; a mapping built in Python may give an HTTPSource of its own.
+    "str|httpx.URL|HTTPSource": "url",
+    "str|Collection[str]": "names",
     "str|os.PathLike[str]": "path",
     "Mapping[str,Any]": "table",
     "Mapping[str,str]": "str_table",
@@ -162,7 +175,12 @@ KINDS: dict[str, Kind] = {
 An annotation that is not here is of kind ``"unknown"``: the value is passed to the
 constructor as it is, and a test fails until the annotation is added here (or the
 parameter to `EXCLUDED`), so that a new option's type is a decision, not a guess.
+One rule stands for a family of annotations: a ``Literal`` of strings (``on_event:
+Literal["value", "refetch"]``) is of kind ``"choice"``, its strings the choices.
 """
+
+_STRING_LITERAL = r"""(?:"[\w-]*"|'[\w-]*')"""
+_LITERAL = re.compile(rf"Literal\[({_STRING_LITERAL}(?:,{_STRING_LITERAL})*)\]")
 
 
 @dataclass(frozen=True)
@@ -176,6 +194,7 @@ class Option:
     nullable: bool
     default: Any
     meaning: str
+    choices: tuple[str, ...] = ()  # the strings a "choice" option takes
 
     @property
     def required(self) -> bool:
@@ -192,6 +211,7 @@ class Option:
             "str",
             "url",
             "path",
+            "names",
             "callables",
             "objects",
         )
@@ -201,7 +221,16 @@ def kind_of(annotation: str) -> tuple[Kind, bool]:
     """The config kind of an annotation (a string: annotations are postponed), and whether None is allowed."""
     parts = _split_union(annotation.replace(" ", ""))
     given = [part for part in parts if part != "None"]
-    return KINDS.get("|".join(given), "unknown"), len(given) != len(parts)
+    written = "|".join(given)
+    kind: Kind = "choice" if _LITERAL.fullmatch(written) else KINDS.get(written, "unknown")
+    return kind, len(given) != len(parts)
+
+
+def choices_of(annotation: str) -> tuple[str, ...]:
+    """The strings of a ``Literal["a", "b"]`` annotation (``| None`` aside); () for any other."""
+    given = [part for part in _split_union(annotation.replace(" ", "")) if part != "None"]
+    match = _LITERAL.fullmatch("|".join(given))
+    return () if match is None else tuple(ast.literal_eval(f"({match[1]},)"))
 
 
 def _split_union(text: str) -> list[str]:
@@ -276,6 +305,7 @@ def _options_of(cls: type, owner: str) -> tuple[Option, ...]:
                 nullable=nullable,
                 default=parameter.default,
                 meaning=_meanings(declared_by).get(parameter.name, ""),
+                choices=choices_of(annotation),
             )
         )
     return tuple(found)
@@ -703,9 +733,11 @@ class _Builder:
             return {}
         return dict(value)
 
-    def unknown(self, path: str, key: str, known: Iterable[str], hint: str = "") -> None:
+    def unknown(
+        self, path: str, key: str, known: Iterable[str], hint: str = "", meant: str | None = None
+    ) -> None:
         candidates = sorted(known)
-        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        close = [meant] if meant is not None else difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
         if close:
             suggestion = f"; did you mean {close[0]!r}?"
         else:
@@ -754,9 +786,19 @@ class _Builder:
         for key, value in table.items():
             path = (*here, key)
             option = known.get(key)
+            excluded = EXCLUDED.get(f"{SOURCES[source].__name__}.{key}") if source in SOURCES else None
+            if option is None and excluded is not None:
+                self.problem(_key(*path), f"not configurable in a file: {excluded}")
+                continue
             if option is None:
                 if source in choices:
-                    self.unknown(_key(*path), key, [*known, "source"], self._other_source_hint(key, source))
+                    self.unknown(
+                        _key(*path),
+                        key,
+                        [*known, "source"],
+                        self._other_source_hint(key, source),
+                        self._same_option(key, source),
+                    )
                 continue
             ok, converted = self.convert(option, value, path)
             if not ok:
@@ -819,6 +861,17 @@ class _Builder:
             return None
         target = _import_string(table[TARGET_KEY]) if source == PYTHON_SOURCE else ""
         return refresher, str(source), target, needed
+
+    def _same_option(self, key: str, source: str) -> str | None:
+        """This source's key for what another source calls ``key`` (``http_timeout``: ``sse_timeout``)."""
+        if source not in SOURCES:
+            return None
+        mine = {option.parameter: option.key for option in source_options(source)}
+        for other in SOURCES:
+            for option in source_options(other):
+                if other != source and option.key == key and option.key != option.parameter:
+                    return mine.get(option.parameter)
+        return None
 
     def _other_source_hint(self, key: str, source: str) -> str:
         for other in (*SOURCES, PYTHON_SOURCE):
@@ -929,7 +982,7 @@ class _Builder:
         if value is None or (
             isinstance(value, str)
             and value.lower() == NONE_WORD
-            and kind not in ("str", "any", "url", "path")
+            and kind not in ("str", "any", "url", "path", "names")
         ):
             if option.nullable or kind == "any" or option.default is None:
                 return True, None
@@ -1192,6 +1245,37 @@ class _Builder:
             return False, None
         return self._to_callable(option, value, parts)
 
+    def _to_choice(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """One of the option's strings (a ``Literal``); a typo gets a did-you-mean."""
+        if isinstance(value, str) and value in option.choices:
+            return True, value
+        path = _key(*parts)
+        close = difflib.get_close_matches(value, option.choices, n=1) if isinstance(value, str) else []
+        suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+        self.problem(path, f"expected {_expected(option)}, got {self.got(path, value)}{suggestion}")
+        return False, None
+
+    def _to_names(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """A string or a non-empty list of strings (``events = ["flags", "message"]``)."""
+        if isinstance(value, str):
+            return True, value
+        if not isinstance(value, list | tuple | set | frozenset):
+            return self._wrong(option, value, parts)
+        ok = True
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                path = _key(*parts, str(index))
+                self.problem(path, f"expected a string, got {self.got(path, item)}")
+                ok = False
+        if ok and not value:
+            # An empty list would let nothing through, silently: leaving it out is what lets all.
+            self.problem(
+                _key(*parts),
+                f"an empty list matches nothing; name at least one, or leave {option.key} out for all",
+            )
+            ok = False
+        return (True, list(value)) if ok else (False, None)
+
     def _to_coordinator(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         """``{ backend = "redis", url = "..." }`` or ``{ backend = "sqlite", path = "..." }``."""
         from ._cluster.redis import RedisCoordinator
@@ -1385,6 +1469,8 @@ _CONVERTERS: dict[Kind, _Converter] = {
     "objects": _Builder._to_objects,
     "guards": _Builder._to_guards,
     "format": _Builder._to_format,
+    "choice": _Builder._to_choice,
+    "names": _Builder._to_names,
     "auth": _Builder._to_auth,
     "token": _Builder._to_token,
     "coordinator": _Builder._to_coordinator,
@@ -1438,14 +1524,16 @@ def _placeholder() -> None:
 _STAND_IN_NAME = "refresher"
 _STAND_INS: dict[str, Any] = {
     "url": "https://example.com/",
+    "fetch_url": "https://example.com/",  # SSESource: on_event = "refetch" needs one
     "admin_path": "/_refresh",
     "admin_token": "a-stand-in-admin-token",
 }
 """Valid values that stand for an invalid one, so that a constructor checks everything else.
 
 Only for parameters whose absence would hide other checks or cause a false one (a
-source needs its URL; ``admin_token`` is checked only with an ``admin_path``, which
-complains when there is no token). Other invalid optional values are left out
+source needs its URL, an SSE source with ``on_event = "refetch"`` its ``fetch_url``;
+``admin_token`` is checked only with an ``admin_path``, which complains when there is
+no token). Other invalid optional values are left out
 instead, falling back to their defaults.
 """
 
@@ -1543,6 +1631,8 @@ _EXPECTED: dict[Kind, str] = {
     "guards": 'a guard (an import string like "myapp.guards:check", { max_shrink = 0.5 } or '
     '{ required_keys = ["id"] }) or a list of them',
     "format": f'one of {_quoted(FORMATS)} or an import string like "yaml:safe_load"',
+    "choice": "one of the option's choices",  # _expected names them
+    "names": 'a string or a list of strings like ["message", "flags"]',
     "auth": '["user", "password"], { bearer = "<refresher>" } or an import string',
     "token": 'a string like "${ADMIN_TOKEN}" or { check = "myapp.auth:check_token" }',
     "coordinator": '{ backend = "redis", url = "redis://host:6379/0" } or '
@@ -1556,5 +1646,5 @@ _EXPECTED: dict[Kind, str] = {
 
 
 def _expected(option: Option) -> str:
-    expected = _EXPECTED[option.kind]
+    expected = f"one of {_quoted(option.choices)}" if option.kind == "choice" else _EXPECTED[option.kind]
     return f'{expected} or "{NONE_WORD}"' if option.none_word_applies else expected

@@ -47,7 +47,8 @@ class OptionError(Exception):
         """
         for prefix in (f"{self.option}: ", f"{self.option} "):
             rest = self.text[len(prefix) :]
-            if self.text.startswith(prefix) and not rest.startswith(("and ", "or ")):
+            # "reconnect_delay (2m) must not exceed ...": the name is the subject, kept.
+            if self.text.startswith(prefix) and not rest.startswith(("and ", "or ", "(")):
                 return rest
         return self.text
 

@@ -19,6 +19,7 @@ from asgi_refresh._config import (
     refresher_options,
     source_options,
 )
+from asgi_refresh._duration import format_duration
 from asgi_refresh._sources.parsing import FORMATS
 
 TYPE_NAMES: dict[Kind, str] = {
@@ -36,6 +37,8 @@ TYPE_NAMES: dict[Kind, str] = {
     "objects": "list of import strings",
     "guards": 'import string, `{ max_shrink = 0.5 }`, `{ required_keys = ["id"] }`, or a list of them',
     "format": " / ".join(f'`"{name}"`' for name in FORMATS) + " or import string",
+    "choice": "one of",  # _type_name lists the choices
+    "names": "string or list of strings",
     "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
     "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
     "coordinator": '`{ backend = "redis", url = "..." }` or `{ backend = "sqlite", path = "..." }`, '
@@ -51,6 +54,8 @@ def _type_name(option: Option) -> str:
     if (option.owner, option.parameter) == ("Webhook", "refreshers"):
         return "list of refresher names"
     name = TYPE_NAMES[option.kind]
+    if option.kind == "choice":
+        name = " / ".join(f'`"{choice}"`' for choice in option.choices)
     return f'{name} or `"{NONE_WORD}"`' if option.none_word_applies else name
 
 
@@ -64,6 +69,8 @@ def _default_text(option: Option) -> str:
         return f"`{str(default).lower()}`"
     if isinstance(default, str):
         return f'`"{default}"`'
+    if option.kind == "duration" and isinstance(default, int | float):
+        return f'`"{format_duration(default)}"`'  # as a file writes it: 60.0 reads `"1m"`
     if isinstance(default, int) and option.kind == "int" and default >= 1024:
         return f"`{default}`"
     return f"`{default!r}`"
@@ -93,6 +100,8 @@ def _rows(options: list[Option]) -> list[str]:
                 '(`{ max_shrink = 0.5 }` is `max_shrink(0.5)`, `{ required_keys = ["a", "b"] }` is '
                 '`required_keys("a", "b")`), or a list of them, asked in that order.'
             )
+        if (option.owner, option.parameter) == ("SSESource", "fetch_url"):
+            meaning += " In a config: a URL."
         if option.key != option.parameter and option.owner != "python":
             meaning = f"`{option.owner}`'s `{option.parameter}`. {meaning}"
         lines.append(
@@ -120,13 +129,17 @@ def reference_markdown() -> str:
         "| key | type | default | meaning |",
         "| --- | --- | --- | --- |",
         f"| `source` | {' / '.join(_SOURCE_CHOICES)} | required | "
-        "Where the data comes from: `HTTPSource`, `FileSource`, `LongPollSource`, or a function of yours. |",
+        "Where the data comes from: `HTTPSource`, `FileSource`, `LongPollSource`, `SSESource`, "
+        "or a function of yours. |",
         "",
     ]
     for source in (*SOURCES, PYTHON_SOURCE):
-        title = {"http": "`HTTPSource`", "file": "`FileSource`", "longpoll": "`LongPollSource`"}.get(
-            source, "your function"
-        )
+        title = {
+            "http": "`HTTPSource`",
+            "file": "`FileSource`",
+            "longpoll": "`LongPollSource`",
+            "sse": "`SSESource`",
+        }.get(source, "your function")
         out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
     out += [
         "### `[middleware]`",

@@ -30,6 +30,7 @@ from asgi_refresh._cli import main
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .helpers import ScriptedApp
+from .sse_server_app import SSEUpstream
 
 SECRET = "sekrit-cli-value-123"
 ODD_SECRET = "pä ss wörd<+>"  # percent-encoded in a URL path: p%C3%A4%20ss%20w%C3%B6rd%3C+%3E
@@ -349,6 +350,140 @@ def test_check_shows_cache_header_schedules(cli: Run, tmp_path: Path) -> None:
     assert ran.out.startswith("refresh.json: valid, 1 refresher\n")
 
 
+def sse_config(tmp_path: Path, base_url: str, extra: str = "") -> str:
+    """Two SSE refreshers: ``pushed`` with a fetch_url, ``streamed`` with the stream alone."""
+    (tmp_path / "refresh.toml").write_text(
+        f"""
+[refreshers.pushed]
+source = "sse"
+url = "{base_url}/stream?key=${{NAMES_TOKEN}}"
+fetch_url = "{base_url}/doc"
+events = ["flags"]  # not the test's events (type "message"): its value is the document's
+headers = {{ Authorization = "Bearer ${{NAMES_TOKEN}}" }}
+reconnect_delay = "50ms"
+every = "5m"
+
+[refreshers.streamed]
+source = "sse"
+url = "{base_url}/stream"
+reconnect_delay = "50ms"
+every = "5m"
+timeout = "1s"
+{extra}
+"""
+    )
+    return "refresh.toml"
+
+
+def test_check_shows_an_sse_stream_its_fetch_url_and_schedule(cli: Run, tmp_path: Path) -> None:
+    """An SSE refresher's row: the stream's URL, its fetch_url, and every as the fallback (or none to poll)."""
+    path = sse_config(tmp_path, "https://flags.example.com")
+    ran = cli("check", path)
+    assert ran.code == 0, ran.err
+    lines = ran.out.splitlines()
+    assert lines[3].split() == [
+        "pushed",
+        "sse",
+        "https://flags.example.com/stream",
+        "+",
+        "fetch_url",
+        "https://flags.example.com/doc",
+        "stream",
+        "(value);",
+        "every",
+        "5m",
+        "while",
+        "it",
+        "is",
+        "down",
+        "yes",
+    ]
+    assert lines[4].split()[:3] == ["streamed", "sse", "https://flags.example.com/stream"]
+    assert "stream (value) only: no fetch_url to poll" in lines[4]
+    no_secrets(ran)
+    document = cli("check", "--json", path).json
+    assert document["refreshers"][1] == {
+        "name": "streamed",
+        "source": "sse",
+        "from": "https://flags.example.com/stream",
+        "every": 300.0,
+        "schedule": "stream (value) only: no fetch_url to poll",
+        "timeout": 1.0,
+        "required": True,
+        "needs": [],
+    }
+
+
+@pytest.fixture
+def sse_upstream() -> Iterator[tuple[SSEUpstream, str]]:
+    app = SSEUpstream()
+    with serve(app) as base_url:
+        app.base_url = base_url
+        try:
+            yield app, base_url
+        finally:
+            app.drop()  # uvicorn waits for open responses at shutdown
+
+
+def test_fetch_of_an_sse_refresher_gets_fetch_url_or_the_first_event(
+    cli: Run, tmp_path: Path, sse_upstream: tuple[SSEUpstream, str]
+) -> None:
+    """With fetch_url, fetch gets the document (as startup does); without, the stream's first event."""
+    server, base_url = sse_upstream
+    server.emit({"v": "event"})
+    server.document = {"v": "document"}
+    ran = cli("fetch", "--json", sse_config(tmp_path, base_url))
+    assert ran.code == 0, ran.out + ran.err
+    pushed, streamed = ran.json["refreshers"]
+    assert (pushed["outcome"], pushed["preview"]) == ("ok", '{"v":"document"}')
+    assert (streamed["outcome"], streamed["preview"]) == ("ok", '{"v":"event"}')
+    assert server.doc_requests >= 1
+    no_secrets(ran)
+
+
+def test_a_quiet_stream_without_fetch_url_says_why_fetch_failed(
+    cli: Run, tmp_path: Path, sse_upstream: tuple[SSEUpstream, str]
+) -> None:
+    """Connected, no event within the timeout: the error says the first value is the first event, and what to set."""
+    server, base_url = sse_upstream
+    server.document = {"v": "document"}
+    ran = cli("fetch", "--json", sse_config(tmp_path, base_url), "streamed")
+    assert ran.code == 1
+    (streamed,) = ran.json["refreshers"]
+    assert streamed["error"] == (
+        "TimeoutError: fetch timed out after 1s; the stream is connected but sent no event yet: without "
+        "fetch_url the first value is the stream's first event (set fetch_url to the same value as a "
+        "document, for startup and for polling while the stream is down)"
+    )
+
+
+def test_a_quiet_stream_cut_off_by_the_command_timeout_says_why(
+    cli: Run, tmp_path: Path, sse_upstream: tuple[SSEUpstream, str]
+) -> None:
+    """No timeout of its own: --timeout cuts it off, with the same explanation."""
+    _, base_url = sse_upstream
+    path = sse_config(tmp_path, base_url)
+    (tmp_path / path).write_text((tmp_path / path).read_text().replace('timeout = "1s"', 'timeout = "none"'))
+    ran = cli("fetch", path, "streamed", "--timeout", "1s")
+    assert ran.code == 1
+    assert "no result within 1s (--timeout); the stream is connected but sent no event yet" in ran.out
+
+
+def test_a_stream_that_is_down_without_fetch_url_fails_with_the_streams_reason(
+    cli: Run, tmp_path: Path, sse_upstream: tuple[SSEUpstream, str]
+) -> None:
+    """A refused stream and nothing to poll: the fetch fails at once naming the stream's error, no more."""
+    server, base_url = sse_upstream
+    server.refuse = True
+    ran = cli("fetch", "--json", sse_config(tmp_path, base_url), "streamed")
+    assert ran.code == 1
+    (streamed,) = ran.json["refreshers"]
+    error = streamed["error"]
+    assert error.startswith(f"SourceError: SSE {base_url}/stream: the stream is down (")
+    assert "HTTP 503" in error
+    assert error.endswith("and there is no fetch_url")
+
+
 def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Path) -> None:
     """Problems go to stderr, one per line with its key path, and the exit status is 2."""
     path = write(tmp_path, "https://x", '[refreshers.extra]\nsource = "htp"\nevery = "soon"\n')
@@ -357,7 +492,7 @@ def test_an_invalid_config_exits_2_listing_every_problem(cli: Run, tmp_path: Pat
     assert ran.out == ""
     assert ran.err.splitlines() == [
         "invalid configuration in 'refresh.toml' (2 problems):",
-        '  refreshers.extra.source: expected one of "http", "file", "longpoll", "python", got "htp" (did you mean \'http\'?)',
+        '  refreshers.extra.source: expected one of "http", "file", "longpoll", "sse", "python", got "htp" (did you mean \'http\'?)',
         '  refreshers.extra.every: expected a duration like "5m", got "soon"',
     ]
     as_json = cli("fetch", "--json", path)

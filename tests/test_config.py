@@ -20,8 +20,10 @@ from asgi_refresh import (
     ConfigError,
     FileSource,
     HTTPSource,
+    LongPollSource,
     Refresher,
     RefreshMiddleware,
+    SSESource,
 )
 from asgi_refresh._config import (
     Config,
@@ -143,11 +145,11 @@ def only_problem(config: Any, environ: dict[str, str] | None = None) -> str:
         ),
         (
             {"refreshers": {"names": {"target": "tests.test_config:load_names", "every": "1h"}}},
-            'refreshers.names.source: missing: say where the data comes from, one of "http", "file", "longpoll", "python"',
+            'refreshers.names.source: missing: say where the data comes from, one of "http", "file", "longpoll", "sse", "python"',
         ),
         (
             {"refreshers": {"names": refresher(source="htp", url="http://x")}},
-            'refreshers.names.source: expected one of "http", "file", "longpoll", "python", got "htp" (did you mean \'http\'?)',
+            'refreshers.names.source: expected one of "http", "file", "longpoll", "sse", "python", got "htp" (did you mean \'http\'?)',
         ),
         (
             {"refreshers": {"names": {"source": "http", "every": "1h"}}},
@@ -960,14 +962,14 @@ def test_from_config_raises_config_error() -> None:
 
 
 def test_every_constructor_parameter_is_a_config_key_of_a_known_kind() -> None:
-    """Each parameter of the four classes is a key or explicitly excluded, and its type is understood.
+    """Each parameter of the classes the config builds is a key or explicitly excluded, and its type is understood.
 
     Fails when an option is added with a type the config does not know how to read:
     add its annotation to `_config.KINDS` (or exclude it in EXCLUDED, saying why).
     """
     from asgi_refresh._config import EXCLUDED
 
-    for cls in (Refresher, HTTPSource, FileSource, RefreshMiddleware):
+    for cls in (Refresher, HTTPSource, FileSource, LongPollSource, SSESource, RefreshMiddleware):
         keys = {option.parameter for option in options_of(cls)}
         for name in inspect.signature(cls).parameters:
             assert name in keys or f"{cls.__name__}.{name}" in EXCLUDED, (cls.__name__, name)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from asgi_refresh import FileSource, HTTPSource, RefreshMiddleware
+from asgi_refresh import FileSource, HTTPSource, RefreshMiddleware, SSESource
 from asgi_refresh._config import (
+    SOURCES,
     Config,
     load_config,
     middleware_options,
@@ -65,7 +66,7 @@ def test_every_key_is_documented() -> None:
     """Each key of every table has a row in the page, with a meaning."""
     text = PAGE.read_text()
     options = [*refresher_options(), *middleware_options(RefreshMiddleware)]
-    for source in ("http", "file", "python"):
+    for source in (*SOURCES, "python"):
         options += source_options(source)
     for option in options:
         row = re.search(rf"^\| `{re.escape(option.key)}` \|.*\| (?P<meaning>[^|]+) \|$", text, re.MULTILINE)
@@ -95,9 +96,10 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     """Every TOML sample on the page parses, and a full one builds its refreshers."""
     samples = re.findall(r"```toml\n(.*?)```", PAGE.read_text(), re.DOTALL)
     assert len(samples) >= 2
+    environ = {"NAMES_TOKEN": "example-token", "FLAGS_TOKEN": "example-token"}
     for sample in samples:
         document = tomllib.loads(sample)
-        config = load(document, environ={"NAMES_TOKEN": "example-token"})
+        config = load(document, environ=environ)
         assert config.refreshers
     first = load(tomllib.loads(samples[0]), environ={"NAMES_TOKEN": "example-token"})
     names, flags, rates = first.refreshers
@@ -105,5 +107,11 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     assert isinstance(flags.fetch, FileSource)
     assert rates.fetch is sys.modules["myapp.rates"].load
     assert first.middleware == {"startup_timeout": "1m"}
+    pushed = load(tomllib.loads(next(s for s in samples if 'source = "sse"' in s)), environ=environ)
+    streamed, catalog = (refresher.fetch for refresher in pushed.refreshers)
+    assert isinstance(streamed, SSESource)
+    assert (streamed.fetch_url, streamed.heartbeat_timeout) == ("https://flags.example.com/flags", 30.0)
+    assert isinstance(catalog, SSESource)
+    assert (catalog.on_event, catalog.events) == ("refetch", frozenset({"catalog"}))
     with_metrics = load(tomllib.loads(next(s for s in samples if "listeners" in s)))
     assert with_metrics.middleware["listeners"] == [sys.modules["myapp.metrics"].metrics]

@@ -20,6 +20,7 @@ from asgi_refresh import (
     Refresher,
     RefreshMiddleware,
     SQLiteCoordinator,
+    SSESource,
 )
 from asgi_refresh._option_error import OptionError, OptionTypeError, OptionValueError
 from asgi_refresh._types import ASGIApp
@@ -88,6 +89,24 @@ CASES: list[tuple[Callable[[], object], type[Exception], str, str]] = [
         "HTTPSource('http://x'): the",
     ),
     (lambda: HTTPSource("http://x", max_every="1m"), ValueError, "max_every", "HTTPSource('http://x'): set"),
+    (
+        lambda: SSESource("http://x/s", fetch_url="ftp://x/doc"),
+        ValueError,
+        "fetch_url",
+        "SSESource('http://x/s'): fetch_url must be an absolute",
+    ),
+    (
+        lambda: SSESource("http://x/s", reconnect_delay=10, max_reconnect_delay=1),
+        ValueError,
+        "reconnect_delay",
+        "SSESource('http://x/s'): reconnect_delay (10s) must not exceed",
+    ),
+    (
+        lambda: SSESource("http://x/s", on_event="push"),  # type: ignore[arg-type]
+        ValueError,
+        "on_event",
+        "SSESource('http://x/s'): on_event must be 'value' or 'refetch'",
+    ),
     (lambda: FileSource("flags.yaml"), ValueError, "format", "FileSource("),
     (lambda: FileSource(5), TypeError, "path", "FileSource: path must be"),  # type: ignore[arg-type]
     (lambda: FileSource("f.json", watch="yes"), TypeError, "watch", "FileSource("),  # type: ignore[arg-type]
@@ -155,6 +174,7 @@ def test_an_option_error_keeps_its_parts_through_pickle_and_copy() -> None:
         ("every or nothing", "every or nothing"),
         ("set both every and max_stale", "set both every and max_stale"),
         ("everyone", "everyone"),
+        ("every (2m) must not exceed max_stale (1m)", "every (2m) must not exceed max_stale (1m)"),
     ],
 )
 def test_the_detail_drops_only_the_option_name_in_front(text: str, detail: str) -> None:

@@ -24,7 +24,7 @@ import anyio
 import httpx
 
 from asgi_refresh._duration import Duration, format_duration, positive_duration
-from asgi_refresh._option_error import OptionTypeError, OptionValueError
+from asgi_refresh._option_error import OptionError, OptionTypeError, OptionValueError
 from asgi_refresh._sources.base import Source, Standalone
 from asgi_refresh._sources.context import SourceContext
 from asgi_refresh._sources.http import HTTPSource
@@ -161,7 +161,14 @@ class SSESource(Standalone, Source):
         if fetch_url is None or isinstance(fetch_url, HTTPSource):
             self._document = fetch_url
         elif isinstance(fetch_url, str | httpx.URL):
-            self._document = HTTPSource(fetch_url, **common)
+            try:
+                self._document = HTTPSource(fetch_url, **common)
+            except OptionError as exc:
+                if exc.option != "url":
+                    raise
+                # Its own URL is this source's fetch_url: blamed as "url", it would send the
+                # reader (and the config's problem line) to the stream's URL.
+                raise type(exc)(owner, "fetch_url", f"fetch_url{exc.text.removeprefix('url')}") from None
         else:
             raise OptionTypeError(
                 owner,
@@ -226,6 +233,11 @@ class SSESource(Standalone, Source):
     def origin(self) -> str:
         """``sse`` and the stream's URL without credentials or query."""
         return f"sse {self.safe_url}"
+
+    @property
+    def fetch_url(self) -> str | None:
+        """``fetch_url`` without credentials or query; None without one. ``asgi-refresh check`` shows it."""
+        return None if self._document is None else self._document.safe_url
 
     async def open(self, context: SourceContext) -> None:
         """Open the stream's client (and ``fetch_url``'s), then start the stream task."""
