@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from asgi_refresh import FileSource, HTTPSource, RefreshMiddleware, SSESource
+from asgi_refresh import FileSource, HTTPSource, LongPollSource, RefreshMiddleware, SSESource, Webhook
 from asgi_refresh._config import (
     SOURCES,
     Config,
@@ -115,3 +115,29 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     assert (catalog.on_event, catalog.events) == ("refetch", frozenset({"catalog"}))
     with_metrics = load(tomllib.loads(next(s for s in samples if "listeners" in s)))
     assert with_metrics.middleware["listeners"] == [sys.modules["myapp.metrics"].metrics]
+
+
+def test_the_push_guides_toml_samples_load() -> None:
+    """The push guide's samples build what they say: a long-poll and SSE refreshers, and a webhook."""
+    guide = PAGE.parent / "guides" / "push.md"
+    samples = [
+        tomllib.loads(sample) for sample in re.findall(r"```toml\n(.*?)```", guide.read_text(), re.DOTALL)
+    ]
+    environ = {
+        "REFRESH_ADMIN_TOKEN": "an-admin-token-of-16+chars",
+        "DEPLOY_HOOK_SECRET": "a-webhook-secret-of-16+chars",
+        "CONSUL_TOKEN": "consul-token",
+        "FLAGS_TOKEN": "flags-token",
+    }
+    hooked, polled, streamed = samples
+    refreshers = {
+        name: {"source": "http", "url": f"https://example.com/{name}", "every": "1m"}
+        for name in ("names", "rates")
+    }
+    webhook = load({**hooked, "refreshers": refreshers}, environ=environ).middleware["admin_webhooks"][
+        "deploy"
+    ]
+    assert isinstance(webhook, Webhook)
+    assert (webhook.refreshers, webhook.github_secret) == (("names", "rates"), "a-webhook-secret-of-16+chars")
+    assert [type(r.fetch) for r in load(polled, environ=environ).refreshers] == [LongPollSource]
+    assert [type(r.fetch) for r in load(streamed, environ=environ).refreshers] == [SSESource, SSESource]
