@@ -11,6 +11,12 @@ Below a refresher's row, a second row shows last known good when there is
 something to show: a value its guards hold back (with Accept and Reject), its
 kept versions (with Pin, Rollback and Unpin), what the upstream has while it is
 pinned, and its snapshot when it serves one or could not write or use one.
+A streaming refresher (one whose entry has ``stream``) gets a badge beside its
+source, "streaming" or "stream down", and a Stream panel in that second row: since
+when it is connected, its last event, reconnects, events, refused events and its
+last error. A source of one's own fills ``stream`` from its ``state()``, so every
+field is checked for its type and bounded before it is shown; one that is not what
+it should be shows as "–", never as markup and never as an error that stops the page.
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ td.lkg { padding-top: 0; }
 section { border-left: 3px solid var(--line); padding: .1rem .7rem; max-width: 38rem; }
 section.quarantine, section.snapshot { border-left-color: var(--warn); }
 section.pin { border-left-color: var(--warn); }
+section.stream { border-left-color: var(--good); }
+section.stream.down { border-left-color: var(--bad); }
+section.stream.unknown { border-left-color: var(--line); }
+.badge { display: inline-block; margin-left: .4rem; padding: 0 .4rem; border: 1px solid currentColor;
+  border-radius: .7rem; font-size: .8rem; font-weight: 600; white-space: nowrap; }
+.badge.streaming { color: var(--good); }
+.badge.down { color: var(--bad); }
+.badge.unknown { color: var(--muted); }
+section p.error { color: var(--bad); }
 section h2 { font-size: .95rem; margin: 0 0 .2rem; }
 section p { margin: .15rem 0; overflow-wrap: anywhere; }
 .muted { color: var(--muted); }
@@ -171,14 +186,18 @@ function render(report) {
     cell(row, current, "state " + current);
     const [where, flagged] = origin(entry);
     cell(row, where, flagged ? "origin flag" : "origin");
-    cell(row, entry.source);
+    const source = cell(row, entry.source);
+    const stream = streamState(entry.stream);
+    if (stream) source.append(badge(stream));
     cell(row, seconds(entry.age), "num age");
     cell(row, until(entry.next_refresh_at));
     cell(row, String(entry.refresh_count), "num count");
     cell(row, String(entry.consecutive_failures), "num failures");
     cell(row, entry.last_error || "", "error");
     row.insertCell().append(button(name, "Refresh", "?wait=true", "Refreshed " + name + "."));
+    // The second row (class "lkg", as it first showed last known good only) holds every panel.
     const panels = lastKnownGood(name, entry);
+    if (stream) panels.unshift(streamPanel(stream));
     if (panels.length) {
       row.classList.add("has-lkg");
       const more = rows.insertRow();
@@ -191,6 +210,69 @@ function render(report) {
       td.append(box);
     }
   }
+}
+
+// -- a streaming source's connection (entry.stream) ---------------------------------------
+// A source of one's own fills it from its state(): user code. Each field is kept only when it
+// has its type and a sane size, else it shows as "–"; the page shows text, never markup.
+const STREAM_ERROR_SHOWN = 300;   // characters of the last error in the panel
+const STREAM_ERROR_TITLE = 2000;  // characters of it in the tooltip
+
+function streamCount(value) {
+  return Number.isSafeInteger(value) && value >= 0 ? value : null;
+}
+
+function streamTime(value) {
+  return typeof value === "string" && value.length <= 64 && Number.isFinite(Date.parse(value))
+    ? value : null;
+}
+
+// The checked state, or null when the entry has none (or not an object): then nothing is shown.
+function streamState(stream) {
+  if (stream === null || typeof stream !== "object" || Array.isArray(stream)) return null;
+  const connected = typeof stream.connected === "boolean" ? stream.connected : null;
+  return {
+    connected: connected,
+    since: streamTime(stream.connected_since),
+    lastEvent: streamTime(stream.last_event_at),
+    reconnects: streamCount(stream.reconnects),
+    events: streamCount(stream.events),
+    refused: streamCount(stream.refused_events),
+    error: typeof stream.last_error === "string" && stream.last_error ? stream.last_error : null,
+  };
+}
+
+function badge(stream) {
+  if (stream.connected === true) return element("span", "streaming", "badge streaming");
+  if (stream.connected === false) return element("span", "stream down", "badge down");
+  return element("span", "stream", "badge unknown");
+}
+
+function counted(value) {
+  return value === null ? "–" : String(value);
+}
+
+function streamPanel(stream) {
+  const up = stream.connected;
+  const section = element("section", undefined,
+                          "stream " + (up === true ? "up" : up === false ? "down" : "unknown"));
+  section.append(element("h2", up === true ? "Stream connected" : up === false ? "Stream down" : "Stream"));
+  const since = element("p", undefined, "since");
+  if (up === true) since.append("Connected since ", time(stream.since), "; last event ");
+  else since.append("Last event ");
+  since.append(stream.lastEvent ? time(stream.lastEvent) : "none yet", ".");
+  section.append(since);
+  const counts = "Reconnects: " + counted(stream.reconnects) + ", events: " + counted(stream.events)
+    + ", refused events: " + counted(stream.refused);
+  section.append(element("p", counts, "counts"));
+  if (stream.error !== null) {
+    const error = stream.error;
+    const shown = error.length > STREAM_ERROR_SHOWN ? error.slice(0, STREAM_ERROR_SHOWN) + "…" : error;
+    const line = element("p", "Last error: " + shown, "error");
+    line.title = error.slice(0, STREAM_ERROR_TITLE);
+    section.append(line);
+  }
+  return section;
 }
 
 function lastKnownGood(name, entry) {

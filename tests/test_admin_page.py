@@ -10,18 +10,33 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import re
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
-from asgi_refresh import Refresher, RefreshMiddleware, max_shrink, required_keys
+from asgi_refresh import (
+    Fetched,
+    Refresher,
+    RefreshMiddleware,
+    Source,
+    SSESource,
+    max_shrink,
+    required_keys,
+)
 from asgi_refresh.demo.upstream import serve
 
 from .helpers import ScriptedApp
+from .sse_server_app import SSEUpstream
 
 TOKEN = "token-typed-into-the-page"
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "images" / "status-page.png"
@@ -343,3 +358,383 @@ def test_loopback_only_page_refreshes_and_other_origins_cannot() -> None:
             assert middleware.handle.status()["names"]["refresh_count"] == 2, "nothing was refreshed"
         finally:
             browser.close()
+
+
+# -- a streaming refresher's connection (status()["<name>"]["stream"]) ----------------------
+
+
+@contextmanager
+def serve_on(backend: str, app: Any) -> Iterator[str]:
+    """Run ``app`` with its lifespan on 127.0.0.1: uvicorn for asyncio, hypercorn's trio worker for trio."""
+    if backend == "asyncio":
+        with serve(app, lifespan="on") as url:
+            yield url
+        return
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    started: queue.Queue[tuple[str, Any, Any] | BaseException] = queue.Queue()
+
+    async def main() -> None:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait))
+            started.put((binds[0], trio.lowlevel.current_trio_token(), stop))
+
+    def run() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:  # handed to the test's thread, which raises it
+            started.put(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    running = started.get(timeout=20)
+    if isinstance(running, BaseException):
+        raise RuntimeError("hypercorn (trio) did not start") from running
+    url, token, stop = running
+    try:
+        yield url
+    finally:
+        trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(10)
+
+
+class Reporting(Source):
+    """A source of one's own whose ``state()`` reports what the test gives it."""
+
+    kind = "feed"
+
+    def __init__(self, state: Any) -> None:
+        self.reported = state
+
+    async def fetch(self) -> Fetched:
+        return Fetched({"items": [1, 2]})
+
+    def state(self) -> Any:
+        if isinstance(self.reported, BaseException):
+            raise self.reported
+        return self.reported() if callable(self.reported) else self.reported
+
+
+def iso_ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+
+def open_page(browser: Any, url: str, problems: list[str]) -> Page:
+    """A page of the status, the token typed in; console errors and page errors go to ``problems``."""
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and "401" not in message.text:  # the first load, before the token
+            problems.append(message.text)
+
+    page: Page = browser.new_page(viewport={"width": 1100, "height": 600})
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(f"{url}/_refresh")
+    page.fill("#token", TOKEN)
+    page.get_by_role("button", name="Use token").click()
+    return page
+
+
+def streams_app() -> RefreshMiddleware:
+    # Times as of each status(): the ages the page shows do not depend on how fast it loads.
+    def connected() -> dict[str, Any]:
+        return {
+            "connected": True,
+            "connected_since": iso_ago(30),
+            "last_event_at": iso_ago(5),
+            "reconnects": 1,
+            "events": 42,
+            "refused_events": 0,
+            "last_error": "SSE http://127.0.0.1/feed: the server ended the stream",
+        }
+
+    def down() -> dict[str, Any]:
+        return {
+            "connected": False,
+            "connected_since": None,
+            "last_event_at": iso_ago(600),
+            "reconnects": 3,
+            "events": 7,
+            "refused_events": 2,
+            "last_error": "SSE http://127.0.0.1/news: 503 Service Unavailable",
+        }
+
+    return RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[
+            Refresher("feed", Reporting(connected), every="1h"),
+            Refresher("news", Reporting(down), every="1h"),
+            Refresher("names", lambda: ["ada"], every="1h"),
+        ],
+        admin_path="/_refresh",
+        admin_token=TOKEN,
+        startup_timeout="10s",
+    )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_status_page_shows_a_streams_state(backend: str) -> None:
+    """A connected stream: "streaming", since when, last event, counts; a down one: "stream down" and its error."""
+    problems: list[str] = []
+    with serve_on(backend, streams_app()) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = open_page(browser, url, problems)
+            feed = page.locator("tr[data-name=feed]")
+            expect(feed.locator(".badge")).to_have_text("streaming")
+            expect(feed.locator(".badge")).to_have_class("badge streaming")
+            expect(feed.locator("td").nth(3)).to_have_text("feedstreaming")
+            panel = page.locator("tr[data-lkg=feed] section.stream")
+            expect(panel).to_have_class("stream up")
+            expect(panel.locator("h2")).to_have_text("Stream connected")
+            expect(panel.locator(".since")).to_have_text(
+                re.compile(r"^Connected since (30|31|32) s ago; last event [5-7] s ago\.$")
+            )
+            tooltip = panel.locator(".since time").first.get_attribute("title")
+            assert tooltip is not None
+            assert tooltip.endswith("+00:00")
+            expect(panel.locator(".counts")).to_have_text("Reconnects: 1, events: 42, refused events: 0")
+            expect(panel.locator(".error")).to_have_text(
+                "Last error: SSE http://127.0.0.1/feed: the server ended the stream"
+            )
+
+            news = page.locator("tr[data-name=news]")
+            expect(news.locator(".badge")).to_have_text("stream down")
+            expect(news.locator(".badge")).to_have_class("badge down")
+            down = page.locator("tr[data-lkg=news] section.stream")
+            expect(down).to_have_class("stream down")
+            expect(down.locator("h2")).to_have_text("Stream down")
+            expect(down.locator(".since")).to_have_text("Last event 10 min ago.")
+            expect(down.locator(".counts")).to_have_text("Reconnects: 3, events: 7, refused events: 2")
+            expect(down.locator(".error")).to_have_text(
+                "Last error: SSE http://127.0.0.1/news: 503 Service Unavailable"
+            )
+            expect(news.locator("td.state")).to_have_text("ok")  # the value it has is still good
+
+            # A refresher without a stream looks as before: no badge, no second row.
+            names = page.locator("tr[data-name=names]")
+            expect(names.locator("td.count")).to_have_text("1")
+            expect(names.locator("td").nth(3)).to_have_text("python")
+            expect(names.locator(".badge")).to_have_count(0)
+            expect(names).not_to_have_class(re.compile("has-lkg"))
+            expect(page.locator("tr[data-lkg=names]")).to_have_count(0)
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or CSP violations"
+
+
+# What a state() of one's own might return: markup in every string, wrong types, nesting, sizes.
+SCRIPT = "<script>window.pwned=1</script>"
+IMAGE = "<img src=x onerror=window.pwned=1>"
+
+
+def hostile_app() -> RefreshMiddleware:
+    odd = {
+        "connected": "<b>yes</b>",
+        "connected_since": SCRIPT,
+        "last_event_at": 12345,
+        "reconnects": "1; DROP TABLE",
+        "events": -5,
+        "refused_events": 1.5,
+        "last_error": 404,
+        "nested": {"connected": True, "last_error": IMAGE},
+        "list": [IMAGE, {"a": [1, 2]}],
+        IMAGE: IMAGE,
+    }
+    loud = {
+        "connected": False,
+        "connected_since": IMAGE,
+        "last_event_at": "x" * 10_000,
+        "reconnects": 2**60,  # kept by status(), past what a browser counts exactly
+        "events": 10**30,  # left out by status(): no counter is that big
+        "refused_events": float("nan"),  # left out by status(): not JSON
+        "last_error": IMAGE + "A" * 100_000,
+    }
+    return RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[
+            Refresher("odd", Reporting(odd), every="1h"),
+            Refresher("loud", Reporting(loud), every="1h"),
+            Refresher("broken", Reporting(RuntimeError(IMAGE)), every="1h"),
+            Refresher("not_a_mapping", Reporting([IMAGE, SCRIPT]), every="1h"),
+            Refresher("names", lambda: ["ada"], every="1h"),
+        ],
+        admin_path="/_refresh",
+        admin_token=TOKEN,
+        startup_timeout="10s",
+    )
+
+
+# Straight into the page's render(): what status() can never send (its bounds drop it), checked
+# all the same, as the page must not trust that the server bounded it.
+RENDER_JUNK = """(junk) => {
+  render({refreshers: {
+    as_array: {source: "feed", last_success_at: null, last_error: null, stream: junk.array},
+    as_text: {source: "feed", last_success_at: null, last_error: null, stream: junk.text},
+    nested: {source: "feed", last_success_at: null, last_error: null, stream: junk.nested},
+    huge: {source: "feed", last_success_at: null, last_error: null, stream: junk.huge},
+  }});
+  const read = (name) => {
+    const badge = document.querySelector(`tr[data-name=${name}] .badge`);
+    const panel = document.querySelector(`tr[data-lkg=${name}] section.stream`);
+    return {
+      badge: badge ? badge.textContent : null,
+      panel: panel ? panel.textContent : null,
+      error: panel && panel.querySelector(".error") ? panel.querySelector(".error").textContent : null,
+      title: panel && panel.querySelector(".error") ? panel.querySelector(".error").title.length : null,
+    };
+  };
+  return {rows: document.querySelectorAll("#rows tr[data-name]").length, as_array: read("as_array"),
+          as_text: read("as_text"), nested: read("nested"), huge: read("huge"),
+          images: document.querySelectorAll("img, iframe").length,
+          scripts: document.querySelectorAll("script").length};
+}"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_status_page_shows_a_hostile_state_as_bounded_text(backend: str) -> None:
+    """Markup, wrong types, nesting and huge values from a state() of one's own: text, bounded; other rows unharmed."""
+    problems: list[str] = []
+    with serve_on(backend, hostile_app()) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = open_page(browser, url, problems)
+            names = page.locator("tr[data-name=names]")
+            expect(names.locator("td.count")).to_have_text("1")
+            expect(names.locator("td.state")).to_have_text("ok")
+            expect(page.locator("#rows tr[data-name]")).to_have_count(5)
+
+            # Wrong types: shown as unknown ("–"), never as what they say.
+            odd = page.locator("tr[data-name=odd]")
+            expect(odd.locator(".badge")).to_have_text("stream")
+            expect(odd.locator(".badge")).to_have_class("badge unknown")
+            panel = page.locator("tr[data-lkg=odd] section.stream")
+            expect(panel.locator("h2")).to_have_text("Stream")
+            expect(panel.locator(".since")).to_have_text("Last event none yet.")
+            expect(panel.locator(".counts")).to_have_text("Reconnects: –, events: –, refused events: –")
+            expect(panel.locator(".error")).to_have_count(0)
+
+            # Markup stays text; the error is cut to 300 characters (500 in its tooltip, status()'s bound).
+            loud = page.locator("tr[data-name=loud]")
+            expect(loud.locator(".badge")).to_have_text("stream down")
+            panel = page.locator("tr[data-lkg=loud] section.stream")
+            expect(panel.locator(".since")).to_have_text("Last event none yet.")
+            expect(panel.locator(".counts")).to_have_text("Reconnects: –, events: –, refused events: –")
+            shown = (IMAGE + "A" * 300)[:300]
+            expect(panel.locator(".error")).to_have_text(f"Last error: {shown}…")
+            title = panel.locator(".error").get_attribute("title")
+            assert title == (IMAGE + "A" * 500)[:500]
+
+            # A state() that raises, or returns no mapping: no stream shown, the row as any other.
+            for name in ("broken", "not_a_mapping"):
+                row = page.locator(f"tr[data-name={name}]")
+                expect(row.locator("td.state")).to_have_text("ok")
+                expect(row.locator(".badge")).to_have_count(0)
+                expect(page.locator(f"tr[data-lkg={name}]")).to_have_count(0)
+
+            assert page.locator("img, iframe").count() == 0
+            assert page.locator("script").count() == 1  # the page's own
+            assert page.evaluate("window.pwned") is None
+
+            # What status() never sends, straight into render(): still text, still bounded.
+            junk = {
+                "array": [True, IMAGE],
+                "text": IMAGE,
+                "nested": {
+                    "connected": {"nested": True},
+                    "connected_since": [IMAGE],
+                    "last_event_at": {"toString": IMAGE},
+                    "reconnects": {"valueOf": 3},
+                    "events": [5],
+                    "refused_events": None,
+                    "last_error": {"text": IMAGE},
+                },
+                "huge": {
+                    "connected": True,
+                    "connected_since": "2026-12-02T15:12:56+00:00" + "9" * 100_000,
+                    "last_error": SCRIPT * 100_000,
+                    "events": 2**53,
+                },
+            }
+            seen = page.evaluate(RENDER_JUNK, junk)
+            assert seen["rows"] == 4
+            assert seen["as_array"] == {"badge": None, "panel": None, "error": None, "title": None}
+            assert seen["as_text"] == {"badge": None, "panel": None, "error": None, "title": None}
+            assert seen["nested"] == {
+                "badge": "stream",
+                "panel": "StreamLast event none yet.Reconnects: –, events: –, refused events: –",
+                "error": None,
+                "title": None,
+            }
+            assert seen["huge"]["badge"] == "streaming"
+            assert seen["huge"]["panel"].startswith("Stream connectedConnected since –; last event none yet.")
+            assert seen["huge"]["error"] == "Last error: " + (SCRIPT * 100)[:300] + "…"
+            assert seen["huge"]["title"] == 2000
+            assert seen["images"] == 0
+            assert seen["scripts"] == 1
+            assert page.evaluate("window.pwned") is None
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or CSP violations"
+
+
+@pytest.fixture
+def sse_upstream() -> Iterator[tuple[SSEUpstream, str]]:
+    upstream = SSEUpstream(keepalive=0.2)
+    with serve(upstream) as base_url:
+        upstream.base_url = base_url
+        try:
+            yield upstream, base_url
+        finally:
+            upstream.drop()  # uvicorn waits for open responses at shutdown
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_status_page_follows_a_real_sse_stream(backend: str, sse_upstream: tuple[SSEUpstream, str]) -> None:
+    """An SSESource on a real stream: "streaming" with its events counted, then "stream down" with the error."""
+    upstream, base_url = sse_upstream
+    upstream.emit({"v": 1})
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[
+            Refresher(
+                "prices",
+                SSESource(f"{base_url}/stream", fetch_url=f"{base_url}/doc", reconnect_delay=0.05),
+                every="1h",
+            )
+        ],
+        admin_path="/_refresh",
+        admin_token=TOKEN,
+        startup_timeout="10s",
+    )
+    problems: list[str] = []
+    with serve_on(backend, middleware) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = open_page(browser, url, problems)
+            prices = page.locator("tr[data-name=prices]")
+            panel = page.locator("tr[data-lkg=prices] section.stream")
+            expect(prices.locator(".badge")).to_have_text("streaming")
+            upstream.emit({"v": 2})
+            page.evaluate("load()")  # not waiting for the next reload, 3 s away
+            expect(panel.locator(".counts")).to_have_text("Reconnects: 0, events: 2, refused events: 0")
+            expect(panel.locator(".since")).to_have_text(
+                re.compile(r"^Connected since (just now|\d+ s ago); last event (just now|\d+ s ago)\.$")
+            )
+
+            upstream.refuse = True  # the reconnects get a 503: the stream stays down
+            upstream.drop()
+            page.evaluate("load()")
+            expect(prices.locator(".badge")).to_have_text("stream down")
+            expect(panel.locator("h2")).to_have_text("Stream down")
+            expect(panel.locator(".error")).to_have_text(re.compile(r"^Last error: .*503"))
+            expect(prices.locator("td.state")).to_have_text("ok")
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or CSP violations"

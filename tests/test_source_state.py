@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import subprocess
 import sys
 from typing import Any
@@ -93,3 +95,66 @@ def test_sse_source_is_lazy_and_a_source() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "False"
     assert isinstance(asgi_refresh.SSESource("http://127.0.0.1/s"), Source)
+
+
+class Shouting(str):
+    """A str whose own methods lie: status() must not call them again when it is serialised."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: Any) -> Any:
+        return {"not": "a string"}
+
+    def __str__(self) -> str:
+        return "<b>shouted</b>"
+
+
+class Counted(int):
+    def __repr__(self) -> str:
+        return "not a number"
+
+
+class Infinite(dict[str, Any]):
+    """A mapping that claims endless items: only the first 32 are read."""
+
+    def items(self) -> Any:
+        return ((f"k{n}", n) for n in itertools.count())
+
+
+async def test_a_sources_odd_state_is_bounded_and_stays_json() -> None:
+    """NaN, infinities and huge integers are left out (not JSON); strings and keys are cut; subclasses made plain."""
+    reported = {
+        "nan": math.nan,
+        "inf": -math.inf,
+        "huge": 10**5000,
+        "big": 2**63,
+        "fits": 2**63 - 1,
+        "ratio": 0.5,
+        "long": "x" * 10_000,
+        "k" * 1_000: "long key",
+        "odd": Shouting("plain"),
+        "count": Counted(7),
+        "surrogate": "\ud800",
+    }
+    async with running(Refresher("feed", Reporting(reported), every="1h")) as handle:
+        stream: dict[str, Any] = dict(handle.status()["feed"]["stream"])
+    assert stream == {
+        "fits": 2**63 - 1,
+        "ratio": 0.5,
+        "long": "x" * 500,
+        "k" * 100: "long key",
+        "odd": "plain",
+        "count": 7,
+        "surrogate": "\ud800",
+    }
+    assert type(stream["odd"]) is str
+    assert type(stream["count"]) is int
+    # Strict JSON: what a browser's JSON.parse accepts (no NaN, no Infinity).
+    json.loads(json.dumps(stream, allow_nan=False))
+
+
+async def test_a_state_with_endless_items_is_read_32_at_most() -> None:
+    """A mapping whose items never end: the first 32 are shown, status() returns."""
+    async with running(Refresher("feed", Reporting(Infinite()), every="1h")) as handle:
+        stream: dict[str, Any] = dict(handle.status()["feed"]["stream"])
+    assert stream == {f"k{n}": n for n in range(32)}

@@ -19,6 +19,8 @@ names what the source fetches from, without secrets: stored values are bound to 
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeGuard, runtime_checkable
 
@@ -159,7 +161,34 @@ def is_source(obj: object) -> TypeGuard[Source]:
     return hasattr(obj, "fetch") and isinstance(obj, Source)
 
 
-_STATE_VALUES = (str, int, float, bool, type(None))
+# What one value of ``state()`` may be, and its bounds: a key is cut to 100 characters,
+# a string to 500, and at most 32 entries are read.
+_STATE_KEYS = 32
+_STATE_KEY_CHARS = 100
+_STATE_STR_CHARS = 500
+# Beyond 64 bits an integer is no counter; one of over 4300 digits makes json.dumps raise.
+_STATE_INT_LIMIT = 2**63
+
+
+def _state_value(value: object) -> tuple[bool, Any]:
+    """``(True, value)`` as plain JSON for a kept value of ``state()``; ``(False, None)`` if left out.
+
+    Subclasses become their base type through the base's own method, so that no method
+    of the user's class runs again when the status is serialised.
+    """
+    if value is None or isinstance(value, bool):
+        return True, value
+    if isinstance(value, int):
+        number = int.__int__(value)
+        return (True, number) if -_STATE_INT_LIMIT < number < _STATE_INT_LIMIT else (False, None)
+    if isinstance(value, float):
+        # NaN and infinities are not JSON: json.dumps writes them, and a browser's
+        # JSON.parse then refuses the whole status (the status page with it).
+        real = float.__float__(value)
+        return (True, real) if math.isfinite(real) else (False, None)
+    if isinstance(value, str):
+        return True, str.__str__(value)[:_STATE_STR_CHARS]
+    return False, None
 
 
 def source_state(source: object) -> dict[str, Any] | None:
@@ -167,7 +196,9 @@ def source_state(source: object) -> dict[str, Any] | None:
 
     The optional hook of a streaming source (its connection, for ``status()``). It is
     user code: what it raises or returns that is not a flat mapping of JSON scalars is
-    left out, so that ``status()`` stays JSON-serialisable and never fails.
+    left out, so that ``status()`` stays JSON-serialisable and never fails. Bounded: at
+    most 32 entries, keys of 100 characters, strings of 500, 64-bit integers, finite
+    floats.
     """
     state = getattr(source, "state", None)
     if not callable(state):
@@ -176,10 +207,11 @@ def source_state(source: object) -> dict[str, Any] | None:
         reported = state()
         if not isinstance(reported, Mapping):
             return None
-        return {
-            str(key)[:100]: (value[:500] if isinstance(value, str) else value)
-            for key, value in list(reported.items())[:32]
-            if isinstance(value, _STATE_VALUES)
-        }
+        shown: dict[str, Any] = {}
+        for key, value in itertools.islice(reported.items(), _STATE_KEYS):
+            kept, plain = _state_value(value)
+            if kept:
+                shown[str.__str__(str(key))[:_STATE_KEY_CHARS]] = plain
+        return shown
     except Exception:
         return None
