@@ -503,7 +503,6 @@ async def _fetch_once(
                         continue  # a second fetch is changing the validators: take both after it
                     took = stopwatch.durations.get(name, entry["last_duration"])
                     results[name] = _result(refresher, entry, took, runtime.state.get(name))
-                    _explain_stream(refresher, results[name])
                     if capture and ok:
                         captured[name] = _capture(refresher, runtime.state.get(name), slot.expires_at, clock)
                     continue
@@ -526,12 +525,12 @@ async def _fetch_once(
 
 
 def _explain_stream(refresher: Refresher, result: _Result) -> None:
-    """Say why an SSE refresher without ``fetch_url`` timed out: its first value is the stream's first event.
+    """Say why an SSE refresher without ``fetch_url`` gave no result within ``--timeout``.
 
     Without a document to fetch, ``fetch`` can only wait for an event; a stream that
-    is up but quiet (nothing changed) gives a bare timeout, which reads like a hung
-    server. The stream's own state tells the two apart. A stream that failed has
-    said why in the error already.
+    is up but quiet (nothing changed) reads like a hung server. The stream's own
+    state tells the two apart. Within the refresher's own timeout the source says
+    so itself; a stream that failed has said why in the error already.
     """
     source = refresher.fetch
     if result.outcome == "ok" or not isinstance(source, SSESource) or source.fetch_url is not None:

@@ -451,9 +451,9 @@ def test_a_quiet_stream_without_fetch_url_says_why_fetch_failed(
     assert ran.code == 1
     (streamed,) = ran.json["refreshers"]
     assert streamed["error"] == (
-        "TimeoutError: fetch timed out after 1s; the stream is connected but sent no event yet: without "
-        "fetch_url the first value is the stream's first event (set fetch_url to the same value as a "
-        "document, for startup and for polling while the stream is down)"
+        f"SourceError: SSE {base_url}/stream: the stream sent no event within 900ms, and there is no "
+        "fetch_url: the first value is the stream's first event. Set fetch_url to a document with the "
+        "same value, or a longer timeout if events are rare"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import statistics
 import sys
 import time
@@ -564,6 +565,26 @@ async def test_without_fetch_url_the_first_fetch_waits_for_the_first_event(
         task_group.start_soon(emit_later)
         async with started(Refresher("flags", SSESource(f"{base_url}/stream"), every="1h")) as handle:
             assert handle.value("flags") == {"v": "late"}
+
+
+@pytest.mark.parametrize("connects", [True, False])
+async def test_a_quiet_stream_without_fetch_url_says_why_the_first_fetch_failed(
+    upstream: tuple[SSEUpstream, str], connects: bool
+) -> None:
+    """No event (or no connection) within the timeout: the error says so and what to do, not a bare timeout."""
+    server, base_url = upstream
+    server.replay = False  # connected, and nothing to say
+    with socket.socket() as silent:  # listens, never accepts: the request is never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"{base_url}/stream" if connects else f"http://127.0.0.1:{silent.getsockname()[1]}/stream"
+        refresher = Refresher("flags", SSESource(url), every="1h", timeout="1s", required=False)
+        async with started(refresher) as handle:
+            await until(lambda: handle.status()["flags"]["last_error"] is not None, within=3)
+            error = handle.status()["flags"]["last_error"]
+    said = "sent no event" if connects else "did not connect"
+    assert f"the stream {said} within 900ms, and there is no fetch_url" in str(error), error
+    assert "Set fetch_url to a document with the same value" in str(error)
 
 
 async def test_a_refused_stream_without_fetch_url_fails_the_fetch_with_the_reason(

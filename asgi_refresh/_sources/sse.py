@@ -13,6 +13,7 @@ a line) grow past ``max_bytes`` in memory.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import secrets
@@ -46,6 +47,9 @@ _MIN_RECONNECT = 0.1  # a `retry: 0` with a server that closes at once must not 
 _HEALTHY = 10.0  # seconds up after which an ended stream is not a failure to back off from
 _MAX_EVENT_ID = 1024  # a Last-Event-ID we send back: bounded, and ASCII so that httpx can send it
 _LOG_EVERY = 60.0  # seconds between WARNINGs about refused events (all are counted)
+# A first fetch waiting for the stream gives up at this fraction of the refresher's
+# timeout, with the reason; the timeout itself would end it with none.
+_SAY_WHY = 0.9
 _ASCII_ID = re.compile(r"^[\x20-\x7e]*$")
 
 
@@ -213,6 +217,7 @@ class SSESource(Standalone, Source):
         self._last: Any = None
         self._last_digest: bytes | None = None
         self._loaded = False
+        self._opened_at: float | None = None  # when open began, until the first fetch
         self._resync = True  # fetch_url is fetched once after each (re)connect
         self._dirty = False  # on_event="refetch": an event came since the last fetch
         self._last_event_id: str | None = None
@@ -241,6 +246,7 @@ class SSESource(Standalone, Source):
 
     async def open(self, context: SourceContext) -> None:
         """Open the stream's client (and ``fetch_url``'s), then start the stream task."""
+        opening = context.clock.monotonic()
         self._context = SourceContext.claim(self, self._context, context)
         try:
             await self._stream.open(context)
@@ -254,6 +260,7 @@ class SSESource(Standalone, Source):
             self._context = None
             raise
         self._reset()
+        self._opened_at = opening  # the first fetch's time began with the opening
         if not context.start_soon(self._run):
             logger.info("%r: streaming needs a running middleware; fetch_url only", self)
 
@@ -279,6 +286,9 @@ class SSESource(Standalone, Source):
             RuntimeError: the source is not open.
         """
         context = SourceContext.required(self, self._context)
+        began = context.clock.monotonic() if self._opened_at is None else self._opened_at
+        self._opened_at = None
+        give_up = math.inf if context.timeout is None else began + context.timeout * _SAY_WHY
         while True:
             if self._pending is not None:
                 (value,), self._pending = self._pending, None
@@ -299,9 +309,17 @@ class SSESource(Standalone, Source):
                 raise SourceError(
                     f"{self.where}: the stream is down ({self._last_error}) and there is no fetch_url"
                 )
-            # Connecting, or connected without a first event: wait for either to change.
-            changed = self._changed
-            await changed.wait()
+            # Connecting, or connected without a first event: wait for either to change,
+            # and say why before the refresher's timeout ends the fetch without a reason.
+            with context.clock.move_on_at(give_up) as waiting:
+                await self._changed.wait()
+            if waiting.cancelled_caught:
+                said = "sent no event" if self._connected else "did not connect"
+                raise SourceError(
+                    f"{self.where}: the stream {said} within {format_duration(give_up - began)}, and "
+                    "there is no fetch_url: the first value is the stream's first event. Set fetch_url "
+                    "to a document with the same value, or a longer timeout if events are rare"
+                )
 
     async def _fetch_document(self) -> Fetched:
         assert self._document is not None
