@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +21,16 @@ import pytest
 from asgi_lifespan import LifespanManager
 from playwright.sync_api import expect, sync_playwright
 
-from asgi_refresh.demo.app import BROKEN_NAMES, NAMES, build, cache_directory, serve_upstream
+from asgi_refresh import RefreshMiddleware
+from asgi_refresh.demo.app import (
+    BROKEN_NAMES,
+    NAMES,
+    build,
+    cache_directory,
+    serve_upstream,
+    sign,
+    webhook_help,
+)
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .test_admin_page import chromium
@@ -181,6 +193,8 @@ async def test_a_restart_with_the_upstream_down_starts_from_the_snapshots(
         "names.snapshot",
         "names@1.snapshot",
         "orders.snapshot",
+        "price.snapshot",
+        "release.snapshot",
         "settings.snapshot",
     ], "a token is never written down"
 
@@ -193,6 +207,8 @@ async def test_a_restart_with_the_upstream_down_starts_from_the_snapshots(
             data = (await client.get("/data")).json()
             assert (data["names"]["value"], data["orders"]["value"]) == before
             assert data["names"]["origin"] == data["orders"]["origin"] == "snapshot"
+            assert data["price"]["origin"] == data["release"]["origin"] == "snapshot"
+            assert data["price"]["stream"]["connected"] is False
             assert "503" in data["names"]["last_error"]
             assert data["token"]["origin"] == "fetched", "the token server is not the one that is down"
             assert (await client.post("/upstream/up")).json() == {"broken": False, "down": False}
@@ -502,3 +518,190 @@ def test_python_m_asgi_refresh_demo_upstream_down_starts_from_the_last_runs_snap
     assert data["names"]["origin"] == data["orders"]["origin"] == "snapshot"
     assert data["names"]["value"] == first["names"]["value"]
     assert "serving its snapshot" in output
+
+
+# -- the streamed price and the webhook --------------------------------------------------------
+
+SECRET = "demo-webhook-secret-for-tests"
+
+
+async def wait_until(condition: Any, what: str, *, within: float = 10.0) -> float:
+    """Seconds until ``condition()`` holds (looked at every 10 ms); fails after ``within``."""
+    began = time.perf_counter()
+    with anyio.move_on_after(within):
+        while not condition():  # noqa: ASYNC110 - what another thread's server does: nothing to wait on
+            await anyio.sleep(0.01)
+        return time.perf_counter() - began
+    pytest.fail(f"{what}: not within {within} s")
+
+
+def stream_of(app: RefreshMiddleware) -> dict[str, Any]:
+    state: dict[str, Any] = dict(app.handle.status()["price"]["stream"])
+    return state
+
+
+def test_the_upstream_streams_a_document_as_server_sent_events(local_upstream: tuple[Upstream, str]) -> None:
+    """GET /stream{path}: retry, then id+data per change, keepalives; Last-Event-ID of the current body waits; down ends it."""
+    upstream, url = local_upstream
+    upstream.keepalive = 0.2
+    upstream.set("/price", {"price": 1})
+    # A plain client: the server's behaviour is what is tested, the same under any client loop.
+    with httpx.Client(base_url=url, timeout=5) as client:
+        assert client.get("/stream/nope").status_code == 404
+        with client.stream("GET", "/stream/price") as response:
+            assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+            chunks = response.iter_raw()
+            assert next(chunks) == b"retry: 1000\n\n"
+            first = next(chunks)
+            current = re.fullmatch(rb"id: (\d+)\ndata: \{\"price\": 1\}\n\n", first)
+            assert current is not None, first
+            assert next(chunks) == b": keepalive\n\n"
+            upstream.set("/price", {"price": 1})  # the same body: no event
+            upstream.set("/price", b"line one\nline two")
+            changed = next(chunks)
+            assert changed == b"id: %d\ndata: line one\ndata: line two\n\n" % (int(current[1]) + 1)
+            upstream.down = True
+            rest = list(chunks)
+            assert all(chunk == b": keepalive\n\n" for chunk in rest), "down: the stream ends"
+        assert client.get("/stream/price").status_code == 503
+        upstream.down = False
+        resumed = {"Last-Event-ID": str(int(current[1]) + 1)}
+        with client.stream("GET", "/stream/price", headers=resumed) as response:
+            chunks = response.iter_raw()
+            assert next(chunks) == b"retry: 1000\n\n"
+            assert next(chunks) == b": keepalive\n\n", "nothing new since that id"
+            upstream.set("/price", {"price": 2})
+            assert next(chunks).endswith(b'data: {"price": 2}\n\n')
+        for stale in ("1", "not a number", "999999"):
+            with client.stream("GET", "/stream/price", headers={"Last-Event-ID": stale}) as response:
+                chunks = response.iter_raw()
+                next(chunks)  # retry
+                assert next(chunks).endswith(b'data: {"price": 2}\n\n'), "the current body at once"
+    deadline = time.monotonic() + 5
+    while upstream.streams_open and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert upstream.streams_open == 0, "the upstream lets go of a stream its client left"
+
+
+async def test_the_streamed_price_reaches_the_demo_within_a_bounded_time(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """A new price upstream is in the demo's state well within a second, pushed (no poll); /data and /status show the stream."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, tick_every=3600)
+    async with LifespanManager(app) as manager:
+        await wait_until(lambda: stream_of(app)["connected"], "the price stream connects")
+        await anyio.sleep(0.3)  # the catch-up fetch of fetch_url after connecting
+        polled = upstream.requests["/price"]
+        for cents in (12_345, 12_346, 99):
+            price = {"symbol": "ACME", "price": cents / 100, "tick": cents}
+            upstream.set("/price", price)
+            seconds = await wait_until(lambda p=price: app.handle.value("price") == p, "the pushed price")
+            assert seconds < 1.0, seconds
+        assert upstream.requests["/price"] == polled, "pushed by the stream, not polled"
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            data = (await client.get("/data")).json()
+            status = (await client.get("/status")).json()
+        assert data["price"]["value"] == price
+        for stream in (data["price"]["stream"], status["price"]["stream"]):
+            assert stream["connected"] is True
+            assert stream["connected_since"] is not None
+            assert stream["last_event_at"] is not None
+            assert stream["events"] >= 4, "the first price and three moves"
+            assert stream["reconnects"] == 0
+        assert data["names"]["stream"] is None, "only the price streams"
+
+
+async def test_the_price_stream_reconnects_after_the_upstream_was_down(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """Upstream down: the stream ends, the price stays; back up: the stream reconnects and the price moves on."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, tick_every=3600)
+    async with LifespanManager(app):
+        await wait_until(lambda: stream_of(app)["connected"], "the price stream connects")
+        before = app.handle.value("price")
+        upstream.down = True
+        await wait_until(lambda: not stream_of(app)["connected"], "the stream ends")
+        assert stream_of(app)["reconnects"] == 1
+        assert "ended the stream" in stream_of(app)["last_error"]
+        moved = {"symbol": "ACME", "price": 1.5, "tick": 99}
+        upstream.set("/price", moved)  # served once the upstream is back
+        await anyio.sleep(0.1)
+        assert app.handle.value("price") == before, "the last good value stays"
+        upstream.down = False
+        await wait_until(lambda: stream_of(app)["connected"], "the stream reconnects")
+        await wait_until(lambda: app.handle.value("price") == moved, "the price moves on")
+        assert app.handle.status()["price"]["last_error"] is None
+
+
+async def test_the_release_button_delivers_a_signed_webhook_that_refreshes_release(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """POST /release: a new release upstream, a signed delivery the hook accepts (202), and release refreshed to it."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            assert (await client.get("/data")).json()["release"]["value"] == {"version": "1.0"}
+            fetched = upstream.requests["/release"]
+            for version in ("1.1", "1.2"):
+                answer = (await client.post("/release")).json()
+                assert answer["delivery"] == {
+                    "status": 202,
+                    "body": {"hook": "release", "refreshing": ["release"]},
+                }
+                assert answer["refreshed"] is True
+                assert answer["release"]["value"] == {"version": version}
+            assert upstream.requests["/release"] == fetched + 2, "one fetch per delivery"
+            assert SECRET not in (await client.get("/")).text + (await client.get("/status")).text
+
+
+async def test_a_forged_delivery_to_the_demo_hook_is_refused(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """The hook answers 401 to a delivery signed with another secret, or unsigned; the real secret's gets 202."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            body = b'{"type": "release.published"}'
+            count = app.handle.status()["release"]["refresh_count"]
+            for headers in (sign("not-the-demo-secret-at-all", body), {}):
+                forged = await client.post("/_refresh/hooks/release", content=body, headers=headers)
+                assert forged.status_code == 401
+                assert forged.json() == {"error": "invalid or missing webhook signature"}
+            genuine = await client.post("/_refresh/hooks/release", content=body, headers=sign(SECRET, body))
+            assert genuine.status_code == 202
+            await wait_until(
+                lambda: app.handle.status()["release"]["refresh_count"] == count + 1,
+                "the genuine delivery refreshes",
+            )
+
+
+def test_the_printed_curl_command_delivers_a_signed_webhook(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """The shell lines the demo prints (openssl + curl) make a delivery that the real server accepts with 202."""
+    openssl, curl = shutil.which("openssl"), shutil.which("curl")
+    if openssl is None or curl is None:
+        pytest.skip("needs openssl and curl, as the printed command does")
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    with serve(app, lifespan="on") as demo:
+        printed = webhook_help(f"{demo}/_refresh/hooks/release", SECRET)
+        script = printed.split("send one from a shell:\n", 1)[1].rstrip("\n")
+        script += ' -w "\\n%{http_code}"'
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+        body, code = done.stdout.rsplit("\n", 1)
+        assert code == "202", done
+        assert json.loads(body) == {"hook": "release", "refreshing": ["release"]}
+        forged = script.replace(shlex.quote(SECRET), shlex.quote("x" * 32))
+        assert forged != script
+        refused = subprocess.run(
+            ["bash", "-c", forged], capture_output=True, text=True, timeout=30, check=True
+        )
+        assert refused.stdout.endswith("401")
