@@ -492,10 +492,15 @@ def run_demo(*options: str, cache: Path) -> tuple[dict[str, Any], str]:
 
 
 def test_python_m_asgi_refresh_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    """The README's first command: it prints its URL, serves, and exits on Ctrl+C without a traceback."""
+    """The README's first command: it prints its URL and its webhook, serves, and exits on Ctrl+C without a traceback."""
     data, output = run_demo(cache=tmp_path)
     assert data["names"]["value"] == ["ada", "grace"]
     assert data["names"]["origin"] == "fetched"
+    assert data["price"]["value"]["symbol"] == "ACME"
+    hook = re.search(r"webhook: POST (\S+) refreshes release .*this run's secret: ([0-9a-f]{32})\)", output)
+    assert hook is not None, output
+    assert hook[1].endswith("/_refresh/hooks/release")
+    assert f"-hmac '{hook[2]}'" in output, "the curl command carries this run's secret"
     snapshots = tmp_path / "asgi-refresh-demo" / "snapshots"
     assert f"snapshots: {snapshots}" in output
     assert (snapshots / "names.snapshot").is_file()
@@ -705,3 +710,50 @@ def test_the_printed_curl_command_delivers_a_signed_webhook(
             ["bash", "-c", forged], capture_output=True, text=True, timeout=30, check=True
         )
         assert refused.stdout.endswith("401")
+
+
+def test_the_demo_page_shows_the_stream_and_its_webhook_button_works(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """In Chromium: the price's stream panel (connected, events), down and back; the release button's delivery."""
+    upstream, url = local_upstream
+    problems: list[str] = []
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, tick_every=0.5)
+    with serve(app, lifespan="on") as demo, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on(
+                "response",
+                lambda response: (
+                    problems.append(f"{response.status} {response.url}")
+                    if response.status >= 400 and not response.url.endswith("/favicon.ico")
+                    else None
+                ),
+            )
+            page.goto(demo)
+            stream = page.locator("tr[data-lkg=price] section.stream")
+            expect(stream.locator("h2")).to_have_text("Streaming")
+            expect(stream).to_have_class("stream up")
+            expect(stream.locator(".reconnects")).to_have_text("0 reconnects")
+            expect(page.locator("tr[data-name=price] td.value")).to_contain_text('"symbol":"ACME"')
+            events = int(stream.locator(".events").text_content().split()[0])  # type: ignore[union-attr]
+            expect(stream.locator(".events")).not_to_have_text(f"{events} events", timeout=5_000)
+
+            page.get_by_role("button", name="Take it down").click()
+            expect(stream.locator("h2")).to_have_text("Stream down, polling meanwhile", timeout=5_000)
+            # Ended by the outage, then refused on reconnecting (the page reads every 2 s).
+            expect(stream.locator(".why")).to_have_text(re.compile(r"ended the stream|HTTP 503"))
+            expect(stream.locator(".reconnects")).to_have_text(re.compile(r"^[1-9]\d* reconnects?$"))
+            page.get_by_role("button", name="Bring it back").click()
+            expect(stream.locator("h2")).to_have_text("Streaming", timeout=10_000)
+
+            page.get_by_role("button", name="Publish a release (webhook)").click()
+            expect(page.locator("#notice")).to_have_text(
+                'Webhook delivery: HTTP 202; release refreshed at once: {"version":"1.1"}'
+            )
+            expect(page.locator("tr[data-name=release] td.value")).to_have_text('{"version":"1.1"}')
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or failed requests"

@@ -621,14 +621,18 @@ function lastKnownGood(name, entry) {
   return panels;
 }
 
+function count(n, word) {
+  return n + " " + word + (n === 1 ? "" : "s");
+}
+
 // A streaming refresher's connection: up since when, its last event, how often it reconnected.
 function streamPanel(stream) {
   const section = element("section", undefined, stream.connected ? "stream up" : "stream down");
   section.append(element("h2", stream.connected ? "Streaming" : "Stream down, polling meanwhile"));
   if (stream.connected) section.append(paragraph("Connected since ", time(stream.connected_since, false)));
   const last = stream.last_event_at ? time(stream.last_event_at, false) : "none yet";
-  section.append(paragraph(element("span", stream.events + " events", "events"), ", last ", last,
-                           "; ", element("span", stream.reconnects + " reconnects", "reconnects"),
+  section.append(paragraph(element("span", count(stream.events, "event"), "events"), ", last ", last,
+                           "; ", element("span", count(stream.reconnects, "reconnect"), "reconnects"),
                            stream.refused_events ? "; " + stream.refused_events + " refused" : ""));
   if (!stream.connected && stream.last_error) {
     section.append(paragraph(element("span", stream.last_error, "why")));
