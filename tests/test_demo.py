@@ -546,7 +546,7 @@ def stream_of(app: RefreshMiddleware) -> dict[str, Any]:
 
 
 def test_the_upstream_streams_a_document_as_server_sent_events(local_upstream: tuple[Upstream, str]) -> None:
-    """GET /stream{path}: retry, then id+data per change, keepalives; Last-Event-ID of the current body waits; down ends it."""
+    """GET /stream{path}: retry, then id+data per change, keepalives; Last-Event-ID of the current body waits; down (or removal) ends it."""
     upstream, url = local_upstream
     upstream.keepalive = 0.2
     upstream.set("/price", {"price": 1})
@@ -582,6 +582,13 @@ def test_the_upstream_streams_a_document_as_server_sent_events(local_upstream: t
                 chunks = response.iter_raw()
                 next(chunks)  # retry
                 assert next(chunks).endswith(b'data: {"price": 2}\n\n'), "the current body at once"
+        with client.stream("GET", "/stream/price") as response:
+            chunks = response.iter_raw()
+            next(chunks)  # retry
+            next(chunks)  # the current body
+            del upstream.documents["/price"]
+            assert list(chunks) == [], "a document removed: its stream ends"
+        assert client.get("/stream/price").status_code == 404
     deadline = time.monotonic() + 5
     while upstream.streams_open and time.monotonic() < deadline:
         time.sleep(0.01)
