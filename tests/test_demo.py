@@ -671,6 +671,24 @@ async def test_the_release_button_delivers_a_signed_webhook_that_refreshes_relea
             assert SECRET not in (await client.get("/")).text + (await client.get("/status")).text
 
 
+async def test_the_release_button_with_the_upstream_down_says_the_refresh_failed(
+    local_upstream: tuple[Upstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream down: the delivery is still accepted (202), but release is not refreshed: its last value stays, the 503 is said."""
+    monkeypatch.setattr("asgi_refresh.demo.app.REFRESH_WAIT", 0.5)
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            await client.post("/upstream/down")
+            answer = (await client.post("/release")).json()
+            assert answer["delivery"]["status"] == 202
+            assert answer["refreshed"] is False
+            assert answer["release"]["value"] == {"version": "1.0"}
+            assert "503" in answer["release"]["last_error"]
+
+
 async def test_a_forged_delivery_to_the_demo_hook_is_refused(
     local_upstream: tuple[Upstream, str], tmp_path: Path
 ) -> None:
