@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +21,16 @@ import pytest
 from asgi_lifespan import LifespanManager
 from playwright.sync_api import expect, sync_playwright
 
-from asgi_refresh.demo.app import BROKEN_NAMES, NAMES, build, cache_directory, serve_upstream
+from asgi_refresh import RefreshMiddleware
+from asgi_refresh.demo.app import (
+    BROKEN_NAMES,
+    NAMES,
+    build,
+    cache_directory,
+    serve_upstream,
+    sign,
+    webhook_help,
+)
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .test_admin_page import chromium
@@ -181,6 +193,8 @@ async def test_a_restart_with_the_upstream_down_starts_from_the_snapshots(
         "names.snapshot",
         "names@1.snapshot",
         "orders.snapshot",
+        "price.snapshot",
+        "release.snapshot",
         "settings.snapshot",
     ], "a token is never written down"
 
@@ -193,6 +207,8 @@ async def test_a_restart_with_the_upstream_down_starts_from_the_snapshots(
             data = (await client.get("/data")).json()
             assert (data["names"]["value"], data["orders"]["value"]) == before
             assert data["names"]["origin"] == data["orders"]["origin"] == "snapshot"
+            assert data["price"]["origin"] == data["release"]["origin"] == "snapshot"
+            assert data["price"]["stream"]["connected"] is False
             assert "503" in data["names"]["last_error"]
             assert data["token"]["origin"] == "fetched", "the token server is not the one that is down"
             assert (await client.post("/upstream/up")).json() == {"broken": False, "down": False}
@@ -476,10 +492,15 @@ def run_demo(*options: str, cache: Path) -> tuple[dict[str, Any], str]:
 
 
 def test_python_m_asgi_refresh_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    """The README's first command: it prints its URL, serves, and exits on Ctrl+C without a traceback."""
+    """The README's first command: it prints its URL and its webhook, serves, and exits on Ctrl+C without a traceback."""
     data, output = run_demo(cache=tmp_path)
     assert data["names"]["value"] == ["ada", "grace"]
     assert data["names"]["origin"] == "fetched"
+    assert data["price"]["value"]["symbol"] == "ACME"
+    hook = re.search(r"webhook: POST (\S+) refreshes release .*this run's secret: ([0-9a-f]{32})\)", output)
+    assert hook is not None, output
+    assert hook[1].endswith("/_refresh/hooks/release")
+    assert f"-hmac '{hook[2]}'" in output, "the curl command carries this run's secret"
     snapshots = tmp_path / "asgi-refresh-demo" / "snapshots"
     assert f"snapshots: {snapshots}" in output
     assert (snapshots / "names.snapshot").is_file()
@@ -502,3 +523,262 @@ def test_python_m_asgi_refresh_demo_upstream_down_starts_from_the_last_runs_snap
     assert data["names"]["origin"] == data["orders"]["origin"] == "snapshot"
     assert data["names"]["value"] == first["names"]["value"]
     assert "serving its snapshot" in output
+
+
+# -- the streamed price and the webhook --------------------------------------------------------
+
+SECRET = "demo-webhook-secret-for-tests"
+
+
+async def wait_until(condition: Any, what: str, *, within: float = 10.0) -> float:
+    """Seconds until ``condition()`` holds (looked at every 10 ms); fails after ``within``."""
+    began = time.perf_counter()
+    with anyio.move_on_after(within):
+        while not condition():  # noqa: ASYNC110 - what another thread's server does: nothing to wait on
+            await anyio.sleep(0.01)
+        return time.perf_counter() - began
+    pytest.fail(f"{what}: not within {within} s")
+
+
+def stream_of(app: RefreshMiddleware) -> dict[str, Any]:
+    state: dict[str, Any] = dict(app.handle.status()["price"]["stream"])
+    return state
+
+
+def test_the_upstream_streams_a_document_as_server_sent_events(local_upstream: tuple[Upstream, str]) -> None:
+    """GET /stream{path}: retry, then id+data per change, keepalives; Last-Event-ID of the current body waits; down (or removal) ends it."""
+    upstream, url = local_upstream
+    upstream.keepalive = 0.2
+    upstream.set("/price", {"price": 1})
+    # A plain client: the server's behaviour is what is tested, the same under any client loop.
+    with httpx.Client(base_url=url, timeout=5) as client:
+        assert client.get("/stream/nope").status_code == 404
+        with client.stream("GET", "/stream/price") as response:
+            assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+            chunks = response.iter_raw()
+            assert next(chunks) == b"retry: 1000\n\n"
+            first = next(chunks)
+            current = re.fullmatch(rb"id: (\d+)\ndata: \{\"price\": 1\}\n\n", first)
+            assert current is not None, first
+            assert next(chunks) == b": keepalive\n\n"
+            upstream.set("/price", {"price": 1})  # the same body: no event
+            upstream.set("/price", b"line one\nline two")
+            changed = next(chunks)
+            assert changed == b"id: %d\ndata: line one\ndata: line two\n\n" % (int(current[1]) + 1)
+            upstream.down = True
+            rest = list(chunks)
+            assert all(chunk == b": keepalive\n\n" for chunk in rest), "down: the stream ends"
+        assert client.get("/stream/price").status_code == 503
+        upstream.down = False
+        resumed = {"Last-Event-ID": str(int(current[1]) + 1)}
+        with client.stream("GET", "/stream/price", headers=resumed) as response:
+            chunks = response.iter_raw()
+            assert next(chunks) == b"retry: 1000\n\n"
+            assert next(chunks) == b": keepalive\n\n", "nothing new since that id"
+            upstream.set("/price", {"price": 2})
+            assert next(chunks).endswith(b'data: {"price": 2}\n\n')
+        for stale in ("1", "not a number", "999999"):
+            with client.stream("GET", "/stream/price", headers={"Last-Event-ID": stale}) as response:
+                chunks = response.iter_raw()
+                next(chunks)  # retry
+                assert next(chunks).endswith(b'data: {"price": 2}\n\n'), "the current body at once"
+        with client.stream("GET", "/stream/price") as response:
+            chunks = response.iter_raw()
+            next(chunks)  # retry
+            next(chunks)  # the current body
+            del upstream.documents["/price"]
+            assert list(chunks) == [], "a document removed: its stream ends"
+        assert client.get("/stream/price").status_code == 404
+    deadline = time.monotonic() + 5
+    while upstream.streams_open and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert upstream.streams_open == 0, "the upstream lets go of a stream its client left"
+
+
+async def test_the_streamed_price_reaches_the_demo_within_a_bounded_time(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """A new price upstream is in the demo's state well within a second, pushed (no poll); /data and /status show the stream."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, tick_every=3600)
+    async with LifespanManager(app) as manager:
+        await wait_until(lambda: stream_of(app)["connected"], "the price stream connects")
+        await anyio.sleep(0.3)  # the catch-up fetch of fetch_url after connecting
+        polled = upstream.requests["/price"]
+        for cents in (12_345, 12_346, 99):
+            price = {"symbol": "ACME", "price": cents / 100, "tick": cents}
+            upstream.set("/price", price)
+            seconds = await wait_until(lambda p=price: app.handle.value("price") == p, "the pushed price")
+            assert seconds < 1.0, seconds
+        assert upstream.requests["/price"] == polled, "pushed by the stream, not polled"
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            data = (await client.get("/data")).json()
+            status = (await client.get("/status")).json()
+        assert data["price"]["value"] == price
+        for stream in (data["price"]["stream"], status["price"]["stream"]):
+            assert stream["connected"] is True
+            assert stream["connected_since"] is not None
+            assert stream["last_event_at"] is not None
+            assert stream["events"] >= 4, "the first price and three moves"
+            assert stream["reconnects"] == 0
+        assert data["names"]["stream"] is None, "only the price streams"
+
+
+async def test_the_price_stream_reconnects_after_the_upstream_was_down(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """Upstream down: the stream ends, the price stays; back up: the stream reconnects and the price moves on."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, tick_every=3600)
+    async with LifespanManager(app):
+        await wait_until(lambda: stream_of(app)["connected"], "the price stream connects")
+        before = app.handle.value("price")
+        upstream.down = True
+        await wait_until(lambda: not stream_of(app)["connected"], "the stream ends")
+        assert stream_of(app)["reconnects"] == 1
+        assert "ended the stream" in stream_of(app)["last_error"]
+        moved = {"symbol": "ACME", "price": 1.5, "tick": 99}
+        upstream.set("/price", moved)  # served once the upstream is back
+        await anyio.sleep(0.1)
+        assert app.handle.value("price") == before, "the last good value stays"
+        upstream.down = False
+        await wait_until(lambda: stream_of(app)["connected"], "the stream reconnects")
+        await wait_until(lambda: app.handle.value("price") == moved, "the price moves on")
+        assert app.handle.status()["price"]["last_error"] is None
+
+
+async def test_the_release_button_delivers_a_signed_webhook_that_refreshes_release(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """POST /release: a new release upstream, a signed delivery the hook accepts (202), and release refreshed to it."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            assert (await client.get("/data")).json()["release"]["value"] == {"version": "1.0"}
+            fetched = upstream.requests["/release"]
+            for version in ("1.1", "1.2"):
+                answer = (await client.post("/release")).json()
+                assert answer["delivery"] == {
+                    "status": 202,
+                    "body": {"hook": "release", "refreshing": ["release"]},
+                }
+                assert answer["refreshed"] is True
+                assert answer["release"]["value"] == {"version": version}
+            assert upstream.requests["/release"] == fetched + 2, "one fetch per delivery"
+            assert SECRET not in (await client.get("/")).text + (await client.get("/status")).text
+
+
+async def test_the_release_button_with_the_upstream_down_says_the_refresh_failed(
+    local_upstream: tuple[Upstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream down: the delivery is still accepted (202), but release is not refreshed: its last value stays, the 503 is said."""
+    monkeypatch.setattr("asgi_refresh.demo.app.REFRESH_WAIT", 0.5)
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            await client.post("/upstream/down")
+            answer = (await client.post("/release")).json()
+            assert answer["delivery"]["status"] == 202
+            assert answer["refreshed"] is False
+            assert answer["release"]["value"] == {"version": "1.0"}
+            assert "503" in answer["release"]["last_error"]
+
+
+async def test_a_forged_delivery_to_the_demo_hook_is_refused(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """The hook answers 401 to a delivery signed with another secret, or unsigned; the real secret's gets 202."""
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            body = b'{"type": "release.published"}'
+            count = app.handle.status()["release"]["refresh_count"]
+            for headers in (sign("not-the-demo-secret-at-all", body), {}):
+                forged = await client.post("/_refresh/hooks/release", content=body, headers=headers)
+                assert forged.status_code == 401
+                assert forged.json() == {"error": "invalid or missing webhook signature"}
+            genuine = await client.post("/_refresh/hooks/release", content=body, headers=sign(SECRET, body))
+            assert genuine.status_code == 202
+            await wait_until(
+                lambda: app.handle.status()["release"]["refresh_count"] == count + 1,
+                "the genuine delivery refreshes",
+            )
+
+
+def test_the_printed_curl_command_delivers_a_signed_webhook(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """The shell lines the demo prints (openssl + curl) make a delivery that the real server accepts with 202."""
+    openssl, curl = shutil.which("openssl"), shutil.which("curl")
+    if openssl is None or curl is None:
+        pytest.skip("needs openssl and curl, as the printed command does")
+    upstream, url = local_upstream
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, webhook_secret=SECRET)
+    with serve(app, lifespan="on") as demo:
+        printed = webhook_help(f"{demo}/_refresh/hooks/release", SECRET)
+        script = printed.split("send one from a shell:\n", 1)[1].rstrip("\n")
+        script += ' -w "\\n%{http_code}"'
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+        body, code = done.stdout.rsplit("\n", 1)
+        assert code == "202", done
+        assert json.loads(body) == {"hook": "release", "refreshing": ["release"]}
+        forged = script.replace(shlex.quote(SECRET), shlex.quote("x" * 32))
+        assert forged != script
+        refused = subprocess.run(
+            ["bash", "-c", forged], capture_output=True, text=True, timeout=30, check=True
+        )
+        assert refused.stdout.endswith("401")
+
+
+def test_the_demo_page_shows_the_stream_and_its_webhook_button_works(
+    local_upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """In Chromium: the price's stream panel (connected, events), down and back; the release button's delivery."""
+    upstream, url = local_upstream
+    problems: list[str] = []
+    app = build(upstream, url, tmp_path / "settings.toml", change_every=3600, tick_every=0.5)
+    with serve(app, lifespan="on") as demo, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on(
+                "response",
+                lambda response: (
+                    problems.append(f"{response.status} {response.url}")
+                    if response.status >= 400 and not response.url.endswith("/favicon.ico")
+                    else None
+                ),
+            )
+            page.goto(demo)
+            stream = page.locator("tr[data-lkg=price] section.stream")
+            expect(stream.locator("h2")).to_have_text("Streaming")
+            expect(stream).to_have_class("stream up")
+            expect(stream.locator(".reconnects")).to_have_text("0 reconnects")
+            expect(page.locator("tr[data-name=price] td.value")).to_contain_text('"symbol":"ACME"')
+            events = int(stream.locator(".events").text_content().split()[0])  # type: ignore[union-attr]
+            expect(stream.locator(".events")).not_to_have_text(f"{events} events", timeout=5_000)
+
+            page.get_by_role("button", name="Take it down").click()
+            expect(stream.locator("h2")).to_have_text("Stream down, polling meanwhile", timeout=5_000)
+            # Ended by the outage, then refused on reconnecting (the page reads every 2 s).
+            expect(stream.locator(".why")).to_have_text(re.compile(r"ended the stream|HTTP 503"))
+            expect(stream.locator(".reconnects")).to_have_text(re.compile(r"^[1-9]\d* reconnects?$"))
+            page.get_by_role("button", name="Bring it back").click()
+            expect(stream.locator("h2")).to_have_text("Streaming", timeout=10_000)
+
+            page.get_by_role("button", name="Publish a release (webhook)").click()
+            expect(page.locator("#notice")).to_have_text(
+                'Webhook delivery: HTTP 202; release refreshed at once: {"version":"1.1"}'
+            )
+            expect(page.locator("tr[data-name=release] td.value")).to_have_text('{"version":"1.1"}')
+        finally:
+            browser.close()
+    assert problems == [], "the page ran without script errors or failed requests"

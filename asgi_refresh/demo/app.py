@@ -2,19 +2,26 @@
 
     python -m asgi_refresh.demo [--port 8000] [--upstream-down]
 
-Four refreshers, all fed from 127.0.0.1, no internet needed:
+Six refreshers, all fed from 127.0.0.1, no internet needed:
 
 - ``names``: JSON over HTTP with an ETag (polls that find nothing new are 304s),
   guarded by ``max_shrink(0.5)`` and keeping its last five versions;
 - ``settings``: a TOML file the demo rewrites now and then;
 - ``token``: a token from a local token endpoint, renewed before it expires;
-- ``orders``: JSON fetched with that token.
+- ``orders``: JSON fetched with that token;
+- ``price``: pushed by a Server-Sent Events stream every time it moves (every
+  second), with the same price as a document polled while the stream is down;
+- ``release``: polled only hourly, and refreshed at once by a signed webhook.
 
 Open the printed URL: the page shows each value, where it came from, when it was
 fetched and changed and when the next refresh is due ("12 s ago", "in 3 s"),
 and updates itself every two seconds. Its buttons break the upstream (the names
 come back empty: the guard holds them back until you accept or reject them),
-take it down and bring it back, and pin or roll back the names.
+take it down and bring it back (the price stream ends, reconnects and comes
+back), pin or roll back the names, and publish a release: the demo then signs a
+webhook delivery with its secret (server-side: the secret never reaches the
+browser) and posts it to its own ``/_refresh/hooks/release``, which refreshes
+``release`` at once.
 
 Every good value is also written to a snapshot directory in the user's cache
 (``$XDG_CACHE_HOME/asgi-refresh-demo``, else ``~/.cache/asgi-refresh-demo``):
@@ -25,16 +32,23 @@ orders then start from the snapshots of the last run.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
+import random
+import secrets
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import httpx
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
@@ -47,9 +61,11 @@ from asgi_refresh import (
     RefreshError,
     RefreshHandle,
     RefreshMiddleware,
+    SSESource,
+    Webhook,
     max_shrink,
 )
-from asgi_refresh.demo.upstream import Upstream, serve
+from asgi_refresh.demo.upstream import STREAM_PREFIX, Upstream, serve
 from asgi_refresh.fastapi import RefreshControl
 
 logger = logging.getLogger("asgi_refresh.demo")
@@ -58,6 +74,12 @@ NAMES = [["ada", "grace"], ["ada", "grace", "katherine"], ["barbara", "margaret"
 BROKEN_NAMES: list[str] = []  # what a broken upstream sends: valid JSON, and every name gone
 SETTINGS = ['greeting = "hello"\nbanner = false\n', 'greeting = "bonjour"\nbanner = true\n']
 KEEP_VERSIONS = 5
+SYMBOL = "ACME"
+HOOK = "release"
+"""The demo's webhook: ``POST {ADMIN_PATH}/hooks/release`` refreshes ``release``."""
+ADMIN_PATH = "/_refresh"
+PRICE_POLL_EVERY = "10s"  # while the stream is down; while it is up, the stream says it all
+REFRESH_WAIT = 3.0  # seconds POST /release waits to see the webhook's refresh land
 
 
 def token_grant(body: bytes) -> Fresh[str]:
@@ -70,7 +92,8 @@ class World:
     """What the upstream serves, moving on every ``change_every`` seconds; the page's switches.
 
     ``broken``: the names come back as an empty list (until fixed); ``upstream.down``:
-    every document answers 503.
+    every document answers 503 and the price stream ends. The price moves on its own
+    (`tick`), a release is published by the page's button (`publish`).
     """
 
     def __init__(self, upstream: Upstream, settings: Path) -> None:
@@ -78,13 +101,39 @@ class World:
         self.settings = settings
         self.turn = 0
         self.broken = False
+        self.ticks = 0
+        self.cents = 10_000
+        self.releases = 0
+        self._walk = random.Random(18)  # the same price walk on every run
         self.show()
+        self.show_price()
+        self.show_release()
         settings.write_text(SETTINGS[0])
 
     def show(self) -> None:
         """Serve this turn's names and orders."""
         self.upstream.set("/names", BROKEN_NAMES if self.broken else NAMES[self.turn % len(NAMES)])
         self.upstream.set("/protected", {"open orders": 3 + self.turn})
+
+    def show_price(self) -> None:
+        """Serve the price (as a document, and so on its stream)."""
+        price = {"symbol": SYMBOL, "price": self.cents / 100, "tick": self.ticks}
+        self.upstream.set("/price", price)
+
+    def tick(self) -> None:
+        """The price moves by up to a dollar either way (never below one)."""
+        self.ticks += 1
+        self.cents = max(100, self.cents + self._walk.randint(-100, 100))
+        self.show_price()
+
+    def show_release(self) -> None:
+        """Serve the current release."""
+        self.upstream.set("/release", {"version": f"1.{self.releases}"})
+
+    def publish(self) -> None:
+        """A new release upstream (what a deploy webhook announces)."""
+        self.releases += 1
+        self.show_release()
 
     def move_on(self) -> None:
         """Next turn: new names, more orders, the settings rewritten (by rename, as editors do)."""
@@ -107,20 +156,41 @@ class World:
         return {"broken": self.broken, "down": self.upstream.down}
 
 
+def sign(
+    secret: str, body: bytes, *, delivery_id: str | None = None, at: int | None = None
+) -> dict[str, str]:
+    """Standard Webhooks headers for ``body``: what a sender holding ``secret`` attaches.
+
+    The signature is the base64 HMAC-SHA256, keyed with ``secret`` (plain text, not
+    ``whsec_``), of ``"{webhook-id}.{webhook-timestamp}.{body}"``.
+    """
+    delivery_id = delivery_id or f"msg_{secrets.token_hex(8)}"
+    timestamp = str(int(time.time()) if at is None else at)
+    signed = f"{delivery_id}.{timestamp}.".encode() + body
+    signature = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+    return {"webhook-id": delivery_id, "webhook-timestamp": timestamp, "webhook-signature": f"v1,{signature}"}
+
+
 def build(
     upstream: Upstream,
     upstream_url: str,
     settings: Path,
     *,
     change_every: float = 7.0,
+    tick_every: float = 1.0,
     snapshot_dir: Path | None = None,
+    webhook_secret: str | None = None,
 ) -> RefreshMiddleware:
     """The demo app, wrapped, and the story it tells: the upstream changes every ``change_every``.
 
-    With ``snapshot_dir``, every good value is written there, and a refresher that
+    The price moves every ``tick_every`` seconds and is pushed by a stream. With
+    ``snapshot_dir``, every good value is written there, and a refresher that
     cannot load at startup (the upstream is down) starts from its snapshot.
+    ``webhook_secret`` signs the deliveries to the ``release`` hook (a new random
+    one when None).
     """
     world = World(upstream, settings)
+    secret = webhook_secret if webhook_secret is not None else secrets.token_hex(16)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +198,7 @@ def build(
         logger.info("first values loaded: %s", ", ".join(middleware.handle.names))
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(change_the_world, world, change_every)
+            task_group.start_soon(move_the_price, world, tick_every)
             yield
             task_group.cancel_scope.cancel()
 
@@ -169,6 +240,36 @@ def build(
         world.switch(action)
         return world.state()
 
+    @app.post("/release")
+    async def release(control: RefreshControl) -> dict[str, Any]:
+        """Publish a release upstream, then deliver its webhook, signed here, to the demo's own hook.
+
+        Answers the delivery's status and body, and whether ``release`` was refreshed
+        (and to what) within a few seconds.
+        """
+        world.publish()
+        before = control.status()["release"]["refresh_count"]
+        body = json.dumps({"type": "release.published", "data": {"version": f"1.{world.releases}"}}).encode()
+        headers = {"content-type": "application/json", **sign(secret, body)}
+        # Through the middleware in process: the delivery takes the path a sender's takes
+        # (signature checked, refresh started), with no port or Host to trust.
+        transport = httpx.ASGITransport(app=middleware, client=("127.0.0.1", 0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            delivered = await client.post(f"{ADMIN_PATH}/hooks/{HOOK}", content=body, headers=headers)
+        refreshed = False
+        if delivered.status_code == 202:
+            with anyio.move_on_after(REFRESH_WAIT):
+                # A look at the count every 20 ms, for at most a few seconds of one click: simpler
+                # than a listener registered for the lifespan to wake this one request.
+                while control.status()["release"]["refresh_count"] == before:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+                refreshed = True
+        return {
+            "delivery": {"status": delivered.status_code, "body": delivered.json()},
+            "refreshed": refreshed,
+            "release": report(control)["release"],
+        }
+
     def announce(name: str) -> Callable[[Any, Any], None]:
         def on_change(old: Any, new: Any) -> None:
             logger.info("%s changed: %s", name, "(a new token)" if name == "token" else new)
@@ -199,10 +300,27 @@ def build(
                 HTTPSource(f"{upstream_url}/protected", auth=BearerToken("token")),
                 every="5s",
             ),
+            Refresher(
+                "price",
+                SSESource(
+                    f"{upstream_url}{STREAM_PREFIX}/price",
+                    # Polled every PRICE_POLL_EVERY while the stream is down, and once after
+                    # each reconnect, for what the stream missed.
+                    fetch_url=f"{upstream_url}/price",
+                    heartbeat_timeout="15s",  # the upstream sends a keepalive every 5 s
+                    max_reconnect_delay="5s",  # back soon after an outage, for the demo
+                ),
+                every=PRICE_POLL_EVERY,
+            ),
+            Refresher(
+                "release", HTTPSource(f"{upstream_url}/release"), every="1h", on_change=announce("release")
+            ),
         ],
         # The demo listens on 127.0.0.1 only, so its admin endpoints need no token.
-        admin_path="/_refresh",
+        admin_path=ADMIN_PATH,
         admin_loopback_only=True,
+        # A webhook proves itself by its signature, not by loopback: a sender with the secret.
+        admin_webhooks={HOOK: Webhook(["release"], standard_secret=secret)},
         snapshot_dir=snapshot_dir,
     )
     return middleware
@@ -215,8 +333,15 @@ async def change_the_world(world: World, every: float) -> None:
         world.move_on()
 
 
+async def move_the_price(world: World, every: float) -> None:
+    """Move the price on: each move is pushed to the demo by the upstream's stream."""
+    while True:
+        await anyio.sleep(every)
+        world.tick()
+
+
 def report(control: RefreshHandle) -> dict[str, Any]:
-    """Each refresher's value (never the token's) with its age, schedule and last known good."""
+    """Each refresher's value (never the token's) with its age, schedule, last known good and stream."""
     status = control.status()
     return {
         name: {
@@ -233,6 +358,7 @@ def report(control: RefreshHandle) -> dict[str, Any]:
             "versions": status[name]["versions"],
             "pin": status[name]["pin"],
             "quarantined": status[name]["quarantined"],
+            "stream": status[name].get("stream"),
         }
         for name in control.names
     }
@@ -286,7 +412,8 @@ time { text-decoration: underline dotted; cursor: help; }
 td.flag { background: #fdefd0; font-weight: 600; }
 .panels { display: flex; flex-wrap: wrap; gap: .5rem 2rem; }
 section { border-left: 3px solid #ccc; padding: .1rem .7rem; }
-section.quarantine, section.pin { border-left-color: #c80; }
+section.quarantine, section.pin, section.stream.down { border-left-color: #c80; }
+section.stream.up { border-left-color: #393; }
 section h2 { font-size: 1rem; margin: 0 0 .2rem; }
 section p { margin: .15rem 0; }
 table.versions td { border: none; padding: .1rem .8rem .1rem 0; vertical-align: middle; }
@@ -303,11 +430,18 @@ The operators' status page, with a refresh button per refresher: <a href="/_refr
 lost more than half of its names (<code>guard=max_shrink(0.5)</code>): break the upstream to see it.
 Every good value is also written to a snapshot: restart the demo with <code>--upstream-down</code>
 and the names and orders start from there.</p>
+<p><code>price</code> is pushed: the upstream streams it (Server-Sent Events) each time it moves, every
+second. Take the upstream down and the stream ends: the demo reconnects (with <code>Last-Event-ID</code>)
+and polls the price every 10 s meanwhile; bring it back and the stream resumes.
+<code>release</code> is polled only hourly, but a signed webhook refreshes it at once: the button
+publishes a release upstream, and the demo signs the delivery with its secret (on the server, never in
+this page) and posts it to its own <code>/_refresh/hooks/release</code>.</p>
 <div id="switches">The upstream: <strong id="upstream">–</strong>
 <button type="button" data-switch="break">Break the names</button>
 <button type="button" data-switch="fix">Fix the names</button>
 <button type="button" data-switch="down">Take it down</button>
-<button type="button" data-switch="up">Bring it back</button></div>
+<button type="button" data-switch="up">Bring it back</button>
+<button type="button" id="release">Publish a release (webhook)</button></div>
 <noscript><p>This page needs JavaScript to show the values; they are at
 <a href="/data">/data</a>.</p></noscript>
 <table><thead><tr><th>refresher</th><th>value</th><th>origin</th><th>last fetch</th><th>fetched</th>
@@ -475,6 +609,7 @@ function lastKnownGood(name, entry) {
     if (buttons.length) section.append(paragraph(...buttons));
     panels.push(section);
   }
+  if (entry.stream) panels.push(streamPanel(entry.stream));
   if (entry.origin === "snapshot") {
     const section = element("section", undefined, "snapshot");
     section.append(element("h2", "From its snapshot"));
@@ -484,6 +619,25 @@ function lastKnownGood(name, entry) {
     panels.push(section);
   }
   return panels;
+}
+
+function count(n, word) {
+  return n + " " + word + (n === 1 ? "" : "s");
+}
+
+// A streaming refresher's connection: up since when, its last event, how often it reconnected.
+function streamPanel(stream) {
+  const section = element("section", undefined, stream.connected ? "stream up" : "stream down");
+  section.append(element("h2", stream.connected ? "Streaming" : "Stream down, polling meanwhile"));
+  if (stream.connected) section.append(paragraph("Connected since ", time(stream.connected_since, false)));
+  const last = stream.last_event_at ? time(stream.last_event_at, false) : "none yet";
+  section.append(paragraph(element("span", count(stream.events, "event"), "events"), ", last ", last,
+                           "; ", element("span", count(stream.reconnects, "reconnect"), "reconnects"),
+                           stream.refused_events ? "; " + stream.refused_events + " refused" : ""));
+  if (!stream.connected && stream.last_error) {
+    section.append(paragraph(element("span", stream.last_error, "why")));
+  }
+  return section;
 }
 
 function showSwitches(state) {
@@ -500,6 +654,25 @@ for (const node of document.querySelectorAll("button[data-switch]")) {
   const action = node.dataset.switch;
   node.addEventListener("click", () => act(node, "/upstream/" + action, SWITCHED[action]));
 }
+
+const release = document.getElementById("release");
+release.addEventListener("click", async () => {
+  release.disabled = true;
+  try {
+    const response = await fetch("/release", {method: "POST", headers: {"Accept": "application/json"}});
+    const body = await response.json();
+    const delivery = body.delivery || {};
+    const why = (body.release || {}).last_error || "still fetching";
+    notice.textContent = "Webhook delivery: HTTP " + delivery.status + (delivery.status === 202
+      ? (body.refreshed ? "; release refreshed at once: " + JSON.stringify((body.release || {}).value)
+                        : "; release not refreshed yet (" + why + ")")
+      : " (" + ((delivery.body || {}).error || "refused") + ")");
+  } catch (error) {
+    notice.textContent = "Could not reach the demo: " + error.message;
+  }
+  release.disabled = false;
+  await load();
+});
 
 async function act(node, path, done) {
   node.disabled = true;
@@ -535,6 +708,17 @@ setInterval(tick, 1000);
 """
 
 
+def webhook_help(url: str, secret: str) -> str:
+    """How to deliver the ``release`` webhook with curl (Standard Webhooks, signed by openssl)."""
+    return f"""  webhook: POST {url} refreshes release (Standard Webhooks; this run's secret: {secret})
+  send one from a shell:
+    body='{{"type": "release.published"}}'; id=msg_$(date +%s%N); ts=$(date +%s)
+    sig=$(printf %s "$id.$ts.$body" | openssl dgst -sha256 -hmac '{secret}' -binary | base64)
+    curl -s -X POST {url} -H "webhook-id: $id" -H "webhook-timestamp: $ts" \\
+      -H "webhook-signature: v1,$sig" -d "$body"
+"""
+
+
 # Run as a subprocess by tests/test_demo.py, where coverage does not follow it.
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover
     """Start the local upstream and the demo app under uvicorn on 127.0.0.1."""
@@ -563,7 +747,12 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover
         if args.upstream_down and not (snapshots / "names.snapshot").exists():
             parser.exit(2, f"No snapshot in {snapshots} yet: run the demo once without --upstream-down.\n")
         upstream_url = stack.enter_context(serve_upstream(upstream, cache))
-        app = build(upstream, upstream_url, directory / "settings.toml", snapshot_dir=snapshots)
+        # A new secret each run, shown only here: the page's button has the demo sign for it.
+        secret = secrets.token_hex(16)
+        app = build(
+            upstream, upstream_url, directory / "settings.toml", snapshot_dir=snapshots, webhook_secret=secret
+        )
         print(f"\n  asgi_refresh demo: open http://127.0.0.1:{args.port}/  (Ctrl+C stops)", flush=True)
-        print(f"  snapshots: {snapshots}\n", flush=True)
+        print(f"  snapshots: {snapshots}", flush=True)
+        print(webhook_help(f"http://127.0.0.1:{args.port}{ADMIN_PATH}/hooks/{HOOK}", secret), flush=True)
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import socket
 import threading
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import anyio
 
 from asgi_refresh._types import Receive, Scope, Send
 
@@ -37,17 +40,40 @@ class Document:
     content_encoding: str | None = None
 
 
+STREAM_PREFIX = "/stream"
+"""``GET /stream{path}``: the document at ``path`` as a Server-Sent Events stream."""
+# How often an open stream looks for a change. The world is changed from other threads
+# (the demo's event loop, a test's) and the upstream may run under any event loop: a
+# look every 20 ms is simpler than a wake-up across threads and libraries, and 20 ms is
+# nothing next to a page that reads every 2 s.
+_LOOK_EVERY = 0.02
+_LINES = re.compile(rb"\r\n|\r|\n")
+
+
 class Upstream:
     """An ASGI app serving documents with ETags; counts what it sends.
 
-    Set ``down`` to true for an outage: every document then answers ``503``.
-    The token endpoint keeps working (in real life, a separate service).
+    Set ``down`` to true for an outage: every document and stream then answers
+    ``503``, and the open streams end. The token endpoint keeps working (in real
+    life, a separate service).
+
+    ``GET /stream{path}`` streams the document at ``path`` as Server-Sent Events:
+    a ``retry:`` field first, then the current body as an event (``id:`` a number
+    that grows with each change, ``data:`` the body), then one event per change
+    and a ``: keepalive`` comment after ``keepalive`` seconds without one. The
+    stream carries a state, not a log: a client that reconnects with the
+    ``Last-Event-ID`` of the current body gets nothing until the next change;
+    with any other id (or none) it gets the current body at once, not the
+    changes in between, which only the current body matters after.
 
     Args:
         token_lifetime: ``expires_in`` of the tokens ``POST /token`` issues, in seconds.
         token_grace: Seconds for which the previous token is still accepted after
             a new one is issued.
         clock: Monotonic seconds, for the grace period (tests pass their own).
+        keepalive: Seconds of quiet after which a stream gets a comment (a
+            client's heartbeat timeout, a proxy's idle timeout, are longer).
+        retry: The reconnection delay the streams ask for, in milliseconds.
     """
 
     def __init__(
@@ -56,8 +82,15 @@ class Upstream:
         token_lifetime: int = 60,
         token_grace: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        keepalive: float = 5.0,
+        retry: int = 1000,
     ) -> None:
         self.documents: dict[str, Document] = {}
+        self.event_ids: dict[str, int] = {}  # path -> the id of its current body, as streamed
+        self._changes = 0  # ids grow across all documents: a document removed and set again goes on
+        self.keepalive = keepalive
+        self.retry = retry
+        self.streams_open = 0
         self.requests: Counter[str] = Counter()
         self.not_modified: Counter[str] = Counter()
         self.bytes_sent: Counter[str] = Counter()
@@ -85,7 +118,11 @@ class Upstream:
         body = value if isinstance(value, bytes) else json.dumps(value).encode()
         etag = '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
         with self._lock:
+            before = self.documents.get(path)
             self.documents[path] = Document(body, content_type, etag, content_encoding)
+            if before is None or before.body != body:
+                self._changes += 1
+                self.event_ids[path] = self._changes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request."""
@@ -104,6 +141,9 @@ class Upstream:
             return
         if self.down:
             await _respond(send, 503, b"the upstream is down", [(b"content-type", b"text/plain")])
+            return
+        if path.startswith(STREAM_PREFIX + "/") and method == "GET":
+            await self._stream(path.removeprefix(STREAM_PREFIX), scope, receive, send)
             return
         if path == "/protected":
             authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
@@ -127,6 +167,53 @@ class Upstream:
             headers.append((b"content-encoding", document.content_encoding.encode()))
         await _respond(send, 200, document.body, headers)
 
+    async def _stream(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The document at ``path`` as an event stream, until the client leaves or the upstream goes down."""
+        if path not in self.documents:
+            await _respond(send, 404, b"", [])
+            return
+        last_id = dict(scope["headers"]).get(b"last-event-id", b"").decode("latin-1")
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),  # a buffering proxy in front would hold the events back
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        with self._lock:
+            self.streams_open += 1
+        try:
+            async with anyio.create_task_group() as task_group:
+
+                async def leave_with_the_client() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(leave_with_the_client)
+                await self._send_events(path, last_id, send)
+                task_group.cancel_scope.cancel()
+        finally:
+            with self._lock:
+                self.streams_open -= 1
+
+    async def _send_events(self, path: str, sent: str, send: Send) -> None:
+        await _more(send, f"retry: {self.retry}\n\n".encode())
+        quiet_since = time.monotonic()
+        while not self.down:
+            with self._lock:
+                document, event_id = self.documents.get(path), str(self.event_ids.get(path))
+            if document is None:
+                break  # removed: the stream ends (the client's reconnect gets a 404)
+            if event_id != sent:
+                data = b"".join(b"data: " + line + b"\n" for line in _LINES.split(document.body))
+                await _more(send, b"id: " + event_id.encode() + b"\n" + data + b"\n")
+                sent, quiet_since = event_id, time.monotonic()
+            elif time.monotonic() - quiet_since >= self.keepalive:
+                await _more(send, b": keepalive\n\n")
+                quiet_since = time.monotonic()
+            await anyio.sleep(_LOOK_EVERY)
+        await send({"type": "http.response.body", "body": b""})  # down: the stream ends
+
     def _accepted_tokens(self) -> list[str]:
         """The newest token, and the one before it during the grace period after a renewal."""
         with self._lock:
@@ -137,6 +224,10 @@ class Upstream:
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _more(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 @contextmanager
