@@ -34,6 +34,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from ._duration import parse_duration
+from ._family import RefresherFamily
 from ._guards import max_shrink, required_keys
 from ._option_error import OptionError
 from ._refresher import MIN_EVERY, Refresher
@@ -356,6 +357,7 @@ class Config:
     targets: dict[str, str]
     needs: dict[str, tuple[str, ...]]
     secrets: frozenset[str] = field(default_factory=frozenset)
+    families: tuple[RefresherFamily, ...] = ()
 
     def scrub(self, text: str) -> str:
         """``text`` with every value read from the environment replaced by ``***``."""
