@@ -238,11 +238,17 @@ class FamilyRun:
             )
         entries = self.entries
         if len(entries) >= self.spec.max_keys:
-            for victim in entries.values():
-                if not victim.preloaded:
-                    self._drop(victim)
-                    self.counts.evicted_lru += 1
-                    break
+            victim = next((entry for entry in entries.values() if not entry.preloaded), None)
+            if victim is None:
+                self.counts.refused += 1
+                raise RefreshError(
+                    self.spec.name,
+                    f"Family {self.spec.name!r}: its {len(entries)} preloaded keys fill max_keys; "
+                    f"key {shown_key(key)} refused (raise max_keys to serve other keys too)",
+                    key=key,
+                )
+            self._drop(victim)
+            self.counts.evicted_lru += 1
         entry = entries[key] = Entry(key, now)
         return entry
 

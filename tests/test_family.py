@@ -146,6 +146,17 @@ async def test_at_most_max_keys_least_recently_used_dropped_first() -> None:
         assert await handle.get("rates", "b") == "b@2"  # dropped, so fetched again
 
 
+async def test_preloaded_keys_are_never_dropped_for_other_keys() -> None:
+    """Preloaded keys are kept like refreshers: when they fill max_keys, other keys are refused, not them."""
+    upstream = Upstream()
+    family = RefresherFamily("rates", upstream, every="1h", max_keys=2, preload=["EUR", "USD"])
+    async with running(family, clock=FakeClock()) as handle:
+        with pytest.raises(RefreshError, match="preloaded keys fill max_keys"):
+            await handle.get("rates", "GBP")
+        assert await handle.get("rates", "EUR") == "EUR@1"
+        assert handle.status()["rates"]["family"]["keys"] == 2
+
+
 async def test_a_flood_of_distinct_keys_stays_within_max_keys() -> None:
     """Thousands of distinct keys at once keep at most max_keys entries and fetches; the rest are refused."""
     upstream = Upstream()
