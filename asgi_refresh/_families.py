@@ -38,7 +38,9 @@ from ._thread import ThreadCall
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from ._cluster.base import Codec, Coordinator
     from ._events import Events
+    from ._family_store import FamilyStore
     from ._status import FailingKey, FamilyStatus, Status
 
 logger = logging.getLogger("asgi_refresh")
@@ -70,6 +72,7 @@ class Entry:
         "thread",
         "used_at",
         "value",
+        "version",
         "wake",
     )
 
@@ -88,6 +91,7 @@ class Entry:
         self.thread: ThreadCall | None = None  # a plain fetch's last thread
         self.wake: float | None = None  # the time its heap entry stands for; None: none
         self.preloaded = False  # kept for the lifespan, like a refresher: never dropped
+        self.version: int | None = None  # with a coordinator: the stored version of its value
 
 
 @dataclass
@@ -156,8 +160,11 @@ class FamilyLog:
 class FamilyRun:
     """One family's keys for one lifespan."""
 
-    def __init__(self, spec: RefresherFamily, clock: Clock, events: Events | None) -> None:
+    def __init__(
+        self, spec: RefresherFamily, clock: Clock, events: Events | None, store: FamilyStore | None = None
+    ) -> None:
         self.spec = spec
+        self.store = store  # with a coordinator: the keys are shared with the other processes
         self._clock = clock
         self._events = events
         self.entries: OrderedDict[Key, Entry] = OrderedDict()  # least recently used first
@@ -284,7 +291,11 @@ class FamilyRun:
             try:
                 timeout = spec.timeout
                 with clock.move_on_at(started + timeout) if timeout is not None else nullcontext() as scope:
-                    value = await self._call(entry)
+                    if self.store is None:
+                        value, age = await self._call(entry), 0.0
+                    else:
+                        shared = await self.store.get(entry.key, entry.version, partial(self._call, entry))
+                        value, age, entry.version = shared.value, shared.age, shared.version
                 if scope is not None and scope.cancel_called:
                     raise _FetchTimeout(f"fetch timed out after {format_duration(timeout or 0)}")
             except BaseException as exc:  # whatever the user's fetch raises is data, not a crash
@@ -297,7 +308,7 @@ class FamilyRun:
                 flight.error = exc
                 self._failed(entry, exc, started)
             else:
-                flight.value = self._succeeded(entry, value, started)
+                flight.value = self._succeeded(entry, value, started, age)
         except BaseException:
             # Shutdown cancelled us: whoever waits gets an error, not a hang.
             flight.error = RuntimeError(f"asgi_refresh stopped while fetching a key of {name!r}")
@@ -329,7 +340,8 @@ class FamilyRun:
             )
         return value
 
-    def _succeeded(self, entry: Entry, value: Any, started: float) -> Any:
+    def _succeeded(self, entry: Entry, value: Any, started: float, age: float = 0.0) -> Any:
+        """Keep a good value fetched at ``started`` (or ``age`` seconds before now, by another process)."""
         clock, spec = self._clock, self.spec
         now = clock.monotonic()
         duration = now - started
@@ -338,7 +350,7 @@ class FamilyRun:
         if changed:  # an equal value keeps the object requests have: one consistent view
             entry.value = value
         entry.loaded = True
-        entry.fetched_at = now
+        entry.fetched_at = now - age
         entry.failures = 0
         entry.error = None
         entry.exception = None
@@ -361,7 +373,7 @@ class FamilyRun:
             self._events.emit("succeeded", spec.name, duration, key=key)
             if changed:
                 self._events.emit("changed", spec.name, duration, key=key)
-        entry.due = now + spec.every - spec.every * spec.jitter * self._random.random()
+        entry.due = entry.fetched_at + spec.every - spec.every * spec.jitter * self._random.random()
         self._look_again(entry, now)
         return entry.value
 
@@ -506,6 +518,8 @@ class FamilyRun:
             "refused": counts.refused,
             "failing_count": len(self.failing),
             "failing_keys": failing,
+            "adopted": 0 if self.store is None else self.store.adopted,
+            "coordinator_error": None if self.store is None else self.store.last_error,
         }
 
     def status(self, *, wall: Callable[[float | None], str | None]) -> Status:
@@ -540,8 +554,24 @@ class FamilyRun:
 class Families:
     """Every family of one lifespan, by name."""
 
-    def __init__(self, specs: Iterable[RefresherFamily], clock: Clock, events: Events | None) -> None:
-        self.runs = {spec.name: FamilyRun(spec, clock, events) for spec in specs}
+    def __init__(
+        self,
+        specs: Iterable[RefresherFamily],
+        clock: Clock,
+        events: Events | None,
+        *,
+        coordinator: Coordinator | None = None,
+        codec: Codec | None = None,
+        lease_ttl: float = 15.0,
+    ) -> None:
+        def store(spec: RefresherFamily) -> FamilyStore | None:
+            if coordinator is None or codec is None:
+                return None
+            from ._family_store import FamilyStore  # on first use: only with a coordinator
+
+            return FamilyStore(spec, coordinator, codec, lease_ttl)
+
+        self.runs = {spec.name: FamilyRun(spec, clock, events, store(spec)) for spec in specs}
 
     def start(self, task_group: TaskGroup) -> None:
         """Run every family's schedule in ``task_group``: keys can load from now on."""

@@ -76,12 +76,6 @@ class Runtime:
         self.slots = {spec.name: Slot(spec) for spec in refreshers}
         listeners = tuple(listeners)
         self.events = Events(listeners, clock) if listeners else None  # none: nothing emitted at all
-        families = tuple(families)
-        self.families: Families | None = None
-        if families:
-            from ._families import Families  # on first use: apps without a family never load it
-
-            self.families = Families(families, clock, self.events)
         self.state = state
         self.clock = clock
         self.handle = RefreshHandle(self)
@@ -116,6 +110,14 @@ class Runtime:
 
             assert codec is not None
             self.coordination = Coordination(self, coordinator, codec, lease_ttl)
+        families = tuple(families)
+        self.families: Families | None = None
+        if families:
+            from ._families import Families  # on first use: apps without a family never load it
+
+            self.families = Families(
+                families, clock, self.events, coordinator=coordinator, codec=codec, lease_ttl=lease_ttl
+            )
         fetches = None if self.coordination is None else self.coordination.fetches  # a follower does not
         self.scheduler = Scheduler(self.clock, self.slots, self._fly, fetches)
 

@@ -97,6 +97,8 @@ class FamilyStatus(TypedDict):
     refused: int
     failing_count: int
     failing_keys: list[FailingKey]
+    adopted: int
+    coordinator_error: str | None
 
 
 class Status(TypedDict):

@@ -75,6 +75,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "_slot",
             "_families",
+            "_family_store",
             "_report",
             "_handle",
             "_publisher",
