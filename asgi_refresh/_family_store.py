@@ -1,7 +1,11 @@
 """A family's keys shared through a coordinator: one fetch per key per interval across the cluster.
 
-Each key has a record of its own in the backend, named from a hash of the key (a
-key is request input: it never becomes a name as it is). A process that needs a
+A key is request input: it never becomes a record name as it is, and a flood of
+distinct keys must not fill the backend. So a key's value is kept in one of a
+bounded set of records per family (``BUCKETS_PER_KEY`` times ``max_keys``), chosen
+by a hash of the key, with the hash stored beside it: two keys that share a record
+take turns in it (each sees the other's value as a miss and fetches for itself),
+and the backend never holds more records per family than that. A process that needs a
 key's value (its first load, or its refresh falling due) uses the stored one if
 another process stored a newer one within ``every``; otherwise it takes the key's
 lease, looks once more (another may have stored it meanwhile), fetches, stores and
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_refresh")
 
+BUCKETS_PER_KEY = 64
+"""Records per family and key of ``max_keys``: ``max_keys`` hot keys share a record about 1.5% of the time."""
 _POLL = 0.05  # real seconds between looks at a key whose lease another process holds
 _REPEAT_WARNING_EVERY = 300.0
 
@@ -76,29 +82,34 @@ class FamilyStore:
         self.last_error: str | None = None  # the backend's last failure, for status()
         self._warned_at = -math.inf
 
-    def record(self, key: Key) -> str:
-        """The backend record of ``key``: under the reserved prefix, named by a hash of the key.
+    @staticmethod
+    def digest(key: Key) -> str:
+        """A hash of ``key``, the same in every process.
 
-        ``repr`` of a checked key (exact str, int, tuple of them) is canonical, the
-        same in every process: ``'1'``, ``1`` and ``('1',)`` are three records.
+        ``repr`` of a checked key (exact str, int, tuple of them) is canonical:
+        ``'1'``, ``1`` and ``('1',)`` are three keys.
         """
-        digest = hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-        return f"{RESERVED_PREFIX}family__{self.family.name}__{digest}"
+        return hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+    def record(self, key: Key) -> str:
+        """The backend record that holds ``key``'s value: under the reserved prefix, one of a bounded set."""
+        bucket = int(self.digest(key), 16) % (BUCKETS_PER_KEY * self.family.max_keys)
+        return f"{RESERVED_PREFIX}family__{self.family.name}__{bucket}"
 
     async def get(self, key: Key, seen: int | None, fetch: Callable[[], Awaitable[Any]]) -> Shared:
         """A value for ``key`` newer than stored version ``seen``: another process's, or fetched here."""
-        name = self.record(key)
+        name, digest = self.record(key), self.digest(key)
         try:
-            found = await self._fresh(name, seen)
+            found = await self._fresh(name, digest, seen)
             if found is not None:
                 return found
             give_up = time.monotonic() + (self.family.timeout or self.lease_ttl) + self.lease_ttl
             ttl = (self.family.timeout or self.lease_ttl) + self.lease_ttl
             while True:
-                if await self.coordinator.acquire(name, ttl):
-                    return await self._fetch_and_store(name, seen, fetch)
-                # Another process is fetching it: wait for what it stores.
-                found = await self._fresh(name, seen)
+                if await self._call(self.coordinator.acquire(name, ttl), "taking a key's lease"):
+                    return await self._fetch_and_store(name, digest, seen, fetch)
+                # Another process is fetching it (or a key that shares its record): wait.
+                found = await self._fresh(name, digest, seen)
                 if found is not None:
                     return found
                 if time.monotonic() > give_up:
@@ -109,10 +120,10 @@ class FamilyStore:
         return Shared(await fetch(), None, 0.0, False)
 
     async def _fetch_and_store(
-        self, name: str, seen: int | None, fetch: Callable[[], Awaitable[Any]]
+        self, name: str, digest: str, seen: int | None, fetch: Callable[[], Awaitable[Any]]
     ) -> Shared:
         try:
-            found = await self._fresh(name, seen)  # stored while we waited for the lease
+            found = await self._fresh(name, digest, seen)  # stored while we waited for the lease
             if found is not None:
                 return found
             value = await fetch()
@@ -128,7 +139,8 @@ class FamilyStore:
                 return Shared(value, None, 0.0, False)
             try:
                 version = await self._call(
-                    self.coordinator.store(name, data, {"family": self.fingerprint}), "storing a key's value"
+                    self.coordinator.store(name, data, {"family": self.fingerprint, "key": digest}),
+                    "storing a key's value",
                 )
             except _Down:  # fetched all the same: served here, stored by the next fetch
                 version = None
@@ -138,7 +150,7 @@ class FamilyStore:
             with anyio.CancelScope(shield=True), contextlib.suppress(_Down):  # else it expires on its own
                 await self._call(self.coordinator.release(name), "releasing a key's lease")
 
-    async def _fresh(self, name: str, seen: int | None) -> Shared | None:
+    async def _fresh(self, name: str, digest: str, seen: int | None) -> Shared | None:
         """The stored value if it is not version ``seen``, is ours to use, and is younger than ``every``."""
         from ._cluster.base import BadRecord
 
@@ -146,7 +158,12 @@ class FamilyStore:
             stored: Stored | None = await self._call(self.coordinator.load(name), "loading a key's value")
         except BadRecord:
             return None  # the next store replaces it
-        if stored is None or stored.version == seen or stored.meta.get("family") != self.fingerprint:
+        if (
+            stored is None
+            or stored.version == seen
+            or stored.meta.get("family") != self.fingerprint
+            or stored.meta.get("key") != digest  # another key's value, sharing the record
+        ):
             return None
         now = stored.time if stored.time is not None else time.time()
         age = max(now - stored.stored_at, 0.0)

@@ -16,8 +16,9 @@ import anyio
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import RefresherFamily, RefreshMiddleware, SQLiteCoordinator
+from asgi_refresh import JSONCodec, RefresherFamily, RefreshMiddleware, SQLiteCoordinator
 from asgi_refresh._cluster.base import CoordinatorUnavailable
+from asgi_refresh._family_store import FamilyStore
 from asgi_refresh.testing import FakeClock
 
 from .helpers import ScriptedApp
@@ -110,23 +111,42 @@ async def test_a_cold_key_loads_from_the_store_in_a_worker_started_later(tmp_pat
     assert upstream.calls == {"EUR": 1}
 
 
-async def test_keys_are_stored_under_hashed_reserved_names(tmp_path: Path) -> None:
-    """A key never becomes a record name as it is: records are hashes under the reserved prefix."""
+async def test_keys_are_kept_in_a_bounded_set_of_reserved_records(tmp_path: Path) -> None:
+    """A key never becomes a record name: records are numbered under the reserved prefix, at most 64 per max_keys."""
     clock, upstream = FakeClock(), Upstream()
     hostile = "../../etc\x00passwd' OR 1=1 --"
-    async with workers(tmp_path / "refresh.db", upstream, clock, count=1) as (middleware,):
+    async with workers(tmp_path / "refresh.db", upstream, clock, count=1, max_keys=1) as (middleware,):
         assert await middleware.handle.get("rates", hostile) == f"{hostile}@1"
+        for key in range(150):  # a flood of distinct keys
+            await middleware.handle.get("rates", key)
     coordinator = SQLiteCoordinator(tmp_path / "refresh.db")
     async with coordinator:
-        from asgi_refresh._family_store import FamilyStore
-
-        store = FamilyStore(middleware.families[0], coordinator, _json(), 15.0)
+        store = FamilyStore(middleware.families[0], coordinator, JSONCodec(), 15.0)
         name = store.record(hostile)
         assert name.startswith("asgi_refresh__family__rates__")
         assert name.isidentifier()
         assert hostile not in name
-        assert await coordinator.load(name) is not None
-        assert store.record("1") != store.record(1) != store.record(("1",))
+        assert store.digest("1") != store.digest(1) != store.digest(("1",))
+        records = {store.record(key) for key in range(150)}
+        assert len(records) <= 64
+        for record in records:
+            assert await coordinator.load(record) is not None
+
+
+async def test_keys_sharing_a_record_never_get_each_others_value(tmp_path: Path) -> None:
+    """Two keys whose hashes share a record never get each other's value; each is fetched for itself."""
+    clock, upstream = FakeClock(), Upstream()
+    async with workers(tmp_path / "refresh.db", upstream, clock, count=2, max_keys=1) as middlewares:
+        store = FamilyStore(
+            middlewares[0].families[0], SQLiteCoordinator(tmp_path / "x.db"), JSONCodec(), 15.0
+        )
+        by_record: dict[str, list[int]] = {}
+        for key in range(200):
+            by_record.setdefault(store.record(key), []).append(key)
+        first, second = next(keys for keys in by_record.values() if len(keys) >= 2)[:2]
+        for middleware in middlewares:  # they take turns in the record: each is fetched as needed
+            assert (await middleware.handle.get("rates", first)).startswith(f"{first}@")
+            assert (await middleware.handle.get("rates", second)).startswith(f"{second}@")
 
 
 async def test_a_coordinator_that_is_down_means_fetching_here(tmp_path: Path) -> None:
@@ -147,9 +167,3 @@ async def test_a_coordinator_that_is_down_means_fetching_here(tmp_path: Path) ->
         assert await middleware.handle.get("rates", "EUR") == "EUR@1"
         family = middleware.handle.status()["rates"]["family"]
         assert "backend down" in (family["coordinator_error"] or "")
-
-
-def _json() -> Any:
-    from asgi_refresh import JSONCodec
-
-    return JSONCodec()
