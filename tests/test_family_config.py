@@ -112,3 +112,31 @@ def test_names_are_unique_across_refreshers_and_families(rates_module: ModuleTyp
 def test_a_config_with_neither_refreshers_nor_families_is_still_refused() -> None:
     """An empty configuration still says to add refreshers."""
     assert problems_of({}) == ["refreshers: missing: add one [refreshers.<name>] table per refresher"]
+
+
+def test_check_lists_the_families(
+    rates_module: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`asgi-refresh check` counts and lists a config's families, in its table and its JSON."""
+    import json
+
+    from asgi_refresh._cli import main
+
+    path = tmp_path / "refresh.toml"
+    path.write_text('[families.rates]\ntarget = "family_rates:load"\nevery = "5m"\npreload = ["EUR"]\n')
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "valid, 0 refreshers, 1 family" in out
+    assert "rates   every 5m  1h        1000      1        yes" in out
+    assert main(["check", "--json", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["families"] == [
+        {
+            "name": "rates",
+            "schedule": "every 5m",
+            "idle_ttl": "1h",
+            "max_keys": 1000,
+            "preload": 1,
+            "required": True,
+        }
+    ]
