@@ -171,6 +171,8 @@ class FamilyRun:
         self.failing: dict[Key, Entry] = {}  # keys whose last fetch failed
         self.counts = _Counts()
         self.loading = 0  # fetches under way (first loads and refreshes)
+        self.cold_loading = 0  # first loads under way: what a flood of distinct keys would grow
+        self._is_async = spec.is_async
         self.last_success_at: float | None = None  # wall clock
         self.last_changed_at: float | None = None
         self.last_duration: float | None = None
@@ -234,14 +236,16 @@ class FamilyRun:
                 f"Family {self.spec.name!r} cannot load a key: asgi_refresh is not running "
                 "(the lifespan has not started or has shut down)"
             )
-        if self.loading >= self.spec.max_keys:
+        if self.cold_loading >= self.spec.max_keys:
             # A flood of distinct keys: their entries are dropped as fast as they come,
-            # but their fetches would run on; bounded like the entries.
+            # but their fetches would run on; bounded like the entries. (Refreshes are
+            # bounded by the entries themselves.)
             self.counts.refused += 1
             raise RefreshError(
                 self.spec.name,
-                f"Family {self.spec.name!r}: {self.loading} fetches are under way (max_keys is "
+                f"Family {self.spec.name!r}: {self.cold_loading} keys are loading (max_keys is "
                 f"{self.spec.max_keys}); key {shown_key(key)} refused, try again shortly",
+                key=key,
             )
         entries = self.entries
         if len(entries) >= self.spec.max_keys:
@@ -274,13 +278,15 @@ class FamilyRun:
                 "(the lifespan has not started or has shut down)"
             )
         flight = entry.flight = Flight(on_grid=False)
+        cold = not entry.loaded
         self.loading += 1
+        self.cold_loading += cold
         # In the lifespan's task group, not the caller's task: a request that gives up
         # waiting must not cancel the fetch everyone else waits for.
-        task_group.start_soon(self._fly, entry, flight, name=f"asgi_refresh:family:{self.spec.name}")
+        task_group.start_soon(self._fly, entry, flight, cold, name=f"asgi_refresh:family:{self.spec.name}")
         return flight
 
-    async def _fly(self, entry: Entry, flight: Flight) -> None:
+    async def _fly(self, entry: Entry, flight: Flight, cold: bool) -> None:
         spec, clock = self.spec, self._clock
         name = spec.name
         try:
@@ -316,11 +322,12 @@ class FamilyRun:
         finally:
             entry.flight = None
             self.loading -= 1
+            self.cold_loading -= cold
             flight.finish()
 
     async def _call(self, entry: Entry) -> Any:
         fetch = self.spec.fetch
-        if self.spec.is_async:
+        if self._is_async:
             return await fetch(entry.key)
         if entry.thread is not None and entry.thread.is_running():
             raise RuntimeError(

@@ -184,6 +184,21 @@ async def test_a_flood_of_distinct_keys_stays_within_max_keys() -> None:
         assert handle.status()["rates"]["family"]["keys"] <= 50
 
 
+async def test_refreshes_under_way_do_not_refuse_a_cold_key() -> None:
+    """Only first loads count against the flood bound: keys refreshing at once never make a cold key wait."""
+    clock, upstream = FakeClock(), Upstream()
+    family = RefresherFamily("rates", upstream, every="1m", max_keys=2, jitter=0)
+    async with running(family, clock=clock) as handle:
+        await handle.get("rates", "a")
+        await handle.get("rates", "b")
+        upstream.gate = anyio.Event()
+        await clock.advance("1m")  # both refreshes start, and wait at the gate
+        assert handle.status()["rates"]["family"]["loading"] == 2
+        upstream.gate.set()
+        upstream.gate = None
+        assert await handle.get("rates", "c") == "c@1"
+
+
 async def test_a_failing_key_keeps_its_last_good_value() -> None:
     """A refresh that fails keeps the key's last good value; status lists the key; it recovers."""
     clock, upstream = FakeClock(), Upstream()
