@@ -418,9 +418,7 @@ class FamilyRun:
         if self.entries.get(entry.key) is not entry:
             return  # dropped meanwhile (least recently used)
         idle_at = math.inf if entry.preloaded else entry.used_at + self.spec.idle_ttl
-        # A cold key that failed is fetched again when asked for, not before.
-        at = min(max(entry.due, entry.retry_at), idle_at) if entry.loaded else idle_at
-        self._plan(entry, max(at, now))
+        self._plan(entry, max(min(_refresh_at(entry), idle_at), now))
 
     def _plan(self, entry: Entry, at: float) -> None:
         if entry.wake == at:
@@ -442,7 +440,7 @@ class FamilyRun:
             self._drop(entry)
             self.counts.evicted_idle += 1
             return
-        if entry.loaded and now >= max(entry.due, entry.retry_at):
+        if now >= _refresh_at(entry):
             self._start(entry)
             return
         self._look_again(entry, now)
@@ -556,6 +554,18 @@ class FamilyRun:
             "snapshot": None,
             "family": self.summary(),
         }
+
+
+def _refresh_at(entry: Entry) -> float:
+    """When ``entry`` is fetched next without a request asking: its refresh, or its retry after a failure.
+
+    A cold key that failed is fetched again when asked for, not before; except a
+    preloaded one (of a family that is not required), which keeps retrying like a
+    refresher that is not required.
+    """
+    if entry.loaded:
+        return max(entry.due, entry.retry_at)
+    return entry.retry_at if entry.preloaded else math.inf
 
 
 class Families:

@@ -287,6 +287,23 @@ async def test_preload_loads_before_startup_and_optional_failures_do_not_block(
     assert "Family 'rates' could not preload key 'EUR'" in caplog.text
 
 
+async def test_a_preload_key_that_failed_keeps_retrying_in_the_background() -> None:
+    """A family that is not required retries a failed preload key on its backoff, without any request."""
+    clock, upstream = FakeClock(), Upstream()
+    upstream.failing.add("EUR")
+    family = RefresherFamily(
+        "rates", upstream, every="1m", preload=["EUR"], required=False, backoff_initial="5s", jitter=0
+    )
+    async with running(family, clock=clock) as handle:
+        await clock.advance("5s")
+        assert upstream.calls == {"EUR": 2}
+        upstream.failing.clear()
+        await clock.advance("10s")
+        assert upstream.calls == {"EUR": 3}
+        assert handle.status()["rates"]["family"]["loads"] == 1
+        assert await handle.get("rates", "EUR") == "EUR@3"
+
+
 async def test_preloaded_keys_are_kept_and_refreshed_while_idle() -> None:
     """Preloaded keys behave like refreshers: refreshed on schedule, never dropped when idle."""
     clock, upstream = FakeClock(), Upstream()
