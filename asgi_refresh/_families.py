@@ -631,7 +631,7 @@ class Families:
                         first, first_name = entry, run.spec.name
                 else:
                     logger.warning(
-                        "Family %r could not preload key %s (%s); it loads when first asked for",
+                        "Family %r could not preload key %s (%s); retrying in the background",
                         run.spec.name,
                         shown_key(entry.key),
                         why,

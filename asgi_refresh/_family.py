@@ -70,8 +70,8 @@ class RefresherFamily:
         preload: Keys to load at startup, before the app's own startup runs, as a
             refresher's first load.
         required: If true, startup fails unless every ``preload`` key loads
-            within the middleware's ``startup_timeout``; if false, a preload that
-            fails is retried when the key is asked for.
+            within the middleware's ``startup_timeout``; if false, startup goes on
+            and a preload key that fails keeps retrying in the background.
         timeout: Longest one fetch may take, or ``None`` for no limit.
         jitter: Fraction of ``every`` (``0 <= jitter <= 0.5``) by which each
             key's refresh is randomly moved earlier, so that keys loaded together
