@@ -366,6 +366,29 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_shared_fetch() -> None
         assert upstream.calls == {"EUR": 1}
 
 
+async def test_shutdown_releases_requests_waiting_for_a_cold_key() -> None:
+    """A request waiting for a first load when the lifespan shuts down gets a RefreshError, not a hang."""
+    upstream = Upstream()
+    upstream.gate = anyio.Event()  # never set: the fetch only ends by cancellation
+    errors: list[RefreshError] = []
+    with anyio.fail_after(5):
+        async with (
+            anyio.create_task_group() as task_group,
+            running(RefresherFamily("rates", upstream, every="1m"), clock=FakeClock()) as handle,
+        ):
+
+            async def ask() -> None:
+                try:
+                    await handle.get("rates", "EUR")
+                except RefreshError as exc:
+                    errors.append(exc)
+
+            task_group.start_soon(ask)
+            await anyio.wait_all_tasks_blocked()
+    assert len(errors) == 1
+    assert "stopped while fetching a key of 'rates'" in str(errors[0])
+
+
 async def test_events_name_the_family_and_a_bounded_key() -> None:
     """Fetch events carry the family's name and the key as a bounded repr."""
     events: list[RefreshEvent] = []
