@@ -197,7 +197,8 @@ class FamilyStore:
         if now - self._warned_at >= _REPEAT_WARNING_EVERY:
             self._warned_at = now
             logger.warning(
-                "Family %r: the coordinator failed (%s); fetching keys here meanwhile",
+                "Family %r: sharing its keys through the coordinator failed (%s); this process "
+                "fetches and serves them itself meanwhile",
                 self.family.name,
                 error,
                 extra={"refresher": self.family.name, "outcome": "coordinator_failed"},

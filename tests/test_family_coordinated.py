@@ -167,3 +167,41 @@ async def test_a_coordinator_that_is_down_means_fetching_here(tmp_path: Path) ->
         assert await middleware.handle.get("rates", "EUR") == "EUR@1"
         family = middleware.handle.status()["rates"]["family"]
         assert "backend down" in (family["coordinator_error"] or "")
+
+
+async def test_a_value_the_codec_refuses_is_served_here(tmp_path: Path) -> None:
+    """A fetched value the codec cannot encode is still served by this process; status says why it is not shared."""
+    clock = FakeClock()
+
+    async def fetch(key: str) -> set[str]:
+        return {key}
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        families=[RefresherFamily("rates", fetch, every="1m")],
+        clock=clock,
+        coordinator=SQLiteCoordinator(tmp_path / "refresh.db"),
+    )
+    async with LifespanManager(middleware, startup_timeout=10):
+        assert await middleware.handle.get("rates", "EUR") == {"EUR"}
+        error = middleware.handle.status()["rates"]["family"]["coordinator_error"]
+        assert error is not None
+        assert "cannot be encoded" in error
+
+
+async def test_a_lease_held_by_a_dead_process_is_waited_for_then_fetched_here(tmp_path: Path) -> None:
+    """A key whose lease another process holds and never stores is fetched here after a bounded wait."""
+    clock, upstream = FakeClock(), Upstream()
+    path = tmp_path / "refresh.db"
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        families=[RefresherFamily("rates", upstream, every="1m", timeout="0.2s")],
+        clock=clock,
+        coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+        lease_ttl="0.2s",
+    )
+    async with SQLiteCoordinator(path) as dead, LifespanManager(middleware, startup_timeout=10):
+        store = FamilyStore(middleware.families[0], dead, JSONCodec(), 0.2)
+        assert await dead.acquire(store.record("EUR"), 60)  # and it never stores nor lets go
+        with anyio.fail_after(5):
+            assert await middleware.handle.get("rates", "EUR") == "EUR@1"
