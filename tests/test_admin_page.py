@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
-from asgi_refresh import Refresher, RefreshMiddleware, max_shrink, required_keys
+from asgi_refresh import Refresher, RefresherFamily, RefreshMiddleware, max_shrink, required_keys
 from asgi_refresh.demo.upstream import serve
 
 from .helpers import ScriptedApp
@@ -341,5 +341,34 @@ def test_loopback_only_page_refreshes_and_other_origins_cannot() -> None:
             assert refused == [403, 403], "the fetch and the form post are both refused"
             assert "cross-origin requests are refused" in evil_page.content()
             assert middleware.handle.status()["names"]["refresh_count"] == 2, "nothing was refreshed"
+        finally:
+            browser.close()
+
+
+def test_a_family_shows_its_keys_and_no_refresh_button() -> None:
+    """A family's row says how many keys it holds and has no Refresh button (its keys load when asked for)."""
+
+    async def rate(key: str) -> float:
+        return 1.0
+
+    app = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", lambda: ["a"], every="1h")],
+        families=[RefresherFamily("rates", rate, every="5m", preload=["EUR", "USD"])],
+        admin_path="/_refresh",
+        admin_token=TOKEN,
+    )
+    with serve(app, lifespan="on") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/_refresh")
+            page.fill("#token", TOKEN)
+            page.get_by_role("button", name="Use token").click()
+            rates = page.locator("tr[data-name=rates]")
+            expect(rates.locator("td.origin")).to_have_text("2 keys")
+            expect(rates.locator("td.state")).to_have_text("ok")
+            expect(rates.get_by_role("button", name="Refresh")).to_have_count(0)
+            expect(page.locator("tr[data-name=names]").get_by_role("button", name="Refresh")).to_have_count(1)
         finally:
             browser.close()
