@@ -13,6 +13,7 @@ from .__about__ import __version__ as __version__
 from ._clock import Clock
 from ._duration import Duration
 from ._events import RefreshEvent
+from ._family import RefresherFamily
 from ._guards import max_shrink, required_keys
 from ._handle import RefreshError, RefreshHandle
 from ._middleware import RefreshMiddleware
@@ -100,6 +101,7 @@ __all__ = [
     "RefreshHandle",
     "RefreshMiddleware",
     "Refresher",
+    "RefresherFamily",
     "RefresherStatus",
     "SQLiteCoordinator",
     "SSESource",

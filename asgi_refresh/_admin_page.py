@@ -125,6 +125,7 @@ function state(entry) {
 
 // Where the published value came from; the ones an operator should notice are flagged.
 function origin(entry) {
+  if (entry.family) return [entry.family.keys + (entry.family.keys === 1 ? " key" : " keys"), false];
   if (entry.origin === "snapshot") return ["snapshot, " + seconds(entry.age) + " old", true];
   if (entry.origin === "pinned") return ["pinned to " + entry.pin, true];
   if (entry.origin === "override") return ["override", true];
@@ -194,7 +195,9 @@ function render(report) {
     cell(row, String(entry.refresh_count), "num count");
     cell(row, String(entry.consecutive_failures), "num failures");
     cell(row, entry.last_error || "", "error");
-    row.insertCell().append(button(name, "Refresh", "?wait=true", "Refreshed " + name + "."));
+    // A family's keys load when asked for: there is nothing to refresh by name.
+    const act = row.insertCell();
+    if (!entry.family) act.append(button(name, "Refresh", "?wait=true", "Refreshed " + name + "."));
     // The second row (class "lkg", as it first showed last known good only) holds every panel.
     const panels = lastKnownGood(name, entry);
     if (stream) panels.unshift(streamPanel(stream));

@@ -287,12 +287,43 @@ def _describe(config: Config, refresher: Refresher) -> dict[str, Any]:
 
 def _check(args: argparse.Namespace, config: Config) -> int:
     described = [_describe(config, refresher) for refresher in config.refreshers]
+    families = [
+        {
+            "name": family.name,
+            "schedule": f"every {format_duration(family.every)}",
+            "idle_ttl": format_duration(family.idle_ttl),
+            "max_keys": family.max_keys,
+            "preload": len(family.preload),
+            "required": family.required,
+        }
+        for family in config.families
+    ]
     if args.json:
-        _print_json({"config": str(args.config), "ok": True, "refreshers": described})
+        report: dict[str, Any] = {"config": str(args.config), "ok": True, "refreshers": described}
+        if families:
+            report["families"] = families
+        _print_json(report)
         return EXIT_OK
     count = len(described)
-    print(f"{printable(str(args.config))}: valid, {count} refresher{'s' if count != 1 else ''}")
+    also = f", {len(families)} famil{'ies' if len(families) != 1 else 'y'}" if families else ""
+    print(f"{printable(str(args.config))}: valid, {count} refresher{'s' if count != 1 else ''}{also}")
     print()
+    if families:
+        family_rows = [
+            [
+                family.name,
+                f"every {format_duration(family.every)}",
+                format_duration(family.idle_ttl),
+                str(family.max_keys),
+                str(len(family.preload)),
+                "yes" if family.required and family.preload else "no",
+            ]
+            for family in config.families
+        ]
+        print(_table(family_rows, ["FAMILY", "SCHEDULE", "IDLE_TTL", "MAX_KEYS", "PRELOAD", "REQUIRED"]))
+        if not described:
+            return EXIT_OK
+        print()
     rows = [
         [
             item["name"],

@@ -35,6 +35,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from ._duration import parse_duration
+from ._family import RefresherFamily
 from ._guards import max_shrink, required_keys
 from ._option_error import OptionError
 from ._refresher import MIN_EVERY, Refresher
@@ -45,7 +46,7 @@ from ._sources.longpoll import LongPollSource
 from ._sources.parsing import FORMATS
 from ._sources.sse import SSESource
 
-TABLES = ("defaults", "refreshers", "middleware")
+TABLES = ("defaults", "refreshers", "families", "middleware")
 SOURCES: dict[str, type] = {
     "http": HTTPSource,
     "file": FileSource,
@@ -66,6 +67,9 @@ EXCLUDED: dict[str, str] = {
     "SSESource.client": _LIVE_CLIENT,
     "RefreshMiddleware.app": "the app you pass to `from_config`",
     "RefreshMiddleware.refreshers": "the `[refreshers.<name>]` tables",
+    "RefreshMiddleware.families": "the `[families.<name>]` tables",
+    "RefresherFamily.name": "the name of the `[families.<name>]` table",
+    "RefresherFamily.fetch": '`target = "module:function"`, the function taking the key',
     "RefreshMiddleware.clock": "a live object; tests pass it to `from_config` as a keyword argument",
 }
 """Parameters that cannot sensibly come from a file, and where they come from instead."""
@@ -137,6 +141,7 @@ Kind: TypeAlias = Literal[
     "coordinator",
     "codec",
     "webhooks",
+    "keys",
     "any",
     "unknown",
 ]
@@ -168,6 +173,7 @@ KINDS: dict[str, Kind] = {
     "Coordinator": "coordinator",
     "Codec": "codec",
     "Mapping[str,Webhook]": "webhooks",
+    "Iterable[Key]": "keys",
     "Any": "any",
 }
 """The kind of each parameter annotation the config reads, as written without spaces or ``| None``.
@@ -367,6 +373,23 @@ def source_options(source: str) -> list[Option]:
     return options_of(SOURCES[source])
 
 
+def family_options() -> list[Option]:
+    """The keys of a ``[families.<name>]`` table: ``target`` (the fetch), then `RefresherFamily`'s options."""
+    target = Option(
+        owner="RefresherFamily",
+        parameter="fetch",
+        key=TARGET_KEY,
+        kind="callable",
+        nullable=False,
+        default=inspect.Parameter.empty,
+        meaning=(
+            'Import string ``"module:function"`` of the fetch: a callable taking the key, as for '
+            "`RefresherFamily`'s ``fetch``."
+        ),
+    )
+    return [target, *(o for o in options_of(RefresherFamily) if o.parameter not in ("name", "fetch"))]
+
+
 def middleware_options(middleware: type) -> list[Option]:
     """The keys of ``[middleware]``: the parameters of ``middleware``, `RefreshMiddleware` or a subclass."""
     return options_of(middleware, MIDDLEWARE_OWNER)
@@ -386,6 +409,7 @@ class Config:
     targets: dict[str, str]
     needs: dict[str, tuple[str, ...]]
     secrets: frozenset[str] = field(default_factory=frozenset)
+    families: tuple[RefresherFamily, ...] = ()
 
     def scrub(self, text: str) -> str:
         """``text`` with every value read from the environment replaced by ``***``."""
@@ -695,9 +719,10 @@ class _Builder:
                 self.bad_defaults.add(key)
 
         tables = self.table(document, "refreshers")
-        if "refreshers" not in document:
+        family_tables = self.table(document, "families")
+        if "refreshers" not in document and not family_tables:
             self.problem("refreshers", "missing: add one [refreshers.<name>] table per refresher")
-        elif not tables and isinstance(document.get("refreshers"), Mapping):
+        elif not tables and not family_tables and isinstance(document.get("refreshers"), Mapping):
             self.problem("refreshers", "no refreshers: add one [refreshers.<name>] table per refresher")
         names = [str(name) for name in tables]
         built: list[Refresher] = []
@@ -713,6 +738,19 @@ class _Builder:
                 targets[refresher.name] = target
                 needs[refresher.name] = needed
 
+        families: list[RefresherFamily] = []
+        for name, table in family_tables.items():
+            if str(name) in tables:
+                self.problem(
+                    _key("families", str(name)),
+                    f"a refresher is named {str(name)!r} too; names must be unique across "
+                    "[refreshers] and [families]",
+                )
+                continue
+            family = self.family(str(name), table)
+            if family is not None:
+                families.append(family)
+
         middleware = self.middleware(self.table(document, "middleware"), built)
         if self.problems:
             return None
@@ -724,6 +762,7 @@ class _Builder:
             targets=targets,
             needs=needs,
             secrets=frozenset(self.secrets),
+            families=tuple(families),
         )
 
     def table(self, document: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -872,6 +911,47 @@ class _Builder:
                 if other != source and option.key == key and option.key != option.parameter:
                     return mine.get(option.parameter)
         return None
+
+    def family(self, name: str, raw: Any) -> RefresherFamily | None:
+        """A ``[families.<name>]`` table built into a `RefresherFamily`; None after recording its problems."""
+        here = ("families", name)
+        if not isinstance(raw, Mapping):
+            self.problem(_key(*here), f"expected a table, got {self.got(_key(*here), raw)}")
+            return None
+        count = len(self.problems)
+        built_name = name
+        try:
+            RefresherFamily(name, _family_placeholder, every=3600)
+        except (TypeError, ValueError) as exc:
+            self.problem(_key(*here), str(exc))
+            built_name = _STAND_IN_NAME
+        options = {option.key: option for option in family_options()}
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            option = options.get(key)
+            if option is None:
+                hint = '; give target = "module:function"' if key in ("fetch", "source") else ""
+                self.unknown(_key(*here, key), key, options, hint)
+                continue
+            ok, converted = self.convert(option, value, (*here, key))
+            if ok:
+                kwargs[option.parameter] = converted
+        for option in options.values():
+            if option.required and option.key not in raw:
+                self.problem(_key(*here, option.key), f"missing; expected {_expected(option)}")
+        fetch = kwargs.pop("fetch", None)
+        if "every" not in kwargs:
+            kwargs["every"] = 3600.0  # a stand-in: the other options are still checked
+        family = self.construct(
+            RefresherFamily,
+            {"name": built_name, "fetch": _family_placeholder if fetch is None else fetch, **kwargs},
+            here,
+            options,
+        )
+        if len(self.problems) > count or fetch is None:
+            return None
+        built: RefresherFamily | None = family
+        return built
 
     def _other_source_hint(self, key: str, source: str) -> str:
         for other in (*SOURCES, PYTHON_SOURCE):
@@ -1103,6 +1183,24 @@ class _Builder:
             )
             return False, None
         return True, found
+
+    def _to_keys(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """A list of keys: strings, integers, or lists of them (a tuple key)."""
+        if not isinstance(value, list):
+            return self._wrong(option, value, parts)
+        keys: list[Any] = []
+        for index, item in enumerate(value):
+            if isinstance(item, list):
+                item = tuple(item)  # TOML and JSON have no tuples: a list is a tuple key
+            if isinstance(item, bool) or not isinstance(item, str | int | tuple):
+                path = _key(*parts, str(index))
+                self.problem(
+                    path,
+                    f"expected a key (a string, an integer or a list of them), got {self.got(path, item)}",
+                )
+                return False, None
+            keys.append(item)
+        return True, keys
 
     def _to_callables(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         if not isinstance(value, list):
@@ -1476,6 +1574,7 @@ _CONVERTERS: dict[Kind, _Converter] = {
     "coordinator": _Builder._to_coordinator,
     "codec": _Builder._to_codec,
     "webhooks": _Builder._to_webhooks,
+    "keys": _Builder._to_keys,
     "any": _Builder._to_any,
     "unknown": _Builder._to_any,
 }
@@ -1519,6 +1618,10 @@ def _import_string(value: Any) -> str:
 
 def _placeholder() -> None:
     """Stands for a fetch that could not be made, so that the refresher's own options are checked."""
+
+
+def _family_placeholder(key: Any) -> None:
+    """Stands for a family's fetch that could not be imported, so that its own options are checked."""
 
 
 _STAND_IN_NAME = "refresher"
@@ -1640,6 +1743,7 @@ _EXPECTED: dict[Kind, str] = {
     "codec": 'an import string like "myapp.codecs:codec" (an object with encode and decode)',
     "webhooks": "a table of hooks like "
     '{ deploy = { refreshers = ["names"], github_secret = "${HOOK_SECRET}" } }',
+    "keys": 'a list of keys like ["EUR", ["EUR", "USD"]]',
     "any": "any value",
     "unknown": "a value",
 }

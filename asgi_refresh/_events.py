@@ -78,6 +78,9 @@ class RefreshEvent:
             ``failed``, the guard's reason for ``quarantined``, a refused
             delivery's outcome for ``webhook``, else None. Never the value, never a secret from a URL.
         exception: The exception of a ``failed`` fetch, else None.
+        key: For a fetch of a `RefresherFamily` key (``name`` is then the
+            family's): the key as ``repr`` shows it, escaped and at most 80
+            characters (keys come from requests). None for a refresher.
     """
 
     kind: EventKind
@@ -86,6 +89,7 @@ class RefreshEvent:
     duration: float | None = None
     error: str | None = None
     exception: BaseException | None = None
+    key: str | None = None
 
 
 class Events:
@@ -118,8 +122,10 @@ class Events:
         duration: float | None = None,
         exception: BaseException | None = None,
         error: str | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
-        event = RefreshEvent(kind, name, self._clock.wall(), duration, error, exception)
+        event = RefreshEvent(kind, name, self._clock.wall(), duration, error, exception, key)
         for listener in self._listeners:
             try:
                 result = listener(event)

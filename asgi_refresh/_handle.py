@@ -27,13 +27,18 @@ class RefreshError(RuntimeError):
     such as ``TestClient`` and ``asgi_lifespan.LifespanManager`` raise it. A
     ``RuntimeError``, as that failure always was.
 
+    Also raised by ``handle.get(name, key)`` when a key of a `RefresherFamily`
+    has no value and cannot load.
+
     Attributes:
-        name: The refresher that failed (the first one, when several did).
+        name: The refresher (or family) that failed (the first one, when several did).
+        key: The family's key that could not load; None for a refresher.
     """
 
-    def __init__(self, name: str, message: str) -> None:
+    def __init__(self, name: str, message: str, *, key: object = None) -> None:
         super().__init__(message)
         self.name = name
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class Controls(Protocol):
 
     async def refresh(self, name: str) -> Any:
         """Fetch ``name`` now; its value, or `RefreshError`."""
+
+    async def get(self, name: str, key: object) -> Any:
+        """The value of family ``name`` for ``key``."""
 
     def status(self) -> dict[str, Status]:
         """The status report."""
@@ -190,6 +198,25 @@ class RefreshHandle:
         """
         return await self._wait(self._runtime.refresh, name)
 
+    async def get(self, name: str, key: object) -> Any:
+        """The value of `RefresherFamily` ``name`` for ``key``.
+
+        A warm key is answered at once, without waiting for any fetch (a value
+        past the family's ``every`` too: one refresh starts in the background). A
+        cold key is loaded first; concurrent calls for one cold key share one
+        fetch. The value is the one object the family holds: do not mutate it.
+
+        Raises:
+            LookupError: there is no family called ``name``.
+            TypeError: ``key`` is not a str, an int or a tuple of them.
+            ValueError: ``key`` is too long (over 256 characters).
+            RefreshError: the key has no value and its load failed (its ``key``
+                attribute says which); a key that failed is not fetched again
+                before its backoff ends: calls meanwhile get the same error at once.
+            RuntimeError: the refreshers are not running.
+        """
+        return await self._wait(self._runtime.get, name, key)
+
     def status(self) -> dict[str, Status]:
         """Return a JSON-serialisable report keyed by refresher name.
 
@@ -206,6 +233,14 @@ class RefreshHandle:
         since the last successful fetch, or None), and ``lag`` (seconds by which
         the last scheduled fetch started late: near 0 unless the process cannot
         keep up).
+
+        A `RefresherFamily` has an entry under its name too, with the same
+        fields (``source`` is ``"family"``; ``last_error`` and
+        ``consecutive_failures`` are those of its most failing key) and
+        ``family``: its number of ``keys``, ``loads``, ``refreshes``,
+        ``failures``, ``hits``, ``misses``, ``evictions`` and up to 10
+        ``failing_keys`` (each key shown as its escaped ``repr``, at most 80
+        characters). Never a value.
         """
         return self._call(self._runtime.status)
 

@@ -13,6 +13,7 @@ from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
+from ._family import RefresherFamily
 from ._handle import RefreshError, RefreshHandle
 from ._option_error import OptionTypeError, OptionValueError
 from ._publisher import SNAPSHOT_KEY
@@ -48,6 +49,8 @@ class RefreshMiddleware:
     Args:
         app: The ASGI app to wrap.
         refreshers: What to load and keep fresh; names must be unique.
+        families: Data per key (`RefresherFamily`), read with ``await
+            handle.get(name, key)``; names unique among refreshers and families.
         startup_timeout: Budget for the first loads of required refreshers; past
             it, startup fails with a message naming the refresher and the cause.
         shutdown_timeout: How long to wait for refreshers to stop after the app has
@@ -104,7 +107,8 @@ class RefreshMiddleware:
         self,
         app: ASGIApp,
         *,
-        refreshers: Iterable[Refresher],
+        refreshers: Iterable[Refresher] = (),
+        families: Iterable[RefresherFamily] = (),
         startup_timeout: Duration = "30s",
         shutdown_timeout: Duration = "10s",
         clock: Clock | None = None,
@@ -121,6 +125,7 @@ class RefreshMiddleware:
     ) -> None:
         self.app = app
         self.refreshers = _checked_refreshers(refreshers)
+        self.families = _checked_families(families, self.refreshers)
         self.startup_timeout = positive_duration("RefreshMiddleware", "startup_timeout", startup_timeout)
         self.shutdown_timeout = positive_duration("RefreshMiddleware", "shutdown_timeout", shutdown_timeout)
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -199,7 +204,9 @@ class RefreshMiddleware:
         from ._config import load_config  # on first use: it loads the sources and tomllib
 
         loaded = load_config(config, middleware=cls)
-        return cls(app, refreshers=loaded.refreshers, **{**loaded.middleware, **options})
+        return cls(
+            app, refreshers=loaded.refreshers, families=loaded.families, **{**loaded.middleware, **options}
+        )
 
     @property
     def handle(self) -> RefreshHandle:
@@ -237,7 +244,7 @@ class RefreshMiddleware:
             state = scope.get("state")
             if state is None or state is live or state.get(SNAPSHOT_KEY) is not live[SNAPSHOT_KEY]:
                 scope["state"] = {**state, **live} if state and state is not live else dict(live)
-        elif not self._warned_no_lifespan and self.refreshers:
+        elif not self._warned_no_lifespan and (self.refreshers or self.families):
             self._warned_no_lifespan = True
             logger.warning(
                 "A request arrived but no ASGI lifespan is running, so refreshers are not "
@@ -286,6 +293,7 @@ class RefreshMiddleware:
             lease_ttl=self.lease_ttl,
             snapshot_dir=self.snapshot_dir,
             snapshot_max_age=self.snapshot_max_age,
+            families=self.families,
         )
         if scope.get("state") is not state:
             scope["state"] = state  # the one documented change to the app's lifespan scope
@@ -500,6 +508,13 @@ def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...
     checked = tuple(refreshers)
     seen: set[str] = set()
     for refresher in checked:
+        if isinstance(refresher, RefresherFamily):
+            raise OptionTypeError(
+                "RefreshMiddleware",
+                "refreshers",
+                f"RefresherFamily {refresher.name!r} goes in families=[...], not in refreshers: "
+                "a family publishes no value per request, handle.get(name, key) reads it",
+            )
         if not isinstance(refresher, Refresher):
             raise OptionTypeError(
                 "RefreshMiddleware",
@@ -513,4 +528,40 @@ def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...
                 f"two refreshers are named {refresher.name!r}; names must be unique",
             )
         seen.add(refresher.name)
+    return checked
+
+
+def _checked_families(
+    families: Iterable[RefresherFamily], refreshers: tuple[Refresher, ...]
+) -> tuple[RefresherFamily, ...]:
+    if isinstance(families, RefresherFamily):
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "families",
+            "families must be a list of RefresherFamily; wrap a single one in "
+            f"a list: families=[RefresherFamily({families.name!r}, ...)]",
+        )
+    if isinstance(families, str | bytes | Mapping) or not isinstance(families, Iterable):
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "families",
+            f"families must be a list of RefresherFamily (got {type(families).__name__})",
+        )
+    checked = tuple(families)
+    seen = {refresher.name for refresher in refreshers}
+    for family in checked:
+        if not isinstance(family, RefresherFamily):
+            raise OptionTypeError(
+                "RefreshMiddleware",
+                "families",
+                f"families must be RefresherFamily objects (got {type(family).__name__}: {family!r:.80})",
+            )
+        if family.name in seen:
+            raise OptionValueError(
+                "RefreshMiddleware",
+                "families",
+                f"{family.name!r} names two refreshers or families; names must be unique "
+                "(status() is keyed by them)",
+            )
+        seen.add(family.name)
     return checked

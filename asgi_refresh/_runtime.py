@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 
     from ._cluster.base import Codec, Coordinator
     from ._cluster.coordination import Coordination
+    from ._families import Families
+    from ._family import RefresherFamily
     from ._keeper import ClusterKept, Keeper
     from ._status import Status, Unhealthy
 
@@ -68,6 +71,7 @@ class Runtime:
         lease_ttl: float = 15.0,
         snapshot_dir: Path | None = None,
         snapshot_max_age: float | None = None,
+        families: Iterable[RefresherFamily] = (),
     ) -> None:
         self.slots = {spec.name: Slot(spec) for spec in refreshers}
         listeners = tuple(listeners)
@@ -106,6 +110,14 @@ class Runtime:
 
             assert codec is not None
             self.coordination = Coordination(self, coordinator, codec, lease_ttl)
+        families = tuple(families)
+        self.families: Families | None = None
+        if families:
+            from ._families import Families  # on first use: apps without a family never load it
+
+            self.families = Families(
+                families, clock, self.events, coordinator=coordinator, codec=codec, lease_ttl=lease_ttl
+            )
         fetches = None if self.coordination is None else self.coordination.fetches  # a follower does not
         self.scheduler = Scheduler(self.clock, self.slots, self._fly, fetches)
 
@@ -154,6 +166,8 @@ class Runtime:
                         task_group.start_soon(self.coordination.watch, name="asgi_refresh:coordination")
                         task_group.start_soon(self.coordination.keep_leases, name="asgi_refresh:leases")
                     self.scheduler.start(task_group)
+                    if self.families is not None:
+                        self.families.start(task_group)
                     task_status.started()
         finally:
             self._task_group = None
@@ -261,7 +275,13 @@ class Runtime:
             self.clock.move_on_at(self.clock.monotonic() + startup_timeout),
             anyio.move_on_after(startup_timeout if simulated else math.inf),
         ):
-            await self.publisher.until(_all_settled(list(self.slots.values()), simulated))
+            if self.families is None:
+                await self.publisher.until(_all_settled(list(self.slots.values()), simulated))
+            else:
+                async with anyio.create_task_group() as loading:
+                    # Retried like a required refresher, except on a test's clock (see above).
+                    loading.start_soon(partial(self.families.preload, retry=not simulated))
+                    await self.publisher.until(_all_settled(list(self.slots.values()), simulated))
         failures: list[str] = []
         failed: list[Slot] = []
         for slot in self.slots.values():
@@ -290,6 +310,12 @@ class Runtime:
                     cause,
                     extra={"refresher": slot.spec.name, "outcome": "default"},
                 )
+        if self.families is not None:
+            family = self.families.startup_failure(format_duration(startup_timeout))
+            if family is not None and not failed:
+                return family
+            if family is not None:
+                failures.append(str(family))
         if not failed:
             return None
         error = RefreshError(failed[0].spec.name, "; ".join(failures))
@@ -863,6 +889,13 @@ class Runtime:
         """The refresher names, in the order they were given."""
         return list(self.slots)
 
+    async def get(self, name: str, key: object) -> Any:
+        """The value of family ``name`` for ``key``, loading it on first use."""
+        families = self.families
+        if families is None:
+            raise LookupError(f"No refresher family named {name!r:.80} (known: none)")
+        return await families.family(name).get(key)
+
     async def refresh(self, name: str) -> Any:
         """Fetch ``name`` now (joining a fetch under way); its value, or `RefreshError`."""
         flight = await self.join_flight(self.slot(name))
@@ -1129,6 +1162,9 @@ class Runtime:
             report[name] = status.entry(slot, now=now, wall=wall, scheduled=scheduled, snapshots=writer)
             if self.coordination is not None:
                 report[name]["coordination"] = self.coordination.status(slot)
+        if self.families is not None:
+            for name, run in self.families.runs.items():
+                report[name] = run.status(wall=status.iso)
         return report
 
 

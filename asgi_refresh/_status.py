@@ -72,6 +72,35 @@ class StreamStatus(TypedDict):
     last_error: str | None
 
 
+class FailingKey(TypedDict):
+    """A key of a family whose last fetch failed: the key as shown (escaped, bounded), never its value."""
+
+    key: str
+    consecutive_failures: int
+    last_error: str | None
+
+
+class FamilyStatus(TypedDict):
+    """A `RefresherFamily`'s summary: counts, and its failing keys (at most 10 listed), never values."""
+
+    keys: int
+    max_keys: int
+    loading: int
+    loads: int
+    refreshes: int
+    failures: int
+    hits: int
+    misses: int
+    evictions: int
+    evicted_idle: int
+    evicted_lru: int
+    refused: int
+    failing_count: int
+    failing_keys: list[FailingKey]
+    adopted: int
+    coordinator_error: str | None
+
+
 class Status(TypedDict):
     """One refresher's entry in ``handle.status()``: what it is doing, never its value.
 
@@ -101,6 +130,7 @@ class Status(TypedDict):
     snapshot: SnapshotStatus | None
     coordination: NotRequired[CoordinationStatus]
     stream: NotRequired[StreamStatus]
+    family: NotRequired[FamilyStatus]
 
 
 class Unhealthy(TypedDict):

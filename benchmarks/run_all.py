@@ -18,6 +18,7 @@ import busy
 import cluster
 import coordinator_idle
 import failure_logs
+import families
 import idle
 import import_cost
 import overhead
@@ -46,6 +47,7 @@ async def run(quick: bool) -> list[Row]:
             *await import_cost.measure(rounds=2),
             *await snapshots.measure(refreshers=20, rounds=1, refreshes=3),
             *await push.measure(changes=2, quiet=1.0, every=0.5, workers=2, deliveries=20),
+            *await families.measure(seconds=0.5, keys=100),
         ]
     return [
         *await overhead.measure(),
@@ -61,6 +63,7 @@ async def run(quick: bool) -> list[Row]:
         *await import_cost.measure(),
         *await snapshots.measure(),
         *await push.measure(),
+        *await families.measure(),
     ]
 
 

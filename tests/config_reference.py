@@ -14,6 +14,7 @@ from asgi_refresh._config import (
     SOURCES,
     Kind,
     Option,
+    family_options,
     middleware_options,
     options_of,
     refresher_options,
@@ -45,6 +46,7 @@ TYPE_NAMES: dict[Kind, str] = {
     "plus the backend's options (`prefix`, `timeout`; `poll_interval` for SQLite)",
     "codec": "import string (an object with `encode` and `decode`)",
     "webhooks": "table of `[middleware.admin_webhooks.<hook>]` tables (below)",
+    "keys": 'list of keys: strings, integers, or lists of them (`["EUR", ["EUR", "USD"]]`)',
     "any": "any",
     "unknown": "see the API reference",
 }
@@ -142,6 +144,13 @@ def reference_markdown() -> str:
         }.get(source, "your function")
         out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
     out += [
+        "### `[families.<name>]`: data per key (`RefresherFamily`)",
+        "",
+        "Each table is one family, read with `await handle.get(name, key)`; `[defaults]` does not",
+        "apply to families. Names are unique across `[refreshers]` and `[families]`.",
+        "",
+        *_rows(family_options()),
+        "",
         "### `[middleware]`",
         "",
         *_rows(middleware_options(RefreshMiddleware)),

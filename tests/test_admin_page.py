@@ -27,6 +27,7 @@ from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 from asgi_refresh import (
     Fetched,
     Refresher,
+    RefresherFamily,
     RefreshMiddleware,
     Source,
     SSESource,
@@ -738,3 +739,32 @@ def test_status_page_follows_a_real_sse_stream(backend: str, sse_upstream: tuple
         finally:
             browser.close()
     assert problems == [], "the page ran without script errors or CSP violations"
+
+
+def test_a_family_shows_its_keys_and_no_refresh_button() -> None:
+    """A family's row says how many keys it holds and has no Refresh button (its keys load when asked for)."""
+
+    async def rate(key: str) -> float:
+        return 1.0
+
+    app = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", lambda: ["a"], every="1h")],
+        families=[RefresherFamily("rates", rate, every="5m", preload=["EUR", "USD"])],
+        admin_path="/_refresh",
+        admin_token=TOKEN,
+    )
+    with serve(app, lifespan="on") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/_refresh")
+            page.fill("#token", TOKEN)
+            page.get_by_role("button", name="Use token").click()
+            rates = page.locator("tr[data-name=rates]")
+            expect(rates.locator("td.origin")).to_have_text("2 keys")
+            expect(rates.locator("td.state")).to_have_text("ok")
+            expect(rates.get_by_role("button", name="Refresh")).to_have_count(0)
+            expect(page.locator("tr[data-name=names]").get_by_role("button", name="Refresh")).to_have_count(1)
+        finally:
+            browser.close()

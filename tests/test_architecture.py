@@ -69,11 +69,13 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_cluster.sqlite",
         },
     ),
-    ("what a refresher is", {"_refresher"}),
+    ("what a refresher is", {"_refresher", "_family"}),
     (
         "the runtime's parts",
         {
             "_slot",
+            "_families",
+            "_family_store",
             "_report",
             "_handle",
             "_publisher",

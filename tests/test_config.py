@@ -517,7 +517,10 @@ def test_a_file_that_cannot_be_read_is_a_config_error(
         path.write_text(content)
     problem = only_problem(path)
     if expected is None:
-        assert problem == "(top level): expected a table with defaults, refreshers, middleware, got a list"
+        assert (
+            problem
+            == "(top level): expected a table with defaults, refreshers, families, middleware, got a list"
+        )
     else:
         assert problem.startswith(f"{path}: {expected}")
 

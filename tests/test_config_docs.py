@@ -18,6 +18,7 @@ from asgi_refresh import FileSource, HTTPSource, LongPollSource, RefreshMiddlewa
 from asgi_refresh._config import (
     SOURCES,
     Config,
+    family_options,
     load_config,
     middleware_options,
     refresher_options,
@@ -65,7 +66,7 @@ def test_the_reference_is_what_the_code_generates() -> None:
 def test_every_key_is_documented() -> None:
     """Each key of every table has a row in the page, with a meaning."""
     text = PAGE.read_text()
-    options = [*refresher_options(), *middleware_options(RefreshMiddleware)]
+    options = [*refresher_options(), *middleware_options(RefreshMiddleware), *family_options()]
     for source in (*SOURCES, "python"):
         options += source_options(source)
     for option in options:
@@ -83,7 +84,11 @@ def myapp(monkeypatch: pytest.MonkeyPatch) -> None:
     async def load() -> dict[str, float]:
         return {"USD": 1.08}
 
+    async def load_pair(key: object) -> float:
+        return 1.08
+
     rates.load = load  # type: ignore[attr-defined]
+    rates.load_pair = load_pair  # type: ignore[attr-defined]
     metrics.metrics = PrometheusMetrics(CollectorRegistry())  # type: ignore[attr-defined]
     package.rates = rates  # type: ignore[attr-defined]
     package.metrics = metrics  # type: ignore[attr-defined]
