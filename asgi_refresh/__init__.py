@@ -11,6 +11,7 @@ from typing import Any as _Any
 
 from .__about__ import __version__ as __version__
 from ._clock import Clock
+from ._derived import Derived
 from ._duration import Duration
 from ._events import RefreshEvent
 from ._guards import max_shrink, required_keys
@@ -84,6 +85,7 @@ __all__ = [
     "ConfigError",
     "Coordinator",
     "CoordinatorUnavailable",
+    "Derived",
     "Duration",
     "Fetched",
     "FileSource",

@@ -11,6 +11,7 @@ import anyio
 
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
+from ._derived import Derived, order
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._handle import RefreshError, RefreshHandle
@@ -48,6 +49,10 @@ class RefreshMiddleware:
     Args:
         app: The ASGI app to wrap.
         refreshers: What to load and keep fresh; names must be unique.
+        derived: Values computed from the refreshers' (and each other's) values
+            (`Derived`), published in the same snapshot as the input change that
+            caused them. Names must be unique among refreshers and derived values;
+            an unknown input or a cycle is an error here.
         startup_timeout: Budget for the first loads of required refreshers; past
             it, startup fails with a message naming the refresher and the cause.
         shutdown_timeout: How long to wait for refreshers to stop after the app has
@@ -105,6 +110,7 @@ class RefreshMiddleware:
         app: ASGIApp,
         *,
         refreshers: Iterable[Refresher],
+        derived: Iterable[Derived] = (),
         startup_timeout: Duration = "30s",
         shutdown_timeout: Duration = "10s",
         clock: Clock | None = None,
@@ -121,6 +127,7 @@ class RefreshMiddleware:
     ) -> None:
         self.app = app
         self.refreshers = _checked_refreshers(refreshers)
+        self.derived = _checked_derived(derived, self.refreshers)
         self.startup_timeout = positive_duration("RefreshMiddleware", "startup_timeout", startup_timeout)
         self.shutdown_timeout = positive_duration("RefreshMiddleware", "shutdown_timeout", shutdown_timeout)
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -286,6 +293,7 @@ class RefreshMiddleware:
             lease_ttl=self.lease_ttl,
             snapshot_dir=self.snapshot_dir,
             snapshot_max_age=self.snapshot_max_age,
+            derived=self.derived,
         )
         if scope.get("state") is not state:
             scope["state"] = state  # the one documented change to the app's lifespan scope
@@ -500,6 +508,12 @@ def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...
     checked = tuple(refreshers)
     seen: set[str] = set()
     for refresher in checked:
+        if isinstance(refresher, Derived):
+            raise OptionTypeError(
+                "RefreshMiddleware",
+                "refreshers",
+                f"Derived {refresher.name!r} goes in derived=[...], not in refreshers=[...]",
+            )
         if not isinstance(refresher, Refresher):
             raise OptionTypeError(
                 "RefreshMiddleware",
@@ -513,4 +527,23 @@ def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...
                 f"two refreshers are named {refresher.name!r}; names must be unique",
             )
         seen.add(refresher.name)
+    return checked
+
+
+def _checked_derived(derived: Iterable[Derived], refreshers: tuple[Refresher, ...]) -> tuple[Derived, ...]:
+    if isinstance(derived, Derived):
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "derived",
+            "derived must be a list of Derived; wrap a single one in a list: "
+            f"derived=[Derived({derived.name!r}, ...)]",
+        )
+    if isinstance(derived, str | bytes | Mapping) or not isinstance(derived, Iterable):
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "derived",
+            f"derived must be a list of Derived (got {type(derived).__name__})",
+        )
+    checked = tuple(derived)
+    order(checked, [spec.name for spec in refreshers])  # an unknown input or a cycle fails here, at import
     return checked

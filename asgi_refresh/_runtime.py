@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
     from ._cluster.base import Codec, Coordinator
     from ._cluster.coordination import Coordination
+    from ._derivation import Derivation
+    from ._derived import Derived
+    from ._hooks import Hooks
     from ._keeper import ClusterKept, Keeper
     from ._status import Status, Unhealthy
 
@@ -68,6 +71,7 @@ class Runtime:
         lease_ttl: float = 15.0,
         snapshot_dir: Path | None = None,
         snapshot_max_age: float | None = None,
+        derived: Iterable[Derived] = (),
     ) -> None:
         self.slots = {spec.name: Slot(spec) for spec in refreshers}
         listeners = tuple(listeners)
@@ -84,6 +88,20 @@ class Runtime:
         self._opened: list[Slot] = []  # the opened sources' slots, in the order they opened
         self._close_deadline: float | None = None
         self.publisher = Publisher(state, self.slots, clock)
+        self.derivation: Derivation | None = None
+        derived = tuple(derived)
+        if derived:
+            # On first use: apps without derived values never load it.
+            from ._derivation import Derivation
+
+            self.derivation = Derivation(
+                derived,
+                slots=self.slots,
+                publisher=self.publisher,
+                clock=clock,
+                events=self.events,
+                start_hooks=self._start_derived_hooks,
+            )
         self.coordination: Coordination | None = None
         self.keeper: Keeper | None = None  # last known good: guards, versions, snapshots
         keeps = snapshot_dir is not None or any(
@@ -133,6 +151,8 @@ class Runtime:
             if not slot.spec.required:
                 self.publisher.publish(slot.spec.name, slot.spec.default)
                 slot.kept.origin = "default"
+        if self.derivation is not None:
+            self.derivation.prepare()
         self.state[SNAPSHOT_KEY] = object()
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
@@ -148,6 +168,8 @@ class Runtime:
                     self._task_group = task_group
                     if self.events is not None:
                         task_group.start_soon(self.events.run, name="asgi_refresh:events")
+                    if self.derivation is not None:
+                        task_group.start_soon(self.derivation.run, name="asgi_refresh:derived")
                     if self.keeper is not None and self.keeper.writer is not None:
                         task_group.start_soon(self.keeper.writer.run, name="asgi_refresh:snapshots")
                     if self.coordination is not None:
@@ -261,7 +283,12 @@ class Runtime:
             self.clock.move_on_at(self.clock.monotonic() + startup_timeout),
             anyio.move_on_after(startup_timeout if simulated else math.inf),
         ):
-            await self.publisher.until(_all_settled(list(self.slots.values()), simulated))
+            settled = _all_settled(list(self.slots.values()), simulated)
+            derivation = self.derivation
+            if derivation is None:
+                await self.publisher.until(settled)
+            else:
+                await self.publisher.until(lambda: settled() and derivation.settled())
         failures: list[str] = []
         failed: list[Slot] = []
         for slot in self.slots.values():
@@ -290,6 +317,12 @@ class Runtime:
                     cause,
                     extra={"refresher": slot.spec.name, "outcome": "default"},
                 )
+        if self.derivation is not None and not failed:  # a missing input says more than what it misses
+            derived = self.derivation.failures(startup_timeout)
+            if derived:
+                error = RefreshError(derived[0][0], "; ".join(message for _, message, _ in derived))
+                error.__cause__ = derived[0][2]
+                return error
         if not failed:
             return None
         error = RefreshError(failed[0].spec.name, "; ".join(failures))
@@ -319,8 +352,8 @@ class Runtime:
         return self.slots
 
     def published(self, name: str) -> Any:
-        """The value published for ``name`` now."""
-        return self.state[name]
+        """The value published for ``name`` now (or held to be published with its derived values)."""
+        return self.publisher.current(name)
 
     def reschedule(self, name: str, due: float) -> None:
         """Fetch ``name`` at ``due``, or never (``inf``) until woken."""
@@ -352,7 +385,7 @@ class Runtime:
         stopping = False
         try:
             if slot.overridden:
-                flight.value = self.state[slot.spec.name]
+                flight.value = self.publisher.current(slot.spec.name)
                 return
             coordination = self.coordination
             if (
@@ -379,7 +412,7 @@ class Runtime:
                     keeper is not None
                     and not result.not_modified
                     and keeper.encodes(slot, fresh=result.fresh is not None)
-                    and (not slot.loaded or differs(self.state[slot.spec.name], result.value))
+                    and (not slot.loaded or differs(self.publisher.current(slot.spec.name), result.value))
                 ):
                     data = keeper.encode(slot, result.value)
                 withheld = None
@@ -401,9 +434,11 @@ class Runtime:
                 else:
                     self._record_withheld(slot, result, started, flight.on_grid, withheld, data)
                     data = None  # what is stored is what is published: the last good value
+                # Held for its derived values: published with them, before anyone is told.
+                await self.publisher.settled()
                 # What is published now: the fetched value, or the equal one already
                 # there, or the pinned one if the refresher was overridden meanwhile.
-                flight.value = self.state[slot.spec.name]
+                flight.value = self.publisher.current(slot.spec.name)
                 if coordination is not None:
                     share_now = True
         except BaseException:
@@ -439,7 +474,7 @@ class Runtime:
                 await self._open_source(slot)
             if slot.kept.handover is not None:  # the validators of a snapshot: a 304 confirms it
                 handover, slot.kept.handover = slot.kept.handover, None
-                slot.source.take_over(self.state[slot.spec.name], handover)
+                slot.source.take_over(self.publisher.current(slot.spec.name), handover)
             if self.coordination is not None:
                 self.coordination.before_fetch(slot)
             return await slot.fetch()
@@ -462,7 +497,8 @@ class Runtime:
         except TimeoutError as exc:
             flight.error = exc
         else:
-            flight.value = self.state[slot.spec.name]
+            await self.publisher.settled()  # the adopted value, published with its derived values
+            flight.value = self.publisher.current(slot.spec.name)
         return True
 
     async def share_published(self, name: str) -> None:
@@ -482,7 +518,7 @@ class Runtime:
         assert coordination is not None
         if data is None:
             try:
-                data = coordination.codec.encode(self.state[slot.spec.name])
+                data = coordination.codec.encode(self.publisher.current(slot.spec.name))
             except BaseException:  # user code (a codec), refused before, at the fetch that published it
                 return
         # What goes with it (when it was fetched, its lifetime, its ETag) is the
@@ -500,7 +536,7 @@ class Runtime:
             return "pinned"
         if not slot.spec.guard or not slot.loaded or slot.overridden:
             return None
-        published = self.state[slot.spec.name]
+        published = self.publisher.current(slot.spec.name)
         if not differs(published, value):
             if kept.held is not None:
                 self._release_held(slot, "the upstream is back to the published value")
@@ -780,6 +816,10 @@ class Runtime:
         if slot.hooks is not None and self._task_group is not None:
             slot.hooks.start(self.clock, self._task_group)
 
+    def _start_derived_hooks(self, hooks: Hooks) -> None:
+        if self._task_group is not None:
+            hooks.start(self.clock, self._task_group)
+
     # -- publishing ----------------------------------------------------------------
 
     def adopt(
@@ -863,8 +903,19 @@ class Runtime:
         """The refresher names, in the order they were given."""
         return list(self.slots)
 
+    def _derived(self, name: str) -> Derivation | None:
+        """The derivation, if ``name`` is a derived value."""
+        derivation = self.derivation
+        return derivation if derivation is not None and name in derivation.nodes else None
+
     async def refresh(self, name: str) -> Any:
-        """Fetch ``name`` now (joining a fetch under way); its value, or `RefreshError`."""
+        """Fetch ``name`` now (joining a fetch under way); its value, or `RefreshError`.
+
+        A derived value is computed again from the published inputs.
+        """
+        derivation = self._derived(name)
+        if derivation is not None:
+            return await derivation.refresh(name)
         flight = await self.join_flight(self.slot(name))
         if flight.error is not None:
             message = f"Refresher {name!r} failed: {describe_error(flight.error)}"
@@ -877,6 +928,7 @@ class Runtime:
         """Publish the value ``name``'s guards held back; return it."""
         slot = self.slot(name)
         if await self._forward(slot, "accept"):
+            await self.publisher.settled()
             return self.state[name]
         held = slot.kept.held
         if held is None or not held.here:
@@ -898,6 +950,7 @@ class Runtime:
         if self.events is not None:
             self.events.emit("accepted", name)
         await self._share_control(slot)
+        await self.publisher.settled()
         return self.state[name]
 
     async def reject(self, name: str) -> None:
@@ -927,6 +980,7 @@ class Runtime:
             )
         self._needs_versions(slot, "pin")
         if await self._forward(slot, "pin", version):
+            await self.publisher.settled()
             return self.state[name]
         chosen = slot.kept.find(version)
         if chosen is None and self.keeper is not None:
@@ -936,6 +990,7 @@ class Runtime:
             raise LookupError(f"Refresher {name!r} keeps no version {version!r} (kept: {known})")
         self._pin(slot, chosen)
         await self._share_control(slot)
+        await self.publisher.settled()
         return self.state[name]
 
     def unpin(self, name: str) -> None:
@@ -1043,7 +1098,7 @@ class Runtime:
     ) -> None:
         """Publish a value an operator chose (accepted, pinned): a change like any other."""
         name = slot.spec.name
-        old = self.state.get(name)
+        old = self.publisher.current(name)
         changed = differs(old, value)
         if changed:
             self.publisher.publish(name, value)
@@ -1096,10 +1151,16 @@ class Runtime:
 
     def value(self, name: str) -> Any:
         """The value published for ``name`` now; `LookupError` before a required one has loaded."""
+        derivation = self._derived(name)
+        if derivation is not None:
+            return derivation.value(name)
         return self.publisher.value(self.slot(name))
 
     async def wait_for(self, name: str) -> Any:
         """The value published for ``name``, once a required one has loaded."""
+        derivation = self._derived(name)
+        if derivation is not None:
+            return await derivation.wait_for(name)
         return await self.publisher.wait_for(self.slot(name))
 
     def slot(self, name: str) -> Slot:
@@ -1107,12 +1168,20 @@ class Runtime:
         try:
             return self.slots[name]
         except KeyError:
+            if self._derived(name) is not None:
+                raise LookupError(
+                    f"{name!r} is a derived value: it is computed, not fetched, so it has no fetch, "
+                    "versions or pins of its own; act on its inputs instead"
+                ) from None
             known = ", ".join(sorted(self.slots)) or "none"
             raise LookupError(f"No refresher named {name!r} (known: {known})") from None
 
     def unhealthy(self) -> list[Unhealthy]:
         """The required refreshers without a value younger than their ``max_stale``."""
-        return status.unhealthy(list(self.slots.values()), self.clock.monotonic())
+        found = status.unhealthy(list(self.slots.values()), self.clock.monotonic())
+        if self.derivation is not None:
+            found.extend(self.derivation.unhealthy())
+        return found
 
     def status(self) -> dict[str, Status]:
         """Each refresher's status entry (`asgi_refresh._status.Status`)."""
@@ -1129,6 +1198,8 @@ class Runtime:
             report[name] = status.entry(slot, now=now, wall=wall, scheduled=scheduled, snapshots=writer)
             if self.coordination is not None:
                 report[name]["coordination"] = self.coordination.status(slot)
+        if self.derivation is not None:
+            report.update(self.derivation.status())
         return report
 
 

@@ -69,7 +69,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_cluster.sqlite",
         },
     ),
-    ("what a refresher is", {"_refresher"}),
+    ("what a refresher is", {"_refresher", "_derived"}),
     (
         "the runtime's parts",
         {
@@ -83,6 +83,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_keeper",
             "_cluster.coordination",
             "_webhooks",
+            "_derivation",
         },
     ),
     ("the runtime", {"_runtime"}),

@@ -1,0 +1,588 @@
+"""Derived values: computed from their inputs and published in the same snapshot as them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from asgi_refresh import Derived, OptionError, RefreshError, Refresher, RefreshEvent, RefreshMiddleware
+from asgi_refresh._types import Receive, Scope, Send
+from asgi_refresh.testing import FakeClock
+
+from .helpers import START, FakeServer, ScriptedApp, published, runtime_of
+
+pytestmark = pytest.mark.anyio
+
+
+class Counter:
+    """A fetch returning 1, 2, 3...: a new value at every refresh."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> int:
+        self.calls += 1
+        return self.calls
+
+
+class Scripted:
+    """A fetch returning the value the test sets."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    async def __call__(self) -> Any:
+        return self.value
+
+
+def pair(a: int, b: int) -> dict[str, int]:
+    return {"a": a, "b": b}
+
+
+def anything(**inputs: Any) -> dict[str, Any]:
+    return inputs
+
+
+@asynccontextmanager
+async def running(
+    refreshers: list[Refresher], derived: list[Derived], *, clock: FakeClock | None = None, **options: Any
+) -> AsyncIterator[RefreshMiddleware]:
+    middleware = RefreshMiddleware(
+        ScriptedApp(), refreshers=refreshers, derived=derived, clock=clock or FakeClock(START), **options
+    )
+    async with LifespanManager(middleware):
+        yield middleware
+
+
+# -- the same snapshot -------------------------------------------------------------------
+
+
+class Reader:
+    """An app whose handler reads the inputs and the derived value across awaits, checking they agree."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.mismatches: list[str] = []
+        self.seen: set[int] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await ScriptedApp().lifespan(scope, receive, send)
+            return
+        state = scope["state"]
+        a = state["a"]
+        await anyio.sleep(0)  # other tasks (refreshes) run between the reads
+        b = state["b"]
+        await anyio.sleep(0)
+        both = state["both"]
+        await anyio.sleep(0)
+        total = state["total"]
+        if both != {"a": a, "b": b} or total != a + b + 1000 * a:
+            self.mismatches.append(f"a={a} b={b} both={both} total={total}")
+        self.requests += 1
+        self.seen.add(a)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_request_never_sees_inputs_and_derived_values_out_of_step(anyio_backend: str) -> None:
+    """3,000 input changes under concurrent requests: every request sees inputs and derived values agree."""
+    app = Reader()
+    a, b = Counter(), Counter()
+
+    async def total(both: dict[str, int], a: int) -> int:
+        await anyio.sleep(0)  # the compute awaits too: requests run meanwhile
+        return both["a"] + both["b"] + 1000 * a
+
+    middleware = RefreshMiddleware(
+        app,
+        refreshers=[Refresher("a", a, every="1h"), Refresher("b", b, every="1h")],
+        derived=[Derived("both", pair, inputs=["a", "b"]), Derived("total", total, inputs=["both", "a"])],
+        clock=FakeClock(START),
+    )
+    changes = 3000
+    async with LifespanManager(middleware):
+        handle = middleware.handle
+        transport = httpx.ASGITransport(app=middleware)
+        done = anyio.Event()
+
+        async def change() -> None:
+            for number in range(changes):
+                await handle.refresh("a" if number % 2 else "b")
+            done.set()
+
+        async def ask(client: httpx.AsyncClient) -> None:
+            while not done.is_set():
+                response = await client.get("/")
+                assert response.status_code == 200
+
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with anyio.create_task_group() as group:
+                group.start_soon(change)
+                for _ in range(4):
+                    group.start_soon(ask, client)
+        assert a.calls + b.calls == changes + 2
+        assert handle.value("both") == {"a": a.calls, "b": b.calls}
+    assert app.mismatches == []
+    assert app.requests > 100, app.requests
+    assert len(app.seen) > 50, "requests ran while the inputs changed"
+
+
+async def test_the_derived_value_is_published_with_the_input_change_that_caused_it(
+    anyio_backend: str,
+) -> None:
+    """The live state never holds the new input with the old derived value, even while the compute runs."""
+    source = Scripted(1)
+    release = anyio.Event()
+    seen_during_compute: list[Any] = []
+
+    async def double(x: int) -> int:
+        if x == 2:
+            seen_during_compute.append(dict(published(middleware)))
+            await release.wait()
+        return x * 2
+
+    async with running([Refresher("x", source, every="1h")], [Derived("double", double, inputs=["x"])]) as (
+        middleware
+    ):
+        live = published(middleware)
+        assert (live["x"], live["double"]) == (1, 2)
+        source.value = 2
+        async with anyio.create_task_group() as group:
+            group.start_soon(middleware.handle.refresh, "x")
+            while not seen_during_compute:
+                await anyio.sleep(0)
+            assert (live["x"], live["double"]) == (1, 2), "the input waits for its derived value"
+            release.set()
+        assert (live["x"], live["double"]) == (2, 4)
+    assert (seen_during_compute[0]["x"], seen_during_compute[0]["double"]) == (1, 2)
+
+
+# -- startup -------------------------------------------------------------------------------
+
+
+async def test_a_derived_value_is_computed_at_startup_in_a_worker_thread(anyio_backend: str) -> None:
+    """A plain def compute runs once its inputs load, in a thread of its own, before startup completes."""
+    threads: list[str] = []
+
+    def names_upper(names: list[str]) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return [name.upper() for name in names]
+
+    async with running(
+        [Refresher("names", Scripted(["ada"]), every="1h")],
+        [Derived("upper", names_upper, inputs=["names"])],
+    ) as middleware:
+        assert published(middleware)["upper"] == ["ADA"]
+        assert middleware.handle.value("upper") == ["ADA"]
+        assert await middleware.handle.wait_for("upper") == ["ADA"]
+    assert threads == ["asgi_refresh:upper:compute"]
+
+
+async def test_a_required_derived_value_whose_compute_fails_fails_startup(anyio_backend: str) -> None:
+    """startup.failed names the derived value and what its compute raised."""
+
+    def broken(x: int) -> int:
+        raise ValueError("bad data")
+
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("x", Scripted(1), every="1h")],
+        derived=[Derived("y", broken, inputs=["x"])],
+        clock=FakeClock(START),
+    )
+    server = FakeServer(middleware)
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.startup, group)
+        await server.finished.wait()
+    assert server.sent == [
+        {
+            "type": "lifespan.startup.failed",
+            "message": "Derived 'y' could not be computed: its compute failed: ValueError: bad data",
+        }
+    ]
+
+
+async def test_an_optional_derived_value_serves_its_default_until_a_compute_succeeds(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """required=False: startup completes with the default published; the next input change computes it."""
+    source = Scripted(0)
+
+    def inverse(x: int) -> float:
+        return 1 / x
+
+    async with running(
+        [Refresher("x", source, every="1h")],
+        [Derived("inverse", inverse, inputs=["x"], required=False, default=-1.0)],
+    ) as middleware:
+        assert published(middleware)["inverse"] == -1.0
+        assert middleware.handle.status()["inverse"]["origin"] == "default"
+        source.value = 4
+        await middleware.handle.refresh("x")
+        assert published(middleware)["inverse"] == 0.25
+    assert "Derived 'inverse' has no value yet (ZeroDivisionError: division by zero)" in caplog.text
+
+
+async def test_a_derived_value_waits_for_an_optional_input_to_try_first(anyio_backend: str) -> None:
+    """An optional input whose first fetch fails: computed once, from its default, not before it tried."""
+    calls: list[Any] = []
+
+    async def failing() -> int:
+        raise OSError("down")
+
+    def show(x: Any, y: int) -> str:
+        calls.append((x, y))
+        return f"{x}/{y}"
+
+    async with running(
+        [
+            Refresher("x", failing, every="1h", required=False, default="none"),
+            Refresher("y", Scripted(5), every="1h"),
+        ],
+        [Derived("shown", show, inputs=["x", "y"])],
+    ) as middleware:
+        assert published(middleware)["shown"] == "none/5"
+    assert calls == [("none", 5)]
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+async def test_a_failing_compute_keeps_the_last_good_value_and_holds_nothing_back(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The input publishes; the derived value stays; status says it failed and is stale; a later change heals it."""
+    source = Scripted(2)
+
+    def half(x: int) -> int:
+        if x % 2:
+            raise ValueError(f"{x} is odd")
+        return x // 2
+
+    async with running(
+        [Refresher("x", source, every="1h")], [Derived("half", half, inputs=["x"])]
+    ) as middleware:
+        handle = middleware.handle
+        source.value = 3
+        assert await handle.refresh("x") == 3
+        live = published(middleware)
+        assert (live["x"], live["half"]) == (3, 1)
+        entry = handle.status()["half"]
+        assert entry["source"] == "derived"
+        assert entry["last_error"] == "ValueError: 3 is odd"
+        assert entry["consecutive_failures"] == 1
+        assert entry["stale"] is True
+        assert entry["derived"] == {"inputs": ["x"], "inputs_moved_on": True}
+        assert entry["refresh_count"] == 1
+        assert handle.status()["x"]["last_error"] is None
+        with pytest.raises(RefreshError, match=r"Derived 'half' failed: ValueError: 3 is odd"):
+            await handle.refresh("half")
+        source.value = 8
+        await handle.refresh("x")
+        assert (live["x"], live["half"]) == (8, 4)
+        entry = handle.status()["half"]
+        assert (entry["last_error"], entry["consecutive_failures"], entry["stale"]) == (None, 0, False)
+        assert entry["origin"] == "computed"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "Derived 'half': compute failed (1 in a row): ValueError: 3 is odd; keeping the last good value, "
+        "its inputs are published without it. It is computed again when an input changes, or by "
+        "handle.refresh('half')"
+    ]
+    assert warnings[0].refresher == "half"  # type: ignore[attr-defined]
+
+
+async def test_whatever_a_compute_raises_is_contained(anyio_backend: str) -> None:
+    """KeyboardInterrupt and SystemExit from a compute are its failure; the worker and the input carry on."""
+    source = Scripted(1)
+    raised: list[BaseException] = [KeyboardInterrupt(), SystemExit(3)]
+
+    async def nasty(x: int) -> int:
+        if x > 1:
+            raise raised[x - 2]
+        return x
+
+    async with running(
+        [Refresher("x", source, every="1h")], [Derived("y", nasty, inputs=["x"])]
+    ) as middleware:
+        for value in (2, 3):
+            source.value = value
+            await middleware.handle.refresh("x")
+            assert (published(middleware)["x"], published(middleware)["y"]) == (value, 1)
+        assert middleware.handle.status()["y"]["consecutive_failures"] == 2
+
+
+async def test_a_slow_compute_is_bounded_by_its_timeout_and_the_input_publishes(anyio_backend: str) -> None:
+    """A compute past its timeout fails as a TimeoutError; the input is published after at most the timeout."""
+    clock = FakeClock(START)
+    source = Scripted(1)
+
+    async def slow(x: int) -> int:
+        if x > 1:
+            await anyio.sleep_forever()
+        return x
+
+    async with running(
+        [Refresher("x", source, every="1h")], [Derived("y", slow, inputs=["x"], timeout="5s")], clock=clock
+    ) as middleware:
+        source.value = 2
+        async with anyio.create_task_group() as group:
+            group.start_soon(middleware.handle.refresh, "x")
+            await clock.advance(4.9)
+            assert published(middleware)["x"] == 1, "held while its derived value may still come"
+            await clock.advance(0.2)
+        assert (published(middleware)["x"], published(middleware)["y"]) == (2, 1)
+        assert middleware.handle.status()["y"]["last_error"] == "TimeoutError: compute timed out after 5s"
+
+
+# -- the graph ---------------------------------------------------------------------------
+
+
+async def test_derived_values_are_computed_in_dependency_order_in_one_snapshot(anyio_backend: str) -> None:
+    """A diamond (x -> left, right -> bottom): each computed once per change, inputs first, all published together."""
+    order: list[str] = []
+    source = Scripted(1)
+    snapshots: list[Any] = []
+
+    def left(x: int) -> int:
+        order.append("left")
+        return x + 1
+
+    def right(x: int) -> int:
+        order.append("right")
+        return x * 10
+
+    def bottom(left: int, right: int, x: int) -> tuple[int, int, int]:
+        order.append("bottom")
+        return (x, left, right)
+
+    derived = [
+        Derived("bottom", bottom, inputs=["left", "right", "x"]),  # given before its inputs
+        Derived("right", right, inputs=["x"]),
+        Derived("left", left, inputs=["x"]),
+    ]
+    async with running([Refresher("x", source, every="1h")], derived) as middleware:
+        assert published(middleware)["bottom"] == (1, 2, 10)
+        assert order.index("bottom") == 2 and sorted(order[:2]) == ["left", "right"]
+        order.clear()
+        live = published(middleware)
+        marker = live["asgi_refresh.snapshot"]
+        source.value = 2
+        await middleware.handle.refresh("x")
+        snapshots.append(live["asgi_refresh.snapshot"])
+        assert (live["x"], live["left"], live["right"], live["bottom"]) == (2, 3, 20, (2, 3, 20))
+        assert order == ["bottom"][:0] + [name for name in order if name != "bottom"] + ["bottom"]
+        assert sorted(order) == ["bottom", "left", "right"]
+        assert snapshots[0] is not marker
+
+
+async def test_an_unchanged_derived_value_does_not_recompute_what_derives_from_it(anyio_backend: str) -> None:
+    """parity(x) stays the same: what is derived from parity is not computed again."""
+    source = Scripted(2)
+    calls: list[str] = []
+
+    def parity(x: int) -> str:
+        return "even" if x % 2 == 0 else "odd"
+
+    def label(parity: str) -> str:
+        calls.append(parity)
+        return parity.upper()
+
+    async with running(
+        [Refresher("x", source, every="1h")],
+        [Derived("parity", parity, inputs=["x"]), Derived("label", label, inputs=["parity"])],
+    ) as middleware:
+        source.value = 4
+        await middleware.handle.refresh("x")
+        assert published(middleware)["label"] == "EVEN"
+    assert calls == ["even"]
+
+
+def test_a_cycle_is_a_construction_error_naming_it() -> None:
+    """a -> b -> c -> a: the message names the cycle and what to do."""
+    with pytest.raises(ValueError) as caught:
+        RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("x", Scripted(1), every="1h")],
+            derived=[
+                Derived("a", anything, inputs=["b", "x"]),
+                Derived("b", anything, inputs=["c", "x"]),
+                Derived("c", anything, inputs=["a", "x"]),
+            ],
+        )
+    assert str(caught.value) == (
+        "Derived 'a': inputs form a cycle of derived values: a -> b -> c -> a (each is computed from the "
+        "next, so none can be computed first); compute one of them from refreshers only"
+    )
+    assert isinstance(caught.value, OptionError)
+
+
+def test_an_unknown_input_is_a_construction_error_naming_it() -> None:
+    """A typo in inputs: the message names the unknown input, the known names and what to do."""
+    with pytest.raises(ValueError) as caught:
+        RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[
+                Refresher("products", Scripted(1), every="1h"),
+                Refresher("prices", Scripted(1), every="1h"),
+            ],
+            derived=[Derived("catalog", anything, inputs=["products", "prizes"])],
+        )
+    assert str(caught.value) == (
+        "Derived 'catalog': inputs name 'prizes', but no refresher or derived value has that name "
+        "(known: prices, products); add it to refreshers=[...] or derived=[...], or fix the name"
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"name": "1x", "compute": pair, "inputs": ["a"]}, "Derived name must be a Python identifier"),
+        ({"name": "asgi_refresh", "compute": pair, "inputs": ["a"]}, "is reserved"),
+        ({"name": "d", "compute": 3, "inputs": ["a"]}, "Derived 'd': compute must be callable"),
+        ({"name": "d", "compute": pair, "inputs": "a"}, "inputs must be a list of names"),
+        ({"name": "d", "compute": pair, "inputs": []}, "inputs must name at least one"),
+        ({"name": "d", "compute": pair, "inputs": ["a", "a"]}, "inputs names 'a' twice"),
+        ({"name": "d", "compute": pair, "inputs": ["d"]}, "inputs must not name the derived value itself"),
+        (
+            {"name": "d", "compute": pair, "inputs": ["a", "c"]},
+            r"compute\(a=..., c=...\), but it takes \(a, b\)",
+        ),
+        ({"name": "d", "compute": pair, "inputs": ["a", "b"], "timeout": -1}, "timeout"),
+        (
+            {"name": "d", "compute": pair, "inputs": ["a", "b"], "required": 1},
+            "required must be True or False",
+        ),
+        ({"name": "d", "compute": pair, "inputs": ["a", "b"], "on_change": 1}, "on_change must be callable"),
+    ],
+)
+def test_derived_checks_its_arguments(arguments: dict[str, Any], message: str) -> None:
+    """Each mistake fails at construction with a message naming the derived value and the option."""
+    with pytest.raises((TypeError, ValueError), match=message):
+        Derived(**arguments)
+
+
+def test_names_are_unique_across_refreshers_and_derived_values() -> None:
+    """A derived value named like a refresher, or put in refreshers=[...], is refused with what to do."""
+    x = Refresher("x", Scripted(1), every="1h")
+    with pytest.raises(ValueError, match="Derived 'x': the name is used twice"):
+        RefreshMiddleware(ScriptedApp(), refreshers=[x], derived=[Derived("x", lambda y: y, inputs=["y"])])
+    with pytest.raises(TypeError, match=r"Derived 'y' goes in derived=\[...\], not in refreshers=\[...\]"):
+        RefreshMiddleware(ScriptedApp(), refreshers=[x, Derived("y", lambda x: x, inputs=["x"])])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"wrap a single one in a list: derived=\[Derived\('y', ...\)\]"):
+        RefreshMiddleware(ScriptedApp(), refreshers=[x], derived=Derived("y", lambda x: x, inputs=["x"]))  # type: ignore[arg-type]
+
+
+# -- hooks and events --------------------------------------------------------------------
+
+
+async def test_on_change_and_events_as_for_refreshers(anyio_backend: str) -> None:
+    """on_change(old, new) once per published change; started/succeeded/changed/failed events name the derived value."""
+    source = Scripted(1)
+    changes: list[tuple[Any, Any]] = []
+    errors: list[BaseException] = []
+    events: list[RefreshEvent] = []
+
+    def square(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x * x
+
+    async def on_change(old: Any, new: Any) -> None:
+        changes.append((old, new))
+
+    derived = Derived("sq", square, inputs=["x"], on_change=on_change, on_error=errors.append)
+    async with running(
+        [Refresher("x", source, every="1h")], [derived], listeners=[events.append]
+    ) as middleware:
+        for value in (-2, 2, -1):  # 2 and -2 give the same square: no change
+            source.value = value
+            await middleware.handle.refresh("x")
+        await middleware.handle.refresh("x")  # unchanged input: nothing computed
+        with anyio.fail_after(5):
+            while len(changes) < 2:
+                await anyio.sleep(0.001)
+    assert changes == [(None, 1), (1, 4)]
+    assert [type(exc) for exc in errors] == [ValueError, ValueError]
+    kinds = [event.kind for event in events if event.name == "sq"]
+    assert kinds == [
+        "started",
+        "succeeded",
+        "changed",  # startup: 1
+        "started",
+        "failed",  # -2
+        "started",
+        "succeeded",
+        "changed",  # 2
+        "started",
+        "failed",  # -1
+    ]
+    failed = next(event for event in events if event.name == "sq" and event.kind == "failed")
+    assert failed.error == "ValueError: negative"
+
+
+# -- the handle ------------------------------------------------------------------------------
+
+
+async def test_the_handle_computes_again_and_refuses_what_a_derived_value_cannot_do(
+    anyio_backend: str,
+) -> None:
+    """refresh(derived) computes from the published inputs; pin/accept name it as derived."""
+    calls: list[int] = []
+
+    def counted(x: int) -> int:
+        calls.append(x)
+        return len(calls)
+
+    async with running(
+        [Refresher("x", Scripted(7), every="1h", keep_versions=2)], [Derived("n", counted, inputs=["x"])]
+    ) as middleware:
+        handle = middleware.handle
+        assert await handle.refresh("n") == 2
+        assert published(middleware)["n"] == 2
+        assert calls == [7, 7]
+        with pytest.raises(LookupError, match="'n' is a derived value: it is computed, not fetched"):
+            await handle.pin("n", "1")
+        assert runtime_of(handle).unhealthy() == []
+
+
+async def test_pin_and_rollback_of_an_input_compute_again(anyio_backend: str) -> None:
+    """Pinning an input to an older version publishes the value derived from it with it."""
+    source = Scripted(1)
+    async with running(
+        [Refresher("x", source, every="1h", keep_versions=3)],
+        [Derived("twice", lambda x: 2 * x, inputs=["x"])],
+    ) as middleware:
+        handle = middleware.handle
+        source.value = 2
+        await handle.refresh("x")
+        assert published(middleware)["twice"] == 4
+        await handle.rollback("x")
+        live = published(middleware)
+        assert (live["x"], live["twice"]) == (1, 2)
+        handle.unpin("x")
+        with anyio.fail_after(5):
+            while live["x"] != 2:
+                await anyio.sleep(0.001)
+        assert live["twice"] == 4
+
+
+async def test_a_compute_that_returns_a_coroutine_from_a_plain_def_is_awaited(anyio_backend: str) -> None:
+    """lambda x: coroutine(x): the coroutine is awaited, as for a fetch."""
+
+    async def later(x: int) -> int:
+        return x + 100
+
+    async with running(
+        [Refresher("x", Scripted(1), every="1h")], [Derived("y", lambda x: later(x), inputs=["x"])]
+    ) as middleware:
+        assert published(middleware)["y"] == 101
