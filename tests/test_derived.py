@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,7 +15,15 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_refresh import Derived, OptionError, Refresher, RefreshError, RefreshEvent, RefreshMiddleware
+from asgi_refresh import (
+    Derived,
+    OptionError,
+    Refresher,
+    RefreshError,
+    RefreshEvent,
+    RefreshMiddleware,
+    SQLiteCoordinator,
+)
 from asgi_refresh._types import Receive, Scope, Send
 from asgi_refresh.testing import FakeClock
 
@@ -592,3 +601,86 @@ async def test_a_compute_that_returns_a_coroutine_from_a_plain_def_is_awaited(an
         [Refresher("x", Scripted(1), every="1h")], [Derived("y", lambda x: later(x), inputs=["x"])]
     ) as middleware:
         assert published(middleware)["y"] == 101
+
+
+# -- with a coordinator ------------------------------------------------------------------
+
+
+async def test_followers_compute_the_derived_value_from_adopted_inputs_in_the_same_snapshot(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """3 workers on one SQLite store: one fetch per interval; every worker computes and publishes with it."""
+    clock = FakeClock(START)
+    upstream = Counter()
+    computed: list[int] = []
+
+    def summary(n: int) -> dict[str, int]:
+        computed.append(n)
+        return {"n": n, "square": n * n}
+
+    mismatches: list[str] = []
+    stop = anyio.Event()
+
+    def check(event: RefreshEvent | None = None) -> None:
+        # No worker's live state holds a new n with an old summary.
+        for index, middleware in enumerate(middlewares):
+            live = middleware._live
+            if (
+                live is not None
+                and "summary" in live
+                and live["summary"] != {"n": live["n"], "square": live["n"] ** 2}
+            ):
+                mismatches.append(f"worker {index}: n={live['n']} summary={live['summary']} at {event}")
+
+    middlewares = [
+        RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("n", upstream, every="1m", jitter=0, timeout="5s")],
+            derived=[Derived("summary", summary, inputs=["n"])],
+            clock=clock,
+            coordinator=SQLiteCoordinator(tmp_path / "refresh.db", poll_interval=0.02),
+            listeners=[check],  # at every fetch, adoption and compute of every worker
+        )
+        for _ in range(3)
+    ]
+
+    async def watch() -> None:
+        # And between them, in real time (a busy loop would keep the fake clock from settling).
+        while not stop.is_set():
+            check()
+            await anyio.sleep(0.0005)
+
+    def values() -> list[tuple[int, dict[str, int]]]:
+        return [(published(m)["n"], published(m)["summary"]) for m in middlewares]
+
+    async with AsyncExitStack() as stack:
+        for middleware in middlewares:
+            await stack.enter_async_context(LifespanManager(middleware, startup_timeout=10))
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            await until(lambda: values() == [(1, {"n": 1, "square": 1})] * 3)
+            for interval in range(2, 8):
+                await clock.advance(60)
+                expected = [(interval, {"n": interval, "square": interval**2})] * 3
+                await until(lambda: values() == expected)  # noqa: B023 - called right here
+            follower = next(
+                m for m in middlewares if m.handle.status()["n"]["coordination"]["role"] == "follower"
+            )
+            assert await follower.handle.refresh("n") == 8
+            assert published(follower)["summary"] == {"n": 8, "square": 64}, (
+                "published with the adopted input"
+            )
+            await until(lambda: values() == [(8, {"n": 8, "square": 64})] * 3)
+            stop.set()
+        statuses = [m.handle.status()["summary"] for m in middlewares]
+    assert upstream.calls == 8, "one fetch per interval for the cluster"
+    assert sorted(computed) == sorted(list(range(1, 9)) * 3), "each worker computes each value once"
+    assert mismatches == []
+    assert all("coordination" not in entry for entry in statuses), "nothing of a derived value is stored"
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait (in real time: the store is polled in real time) until ``condition()``."""
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - other workers' effects: nothing to wait on here
+            await anyio.sleep(0.01)
