@@ -113,7 +113,9 @@ class Derived:
                 )
         repeated = sorted({each for each in names if names.count(each) > 1})
         if repeated:
-            raise OptionValueError(owner, "inputs", f"inputs names {', '.join(map(repr, repeated))} twice")
+            raise OptionValueError(
+                owner, "inputs", f"inputs lists {', '.join(map(repr, repeated))} twice; list each input once"
+            )
         if name in names:
             raise OptionValueError(
                 owner, "inputs", f"inputs must not name the derived value itself ({name!r})"
@@ -174,10 +176,9 @@ def order(derived: Sequence[Derived], known: Iterable[str]) -> list[Derived]:
             )
         if spec.name in by_name or spec.name in refreshers:
             raise OptionValueError(
-                "RefreshMiddleware",
-                "derived",
-                f"Derived {spec.name!r}: the name is used twice (by a refresher or another derived "
-                "value); names must be unique",
+                f"Derived {spec.name!r}",
+                "name",
+                "the name is used twice (by a refresher or another derived value); names must be unique",
             )
         by_name[spec.name] = spec
     for spec in derived:

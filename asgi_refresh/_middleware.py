@@ -206,7 +206,9 @@ class RefreshMiddleware:
         from ._config import load_config  # on first use: it loads the sources and tomllib
 
         loaded = load_config(config, middleware=cls)
-        return cls(app, refreshers=loaded.refreshers, **{**loaded.middleware, **options})
+        return cls(
+            app, refreshers=loaded.refreshers, derived=loaded.derived, **{**loaded.middleware, **options}
+        )
 
     @property
     def handle(self) -> RefreshHandle:

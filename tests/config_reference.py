@@ -14,6 +14,7 @@ from asgi_refresh._config import (
     SOURCES,
     Kind,
     Option,
+    derived_options,
     middleware_options,
     options_of,
     refresher_options,
@@ -31,6 +32,7 @@ TYPE_NAMES: dict[Kind, str] = {
     "path": "string (path)",
     "table": "table",
     "str_table": "table of strings",
+    "names": "list of names",
     "callable": "import string",
     "callables": "list of import strings",
     "objects": "list of import strings",
@@ -129,6 +131,13 @@ def reference_markdown() -> str:
         )
         out += [f'#### `source = "{source}"`: {title}', "", *_rows(source_options(source)), ""]
     out += [
+        "### `[derived.<name>]`: one `Derived` per derived value",
+        "",
+        "Computed from the refreshers and derived values that `inputs` names, and published in the",
+        'same snapshot as the input change that caused it (see the guide "Derived values").',
+        "",
+        *_rows(derived_options()),
+        "",
         "### `[middleware]`",
         "",
         *_rows(middleware_options(RefreshMiddleware)),

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from asgi_refresh import (
     BearerToken,
     ConfigError,
+    Derived,
     FileSource,
     HTTPSource,
     Refresher,
@@ -515,7 +516,10 @@ def test_a_file_that_cannot_be_read_is_a_config_error(
         path.write_text(content)
     problem = only_problem(path)
     if expected is None:
-        assert problem == "(top level): expected a table with defaults, refreshers, middleware, got a list"
+        assert (
+            problem
+            == "(top level): expected a table with defaults, refreshers, derived, middleware, got a list"
+        )
     else:
         assert problem.startswith(f"{path}: {expected}")
 
@@ -967,7 +971,7 @@ def test_every_constructor_parameter_is_a_config_key_of_a_known_kind() -> None:
     """
     from asgi_refresh._config import EXCLUDED
 
-    for cls in (Refresher, HTTPSource, FileSource, RefreshMiddleware):
+    for cls in (Refresher, HTTPSource, FileSource, RefreshMiddleware, Derived):
         keys = {option.parameter for option in options_of(cls)}
         for name in inspect.signature(cls).parameters:
             assert name in keys or f"{cls.__name__}.{name}" in EXCLUDED, (cls.__name__, name)

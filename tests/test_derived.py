@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import tomllib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.lowlevel
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from asgi_refresh import (
+    ConfigError,
     Derived,
     OptionError,
     Refresher,
@@ -24,7 +27,9 @@ from asgi_refresh import (
     RefreshMiddleware,
     SQLiteCoordinator,
 )
+from asgi_refresh._config import load_config
 from asgi_refresh._types import Receive, Scope, Send
+from asgi_refresh.fastapi import Refreshed
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, FakeServer, ScriptedApp, published, runtime_of
@@ -465,7 +470,7 @@ def test_an_unknown_input_is_a_construction_error_naming_it() -> None:
         ({"name": "d", "compute": 3, "inputs": ["a"]}, "Derived 'd': compute must be callable"),
         ({"name": "d", "compute": pair, "inputs": "a"}, "inputs must be a list of names"),
         ({"name": "d", "compute": pair, "inputs": []}, "inputs must name at least one"),
-        ({"name": "d", "compute": pair, "inputs": ["a", "a"]}, "inputs names 'a' twice"),
+        ({"name": "d", "compute": pair, "inputs": ["a", "a"]}, "inputs lists 'a' twice"),
         ({"name": "d", "compute": pair, "inputs": ["d"]}, "inputs must not name the derived value itself"),
         (
             {"name": "d", "compute": pair, "inputs": ["a", "c"]},
@@ -684,3 +689,159 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     with anyio.fail_after(seconds):
         while not condition():  # noqa: ASYNC110 - other workers' effects: nothing to wait on here
             await anyio.sleep(0.01)
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def total_of(products: list[dict[str, Any]], prices: dict[str, float]) -> float:
+    """A compute for the configuration tests (imported by its import string)."""
+    return sum(prices[product["id"]] for product in products)
+
+
+def whatever(**inputs: Any) -> dict[str, Any]:
+    """A compute that takes any inputs (so that the graph is what a test checks)."""
+    return inputs
+
+
+async def load_products() -> list[dict[str, Any]]:
+    return [{"id": "a"}, {"id": "b"}]
+
+
+async def load_prices() -> dict[str, float]:
+    return {"a": 1.5, "b": 2.0}
+
+
+CONFIG_REFRESHERS = """
+[refreshers.products]
+source = "python"
+target = "tests.test_derived:load_products"
+every = "1h"
+
+[refreshers.prices]
+source = "python"
+target = "tests.test_derived:load_prices"
+every = "1h"
+"""
+
+
+async def test_derived_values_come_from_a_config_file(anyio_backend: str, tmp_path: Path) -> None:
+    """[derived.<name>] with compute = "module:function" and inputs: built, run and published like in Python."""
+    path = tmp_path / "refresh.toml"
+    path.write_text(
+        CONFIG_REFRESHERS
+        + """
+[derived.total]
+compute = "tests.test_derived:total_of"
+inputs = ["products", "prices"]
+timeout = "2s"
+required = false
+default = 0
+"""
+    )
+    middleware = RefreshMiddleware.from_config(ScriptedApp(), path, clock=FakeClock(START))
+    assert middleware.derived == (
+        Derived("total", total_of, inputs=["products", "prices"], timeout="2s", required=False, default=0),
+    )
+    async with LifespanManager(middleware):
+        assert published(middleware)["total"] == 3.5
+        assert middleware.handle.status()["total"]["derived"] == {
+            "inputs": ["products", "prices"],
+            "inputs_moved_on": False,
+        }
+
+
+@pytest.mark.parametrize(
+    ("derived", "problems"),
+    [
+        (
+            '[derived.total]\ncompute = "tests.test_derived:whatever"\ninputs = ["products", "prizes"]',
+            [
+                "derived.total.inputs: name 'prizes', but no refresher or derived value has that name "
+                "(known: prices, products); add it to a [refreshers.<name>] or [derived.<name>] table, "
+                "or fix the name"
+            ],
+        ),
+        (
+            '[derived.a]\ncompute = "tests.test_derived:whatever"\ninputs = ["b"]\n'
+            '[derived.b]\ncompute = "tests.test_derived:whatever"\ninputs = ["a", "prices"]',
+            [
+                "derived.a.inputs: form a cycle of derived values: a -> b -> a (each is computed from the "
+                "next, so none can be computed first); compute one of them from refreshers only"
+            ],
+        ),
+        (
+            '[derived.total]\ncompute = "tests.test_derived:nothing"\nevery = "1h"',
+            [
+                "derived.total.compute: 'tests.test_derived' has no attribute 'nothing' "
+                "(in 'tests.test_derived:nothing')",
+                "derived.total.every: unknown key; known keys: compute, default, inputs, on_change, on_error, "
+                "required, timeout",
+                'derived.total.inputs: missing: add inputs = ["products", "prices"]',
+            ],
+        ),
+        (
+            '[derived.total]\ninputs = "products"',
+            [
+                'derived.total.inputs: expected a list of names like ["products", "prices"], got "products"',
+                'derived.total.compute: missing: add compute = "myapp.catalog:build"',
+            ],
+        ),
+        (
+            '[derived.prices]\ncompute = "tests.test_derived:whatever"\ninputs = ["products"]',
+            [
+                "derived.prices: the name is used twice (by a refresher or another derived value); names "
+                "must be unique"
+            ],
+        ),
+        (
+            '[derived.total]\ncompute = "tests.test_derived:total_of"\ninputs = ["products"]',
+            [
+                "derived.total.compute: is called as compute(products=...), but it takes (products, "
+                "prices); name its parameters after the inputs, or take **inputs"
+            ],
+        ),
+        ("[derived]\n1x = {}", ["derived.1x: Derived name must be a Python identifier"]),
+    ],
+)
+def test_config_problems_with_derived_values_are_clear(derived: str, problems: list[str]) -> None:
+    """Each mistake in a [derived.<name>] table is reported at its key, saying what to do."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(tomllib.loads(CONFIG_REFRESHERS + derived), middleware=RefreshMiddleware)
+    found = caught.value.problems
+    assert len(found) == len(problems), found
+    for line, expected in zip(found, problems, strict=True):
+        assert line.startswith(expected), (line, expected)
+
+
+# -- FastAPI -----------------------------------------------------------------------------
+
+
+async def test_fastapi_reads_a_derived_value_like_a_refresher_value(anyio_backend: str) -> None:
+    """Annotated[T, Refreshed("name")] works for a derived value: the one published for this request."""
+    api = FastAPI()
+
+    @api.get("/total")
+    async def total(
+        value: Annotated[float, Refreshed("total")], prices: Annotated[dict[str, float], Refreshed("prices")]
+    ) -> dict[str, Any]:
+        return {"total": value, "prices": prices}
+
+    source = Scripted({"a": 1.5, "b": 2.0})
+    app = RefreshMiddleware(
+        api,
+        refreshers=[
+            Refresher("products", load_products, every="1h"),
+            Refresher("prices", source, every="1h"),
+        ],
+        derived=[Derived("total", total_of, inputs=["products", "prices"])],
+        clock=FakeClock(START),
+    )
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        assert (await client.get("/total")).json() == {"total": 3.5, "prices": {"a": 1.5, "b": 2.0}}
+        source.value = {"a": 10.0, "b": 20.0}
+        await app.handle.refresh("prices")
+        assert (await client.get("/total")).json() == {"total": 30.0, "prices": {"a": 10.0, "b": 20.0}}
