@@ -328,6 +328,11 @@ class Derivation:
         await self._publisher.settled()
         return self._publisher.state[name]
 
+    def refresh_soon(self, name: str) -> None:
+        """Compute ``name`` again in the next round, without waiting for it."""
+        self.nodes[name].forced = True
+        self._poke()
+
     def _has_value(self, name: str) -> bool:
         slot = self._slots.get(name)
         if slot is not None:

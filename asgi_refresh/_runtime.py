@@ -1146,7 +1146,11 @@ class Runtime:
             await self._share(slot, None, 0)
 
     def refresh_soon(self, name: str) -> None:
-        """Start a fetch of ``name`` without waiting for it."""
+        """Start a fetch of ``name`` without waiting for it (a compute, for a derived value)."""
+        derivation = self._derived(name)
+        if derivation is not None:
+            derivation.refresh_soon(name)
+            return
         self.start_refresh(self.slot(name))
 
     def value(self, name: str) -> Any:

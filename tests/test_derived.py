@@ -572,6 +572,10 @@ async def test_the_handle_computes_again_and_refuses_what_a_derived_value_cannot
         assert await handle.refresh("n") == 2
         assert published(middleware)["n"] == 2
         assert calls == [7, 7]
+        runtime_of(handle).refresh_soon("n")  # the admin endpoint's POST without ?wait
+        with anyio.fail_after(5):
+            await runtime_of(handle).publisher.until(lambda: len(calls) == 3)
+        assert published(middleware)["n"] == 3
         with pytest.raises(LookupError, match="'n' is a derived value: it is computed, not fetched"):
             await handle.pin("n", "1")
         assert runtime_of(handle).unhealthy() == []
