@@ -14,7 +14,6 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -219,7 +218,7 @@ class Derivation:
             self._events.emit("started", spec.name)
         timeout = spec.timeout
         result: Any = None
-        with clock.move_on_at(clock.monotonic() + timeout) if timeout else nullcontext() as scope:
+        with clock.move_on_at(clock.monotonic() + timeout) as scope:
             if spec.is_async:
                 result = await spec.compute(**arguments)
             else:
@@ -238,8 +237,8 @@ class Derivation:
                     result = await node.thread.result()
                 if inspect.isawaitable(result):  # a plain def returning a coroutine (a lambda)
                     result = await result
-        if scope is not None and scope.cancelled_caught:
-            raise ComputeTimeout(f"compute timed out after {format_duration(timeout or 0)}")
+        if scope.cancelled_caught:
+            raise ComputeTimeout(f"compute timed out after {format_duration(timeout)}")
         return result
 
     def _succeeded(self, node: Node, duration: float, changed: bool) -> None:

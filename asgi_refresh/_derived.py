@@ -46,8 +46,8 @@ class Derived:
             succeeds. If false, ``default`` is published until one does.
         default: Value published before the first successful compute of a derived
             value that is not required.
-        timeout: Longest one compute may take, or ``None`` for no limit. It also
-            bounds how long a changed input waits to be published.
+        timeout: Longest one compute may take. It also bounds how long a changed
+            input waits to be published, which is why there is always one.
         on_change: Called as ``on_change(old, new)`` after a computed value that
             differs from the published one is published. Sync or async; if it
             raises, the error is logged and nothing else happens.
@@ -63,7 +63,7 @@ class Derived:
     inputs: tuple[str, ...]
     required: bool
     default: Any
-    timeout: float | None
+    timeout: float
     on_change: Callable[[Any, Any], object] | None
     on_error: Callable[[BaseException], object] | None
 
@@ -75,7 +75,7 @@ class Derived:
         inputs: Iterable[str],
         required: bool = True,
         default: Any = None,
-        timeout: Duration | None = "10s",
+        timeout: Duration = "10s",
         on_change: Callable[[Any, Any], object] | None = None,
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
@@ -134,7 +134,14 @@ class Derived:
         set_field(self, "inputs", names)
         set_field(self, "required", required)
         set_field(self, "default", default)
-        set_field(self, "timeout", None if timeout is None else positive_duration(owner, "timeout", timeout))
+        if timeout is None:
+            raise OptionTypeError(
+                owner,
+                "timeout",
+                "timeout must be a duration like '10s', not None: a compute without a limit could "
+                "hold its inputs back forever",
+            )
+        set_field(self, "timeout", positive_duration(owner, "timeout", timeout))
         set_field(self, "on_change", on_change)
         set_field(self, "on_error", on_error)
 

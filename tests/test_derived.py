@@ -478,6 +478,10 @@ def test_an_unknown_input_is_a_construction_error_naming_it() -> None:
         ),
         ({"name": "d", "compute": pair, "inputs": ["a", "b"], "timeout": -1}, "timeout"),
         (
+            {"name": "d", "compute": pair, "inputs": ["a", "b"], "timeout": None},
+            "not None: a compute without",
+        ),
+        (
             {"name": "d", "compute": pair, "inputs": ["a", "b"], "required": 1},
             "required must be True or False",
         ),
