@@ -49,12 +49,14 @@ class Counter:
 
 
 class Scripted:
-    """A fetch returning the value the test sets."""
+    """A fetch returning the value the test sets (raising it, if it is an exception)."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
 
     async def __call__(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
         return self.value
 
 
@@ -602,6 +604,22 @@ async def test_pin_and_rollback_of_an_input_compute_again(anyio_backend: str) ->
         handle.unpin("x")  # the fetch it starts publishes 2 again
         assert await handle.refresh("x") == 2
         assert live["twice"] == 4
+
+
+async def test_a_snapshot_an_input_starts_from_is_published_with_its_derived_value(tmp_path: Path) -> None:
+    """The upstream is down at startup: the input's snapshot is published, and the value derived from it."""
+    derived = [Derived("count", lambda names: len(names), inputs=["names"])]
+    async with running(
+        [Refresher("names", Scripted(["ada", "bob"]), every="1h")], derived, snapshot_dir=tmp_path
+    ):
+        pass
+
+    down = Scripted(OSError("connection refused"))  # the same source: its snapshot is its own
+    async with running([Refresher("names", down, every="1h")], derived, snapshot_dir=tmp_path) as middleware:
+        live = published(middleware)
+        assert (live["names"], live["count"]) == (["ada", "bob"], 2)
+        assert middleware.handle.status()["names"]["origin"] == "snapshot"
+        assert middleware.handle.status()["count"]["origin"] == "computed"
 
 
 async def test_a_compute_that_returns_a_coroutine_from_a_plain_def_is_awaited(anyio_backend: str) -> None:
