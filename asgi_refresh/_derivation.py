@@ -99,6 +99,7 @@ class Derivation:
         self._start_hooks = start_hooks
         self._wake: anyio.Event | None = None
         self._running = False
+        self._first_pending = True  # some derived value has not been computed once yet
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -134,7 +135,8 @@ class Derivation:
 
     def _progress(self) -> None:
         """A refresher loaded or failed: a derived value waiting for its first compute may run now."""
-        if self._wake is not None and self._due():
+        # Told of every fetch for the life of the app: after startup, one attribute read.
+        if self._first_pending and self._wake is not None and self._due():
             self._wake.set()
 
     def _due(self) -> bool:
@@ -187,6 +189,7 @@ class Derivation:
                 changes.append((node, old, value, duration))
                 dirty.update(each.name for each in self._dependents.get(spec.name, ()))
         publisher.commit(computed)  # the inputs and what derives from them: one snapshot
+        self._first_pending = not all(node.attempted for node in self.nodes.values())
         for node, old, value, took in changes:
             if self._events is not None:
                 self._events.emit("changed", node.spec.name, took)
