@@ -11,6 +11,7 @@ from typing import Any as _Any
 
 from .__about__ import __version__ as __version__
 from ._clock import Clock
+from ._derived import Derived
 from ._duration import Duration
 from ._events import RefreshEvent
 from ._family import RefresherFamily
@@ -85,6 +86,7 @@ __all__ = [
     "ConfigError",
     "Coordinator",
     "CoordinatorUnavailable",
+    "Derived",
     "Duration",
     "Fetched",
     "FileSource",

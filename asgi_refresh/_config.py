@@ -34,6 +34,7 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
+from ._derived import Derived, order
 from ._duration import parse_duration
 from ._family import RefresherFamily
 from ._guards import max_shrink, required_keys
@@ -46,7 +47,7 @@ from ._sources.longpoll import LongPollSource
 from ._sources.parsing import FORMATS
 from ._sources.sse import SSESource
 
-TABLES = ("defaults", "refreshers", "families", "middleware")
+TABLES = ("defaults", "refreshers", "families", "derived", "middleware")
 SOURCES: dict[str, type] = {
     "http": HTTPSource,
     "file": FileSource,
@@ -70,6 +71,8 @@ EXCLUDED: dict[str, str] = {
     "RefreshMiddleware.families": "the `[families.<name>]` tables",
     "RefresherFamily.name": "the name of the `[families.<name>]` table",
     "RefresherFamily.fetch": '`target = "module:function"`, the function taking the key',
+    "RefreshMiddleware.derived": "the `[derived.<name>]` tables",
+    "Derived.name": "the name of the `[derived.<name>]` table",
     "RefreshMiddleware.clock": "a live object; tests pass it to `from_config` as a keyword argument",
 }
 """Parameters that cannot sensibly come from a file, and where they come from instead."""
@@ -132,6 +135,7 @@ Kind: TypeAlias = Literal[
     "callable",
     "callables",
     "objects",
+    "inputs",
     "guards",
     "format",
     "choice",
@@ -162,6 +166,8 @@ KINDS: dict[str, Kind] = {
     "Mapping[str,Any]": "table",
     "Mapping[str,str]": "str_table",
     "Fetch": "callable",
+    "Compute": "callable",
+    "Iterable[str]": "inputs",
     "Validate": "callable",
     "Callable[[Any,Any],object]": "callable",
     "Callable[[BaseException],object]": "callable",
@@ -390,6 +396,11 @@ def family_options() -> list[Option]:
     return [target, *(o for o in options_of(RefresherFamily) if o.parameter not in ("name", "fetch"))]
 
 
+def derived_options() -> list[Option]:
+    """The keys of every ``[derived.<name>]`` table."""
+    return options_of(Derived)
+
+
 def middleware_options(middleware: type) -> list[Option]:
     """The keys of ``[middleware]``: the parameters of ``middleware``, `RefreshMiddleware` or a subclass."""
     return options_of(middleware, MIDDLEWARE_OWNER)
@@ -410,6 +421,7 @@ class Config:
     needs: dict[str, tuple[str, ...]]
     secrets: frozenset[str] = field(default_factory=frozenset)
     families: tuple[RefresherFamily, ...] = ()
+    derived: tuple[Derived, ...] = ()
 
     def scrub(self, text: str) -> str:
         """``text`` with every value read from the environment replaced by ``***``."""
@@ -751,10 +763,19 @@ class _Builder:
             if family is not None:
                 families.append(family)
 
-        middleware = self.middleware(self.table(document, "middleware"), built)
+        derived = self.derived_values(self.table(document, "derived"), built)
+        for item in derived:
+            if item.name in family_tables:
+                self.problem(
+                    _key("derived", item.name),
+                    f"a family is named {item.name!r} too; names must be unique across "
+                    "[refreshers], [families] and [derived]",
+                )
+        middleware = self.middleware(self.table(document, "middleware"), built, derived)
         if self.problems:
             return None
         return Config(
+            derived=tuple(derived),
             origin=origin,
             refreshers=tuple(built),
             middleware=middleware,
@@ -1030,7 +1051,66 @@ class _Builder:
             self.problems.append(line)
         return blamed
 
-    def middleware(self, table: dict[str, Any], refreshers: list[Refresher]) -> dict[str, Any]:
+    def derived_values(self, tables: dict[str, Any], refreshers: list[Refresher]) -> list[Derived]:
+        """One `Derived` per ``[derived.<name>]`` table; then their graph (unknown inputs, cycles)."""
+        options = {option.key: option for option in derived_options()}
+        built: list[Derived] = []
+        complete = True
+        for name, raw in tables.items():
+            here = ("derived", str(name))
+            if not isinstance(raw, Mapping):
+                self.problem(_key(*here), f"expected a table, got {self.got(_key(*here), raw)}")
+                complete = False
+                continue
+            name_problem = _name_problem(str(name))
+            if name_problem is not None:
+                self.problem(_key(*here), name_problem.replace("Refresher name", "Derived name", 1))
+                complete = False
+                continue
+            kwargs: dict[str, Any] = {"name": str(name)}
+            ok = True
+            for key, value in raw.items():
+                option = options.get(key)
+                if option is None:
+                    self.unknown(_key(*here, key), key, options)
+                    ok = False
+                    continue
+                converted_ok, converted = self.convert(option, value, (*here, key))
+                if converted_ok:
+                    kwargs[option.parameter] = converted
+                else:
+                    ok = False
+            for option in options.values():
+                if option.required and option.key not in raw:  # present but bad: reported as that
+                    example = '"myapp.catalog:build"' if option.key == "compute" else '["products", "prices"]'
+                    self.problem(_key(*here, option.key), f"missing: add {option.key} = {example}")
+                    ok = False
+            if not ok:
+                complete = False
+                continue
+            derived = self.construct(Derived, kwargs, here, options)
+            if derived is None:
+                complete = False
+            else:
+                built.append(derived)
+        if complete and built:
+            try:
+                order(built, [refresher.name for refresher in refreshers])
+            except OptionError as exc:
+                blamed = exc.owner.removeprefix("Derived ").strip("'")
+                if exc.option == "name":  # the table's name: taken by a refresher
+                    self.problem(_key("derived", blamed), exc.text)
+                else:
+                    text = exc.detail.replace(
+                        "refreshers=[...] or derived=[...]", "a [refreshers.<name>] or [derived.<name>] table"
+                    )
+                    self.problem(_key("derived", blamed, exc.option), _in_toml_terms(text, options))
+                return []
+        return built if complete else []
+
+    def middleware(
+        self, table: dict[str, Any], refreshers: list[Refresher], derived: list[Derived] | None = None
+    ) -> dict[str, Any]:
         options = {option.key: option for option in middleware_options(self.middleware_class)}
         kwargs: dict[str, Any] = {}
         for key, value in table.items():
@@ -1045,7 +1125,7 @@ class _Builder:
                 kwargs[option.parameter] = _STAND_INS[option.parameter]  # so that the rest is checked
         self.construct(
             self.middleware_class,
-            {"app": _no_app, "refreshers": refreshers, **kwargs},
+            {"app": _no_app, "refreshers": refreshers, "derived": derived or [], **kwargs},
             ("middleware",),
             options,
         )
@@ -1207,6 +1287,12 @@ class _Builder:
             return self._wrong(option, value, parts)
         results = [self._to_callable(option, item, (*parts, str(index))) for index, item in enumerate(value)]
         return all(ok for ok, _ in results), [found for _, found in results]
+
+    def _to_inputs(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
+        """A list of names (of refreshers, of derived values): strings, checked by the constructor."""
+        if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+            return self._wrong(option, value, parts)
+        return True, list(value)
 
     def _to_objects(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
         """Objects to call (listeners): instances or functions; a class is refused."""
@@ -1564,6 +1650,7 @@ _CONVERTERS: dict[Kind, _Converter] = {
     "str_table": _Builder._to_str_table,
     "callable": _Builder._to_callable,
     "callables": _Builder._to_callables,
+    "inputs": _Builder._to_inputs,
     "objects": _Builder._to_objects,
     "guards": _Builder._to_guards,
     "format": _Builder._to_format,
@@ -1731,6 +1818,7 @@ _EXPECTED: dict[Kind, str] = {
     "callable": 'an import string like "myapp.rates:load"',
     "callables": 'a list of import strings like ["myapp.hooks:notify"]',
     "objects": 'a list of import strings like ["myapp.hooks:listener"]',
+    "inputs": 'a list of names like ["products", "prices"]',
     "guards": 'a guard (an import string like "myapp.guards:check", { max_shrink = 0.5 } or '
     '{ required_keys = ["id"] }) or a list of them',
     "format": f'one of {_quoted(FORMATS)} or an import string like "yaml:safe_load"',

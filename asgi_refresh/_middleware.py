@@ -11,6 +11,7 @@ import anyio
 
 from ._app_lifespan import AppLifespan
 from ._clock import Clock, SystemClock
+from ._derived import Derived, order
 from ._duration import Duration, format_duration, positive_duration
 from ._events import Listener
 from ._family import RefresherFamily
@@ -51,6 +52,10 @@ class RefreshMiddleware:
         refreshers: What to load and keep fresh; names must be unique.
         families: Data per key (`RefresherFamily`), read with ``await
             handle.get(name, key)``; names unique among refreshers and families.
+        derived: Values computed from the refreshers' (and each other's) values
+            (`Derived`), published in the same snapshot as the input change that
+            caused them. Names must be unique among refreshers and derived values;
+            an unknown input or a cycle is an error here.
         startup_timeout: Budget for the first loads of required refreshers; past
             it, startup fails with a message naming the refresher and the cause.
         shutdown_timeout: How long to wait for refreshers to stop after the app has
@@ -109,6 +114,7 @@ class RefreshMiddleware:
         *,
         refreshers: Iterable[Refresher] = (),
         families: Iterable[RefresherFamily] = (),
+        derived: Iterable[Derived] = (),
         startup_timeout: Duration = "30s",
         shutdown_timeout: Duration = "10s",
         clock: Clock | None = None,
@@ -126,6 +132,7 @@ class RefreshMiddleware:
         self.app = app
         self.refreshers = _checked_refreshers(refreshers)
         self.families = _checked_families(families, self.refreshers)
+        self.derived = _checked_derived(derived, self.refreshers, self.families)
         self.startup_timeout = positive_duration("RefreshMiddleware", "startup_timeout", startup_timeout)
         self.shutdown_timeout = positive_duration("RefreshMiddleware", "shutdown_timeout", shutdown_timeout)
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -205,7 +212,11 @@ class RefreshMiddleware:
 
         loaded = load_config(config, middleware=cls)
         return cls(
-            app, refreshers=loaded.refreshers, families=loaded.families, **{**loaded.middleware, **options}
+            app,
+            refreshers=loaded.refreshers,
+            families=loaded.families,
+            derived=loaded.derived,
+            **{**loaded.middleware, **options},
         )
 
     @property
@@ -294,6 +305,7 @@ class RefreshMiddleware:
             snapshot_dir=self.snapshot_dir,
             snapshot_max_age=self.snapshot_max_age,
             families=self.families,
+            derived=self.derived,
         )
         if scope.get("state") is not state:
             scope["state"] = state  # the one documented change to the app's lifespan scope
@@ -515,6 +527,12 @@ def _checked_refreshers(refreshers: Iterable[Refresher]) -> tuple[Refresher, ...
                 f"RefresherFamily {refresher.name!r} goes in families=[...], not in refreshers: "
                 "a family publishes no value per request, handle.get(name, key) reads it",
             )
+        if isinstance(refresher, Derived):
+            raise OptionTypeError(
+                "RefreshMiddleware",
+                "refreshers",
+                f"Derived {refresher.name!r} goes in derived=[...], not in refreshers=[...]",
+            )
         if not isinstance(refresher, Refresher):
             raise OptionTypeError(
                 "RefreshMiddleware",
@@ -564,4 +582,33 @@ def _checked_families(
                 "(status() is keyed by them)",
             )
         seen.add(family.name)
+    return checked
+
+
+def _checked_derived(
+    derived: Iterable[Derived], refreshers: tuple[Refresher, ...], families: tuple[RefresherFamily, ...]
+) -> tuple[Derived, ...]:
+    if isinstance(derived, Derived):
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "derived",
+            "derived must be a list of Derived; wrap a single one in a list: "
+            f"derived=[Derived({derived.name!r}, ...)]",
+        )
+    if isinstance(derived, str | bytes | Mapping) or not isinstance(derived, Iterable):
+        raise OptionTypeError(
+            "RefreshMiddleware",
+            "derived",
+            f"derived must be a list of Derived (got {type(derived).__name__})",
+        )
+    checked = tuple(derived)
+    order(checked, [spec.name for spec in refreshers])  # an unknown input or a cycle fails here, at import
+    for spec in checked:
+        if any(family.name == spec.name for family in families):
+            raise OptionValueError(
+                "RefreshMiddleware",
+                "derived",
+                f"{spec.name!r} names a family and a derived value; names must be unique "
+                "(status() is keyed by them)",
+            )
     return checked

@@ -39,8 +39,11 @@ if TYPE_CHECKING:
 
     from ._cluster.base import Codec, Coordinator
     from ._cluster.coordination import Coordination
+    from ._derivation import Derivation
+    from ._derived import Derived
     from ._families import Families
     from ._family import RefresherFamily
+    from ._hooks import Hooks
     from ._keeper import ClusterKept, Keeper
     from ._status import Status, Unhealthy
 
@@ -72,6 +75,7 @@ class Runtime:
         snapshot_dir: Path | None = None,
         snapshot_max_age: float | None = None,
         families: Iterable[RefresherFamily] = (),
+        derived: Iterable[Derived] = (),
     ) -> None:
         self.slots = {spec.name: Slot(spec) for spec in refreshers}
         listeners = tuple(listeners)
@@ -88,6 +92,20 @@ class Runtime:
         self._opened: list[Slot] = []  # the opened sources' slots, in the order they opened
         self._close_deadline: float | None = None
         self.publisher = Publisher(state, self.slots, clock)
+        self.derivation: Derivation | None = None
+        derived = tuple(derived)
+        if derived:
+            # On first use: apps without derived values never load it.
+            from ._derivation import Derivation
+
+            self.derivation = Derivation(
+                derived,
+                slots=self.slots,
+                publisher=self.publisher,
+                clock=clock,
+                events=self.events,
+                start_hooks=self._start_derived_hooks,
+            )
         self.coordination: Coordination | None = None
         self.keeper: Keeper | None = None  # last known good: guards, versions, snapshots
         keeps = snapshot_dir is not None or any(
@@ -145,6 +163,8 @@ class Runtime:
             if not slot.spec.required:
                 self.publisher.publish(slot.spec.name, slot.spec.default)
                 slot.kept.origin = "default"
+        if self.derivation is not None:
+            self.derivation.prepare()
         self.state[SNAPSHOT_KEY] = object()
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
@@ -160,6 +180,8 @@ class Runtime:
                     self._task_group = task_group
                     if self.events is not None:
                         task_group.start_soon(self.events.run, name="asgi_refresh:events")
+                    if self.derivation is not None:
+                        task_group.start_soon(self.derivation.run, name="asgi_refresh:derived")
                     if self.keeper is not None and self.keeper.writer is not None:
                         task_group.start_soon(self.keeper.writer.run, name="asgi_refresh:snapshots")
                     if self.coordination is not None:
@@ -275,13 +297,16 @@ class Runtime:
             self.clock.move_on_at(self.clock.monotonic() + startup_timeout),
             anyio.move_on_after(startup_timeout if simulated else math.inf),
         ):
+            settled = _all_settled(list(self.slots.values()), simulated)
+            derivation = self.derivation
+            ready = settled if derivation is None else (lambda: settled() and derivation.settled())
             if self.families is None:
-                await self.publisher.until(_all_settled(list(self.slots.values()), simulated))
+                await self.publisher.until(ready)
             else:
                 async with anyio.create_task_group() as loading:
                     # Retried like a required refresher, except on a test's clock (see above).
                     loading.start_soon(partial(self.families.preload, retry=not simulated))
-                    await self.publisher.until(_all_settled(list(self.slots.values()), simulated))
+                    await self.publisher.until(ready)
         failures: list[str] = []
         failed: list[Slot] = []
         for slot in self.slots.values():
@@ -316,6 +341,12 @@ class Runtime:
                 return family
             if family is not None:
                 failures.append(str(family))
+        if self.derivation is not None and not failed:  # a missing input says more than what it misses
+            derived = self.derivation.failures(startup_timeout)
+            if derived:
+                error = RefreshError(derived[0][0], "; ".join(message for _, message, _ in derived))
+                error.__cause__ = derived[0][2]
+                return error
         if not failed:
             return None
         error = RefreshError(failed[0].spec.name, "; ".join(failures))
@@ -345,8 +376,8 @@ class Runtime:
         return self.slots
 
     def published(self, name: str) -> Any:
-        """The value published for ``name`` now."""
-        return self.state[name]
+        """The value published for ``name`` now (or held to be published with its derived values)."""
+        return self.publisher.current(name)
 
     def reschedule(self, name: str, due: float) -> None:
         """Fetch ``name`` at ``due``, or never (``inf``) until woken."""
@@ -378,7 +409,7 @@ class Runtime:
         stopping = False
         try:
             if slot.overridden:
-                flight.value = self.state[slot.spec.name]
+                flight.value = self.publisher.current(slot.spec.name)
                 return
             coordination = self.coordination
             if (
@@ -405,7 +436,7 @@ class Runtime:
                     keeper is not None
                     and not result.not_modified
                     and keeper.encodes(slot, fresh=result.fresh is not None)
-                    and (not slot.loaded or differs(self.state[slot.spec.name], result.value))
+                    and (not slot.loaded or differs(self.publisher.current(slot.spec.name), result.value))
                 ):
                     data = keeper.encode(slot, result.value)
                 withheld = None
@@ -427,9 +458,11 @@ class Runtime:
                 else:
                     self._record_withheld(slot, result, started, flight.on_grid, withheld, data)
                     data = None  # what is stored is what is published: the last good value
+                # Held for its derived values: published with them, before anyone is told.
+                await self.publisher.settled()
                 # What is published now: the fetched value, or the equal one already
                 # there, or the pinned one if the refresher was overridden meanwhile.
-                flight.value = self.state[slot.spec.name]
+                flight.value = self.publisher.current(slot.spec.name)
                 if coordination is not None:
                     share_now = True
         except BaseException:
@@ -465,7 +498,7 @@ class Runtime:
                 await self._open_source(slot)
             if slot.kept.handover is not None:  # the validators of a snapshot: a 304 confirms it
                 handover, slot.kept.handover = slot.kept.handover, None
-                slot.source.take_over(self.state[slot.spec.name], handover)
+                slot.source.take_over(self.publisher.current(slot.spec.name), handover)
             if self.coordination is not None:
                 self.coordination.before_fetch(slot)
             return await slot.fetch()
@@ -488,7 +521,8 @@ class Runtime:
         except TimeoutError as exc:
             flight.error = exc
         else:
-            flight.value = self.state[slot.spec.name]
+            await self.publisher.settled()  # the adopted value, published with its derived values
+            flight.value = self.publisher.current(slot.spec.name)
         return True
 
     async def share_published(self, name: str) -> None:
@@ -508,7 +542,7 @@ class Runtime:
         assert coordination is not None
         if data is None:
             try:
-                data = coordination.codec.encode(self.state[slot.spec.name])
+                data = coordination.codec.encode(self.publisher.current(slot.spec.name))
             except BaseException:  # user code (a codec), refused before, at the fetch that published it
                 return
         # What goes with it (when it was fetched, its lifetime, its ETag) is the
@@ -526,7 +560,7 @@ class Runtime:
             return "pinned"
         if not slot.spec.guard or not slot.loaded or slot.overridden:
             return None
-        published = self.state[slot.spec.name]
+        published = self.publisher.current(slot.spec.name)
         if not differs(published, value):
             if kept.held is not None:
                 self._release_held(slot, "the upstream is back to the published value")
@@ -806,6 +840,10 @@ class Runtime:
         if slot.hooks is not None and self._task_group is not None:
             slot.hooks.start(self.clock, self._task_group)
 
+    def _start_derived_hooks(self, hooks: Hooks) -> None:
+        if self._task_group is not None:
+            hooks.start(self.clock, self._task_group)
+
     # -- publishing ----------------------------------------------------------------
 
     def adopt(
@@ -896,8 +934,19 @@ class Runtime:
             raise LookupError(f"No refresher family named {name!r:.80} (known: none)")
         return await families.family(name).get(key)
 
+    def _derived(self, name: str) -> Derivation | None:
+        """The derivation, if ``name`` is a derived value."""
+        derivation = self.derivation
+        return derivation if derivation is not None and name in derivation.nodes else None
+
     async def refresh(self, name: str) -> Any:
-        """Fetch ``name`` now (joining a fetch under way); its value, or `RefreshError`."""
+        """Fetch ``name`` now (joining a fetch under way); its value, or `RefreshError`.
+
+        A derived value is computed again from the published inputs.
+        """
+        derivation = self._derived(name)
+        if derivation is not None:
+            return await derivation.refresh(name)
         flight = await self.join_flight(self.slot(name))
         if flight.error is not None:
             message = f"Refresher {name!r} failed: {describe_error(flight.error)}"
@@ -910,6 +959,7 @@ class Runtime:
         """Publish the value ``name``'s guards held back; return it."""
         slot = self.slot(name)
         if await self._forward(slot, "accept"):
+            await self.publisher.settled()
             return self.state[name]
         held = slot.kept.held
         if held is None or not held.here:
@@ -931,6 +981,7 @@ class Runtime:
         if self.events is not None:
             self.events.emit("accepted", name)
         await self._share_control(slot)
+        await self.publisher.settled()
         return self.state[name]
 
     async def reject(self, name: str) -> None:
@@ -960,6 +1011,7 @@ class Runtime:
             )
         self._needs_versions(slot, "pin")
         if await self._forward(slot, "pin", version):
+            await self.publisher.settled()
             return self.state[name]
         chosen = slot.kept.find(version)
         if chosen is None and self.keeper is not None:
@@ -969,6 +1021,7 @@ class Runtime:
             raise LookupError(f"Refresher {name!r} keeps no version {version!r} (kept: {known})")
         self._pin(slot, chosen)
         await self._share_control(slot)
+        await self.publisher.settled()
         return self.state[name]
 
     def unpin(self, name: str) -> None:
@@ -1076,7 +1129,7 @@ class Runtime:
     ) -> None:
         """Publish a value an operator chose (accepted, pinned): a change like any other."""
         name = slot.spec.name
-        old = self.state.get(name)
+        old = self.publisher.current(name)
         changed = differs(old, value)
         if changed:
             self.publisher.publish(name, value)
@@ -1124,15 +1177,25 @@ class Runtime:
             await self._share(slot, None, 0)
 
     def refresh_soon(self, name: str) -> None:
-        """Start a fetch of ``name`` without waiting for it."""
+        """Start a fetch of ``name`` without waiting for it (a compute, for a derived value)."""
+        derivation = self._derived(name)
+        if derivation is not None:
+            derivation.refresh_soon(name)
+            return
         self.start_refresh(self.slot(name))
 
     def value(self, name: str) -> Any:
         """The value published for ``name`` now; `LookupError` before a required one has loaded."""
+        derivation = self._derived(name)
+        if derivation is not None:
+            return derivation.value(name)
         return self.publisher.value(self.slot(name))
 
     async def wait_for(self, name: str) -> Any:
         """The value published for ``name``, once a required one has loaded."""
+        derivation = self._derived(name)
+        if derivation is not None:
+            return await derivation.wait_for(name)
         return await self.publisher.wait_for(self.slot(name))
 
     def slot(self, name: str) -> Slot:
@@ -1140,12 +1203,20 @@ class Runtime:
         try:
             return self.slots[name]
         except KeyError:
+            if self._derived(name) is not None:
+                raise LookupError(
+                    f"{name!r} is a derived value: it is computed, not fetched, so it has no fetch, "
+                    "versions or pins of its own; act on its inputs instead"
+                ) from None
             known = ", ".join(sorted(self.slots)) or "none"
             raise LookupError(f"No refresher named {name!r} (known: {known})") from None
 
     def unhealthy(self) -> list[Unhealthy]:
         """The required refreshers without a value younger than their ``max_stale``."""
-        return status.unhealthy(list(self.slots.values()), self.clock.monotonic())
+        found = status.unhealthy(list(self.slots.values()), self.clock.monotonic())
+        if self.derivation is not None:
+            found.extend(self.derivation.unhealthy())
+        return found
 
     def status(self) -> dict[str, Status]:
         """Each refresher's status entry (`asgi_refresh._status.Status`)."""
@@ -1165,6 +1236,8 @@ class Runtime:
         if self.families is not None:
             for name, run in self.families.runs.items():
                 report[name] = run.status(wall=status.iso)
+        if self.derivation is not None:
+            report.update(self.derivation.status())
         return report
 
 

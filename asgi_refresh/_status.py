@@ -101,6 +101,13 @@ class FamilyStatus(TypedDict):
     coordinator_error: str | None
 
 
+class DerivedInfo(TypedDict):
+    """What a derived value's entry adds: what it is computed from, and whether they moved on without it."""
+
+    inputs: list[str]
+    inputs_moved_on: bool
+
+
 class Status(TypedDict):
     """One refresher's entry in ``handle.status()``: what it is doing, never its value.
 
@@ -121,7 +128,7 @@ class Status(TypedDict):
     last_duration: float | None
     age: float | None
     lag: float | None
-    origin: Literal["default", "fetched", "coordinator", "snapshot", "pinned", "override"] | None
+    origin: Literal["default", "fetched", "coordinator", "snapshot", "pinned", "override", "computed"] | None
     version: str | None
     versions: list[VersionStatus]
     pin: str | None
@@ -131,6 +138,7 @@ class Status(TypedDict):
     coordination: NotRequired[CoordinationStatus]
     stream: NotRequired[StreamStatus]
     family: NotRequired[FamilyStatus]
+    derived: NotRequired[DerivedInfo]
 
 
 class Unhealthy(TypedDict):

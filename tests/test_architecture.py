@@ -69,7 +69,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_cluster.sqlite",
         },
     ),
-    ("what a refresher is", {"_refresher", "_family"}),
+    ("what a refresher is", {"_refresher", "_family", "_derived"}),
     (
         "the runtime's parts",
         {
@@ -85,6 +85,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_keeper",
             "_cluster.coordination",
             "_webhooks",
+            "_derivation",
         },
     ),
     ("the runtime", {"_runtime"}),

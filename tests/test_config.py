@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from asgi_refresh import (
     BearerToken,
     ConfigError,
+    Derived,
     FileSource,
     HTTPSource,
     LongPollSource,
@@ -519,7 +520,7 @@ def test_a_file_that_cannot_be_read_is_a_config_error(
     if expected is None:
         assert (
             problem
-            == "(top level): expected a table with defaults, refreshers, families, middleware, got a list"
+            == "(top level): expected a table with defaults, refreshers, families, derived, middleware, got a list"
         )
     else:
         assert problem.startswith(f"{path}: {expected}")
@@ -972,7 +973,7 @@ def test_every_constructor_parameter_is_a_config_key_of_a_known_kind() -> None:
     """
     from asgi_refresh._config import EXCLUDED
 
-    for cls in (Refresher, HTTPSource, FileSource, LongPollSource, SSESource, RefreshMiddleware):
+    for cls in (Refresher, HTTPSource, FileSource, LongPollSource, SSESource, RefreshMiddleware, Derived):
         keys = {option.parameter for option in options_of(cls)}
         for name in inspect.signature(cls).parameters:
             assert name in keys or f"{cls.__name__}.{name}" in EXCLUDED, (cls.__name__, name)

@@ -18,6 +18,7 @@ from asgi_refresh import FileSource, HTTPSource, LongPollSource, RefreshMiddlewa
 from asgi_refresh._config import (
     SOURCES,
     Config,
+    derived_options,
     family_options,
     load_config,
     middleware_options,
@@ -66,7 +67,12 @@ def test_the_reference_is_what_the_code_generates() -> None:
 def test_every_key_is_documented() -> None:
     """Each key of every table has a row in the page, with a meaning."""
     text = PAGE.read_text()
-    options = [*refresher_options(), *middleware_options(RefreshMiddleware), *family_options()]
+    options = [
+        *refresher_options(),
+        *middleware_options(RefreshMiddleware),
+        *family_options(),
+        *derived_options(),
+    ]
     for source in (*SOURCES, "python"):
         options += source_options(source)
     for option in options:
@@ -78,8 +84,9 @@ def test_every_key_is_documented() -> None:
 
 @pytest.fixture
 def myapp(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ``myapp.rates:load`` and ``myapp.metrics:metrics`` that the page's examples name."""
+    """The ``myapp.rates``, ``myapp.catalog`` and ``myapp.metrics`` functions the page's examples name."""
     package, rates, metrics = ModuleType("myapp"), ModuleType("myapp.rates"), ModuleType("myapp.metrics")
+    catalog = ModuleType("myapp.catalog")
 
     async def load() -> dict[str, float]:
         return {"USD": 1.08}
@@ -87,14 +94,22 @@ def myapp(monkeypatch: pytest.MonkeyPatch) -> None:
     async def load_pair(key: object) -> float:
         return 1.08
 
+    def build_catalog(products: list[str], prices: dict[str, float]) -> dict[str, float]:
+        return {name: prices.get(name, 0.0) for name in products}
+
     rates.load = load  # type: ignore[attr-defined]
+    catalog.load_products = lambda: ["tea"]  # type: ignore[attr-defined]
+    catalog.load_prices = lambda: {"tea": 2.5}  # type: ignore[attr-defined]
+    catalog.build_catalog = build_catalog  # type: ignore[attr-defined]
     rates.load_pair = load_pair  # type: ignore[attr-defined]
     metrics.metrics = PrometheusMetrics(CollectorRegistry())  # type: ignore[attr-defined]
     package.rates = rates  # type: ignore[attr-defined]
     package.metrics = metrics  # type: ignore[attr-defined]
+    package.catalog = catalog  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "myapp", package)
     monkeypatch.setitem(sys.modules, "myapp.rates", rates)
     monkeypatch.setitem(sys.modules, "myapp.metrics", metrics)
+    monkeypatch.setitem(sys.modules, "myapp.catalog", catalog)
 
 
 def test_the_toml_examples_are_valid(myapp: None) -> None:
@@ -120,6 +135,13 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     assert (catalog.on_event, catalog.events) == ("refetch", frozenset({"catalog"}))
     with_metrics = load(tomllib.loads(next(s for s in samples if "listeners" in s)))
     assert with_metrics.middleware["listeners"] == [sys.modules["myapp.metrics"].metrics]
+    derived = load(tomllib.loads(next(s for s in samples if "[derived." in s)))
+    (catalog,) = derived.derived
+    assert (catalog.name, catalog.inputs, catalog.compute) == (
+        "catalog",
+        ("products", "prices"),
+        sys.modules["myapp.catalog"].build_catalog,
+    )
 
 
 def test_the_push_guides_toml_samples_load() -> None:
