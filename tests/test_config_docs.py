@@ -136,8 +136,8 @@ def test_the_toml_examples_are_valid(myapp: None) -> None:
     with_metrics = load(tomllib.loads(next(s for s in samples if "listeners" in s)))
     assert with_metrics.middleware["listeners"] == [sys.modules["myapp.metrics"].metrics]
     derived = load(tomllib.loads(next(s for s in samples if "[derived." in s)))
-    (catalog,) = derived.derived
-    assert (catalog.name, catalog.inputs, catalog.compute) == (
+    (built,) = derived.derived
+    assert (built.name, built.inputs, built.compute) == (
         "catalog",
         ("products", "prices"),
         sys.modules["myapp.catalog"].build_catalog,
