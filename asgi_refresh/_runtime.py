@@ -24,7 +24,7 @@ from ._duration import format_duration
 from ._events import Events, Listener
 from ._failure_log import FailureLog
 from ._fingerprint import content_digest
-from ._handle import LoopHome, RefreshError, RefreshHandle
+from ._handle import Kind, LoopHome, RefreshError, RefreshHandle
 from ._publisher import SNAPSHOT_KEY, Publisher, differs
 from ._refresher import RESERVED_NAME, Refresher
 from ._scheduler import Scheduler
@@ -926,6 +926,14 @@ class Runtime:
     def names(self) -> list[str]:
         """The refresher names, in the order they were given."""
         return list(self.slots)
+
+    def kind(self, name: str) -> Kind | None:
+        """Whether ``name`` is a refresher, a family or a derived value; None if it is none of them."""
+        if name in self.slots:
+            return "refresher"
+        if self.families is not None and name in self.families.runs:
+            return "family"
+        return "derived" if self._derived(name) is not None else None
 
     async def get(self, name: str, key: object) -> Any:
         """The value of family ``name`` for ``key``, loading it on first use."""
