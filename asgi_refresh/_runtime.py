@@ -1220,8 +1220,14 @@ class Runtime:
             raise LookupError(f"No refresher named {name!r} (known: {known})") from None
 
     def unhealthy(self) -> list[Unhealthy]:
-        """The required refreshers without a value younger than their ``max_stale``."""
+        """The required refreshers without a value younger than their ``max_stale``.
+
+        Also the required families whose ``preload`` keys have not all loaded, and
+        the required derived values not computed yet.
+        """
         found = status.unhealthy(list(self.slots.values()), self.clock.monotonic())
+        if self.families is not None:
+            found.extend(self.families.unhealthy())
         if self.derivation is not None:
             found.extend(self.derivation.unhealthy())
         return found
