@@ -53,8 +53,10 @@ _POLL = 0.02
 EPILOG = """\
 exit status:
   0  check: the configuration is valid; fetch: every required refresher loaded
-     (a refresher with required = false may have failed: it is reported, not fatal)
-  1  fetch: at least one required refresher failed; with --write-snapshot, any
+     and every required derived value was computed (one with required = false
+     may have failed: it is reported, not fatal)
+  1  fetch: at least one required refresher failed, or a derived value that is
+     required could not be computed; with --write-snapshot, any
      refresher failed or a snapshot that should be written could not be
   2  the configuration is invalid or unreadable, a NAME is unknown, or the
      command line is wrong
@@ -158,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
         help="validate CONFIG and list its refreshers",
         description=_wrapped(
             "Validate CONFIG (every problem at once) and list its refreshers: name, "
-            "source, schedule and whether it is required. Nothing is fetched."
+            "source, schedule and whether it is required; and its families and derived values. "
+            "Nothing is fetched."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -171,14 +174,17 @@ def _parser() -> argparse.ArgumentParser:
             "Fetch each refresher of CONFIG once, as the middleware does at startup "
             "(sources opened and closed, one shared HTTP client), and show the outcome, the time "
             "it took, the size and a short preview of each value. A refresher that authenticates "
-            "with another one's token (auth = { bearer = ... }) fetches that one too."
+            "with another one's token (auth = { bearer = ... }) fetches that one too. Derived "
+            "values are computed from the values fetched, with the refreshers they need."
         ),
         epilog=EPILOG
         + "\nThe preview shows the data itself (except for refreshers whose name or value looks\n"
         "like a secret); use --no-preview when the data is confidential.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fetch.add_argument("names", nargs="*", metavar="NAME", help="only these refreshers (default: all)")
+    fetch.add_argument(
+        "names", nargs="*", metavar="NAME", help="only these refreshers or derived values (default: all)"
+    )
     fetch.add_argument(
         "--timeout",
         default="1m",
