@@ -183,7 +183,11 @@ class RefreshHandle:
 
     @property
     def names(self) -> list[str]:
-        """The refresher names, in the order they were given."""
+        """The refresher names, in the order they were given.
+
+        Only what fetches: neither families nor derived values, which have no fetch
+        of their own to pin or override (``status()`` has an entry for each).
+        """
         return self._runtime.names
 
     @property
