@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from ._admin_page import CONTENT_SECURITY_POLICY, PAGE
 from ._contain import describe_error, escapes
-from ._handle import Controls, RefreshError
+from ._handle import Controls, Kind, RefreshError
 from ._option_error import OptionTypeError, OptionValueError
 from ._text import printable
 from ._types import Receive, Scope, Send
@@ -160,7 +160,9 @@ class Admin:
             # and does not come from loopback. It shows names and ages, never values.
             await self._health(reply, handle)
             return
-        if target == "health" and (method != "POST" or handle is None or target not in handle.names):
+        if target == "health" and (
+            method != "POST" or handle is None or handle.kind(target) in (None, "family")
+        ):
             await reply.json(405, {"error": "use GET"}, allow=b"GET, HEAD")
             return
         if self._loopback_only:
@@ -191,17 +193,29 @@ class Admin:
             await reply.json(200, {"refreshers": handle.status()})
             return
         target, _, action = target.partition("/")
-        if target not in handle.names:
+        kind = handle.kind(target)
+        if kind is None:
             await reply.json(404, {"error": f"no refresher named {target!r}"})
             return
         if action:
             if method != "POST":
                 await reply.json(405, {"error": f"use POST to {action}"}, allow=b"POST")
                 return
+            if kind != "refresher":
+                await reply.json(*_no_action(target, kind, action))
+                return
             await self._act(reply, handle, target, action, scope)
             return
+        if method == "GET":
+            await reply.json(200, {"name": target, "status": handle.status()[target]})
+            return
         if method != "POST":
-            await reply.json(405, {"error": "use POST to refresh"}, allow=b"POST")
+            await reply.json(
+                405, {"error": "use GET for the status, POST to refresh"}, allow=b"GET, HEAD, POST"
+            )
+            return
+        if kind == "family":
+            await reply.json(*_no_action(target, kind, "refresh"))
             return
         wait = _query_flag(scope, "wait")
         if wait is None:
@@ -209,6 +223,8 @@ class Admin:
             return
         try:
             await self._refresh(reply, handle, target, wait=wait)
+        except LookupError as exc:  # a derived value whose inputs have no value yet
+            await reply.json(409, {"name": target, "error": str(exc)})
         except RuntimeError as exc:  # between startup and the first loop, or while stopping
             await reply.json(503, {"error": str(exc)})
 
@@ -405,6 +421,22 @@ def _is_loopback_address(host: str) -> bool:
 
 
 _ACTIONS = frozenset({"accept", "reject", "pin", "unpin", "rollback"})
+
+
+def _no_action(name: str, kind: Kind, action: str) -> tuple[int, dict[str, str]]:
+    """The answer to an operator's action on a family or a derived value: what it is, and why not."""
+    if kind == "family":
+        # 404, as for no such refresher: a family's keys load when a request asks for them.
+        why = (
+            f"{name!r} is a refresher family: its keys load when a request asks for them and "
+            f"refresh on their own, so there is nothing to {action}; GET {name} for its status"
+        )
+        return 404, {"name": name, "error": why}
+    why = (
+        f"{name!r} is a derived value: it is computed from its inputs, so it has no versions, "
+        f"pins or held-back values to {action}; {action} one of its inputs instead"
+    )
+    return 409, {"name": name, "error": why}
 
 
 def _target(rest: str) -> str | None:

@@ -24,6 +24,7 @@ from .__about__ import __version__
 from ._clock import SystemClock
 from ._config import Config, ConfigError, load_config, scrub
 from ._contain import describe_error, escapes, is_async_callable
+from ._derived import Derived
 from ._duration import format_duration, parse_duration
 from ._middleware import RefreshMiddleware
 from ._refresher import Refresher
@@ -52,8 +53,10 @@ _POLL = 0.02
 EPILOG = """\
 exit status:
   0  check: the configuration is valid; fetch: every required refresher loaded
-     (a refresher with required = false may have failed: it is reported, not fatal)
-  1  fetch: at least one required refresher failed; with --write-snapshot, any
+     and every required derived value was computed (one with required = false
+     may have failed: it is reported, not fatal)
+  1  fetch: at least one required refresher failed, or a derived value that is
+     required could not be computed; with --write-snapshot, any
      refresher failed or a snapshot that should be written could not be
   2  the configuration is invalid or unreadable, a NAME is unknown, or the
      command line is wrong
@@ -157,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
         help="validate CONFIG and list its refreshers",
         description=_wrapped(
             "Validate CONFIG (every problem at once) and list its refreshers: name, "
-            "source, schedule and whether it is required. Nothing is fetched."
+            "source, schedule and whether it is required; and its families and derived values. "
+            "Nothing is fetched."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -170,14 +174,17 @@ def _parser() -> argparse.ArgumentParser:
             "Fetch each refresher of CONFIG once, as the middleware does at startup "
             "(sources opened and closed, one shared HTTP client), and show the outcome, the time "
             "it took, the size and a short preview of each value. A refresher that authenticates "
-            "with another one's token (auth = { bearer = ... }) fetches that one too."
+            "with another one's token (auth = { bearer = ... }) fetches that one too. Derived "
+            "values are computed from the values fetched, with the refreshers they need."
         ),
         epilog=EPILOG
         + "\nThe preview shows the data itself (except for refreshers whose name or value looks\n"
         "like a secret); use --no-preview when the data is confidential.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fetch.add_argument("names", nargs="*", metavar="NAME", help="only these refreshers (default: all)")
+    fetch.add_argument(
+        "names", nargs="*", metavar="NAME", help="only these refreshers or derived values (default: all)"
+    )
     fetch.add_argument(
         "--timeout",
         default="1m",
@@ -298,14 +305,27 @@ def _check(args: argparse.Namespace, config: Config) -> int:
         }
         for family in config.families
     ]
+    derived = [
+        {
+            "name": item.name,
+            "inputs": list(item.inputs),
+            "compute": config.scrub(config.computes.get(item.name, "?")),
+            "timeout": item.timeout,
+            "required": item.required,
+        }
+        for item in config.derived
+    ]
     if args.json:
         report: dict[str, Any] = {"config": str(args.config), "ok": True, "refreshers": described}
         if families:
             report["families"] = families
+        if derived:
+            report["derived"] = derived
         _print_json(report)
         return EXIT_OK
     count = len(described)
     also = f", {len(families)} famil{'ies' if len(families) != 1 else 'y'}" if families else ""
+    also += f", {len(derived)} derived value{'s' if len(derived) != 1 else ''}" if derived else ""
     print(f"{printable(str(args.config))}: valid, {count} refresher{'s' if count != 1 else ''}{also}")
     print()
     if families:
@@ -334,6 +354,18 @@ def _check(args: argparse.Namespace, config: Config) -> int:
         for item in described
     ]
     print(_table(rows, ["NAME", "SOURCE", "SCHEDULE", "REQUIRED"]))
+    if derived:
+        derived_rows = [
+            [
+                spec.name,
+                ", ".join(spec.inputs),
+                config.scrub(config.computes.get(spec.name, "?")),
+                "yes" if spec.required else "no",
+            ]
+            for spec in config.derived
+        ]
+        print()
+        print(_table(derived_rows, ["DERIVED", "INPUTS", "COMPUTE", "REQUIRED"]))
     return EXIT_OK
 
 
@@ -390,26 +422,41 @@ class _Captured:
 
 def _fetch(args: argparse.Namespace, config: Config) -> int:
     by_name = {refresher.name: refresher for refresher in config.refreshers}
-    unknown = [name for name in args.names if name not in by_name]
+    known = [*by_name, *(item.name for item in config.derived)]
+    unknown = [name for name in args.names if name not in known]
     if unknown:
         for name in unknown:
-            close = difflib.get_close_matches(name, by_name, n=1)
+            close = difflib.get_close_matches(name, known, n=1)
             suggestion = f"; did you mean {close[0]!r}?" if close else ""
-            line = f"{args.config}: no refresher named {name!r} (known: {', '.join(by_name)}){suggestion}"
+            line = f"{args.config}: no refresher named {name!r} (known: {', '.join(known)}){suggestion}"
             print(printable(line), file=sys.stderr)
         return EXIT_INVALID
     directory: Path | None = args.write_snapshot
     if directory is not None and directory.exists() and not directory.is_dir():
         print(printable(f"--write-snapshot {directory}: exists and is not a directory"), file=sys.stderr)
         return EXIT_INVALID
-    selected = _with_needs(config, args.names or list(by_name))
+    # A derived value is computed, not fetched: from the values of its inputs, fetched here too.
+    computed = _derived_for(config, args.names)
+    wanted = [name for name in args.names if name in by_name] if args.names else list(by_name)
+    wanted += [name for item in computed for name in item.inputs if name in by_name]
+    selected = _with_needs(config, wanted)
     needed_by: dict[str, list[str]] = {name: [] for name in selected}
     for name in selected:
         for needed in config.needs.get(name, ()):
             needed_by[needed].append(name)
-    results, captured = anyio.run(
-        _fetch_once, config, [by_name[name] for name in selected], args.timeout, directory is not None
+    results, computed_results, captured = anyio.run(
+        _fetch_once,
+        config,
+        [by_name[name] for name in selected],
+        computed,
+        args.timeout,
+        directory is not None,
     )
+    for result in computed_results:
+        if args.no_preview:
+            result.preview = None
+        if result.error is not None:
+            result.error = config.scrub(result.error)
     for result in results:
         result.needed_by = needed_by[result.name]
         if args.no_preview:
@@ -421,41 +468,61 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
             if result.snapshot.detail is not None:
                 result.snapshot.detail = config.scrub(result.snapshot.detail)
     failed_required = any(result.required and result.outcome != "ok" for result in results)
+    failed_derived = any(result.required and result.outcome != "ok" for result in computed_results)
     unwritten = directory is not None and any(
         result.snapshot is not None and result.snapshot.outcome == "not written" for result in results
     )
     if args.json:
-        _print_json(
-            {
-                "config": str(args.config),
-                "ok": not (failed_required or unwritten),
-                "snapshot_dir": None if directory is None else str(directory),
-                "refreshers": [result.as_json() for result in results],
-            }
-        )
+        document: dict[str, Any] = {
+            "config": str(args.config),
+            "ok": not (failed_required or failed_derived or unwritten),
+            "snapshot_dir": None if directory is None else str(directory),
+            "refreshers": [result.as_json() for result in results],
+        }
+        if computed_results:
+            document["derived"] = [
+                {**result.as_json(), "computed_from": list(spec.inputs)}
+                for result, spec in zip(computed_results, computed, strict=True)
+            ]
+        _print_json(document)
     else:
         rows = [
             [
                 result.name,
-                result.outcome
+                ("ok (computed)" if kind == "derived" else "ok")
                 if result.outcome == "ok"
                 else f"FAILED{'' if result.required else ' (not required)'}",
                 "-" if result.duration is None else _milliseconds(result.duration),
                 "-" if result.size is None else f"{result.size} B {result.size_of}",
                 (result.error or "") if result.outcome != "ok" else (result.preview or "(not shown)"),
             ]
-            for result in results
+            for kind, group in (("refresher", results), ("derived", computed_results))
+            for result in group
         ]
         print(_table(rows, ["NAME", "OUTCOME", "TIME", "SIZE", "PREVIEW / ERROR"]))
-        failures = sum(result.outcome != "ok" for result in results)
+        failures = sum(result.outcome != "ok" for result in [*results, *computed_results])
         print()
         print(
-            f"{len(results) - failures} ok, {failures} failed"
+            f"{len(results) + len(computed_results) - failures} ok, {failures} failed"
             + ("; a required refresher failed" if failed_required else "")
+            + ("; a required derived value could not be computed" if failed_derived else "")
         )
         if directory is not None:
-            _print_snapshots(results, directory)
-    return EXIT_REQUIRED_FAILED if failed_required or unwritten else EXIT_OK
+            _print_snapshots(results, directory)  # nothing derived is stored: computed at startup
+    return EXIT_REQUIRED_FAILED if failed_required or failed_derived or unwritten else EXIT_OK
+
+
+def _derived_for(config: Config, names: list[str]) -> list[Derived]:
+    """The derived values named (all if none is) and those they derive from, in the config's order."""
+    by_name = {item.name: item for item in config.derived}
+    wanted: set[str] = set()
+    pending = [name for name in names if name in by_name] if names else list(by_name)
+    while pending:
+        name = pending.pop()
+        if name not in wanted:
+            wanted.add(name)
+            pending.extend(each for each in by_name[name].inputs if each in by_name)
+    return [item for item in config.derived if item.name in wanted]
 
 
 def _print_snapshots(results: list[_Result], directory: Path) -> None:
@@ -496,12 +563,13 @@ def _with_needs(config: Config, names: list[str]) -> list[str]:
 
 
 async def _fetch_once(
-    config: Config, refreshers: list[Refresher], limit: float, capture: bool
-) -> tuple[list[_Result], dict[str, _Captured | str]]:
+    config: Config, refreshers: list[Refresher], derived: list[Derived], limit: float, capture: bool
+) -> tuple[list[_Result], list[_Result], dict[str, _Captured | str]]:
     """Run the refreshers' first fetches the way the middleware does, then stop them.
 
-    With ``capture``, also take what a snapshot of each value needs while its
-    source is open (its HTTP validators), or why that failed.
+    ``derived`` values are computed from what was fetched, as at startup. With
+    ``capture``, also take what a snapshot of each value needs while its source
+    is open (its HTTP validators), or why that failed.
     """
     stopwatch = _Stopwatch(config)
     clock = SystemClock()
@@ -512,16 +580,23 @@ async def _fetch_once(
         state={},
         clock=clock,
         codec=config.middleware.get("codec"),
+        derived=derived,
     )
     stopwatch.handle = runtime.handle
     results: dict[str, _Result] = {}
+    computed: dict[str, _Result] = {}
     captured: dict[str, _Captured | str] = {}
     deadline = time.monotonic() + limit
     runtime.prepare()
     async with anyio.create_task_group() as task_group:
         await task_group.start(runtime.run)
-        while len(results) < len(refreshers):
+        while len(results) < len(refreshers) or len(computed) < len(derived):
             status = runtime.status()
+            # A round of computes publishes its values together, at its end: read them then.
+            settled = runtime.derivation is None or runtime.derivation.settled()
+            _note_computes(
+                derived, status, results, computed, runtime.state if settled else None, limit, deadline
+            )
             for refresher in refreshers:
                 name = refresher.name
                 if name in results:
@@ -552,7 +627,44 @@ async def _fetch_once(
                     _explain_stream(refresher, results[name])
             await anyio.sleep(_POLL)
         await runtime.stop(parse_duration(config.middleware.get("shutdown_timeout", "10s")))
-    return [results[refresher.name] for refresher in refreshers], captured
+    return (
+        [results[refresher.name] for refresher in refreshers],
+        [computed[item.name] for item in derived],
+        captured,
+    )
+
+
+def _note_computes(
+    derived: list[Derived],
+    status: Mapping[str, Status],
+    results: Mapping[str, _Result],
+    computed: dict[str, _Result],
+    state: Mapping[str, Any] | None,
+    limit: float,
+    deadline: float,
+) -> None:
+    """Record each derived value whose first compute is done, or that cannot be computed.
+
+    ``state``: the published values, or None while a round of computes is under way.
+    """
+    done = {**results, **computed}
+    for item in derived:
+        if item.name in computed:
+            continue
+        entry = status[item.name]
+        if entry["last_outcome"] is not None and state is not None:
+            computed[item.name] = _result(item, entry, entry["last_duration"], state.get(item.name))
+            continue
+        # A required input that failed is never retried here: its derived value waits for nothing.
+        failed = [
+            name
+            for name in item.inputs
+            if name in done and done[name].required and done[name].outcome != "ok"
+        ]
+        if failed:
+            computed[item.name] = _failed(item, f"not computed: it needs {failed[0]!r}, which failed")
+        elif time.monotonic() >= deadline:
+            computed[item.name] = _failed(item, f"not computed within {format_duration(limit)} (--timeout)")
 
 
 def _explain_stream(refresher: Refresher, result: _Result) -> None:
@@ -782,11 +894,11 @@ class _TimedSource(Source):
         return fetched
 
 
-def _failed(refresher: Refresher, error: str) -> _Result:
+def _failed(refresher: Refresher | Derived, error: str) -> _Result:
     return _Result(refresher.name, refresher.required, "failed", None, None, None, None, error, [])
 
 
-def _result(refresher: Refresher, entry: Status, took: float | None, value: Any) -> _Result:
+def _result(refresher: Refresher | Derived, entry: Status, took: float | None, value: Any) -> _Result:
     if entry["last_outcome"] == "failed":
         return _Result(
             refresher.name,

@@ -422,6 +422,8 @@ class Config:
     secrets: frozenset[str] = field(default_factory=frozenset)
     families: tuple[RefresherFamily, ...] = ()
     derived: tuple[Derived, ...] = ()
+    computes: dict[str, str] = field(default_factory=dict)
+    """Each derived value's ``compute``, as the file names it (``"myapp.catalog:build"``)."""
 
     def scrub(self, text: str) -> str:
         """``text`` with every value read from the environment replaced by ``***``."""
@@ -622,6 +624,7 @@ class _Builder:
         self.from_env: dict[str, str] = {}  # key path -> the variable its value came from
         self.broken: set[str] = set()  # key paths whose interpolation failed (reported already)
         self.bad_defaults: set[str] = set()  # [defaults] keys reported invalid already
+        self.computes: dict[str, str] = {}  # derived name -> its compute's import string
         self._imports: dict[str, Any] = {}
 
     def problem(self, path: str, message: str) -> None:
@@ -784,6 +787,7 @@ class _Builder:
             needs=needs,
             secrets=frozenset(self.secrets),
             families=tuple(families),
+            computes=dict(self.computes),
         )
 
     def table(self, document: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -1093,6 +1097,7 @@ class _Builder:
                 complete = False
             else:
                 built.append(derived)
+                self.computes[derived.name] = _import_string(raw["compute"])
         if complete and built:
             try:
                 order(built, [refresher.name for refresher in refreshers])

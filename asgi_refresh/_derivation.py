@@ -72,7 +72,13 @@ class Node:
         self.hooks = (
             None
             if spec.on_change is None and spec.on_error is None
-            else Hooks(spec.name, on_change=spec.on_change, on_error=spec.on_error, timeout=spec.timeout)
+            else Hooks(
+                spec.name,
+                on_change=spec.on_change,
+                on_error=spec.on_error,
+                timeout=spec.timeout,
+                owner=("Derived", "derived value"),
+            )
         )
 
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ._cluster.base import Codec, Coordinator
     from ._events import Events
     from ._family_store import FamilyStore
-    from ._status import FailingKey, FamilyStatus, Status
+    from ._status import FailingKey, FamilyStatus, Status, Unhealthy
 
 logger = logging.getLogger("asgi_refresh")
 
@@ -610,6 +610,20 @@ class Families:
             for run in self.runs.values():
                 # One try for a family that is not required: startup does not wait on it.
                 task_group.start_soon(partial(run.preload, retry=retry and run.spec.required))
+
+    def unhealthy(self) -> list[Unhealthy]:
+        """The required families with a ``preload`` key without a value (yet): readiness, as for refreshers.
+
+        Names only: a key comes from outside and readiness needs no token. A loaded
+        key keeps its last good value while its refreshes fail, as a refresher
+        without ``max_stale`` does (a family has none), so only a missing one counts.
+        """
+        return [
+            {"name": name, "reason": "not loaded", "age": None, "max_stale": None}
+            for name, run in self.runs.items()
+            if run.spec.required
+            and any((entry := run.entries.get(key)) is None or not entry.loaded for key in run.spec.preload)
+        ]
 
     def startup_failure(self, budget: str) -> RefreshError | None:
         """Why startup must fail: a required family's preload keys without a value; None if none.

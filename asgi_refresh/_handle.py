@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+
+Kind = Literal["refresher", "family", "derived"]
+"""What a name in ``status()`` stands for."""
 
 
 class RefreshError(RuntimeError):
@@ -102,6 +105,9 @@ class Controls(Protocol):
     def names(self) -> list[str]:
         """The refresher names, in the order they were given."""
 
+    def kind(self, name: str) -> Kind | None:
+        """Whether ``name`` is a refresher, a family or a derived value; None if it is none of them."""
+
     async def refresh(self, name: str) -> Any:
         """Fetch ``name`` now; its value, or `RefreshError`."""
 
@@ -177,7 +183,11 @@ class RefreshHandle:
 
     @property
     def names(self) -> list[str]:
-        """The refresher names, in the order they were given."""
+        """The refresher names, in the order they were given.
+
+        Only what fetches: neither families nor derived values, which have no fetch
+        of their own to pin or override (``status()`` has an entry for each).
+        """
         return self._runtime.names
 
     @property

@@ -33,7 +33,17 @@ class Hooks:
     the waiting ``on_error`` call's exception with the latest one.
     """
 
-    __slots__ = ("_change", "_error", "_hooks", "_name", "_running", "_thread", "_timeout", "_waiting")
+    __slots__ = (
+        "_change",
+        "_error",
+        "_hooks",
+        "_name",
+        "_owner",
+        "_running",
+        "_thread",
+        "_timeout",
+        "_waiting",
+    )
 
     def __init__(
         self,
@@ -42,8 +52,11 @@ class Hooks:
         on_change: Callable[..., object] | None,
         on_error: Callable[..., object] | None,
         timeout: float | None,
+        owner: tuple[str, str] = ("Refresher", "refresher"),
     ) -> None:
         self._name = name
+        # How log lines name what the hooks belong to: ("Derived", "derived value") for one.
+        self._owner = owner
         self._hooks: dict[HookName, Callable[..., object] | None] = {
             "on_change": on_change,
             "on_error": on_error,
@@ -116,19 +129,23 @@ class Hooks:
                     await result
                 return
             logger.error(
-                "Refresher %r: %s hook did not finish within %s; cancelled, the refresher carries on",
+                "%s %r: %s hook did not finish within %s; cancelled, the %s carries on",
+                self._owner[0],
                 name,
                 hook_name,
                 format_duration(timeout or 0),
+                self._owner[1],
                 extra={"refresher": name, "outcome": "hook_failed"},
             )
         except BaseException as exc:  # the hook's failure, not ours: contained
             if escapes(exc):
                 raise
             logger.error(
-                "Refresher %r: %s hook raised; ignored, the refresher carries on",
+                "%s %r: %s hook raised; ignored, the %s carries on",
+                self._owner[0],
                 name,
                 hook_name,
+                self._owner[1],
                 exc_info=exc,
                 extra={"refresher": name, "outcome": "hook_failed"},
             )

@@ -24,7 +24,7 @@ from ._duration import format_duration
 from ._events import Events, Listener
 from ._failure_log import FailureLog
 from ._fingerprint import content_digest
-from ._handle import LoopHome, RefreshError, RefreshHandle
+from ._handle import Kind, LoopHome, RefreshError, RefreshHandle
 from ._publisher import SNAPSHOT_KEY, Publisher, differs
 from ._refresher import RESERVED_NAME, Refresher
 from ._scheduler import Scheduler
@@ -927,6 +927,14 @@ class Runtime:
         """The refresher names, in the order they were given."""
         return list(self.slots)
 
+    def kind(self, name: str) -> Kind | None:
+        """Whether ``name`` is a refresher, a family or a derived value; None if it is none of them."""
+        if name in self.slots:
+            return "refresher"
+        if self.families is not None and name in self.families.runs:
+            return "family"
+        return "derived" if self._derived(name) is not None else None
+
     async def get(self, name: str, key: object) -> Any:
         """The value of family ``name`` for ``key``, loading it on first use."""
         families = self.families
@@ -1212,8 +1220,14 @@ class Runtime:
             raise LookupError(f"No refresher named {name!r} (known: {known})") from None
 
     def unhealthy(self) -> list[Unhealthy]:
-        """The required refreshers without a value younger than their ``max_stale``."""
+        """The required refreshers without a value younger than their ``max_stale``.
+
+        Also the required families whose ``preload`` keys have not all loaded, and
+        the required derived values not computed yet.
+        """
         found = status.unhealthy(list(self.slots.values()), self.clock.monotonic())
+        if self.families is not None:
+            found.extend(self.families.unhealthy())
         if self.derivation is not None:
             found.extend(self.derivation.unhealthy())
         return found

@@ -366,14 +366,18 @@ async def test_a_burst_of_50_posts_runs_one_fetch_at_a_time() -> None:
 
 
 async def test_refresh_errors_unknown_names_and_methods() -> None:
-    """Unknown name 404, wrong method 405 with Allow, bad wait 400, nested path 404."""
+    """Unknown name 404, GET a name for its status, wrong method 405 with Allow, bad wait 400, nested path 404."""
     async with admin_client(names()) as (http, _):
         unknown = await http.post("/_refresh/nope", headers=AUTH)
         assert unknown.status_code == 404
         assert unknown.json() == {"error": "no refresher named 'nope'"}
         get_name = await http.get("/_refresh/names", headers=AUTH)
-        assert get_name.status_code == 405
-        assert get_name.headers["allow"] == "POST"
+        assert get_name.status_code == 200
+        assert get_name.json()["name"] == "names"
+        assert get_name.json()["status"]["refresh_count"] == 1
+        put_name = await http.put("/_refresh/names", headers=AUTH)
+        assert put_name.status_code == 405
+        assert put_name.headers["allow"] == "GET, HEAD, POST"
         delete = await http.delete("/_refresh", headers=AUTH)
         assert delete.status_code == 405
         assert delete.headers["allow"] == "GET, HEAD"
