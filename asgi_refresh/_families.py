@@ -33,6 +33,7 @@ from ._family import Key, RefresherFamily, checked_key, shown_key
 from ._handle import RefreshError
 from ._publisher import differs
 from ._slot import Flight
+from ._sources.outcome import SourceError
 from ._thread import ThreadCall
 
 if TYPE_CHECKING:
@@ -142,7 +143,10 @@ class FamilyLog:
             f" ({quiet} more failures of this family since the last warning, logged at DEBUG)"
             if loud and quiet
             else "",
-            exc_info=exc if loud and entry.failures == 1 and not isinstance(exc, _FetchTimeout) else None,
+            # As for refreshers: a timeout's traceback is ours, a SourceError's message says all it knows.
+            exc_info=exc
+            if loud and entry.failures == 1 and not isinstance(exc, _FetchTimeout | SourceError)
+            else None,
             extra={"refresher": name, "key": key, "outcome": "failed", "error": entry.error},
         )
 

@@ -15,7 +15,14 @@ from asgi_lifespan import LifespanManager
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_refresh import RefresherFamily, RefreshError, RefreshEvent, RefreshHandle, RefreshMiddleware
+from asgi_refresh import (
+    RefresherFamily,
+    RefreshError,
+    RefreshEvent,
+    RefreshHandle,
+    RefreshMiddleware,
+    SourceError,
+)
 from asgi_refresh._family import MAX_KEY_CHARS, checked_key, shown_key
 from asgi_refresh.testing import FakeClock
 
@@ -258,6 +265,22 @@ async def test_failures_are_logged_once_per_family_not_per_key(caplog: pytest.Lo
     assert "Family 'rates': key 0 failed" in warnings[0].getMessage()
     assert handle.status()["rates"]["family"]["failing_count"] == 50
     assert len(handle.status()["rates"]["family"]["failing_keys"]) == 10
+    assert warnings[0].exc_info is not None, "an unexpected exception's first failure has its traceback"
+
+
+async def test_a_source_error_is_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A SourceError says all it knows in its message: one line, as for a refresher."""
+
+    async def refused(key: str) -> str:
+        raise SourceError(f"GET /rate/{key}: 404 Not Found")
+
+    with caplog.at_level(logging.INFO, logger="asgi_refresh"):
+        async with running(RefresherFamily("rates", refused, every="1m"), clock=FakeClock()) as handle:
+            with pytest.raises(RefreshError):
+                await handle.get("rates", "XYZ")
+    (warning,) = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert "404 Not Found" in warning.getMessage()
+    assert warning.exc_info is None
 
 
 async def test_required_preload_fails_startup_naming_family_and_key() -> None:
