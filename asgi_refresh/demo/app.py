@@ -2,7 +2,7 @@
 
     python -m asgi_refresh.demo [--port 8000] [--upstream-down]
 
-Six refreshers, all fed from 127.0.0.1, no internet needed:
+Six refreshers, a family and a derived value, all fed from 127.0.0.1, no internet needed:
 
 - ``names``: JSON over HTTP with an ETag (polls that find nothing new are 304s),
   guarded by ``max_shrink(0.5)`` and keeping its last five versions;
@@ -11,7 +11,12 @@ Six refreshers, all fed from 127.0.0.1, no internet needed:
 - ``orders``: JSON fetched with that token;
 - ``price``: pushed by a Server-Sent Events stream every time it moves (every
   second), with the same price as a document polled while the stream is down;
-- ``release``: polled only hourly, and refreshed at once by a signed webhook.
+- ``release``: polled only hourly, and refreshed at once by a signed webhook;
+- ``rates``: a `RefresherFamily`, one exchange rate per currency (``GET
+  /rate?currency=USD``), loaded on first use from the upstream's
+  ``/rate/{currency}``, refreshed every 10 s while it is asked for;
+- ``welcome``: a `Derived` value, computed from ``names`` and ``settings`` and
+  published in the same snapshot as they are.
 
 Open the printed URL: the page shows each value, where it came from, when it was
 fetched and changed and when the next refresh is due ("12 s ago", "in 3 s"),
@@ -21,7 +26,8 @@ take it down and bring it back (the price stream ends, reconnects and comes
 back), pin or roll back the names, and publish a release: the demo then signs a
 webhook delivery with its secret (server-side: the secret never reaches the
 browser) and posts it to its own ``/_refresh/hooks/release``, which refreshes
-``release`` at once.
+``release`` at once. Its currency field asks for a rate: a three-letter code
+(``eur`` is ``EUR``), anything else refused with a 400 that does not repeat it.
 
 Every good value is also written to a snapshot directory in the user's cache
 (``$XDG_CACHE_HOME/asgi-refresh-demo``, else ``~/.cache/asgi-refresh-demo``):
@@ -40,24 +46,28 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from asgi_refresh import (
     BearerToken,
+    Derived,
     FileSource,
     Fresh,
     HTTPSource,
     Refresher,
+    RefresherFamily,
     RefreshError,
     RefreshHandle,
     RefreshMiddleware,
@@ -66,7 +76,7 @@ from asgi_refresh import (
     max_shrink,
 )
 from asgi_refresh.demo.upstream import STREAM_PREFIX, Upstream, serve
-from asgi_refresh.fastapi import RefreshControl
+from asgi_refresh.fastapi import RefreshControl, RefreshedKey
 
 logger = logging.getLogger("asgi_refresh.demo")
 
@@ -80,6 +90,24 @@ HOOK = "release"
 ADMIN_PATH = "/_refresh"
 PRICE_POLL_EVERY = "10s"  # while the stream is down; while it is up, the stream says it all
 REFRESH_WAIT = 3.0  # seconds POST /release waits to see the webhook's refresh land
+RATES = {
+    "USD": 1.0,
+    "EUR": 0.92,
+    "GBP": 0.79,
+    "JPY": 151.2,
+    "CHF": 0.88,
+    "CAD": 1.36,
+    "AUD": 1.52,
+    "SEK": 10.45,
+}
+"""The currencies the upstream quotes: units per US dollar, before each turn moves them (up to 2%)."""
+CURRENCY = re.compile(r"[A-Z]{3}")
+"""A currency code, as the upstream's ``/rate/{currency}`` and the demo's ``/rate`` take it."""
+RATE_PREFIX = "/rate/"
+RATE_EVERY = "10s"
+RATE_PRELOAD = ["EUR"]
+RATE_MAX_KEYS = 50  # the most currencies kept (and first loads at once): a flood of codes stays small
+RATE_IDLE_TTL = "5m"  # a currency nobody asked for in 5 minutes is dropped
 
 
 def token_grant(body: bytes) -> Fresh[str]:
@@ -105,10 +133,19 @@ class World:
         self.cents = 10_000
         self.releases = 0
         self._walk = random.Random(18)  # the same price walk on every run
+        self.quoted_at = _now()  # when the rates last moved (each turn)
         self.show()
         self.show_price()
         self.show_release()
         settings.write_text(SETTINGS[0])
+        upstream.serve_keys(RATE_PREFIX, self.rate, pattern=CURRENCY.pattern)
+
+    def rate(self, currency: str) -> dict[str, Any] | None:
+        """What the upstream's ``/rate/{currency}`` serves this turn; None (a 404) for an unknown currency."""
+        per_usd = quote(currency, self.turn)
+        if per_usd is None:
+            return None
+        return {"currency": currency, "per_usd": per_usd, "as_of": self.quoted_at}
 
     def show(self) -> None:
         """Serve this turn's names and orders."""
@@ -136,7 +173,8 @@ class World:
         self.show_release()
 
     def move_on(self) -> None:
-        """Next turn: new names, more orders, the settings rewritten (by rename, as editors do)."""
+        """Next turn: new names, more orders, moved rates, the settings rewritten (by rename)."""
+        self.quoted_at = _now()
         self.turn += 1
         self.show()
         temporary = self.settings.with_suffix(".tmp")
@@ -154,6 +192,64 @@ class World:
     def state(self) -> dict[str, bool]:
         """The switches, for the page."""
         return {"broken": self.broken, "down": self.upstream.down}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def quote(currency: str, turn: int) -> float | None:
+    """Units of ``currency`` per US dollar at ``turn`` (the same on every run); None if it is not quoted.
+
+    Each turn moves a rate by up to 2% either way around its `RATES` entry; the
+    dollar is always 1.
+    """
+    base = RATES.get(currency)
+    if base is None or currency == "USD":
+        return base
+    return round(base * (1 + random.Random(f"{currency}/{turn}").uniform(-0.02, 0.02)), 4)
+
+
+def welcome(names: list[str], settings: dict[str, Any]) -> str:
+    """The derived ``welcome``: the settings' greeting to everyone in ``names`` ("Hello, ada and grace!")."""
+    greeting = str(settings.get("greeting", "hello")).capitalize()
+    people = [str(name) for name in names]
+    if not people:
+        return f"{greeting}, nobody!"
+    listed = people[0] if len(people) == 1 else ", ".join(people[:-1]) + " and " + people[-1]
+    return f"{greeting}, {listed}!"
+
+
+DERIVED = [Derived("welcome", welcome, inputs=["names", "settings"])]
+"""``welcome``, from names and settings: published in the same snapshot as the change that moved it."""
+
+
+def rate_loader(upstream_url: str) -> Callable[[str], Awaitable[dict[str, Any] | None]]:
+    """The ``rates`` family's fetch: ``GET {upstream_url}/rate/{currency}``."""
+
+    async def load_rate(currency: str) -> dict[str, Any] | None:
+        # Only codes the demo's /rate checked get here: a key goes into the URL as it is.
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(f"{upstream_url}{RATE_PREFIX}{currency}")
+        if response.status_code == 404:
+            return None  # not quoted: kept like a rate (asked again, no fetch), and dropped when idle
+        if response.status_code != 200:
+            raise RuntimeError(f"the upstream answered HTTP {response.status_code}")
+        rate: dict[str, Any] = response.json()
+        return rate
+
+    return load_rate
+
+
+def currency_code(currency: str = "") -> str:
+    """The ``currency`` query parameter as a family key (``eur`` is ``EUR``); 400 unless three letters.
+
+    Checked here, not by FastAPI's validation: its 422 would echo the input back.
+    """
+    code = currency.strip()
+    if not (len(code) == 3 and code.isascii() and code.isalpha()):
+        raise HTTPException(400, {"error": "refused: a currency is three letters, like EUR", "refused": True})
+    return code.upper()
 
 
 def sign(
@@ -204,6 +300,11 @@ def build(
 
     app = FastAPI(title="asgi_refresh demo", lifespan=lifespan)
 
+    @app.exception_handler(RefreshError)
+    async def not_loaded(request: Request, exc: RefreshError) -> JSONResponse:
+        # A currency's first load failed (the upstream is down): no rate to answer with yet.
+        return JSONResponse({"detail": {"name": exc.name, "error": str(exc)}}, status_code=503)
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
         return PAGE
@@ -221,13 +322,36 @@ def build(
     @app.post("/refresh/{name}")
     async def refresh(name: str, control: RefreshControl) -> Any:
         """Refresh one now; answers like one entry of /data (the token stays hidden)."""
-        if name not in control.names:
-            raise HTTPException(404, f"no refresher named {name!r}; there are {', '.join(control.names)}")
+        shown = shown_names(control)
+        if name not in shown:
+            raise HTTPException(404, f"no refresher named {name!r}; there are {', '.join(shown)}")
         try:
             await control.refresh(name)
         except RefreshError as exc:  # the upstream failed: say why, the last good value stays
             raise HTTPException(502, {"name": name, "error": str(exc)}) from exc
         return report(control)[name]
+
+    @app.get("/rate")
+    async def rate(
+        value: Annotated[dict[str, Any] | None, RefreshedKey("rates", key_from=currency_code)],
+        code: Annotated[str, Depends(currency_code)],
+    ) -> dict[str, Any]:
+        """``?currency=EUR``: the rate the ``rates`` family holds for it, loaded on first use.
+
+        400 for anything but three letters (the answer does not repeat it), 404 for
+        a currency the upstream does not quote, 503 while a first load fails.
+        """
+        if value is None:
+            raise HTTPException(404, {"error": f"the upstream quotes no rate for {code}"})
+        return value
+
+    @app.get("/rates")
+    async def rates(control: RefreshControl) -> dict[str, Any]:
+        """The ``rates`` family's counters: keys held, loads (one per cold key), hits, misses, failures."""
+        entry = control.status()["rates"]
+        family: dict[str, Any] = dict(entry.get("family") or {})
+        counts = ("keys", "max_keys", "loading", "loads", "refreshes", "hits", "misses", "failures")
+        return {**{count: family.get(count) for count in counts}, "last_error": entry["last_error"]}
 
     @app.get("/upstream")
     async def upstream_state() -> dict[str, bool]:
@@ -316,6 +440,21 @@ def build(
                 "release", HTTPSource(f"{upstream_url}/release"), every="1h", on_change=announce("release")
             ),
         ],
+        families=[
+            RefresherFamily(
+                "rates",
+                rate_loader(upstream_url),
+                every=RATE_EVERY,
+                idle_ttl=RATE_IDLE_TTL,
+                max_keys=RATE_MAX_KEYS,
+                preload=RATE_PRELOAD,
+                # With the upstream down at startup (--upstream-down), the demo starts anyway:
+                # EUR is retried in the background, and /rate answers 503 until it loads.
+                required=False,
+                timeout="5s",
+            )
+        ],
+        derived=DERIVED,
         # The demo listens on 127.0.0.1 only, so its admin endpoints need no token.
         admin_path=ADMIN_PATH,
         admin_loopback_only=True,
@@ -340,8 +479,22 @@ async def move_the_price(world: World, every: float) -> None:
         world.tick()
 
 
+def shown_names(control: RefreshHandle) -> list[str]:
+    """The refreshers, each derived value right after the last of its inputs (welcome after settings)."""
+    shown: list[str] = []
+    for name in control.names:
+        shown.append(name)
+        for each in DERIVED:
+            if each.name not in shown and set(each.inputs) <= set(shown):
+                shown.append(each.name)
+    return shown
+
+
 def report(control: RefreshHandle) -> dict[str, Any]:
-    """Each refresher's value (never the token's) with its age, schedule, last known good and stream."""
+    """Each refresher's value (never the token's) with its age, schedule, last known good and stream.
+
+    The derived ``welcome`` too, after its inputs, with what it is computed from.
+    """
     status = control.status()
     return {
         name: {
@@ -359,8 +512,9 @@ def report(control: RefreshHandle) -> dict[str, Any]:
             "pin": status[name]["pin"],
             "quarantined": status[name]["quarantined"],
             "stream": status[name].get("stream"),
+            "derived": status[name].get("derived"),
         }
-        for name in control.names
+        for name in shown_names(control)
     }
 
 
