@@ -248,7 +248,7 @@ def currency_code(currency: str = "") -> str:
     """
     code = currency.strip()
     if not (len(code) == 3 and code.isascii() and code.isalpha()):
-        raise HTTPException(400, {"error": "refused: a currency is three letters, like EUR", "refused": True})
+        raise HTTPException(400, {"error": "a currency is three letters, like EUR", "refused": True})
     return code.upper()
 
 
@@ -548,13 +548,14 @@ def serve_upstream(upstream: Upstream, cache: Path) -> Iterator[str]:
         yield url
 
 
-# The page holds no data: it reads /data and /upstream every two seconds and shows
+# The page holds no data: it reads /data, /upstream and /rates (and the rate asked
+# for, if any) every two seconds and shows
 # times relative to now ("12 s ago", "in 3 min"), computed in the browser so that
 # they keep ticking between reads, with the ISO time as a tooltip. Everything is
 # put in as text (textContent), never as HTML. Its buttons use the admin endpoints
 # (accept, reject, pin, unpin, rollback) and the demo's own /upstream switches.
-# No external resources.
-PAGE = """<!doctype html>
+# No external resources. The currency field's suggestions are the upstream's RATES.
+PAGE_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>asgi_refresh demo</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2rem; }
@@ -568,6 +569,12 @@ td.flag { background: #fdefd0; font-weight: 600; }
 section { border-left: 3px solid #ccc; padding: .1rem .7rem; }
 section.quarantine, section.pin, section.stream.down { border-left-color: #c80; }
 section.stream.up { border-left-color: #393; }
+section.derived { border-left-color: #36c; }
+section.derived.stale { border-left-color: #c80; }
+#rates { margin: 1rem 0; }
+#rates form { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: .4rem 0; }
+#rate { min-height: 1.4em; }
+#rate.refused, #rate.failed { color: #c33; }
 section h2 { font-size: 1rem; margin: 0 0 .2rem; }
 section p { margin: .15rem 0; }
 table.versions td { border: none; padding: .1rem .8rem .1rem 0; vertical-align: middle; }
@@ -590,6 +597,11 @@ and polls the price every 10 s meanwhile; bring it back and the stream resumes.
 <code>release</code> is polled only hourly, but a signed webhook refreshes it at once: the button
 publishes a release upstream, and the demo signs the delivery with its secret (on the server, never in
 this page) and posts it to its own <code>/_refresh/hooks/release</code>.</p>
+<p><code>welcome</code> is derived (<code>Derived</code>): computed from <code>names</code> and
+<code>settings</code> whenever one of them changes, and published in the same snapshot as that change,
+so its row changes at the moment theirs does, never one change behind. <code>rates</code> is data per
+key (<code>RefresherFamily</code>): one exchange rate per currency, loaded the first time it is asked
+for; see below the table.</p>
 <div id="switches">The upstream: <strong id="upstream">–</strong>
 <button type="button" data-switch="break">Break the names</button>
 <button type="button" data-switch="fix">Fix the names</button>
@@ -602,6 +614,22 @@ this page) and posts it to its own <code>/_refresh/hooks/release</code>.</p>
 <th>changed</th><th>fetches</th><th>next refresh</th></tr></thead><tbody id="rows"></tbody></table>
 <p id="notice" role="status"></p>
 <p id="message"></p>
+<section id="rates"><h2>Data per key: <code>rates</code></h2>
+<p>Ask for a currency (<code>GET /rate?currency=USD</code>): its first request loads it from the
+upstream (requests that arrive meanwhile share that one fetch), later ones are answered at once, and
+while it is asked for (this page asks again every 2 s) it is refreshed every 10 s: the upstream moves
+its rates every few seconds. Up to 50 currencies are kept; one unused for 5 minutes is dropped.
+Anything but three letters is refused (HTTP 400) without being repeated back; try <code>XYZ</code> (not
+quoted: 404), or take the upstream down (a currency already loaded keeps its last rate, a new one
+answers 503).</p>
+<form id="rate-form"><label for="currency">Currency</label>
+<input id="currency" name="currency" list="currencies" value="EUR" size="8" maxlength="32"
+autocomplete="off" spellcheck="false">
+<datalist id="currencies">{currencies}</datalist>
+<button type="submit">Get the rate</button></form>
+<p id="rate" role="status"></p>
+<p id="family" class="muted"></p>
+</section>
 <script>
 "use strict";
 const rows = document.getElementById("rows");
@@ -764,6 +792,7 @@ function lastKnownGood(name, entry) {
     panels.push(section);
   }
   if (entry.stream) panels.push(streamPanel(entry.stream));
+  if (entry.derived) panels.push(derivedPanel(entry));
   if (entry.origin === "snapshot") {
     const section = element("section", undefined, "snapshot");
     section.append(element("h2", "From its snapshot"));
@@ -790,6 +819,21 @@ function streamPanel(stream) {
                            stream.refused_events ? "; " + stream.refused_events + " refused" : ""));
   if (!stream.connected && stream.last_error) {
     section.append(paragraph(element("span", stream.last_error, "why")));
+  }
+  return section;
+}
+
+// A derived value: what it is computed from, and whether they moved on without it.
+function derivedPanel(entry) {
+  const moved = entry.derived.inputs_moved_on;
+  const section = element("section", undefined, moved ? "derived stale" : "derived");
+  section.append(element("h2", "Derived from " + entry.derived.inputs.join(" and ")));
+  section.append(paragraph("Computed again whenever one of them changes, and published in the same "
+                           + "snapshot as that change: it last changed ", time(entry.last_changed_at, false),
+                           ", together with the input that moved it."));
+  if (moved) {
+    section.append(paragraph(element("span", "Its last compute failed (" + (entry.last_error || "no error")
+                                     + "): its inputs moved on without it.", "why")));
   }
   return section;
 }
@@ -840,19 +884,80 @@ async function act(node, path, done) {
   await load();
 }
 
-async function load() {
+const rateLine = document.getElementById("rate");
+const familyLine = document.getElementById("family");
+let currency = null;  // the code asked for last: asked again every 2 s, until refused
+let asks = 0;  // only the newest answer is shown
+
+document.getElementById("rate-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  currency = document.getElementById("currency").value;
+  loadRate();
+});
+
+// GET /rate?currency=...: the rate, or why not. A refused code is never shown back (the server's
+// answer does not repeat it either).
+async function loadRate() {
+  if (currency === null) return;
+  const ask = ++asks;
+  let shown, state = "";
   try {
-    const [data, upstream] = await Promise.all(["/data", "/upstream"].map(async (path) => {
+    const response = await fetch("/rate?currency=" + encodeURIComponent(currency),
+                                 {headers: {"Accept": "application/json"}});
+    const body = await response.json().catch(() => ({}));
+    const why = (body.detail || {}).error || "no reason given";
+    if (response.ok) {
+      shown = [element("strong", body.currency), " " + body.per_usd + " per US dollar, quoted ",
+               time(body.as_of, false)];
+    } else if (response.status === 400) {
+      shown = ["Refused (HTTP 400): " + why + "."];
+      state = "refused";
+    } else if (response.status === 404) {
+      shown = ["Not quoted (HTTP 404): " + why + "."];
+      state = "failed";
+    } else {
+      shown = ["No rate (HTTP " + response.status + "): " + why];
+      state = "failed";
+    }
+  } catch (error) {
+    shown = ["Could not reach the demo: " + error.message];
+    state = "failed";
+  }
+  if (ask !== asks) return;  // a newer question was asked meanwhile
+  if (state === "refused") currency = null;
+  rateLine.replaceChildren(...shown);
+  rateLine.className = state;
+}
+
+function many(n, one, more) {
+  return n + " " + (n === 1 ? one : more);
+}
+
+// GET /rates: the family's counters (never a key or a value).
+function showFamily(family) {
+  let said = "rates holds " + many(family.keys, "currency", "currencies") + " (at most " + family.max_keys
+    + "): " + count(family.loads, "first load") + ", " + count(family.hits, "hit") + ", "
+    + many(family.misses, "miss", "misses") + ", " + count(family.failures, "failure") + ".";
+  if (family.last_error) said += " Last error: " + family.last_error;
+  familyLine.textContent = said;
+}
+
+async function load() {
+  const rate = loadRate();
+  try {
+    const [data, upstream, family] = await Promise.all(["/data", "/upstream", "/rates"].map(async (path) => {
       const response = await fetch(path, {headers: {"Accept": "application/json"}});
       if (!response.ok) throw new Error("HTTP " + response.status + " from " + path);
       return response.json();
     }));
     render(data);
     showSwitches(upstream);
+    showFamily(family);
     message.textContent = "";
   } catch (error) {
     message.textContent = "Could not read /data: " + error.message;
   }
+  await rate;
 }
 
 load();
@@ -860,6 +965,7 @@ setInterval(load, 2000);
 setInterval(tick, 1000);
 </script></body></html>
 """
+PAGE = PAGE_TEMPLATE.replace("{currencies}", "".join(f'<option value="{code}">' for code in RATES))
 
 
 def webhook_help(url: str, secret: str) -> str:
