@@ -71,6 +71,7 @@ from asgi_refresh import (
     RefreshError,
     RefreshHandle,
     RefreshMiddleware,
+    SourceError,
     SSESource,
     Webhook,
     max_shrink,
@@ -229,16 +230,36 @@ def rate_loader(upstream_url: str) -> Callable[[str], Awaitable[dict[str, Any] |
 
     async def load_rate(currency: str) -> dict[str, Any] | None:
         # Only codes the demo's /rate checked get here: a key goes into the URL as it is.
-        async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(f"{upstream_url}{RATE_PREFIX}{currency}")
+        url = f"{upstream_url}{RATE_PREFIX}{currency}"
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(url)
+        except httpx.HTTPError as exc:  # an upstream that is gone: an expected failure, said in one line
+            raise SourceError(f"{type(exc).__name__} from GET {url}") from exc
         if response.status_code == 404:
             return None  # not quoted: kept like a rate (asked again, no fetch), and dropped when idle
         if response.status_code != 200:
-            raise RuntimeError(f"the upstream answered HTTP {response.status_code}")
+            raise SourceError(f"HTTP {response.status_code} from GET {url}")
         rate: dict[str, Any] = response.json()
         return rate
 
     return load_rate
+
+
+class OneLineUpstreamErrors(logging.Filter):
+    """Logs a family's expected fetch failure (a `SourceError`) in one line, as a refresher's is.
+
+    asgi_refresh logs the first failure of a family's key with its traceback whatever
+    the error, where a refresher's `SourceError` (the upstream said no) gets one line:
+    with the upstream down, every currency asked for would print a traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record; drop the traceback of a family key's `SourceError`."""
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, SourceError) and getattr(record, "key", None) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def currency_code(currency: str = "") -> str:
@@ -993,6 +1014,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("asgi_refresh").addFilter(OneLineUpstreamErrors())
     upstream = Upstream(token_lifetime=15)
     upstream.down = args.upstream_down
     with contextlib.ExitStack() as stack:
