@@ -77,7 +77,9 @@ async def test_the_demo_shows_values_that_change(
             status = (await client.get("/status")).json()
             assert status["token"]["expires_at"] is not None
             assert all(entry["last_error"] is None for entry in status.values())
-            assert {name: entry["origin"] for name, entry in data.items()} == dict.fromkeys(data, "fetched")
+            origins = {name: entry["origin"] for name, entry in data.items()}
+            assert origins == {**dict.fromkeys(data, "fetched"), "welcome": "computed"}
+            assert data["welcome"]["value"] == "Bonjour, ada, grace and katherine!", "derived from both"
             assert len(data["names"]["versions"]) == 2, (
                 "names keeps its versions: the first and the changed one"
             )

@@ -2,7 +2,7 @@
 
     python -m asgi_refresh.demo [--port 8000] [--upstream-down]
 
-Six refreshers, all fed from 127.0.0.1, no internet needed:
+Six refreshers, a family and a derived value, all fed from 127.0.0.1, no internet needed:
 
 - ``names``: JSON over HTTP with an ETag (polls that find nothing new are 304s),
   guarded by ``max_shrink(0.5)`` and keeping its last five versions;
@@ -11,7 +11,12 @@ Six refreshers, all fed from 127.0.0.1, no internet needed:
 - ``orders``: JSON fetched with that token;
 - ``price``: pushed by a Server-Sent Events stream every time it moves (every
   second), with the same price as a document polled while the stream is down;
-- ``release``: polled only hourly, and refreshed at once by a signed webhook.
+- ``release``: polled only hourly, and refreshed at once by a signed webhook;
+- ``rates``: a `RefresherFamily`, one exchange rate per currency (``GET
+  /rate?currency=USD``), loaded on first use from the upstream's
+  ``/rate/{currency}``, refreshed every 10 s while it is asked for;
+- ``welcome``: a `Derived` value, computed from ``names`` and ``settings`` and
+  published in the same snapshot as they are.
 
 Open the printed URL: the page shows each value, where it came from, when it was
 fetched and changed and when the next refresh is due ("12 s ago", "in 3 s"),
@@ -21,7 +26,8 @@ take it down and bring it back (the price stream ends, reconnects and comes
 back), pin or roll back the names, and publish a release: the demo then signs a
 webhook delivery with its secret (server-side: the secret never reaches the
 browser) and posts it to its own ``/_refresh/hooks/release``, which refreshes
-``release`` at once.
+``release`` at once. Its currency field asks for a rate: a three-letter code
+(``eur`` is ``EUR``), anything else refused with a 400 that does not repeat it.
 
 Every good value is also written to a snapshot directory in the user's cache
 (``$XDG_CACHE_HOME/asgi-refresh-demo``, else ``~/.cache/asgi-refresh-demo``):
@@ -40,33 +46,38 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from asgi_refresh import (
     BearerToken,
+    Derived,
     FileSource,
     Fresh,
     HTTPSource,
     Refresher,
+    RefresherFamily,
     RefreshError,
     RefreshHandle,
     RefreshMiddleware,
+    SourceError,
     SSESource,
     Webhook,
     max_shrink,
 )
 from asgi_refresh.demo.upstream import STREAM_PREFIX, Upstream, serve
-from asgi_refresh.fastapi import RefreshControl
+from asgi_refresh.fastapi import RefreshControl, RefreshedKey
 
 logger = logging.getLogger("asgi_refresh.demo")
 
@@ -80,6 +91,24 @@ HOOK = "release"
 ADMIN_PATH = "/_refresh"
 PRICE_POLL_EVERY = "10s"  # while the stream is down; while it is up, the stream says it all
 REFRESH_WAIT = 3.0  # seconds POST /release waits to see the webhook's refresh land
+RATES = {
+    "USD": 1.0,
+    "EUR": 0.92,
+    "GBP": 0.79,
+    "JPY": 151.2,
+    "CHF": 0.88,
+    "CAD": 1.36,
+    "AUD": 1.52,
+    "SEK": 10.45,
+}
+"""The currencies the upstream quotes: units per US dollar, before each turn moves them (up to 2%)."""
+CURRENCY = re.compile(r"[A-Z]{3}")
+"""A currency code, as the upstream's ``/rate/{currency}`` and the demo's ``/rate`` take it."""
+RATE_PREFIX = "/rate/"
+RATE_EVERY = "10s"
+RATE_PRELOAD = ["EUR"]
+RATE_MAX_KEYS = 50  # the most currencies kept (and first loads at once): a flood of codes stays small
+RATE_IDLE_TTL = "5m"  # a currency nobody asked for in 5 minutes is dropped
 
 
 def token_grant(body: bytes) -> Fresh[str]:
@@ -105,10 +134,19 @@ class World:
         self.cents = 10_000
         self.releases = 0
         self._walk = random.Random(18)  # the same price walk on every run
+        self.quoted_at = _now()  # when the rates last moved (each turn)
         self.show()
         self.show_price()
         self.show_release()
         settings.write_text(SETTINGS[0])
+        upstream.serve_keys(RATE_PREFIX, self.rate, pattern=CURRENCY.pattern)
+
+    def rate(self, currency: str) -> dict[str, Any] | None:
+        """What the upstream's ``/rate/{currency}`` serves this turn; None (a 404) for an unknown currency."""
+        per_usd = quote(currency, self.turn)
+        if per_usd is None:
+            return None
+        return {"currency": currency, "per_usd": per_usd, "as_of": self.quoted_at}
 
     def show(self) -> None:
         """Serve this turn's names and orders."""
@@ -136,7 +174,8 @@ class World:
         self.show_release()
 
     def move_on(self) -> None:
-        """Next turn: new names, more orders, the settings rewritten (by rename, as editors do)."""
+        """Next turn: new names, more orders, moved rates, the settings rewritten (by rename)."""
+        self.quoted_at = _now()
         self.turn += 1
         self.show()
         temporary = self.settings.with_suffix(".tmp")
@@ -154,6 +193,84 @@ class World:
     def state(self) -> dict[str, bool]:
         """The switches, for the page."""
         return {"broken": self.broken, "down": self.upstream.down}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def quote(currency: str, turn: int) -> float | None:
+    """Units of ``currency`` per US dollar at ``turn`` (the same on every run); None if it is not quoted.
+
+    Each turn moves a rate by up to 2% either way around its `RATES` entry; the
+    dollar is always 1.
+    """
+    base = RATES.get(currency)
+    if base is None or currency == "USD":
+        return base
+    return round(base * (1 + random.Random(f"{currency}/{turn}").uniform(-0.02, 0.02)), 4)
+
+
+def welcome(names: list[str], settings: dict[str, Any]) -> str:
+    """The derived ``welcome``: the settings' greeting to everyone in ``names`` ("Hello, ada and grace!")."""
+    greeting = str(settings.get("greeting", "hello")).capitalize()
+    people = [str(name) for name in names]
+    if not people:
+        return f"{greeting}, nobody!"
+    listed = people[0] if len(people) == 1 else ", ".join(people[:-1]) + " and " + people[-1]
+    return f"{greeting}, {listed}!"
+
+
+DERIVED = [Derived("welcome", welcome, inputs=["names", "settings"])]
+"""``welcome``, from names and settings: published in the same snapshot as the change that moved it."""
+
+
+def rate_loader(upstream_url: str) -> Callable[[str], Awaitable[dict[str, Any] | None]]:
+    """The ``rates`` family's fetch: ``GET {upstream_url}/rate/{currency}``."""
+
+    async def load_rate(currency: str) -> dict[str, Any] | None:
+        # Only codes the demo's /rate checked get here: a key goes into the URL as it is.
+        url = f"{upstream_url}{RATE_PREFIX}{currency}"
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(url)
+        except httpx.HTTPError as exc:  # an upstream that is gone: an expected failure, said in one line
+            raise SourceError(f"{type(exc).__name__} from GET {url}") from exc
+        if response.status_code == 404:
+            return None  # not quoted: kept like a rate (asked again, no fetch), and dropped when idle
+        if response.status_code != 200:
+            raise SourceError(f"HTTP {response.status_code} from GET {url}")
+        rate: dict[str, Any] = response.json()
+        return rate
+
+    return load_rate
+
+
+class OneLineUpstreamErrors(logging.Filter):
+    """Logs a family's expected fetch failure (a `SourceError`) in one line, as a refresher's is.
+
+    asgi_refresh logs the first failure of a family's key with its traceback whatever
+    the error, where a refresher's `SourceError` (the upstream said no) gets one line:
+    with the upstream down, every currency asked for would print a traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record; drop the traceback of a family key's `SourceError`."""
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, SourceError) and getattr(record, "key", None) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def currency_code(currency: str = "") -> str:
+    """The ``currency`` query parameter as a family key (``eur`` is ``EUR``); 400 unless three letters.
+
+    Checked here, not by FastAPI's validation: its 422 would echo the input back.
+    """
+    code = currency.strip()
+    if not (len(code) == 3 and code.isascii() and code.isalpha()):
+        raise HTTPException(400, {"error": "a currency is three letters, like EUR", "refused": True})
+    return code.upper()
 
 
 def sign(
@@ -204,6 +321,11 @@ def build(
 
     app = FastAPI(title="asgi_refresh demo", lifespan=lifespan)
 
+    @app.exception_handler(RefreshError)
+    async def not_loaded(request: Request, exc: RefreshError) -> JSONResponse:
+        # A currency's first load failed (the upstream is down): no rate to answer with yet.
+        return JSONResponse({"detail": {"name": exc.name, "error": str(exc)}}, status_code=503)
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
         return PAGE
@@ -221,13 +343,36 @@ def build(
     @app.post("/refresh/{name}")
     async def refresh(name: str, control: RefreshControl) -> Any:
         """Refresh one now; answers like one entry of /data (the token stays hidden)."""
-        if name not in control.names:
-            raise HTTPException(404, f"no refresher named {name!r}; there are {', '.join(control.names)}")
+        shown = shown_names(control)
+        if name not in shown:
+            raise HTTPException(404, f"no refresher named {name!r}; there are {', '.join(shown)}")
         try:
             await control.refresh(name)
         except RefreshError as exc:  # the upstream failed: say why, the last good value stays
             raise HTTPException(502, {"name": name, "error": str(exc)}) from exc
         return report(control)[name]
+
+    @app.get("/rate")
+    async def rate(
+        value: Annotated[dict[str, Any] | None, RefreshedKey("rates", key_from=currency_code)],
+        code: Annotated[str, Depends(currency_code)],
+    ) -> dict[str, Any]:
+        """``?currency=EUR``: the rate the ``rates`` family holds for it, loaded on first use.
+
+        400 for anything but three letters (the answer does not repeat it), 404 for
+        a currency the upstream does not quote, 503 while a first load fails.
+        """
+        if value is None:
+            raise HTTPException(404, {"error": f"the upstream quotes no rate for {code}"})
+        return value
+
+    @app.get("/rates")
+    async def rates(control: RefreshControl) -> dict[str, Any]:
+        """The ``rates`` family's counters: keys held, loads (one per cold key), hits, misses, failures."""
+        entry = control.status()["rates"]
+        family: dict[str, Any] = dict(entry.get("family") or {})
+        counts = ("keys", "max_keys", "loading", "loads", "refreshes", "hits", "misses", "failures")
+        return {**{count: family.get(count) for count in counts}, "last_error": entry["last_error"]}
 
     @app.get("/upstream")
     async def upstream_state() -> dict[str, bool]:
@@ -316,6 +461,21 @@ def build(
                 "release", HTTPSource(f"{upstream_url}/release"), every="1h", on_change=announce("release")
             ),
         ],
+        families=[
+            RefresherFamily(
+                "rates",
+                rate_loader(upstream_url),
+                every=RATE_EVERY,
+                idle_ttl=RATE_IDLE_TTL,
+                max_keys=RATE_MAX_KEYS,
+                preload=RATE_PRELOAD,
+                # With the upstream down at startup (--upstream-down), the demo starts anyway:
+                # EUR is retried in the background, and /rate answers 503 until it loads.
+                required=False,
+                timeout="5s",
+            )
+        ],
+        derived=DERIVED,
         # The demo listens on 127.0.0.1 only, so its admin endpoints need no token.
         admin_path=ADMIN_PATH,
         admin_loopback_only=True,
@@ -340,8 +500,22 @@ async def move_the_price(world: World, every: float) -> None:
         world.tick()
 
 
+def shown_names(control: RefreshHandle) -> list[str]:
+    """The refreshers, each derived value right after the last of its inputs (welcome after settings)."""
+    shown: list[str] = []
+    for name in control.names:
+        shown.append(name)
+        for each in DERIVED:
+            if each.name not in shown and set(each.inputs) <= set(shown):
+                shown.append(each.name)
+    return shown
+
+
 def report(control: RefreshHandle) -> dict[str, Any]:
-    """Each refresher's value (never the token's) with its age, schedule, last known good and stream."""
+    """Each refresher's value (never the token's) with its age, schedule, last known good and stream.
+
+    The derived ``welcome`` too, after its inputs, with what it is computed from.
+    """
     status = control.status()
     return {
         name: {
@@ -359,8 +533,9 @@ def report(control: RefreshHandle) -> dict[str, Any]:
             "pin": status[name]["pin"],
             "quarantined": status[name]["quarantined"],
             "stream": status[name].get("stream"),
+            "derived": status[name].get("derived"),
         }
-        for name in control.names
+        for name in shown_names(control)
     }
 
 
@@ -394,13 +569,14 @@ def serve_upstream(upstream: Upstream, cache: Path) -> Iterator[str]:
         yield url
 
 
-# The page holds no data: it reads /data and /upstream every two seconds and shows
+# The page holds no data: it reads /data, /upstream and /rates (and the rate asked
+# for, if any) every two seconds and shows
 # times relative to now ("12 s ago", "in 3 min"), computed in the browser so that
 # they keep ticking between reads, with the ISO time as a tooltip. Everything is
 # put in as text (textContent), never as HTML. Its buttons use the admin endpoints
 # (accept, reject, pin, unpin, rollback) and the demo's own /upstream switches.
-# No external resources.
-PAGE = """<!doctype html>
+# No external resources. The currency field's suggestions are the upstream's RATES.
+PAGE_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>asgi_refresh demo</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2rem; }
@@ -414,6 +590,12 @@ td.flag { background: #fdefd0; font-weight: 600; }
 section { border-left: 3px solid #ccc; padding: .1rem .7rem; }
 section.quarantine, section.pin, section.stream.down { border-left-color: #c80; }
 section.stream.up { border-left-color: #393; }
+section.derived { border-left-color: #36c; }
+section.derived.stale { border-left-color: #c80; }
+#rates { margin: 1rem 0; }
+#rates form { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: .4rem 0; }
+#rate { min-height: 1.4em; }
+#rate.refused, #rate.failed { color: #c33; }
 section h2 { font-size: 1rem; margin: 0 0 .2rem; }
 section p { margin: .15rem 0; }
 table.versions td { border: none; padding: .1rem .8rem .1rem 0; vertical-align: middle; }
@@ -436,6 +618,11 @@ and polls the price every 10 s meanwhile; bring it back and the stream resumes.
 <code>release</code> is polled only hourly, but a signed webhook refreshes it at once: the button
 publishes a release upstream, and the demo signs the delivery with its secret (on the server, never in
 this page) and posts it to its own <code>/_refresh/hooks/release</code>.</p>
+<p><code>welcome</code> is derived (<code>Derived</code>): computed from <code>names</code> and
+<code>settings</code> whenever one of them changes, and published in the same snapshot as that change,
+so its row changes at the moment theirs does, never one change behind. <code>rates</code> is data per
+key (<code>RefresherFamily</code>): one exchange rate per currency, loaded the first time it is asked
+for; see below the table.</p>
 <div id="switches">The upstream: <strong id="upstream">–</strong>
 <button type="button" data-switch="break">Break the names</button>
 <button type="button" data-switch="fix">Fix the names</button>
@@ -448,6 +635,22 @@ this page) and posts it to its own <code>/_refresh/hooks/release</code>.</p>
 <th>changed</th><th>fetches</th><th>next refresh</th></tr></thead><tbody id="rows"></tbody></table>
 <p id="notice" role="status"></p>
 <p id="message"></p>
+<section id="rates"><h2>Data per key: <code>rates</code></h2>
+<p>Ask for a currency (<code>GET /rate?currency=USD</code>): its first request loads it from the
+upstream (requests that arrive meanwhile share that one fetch), later ones are answered at once, and
+while it is asked for (this page asks again every 2 s) it is refreshed every 10 s: the upstream moves
+its rates every few seconds. Up to 50 currencies are kept; one unused for 5 minutes is dropped.
+Anything but three letters is refused (HTTP 400) without being repeated back; try <code>XYZ</code> (not
+quoted: 404), or take the upstream down (a currency already loaded keeps its last rate, a new one
+answers 503).</p>
+<form id="rate-form"><label for="currency">Currency</label>
+<input id="currency" name="currency" list="currencies" value="EUR" size="8" maxlength="32"
+autocomplete="off" spellcheck="false">
+<datalist id="currencies">{currencies}</datalist>
+<button type="submit">Get the rate</button></form>
+<p id="rate" role="status"></p>
+<p id="family" class="muted"></p>
+</section>
 <script>
 "use strict";
 const rows = document.getElementById("rows");
@@ -610,6 +813,7 @@ function lastKnownGood(name, entry) {
     panels.push(section);
   }
   if (entry.stream) panels.push(streamPanel(entry.stream));
+  if (entry.derived) panels.push(derivedPanel(entry));
   if (entry.origin === "snapshot") {
     const section = element("section", undefined, "snapshot");
     section.append(element("h2", "From its snapshot"));
@@ -636,6 +840,21 @@ function streamPanel(stream) {
                            stream.refused_events ? "; " + stream.refused_events + " refused" : ""));
   if (!stream.connected && stream.last_error) {
     section.append(paragraph(element("span", stream.last_error, "why")));
+  }
+  return section;
+}
+
+// A derived value: what it is computed from, and whether they moved on without it.
+function derivedPanel(entry) {
+  const moved = entry.derived.inputs_moved_on;
+  const section = element("section", undefined, moved ? "derived stale" : "derived");
+  section.append(element("h2", "Derived from " + entry.derived.inputs.join(" and ")));
+  section.append(paragraph("Computed again whenever one of them changes, and published in the same "
+                           + "snapshot as that change: it last changed ", time(entry.last_changed_at, false),
+                           ", together with the input that moved it."));
+  if (moved) {
+    section.append(paragraph(element("span", "Its last compute failed (" + (entry.last_error || "no error")
+                                     + "): its inputs moved on without it.", "why")));
   }
   return section;
 }
@@ -686,19 +905,80 @@ async function act(node, path, done) {
   await load();
 }
 
-async function load() {
+const rateLine = document.getElementById("rate");
+const familyLine = document.getElementById("family");
+let currency = null;  // the code asked for last: asked again every 2 s, until refused
+let asks = 0;  // only the newest answer is shown
+
+document.getElementById("rate-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  currency = document.getElementById("currency").value;
+  loadRate();
+});
+
+// GET /rate?currency=...: the rate, or why not. A refused code is never shown back (the server's
+// answer does not repeat it either).
+async function loadRate() {
+  if (currency === null) return;
+  const ask = ++asks;
+  let shown, state = "";
   try {
-    const [data, upstream] = await Promise.all(["/data", "/upstream"].map(async (path) => {
+    const response = await fetch("/rate?currency=" + encodeURIComponent(currency),
+                                 {headers: {"Accept": "application/json"}});
+    const body = await response.json().catch(() => ({}));
+    const why = (body.detail || {}).error || "no reason given";
+    if (response.ok) {
+      shown = [element("strong", body.currency), " " + body.per_usd + " per US dollar, quoted ",
+               time(body.as_of, false)];
+    } else if (response.status === 400) {
+      shown = ["Refused (HTTP 400): " + why + "."];
+      state = "refused";
+    } else if (response.status === 404) {
+      shown = ["Not quoted (HTTP 404): " + why + "."];
+      state = "failed";
+    } else {
+      shown = ["No rate (HTTP " + response.status + "): " + why];
+      state = "failed";
+    }
+  } catch (error) {
+    shown = ["Could not reach the demo: " + error.message];
+    state = "failed";
+  }
+  if (ask !== asks) return;  // a newer question was asked meanwhile
+  if (state === "refused") currency = null;
+  rateLine.replaceChildren(...shown);
+  rateLine.className = state;
+}
+
+function many(n, one, more) {
+  return n + " " + (n === 1 ? one : more);
+}
+
+// GET /rates: the family's counters (never a key or a value).
+function showFamily(family) {
+  let said = "rates holds " + many(family.keys, "currency", "currencies") + " (at most " + family.max_keys
+    + "): " + count(family.loads, "first load") + ", " + count(family.hits, "hit") + ", "
+    + many(family.misses, "miss", "misses") + ", " + count(family.failures, "failure") + ".";
+  if (family.last_error) said += " Last error: " + family.last_error;
+  familyLine.textContent = said;
+}
+
+async function load() {
+  const rate = loadRate();
+  try {
+    const [data, upstream, family] = await Promise.all(["/data", "/upstream", "/rates"].map(async (path) => {
       const response = await fetch(path, {headers: {"Accept": "application/json"}});
       if (!response.ok) throw new Error("HTTP " + response.status + " from " + path);
       return response.json();
     }));
     render(data);
     showSwitches(upstream);
+    showFamily(family);
     message.textContent = "";
   } catch (error) {
     message.textContent = "Could not read /data: " + error.message;
   }
+  await rate;
 }
 
 load();
@@ -706,6 +986,7 @@ setInterval(load, 2000);
 setInterval(tick, 1000);
 </script></body></html>
 """
+PAGE = PAGE_TEMPLATE.replace("{currencies}", "".join(f'<option value="{code}">' for code in RATES))
 
 
 def webhook_help(url: str, secret: str) -> str:
@@ -733,6 +1014,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("asgi_refresh").addFilter(OneLineUpstreamErrors())
     upstream = Upstream(token_lifetime=15)
     upstream.down = args.upstream_down
     with contextlib.ExitStack() as stack:

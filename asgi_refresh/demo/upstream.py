@@ -39,6 +39,23 @@ class Document:
     etag: str
     content_encoding: str | None = None
 
+    @classmethod
+    def of(
+        cls, value: Any, content_type: str = "application/json", content_encoding: str | None = None
+    ) -> Document:
+        """``value`` served: JSON-encoded unless it is bytes already, with its ETag."""
+        body = value if isinstance(value, bytes) else json.dumps(value).encode()
+        etag = '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
+        return cls(body, content_type, etag, content_encoding)
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """Documents computed per key: ``GET {prefix}{key}`` for a key that matches ``pattern``."""
+
+    pattern: re.Pattern[str]
+    value_of: Callable[[str], Any]
+
 
 STREAM_PREFIX = "/stream"
 """``GET /stream{path}``: the document at ``path`` as a Server-Sent Events stream."""
@@ -86,6 +103,7 @@ class Upstream:
         retry: int = 1000,
     ) -> None:
         self.documents: dict[str, Document] = {}
+        self.keyed: dict[str, Keyed] = {}  # prefix -> documents computed per key (serve_keys)
         self.event_ids: dict[str, int] = {}  # path -> the id of its current body, as streamed
         self._changes = 0  # ids grow across all documents: a document removed and set again goes on
         self.keepalive = keepalive
@@ -115,14 +133,36 @@ class Upstream:
         With ``content_encoding``, bytes are sent as they are, labelled with it
         (compress them yourself).
         """
-        body = value if isinstance(value, bytes) else json.dumps(value).encode()
-        etag = '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
+        document = Document.of(value, content_type, content_encoding)
         with self._lock:
             before = self.documents.get(path)
-            self.documents[path] = Document(body, content_type, etag, content_encoding)
-            if before is None or before.body != body:
+            self.documents[path] = document
+            if before is None or before.body != document.body:
                 self._changes += 1
                 self.event_ids[path] = self._changes
+
+    def serve_keys(self, prefix: str, value_of: Callable[[str], Any], *, pattern: str) -> None:
+        """Serve ``GET {prefix}{key}``: ``value_of(key)`` as JSON, for keys that match ``pattern``.
+
+        ``pattern`` must match the whole key (``[A-Z]{3}``): any other key answers
+        ``404`` without ``value_of`` seeing it, and so does a key for which it
+        returns None. The value is computed at each request (no document is
+        kept per key), with an ETag (``304`` for a matching ``If-None-Match``)
+        as the documents have.
+        """
+        with self._lock:
+            self.keyed[prefix] = Keyed(re.compile(pattern), value_of)
+
+    def _document(self, path: str) -> Document | None:
+        """The document at ``path``: a set one, or one computed for a key."""
+        document = self.documents.get(path)
+        if document is not None:
+            return document
+        for prefix, keyed in list(self.keyed.items()):
+            if path.startswith(prefix) and keyed.pattern.fullmatch(path.removeprefix(prefix)):
+                value = keyed.value_of(path.removeprefix(prefix))
+                return None if value is None else Document.of(value)
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request."""
@@ -150,7 +190,7 @@ class Upstream:
             if authorization not in {f"Bearer {token}" for token in self._accepted_tokens()}:
                 await _respond(send, 401, b"", [])
                 return
-        document = self.documents.get(path)
+        document = self._document(path)
         if document is None or method != "GET":
             await _respond(send, 404 if document is None else 405, b"", [])
             return
