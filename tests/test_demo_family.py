@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,13 +15,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from playwright.sync_api import Dialog, expect, sync_playwright
 
-from asgi_refresh import RefreshMiddleware, SourceError
+from asgi_refresh import RefreshMiddleware
 from asgi_refresh.demo import app as demo
 from asgi_refresh.demo.app import (
     BROKEN_NAMES,
     NAMES,
     RATES,
-    OneLineUpstreamErrors,
     World,
     build,
     quote,
@@ -346,19 +344,3 @@ def test_the_demo_page_shows_a_rate_per_currency_and_the_derived_welcome(
         finally:
             browser.close()
     assert problems == [], "the page ran without script errors or unexpected failed requests"
-
-
-def test_the_demo_logs_a_currency_the_upstream_refused_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    """OneLineUpstreamErrors: a family's SourceError loses its traceback, as a refresher's has none; others keep theirs."""
-    logger = logging.getLogger("asgi_refresh.demo.test")
-    logger.addFilter(OneLineUpstreamErrors())
-    for error, key in (
-        (SourceError("HTTP 503"), "'GBP'"),
-        (RuntimeError("a bug"), "'GBP'"),
-        (SourceError("x"), None),
-    ):
-        try:
-            raise error
-        except Exception as exc:
-            logger.warning("failed", exc_info=exc, extra={"key": key} if key else {})
-    assert [record.exc_info is not None for record in caplog.records] == [False, True, True]

@@ -246,22 +246,6 @@ def rate_loader(upstream_url: str) -> Callable[[str], Awaitable[dict[str, Any] |
     return load_rate
 
 
-class OneLineUpstreamErrors(logging.Filter):
-    """Logs a family's expected fetch failure (a `SourceError`) in one line, as a refresher's is.
-
-    asgi_refresh logs the first failure of a family's key with its traceback whatever
-    the error, where a refresher's `SourceError` (the upstream said no) gets one line:
-    with the upstream down, every currency asked for would print a traceback.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Keep every record; drop the traceback of a family key's `SourceError`."""
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, SourceError) and getattr(record, "key", None) is not None:
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
 def currency_code(currency: str = "") -> str:
     """The ``currency`` query parameter as a family key (``eur`` is ``EUR``); 400 unless three letters.
 
@@ -1014,7 +998,6 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("asgi_refresh").addFilter(OneLineUpstreamErrors())
     upstream = Upstream(token_lifetime=15)
     upstream.down = args.upstream_down
     with contextlib.ExitStack() as stack:
