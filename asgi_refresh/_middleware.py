@@ -70,7 +70,8 @@ class RefreshMiddleware:
         admin_path: Serve the admin endpoints under this prefix, like
             ``"/_refresh"``: ``GET`` it for the JSON status (or the status page
             in a browser), ``POST {admin_path}/{name}`` to refresh now, ``GET
-            {admin_path}/health`` for readiness. Off (None) by default. Requires
+            {admin_path}/{name}`` for one entry, ``GET {admin_path}/health`` for
+            readiness. Off (None) by default. Requires
             ``admin_token`` or ``admin_loopback_only``.
         admin_token: The bearer token the admin endpoints require (at least 16
             characters; compared in constant time), or a callable given the
