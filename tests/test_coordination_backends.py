@@ -134,6 +134,24 @@ async def test_redis_after_close_a_late_call_cannot_open_a_connection(redis_url:
         client.ping()
 
 
+async def test_redis_a_call_holding_its_connection_across_close_leaves_no_socket_open(redis_url: str) -> None:
+    """A call that had its connection when close dropped it reconnects it (redis-py does); given back, it is closed."""
+    coordinator = RedisCoordinator(redis_url, prefix=f"late{uuid.uuid4().hex[:8]}")
+    await coordinator.open()
+    client = coordinator._client
+    assert client is not None
+    pool = client.connection_pool
+    try:  # what a call in a worker thread holds
+        connection = pool.get_connection()
+    except TypeError:  # redis-py before 5.3 names the command
+        connection = pool.get_connection("PING")
+    await coordinator.close()
+    connection.send_command("PING")  # type: ignore[no-untyped-call]  # reconnects the dropped socket, as the call's next command would
+    assert connection.read_response() in (b"PONG", "PONG", True)
+    pool.release(connection)  # the call ends and gives it back
+    assert connection._sock is None, "the pool closed it instead of keeping it open for nobody"
+
+
 async def test_the_built_in_backends_report_their_clock(pair: tuple[Coordinator, Coordinator]) -> None:
     """Heads and stored values carry the backend's own time (the contract allows None; ours never are)."""
     first, second = pair

@@ -404,7 +404,10 @@ class RedisCoordinator(BlockingCoordinator):
 
         A call abandoned at shutdown may run after this: the client's pool would open
         a connection for it that nobody closes (an unclosed socket, found by the
-        test suite's warnings). Its pool refuses instead, and that call fails.
+        test suite's warnings). Its pool refuses instead, and that call fails. A call
+        that already had its connection when the pool dropped it reconnects that
+        connection itself (redis-py does so on the next command): the pool closes it
+        when the call gives it back, instead of keeping it.
         """
         client, self._client = self._client, None
         if client is not None:
@@ -413,8 +416,14 @@ class RedisCoordinator(BlockingCoordinator):
             def refuse() -> NoReturn:
                 raise refused
 
+            def close_instead(connection: Any, *_: Any) -> None:
+                with contextlib.suppress(Exception):
+                    connection.disconnect()
+
             with contextlib.suppress(Exception):
-                client.connection_pool.make_connection = refuse  # type: ignore[method-assign]  # shadows it
+                pool = client.connection_pool
+                pool.make_connection = refuse  # type: ignore[method-assign]  # shadows it
+                pool.release = close_instead  # type: ignore[method-assign]  # shadows it
                 client.close()
 
     # -- operations ----------------------------------------------------------------
