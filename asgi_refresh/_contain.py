@@ -28,7 +28,14 @@ def escapes(exc: BaseException) -> bool:
     Call it in ``except BaseException as exc:`` and re-raise when it says so;
     everything else is the user code's failure, to be recorded and logged.
     """
-    return isinstance(exc, anyio.get_cancelled_exc_class()) and not is_stray_cancellation()
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        # A task group (a nursery) in user code that our cancellation reached raises
+        # its children's cancellations as a group: trio always does, and httpx's
+        # connect on trio runs one. Only a group of nothing but cancellations is ours.
+        matched, rest = exc.split(cancelled)
+        return matched is not None and rest is None and not is_stray_cancellation()
+    return isinstance(exc, cancelled) and not is_stray_cancellation()
 
 
 def is_stray_cancellation() -> bool:

@@ -60,12 +60,13 @@ SERVER_MODULES = frozenset(
         "test_webhooks_cluster",
         "test_longpoll_source",
         "test_sse_source",
+        "test_cluster_family_derived",
     }
 )
 # Fixtures that start server subprocesses (test_admin: the admin checks as they come off the wire).
 SERVER_FIXTURES = frozenset({"admin_server"})
 # Several uvicorn processes coordinating, as the workers and hosts of a cluster.
-CLUSTER_MODULES = frozenset({"test_cluster", "test_webhooks_cluster"})
+CLUSTER_MODULES = frozenset({"test_cluster", "test_webhooks_cluster", "test_cluster_family_derived"})
 # The Redis server (tests/redis_server.py); a backend fixture that asks for it by
 # request.getfixturevalue() is seen by its parameter, "redis", instead.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})

@@ -37,9 +37,6 @@ from .test_cluster import START_TIMEOUT, Node, assert_clean, free_port, redis_en
 
 __all__ = ["upstream"]  # the fixture, shared with test_cluster
 
-# What tests/conftest.py gives the modules it names in SERVER_MODULES and CLUSTER_MODULES.
-pytestmark = [pytest.mark.servers, pytest.mark.cluster]
-
 APP = "tests.cluster_family_app:app"
 WORKERS = 3
 KEYS = ("EUR", "USD", "GBP")

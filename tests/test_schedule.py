@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+import sniffio
 from asgi_lifespan import LifespanManager
 
 from asgi_refresh import Refresher, RefreshError, RefreshMiddleware, SourceError
@@ -140,6 +141,70 @@ async def test_last_good_value_survives_failures_and_timeouts(caplog: pytest.Log
     assert "keeping the last good value" in failures[0].getMessage()
     assert failures[0].exc_info is not None, "the first failure of a run carries the traceback"
     assert "recovered after 2 failed attempts" in caplog.text
+
+
+async def fan_out() -> list[str]:
+    """Waits in a task group of its own: a raw nursery on trio, as trio.open_tcp_stream has."""
+    if sniffio.current_async_library() == "trio":  # a nursery of its own, as trio.open_tcp_stream has
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()
+    else:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(anyio.sleep_forever)
+            task_group.start_soon(anyio.sleep_forever)
+            await anyio.sleep_forever()
+    raise AssertionError  # pragma: no cover
+
+
+async def test_a_fetch_with_a_task_group_times_out_as_a_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """The deadline reaching a task group in the fetch (httpx connects through one on trio) is a timeout.
+
+    The group raises its children's cancellations as an exception group (trio
+    always does): before, that group was taken for the fetch's own failure, logged
+    with its traceback, and the worker's cancellation was lost.
+    """
+    clock = FakeClock(START)
+
+    upstream = Upstream(["ada"], fan_out, ["grace"])
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", upstream, every=60, jitter=0, timeout=5, backoff_initial=1)],
+        clock=clock,
+    )
+    with caplog.at_level(logging.INFO, logger="asgi_refresh"):
+        async with LifespanManager(middleware):
+            await clock.advance(60)  # the fan-out starts
+            await clock.advance(5)  # ... and times out
+            status = middleware.handle.status()["names"]
+            assert status["last_error"] == "TimeoutError: fetch timed out after 5s"
+            assert published(middleware)["names"] == ["ada"]
+            await clock.advance(1)
+            assert published(middleware)["names"] == ["grace"], "the worker goes on with the next fetch"
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "TimeoutError: fetch timed out after 5s" in warning.getMessage()
+    assert warning.exc_info is None, "a timeout's traceback is our own code"
+
+
+async def test_shutdown_reaching_a_task_group_in_a_fetch_is_no_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Shutdown cancelling a fetch inside its own nursery (trio raises a group of Cancelled) stops it quietly."""
+    clock = FakeClock(START)
+    upstream = Upstream(["ada"], fan_out)
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", upstream, every=60, jitter=0, timeout=None)],
+        clock=clock,
+    )
+    with caplog.at_level(logging.INFO, logger="asgi_refresh"):
+        async with LifespanManager(middleware):
+            await clock.advance(60)  # the fan-out starts, and is under way at shutdown
+            assert upstream.calls == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_which_failures_are_logged_with_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
