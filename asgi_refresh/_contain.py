@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import traceback
 
 import anyio
 
@@ -82,3 +83,29 @@ def is_async_callable(func: object) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004 - we ask about __call__ itself
     )
+
+
+def escaped_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as logging prints it, with each exception's text and notes one printable line.
+
+    For a traceback whose message may quote request input (a family's key): logged
+    as ``exc_info``, a line break and a terminal escape in it would forge log lines.
+    The frames are code and file names, not input, and stay as they are.
+    """
+    shown = traceback.TracebackException.from_exception(exc, max_group_width=5, max_group_depth=3)
+    if not isinstance(getattr(shown, "_str", None), str):  # a Python that formats differently: no text
+        return "".join(traceback.format_list(shown.stack)).rstrip("\n") + f"\n{type(exc).__qualname__}"
+    seen: set[int] = set()
+    pending = [shown]
+    while pending:
+        each = pending.pop()
+        if id(each) in seen:
+            continue
+        seen.add(id(each))
+        each._str = printable(str(each._str), 1000)  # type: ignore[attr-defined]  # checked above
+        notes = getattr(each, "__notes__", None)
+        if notes:
+            each.__notes__ = [printable(str(note), 1000) for note in notes]
+        pending += [linked for linked in (each.__cause__, each.__context__) if linked is not None]
+        pending += getattr(each, "exceptions", None) or []
+    return "".join(shown.format()).rstrip("\n")

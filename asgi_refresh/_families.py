@@ -26,7 +26,7 @@ import anyio
 
 from . import _schedule as schedule
 from ._clock import Clock
-from ._contain import describe_error, escapes
+from ._contain import describe_error, escaped_traceback, escapes
 from ._duration import format_duration
 from ._failure_log import REPEAT_WARNING_EVERY
 from ._family import Key, RefresherFamily, checked_key, shown_key
@@ -133,7 +133,7 @@ class FamilyLog:
         key = shown_key(entry.key)
         logger.log(
             logging.WARNING if loud else logging.DEBUG,
-            "Family %r: key %s failed (%d in a row): %s; %s, retrying in %s%s",
+            "Family %r: key %s failed (%d in a row): %s; %s, retrying in %s%s%s",
             name,
             key,
             entry.failures,
@@ -143,10 +143,11 @@ class FamilyLog:
             f" ({quiet} more failures of this family since the last warning, logged at DEBUG)"
             if loud and quiet
             else "",
-            # As for refreshers: a timeout's traceback is ours, a SourceError's message says all it knows.
-            exc_info=exc
+            # As for refreshers: a timeout's traceback is ours, a SourceError's message says all it
+            # knows. Not exc_info: a fetch's message often quotes the key, which a request chose.
+            "\n" + escaped_traceback(exc)
             if loud and entry.failures == 1 and not isinstance(exc, _FetchTimeout | SourceError)
-            else None,
+            else "",
             extra={"refresher": name, "key": key, "outcome": "failed", "error": entry.error},
         )
 

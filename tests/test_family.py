@@ -265,7 +265,30 @@ async def test_failures_are_logged_once_per_family_not_per_key(caplog: pytest.Lo
     assert "Family 'rates': key 0 failed" in warnings[0].getMessage()
     assert handle.status()["rates"]["family"]["failing_count"] == 50
     assert len(handle.status()["rates"]["family"]["failing_keys"]) == 10
-    assert warnings[0].exc_info is not None, "an unexpected exception's first failure has its traceback"
+    assert "Traceback (most recent call last):" in warnings[0].getMessage(), (
+        "the first failure has its traceback"
+    )
+    assert "ConnectionError: upstream down for 0" in warnings[0].getMessage()
+
+
+async def test_a_key_in_a_fetchs_error_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """A fetch's message quoting the key (a request chose it): its traceback is logged with the text escaped."""
+
+    async def unknown(key: str) -> str:
+        raise ValueError(f"unknown tenant {key}")
+
+    hostile = "ab\nWARNING forged line\x1b[31mRED"
+    with caplog.at_level(logging.INFO, logger="asgi_refresh"):
+        async with running(RefresherFamily("tenants", unknown, every="1m"), clock=FakeClock()) as handle:
+            with pytest.raises(RefreshError):
+                await handle.get("tenants", hostile)
+    (warning,) = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning.exc_info is None
+    text = caplog.handler.format(warning)
+    assert "Traceback (most recent call last):" in text
+    assert "ValueError: unknown tenant ab WARNING forged line\\x1b[31mRED" in text
+    assert "\x1b" not in text
+    assert not any(line.startswith("WARNING forged") for line in text.splitlines())
 
 
 async def test_a_source_error_is_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
