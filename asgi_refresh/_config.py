@@ -34,7 +34,7 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
-from ._derived import Derived, order
+from ._derived import Derived, graph_problems
 from ._duration import parse_duration
 from ._family import RefresherFamily
 from ._guards import max_shrink, required_keys
@@ -766,14 +766,11 @@ class _Builder:
             if family is not None:
                 families.append(family)
 
-        derived = self.derived_values(self.table(document, "derived"), built)
-        for item in derived:
-            if item.name in family_tables:
-                self.problem(
-                    _key("derived", item.name),
-                    f"a family is named {item.name!r} too; names must be unique across "
-                    "[refreshers], [families] and [derived]",
-                )
+        # Every table's name counts, built or not: one that failed is reported already, and
+        # an input naming it is not unknown.
+        derived = self.derived_values(
+            self.table(document, "derived"), names, [str(name) for name in family_tables]
+        )
         middleware = self.middleware(self.table(document, "middleware"), built, derived)
         if self.problems:
             return None
@@ -1055,18 +1052,28 @@ class _Builder:
             self.problems.append(line)
         return blamed
 
-    def derived_values(self, tables: dict[str, Any], refreshers: list[Refresher]) -> list[Derived]:
-        """One `Derived` per ``[derived.<name>]`` table; then their graph (unknown inputs, cycles)."""
+    def derived_values(
+        self, tables: dict[str, Any], refreshers: list[str], families: list[str]
+    ) -> list[Derived]:
+        """One `Derived` per ``[derived.<name>]`` table; then every problem of their graph.
+
+        The graph (name clashes, unknown inputs, families as inputs, cycles) is
+        checked over every table with a valid name, built or not, so that a table's
+        own problem (a compute that does not take its inputs) hides none of them.
+        """
         options = {option.key: option for option in derived_options()}
         built: list[Derived] = []
+        graph: list[tuple[str, tuple[str, ...]]] = []
         complete = True
         for name, raw in tables.items():
             here = ("derived", str(name))
+            name_problem = _name_problem(str(name))
             if not isinstance(raw, Mapping):
                 self.problem(_key(*here), f"expected a table, got {self.got(_key(*here), raw)}")
+                if name_problem is None:
+                    graph.append((str(name), ()))  # its name is still taken
                 complete = False
                 continue
-            name_problem = _name_problem(str(name))
             if name_problem is not None:
                 self.problem(_key(*here), name_problem.replace("Refresher name", "Derived name", 1))
                 complete = False
@@ -1084,6 +1091,7 @@ class _Builder:
                     kwargs[option.parameter] = converted
                 else:
                     ok = False
+            graph.append((str(name), _usable_inputs(kwargs.get("inputs"))))
             for option in options.values():
                 if option.required and option.key not in raw:  # present but bad: reported as that
                     example = '"myapp.catalog:build"' if option.key == "compute" else '["products", "prices"]'
@@ -1098,19 +1106,13 @@ class _Builder:
             else:
                 built.append(derived)
                 self.computes[derived.name] = _import_string(raw["compute"])
-        if complete and built:
-            try:
-                order(built, [refresher.name for refresher in refreshers])
-            except OptionError as exc:
-                blamed = exc.owner.removeprefix("Derived ").strip("'")
-                if exc.option == "name":  # the table's name: taken by a refresher
-                    self.problem(_key("derived", blamed), exc.text)
-                else:
-                    text = exc.detail.replace(
-                        "refreshers=[...] or derived=[...]", "a [refreshers.<name>] or [derived.<name>] table"
-                    )
-                    self.problem(_key("derived", blamed, exc.option), _in_toml_terms(text, options))
-                return []
+        for problem in graph_problems(graph, refreshers, families, in_file=True):
+            complete = False
+            blamed = problem.owner.removeprefix("Derived ").strip("'")
+            if problem.option == "name":  # the table's own name: taken by another
+                self.problem(_key("derived", blamed), problem.text)
+            else:
+                self.problem(_key("derived", blamed, problem.option), problem.detail)
         return built if complete else []
 
     def middleware(
@@ -1710,6 +1712,15 @@ def _import_string(value: Any) -> str:
 
 def _placeholder() -> None:
     """Stands for a fetch that could not be made, so that the refresher's own options are checked."""
+
+
+def _usable_inputs(inputs: Any) -> tuple[str, ...]:
+    """A table's inputs for the graph check, if they are names the constructor takes; else none."""
+    if not isinstance(inputs, list) or not all(
+        isinstance(each, str) and each.isidentifier() for each in inputs
+    ):
+        return ()
+    return tuple(dict.fromkeys(inputs))  # repeated: reported by the constructor; the graph once
 
 
 def _family_placeholder(key: Any) -> None:

@@ -288,15 +288,23 @@ class Derivation:
         loud = now - node.warned_at >= REPEAT_WARNING_EVERY
         if loud:
             node.warned_at, node.warned = now, True
+        if node.spec.required and not node.loaded:
+            # Required and never computed: that is startup, which fails without it (the app
+            # never serves without a required value), so "computed again later" is not what happens.
+            outcome = "it is required and has no value yet, so startup fails because of it"
+        else:
+            outcome = (
+                f"{'keeping the last good value' if node.loaded else 'no value computed yet'}, its inputs "
+                f"are published without it. It is computed again when an input changes, or by "
+                f"handle.refresh({name!r})"
+            )
         logger.log(
             logging.WARNING if loud else logging.DEBUG,
-            "Derived %r: compute failed (%d in a row): %s; %s, its inputs are published without it. "
-            "It is computed again when an input changes, or by handle.refresh(%r)",
+            "Derived %r: compute failed (%d in a row): %s; %s",
             name,
             history.consecutive_failures,
             error,
-            "keeping the last good value" if node.loaded else "no value computed yet",
-            name,
+            outcome,
             exc_info=exc
             if loud and history.consecutive_failures == 1 and not isinstance(exc, ComputeTimeout)
             else None,

@@ -116,10 +116,8 @@ class Derived:
             raise OptionValueError(
                 owner, "inputs", f"inputs lists {', '.join(map(repr, repeated))} twice; list each input once"
             )
-        if name in names:
-            raise OptionValueError(
-                owner, "inputs", f"inputs must not name the derived value itself ({name!r})"
-            )
+        # Naming itself is refused by `order()`, which knows every name: a refresher of the
+        # same name makes it a name clash, which is the problem to report then.
         _check_accepts(owner, compute, names)
         if not isinstance(required, bool):
             raise OptionTypeError(owner, "required", f"required must be True or False (got {required!r})")
@@ -167,64 +165,172 @@ def _check_accepts(owner: str, compute: Callable[..., Any], names: tuple[str, ..
         ) from None
 
 
-def order(derived: Sequence[Derived], known: Iterable[str]) -> list[Derived]:
-    """The derived values in dependency order (inputs first); `ValueError` for a cycle or an unknown input.
+def order(derived: Sequence[Derived], known: Iterable[str], families: Iterable[str] = ()) -> list[Derived]:
+    """The derived values in dependency order (inputs first); an `OptionError` for the first graph problem.
 
     Args:
         derived: The derived values, in the order given.
         known: The names of the refreshers they may derive from.
+        families: The names of the families (which are not inputs, and whose names are taken).
+
+    Raises:
+        OptionValueError: the first of `graph_problems` (a name clash, an unknown
+            input, a cycle).
     """
-    by_name: dict[str, Derived] = {}
-    refreshers = set(known)
     for spec in derived:
         if not isinstance(spec, Derived):
             raise OptionTypeError(
                 "RefreshMiddleware", "derived", f"derived takes Derived values (got {spec!r:.80})"
             )
-        if spec.name in by_name or spec.name in refreshers:
-            raise OptionValueError(
-                f"Derived {spec.name!r}",
-                "name",
-                "the name is used twice (by a refresher or another derived value); names must be unique",
-            )
-        by_name[spec.name] = spec
-    for spec in derived:
-        unknown = [each for each in spec.inputs if each not in by_name and each not in refreshers]
-        if unknown:
-            everything = sorted({*refreshers, *by_name} - {spec.name})
-            raise OptionValueError(
-                f"Derived {spec.name!r}",
-                "inputs",
-                f"inputs name {unknown[0]!r}, but no refresher or derived value has that name (known: "
-                f"{', '.join(everything) or 'none'}); add it to refreshers=[...] or derived=[...], "
-                "or fix the name",
-            )
+    problems = graph_problems([(spec.name, spec.inputs) for spec in derived], known, families)
+    if problems:
+        raise problems[0]
+    by_name = {spec.name: spec for spec in derived}
     ordered: list[Derived] = []
     done: set[str] = set()
-    visiting: list[str] = []
 
-    def visit(spec: Derived) -> None:
+    def visit(spec: Derived) -> None:  # no cycle: graph_problems found none
         if spec.name in done:
             return
-        if spec.name in visiting:
-            cycle = [*visiting[visiting.index(spec.name) :], spec.name]
-            raise OptionValueError(
-                f"Derived {spec.name!r}",
-                "inputs",
-                f"inputs form a cycle of derived values: {' -> '.join(cycle)} (each is computed from "
-                "the next, so none can be computed first); compute one of them from refreshers only",
-            )
-        visiting.append(spec.name)
+        done.add(spec.name)
         for each in spec.inputs:
             if each in by_name:
                 visit(by_name[each])
-        visiting.pop()
-        done.add(spec.name)
         ordered.append(spec)
 
     for spec in derived:
         visit(spec)
     return ordered
+
+
+def graph_problems(
+    derived: Sequence[tuple[str, Sequence[str]]],
+    known: Iterable[str],
+    families: Iterable[str] = (),
+    *,
+    in_file: bool = False,
+) -> list[OptionValueError]:
+    """Every problem of the graph of derived values, none hiding another; empty when there is none.
+
+    In this order: each name clash (option ``name``), then each derived value's
+    inputs that name a family or nothing known, or the value itself, then each
+    cycle, reported once, at the inputs of the value it was found from (option
+    ``inputs``).
+
+    Args:
+        derived: Each derived value's name and inputs (no inputs for one whose
+            inputs are unusable: its name is still known).
+        known: The names of the refreshers.
+        families: The names of the families.
+        in_file: Word the advice for a configuration file (tables) rather than
+            for ``RefreshMiddleware(...)`` arguments.
+    """
+    refreshers = set(known)
+    family_names = set(families) - refreshers  # one named like a refresher is that clash, reported apart
+    problems: list[OptionValueError] = []
+    by_name: dict[str, Sequence[str]] = {}
+    clashing: set[str] = set()
+    for name, inputs in derived:
+        other = _taken_by(name, refreshers, family_names, by_name, in_file)
+        if other is not None:
+            clashing.add(name)
+            this, where = (
+                (f"[derived.{name}]", "names must be unique across [refreshers], [families] and [derived]")
+                if in_file
+                else (
+                    "this derived value",
+                    "names must be unique among refreshers, families and derived values",
+                )
+            )
+            problems.append(
+                OptionValueError(
+                    f"Derived {name!r}",
+                    "name",
+                    f"the name is used twice, by {other} and by {this}; {where}",
+                )
+            )
+            continue
+        by_name[name] = inputs
+    for name, inputs in derived:
+        if name in clashing:  # its inputs may mean either of the two: the clash is to fix first
+            continue
+        for each in inputs:
+            if each in refreshers or (each in by_name and each != name) or each in clashing:
+                continue  # a clashing name: its clash is reported, and it is the one to fix
+            if each == name:
+                text = f"inputs must not name the derived value itself ({name!r})"
+            elif each in family_names:
+                text = _family_input(each, in_file)
+            else:
+                everything = sorted({*refreshers, *by_name} - {name})
+                add = (
+                    "a [refreshers.<name>] or [derived.<name>] table"
+                    if in_file
+                    else "refreshers=[...] or derived=[...]"
+                )
+                text = (
+                    f"inputs name {each!r}, but no refresher or derived value has that name (known: "
+                    f"{', '.join(everything) or 'none'}); add it to {add}, or fix the name"
+                )
+            problems.append(OptionValueError(f"Derived {name!r}", "inputs", text))
+    problems.extend(_cycles(by_name, refreshers))
+    return problems
+
+
+def _taken_by(
+    name: str, refreshers: set[str], families: set[str], derived: Mapping[str, object], in_file: bool
+) -> str | None:
+    """What else has ``name`` (as a message says it), or None."""
+    if name in refreshers:
+        return f"[refreshers.{name}]" if in_file else "a refresher"
+    if name in families:
+        return f"[families.{name}]" if in_file else "a RefresherFamily"
+    if name in derived:
+        return f"another [derived.{name}] table" if in_file else "another derived value"
+    return None
+
+
+def _family_input(name: str, in_file: bool) -> str:
+    what = f"the family [families.{name}]" if in_file else "a RefresherFamily"
+    instead = "a [refreshers.<name>] table" if in_file else "a Refresher"
+    return (
+        f"inputs name {name!r}, which is {what}; a family cannot be an input, since it has a value "
+        f"per key, not one value. Read it inside an async compute with "
+        f"`await handle.get({name!r}, key)` for the keys it needs, or load what it needs with {instead}"
+    )
+
+
+def _cycles(graph: Mapping[str, Sequence[str]], refreshers: set[str]) -> list[OptionValueError]:
+    """Each cycle found by a depth-first walk, once, at the inputs of the value it returns to."""
+    problems: list[OptionValueError] = []
+    done: set[str] = set()
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        visiting.append(name)
+        for each in graph[name]:
+            if each == name or each in refreshers or each not in graph or each in done:
+                continue  # naming itself, a refresher, an unknown name: reported apart
+            if each in visiting:
+                cycle = [*visiting[visiting.index(each) :], each]
+                problems.append(
+                    OptionValueError(
+                        f"Derived {each!r}",
+                        "inputs",
+                        f"inputs form a cycle of derived values: {' -> '.join(cycle)} (each is computed "
+                        "from the next, so none can be computed first); compute one of them from "
+                        "refreshers only",
+                    )
+                )
+                continue
+            visit(each)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        if name not in done:
+            visit(name)
+    return problems
 
 
 def dependents(ordered: Sequence[Derived]) -> Mapping[str, tuple[Derived, ...]]:

@@ -159,7 +159,9 @@ class RefresherFamily:
             try:
                 checked = checked_key(name, key)
             except (TypeError, ValueError) as exc:
-                raise OptionValueError(owner, "preload", f"preload: {exc}") from None
+                # checked_key's own "Family 'f': " would say the family twice.
+                text = str(exc).removeprefix(f"Family {name!r}: ")
+                raise OptionValueError(owner, "preload", f"preload: {text}") from None
             if checked not in keys:
                 keys.append(checked)
         if len(keys) > max_keys:

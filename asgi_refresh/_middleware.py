@@ -603,13 +603,6 @@ def _checked_derived(
             f"derived must be a list of Derived (got {type(derived).__name__})",
         )
     checked = tuple(derived)
-    order(checked, [spec.name for spec in refreshers])  # an unknown input or a cycle fails here, at import
-    for spec in checked:
-        if any(family.name == spec.name for family in families):
-            raise OptionValueError(
-                "RefreshMiddleware",
-                "derived",
-                f"{spec.name!r} names a family and a derived value; names must be unique "
-                "(status() is keyed by them)",
-            )
+    # A name clash, an unknown input, a family as an input or a cycle fails here, at import.
+    order(checked, [spec.name for spec in refreshers], [family.name for family in families])
     return checked

@@ -476,7 +476,6 @@ def test_an_unknown_input_is_a_construction_error_naming_it() -> None:
         ({"name": "d", "compute": pair, "inputs": "a"}, "inputs must be a list of names"),
         ({"name": "d", "compute": pair, "inputs": []}, "inputs must name at least one"),
         ({"name": "d", "compute": pair, "inputs": ["a", "a"]}, "inputs lists 'a' twice"),
-        ({"name": "d", "compute": pair, "inputs": ["d"]}, "inputs must not name the derived value itself"),
         (
             {"name": "d", "compute": pair, "inputs": ["a", "c"]},
             r"compute\(a=..., c=...\), but it takes \(a, b\)",
@@ -819,8 +818,8 @@ default = 0
         (
             '[derived.prices]\ncompute = "tests.test_derived:whatever"\ninputs = ["products"]',
             [
-                "derived.prices: the name is used twice (by a refresher or another derived value); names "
-                "must be unique"
+                "derived.prices: the name is used twice, by [refreshers.prices] and by [derived.prices]; "
+                "names must be unique across [refreshers], [families] and [derived]"
             ],
         ),
         (

@@ -54,16 +54,14 @@ def test_a_derived_value_may_not_take_a_familys_name_or_read_a_family() -> None:
     """Names are unique across all three lists; a family is not an input (it has no one value to compute from)."""
     family = RefresherFamily("rates", rate, every="5m")
     products = Refresher("products", lambda: ["tea"], every="1h")
-    with pytest.raises(ValueError, match="'rates' names a family and a derived value"):
+    with pytest.raises(ValueError, match="Derived 'rates': the name is used twice, by a RefresherFamily"):
         RefreshMiddleware(
             ScriptedApp(),
             refreshers=[products],
             families=[family],
             derived=[Derived("rates", listed, inputs=("products",))],
         )
-    with pytest.raises(
-        ValueError, match="inputs name 'rates', but no refresher or derived value has that name"
-    ):
+    with pytest.raises(ValueError, match="inputs name 'rates', which is a RefresherFamily"):
         RefreshMiddleware(
             ScriptedApp(),
             refreshers=[products],
@@ -93,8 +91,8 @@ inputs = ["products"]
     with pytest.raises(ConfigError) as caught:
         RefreshMiddleware.from_config(ScriptedApp(), path)
     assert caught.value.problems == [
-        "derived.rates: a family is named 'rates' too; names must be unique across "
-        "[refreshers], [families] and [derived]"
+        "derived.rates: the name is used twice, by [families.rates] and by [derived.rates]; names must "
+        "be unique across [refreshers], [families] and [derived]"
     ]
 
 
