@@ -26,6 +26,7 @@ from ._config import Config, ConfigError, load_config, scrub
 from ._contain import describe_error, escapes, is_async_callable
 from ._derived import Derived
 from ._duration import format_duration, parse_duration
+from ._family import RefresherFamily, shown_key
 from ._middleware import RefreshMiddleware
 from ._refresher import Refresher
 from ._runtime import Runtime
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._cluster.base import Codec
+    from ._families import FamilyRun
 
 EXIT_OK = 0
 EXIT_REQUIRED_FAILED = 1
@@ -52,11 +54,12 @@ _POLL = 0.02
 
 EPILOG = """\
 exit status:
-  0  check: the configuration is valid; fetch: every required refresher loaded
-     and every required derived value was computed (one with required = false
-     may have failed: it is reported, not fatal)
-  1  fetch: at least one required refresher failed, or a derived value that is
-     required could not be computed; with --write-snapshot, any
+  0  check: the configuration is valid; fetch: every required refresher loaded,
+     every preload key of a required family loaded and every required derived
+     value was computed (one with required = false may have failed: it is
+     reported, not fatal)
+  1  fetch: at least one required refresher failed (or a preload key of a
+     required family, or a required derived value); with --write-snapshot, any
      refresher failed or a snapshot that should be written could not be
   2  the configuration is invalid or unreadable, a NAME is unknown, or the
      command line is wrong
@@ -175,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
             "(sources opened and closed, one shared HTTP client), and show the outcome, the time "
             "it took, the size and a short preview of each value. A refresher that authenticates "
             "with another one's token (auth = { bearer = ... }) fetches that one too. Derived "
-            "values are computed from the values fetched, with the refreshers they need."
+            "values are computed from the values fetched, with the refreshers they need. Each "
+            "family's preload keys are loaded as at startup, one row per key."
         ),
         epilog=EPILOG
         + "\nThe preview shows the data itself (except for refreshers whose name or value looks\n"
@@ -183,7 +187,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_argument(
-        "names", nargs="*", metavar="NAME", help="only these refreshers or derived values (default: all)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="only these refreshers, families or derived values (default: all)",
     )
     fetch.add_argument(
         "--timeout",
@@ -200,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
         help="also write each value fetched as a snapshot in DIR (created 0700, files 0600), the "
         "files a middleware with snapshot_dir = DIR starts from when its upstream is down: for a "
         "build step to bake into an image. Refreshers with snapshot = false, and Fresh tokens "
-        "(unless snapshot = true), are skipped; any failed fetch makes the exit status 1",
+        "(unless snapshot = true), are skipped, and families are never written; any failed fetch "
+        "makes the exit status 1",
     )
     return parser
 
@@ -420,15 +428,68 @@ class _Captured:
     handover: Mapping[str, str] | None  # the source's HTTP validators for the value
 
 
+@dataclass
+class _KeyResult:
+    """What ``fetch`` says about one preload key of a family (or a family without any)."""
+
+    family: str
+    key: str | None  # as the package shows keys (`shown_key`); None: a family without preload keys
+    required: bool
+    outcome: str  # ok, failed, nothing to fetch
+    duration: float | None = None
+    size: int | None = None
+    size_of: str | None = None
+    preview: str | None = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.family if self.key is None else f"{self.family}[{self.key}]"
+
+    def as_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "name": self.family,
+            "key": self.key,
+            "required": self.required,
+            "outcome": self.outcome,
+            "duration": None if self.duration is None else round(self.duration, 6),
+            "size": self.size,
+            "size_of": self.size_of,
+            "preview": self.preview,
+            "error": self.error,
+        }
+        if self.key is None:
+            document["note"] = _NOT_PRELOADED
+        return document
+
+
+_NOT_PRELOADED = "no preload keys: its keys load when requests ask for them (nothing to fetch)"
+
+
+def _unknown_names(args: argparse.Namespace, config: Config, known: list[str]) -> list[str]:
+    """A line for each NAME that is none of ``known``, with the closest known name if one is close."""
+    kinds = ["refresher"]
+    if config.families:
+        kinds.append("family")
+    if config.derived:
+        kinds.append("derived value")
+    what = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+    lines = []
+    for name in args.names:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        suggestion = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"{args.config}: no {what} named {name!r} (known: {', '.join(known)}){suggestion}")
+    return lines
+
+
 def _fetch(args: argparse.Namespace, config: Config) -> int:
     by_name = {refresher.name: refresher for refresher in config.refreshers}
-    known = [*by_name, *(item.name for item in config.derived)]
-    unknown = [name for name in args.names if name not in known]
+    known = [*by_name, *(family.name for family in config.families), *(item.name for item in config.derived)]
+    unknown = _unknown_names(args, config, known)
     if unknown:
-        for name in unknown:
-            close = difflib.get_close_matches(name, known, n=1)
-            suggestion = f"; did you mean {close[0]!r}?" if close else ""
-            line = f"{args.config}: no refresher named {name!r} (known: {', '.join(known)}){suggestion}"
+        for line in unknown:
             print(printable(line), file=sys.stderr)
         return EXIT_INVALID
     directory: Path | None = args.write_snapshot
@@ -440,18 +501,25 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
     wanted = [name for name in args.names if name in by_name] if args.names else list(by_name)
     wanted += [name for item in computed for name in item.inputs if name in by_name]
     selected = _with_needs(config, wanted)
+    families = [family for family in config.families if not args.names or family.name in args.names]
     needed_by: dict[str, list[str]] = {name: [] for name in selected}
     for name in selected:
         for needed in config.needs.get(name, ()):
             needed_by[needed].append(name)
-    results, computed_results, captured = anyio.run(
+    results, computed_results, key_results, captured = anyio.run(
         _fetch_once,
         config,
         [by_name[name] for name in selected],
         computed,
+        families,
         args.timeout,
         directory is not None,
     )
+    for key_result in key_results:
+        if args.no_preview:
+            key_result.preview = None
+        if key_result.error is not None:
+            key_result.error = config.scrub(key_result.error)
     for result in computed_results:
         if args.no_preview:
             result.preview = None
@@ -469,13 +537,14 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
                 result.snapshot.detail = config.scrub(result.snapshot.detail)
     failed_required = any(result.required and result.outcome != "ok" for result in results)
     failed_derived = any(result.required and result.outcome != "ok" for result in computed_results)
+    failed_family = any(result.required and result.outcome == "failed" for result in key_results)
     unwritten = directory is not None and any(
         result.snapshot is not None and result.snapshot.outcome == "not written" for result in results
     )
     if args.json:
         document: dict[str, Any] = {
             "config": str(args.config),
-            "ok": not (failed_required or failed_derived or unwritten),
+            "ok": not (failed_required or failed_derived or failed_family or unwritten),
             "snapshot_dir": None if directory is None else str(directory),
             "refreshers": [result.as_json() for result in results],
         }
@@ -484,6 +553,8 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
                 {**result.as_json(), "computed_from": list(spec.inputs)}
                 for result, spec in zip(computed_results, computed, strict=True)
             ]
+        if key_results:
+            document["families"] = [result.as_json() for result in key_results]
         _print_json(document)
     else:
         rows = [
@@ -499,17 +570,46 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
             for kind, group in (("refresher", results), ("derived", computed_results))
             for result in group
         ]
+        rows += [_key_row(result) for result in key_results]
         print(_table(rows, ["NAME", "OUTCOME", "TIME", "SIZE", "PREVIEW / ERROR"]))
-        failures = sum(result.outcome != "ok" for result in [*results, *computed_results])
+        tried: list[_Result | _KeyResult] = [
+            *results,
+            *computed_results,
+            *(item for item in key_results if item.key is not None),
+        ]
+        failures = sum(result.outcome != "ok" for result in tried)
         print()
         print(
-            f"{len(results) + len(computed_results) - failures} ok, {failures} failed"
+            f"{len(tried) - failures} ok, {failures} failed"
             + ("; a required refresher failed" if failed_required else "")
+            + ("; a required family could not preload a key" if failed_family else "")
             + ("; a required derived value could not be computed" if failed_derived else "")
         )
-        if directory is not None:
+        if directory is not None and results:
             _print_snapshots(results, directory)  # nothing derived is stored: computed at startup
-    return EXIT_REQUIRED_FAILED if failed_required or failed_derived or unwritten else EXIT_OK
+        if directory is not None and key_results:
+            print()
+            print("families are not written to snapshots: their preload keys load at startup")
+    failed = failed_required or failed_derived or failed_family or unwritten
+    return EXIT_REQUIRED_FAILED if failed else EXIT_OK
+
+
+def _key_row(result: _KeyResult) -> list[str]:
+    """The table's row for one preload key, or for a family without any."""
+    if result.key is None:
+        return [result.name, "-", "-", "-", _NOT_PRELOADED]
+    if result.outcome == "ok":
+        outcome, detail = "ok", result.preview or "(not shown)"
+    else:
+        outcome = f"FAILED{'' if result.required else ' (not required)'}"
+        detail = result.error or ""
+    return [
+        result.name,
+        outcome,
+        "-" if result.duration is None else _milliseconds(result.duration),
+        "-" if result.size is None else f"{result.size} B {result.size_of}",
+        detail,
+    ]
 
 
 def _derived_for(config: Config, names: list[str]) -> list[Derived]:
@@ -563,16 +663,23 @@ def _with_needs(config: Config, names: list[str]) -> list[str]:
 
 
 async def _fetch_once(
-    config: Config, refreshers: list[Refresher], derived: list[Derived], limit: float, capture: bool
-) -> tuple[list[_Result], list[_Result], dict[str, _Captured | str]]:
+    config: Config,
+    refreshers: list[Refresher],
+    derived: list[Derived],
+    families: list[RefresherFamily],
+    limit: float,
+    capture: bool,
+) -> tuple[list[_Result], list[_Result], list[_KeyResult], dict[str, _Captured | str]]:
     """Run the refreshers' first fetches the way the middleware does, then stop them.
 
-    ``derived`` values are computed from what was fetched, as at startup. With
+    ``derived`` values are computed from what was fetched, as at startup, and the
+    ``families``' preload keys are loaded as at startup (each tried once). With
     ``capture``, also take what a snapshot of each value needs while its source
     is open (its HTTP validators), or why that failed.
     """
     stopwatch = _Stopwatch(config)
     clock = SystemClock()
+    key_durations: dict[tuple[str, object], float] = {}
     # The config's codec, as the middleware gets it: a refresher that keeps versions
     # encodes each value with it, and the default (JSON) may refuse what it accepts.
     runtime = Runtime(
@@ -581,16 +688,25 @@ async def _fetch_once(
         clock=clock,
         codec=config.middleware.get("codec"),
         derived=derived,
+        families=[_timed_family(family, key_durations) for family in families],
     )
     stopwatch.handle = runtime.handle
     results: dict[str, _Result] = {}
     computed: dict[str, _Result] = {}
+    keys: dict[tuple[str, object], _KeyResult] = {}
+    preload_count = sum(len(family.preload) for family in families)
     captured: dict[str, _Captured | str] = {}
     deadline = time.monotonic() + limit
     runtime.prepare()
+    preloading = anyio.CancelScope()
     async with anyio.create_task_group() as task_group:
         await task_group.start(runtime.run)
-        while len(results) < len(refreshers) or len(computed) < len(derived):
+        if runtime.families is not None:
+            # As startup does, but one try per key: a fetch reports each first outcome.
+            task_group.start_soon(_preload, runtime.families.preload, preloading)
+        while len(results) < len(refreshers) or len(computed) < len(derived) or len(keys) < preload_count:
+            if runtime.families is not None:
+                _note_keys(runtime.families.runs, keys, key_durations, limit, deadline)
             status = runtime.status()
             # A round of computes publishes its values together, at its end: read them then.
             settled = runtime.derivation is None or runtime.derivation.settled()
@@ -626,12 +742,86 @@ async def _fetch_once(
                     )
                     _explain_stream(refresher, results[name])
             await anyio.sleep(_POLL)
+        preloading.cancel()
         await runtime.stop(parse_duration(config.middleware.get("shutdown_timeout", "10s")))
+    key_results = [
+        keys[family.name, key] if family.preload else _KeyResult(family.name, None, False, "nothing to fetch")
+        for family in families
+        for key in (family.preload or [None])
+    ]
     return (
         [results[refresher.name] for refresher in refreshers],
         [computed[item.name] for item in derived],
+        key_results,
         captured,
     )
+
+
+async def _preload(preload: Callable[..., Awaitable[None]], scope: anyio.CancelScope) -> None:
+    with scope:
+        await preload(retry=False)
+
+
+def _timed_family(family: RefresherFamily, durations: dict[tuple[str, object], float]) -> RefresherFamily:
+    """``family`` with each key's fetch timed from inside it (a plain fetch in its worker thread)."""
+    fetch, name = family.fetch, family.name
+
+    async def timed_on_loop(key: Any, work: Awaitable[Any], took: float = 0.0) -> Any:
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            durations[name, key] = took + time.perf_counter() - started
+
+    if family.is_async:
+
+        async def timed_async(key: Any) -> Any:
+            return await timed_on_loop(key, fetch(key))
+
+        return dataclasses.replace(family, fetch=timed_async)
+
+    def timed(key: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            value = fetch(key)
+        finally:
+            durations[name, key] = took = time.perf_counter() - started
+        if inspect.iscoroutine(value):  # `lambda key: load(key)`: the rest runs on the event loop
+            return timed_on_loop(key, value, took)
+        return value
+
+    return dataclasses.replace(family, fetch=timed)
+
+
+def _note_keys(
+    runs: Mapping[str, FamilyRun],
+    keys: dict[tuple[str, object], _KeyResult],
+    durations: Mapping[tuple[str, object], float],
+    limit: float,
+    deadline: float,
+) -> None:
+    """Record each preload key whose first load is done, or is not done by ``deadline``."""
+    for name, run in runs.items():
+        spec = run.spec
+        secret = any(word in name.lower() for word in _SECRET_WORDS)
+        for key in spec.preload:
+            if (name, key) in keys:
+                continue
+            entry = run.entries.get(key)
+            result = _KeyResult(name, shown_key(key), spec.required, "failed")
+            if entry is not None and entry.loaded:
+                result.outcome = "ok"
+                result.duration = durations.get((name, key))
+                result.size, result.size_of, text = _measure(entry.value)
+                result.preview = "(hidden: looks like a secret)" if secret else _preview(text)
+            elif entry is not None and entry.failures:
+                result.duration = durations.get((name, key))
+                result.error = entry.error
+            elif time.monotonic() >= deadline:
+                result.error = f"no result within {format_duration(limit)} (--timeout)"
+            else:
+                continue
+            keys[name, key] = result
 
 
 def _note_computes(
