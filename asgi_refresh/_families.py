@@ -49,6 +49,15 @@ logger = logging.getLogger("asgi_refresh")
 MAX_FAILING_SHOWN = 10
 """The most failing keys ``status()`` lists for a family (it counts them all)."""
 
+MAX_BLOCKED_THREADS = 8
+"""The most threads of abandoned plain fetches a family lets run on (or ``max_keys``, if fewer).
+
+A refresher starts no thread while its one abandoned thread is still blocked. A
+family's keys fetch concurrently, so its bound is a few threads, not one: one
+hung key must not stop the others, while an upstream that hangs for every key
+stops the family after a handful of threads instead of one thread per key.
+"""
+
 
 class _FetchTimeout(TimeoutError):
     """A fetch ran past its ``timeout``; shown as ``TimeoutError``."""
@@ -105,6 +114,7 @@ class _Counts:
     evicted_idle: int = 0
     evicted_lru: int = 0
     refused: int = 0  # cold keys refused: too many first loads under way
+    blocked_refusals: int = 0  # plain fetches failed at once: too many abandoned threads still blocked
 
 
 class FamilyLog:
@@ -183,6 +193,8 @@ class FamilyRun:
         self.last_duration: float | None = None
         self.last_outcome: str | None = None
         self._log = FamilyLog()
+        self._blocked: list[ThreadCall] = []  # plain fetches abandoned (timed out) whose thread may run on
+        self._max_blocked = min(spec.max_keys, MAX_BLOCKED_THREADS)
         self._random = random.Random()
         self._heap: list[tuple[float, int, Entry]] = []
         self._order = itertools.count()
@@ -339,10 +351,24 @@ class FamilyRun:
                 "the previous fetch of this key is still blocked in its worker thread (it timed "
                 "out and was abandoned); not starting another until it returns"
             )
+        if len(self._blocked) >= self._max_blocked and self.blocked_threads() >= self._max_blocked:
+            # Per key is not enough: a flood of cold keys brings new entries, each
+            # with no thread of its own yet, and would leave one stuck thread per key.
+            self.counts.blocked_refusals += 1
+            raise SourceError(
+                f"{len(self._blocked)} fetches of this family are still blocked in their "
+                "worker threads past their timeout; not starting another until they return "
+                "(give the blocking call a timeout of its own, or make fetch `async def`)"
+            )
         call = entry.thread = ThreadCall(partial(fetch, entry.key), name=f"asgi_refresh:{self.spec.name}")
         call.start()
-        with self._clock.hold():
-            value = await call.result()
+        try:
+            with self._clock.hold():
+                value = await call.result()
+        except BaseException:
+            if call.is_running():  # abandoned (its timeout, or shutdown): the thread runs on
+                self._blocked.append(call)
+            raise
         if inspect.iscoroutine(value):
             return await value  # `lambda key: load(key)`: the coroutine belongs on the event loop
         if inspect.isawaitable(value):
@@ -351,6 +377,13 @@ class FamilyRun:
                 f"{type(value).__name__}; return the value itself, or declare fetch `async def`"
             )
         return value
+
+    def blocked_threads(self) -> int:
+        """How many abandoned plain fetches still run in their threads (forgets those that returned)."""
+        blocked = self._blocked
+        if blocked:
+            blocked[:] = [call for call in blocked if call.is_running()]
+        return len(blocked)
 
     def _succeeded(self, entry: Entry, value: Any, started: float, age: float = 0.0) -> Any:
         """Keep a good value fetched at ``started`` (or ``age`` seconds before now, by another process)."""
@@ -526,6 +559,8 @@ class FamilyRun:
             "evicted_idle": counts.evicted_idle,
             "evicted_lru": counts.evicted_lru,
             "refused": counts.refused,
+            "blocked_threads": self.blocked_threads(),
+            "blocked_refusals": counts.blocked_refusals,
             "failing_count": len(self.failing),
             "failing_keys": failing,
             "adopted": 0 if self.store is None else self.store.adopted,

@@ -95,6 +95,8 @@ class FamilyStatus(TypedDict):
     evicted_idle: int
     evicted_lru: int
     refused: int
+    blocked_threads: int
+    blocked_refusals: int
     failing_count: int
     failing_keys: list[FailingKey]
     adopted: int
