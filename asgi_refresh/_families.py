@@ -184,6 +184,9 @@ class FamilyRun:
         self._events = events
         self.entries: OrderedDict[Key, Entry] = OrderedDict()  # least recently used first
         self.failing: dict[Key, Entry] = {}  # keys whose last fetch failed
+        # Failing keys without a value (never preloaded ones): dropped first when the family
+        # is full, so a flood of keys that do not exist upstream cannot push out good values.
+        self.valueless: dict[Key, Entry] = {}
         self.counts = _Counts()
         self.loading = 0  # fetches under way (first loads and refreshes)
         self.cold_loading = 0  # first loads under way: what a flood of distinct keys would grow
@@ -266,7 +269,10 @@ class FamilyRun:
             )
         entries = self.entries
         if len(entries) >= self.spec.max_keys:
-            victim = next((entry for entry in entries.values() if not entry.preloaded), None)
+            # A key that failed and has no value goes first, then the least recently used.
+            victim = next(iter(self.valueless.values()), None) or next(
+                (entry for entry in entries.values() if not entry.preloaded), None
+            )
             if victim is None:
                 self.counts.refused += 1
                 raise RefreshError(
@@ -283,6 +289,7 @@ class FamilyRun:
     def _drop(self, entry: Entry) -> None:
         del self.entries[entry.key]
         self.failing.pop(entry.key, None)
+        self.valueless.pop(entry.key, None)
         entry.wake = None  # its heap entry, if any, is stale now
 
     # -- fetching --------------------------------------------------------------------
@@ -400,6 +407,7 @@ class FamilyRun:
         entry.error = None
         entry.exception = None
         entry.retry_at = -math.inf
+        self.valueless.pop(entry.key, None)
         if self.failing.pop(entry.key, None) is not None and not self.failing:
             self._log.recovered(spec.name)
         counts = self.counts
@@ -442,6 +450,8 @@ class FamilyRun:
         self.counts.failures += 1
         if self.entries.get(entry.key) is entry:
             self.failing[entry.key] = entry
+            if not entry.loaded and not entry.preloaded:
+                self.valueless[entry.key] = entry
         self._log.failed(spec.name, entry, now=now, delay=delay, exc=exc)
         if self._events is not None:
             self._events.emit(

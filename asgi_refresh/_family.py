@@ -64,9 +64,10 @@ class RefresherFamily:
             ``timedelta`` or a string like ``"5m"``; at least 10 ms.
         idle_ttl: A key not asked for in this long stops refreshing and is
             dropped; the next request for it loads it again.
-        max_keys: The most keys kept at once; beyond it the least recently used
-            key is dropped. Also the most first loads under way at once: past it a
-            cold key is refused with `RefreshError` (a flood of distinct keys).
+        max_keys: The most keys kept at once; beyond it a key that failed without
+            a value is dropped first, then the least recently used. Also the most
+            first loads under way at once: past it a cold key is refused with
+            `RefreshError` (a flood of distinct keys).
         preload: Keys to load at startup, before the app's own startup runs, as a
             refresher's first load.
         required: If true, startup fails unless every ``preload`` key loads

@@ -153,6 +153,26 @@ async def test_at_most_max_keys_least_recently_used_dropped_first() -> None:
         assert await handle.get("rates", "b") == "b@2"  # dropped, so fetched again
 
 
+async def test_keys_that_failed_without_a_value_are_dropped_before_good_ones() -> None:
+    """A flood of keys that do not exist upstream takes the places of each other, not of good values."""
+    upstream = Upstream()
+    upstream.failing.update(f"missing{n}" for n in range(10))
+    async with running(
+        RefresherFamily("rates", upstream, every="1h", max_keys=5, preload=["p"]), clock=FakeClock()
+    ) as handle:
+        for key in ("good1", "good2"):
+            await handle.get("rates", key)
+        for n in range(10):
+            with pytest.raises(RefreshError):
+                await handle.get("rates", f"missing{n}")
+        assert await handle.get("rates", "good1") == "good1@1", "kept: not fetched again"
+        assert await handle.get("rates", "good2") == "good2@1"
+        summary = handle.status()["rates"]["family"]
+        assert summary["keys"] == 5
+        assert summary["evicted_lru"] == 8  # missing0..7 made room for the next missing key
+        assert summary["failing_count"] == 2
+
+
 async def test_preloaded_keys_are_never_dropped_for_other_keys() -> None:
     """Preloaded keys are kept like refreshers: when they fill max_keys, other keys are refused, not them."""
     upstream = Upstream()
