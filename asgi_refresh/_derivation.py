@@ -48,6 +48,7 @@ class Node:
 
     __slots__ = (
         "attempted",
+        "computes",
         "forced",
         "history",
         "hooks",
@@ -64,6 +65,7 @@ class Node:
         self.history = History()  # refresh_count counts good computes
         self.loaded = False  # a computed value (not the default) is published
         self.attempted = False  # a compute has finished, either way
+        self.computes = 0  # computes finished, either way (what handle.refresh waits for)
         self.inputs_moved_on = False  # the last compute failed: the published value is of older inputs
         self.forced = False  # computed in the next round whatever changed (handle.refresh)
         self.thread: ThreadCall | None = None  # the last plain compute's thread
@@ -204,9 +206,10 @@ class Derivation:
                 self._start_hooks(node.hooks)
 
     def _newest(self, name: str, computed: Mapping[str, Any]) -> Any:
+        """What ``name`` will be in this round's snapshot: never a value held after the round began."""
         if name in computed:
             return computed[name]
-        return self._publisher.current(name)
+        return self._publisher.in_round(name)
 
     def _ready(self, spec: Derived) -> bool:
         """Whether every input of ``spec`` has a value to compute from (a loaded one, or its default)."""
@@ -255,6 +258,7 @@ class Derivation:
         failures = history.consecutive_failures
         history.refresh_count += 1
         history.consecutive_failures = 0
+        node.computes += 1
         history.last_error = history.last_exception = None
         history.last_duration = duration
         history.last_success_mono = self._clock.monotonic()
@@ -278,6 +282,7 @@ class Derivation:
     def _failed(self, node: Node, exc: BaseException, duration: float) -> None:
         history, name = node.history, node.spec.name
         history.consecutive_failures += 1
+        node.computes += 1
         history.last_error = error = describe_error(exc)
         history.last_exception = exc
         history.last_duration = duration
@@ -334,9 +339,9 @@ class Derivation:
             raise LookupError(f"Derived {name!r} cannot be computed yet: no value for {', '.join(missing)}")
         node.forced = True
         history = node.history
-        count = history.refresh_count + history.consecutive_failures
+        count = node.computes  # not successes + failures in a row: one success after a failure keeps that sum
         self._poke()
-        await self._publisher.until(lambda: history.refresh_count + history.consecutive_failures != count)
+        await self._publisher.until(lambda: node.computes != count)
         if history.last_outcome == "failed":
             raise RefreshError(
                 name, f"Derived {name!r} failed: {history.last_error}"

@@ -63,6 +63,16 @@ class Publisher:
             return self._committing[name]
         return self.state.get(name, default)
 
+    def in_round(self, name: str) -> Any:
+        """``name`` as the round under way will publish it: taken by `begin`, else published.
+
+        Not a value held since `begin`: `commit` does not publish those, and a value
+        derived from one would be published beside the older input.
+        """
+        if name in self._committing:
+            return self._committing[name]
+        return self.state.get(name)
+
     # -- holding values for their derived values (asgi_refresh._derivation) ----------
 
     def hold(self, names: Collection[str]) -> None:

@@ -873,3 +873,71 @@ async def test_fastapi_reads_a_derived_value_like_a_refresher_value(anyio_backen
         source.value = {"a": 10.0, "b": 20.0}
         await app.handle.refresh("prices")
         assert (await client.get("/total")).json() == {"total": 30.0, "prices": {"a": 10.0, "b": 20.0}}
+
+
+# -- review findings -----------------------------------------------------------------------
+
+
+async def test_refresh_after_one_failed_compute_returns_when_the_compute_succeeds(anyio_backend: str) -> None:
+    """One failure, then handle.refresh: the good compute answers it (successes + failures kept the same sum)."""
+    source = Scripted(2)
+    failing = [True]
+
+    def half(x: int) -> int:
+        if failing[0] and x % 2:
+            raise ValueError(f"{x} is odd")
+        return x // 2
+
+    async with running(
+        [Refresher("x", source, every="1h")], [Derived("half", half, inputs=["x"])]
+    ) as middleware:
+        handle = middleware.handle
+        source.value = 3
+        await handle.refresh("x")
+        assert handle.status()["half"]["consecutive_failures"] == 1
+        failing[0] = False
+        with anyio.fail_after(10):
+            assert await handle.refresh("half") == 1
+        assert handle.status()["half"]["consecutive_failures"] == 0
+
+
+async def test_a_value_held_during_a_round_is_not_computed_from_before_it_is_published(
+    anyio_backend: str,
+) -> None:
+    """An input changing while a round computes waits for the next round: no derived value runs ahead of it."""
+    y_fetched = anyio.Event()
+    y_source = Scripted(10)
+    handle_box: list[Any] = []
+
+    async def first(x: int) -> int:
+        if x == 2:  # while this round computes, y gets a new value (held for the next round)
+            y_source.value = 20
+            runtime_of(handle_box[0]).refresh_soon("y")
+            await y_fetched.wait()
+            await anyio.wait_all_tasks_blocked()
+        return x
+
+    class CountingY:
+        async def __call__(self) -> int:
+            value = await y_source()
+            if value == 20:
+                y_fetched.set()
+            return int(value)
+
+    x_source = Scripted(1)
+    async with running(
+        [Refresher("x", x_source, every="1h"), Refresher("y", CountingY(), every="1h")],
+        [
+            Derived("d1", first, inputs=["x"]),
+            Derived("d2", lambda d1, y: {"d1": d1, "y": y}, inputs=["d1", "y"]),
+        ],
+    ) as middleware:
+        handle_box.append(middleware.handle)
+        x_source.value = 2
+        with anyio.fail_after(10):
+            await middleware.handle.refresh("x")
+            live = published(middleware)
+            assert live["d2"] == {"d1": live["d1"], "y": live["y"]}
+            await middleware.handle.refresh("y")  # y's own round: d2 follows it
+        live = published(middleware)
+        assert (live["y"], live["d2"]) == (20, {"d1": 2, "y": 20})
