@@ -90,8 +90,16 @@ def escaped_traceback(exc: BaseException) -> str:
 
     For a traceback whose message may quote request input (a family's key): logged
     as ``exc_info``, a line break and a terminal escape in it would forge log lines.
-    The frames are code and file names, not input, and stay as they are.
+    The frames are code and file names, not input, and stay as they are. Never
+    raises: user code's exception may have a ``__str__`` or notes that do.
     """
+    try:
+        return _escaped_traceback(exc)
+    except BaseException:  # anything user code made of its exception
+        return f"(the traceback of {type(exc).__qualname__} could not be formatted)"
+
+
+def _escaped_traceback(exc: BaseException) -> str:
     shown = traceback.TracebackException.from_exception(exc, max_group_width=5, max_group_depth=3)
     if not isinstance(getattr(shown, "_str", None), str):  # a Python that formats differently: no text
         return "".join(traceback.format_list(shown.stack)).rstrip("\n") + f"\n{type(exc).__qualname__}"
@@ -104,8 +112,17 @@ def escaped_traceback(exc: BaseException) -> str:
         seen.add(id(each))
         each._str = printable(str(each._str), 1000)  # type: ignore[attr-defined]  # checked above
         notes = getattr(each, "__notes__", None)
-        if notes:
-            each.__notes__ = [printable(str(note), 1000) for note in notes]
+        if notes is not None:
+            each.__notes__ = (
+                [printable(_text_of(note), 1000) for note in notes] if isinstance(notes, list) else []
+            )
         pending += [linked for linked in (each.__cause__, each.__context__) if linked is not None]
         pending += getattr(each, "exceptions", None) or []
     return "".join(shown.format()).rstrip("\n")
+
+
+def _text_of(note: object) -> str:
+    try:
+        return str(note)
+    except BaseException:  # a note whose __str__ raises
+        return "(a note that could not be read)"

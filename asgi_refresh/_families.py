@@ -407,9 +407,11 @@ class FamilyRun:
         entry.error = None
         entry.exception = None
         entry.retry_at = -math.inf
-        self.valueless.pop(entry.key, None)
-        if self.failing.pop(entry.key, None) is not None and not self.failing:
-            self._log.recovered(spec.name)
+        # Not for a dropped entry's late fetch: its key may be a new entry's by now.
+        if self.entries.get(entry.key) is entry:
+            self.valueless.pop(entry.key, None)
+            if self.failing.pop(entry.key, None) is not None and not self.failing:
+                self._log.recovered(spec.name)
         counts = self.counts
         if first:
             counts.loads += 1
@@ -484,7 +486,9 @@ class FamilyRun:
     def _visit(self, entry: Entry, now: float) -> None:
         if entry.flight is not None:
             return  # its end plans the next look
-        if not entry.preloaded and now - entry.used_at >= self.spec.idle_ttl:
+        # The same sum as the planned look: ``now - used_at >= idle_ttl`` can be false at
+        # ``used_at + idle_ttl`` (float rounding), and the look would be planned again for now.
+        if not entry.preloaded and now >= entry.used_at + self.spec.idle_ttl:
             self._drop(entry)
             self.counts.evicted_idle += 1
             return

@@ -136,6 +136,19 @@ async def test_idle_keys_stop_refreshing_and_are_dropped() -> None:
         assert await handle.get("rates", "idle") == f"idle@{before + 1}"  # loaded again on demand
 
 
+async def test_a_key_used_at_an_inexact_time_is_dropped_when_idle_exactly() -> None:
+    """Used at 0.4 with idle_ttl 1: at 1.4, 1.4 - 0.4 < 1 in floats; the family drops it, not spins on it."""
+    clock = FakeClock()
+    upstream = Upstream()
+    upstream.failing.add("gone")  # no value: nothing to refresh before it is idle
+    async with running(RefresherFamily("rates", upstream, every="1h", idle_ttl=1.0), clock=clock) as handle:
+        await clock.advance(0.4)
+        with pytest.raises(RefreshError):
+            await handle.get("rates", "gone")
+        await clock.advance(1.0)
+        assert handle.status()["rates"]["family"]["evicted_idle"] == 1
+
+
 async def test_at_most_max_keys_least_recently_used_dropped_first() -> None:
     """Beyond max_keys the least recently used key is dropped; asking for it again loads it again."""
     upstream = Upstream()
@@ -628,3 +641,54 @@ def test_middleware_keeps_families_apart_and_names_unique() -> None:
             ScriptedApp(), refreshers=[Refresher("rates", lambda: 1, every="1m")], families=[family]
         )
     assert RefreshMiddleware(ScriptedApp(), families=[family]).families == (family,)
+
+
+async def test_a_dropped_entrys_late_success_leaves_the_new_entry_for_its_key_alone() -> None:
+    """Key k evicted while loading, asked again and failing: the first load ending well does not clear that failure."""
+    gate = anyio.Event()
+    calls = {"k": 0}
+
+    async def fetch(key: str) -> str:
+        if key != "k":
+            return key
+        calls["k"] += 1
+        if calls["k"] == 1:
+            await gate.wait()
+            return "k@1"
+        raise ConnectionError("down for k")
+
+    async with running(RefresherFamily("rates", fetch, every="1h", max_keys=2), clock=FakeClock()) as handle:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(handle.get, "rates", "k")  # first load of k, held at the gate
+            await anyio.wait_all_tasks_blocked()
+            await handle.get("rates", "j")
+            await handle.get("rates", "m")  # k, least recently used, is dropped while loading
+            with pytest.raises(RefreshError, match="down for k"):
+                await handle.get("rates", "k")  # a new entry for k, whose load fails
+            gate.set()  # the dropped entry's load ends well
+        summary = handle.status()["rates"]["family"]
+        assert summary["failing_count"] == 1
+        assert [each["key"] for each in summary["failing_keys"]] == ["'k'"]
+
+
+async def test_an_exception_whose_notes_cannot_be_printed_is_still_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Notes whose __str__ raises, or notes that are not a list: logged without them; the family carries on."""
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    async def fetch(key: str) -> str:
+        error = ValueError(f"bad {key}")
+        error.__notes__ = [Unprintable()] if key == "a" else 5  # type: ignore[assignment]
+        raise error
+
+    with caplog.at_level(logging.INFO, logger="asgi_refresh"):
+        async with running(RefresherFamily("rates", fetch, every="1h"), clock=FakeClock()) as handle:
+            for key in ("a", "b"):
+                with pytest.raises(RefreshError, match=f"bad {key}"):
+                    await handle.get("rates", key)
+            assert handle.status()["rates"]["family"]["failing_count"] == 2
+    assert "(a note that could not be read)" in caplog.text
