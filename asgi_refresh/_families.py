@@ -198,6 +198,8 @@ class FamilyRun:
         self._log = FamilyLog()
         self._blocked: list[ThreadCall] = []  # plain fetches abandoned (timed out) whose thread may run on
         self._max_blocked = min(spec.max_keys, MAX_BLOCKED_THREADS)
+        self._threads = 0  # threads of plain fetches started and not returned: at most _max_blocked
+        self._thread_returned: anyio.Event | None = None  # while a fetch waits for a thread
         self._random = random.Random()
         self._heap: list[tuple[float, int, Entry]] = []
         self._order = itertools.count()
@@ -358,17 +360,24 @@ class FamilyRun:
                 "the previous fetch of this key is still blocked in its worker thread (it timed "
                 "out and was abandoned); not starting another until it returns"
             )
-        if len(self._blocked) >= self._max_blocked and self.blocked_threads() >= self._max_blocked:
-            # Per key is not enough: a flood of cold keys brings new entries, each
-            # with no thread of its own yet, and would leave one stuck thread per key.
-            self.counts.blocked_refusals += 1
-            raise SourceError(
-                f"{len(self._blocked)} fetches of this family are still blocked in their "
-                "worker threads past their timeout; not starting another until they return "
-                "(give the blocking call a timeout of its own, or make fetch `async def`)"
-            )
-        call = entry.thread = ThreadCall(partial(fetch, entry.key), name=f"asgi_refresh:{self.spec.name}")
+        # At most _max_blocked threads at once, per family: per key is not enough, a flood
+        # of cold keys brings new entries, each with no thread of its own yet.
+        while self._threads >= self._max_blocked:
+            if self.blocked_threads() >= self._max_blocked:  # every one left behind past its timeout
+                self.counts.blocked_refusals += 1
+                raise SourceError(
+                    f"{len(self._blocked)} fetches of this family are still blocked in their "
+                    "worker threads past their timeout; not starting another until they return "
+                    "(give the blocking call a timeout of its own, or make fetch `async def`)"
+                )
+            if self._thread_returned is None:
+                self._thread_returned = anyio.Event()
+            await self._thread_returned.wait()  # within this fetch's timeout
+        call = entry.thread = ThreadCall(
+            partial(fetch, entry.key), name=f"asgi_refresh:{self.spec.name}", on_return=self._returned
+        )
         call.start()
+        self._threads += 1
         try:
             with self._clock.hold():
                 value = await call.result()
@@ -384,6 +393,13 @@ class FamilyRun:
                 f"{type(value).__name__}; return the value itself, or declare fetch `async def`"
             )
         return value
+
+    def _returned(self) -> None:
+        """A plain fetch's thread returned (on the event loop): a waiting fetch may start one."""
+        self._threads -= 1
+        waiting, self._thread_returned = self._thread_returned, None
+        if waiting is not None:
+            waiting.set()
 
     def blocked_threads(self) -> int:
         """How many abandoned plain fetches still run in their threads (forgets those that returned)."""

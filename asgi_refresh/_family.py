@@ -74,9 +74,9 @@ class RefresherFamily:
             within the middleware's ``startup_timeout``; if false, startup goes on
             and a preload key that fails keeps retrying in the background.
         timeout: Longest one fetch may take, or ``None`` for no limit. A plain
-            ``def`` fetch past it is abandoned and its thread runs on; while 8 of
-            them (or ``max_keys``, if fewer) are still blocked, the family's plain
-            fetches fail at once instead of starting more threads.
+            ``def`` fetch past it is abandoned and its thread runs on. A family
+            runs at most 8 threads (or ``max_keys``, if fewer): a fetch waits for
+            one, and fails at once while all are abandoned and still blocked.
         jitter: Fraction of ``every`` (``0 <= jitter <= 0.5``) by which each
             key's refresh is randomly moved earlier, so that keys loaded together
             spread out.

@@ -21,8 +21,11 @@ class ThreadCall:
     worker threads would. A thread per call is cheap at refresh rates.
     """
 
-    def __init__(self, func: Callable[[], Any], *, name: str) -> None:
+    def __init__(
+        self, func: Callable[[], Any], *, name: str, on_return: Callable[[], None] | None = None
+    ) -> None:
         self._func = func
+        self._on_return = on_return  # called on the event loop once the function returned
         self._context = contextvars.copy_context()
         self._token = anyio.lowlevel.current_token()
         self._finished = anyio.Event()
@@ -57,4 +60,9 @@ class ThreadCall:
             self._returned = True
             # If the event loop is gone, nobody is waiting any more.
             with contextlib.suppress(Exception):
-                anyio.from_thread.run_sync(self._finished.set, token=self._token)
+                anyio.from_thread.run_sync(self._returned_on_loop, token=self._token)
+
+    def _returned_on_loop(self) -> None:
+        self._finished.set()
+        if self._on_return is not None:
+            self._on_return()

@@ -682,7 +682,7 @@ async def test_an_exception_whose_notes_cannot_be_printed_is_still_contained(
 
     async def fetch(key: str) -> str:
         error = ValueError(f"bad {key}")
-        error.__notes__ = [Unprintable()] if key == "a" else 5  # type: ignore[assignment]
+        error.__notes__ = [Unprintable()] if key == "a" else 5  # type: ignore[assignment,list-item]
         raise error
 
     with caplog.at_level(logging.INFO, logger="asgi_refresh"):

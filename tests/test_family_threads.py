@@ -139,21 +139,22 @@ async def test_waves_of_cold_keys_leave_a_bounded_number_of_threads(max_keys: in
             errors = await wave(handle, clock, "slow", [f"a{i}" for i in range(size)])
             assert len(errors) == size
             assert all("TimeoutError: fetch timed out after 1s" in str(exc) for exc in errors)
-            assert fetch.alive() == size  # one wave's fetches: at most max_keys at once
+            # At most `bound` threads at once: the rest of the wave waited for one, and timed out.
+            assert fetch.alive() == bound
             for round_ in range(4):
                 keys = [f"{round_}-{i}" for i in range(size)]
                 with anyio.fail_after(5):  # real seconds: refused at once, no thread to wait for
                     errors = await wave(handle, clock, "slow", keys)
                 assert len(errors) == size
                 assert all(BLOCKED in str(exc) for exc in errors)
-                assert fetch.alive() == size, "no wave after the first starts a thread"
+                assert fetch.alive() == bound, "no wave after the first starts a thread"
             summary = handle.status()["slow"]["family"]
             assert size >= bound
-            assert summary["blocked_threads"] == size
+            assert summary["blocked_threads"] == bound
             assert summary["blocked_refusals"] == 4 * size
             assert summary["failures"] == 5 * size
             assert summary["refused"] == 0
-            assert len(fetch.threads) <= size
+            assert len(fetch.threads) == bound, "never more threads than the bound, even in the first wave"
 
 
 async def test_the_error_names_the_family_the_blocked_fetches_and_what_to_do(
@@ -273,3 +274,34 @@ async def test_warm_keys_keep_their_values_while_the_family_is_blocked() -> None
                 f"'x{i}'" for i in range(MAX_BLOCKED_THREADS)
             }
             assert await handle.get("rates", "EUR") == "EUR!"
+
+
+async def test_a_burst_of_quick_plain_fetches_shares_the_familys_threads() -> None:
+    """40 cold keys at once with a quick blocking fetch: all load, never more than the bound's threads at once."""
+    running_now, most = 0, 0
+    lock = threading.Lock()
+
+    def load(key: str) -> str:
+        nonlocal running_now, most
+        with lock:
+            running_now += 1
+            most = max(most, running_now)
+        threading.Event().wait(0.01)  # a quick blocking call
+        with lock:
+            running_now -= 1
+        return key.upper()
+
+    family = RefresherFamily("quick", load, every="1h", timeout="10s")
+    async with running(family, FakeClock()) as handle:
+        got: dict[str, str] = {}
+
+        async def ask(key: str) -> None:
+            got[key] = await handle.get("quick", key)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as task_group:
+                for i in range(40):
+                    task_group.start_soon(ask, f"k{i}")
+        assert got == {f"k{i}": f"K{i}" for i in range(40)}
+        assert 1 < most <= MAX_BLOCKED_THREADS
+        assert handle.status()["quick"]["family"]["failures"] == 0
