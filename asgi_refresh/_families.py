@@ -17,7 +17,6 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -319,23 +318,18 @@ class FamilyRun:
             started = clock.monotonic()
             if self._events is not None:
                 self._events.emit("started", name, key=shown_key(entry.key))
-            scope: anyio.CancelScope | None = None
             try:
-                timeout = spec.timeout
-                with clock.move_on_at(started + timeout) if timeout is not None else nullcontext() as scope:
-                    if self.store is None:
-                        value, age = await self._call(entry), 0.0
-                    else:
-                        shared = await self.store.get(entry.key, entry.version, partial(self._call, entry))
-                        value, age, entry.version = shared.value, shared.age, shared.version
-                if scope is not None and scope.cancel_called:
-                    raise _FetchTimeout(f"fetch timed out after {format_duration(timeout or 0)}")
+                if self.store is None:
+                    value, age = await self._timed_call(entry), 0.0
+                else:
+                    # The timeout bounds the fetch, not the wait for another process's: a
+                    # holder that died with the lease is waited for (lease_ttl), then fetched here.
+                    shared = await self.store.get(entry.key, entry.version, partial(self._timed_call, entry))
+                    value, age, entry.version = shared.value, shared.age, shared.version
             except BaseException as exc:  # whatever the user's fetch raises is data, not a crash
                 if escapes(exc):
                     raise
-                if scope is not None and scope.cancel_called and not isinstance(exc, _FetchTimeout):
-                    exc = _FetchTimeout(f"fetch timed out after {format_duration(spec.timeout or 0)}")
-                elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
                     exc = RuntimeError("fetch raised CancelledError without being cancelled")
                 flight.error = exc
                 self._failed(entry, exc, started)
@@ -350,6 +344,21 @@ class FamilyRun:
             self.loading -= 1
             self.cold_loading -= cold
             flight.finish()
+
+    async def _timed_call(self, entry: Entry) -> Any:
+        """`_call` within the family's timeout, counted from now."""
+        timeout, clock = self.spec.timeout, self._clock
+        if timeout is None:
+            return await self._call(entry)
+        late = _FetchTimeout(f"fetch timed out after {format_duration(timeout)}")
+        with clock.move_on_at(clock.monotonic() + timeout) as scope:
+            try:
+                return await self._call(entry)
+            except Exception:
+                if scope.cancel_called:  # whatever the fetch made of being cancelled: its timeout
+                    raise late from None
+                raise
+        raise late  # only when cancelled
 
     async def _call(self, entry: Entry) -> Any:
         fetch = self.spec.fetch

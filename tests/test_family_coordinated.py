@@ -205,3 +205,24 @@ async def test_a_lease_held_by_a_dead_process_is_waited_for_then_fetched_here(tm
         assert await dead.acquire(store.record("EUR"), 60)  # and it never stores nor lets go
         with anyio.fail_after(5):
             assert await middleware.handle.get("rates", "EUR") == "EUR@1"
+
+
+async def test_the_timeout_bounds_the_fetch_not_the_wait_for_a_dead_holder(tmp_path: Path) -> None:
+    """On the real clock: the wait for a dead holder's lease (timeout + lease_ttl) is not cut by the fetch's timeout.
+
+    Before, the timeout (0.2 s) ended the wait (0.4 s) first: every request for the
+    key failed with a TimeoutError until the dead holder's lease expired.
+    """
+    upstream = Upstream()
+    path = tmp_path / "refresh.db"
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        families=[RefresherFamily("rates", upstream, every="1m", timeout="0.2s")],
+        coordinator=SQLiteCoordinator(path, poll_interval=0.02),
+        lease_ttl="0.2s",
+    )
+    async with SQLiteCoordinator(path) as dead, LifespanManager(middleware, startup_timeout=10):
+        store = FamilyStore(middleware.families[0], dead, JSONCodec(), 0.2)
+        assert await dead.acquire(store.record("EUR"), 60)  # and it never stores nor lets go
+        with anyio.fail_after(5):
+            assert await middleware.handle.get("rates", "EUR") == "EUR@1"
