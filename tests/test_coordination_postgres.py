@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -186,6 +187,13 @@ def test_bad_arguments_are_refused() -> None:
         "schema='refresh', prefix='shop')"
     )
     assert coordinator.backend == "PostgreSQL at db:6543/shop"
+
+
+def test_the_guide_shows_the_ddl_that_the_coordinator_runs() -> None:
+    """The statements in the guide, for teams that manage their schemas, are ddl()'s."""
+    guide = (Path(__file__).parents[1] / "docs" / "guides" / "coordination.md").read_text()
+    statements = "\n".join(f"{statement};" for statement in PostgresCoordinator("host=db").ddl())
+    assert f"```sql\n{statements}\n```" in guide
 
 
 def test_importing_the_package_does_not_import_psycopg() -> None:
