@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import psycopg
 import pytest
 from asgi_lifespan import LifespanManager
@@ -25,7 +26,7 @@ from asgi_lifespan import LifespanManager
 from asgi_refresh import CoordinatorUnavailable, PostgresCoordinator, Refresher, RefreshMiddleware
 from asgi_refresh._cluster.base import BadRecord, Change, Coordinator
 from asgi_refresh._cluster.contract import CoordinatorContract, counters, next_change
-from asgi_refresh._cluster.postgres import _parse_notification
+from asgi_refresh._cluster.postgres import _Listener, _parse_notification
 from tests.postgres_server import PostgresServer
 
 from .helpers import Counting, ScriptedApp
@@ -194,6 +195,65 @@ def test_the_guide_shows_the_ddl_that_the_coordinator_runs() -> None:
     guide = (Path(__file__).parents[1] / "docs" / "guides" / "coordination.md").read_text()
     statements = "\n".join(f"{statement};" for statement in PostgresCoordinator("host=db").ddl())
     assert f"```sql\n{statements}\n```" in guide
+
+
+async def test_the_dsn_s_own_settings_and_edge_cases(postgres_server: PostgresServer) -> None:
+    """A DSN's own timeouts and name are kept; a value over max_bytes, use before open, a late call are refused."""
+    dsn = (
+        f"host=127.0.0.1 port={postgres_server.port} user=postgres dbname=postgres connect_timeout=5 "
+        "tcp_user_timeout=5000 application_name='my app'"
+    )
+    coordinator = PostgresCoordinator(dsn, prefix=_prefix(), max_bytes=10)
+    assert "application_name='my app'" in repr(coordinator)
+    with pytest.raises(RuntimeError, match="is not open"):
+        async with coordinator.subscribe():
+            pass  # pragma: no cover
+    async with coordinator:
+        assert await coordinator.acquire("names", 10)
+        with pytest.raises(ValueError, match=r"the value is 11 bytes, over max_bytes \(10\)"):
+            await coordinator.store("names", b"x" * 11, {})
+        (name,) = postgres_server.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE application_name = 'my app'"
+        )
+        assert name == ("my app",)
+        assert coordinator.describe(ZeroDivisionError()) is None
+    with pytest.raises(psycopg.OperationalError, match="is closed"):  # a call abandoned at shutdown, run late
+        coordinator._with_connection(lambda connection: None)
+    with pytest.raises(TypeError, match="dsn must be a string"):
+        PostgresCoordinator(b"host=db")  # type: ignore[arg-type]
+
+
+async def test_a_subscription_given_up_while_it_connects_leaves_no_connection_open(
+    pg: Callable[..., PostgresCoordinator],
+) -> None:
+    """Abandoned before or after its start: the listener's connection is closed either way."""
+    async with pg() as coordinator:
+        early = _Listener(coordinator)
+        early.abandon()
+        await anyio.to_thread.run_sync(early.start)
+        assert early._connection is None
+        late = _Listener(coordinator)
+        await anyio.to_thread.run_sync(late.start)
+        connection = late._connection
+        assert connection is not None
+        late.abandon()
+        assert connection.closed
+
+
+def test_a_listener_delivers_each_change_once_and_only_its_own() -> None:
+    """A notification on another channel, or of a change a counter check already delivered, is not delivered."""
+    listener = _Listener(PostgresCoordinator("host=db", prefix="shop"))
+    delivered: list[object] = []
+    listener._deliver = delivered.append  # type: ignore[method-assign,assignment]
+    listener._names = {"names": (3, 1)}
+    listener._notified("another_channel", "stored names 4 9")
+    listener._notified(listener.coordinator.channel, "stored names 3 9")  # already known
+    listener._notified(listener.coordinator.channel, "refresh_requested names 1 10")  # already known
+    assert delivered == []
+    listener._notified(listener.coordinator.channel, "refresh_requested names 2 11")
+    assert delivered == [Change("refresh_requested", "names", 2)]
+    assert listener._names == {"names": (3, 2)}
+    assert listener._seq == 11
 
 
 def test_importing_the_package_does_not_import_psycopg() -> None:
@@ -373,6 +433,69 @@ async def test_a_killed_listening_connection_falls_back_to_polling_and_listens_a
     finally:
         postgres_server.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         postgres_server.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+# -- one poll for every lease ------------------------------------------------------------------
+
+
+def _count_thread_hops(coordinator: PostgresCoordinator, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the blocking calls (each one worker-thread hop) that ``coordinator`` makes."""
+    hops = [0]
+    call = coordinator.call
+
+    async def counted(func: Callable[[], Any]) -> Any:
+        hops[0] += 1
+        return await call(func)
+
+    monkeypatch.setattr(coordinator, "call", counted)
+    return hops
+
+
+async def test_a_poll_of_a_thousand_names_is_one_thread_hop_and_close_gives_them_back_in_one(
+    pg: Callable[..., PostgresCoordinator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 leases renewed or taken and heads read in one blocking call; released at close in one."""
+    names = [f"r{i}" for i in range(1000)]
+    async with pg() as first, pg() as second:
+        for name in names[:10]:
+            assert await first.acquire(name, 10)
+            assert await first.store(name, b"1", {}) == 1
+        assert await first.request_refresh("r500") == 1
+        hops = _count_thread_hops(second, monkeypatch)
+        polled = await second.poll(names, 10)
+        assert hops == [1]
+        assert list(polled) == names
+        assert [name for name, poll in polled.items() if not poll.held] == names[:10]
+        assert counters(polled["r3"].head) == (1, 0, 0)
+        assert counters(polled["r500"].head) == (None, 1, 0)
+        assert all(not isinstance(poll.head, BadRecord) and poll.head.time for poll in polled.values())
+        again = await second.poll(names, 10)
+        assert [name for name, poll in again.items() if not poll.held] == names[:10], "renewed, not lost"
+        await second.close()
+        assert hops == [3], "the leases were given back in one call"
+        assert all(poll.held for poll in (await first.poll(names, 10)).values()), "free at once"
+
+
+async def test_a_poll_is_chunked_and_answers_each_name_once_in_order(
+    pg: Callable[..., PostgresCoordinator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past CHUNK names a poll makes several statements in one hop; a name asked twice is answered once."""
+    import asgi_refresh._cluster.postgres as postgres_backend
+
+    monkeypatch.setattr(postgres_backend, "CHUNK", 3)
+    async with pg() as first, pg() as second:
+        assert await first.acquire("r4", 10)
+        assert await first.store("r4", b"1", {}) == 1
+        hops = _count_thread_hops(second, monkeypatch)
+        assert await second.poll([], 10) == {}
+        assert hops == [0]
+        polled = await second.poll(["r6", "r0", "r4", "r1", "r0", "r5", "r2", "r3"], 10)
+        assert hops == [1]
+        assert list(polled) == ["r6", "r0", "r4", "r1", "r5", "r2", "r3"]
+        assert {name: poll.held for name, poll in polled.items()} == {name: name != "r4" for name in polled}
+        await second.close()
+        others = ["r0", "r1", "r2", "r3", "r5", "r6"]
+        assert all(poll.held for poll in (await first.poll(others, 10)).values()), "given back at close"
 
 
 # -- hostile rows ----------------------------------------------------------------------------
