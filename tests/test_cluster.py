@@ -2,8 +2,8 @@
 
 Every process runs `tests/cluster_app.py` on 127.0.0.1 and polls one document of
 a counting upstream (the demo's `Upstream`, served in a thread of the test
-process) every half second or so; the backend is the session's Redis server or
-an SQLite file. Each test reads what each process publishes (``GET /value``) and
+process) every half second or so; the backend is the session's Redis server, its
+PostgreSQL server or an SQLite file. Each test reads what each process publishes (``GET /value``) and
 its role (``GET /_refresh``), and counts the upstream's requests. Waits poll a
 condition up to a generous deadline: nothing below sleeps for a fixed time except
 the windows that count fetches.
