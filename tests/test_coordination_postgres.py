@@ -27,6 +27,7 @@ from asgi_refresh import CoordinatorUnavailable, PostgresCoordinator, Refresher,
 from asgi_refresh._cluster.base import BadRecord, Change, Coordinator
 from asgi_refresh._cluster.contract import CoordinatorContract, counters, next_change
 from asgi_refresh._cluster.postgres import _Listener, _parse_notification
+from tests.faults.proxy import FlappingProxy
 from tests.postgres_server import PostgresServer
 
 from .helpers import Counting, ScriptedApp
@@ -388,6 +389,25 @@ async def test_a_statement_past_the_statement_timeout_is_unavailable(
             assert time.monotonic() - started < 1.5
             blocker.rollback()
         assert await coordinator.acquire("names", 10)
+
+
+async def test_a_server_that_stops_answering_is_unavailable_in_time_and_the_next_call_gets_another_connection(
+    postgres_server: PostgresServer,
+) -> None:
+    """Behind a proxy that holds a query for 3 s: the call fails at its timeout; the next one, fast again, works at once."""
+    with FlappingProxy(("127.0.0.1", postgres_server.port)) as proxy:
+        dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        async with PostgresCoordinator(dsn, prefix=_prefix(), timeout=0.5) as coordinator:
+            assert await coordinator.acquire("names", 10)
+            proxy.delay = 3.0
+            started = time.monotonic()
+            with pytest.raises(CoordinatorUnavailable, match=r"no answer within 0\.5s"):
+                await coordinator.head("names")  # no bound in libpq for a server that stops answering
+            assert time.monotonic() - started < 1.5
+            proxy.delay = 0.0
+            started = time.monotonic()
+            assert counters(await coordinator.head("names")) == (None, 0, 0)  # while the first still waits
+            assert time.monotonic() - started < 1.0
 
 
 async def test_a_killed_listening_connection_falls_back_to_polling_and_listens_again(

@@ -18,8 +18,8 @@ and heads is one statement too.
 
 psycopg's async API runs on asyncio only, and this package also runs on trio; so
 this uses psycopg's blocking API in worker threads, as the Redis backend does:
-one connection for the operations, one call at a time, and one connection per
-subscription that LISTENs in a thread of its own.
+up to `CONNECTIONS` connections for the operations, made as calls overlap, and one
+connection per subscription that LISTENs in a thread of its own.
 """
 
 from __future__ import annotations
@@ -205,6 +205,10 @@ _MAX_PAYLOAD = 300  # a notification of ours is short: "refresh_requested <name>
 # 200 short statements (one round trip each, all in one worker thread), not one
 # transaction that holds 100,000 row locks.
 CHUNK = 500
+# Connections for the operations, made as calls overlap and kept: a call abandoned at
+# its timeout (a server that stopped answering) holds one, and the next takes another.
+# Each subscription has one more, to listen on.
+CONNECTIONS = 2
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SECRET_KEYS = ("password", "sslpassword")
 
@@ -279,7 +283,9 @@ class PostgresCoordinator(BlockingCoordinator):
             )
         self._params = _parse_dsn(self._psycopg, dsn)
         self._secrets = _secrets_in(dsn, self._params)
-        super().__init__(timeout=positive_duration("PostgresCoordinator", "timeout", timeout), threads=2)
+        super().__init__(
+            timeout=positive_duration("PostgresCoordinator", "timeout", timeout), threads=CONNECTIONS
+        )
         self.dsn = dsn
         self.schema = check_schema(schema)
         self.prefix = check_prefix(prefix)
@@ -296,8 +302,10 @@ class PostgresCoordinator(BlockingCoordinator):
             hashlib.sha256(f"asgi_refresh:{self.schema}".encode()).digest()[:8], "big", signed=True
         )
         self._sql = {key: _compose(self._psycopg, self.schema, text) for key, text in _STATEMENTS.items()}
-        self._connection: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()  # one call at a time on the connection
+        self._pool = threading.Lock()  # guards the idle connections and the count of those in use
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._busy = 0
+        self._generation = 0  # bumped at each disconnect: a connection of a closed lifespan is not kept
 
     def __repr__(self) -> str:
         return f"PostgresCoordinator({self._safe_dsn()!r}, schema={self.schema!r}, prefix={self.prefix!r})"
@@ -382,43 +390,61 @@ class PostgresCoordinator(BlockingCoordinator):
                 connection.execute(statement.encode())
 
     def disconnect(self) -> None:
-        """Close the connection; an abandoned call may still hold it, and gives it up within the timeout."""
-        if not self._lock.acquire(timeout=self.timeout):
-            return  # pragma: no cover - a call stuck past its timeout closes it when it ends
-        try:
-            self._drop()
-        finally:
-            self._lock.release()
+        """Close the idle connections; one that an abandoned call still uses is closed when the call ends."""
+        with self._pool:
+            idle, self._idle = self._idle, []
+            self._generation += 1
+        for connection in idle:
+            _close_quietly(connection)
 
-    def _drop(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
+    def _checkout(self) -> tuple[psycopg.Connection[Any], int]:
+        """An idle connection, or a new one while fewer than `CONNECTIONS` are in use."""
+        with self._pool:
+            if not self._open:  # a call abandoned at shutdown: no new connection for nobody
+                raise self._psycopg.OperationalError(f"{self!r} is closed")
+            generation = self._generation
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.closed:
+                    self._busy += 1
+                    return connection, generation
+            if self._busy >= CONNECTIONS:
+                raise TimeoutError(f"all {CONNECTIONS} connections are busy with calls that did not finish")
+            self._busy += 1
+        try:
+            return self._open_connection("asgi_refresh"), generation
+        except BaseException:
+            with self._pool:
+                self._busy -= 1
+            raise
+
+    def _checkin(self, connection: psycopg.Connection[Any], generation: int, healthy: bool) -> None:
+        """Keep the connection for the next call, unless it failed or the coordinator closed meanwhile."""
+        with self._pool:
+            self._busy -= 1
+            if healthy and self._open and generation == self._generation and not connection.closed:
+                self._idle.append(connection)
+                return
+        _close_quietly(connection)
 
     def _with_connection(self, func: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run ``func`` on the connection, made first if there is none; any failure drops it.
+        """Run ``func`` on a connection of the coordinator's own; any failure closes it.
 
         After a failure the connection may be dead, in a failed transaction, or on a
         server that became a read-only replica: the next call connects again (and a
         DSN with several hosts and ``target_session_attrs=read-write`` finds the primary).
+        A call abandoned at its timeout keeps its connection until it ends (a server
+        that stopped answering has no client-side bound but the socket's): the next
+        call takes another, up to `CONNECTIONS` at once.
         """
-        if not self._lock.acquire(timeout=self.timeout):
-            raise TimeoutError("the connection is busy with a call that did not finish")
+        connection, generation = self._checkout()
+        healthy = False
         try:
-            if not self._open:  # a call abandoned at shutdown: no new connection for nobody
-                raise self._psycopg.OperationalError(f"{self!r} is closed")
-            if self._connection is None or self._connection.closed:
-                self._connection = self._open_connection("asgi_refresh")
-            try:
-                return func(self._connection)
-            except BaseException:
-                self._drop()
-                raise
+            result = func(connection)
+            healthy = True
+            return result
         finally:
-            if not self._open:
-                self._drop()  # closed while this call ran: it was abandoned, nobody else closes it
-            self._lock.release()
+            self._checkin(connection, generation, healthy)
 
     async def _call(self, func: Callable[[psycopg.Connection[Any]], T]) -> T:
         if not self._open:
@@ -768,6 +794,11 @@ class _Listener:
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+def _close_quietly(connection: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(Exception):
+        connection.close()
 
 
 def _parse_notification(payload: object) -> tuple[Change, int] | None:
