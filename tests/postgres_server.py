@@ -91,7 +91,7 @@ class PostgresServer:
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._process: subprocess.Popen[bytes] | None = None
         initdb = [str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
-        self._run([*initdb, "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"])
+        self._run([*initdb, "-E", "UTF8", "--no-locale", "--no-sync"])
 
     def _run(self, command: list[str]) -> None:
         uid, gid, groups = self._as_user()
