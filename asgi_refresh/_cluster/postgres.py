@@ -643,7 +643,6 @@ class _Listener:
         self._names: dict[str, tuple[int, int]] = {}
         self._send: Any = None
         self._token: Any = None
-        self.listening = False
 
     def deliver_to(self, send: Any, token: Any) -> None:
         self._send, self._token = send, token
@@ -679,7 +678,6 @@ class _Listener:
     def _listen(self, connection: psycopg.Connection[Any]) -> None:
         sql = self.coordinator._psycopg.sql
         connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.coordinator.channel)))
-        self.listening = True
 
     def _snapshot(self, connection: psycopg.Connection[Any]) -> tuple[int | None, dict[str, tuple[int, int]]]:
         """The change counter, then every name's (version, requested): a change between shows next time."""
@@ -776,12 +774,15 @@ class _Listener:
             try:
                 self._listen(connection)
                 self._catch_up(connection)
+            except (coordinator._psycopg.Error, OSError) as exc:
+                _close_quietly(connection)
+                lost = exc
             except BaseException:
-                connection.close()
+                _close_quietly(connection)
                 raise
-            self._connection = connection
-            return
-        self.listening = False
+            else:
+                self._connection = connection
+                return
         try:
             coordinator._with_connection(self._catch_up)
         except Exception as exc:
@@ -790,10 +791,8 @@ class _Listener:
 
     def _close(self) -> None:
         connection, self._connection = self._connection, None
-        self.listening = False
         if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
+            _close_quietly(connection)
 
 
 def _close_quietly(connection: psycopg.Connection[Any]) -> None:
