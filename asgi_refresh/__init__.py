@@ -36,6 +36,7 @@ if _TYPE_CHECKING:
         Poll,
         Stored,
     )
+    from ._cluster.postgres import PostgresCoordinator
     from ._cluster.redis import RedisCoordinator
     from ._cluster.sqlite import SQLiteCoordinator
     from ._config import ConfigError
@@ -70,6 +71,7 @@ _LAZY = {
     "HTTPSource": "._sources.http",
     "LongPollSource": "._sources.longpoll",
     "consul_kv": "._sources.longpoll",
+    "PostgresCoordinator": "._cluster.postgres",
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
@@ -97,6 +99,7 @@ __all__ = [
     "LongPollSource",
     "OptionError",
     "Poll",
+    "PostgresCoordinator",
     "RedisCoordinator",
     "RefreshError",
     "RefreshEvent",

@@ -10,15 +10,17 @@ process served the request, what it publishes, and its role (with ``uvicorn
 
 Environment:
     UPSTREAM_URL: The document to poll (required).
-    BACKEND: ``redis``, ``sqlite`` or ``none`` (no coordinator: every process
-        fetches for itself).
+    BACKEND: ``redis``, ``sqlite``, ``postgres`` or ``none`` (no coordinator:
+        every process fetches for itself).
     REDIS_URL: The Redis server, for ``BACKEND=redis``.
     DB_PATH: The SQLite file, for ``BACKEND=sqlite``.
+    POSTGRES_DSN: The PostgreSQL database, for ``BACKEND=postgres``.
     PREFIX: The coordinator's namespace (default ``cluster``).
     EVERY: The refresher's interval (default ``1s``).
     LEASE_TTL: The lease's ttl (default ``3s``).
     COORDINATOR_TIMEOUT: Seconds any one backend operation may take (default 1).
-    POLL_INTERVAL: Seconds between an SQLite subscriber's checks (default 0.2).
+    POLL_INTERVAL: Seconds between an SQLite subscriber's checks (default 0.2),
+        or a PostgreSQL one's checks of the change counter (default 1).
     GUARD: A change guard for ``data``: ``max_shrink:0.5`` (default: none).
     KEEP_VERSIONS: How many published versions ``data`` keeps, to pin and roll
         back through ``POST /_refresh/data/pin?version=V``, ``.../rollback`` and
@@ -40,6 +42,7 @@ from typing import Any
 
 from asgi_refresh import (
     HTTPSource,
+    PostgresCoordinator,
     RedisCoordinator,
     Refresher,
     RefreshMiddleware,
@@ -61,9 +64,14 @@ def coordinator_from_env(env: Mapping[str, str] = os.environ) -> Coordinator | N
     if backend == "sqlite":
         poll_interval = float(env.get("POLL_INTERVAL", "0.2"))
         return SQLiteCoordinator(env["DB_PATH"], prefix=prefix, poll_interval=poll_interval, timeout=timeout)
+    if backend == "postgres":
+        poll_interval = float(env.get("POLL_INTERVAL", "1"))
+        return PostgresCoordinator(
+            env["POSTGRES_DSN"], prefix=prefix, poll_interval=poll_interval, timeout=timeout
+        )
     if backend == "none":
         return None
-    raise ValueError(f"BACKEND must be redis, sqlite or none (got {backend!r})")
+    raise ValueError(f"BACKEND must be redis, sqlite, postgres or none (got {backend!r})")
 
 
 def guard_from_env(env: Mapping[str, str] = os.environ) -> max_shrink | None:

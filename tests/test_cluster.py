@@ -2,8 +2,8 @@
 
 Every process runs `tests/cluster_app.py` on 127.0.0.1 and polls one document of
 a counting upstream (the demo's `Upstream`, served in a thread of the test
-process) every half second or so; the backend is the session's Redis server or
-an SQLite file. Each test reads what each process publishes (``GET /value``) and
+process) every half second or so; the backend is the session's Redis server, its
+PostgreSQL server or an SQLite file. Each test reads what each process publishes (``GET /value``) and
 its role (``GET /_refresh``), and counts the upstream's requests. Waits poll a
 condition up to a generous deadline: nothing below sleeps for a fixed time except
 the windows that count fetches.
@@ -29,6 +29,7 @@ import pytest
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .faults.proxy import FlappingProxy
+from .postgres_server import PostgresServer
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).parent.parent
@@ -183,7 +184,26 @@ def redis_env(redis: RedisServer, url: str, **more: str) -> dict[str, str]:
     return {"BACKEND": "redis", "REDIS_URL": redis.url, "PREFIX": prefix, "UPSTREAM_URL": url, **more}
 
 
-@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def postgres_env(postgres: PostgresServer, url: str, **more: str) -> dict[str, str]:
+    """The environment of processes coordinated through ``postgres``, in a namespace of their own."""
+    prefix = f"cluster{time.monotonic_ns()}"
+    return {
+        "BACKEND": "postgres",
+        "POSTGRES_DSN": postgres.dsn,
+        "PREFIX": prefix,
+        "UPSTREAM_URL": url,
+        **more,
+    }
+
+
+def server_env(backend: str, request: pytest.FixtureRequest, url: str, **more: str) -> dict[str, str]:
+    """The environment of processes coordinated through the session's Redis or PostgreSQL server."""
+    if backend == "redis":
+        return redis_env(request.getfixturevalue("redis_server"), url, **more)
+    return postgres_env(request.getfixturevalue("postgres_server"), url, **more)
+
+
+@pytest.mark.parametrize("backend", ["redis", "sqlite", "postgres"])
 def test_four_workers_fetch_once_per_interval_not_four_times(
     backend: str, upstream: tuple[Upstream, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -193,9 +213,8 @@ def test_four_workers_fetch_once_per_interval_not_four_times(
     documents.set("/alone", {"version": 1})
     every, window = 0.5, 6.0
     timing = {"EVERY": f"{every}s", "LEASE_TTL": "3s"}
-    if backend == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        coordinated = redis_env(server, f"{url}/coordinated", **timing)
+    if backend in ("redis", "postgres"):
+        coordinated = server_env(backend, request, f"{url}/coordinated", **timing)
     else:
         db = str(tmp_path / "refresh.db")
         coordinated = {"BACKEND": "sqlite", "DB_PATH": db, "UPSTREAM_URL": f"{url}/coordinated", **timing}
@@ -246,14 +265,15 @@ def test_separate_hosts_converge_on_every_new_version(
         assert_clean(nodes)
 
 
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
 def test_killing_the_leader_moves_the_lease_and_fetching_resumes_within_its_ttl(
-    redis_server: RedisServer, upstream: tuple[Upstream, str]
+    backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
     """SIGKILL the lease holder: another process leads and fetches within lease_ttl (plus slack)."""
     documents, url = upstream
     documents.set("/data", {"version": 1})
     every, lease_ttl = 0.5, 1.5
-    env = redis_env(redis_server, f"{url}/data", EVERY=f"{every}s", LEASE_TTL=f"{lease_ttl}s")
+    env = server_env(backend, request, f"{url}/data", EVERY=f"{every}s", LEASE_TTL=f"{lease_ttl}s")
     with cluster(3, env) as nodes:
         until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
         leader = nodes[roles(nodes).index("leader")]
@@ -291,13 +311,14 @@ def test_killing_the_leader_moves_the_lease_and_fetching_resumes_within_its_ttl(
         assert_clean(survivors)
 
 
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
 def test_refresh_now_on_a_follower_reaches_every_process(
-    redis_server: RedisServer, upstream: tuple[Upstream, str]
+    backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
     """POST /_refresh/data?wait=true on a follower: the leader fetches once, every process serves it."""
     documents, url = upstream
     documents.set("/data", {"version": 1})
-    with cluster(3, redis_env(redis_server, f"{url}/data", EVERY="1h", LEASE_TTL="3s")) as nodes:
+    with cluster(3, server_env(backend, request, f"{url}/data", EVERY="1h", LEASE_TTL="3s")) as nodes:
         until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
         follower = nodes[roles(nodes).index("follower")]
         fetches = documents.requests["/data"]
@@ -314,13 +335,18 @@ def test_refresh_now_on_a_follower_reaches_every_process(
         assert_clean(nodes)
 
 
-def test_requests_succeed_while_redis_is_down_and_coordination_resumes_after(
-    stoppable_redis: RedisServer, upstream: tuple[Upstream, str]
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
+def test_requests_succeed_while_the_backend_is_down_and_coordination_resumes_after(
+    backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
-    """Redis stopped mid-run: every request still succeeds, roles go standalone, then back."""
+    """The backend (Redis, PostgreSQL) stopped mid-run: every request still succeeds, roles go standalone, then back."""
     documents, url = upstream
     documents.set("/data", {"version": 1})
-    env = redis_env(stoppable_redis, f"{url}/data", EVERY="0.5s", LEASE_TTL="1.5s", COORDINATOR_TIMEOUT="0.5")
+    server: RedisServer | PostgresServer = request.getfixturevalue(
+        "stoppable_redis" if backend == "redis" else "stoppable_postgres"
+    )
+    timing = {"EVERY": "0.5s", "LEASE_TTL": "1.5s", "COORDINATOR_TIMEOUT": "0.5"}
+    env = server_env(backend, request, f"{url}/data", **timing)
     with cluster(3, env) as nodes:
         until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
         assert sorted(roles(nodes)) == ["follower", "follower", "leader"]
@@ -340,13 +366,13 @@ def test_requests_succeed_while_redis_is_down_and_coordination_resumes_after(
         thread = threading.Thread(target=hammer)
         thread.start()
         try:
-            stoppable_redis.stop()
+            server.stop()
             during = len(answers)
             until(lambda: roles(nodes) == ["standalone"] * 3, 10, lambda: roles(nodes))
             documents.set("/data", {"version": 2})  # each process fetches it for itself
             until(lambda: values(nodes) == [{"version": 2}] * 3, 10, lambda: values(nodes))
             outage = len(answers) - during
-            stoppable_redis.start()
+            server.start()
             until(
                 lambda: sorted(roles(nodes)) == ["follower", "follower", "leader"], 15, lambda: roles(nodes)
             )

@@ -1150,7 +1150,8 @@ def test_the_coordinator_is_configurable(tmp_path: Path) -> None:
     assert problems_of(
         {"refreshers": {"names": refresher()}, "middleware": {"coordinator": {"backend": "redsi"}}}
     ) == [
-        'middleware.coordinator.backend: expected "redis" or "sqlite", got "redsi" (did you mean \'redis\'?)'
+        'middleware.coordinator.backend: expected "redis", "sqlite" or "postgres", got "redsi" '
+        "(did you mean 'redis'?)"
     ]
     assert problems_of(
         {
@@ -1164,6 +1165,45 @@ def test_the_coordinator_is_configurable(tmp_path: Path) -> None:
         "middleware.codec: 'asgi_refresh:JSONCodec' is a class; name an instance, e.g. `codec = JSONCodec()` "
         'in your module, written "myapp.module:codec"'
     ]
+
+
+def test_a_postgres_coordinator_is_configurable() -> None:
+    """Backend = "postgres" takes a dsn and the backend's options; a misspelt backend is named."""
+    from asgi_refresh import PostgresCoordinator
+
+    config = load(
+        {
+            "refreshers": {"names": refresher()},
+            "middleware": {
+                "coordinator": {
+                    "backend": "postgres",
+                    "dsn": "postgresql://app@db:5432/shop",
+                    "schema": "refresh",
+                    "prefix": "shop",
+                    "timeout": "3s",
+                    "create_schema": False,
+                }
+            },
+        }
+    )
+    coordinator = config.middleware["coordinator"]
+    assert isinstance(coordinator, PostgresCoordinator)
+    assert (coordinator.schema, coordinator.prefix, coordinator.timeout) == ("refresh", "shop", 3.0)
+    assert not coordinator.create_schema
+    assert problems_of(
+        {"refreshers": {"names": refresher()}, "middleware": {"coordinator": {"backend": "postgre"}}}
+    ) == [
+        'middleware.coordinator.backend: expected "redis", "sqlite" or "postgres", got "postgre" '
+        "(did you mean 'postgres'?)"
+    ]
+    assert problems_of(
+        {
+            "refreshers": {"names": refresher()},
+            "middleware": {
+                "coordinator": {"backend": "postgres", "dsn": "postgresql://db/x", "schema": "A-B"}
+            },
+        }
+    )[0].startswith("middleware.coordinator.schema: must be a PostgreSQL schema name")
 
 
 # -- hostile files and values: bounded, every problem at once, secrets masked in every form --
