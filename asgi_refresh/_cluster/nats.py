@@ -87,7 +87,8 @@ _MAX_COUNTER_BYTES = 32
 _RELEASE_ON_CLOSE = 1.0  # at most this long to give the leases back at close
 _LONGEST_LEASE = 86400.0  # a lease that asks for longer is not one of ours: taken over
 _LEASE_FACTOR = 100  # ... or for this many times the ttl we ask for, if that is longer
-_RECONNECT_WAIT = 0.5  # between reconnect attempts to a server that went away
+_RECONNECT_ATTEMPTS = 1  # per server, after the first: then the client gives up and the next call starts anew
+_RECONNECT_WAIT = 0.1  # between those attempts
 _PING_INTERVAL = 5  # an idle connection pings, so a server that hangs is noticed
 _CONCURRENCY = 64  # reads in flight at once in one poll
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's "the last revision is not the one you expected"
@@ -315,7 +316,7 @@ class NATSCoordinator(Coordinator):
                     await anyio.to_thread.run_sync(self._shutdown, thread)
 
     def _shutdown(self, thread: _LoopThread) -> None:
-        """In a worker thread: close the client on its loop (bounded), then stop the loop and join its thread."""
+        """In a worker thread: close the client on its loop (bounded), then stop the loop and join it."""
         future = thread.submit(self._disconnect())
         with contextlib.suppress(Exception):
             future.result(self.timeout + 1)
@@ -412,8 +413,11 @@ class NATSCoordinator(Coordinator):
             "servers": self.servers,
             "error_cb": on_error,
             "disconnected_cb": on_disconnect,
+            # A couple of quick attempts, then the client closes: the next call makes a new
+            # one. A call never waits on nats-py's reconnect loop, and a refused connection
+            # fails at once instead of after the timeout.
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            "max_reconnect_attempts": _RECONNECT_ATTEMPTS,
             "reconnect_time_wait": _RECONNECT_WAIT,
             "connect_timeout": max(self.timeout * 0.8, 0.05),
             "ping_interval": _PING_INTERVAL,
@@ -497,7 +501,7 @@ class NATSCoordinator(Coordinator):
         return _Message(int(message.seq), None if deleted else bytes(message.data or b""), when)
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int | None:
-        """Publish ``data`` under the expectations in ``headers``; None if a revision was not the one expected."""
+        """Publish ``data`` under the expectations in ``headers``; None if a revision was not as expected."""
         errors = self._nats.js.errors
         try:
             ack = await self._js.publish(subject, data, headers=headers, stream=self._stream)
@@ -523,9 +527,13 @@ class NATSCoordinator(Coordinator):
             else:
                 message = await self._get(subject)
             lease = _parse_lease(message)
-            if message is not None and lease is not None and lease.owner != self._owner:
-                if self._now(now) < message.time + min(lease.ttl, longest):
-                    return False
+            if (
+                message is not None
+                and lease is not None
+                and lease.owner != self._owner
+                and self._now(now) < message.time + min(lease.ttl, longest)
+            ):
+                return False  # another's, and not expired on the server's clock
             last = 0 if message is None else message.revision
             headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
             if await self._publish(subject, record, headers) is not None:
@@ -724,7 +732,7 @@ class NATSCoordinator(Coordinator):
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Change]]:
-        """Changes under the prefix from now on: an ordered consumer of the prefix's new messages, headers only."""
+        """Changes under the prefix from now on: an ordered consumer of its new messages, headers only."""
         items: queue.SimpleQueue[Change | CoordinatorUnavailable | None] = queue.SimpleQueue()
         ended = threading.Event()
 
