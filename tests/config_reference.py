@@ -44,8 +44,9 @@ TYPE_NAMES: dict[Kind, str] = {
     "names": "string or list of strings",
     "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
     "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
-    "coordinator": '`{ backend = "redis", url = "..." }` or `{ backend = "sqlite", path = "..." }`, '
-    "plus the backend's options (`prefix`, `timeout`; `poll_interval` for SQLite)",
+    "coordinator": '`{ backend = "redis", url = "..." }`, `{ backend = "sqlite", path = "..." }` or '
+    '`{ backend = "nats", servers = "..." }`, plus the backend\'s options (`prefix`, `timeout`; '
+    "`poll_interval` for SQLite; `bucket` for NATS)",
     "codec": "import string (an object with `encode` and `decode`)",
     "webhooks": "table of `[middleware.admin_webhooks.<hook>]` tables (below)",
     "keys": 'list of keys: strings, integers, or lists of them (`["EUR", ["EUR", "USD"]]`)',
