@@ -10,9 +10,10 @@ process served the request, what it publishes, and its role (with ``uvicorn
 
 Environment:
     UPSTREAM_URL: The document to poll (required).
-    BACKEND: ``redis``, ``sqlite`` or ``none`` (no coordinator: every process
-        fetches for itself).
+    BACKEND: ``redis``, ``sqlite``, ``nats`` or ``none`` (no coordinator: every
+        process fetches for itself).
     REDIS_URL: The Redis server, for ``BACKEND=redis``.
+    NATS_URL: The NATS server (JetStream enabled), for ``BACKEND=nats``.
     DB_PATH: The SQLite file, for ``BACKEND=sqlite``.
     PREFIX: The coordinator's namespace (default ``cluster``).
     EVERY: The refresher's interval (default ``1s``).
@@ -40,6 +41,7 @@ from typing import Any
 
 from asgi_refresh import (
     HTTPSource,
+    NATSCoordinator,
     RedisCoordinator,
     Refresher,
     RefreshMiddleware,
@@ -61,9 +63,11 @@ def coordinator_from_env(env: Mapping[str, str] = os.environ) -> Coordinator | N
     if backend == "sqlite":
         poll_interval = float(env.get("POLL_INTERVAL", "0.2"))
         return SQLiteCoordinator(env["DB_PATH"], prefix=prefix, poll_interval=poll_interval, timeout=timeout)
+    if backend == "nats":
+        return NATSCoordinator(env["NATS_URL"], prefix=prefix, timeout=timeout)
     if backend == "none":
         return None
-    raise ValueError(f"BACKEND must be redis, sqlite or none (got {backend!r})")
+    raise ValueError(f"BACKEND must be redis, sqlite, nats or none (got {backend!r})")
 
 
 def guard_from_env(env: Mapping[str, str] = os.environ) -> max_shrink | None:

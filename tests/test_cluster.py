@@ -29,6 +29,7 @@ import pytest
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .faults.proxy import FlappingProxy
+from .nats_server import NATSServer
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).parent.parent
@@ -183,7 +184,20 @@ def redis_env(redis: RedisServer, url: str, **more: str) -> dict[str, str]:
     return {"BACKEND": "redis", "REDIS_URL": redis.url, "PREFIX": prefix, "UPSTREAM_URL": url, **more}
 
 
-@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def nats_env(nats: NATSServer, url: str, **more: str) -> dict[str, str]:
+    """The environment of processes coordinated through ``nats``, in a namespace of their own."""
+    prefix = f"cluster{time.monotonic_ns()}"
+    return {"BACKEND": "nats", "NATS_URL": nats.url, "PREFIX": prefix, "UPSTREAM_URL": url, **more}
+
+
+def server_env(request: pytest.FixtureRequest, backend: str, url: str, **more: str) -> dict[str, str]:
+    """The environment of processes coordinated through the session's ``backend`` server (redis or nats)."""
+    if backend == "nats":
+        return nats_env(request.getfixturevalue("nats_server"), url, **more)
+    return redis_env(request.getfixturevalue("redis_server"), url, **more)
+
+
+@pytest.mark.parametrize("backend", ["redis", "sqlite", "nats"])
 def test_four_workers_fetch_once_per_interval_not_four_times(
     backend: str, upstream: tuple[Upstream, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -193,9 +207,8 @@ def test_four_workers_fetch_once_per_interval_not_four_times(
     documents.set("/alone", {"version": 1})
     every, window = 0.5, 6.0
     timing = {"EVERY": f"{every}s", "LEASE_TTL": "3s"}
-    if backend == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        coordinated = redis_env(server, f"{url}/coordinated", **timing)
+    if backend in ("redis", "nats"):
+        coordinated = server_env(request, backend, f"{url}/coordinated", **timing)
     else:
         db = str(tmp_path / "refresh.db")
         coordinated = {"BACKEND": "sqlite", "DB_PATH": db, "UPSTREAM_URL": f"{url}/coordinated", **timing}
@@ -246,14 +259,15 @@ def test_separate_hosts_converge_on_every_new_version(
         assert_clean(nodes)
 
 
+@pytest.mark.parametrize("backend", ["redis", "nats"])
 def test_killing_the_leader_moves_the_lease_and_fetching_resumes_within_its_ttl(
-    redis_server: RedisServer, upstream: tuple[Upstream, str]
+    backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
     """SIGKILL the lease holder: another process leads and fetches within lease_ttl (plus slack)."""
     documents, url = upstream
     documents.set("/data", {"version": 1})
     every, lease_ttl = 0.5, 1.5
-    env = redis_env(redis_server, f"{url}/data", EVERY=f"{every}s", LEASE_TTL=f"{lease_ttl}s")
+    env = server_env(request, backend, f"{url}/data", EVERY=f"{every}s", LEASE_TTL=f"{lease_ttl}s")
     with cluster(3, env) as nodes:
         until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
         leader = nodes[roles(nodes).index("leader")]
@@ -291,13 +305,14 @@ def test_killing_the_leader_moves_the_lease_and_fetching_resumes_within_its_ttl(
         assert_clean(survivors)
 
 
+@pytest.mark.parametrize("backend", ["redis", "nats"])
 def test_refresh_now_on_a_follower_reaches_every_process(
-    redis_server: RedisServer, upstream: tuple[Upstream, str]
+    backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
     """POST /_refresh/data?wait=true on a follower: the leader fetches once, every process serves it."""
     documents, url = upstream
     documents.set("/data", {"version": 1})
-    with cluster(3, redis_env(redis_server, f"{url}/data", EVERY="1h", LEASE_TTL="3s")) as nodes:
+    with cluster(3, server_env(request, backend, f"{url}/data", EVERY="1h", LEASE_TTL="3s")) as nodes:
         until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
         follower = nodes[roles(nodes).index("follower")]
         fetches = documents.requests["/data"]
@@ -314,13 +329,17 @@ def test_refresh_now_on_a_follower_reaches_every_process(
         assert_clean(nodes)
 
 
+@pytest.mark.parametrize("backend", ["redis", "nats"])
 def test_requests_succeed_while_redis_is_down_and_coordination_resumes_after(
-    stoppable_redis: RedisServer, upstream: tuple[Upstream, str]
+    backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
-    """Redis stopped mid-run: every request still succeeds, roles go standalone, then back."""
+    """The server (Redis, NATS) stopped mid-run: every request still succeeds, roles go standalone, then back."""
     documents, url = upstream
     documents.set("/data", {"version": 1})
-    env = redis_env(stoppable_redis, f"{url}/data", EVERY="0.5s", LEASE_TTL="1.5s", COORDINATOR_TIMEOUT="0.5")
+    stoppable_server: RedisServer | NATSServer = request.getfixturevalue(f"stoppable_{backend}")
+    env = server_env(
+        request, backend, f"{url}/data", EVERY="0.5s", LEASE_TTL="1.5s", COORDINATOR_TIMEOUT="0.5"
+    )
     with cluster(3, env) as nodes:
         until(lambda: values(nodes) == [{"version": 1}] * 3, 10, lambda: values(nodes))
         assert sorted(roles(nodes)) == ["follower", "follower", "leader"]
@@ -340,13 +359,13 @@ def test_requests_succeed_while_redis_is_down_and_coordination_resumes_after(
         thread = threading.Thread(target=hammer)
         thread.start()
         try:
-            stoppable_redis.stop()
+            stoppable_server.stop()
             during = len(answers)
             until(lambda: roles(nodes) == ["standalone"] * 3, 10, lambda: roles(nodes))
             documents.set("/data", {"version": 2})  # each process fetches it for itself
             until(lambda: values(nodes) == [{"version": 2}] * 3, 10, lambda: values(nodes))
             outage = len(answers) - during
-            stoppable_redis.start()
+            stoppable_server.start()
             until(
                 lambda: sorted(roles(nodes)) == ["follower", "follower", "leader"], 15, lambda: roles(nodes)
             )
