@@ -334,3 +334,50 @@ async def _ignore(stream: anyio.abc.SocketStream) -> None:
     """Accept a connection and say nothing."""
     async with stream:
         await anyio.sleep_forever()
+
+
+async def test_nats_the_server_refuses_a_store_whose_lease_changed_after_it_was_read(nats_url: str) -> None:
+    """The fence is the server's: a holder that read its lease just before losing it cannot store over the new holder."""
+    prefix = unique()
+    async with (
+        NATSCoordinator(nats_url, prefix=prefix) as stale,
+        NATSCoordinator(nats_url, prefix=prefix) as taker,
+    ):
+        assert await stale.acquire("names", 0.3)
+        subject = stale._subject("lease", "names")
+        seen = await stale._call(lambda: stale._get(subject))  # what the stale holder read
+        await anyio.sleep(0.4)
+        assert await taker.acquire("names", 10)
+        assert await taker.store("names", b"new", {}) == 1
+        real_get, reads = stale._get, []
+
+        async def first_read_is_stale(wanted: str) -> Any:
+            if wanted == subject and not reads:
+                reads.append(wanted)
+                return seen  # as if read just before the takeover: ours, and not expired
+            return await real_get(wanted)
+
+        stale._get = first_read_is_stale  # type: ignore[method-assign]
+        stale_now = stale._server_now
+
+        async def before_expiry() -> float | None:
+            return seen.time if seen is not None else None
+
+        stale._server_now = before_expiry  # type: ignore[method-assign]
+        try:
+            assert await stale.store("names", b"stale", {}) is None
+        finally:
+            stale._server_now = stale_now  # type: ignore[method-assign]
+        assert reads, "the stale read was used"
+        loaded = await taker.load("names")
+        assert loaded is not None
+        assert (loaded.version, loaded.data) == (1, b"new")
+
+
+async def test_nats_a_value_over_the_server_s_max_payload_is_a_value_error(nats_url: str) -> None:
+    """A value the server cannot take (over its max_payload, 1 MiB by default) is a ValueError, not an outage."""
+    async with NATSCoordinator(nats_url, prefix=unique()) as coordinator:
+        assert await coordinator.acquire("names", 10)
+        with pytest.raises(ValueError, match="max_payload"):
+            await coordinator.store("names", b"x" * (2 * 1024 * 1024), {})
+        assert await coordinator.store("names", b"small", {}) == 1
