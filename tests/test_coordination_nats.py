@@ -349,7 +349,8 @@ async def test_nats_the_server_refuses_a_store_whose_lease_changed_after_it_was_
         await anyio.sleep(0.4)
         assert await taker.acquire("names", 10)
         assert await taker.store("names", b"new", {}) == 1
-        real_get, reads = stale._get, []
+        real_get = stale._get
+        reads: list[str] = []
 
         async def first_read_is_stale(wanted: str) -> Any:
             if wanted == subject and not reads:
@@ -357,7 +358,7 @@ async def test_nats_the_server_refuses_a_store_whose_lease_changed_after_it_was_
                 return seen  # as if read just before the takeover: ours, and not expired
             return await real_get(wanted)
 
-        stale._get = first_read_is_stale  # type: ignore[method-assign]
+        stale._get = first_read_is_stale  # type: ignore[method-assign,assignment]
         stale_now = stale._server_now
 
         async def before_expiry() -> float | None:
