@@ -54,8 +54,9 @@ def _answers(port: int) -> bool:
 class NATSServer:
     """One nats-server process with JetStream on a fixed loopback port, which a test may stop and start."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, *, jetstream: bool = True) -> None:
         self.binary = binary
+        self.jetstream = jetstream
         self.directory = directory
         self.port = _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
@@ -73,9 +74,7 @@ class NATSServer:
         log = self.directory / "nats.log"
         command = [
             self.binary,
-            "-js",
-            "-sd",
-            str(self.directory / "jetstream"),
+            *(["-js", "-sd", str(self.directory / "jetstream")] if self.jetstream else []),
             "-a",
             "127.0.0.1",
             "-p",

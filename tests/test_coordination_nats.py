@@ -20,11 +20,24 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asgi_refresh import CoordinatorUnavailable
 from asgi_refresh._cluster.base import BadRecord, Change, Coordinator
 from asgi_refresh._cluster.contract import CoordinatorContract, counters, next_change
-from asgi_refresh._cluster.nats import NATSCoordinator
+from asgi_refresh._cluster.nats import (
+    NATSCoordinator,
+    _counter,
+    _entry_head,
+    _Message,
+    _parse_change,
+    _parse_lease,
+    _parse_time,
+    _safe_url,
+    _secrets_in,
+)
+from asgi_refresh._cluster.records import parse_head
 from tests.nats_server import NATSServer
 
 T = TypeVar("T")
@@ -382,3 +395,86 @@ async def test_nats_a_value_over_the_server_s_max_payload_is_a_value_error(nats_
         with pytest.raises(ValueError, match="max_payload"):
             await coordinator.store("names", b"x" * (2 * 1024 * 1024), {})
         assert await coordinator.store("names", b"small", {}) == 1
+
+
+async def test_nats_without_jetstream_says_so(nats_server: NATSServer, tmp_path: Path) -> None:
+    """A server started without -js is CoordinatorUnavailable with what is missing, at once."""
+    plain = NATSServer(nats_server.binary, tmp_path, jetstream=False)
+    plain.start()
+    try:
+        async with NATSCoordinator(plain.url, prefix=unique(), timeout=1) as coordinator:
+            with pytest.raises(CoordinatorUnavailable, match=r"JetStream is not enabled on the server"):
+                await coordinator.acquire("names", 10)
+    finally:
+        plain.stop()
+
+
+async def test_nats_a_server_that_stops_answering_is_unavailable_within_the_timeout() -> None:
+    """Connected, then no answer to any request: the call is abandoned (cancelled on the loop) at the timeout."""
+    info = b'INFO {"server_id":"mute","version":"2.11.0","proto":1,"headers":true,"max_payload":1048576}\r\n'
+
+    async def mute(stream: anyio.abc.SocketStream) -> None:
+        """Greets and answers PING (the client's handshake), then ignores every request."""
+        async with stream:
+            await stream.send(info)
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    if b"PING\r\n" in await stream.receive():
+                        await stream.send(b"PONG\r\n")
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(listener.serve, mute)
+            async with NATSCoordinator(f"nats://127.0.0.1:{port}", timeout=0.3) as coordinator:
+                started = time.monotonic()
+                with pytest.raises(CoordinatorUnavailable, match=r"no answer within 0\.3s"):
+                    await coordinator.head("names")
+                assert time.monotonic() - started < 1.0
+            task_group.cancel_scope.cancel()
+    gc.collect()
+
+
+@given(st.binary(max_size=300) | st.from_regex(rb'\{"owner": ?"[a-z:0-9]{0,20}", ?"ttl": ?-?[0-9e.]{1,8}\}'))
+def test_a_lease_key_holds_a_lease_or_is_taken_over(data: bytes) -> None:
+    """Whatever a lease key holds is a lease (an owner and a positive finite ttl) or nothing: never an error."""
+    lease = _parse_lease(_Message(1, data, 0.0))
+    assert lease is None or (isinstance(lease.owner, str) and 0 < lease.ttl < float("inf"))
+
+
+@given(st.binary(max_size=400).map(lambda tail: b"asgi-refresh/1\n" + tail) | st.binary(max_size=100))
+def test_an_entry_parses_or_is_a_bad_record(data: bytes) -> None:
+    """An entry's first line is JSON fields of ours, or a BadRecord; never another exception."""
+    message = _Message(1, data, 1.0)
+    try:
+        fields = _entry_head(message)
+        parse_head(fields.get("version"), None, fields.get("answered"))
+    except BadRecord:
+        pass
+    assert _entry_head(None) == {}
+    assert _entry_head(_Message(1, None, 1.0)) == {}
+
+
+@given(
+    st.text(max_size=60),
+    st.dictionaries(st.sampled_from(["Asgi-Refresh-Number", "KV-Operation", "Other"]), st.text(max_size=20)),
+)
+def test_a_watched_message_is_a_change_of_ours_or_ignored(subject: str, headers: dict[str, str]) -> None:
+    """Any subject and headers: a Change of an identifier name with a valid number, or None."""
+    change = _parse_change(f"$KV.b.p.{subject}", headers, "$KV.b.p.")
+    assert change is None or (change.name.isidentifier() and change.number >= 0)
+    assert _parse_change(None, headers, "$KV.b.p.") is None
+    assert _parse_change("$KV.b.p.entry.names", "not headers", "$KV.b.p.") is None
+
+
+def test_the_server_s_clock_and_urls_parse_or_are_refused() -> None:
+    """Go's RFC 3339 times with nanoseconds; anything else is None. A URL that cannot be parsed shows nothing of it."""
+    assert _parse_time("2026-12-03T02:59:35.607468904Z") == pytest.approx(1796266775.607468904)
+    assert _parse_time("2026-12-03T03:59:35+01:00") == pytest.approx(1796266775.0)
+    assert _parse_time("yesterday") is None
+    assert _parse_time(5) is None
+    assert _safe_url("nats://ada:pw@[::1") == "(a NATS URL that cannot be parsed)"
+    assert _safe_url("127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert _secrets_in("nats://ada:s3cret@[::1") == []
+    with pytest.raises(BadRecord, match="requested is 40 bytes"):
+        _counter(_Message(1, b"1" * 40, 0.0))

@@ -462,8 +462,10 @@ class NATSCoordinator(Coordinator):
             return
         except errors.NotFoundError:
             pass
-        except errors.ServiceUnavailableError as exc:
-            raise CoordinatorUnavailable(f"{self.backend}: JetStream is not enabled on the server") from exc
+        except (errors.ServiceUnavailableError, self._nats.errors.NoRespondersError) as exc:
+            raise CoordinatorUnavailable(
+                f"{self.backend}: JetStream is not enabled on the server (nats-server -js)"
+            ) from exc
         config = self._nats.js.api.KeyValueConfig(bucket=self.bucket, history=1)
         try:
             await js.create_key_value(config)
