@@ -426,11 +426,12 @@ async def test_nats_a_server_that_stops_answering_is_unavailable_within_the_time
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(listener.serve, mute)
-            async with NATSCoordinator(f"nats://127.0.0.1:{port}", timeout=0.3) as coordinator:
+            # 1 s: the handshake (0.9 of it at most) succeeds even on a loaded machine.
+            async with NATSCoordinator(f"nats://127.0.0.1:{port}", timeout=1) as coordinator:
                 started = time.monotonic()
-                with pytest.raises(CoordinatorUnavailable, match=r"no answer within 0\.3s"):
+                with pytest.raises(CoordinatorUnavailable, match=r"no answer within 1s"):
                     await coordinator.head("names")
-                assert time.monotonic() - started < 1.0
+                assert time.monotonic() - started < 2.0
             task_group.cancel_scope.cancel()
     gc.collect()
 
@@ -478,3 +479,20 @@ def test_the_server_s_clock_and_urls_parse_or_are_refused() -> None:
     assert _secrets_in("nats://ada:s3cret@[::1") == []
     with pytest.raises(BadRecord, match="requested is 40 bytes"):
         _counter(_Message(1, b"1" * 40, 0.0))
+
+
+async def test_nats_a_bucket_deleted_under_a_running_app_is_made_again(nats_url: str) -> None:
+    """An operator deletes the bucket: the next call makes it again and goes on (the data is gone)."""
+    bucket = unique()
+    async with NATSCoordinator(nats_url, bucket=bucket, prefix=unique()) as coordinator:
+        assert await coordinator.acquire("names", 10)
+        assert await coordinator.store("names", b"1", {}) == 1
+
+        async def drop(js: Any) -> None:
+            await js.delete_key_value(bucket)
+
+        await anyio.to_thread.run_sync(_raw, nats_url, drop)
+        assert await coordinator.acquire("names", 10)
+        assert await coordinator.load("names") is None
+        assert await coordinator.store("names", b"2", {}) == 1
+        await anyio.to_thread.run_sync(_raw, nats_url, drop)

@@ -343,8 +343,14 @@ class NATSCoordinator(Coordinator):
             raise RuntimeError(f"{self!r} is not open: use `async with` or call open() first")
 
         async def run() -> T:
-            await self._connected()
-            return await make()
+            js = await self._connected()
+            try:
+                return await make()
+            except (self._nats.errors.NoRespondersError, self._nats.js.errors.NoStreamResponseError):
+                # No stream takes the bucket's subjects: someone deleted the bucket. Make it
+                # again and try once more, rather than fail until the next connection.
+                await self._ensure_bucket(js)
+                return await make()
 
         future = thread.submit(run())
         with anyio.move_on_after(self.timeout) as scope:
