@@ -33,6 +33,7 @@ import math
 import queue
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -520,9 +521,7 @@ class NATSCoordinator(Coordinator):
         return int(ack.seq)
 
     def _now(self, server: float | None) -> float:
-        """The server's clock if it said; else this host's (a server older than 2.10 does not say)."""
-        import time
-
+        """The server's clock if it said (every 2.11 server does); else, defensively, this host's."""
         return server if server is not None else time.time()
 
     async def _acquire(self, name: str, ttl: float, now: float | None = None) -> bool:
