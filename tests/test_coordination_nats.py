@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import socket
 import subprocess
@@ -496,3 +497,33 @@ async def test_nats_a_bucket_deleted_under_a_running_app_is_made_again(nats_url:
         assert await coordinator.load("names") is None
         assert await coordinator.store("names", b"2", {}) == 1
         await anyio.to_thread.run_sync(_raw, nats_url, drop)
+
+
+async def test_nats_credentials_never_appear_in_status(caplog: pytest.LogCaptureFixture) -> None:
+    """A running app whose NATS is unreachable shows the error in status() and logs it, without the password."""
+    from asgi_lifespan import LifespanManager
+
+    from asgi_refresh import Refresher, RefreshMiddleware
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        pass  # pragma: no cover - no request is made
+
+    def load_names() -> list[str]:
+        return ["ada"]
+
+    caplog.set_level(logging.DEBUG)
+    coordinator = NATSCoordinator(f"nats://ada:s3cretpw@127.0.0.1:{port}", prefix=unique(), timeout=0.3)
+    middleware = RefreshMiddleware(
+        inner, refreshers=[Refresher("names", load_names, every="1h")], coordinator=coordinator
+    )
+    async with LifespanManager(middleware):
+        status = json.dumps(middleware.handle.status())
+        assert middleware.handle.value("names") == ["ada"]
+    assert "NATS at nats://***@127.0.0.1" in status
+    assert "s3cret" not in status
+    assert "NATS at nats://***@127.0.0.1" in caplog.text
+    assert "s3cret" not in caplog.text
