@@ -36,6 +36,7 @@ if _TYPE_CHECKING:
         Poll,
         Stored,
     )
+    from ._cluster.nats import NATSCoordinator
     from ._cluster.postgres import PostgresCoordinator
     from ._cluster.redis import RedisCoordinator
     from ._cluster.sqlite import SQLiteCoordinator
@@ -71,6 +72,7 @@ _LAZY = {
     "HTTPSource": "._sources.http",
     "LongPollSource": "._sources.longpoll",
     "consul_kv": "._sources.longpoll",
+    "NATSCoordinator": "._cluster.nats",
     "PostgresCoordinator": "._cluster.postgres",
     "RedisCoordinator": "._cluster.redis",
     "RefresherStatus": "._status",
@@ -97,6 +99,7 @@ __all__ = [
     "Head",
     "JSONCodec",
     "LongPollSource",
+    "NATSCoordinator",
     "OptionError",
     "Poll",
     "PostgresCoordinator",

@@ -1468,7 +1468,8 @@ class _Builder:
         return (True, list(value)) if ok else (False, None)
 
     def _to_coordinator(self, option: Option, value: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
-        """``{ backend = "redis", url = "..." }``; ``"sqlite"`` with a path, ``"postgres"`` with a dsn."""
+        """``{ backend = "redis" | "sqlite" | "postgres" | "nats", ... }``: a backend and its options."""
+        from ._cluster.nats import NATSCoordinator
         from ._cluster.postgres import PostgresCoordinator
         from ._cluster.redis import RedisCoordinator
         from ._cluster.sqlite import SQLiteCoordinator
@@ -1481,13 +1482,16 @@ class _Builder:
             "redis": RedisCoordinator,
             "sqlite": SQLiteCoordinator,
             "postgres": PostgresCoordinator,
+            "nats": NATSCoordinator,
         }
         kind = value.get("backend")
         if not isinstance(kind, str) or kind not in backends:
             path = _key(*parts, "backend")
             close = difflib.get_close_matches(kind, list(backends), n=1) if isinstance(kind, str) else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.problem(path, f'expected "redis", "sqlite" or "postgres", got {self.got(path, kind)}{hint}')
+            self.problem(
+                path, f'expected "redis", "sqlite", "postgres" or "nats", got {self.got(path, kind)}{hint}'
+            )
             return False, None
         cls = backends[kind]
         accepted = [name for name in inspect.signature(cls).parameters if name != "self"]
@@ -1512,7 +1516,12 @@ class _Builder:
             where = (*parts, exc.option) if exc.option in kwargs else parts
             self.problem(_key(*where), exc.detail if exc.option in kwargs else exc.text)
             return False, None
-        except (TypeError, ValueError, ImportError, OverflowError) as exc:  # redis-py or psycopg missing
+        except (
+            TypeError,
+            ValueError,
+            ImportError,
+            OverflowError,
+        ) as exc:  # redis-py, psycopg or nats-py missing
             self.problem(_key(*parts), str(exc))
             return False, None
 
@@ -1848,8 +1857,9 @@ _EXPECTED: dict[Kind, str] = {
     "auth": '["user", "password"], { bearer = "<refresher>" } or an import string',
     "token": 'a string like "${ADMIN_TOKEN}" or { check = "myapp.auth:check_token" }',
     "coordinator": '{ backend = "redis", url = "redis://host:6379/0" }, '
-    '{ backend = "sqlite", path = "refresh.db" } or '
-    '{ backend = "postgres", dsn = "postgresql://user@host:5432/db" }',
+    '{ backend = "sqlite", path = "refresh.db" }, '
+    '{ backend = "postgres", dsn = "postgresql://user@host:5432/db" } or '
+    '{ backend = "nats", servers = "nats://host:4222" }',
     "codec": 'an import string like "myapp.codecs:codec" (an object with encode and decode)',
     "webhooks": "a table of hooks like "
     '{ deploy = { refreshers = ["names"], github_secret = "${HOOK_SECRET}" } }',

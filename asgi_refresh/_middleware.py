@@ -87,8 +87,9 @@ class RefreshMiddleware:
             by its signature (GitHub, GitLab or Standard Webhooks; see `Webhook`),
             not by ``admin_token`` nor ``admin_loopback_only``. Requires ``admin_path``.
         coordinator: Share fetches between processes (workers, hosts): a
-            `RedisCoordinator`, `SQLiteCoordinator` or `PostgresCoordinator`. For each refresher, one
-            process holds a lease and fetches; the others publish what it stored.
+            `RedisCoordinator`, `SQLiteCoordinator`, `PostgresCoordinator` or
+            `NATSCoordinator`. For each refresher, one process holds a lease and
+            fetches; the others publish what it stored.
             None (the default): every process fetches for itself.
         codec: How values are encoded for the coordinator, snapshots and kept
             versions: `JSONCodec` by default; any object with

@@ -135,7 +135,7 @@ WEBHOOK_SECRET = "push-benchmark-webhook-secret"
 def webhook_burst(deliveries: int, processes: int) -> tuple[int, float]:
     """Signed deliveries spread over ``processes`` coordinated processes: (upstream fetches, seconds)."""
     with ExitStack() as stack:
-        setup = Setup(stack)
+        setup = Setup(stack, ["redis"])
         env = setup.env("redis", "/hooked", EVERY="1h", LEASE_TTL="3s", WEBHOOK_SECRET=WEBHOOK_SECRET)
         with setup.clusters([env], processes) as (nodes,), httpx.Client() as http:
             _until(lambda: all(node.page()["value"] == {"version": 0} for node in nodes), 10, "version 0")

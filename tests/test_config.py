@@ -1150,7 +1150,7 @@ def test_the_coordinator_is_configurable(tmp_path: Path) -> None:
     assert problems_of(
         {"refreshers": {"names": refresher()}, "middleware": {"coordinator": {"backend": "redsi"}}}
     ) == [
-        'middleware.coordinator.backend: expected "redis", "sqlite" or "postgres", got "redsi" '
+        'middleware.coordinator.backend: expected "redis", "sqlite", "postgres" or "nats", got "redsi" '
         "(did you mean 'redis'?)"
     ]
     assert problems_of(

@@ -84,6 +84,7 @@ def test_coordination_names_are_exported() -> None:
         "Codec",
         "CoordinatorUnavailable",
         "JSONCodec",
+        "NATSCoordinator",
         "RedisCoordinator",
         "SQLiteCoordinator",
     } <= set(asgi_refresh.__all__)
