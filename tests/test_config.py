@@ -1193,7 +1193,7 @@ def test_a_postgres_coordinator_is_configurable() -> None:
     assert problems_of(
         {"refreshers": {"names": refresher()}, "middleware": {"coordinator": {"backend": "postgre"}}}
     ) == [
-        'middleware.coordinator.backend: expected "redis", "sqlite" or "postgres", got "postgre" '
+        'middleware.coordinator.backend: expected "redis", "sqlite", "postgres" or "nats", got "postgre" '
         "(did you mean 'postgres'?)"
     ]
     assert problems_of(
