@@ -574,6 +574,38 @@ async def test_hostile_rows_are_a_bad_record_of_that_name_only(
             assert stored.data == b"2"
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "version = -1, requested = -5, answered = 10000000000000000",
+        "version = 9000000000000000000, requested = 9000000000000000000, answered = -1",
+    ],
+    ids=["negative", "huge"],
+)
+async def test_store_and_request_repair_damaged_counters_instead_of_failing(
+    damage: str, pg: Callable[..., PostgresCoordinator], postgres_server: PostgresServer
+) -> None:
+    """Counters out of range: a refresh request and a store still work, and leave a usable record."""
+    async with pg() as coordinator:
+        assert await coordinator.acquire("names", 10)
+        assert await coordinator.store("names", b"1", {}) == 1
+        postgres_server.execute(
+            f"UPDATE asgi_refresh.entries SET {damage} WHERE prefix = %s", [coordinator.prefix]
+        )
+        postgres_server.execute(
+            "UPDATE asgi_refresh.changes SET seq = -7 WHERE prefix = %s", [coordinator.prefix]
+        )
+        with pytest.raises(BadRecord):
+            await coordinator.head("names")
+        assert await coordinator.request_refresh("names") == 1
+        version = await coordinator.store("names", b"2", {}, answered=1)
+        assert version == 1
+        assert counters(await coordinator.head("names")) == (1, 1, 1)
+        stored = await coordinator.load("names")
+        assert stored is not None
+        assert (stored.data, stored.answered) == (b"2", 1)
+
+
 async def test_a_lease_this_package_did_not_write_is_taken_over(
     pg: Callable[..., PostgresCoordinator], postgres_server: PostgresServer
 ) -> None:
