@@ -99,6 +99,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_cli",
             "fastapi",
             "prometheus",
+            "otel",
             "testing",
             "demo",
             "demo.__main__",
