@@ -449,3 +449,47 @@ async def test_the_global_providers_are_the_default() -> None:
         transport = httpx.ASGITransport(app=middleware)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             assert (await http.get("/")).status_code == 200
+
+
+def test_a_fetch_whose_end_never_came_is_ended_by_the_next_one() -> None:
+    """Shutdown cancels a fetch without an outcome: its span ends when the next fetch of it starts."""
+    clock = FakeClock(START)
+    telemetry = Telemetry(clock)
+    at = START.timestamp()
+    listener = telemetry.listener
+    listener(RefreshEvent("failed", "names", at, 1.0, "OSError: no start seen"))  # no span: nothing to end
+    listener(RefreshEvent("started", "names", at))
+    listener(RefreshEvent("started", "names", at + 10))
+    listener(RefreshEvent("succeeded", "names", at + 11, 1.0))
+    cut, ended = telemetry.fetches()
+    assert "asgi_refresh.outcome" not in (cut.attributes or {})
+    assert (ended.attributes or {})["asgi_refresh.outcome"] == "succeeded"
+    assert ended.start_time == int((at + 10) * 1e9)
+
+
+async def test_a_request_hook_that_raises_is_logged_once_and_the_request_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listener's on_request is user code: a raise is logged once, and requests are served."""
+
+    class Broken:
+        def __call__(self, event: RefreshEvent) -> None:
+            return None
+
+        def on_request(self, versions: Any) -> None:
+            raise RuntimeError("broken hook")
+
+    clock = FakeClock(START)
+    middleware = RefreshMiddleware(
+        ScriptedApp(),
+        refreshers=[Refresher("names", Upstream(), every="1h")],
+        clock=clock,
+        listeners=[Broken()],
+    )
+    async with LifespanManager(middleware):
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            for _ in range(2):
+                assert (await http.get("/")).status_code == 200
+    logged = [record for record in caplog.records if "on_request raised" in record.getMessage()]
+    assert len(logged) == 1
