@@ -68,7 +68,7 @@ class Telemetry:
         return [span for span in self.spans.get_finished_spans() if span.name == name]
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, Any]]], Any]:
-        """Every data point by metric name and attributes: a number, or (count, sum) for a histogram."""
+        """Every data point by metric name and attributes: a number, or (count, sum, bounds) for a histogram."""
         found: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
         data = self.reader.get_metrics_data()
         assert data is not None
@@ -78,7 +78,7 @@ class Telemetry:
                     for point in metric.data.data_points:
                         key = (metric.name, frozenset((point.attributes or {}).items()))
                         if isinstance(point, HistogramDataPoint):
-                            found[key] = (point.count, point.sum)
+                            found[key] = (point.count, point.sum, tuple(point.explicit_bounds))
                         else:
                             assert isinstance(point, NumberDataPoint)
                             found[key] = point.value
@@ -405,7 +405,8 @@ async def test_metrics_mirror_the_prometheus_ones() -> None:
         found = telemetry.metrics()
     assert found[("asgi_refresh.refreshes", named(outcome="succeeded"))] == 2
     assert found[("asgi_refresh.refreshes", named(outcome="failed"))] == 1
-    assert found[("asgi_refresh.refresh.duration", named())] == (3, 0.0)
+    seconds = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+    assert found[("asgi_refresh.refresh.duration", named())] == (3, 0.0, seconds), "Prometheus's buckets"
     assert found[("asgi_refresh.consecutive_failures", named())] == 0
     assert found[("asgi_refresh.value.age", named())] == 0.0
     assert ("asgi_refresh.last_success.timestamp", named("flags")) not in found
