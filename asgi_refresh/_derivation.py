@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_refresh")
 
+_SOURCE = "derived"  # what a compute is, in its events
+
 
 class ComputeTimeout(TimeoutError):
     """A compute ran past its ``timeout``; shown as ``TimeoutError`` in status and logs."""
@@ -227,7 +229,7 @@ class Derivation:
     async def _compute(self, node: Node, arguments: dict[str, Any]) -> Any:
         spec, clock = node.spec, self._clock
         if self._events is not None:
-            self._events.emit("started", spec.name)
+            self._events.emit("started", spec.name, source=_SOURCE)
         timeout = spec.timeout
         result: Any = None
         with clock.move_on_at(clock.monotonic() + timeout) as scope:
@@ -277,7 +279,7 @@ class Derivation:
                 extra={"refresher": name, "outcome": "recovered", "duration": duration},
             )
         if self._events is not None:
-            self._events.emit("succeeded", name, duration)
+            self._events.emit("succeeded", name, duration, source=_SOURCE)
 
     def _failed(self, node: Node, exc: BaseException, duration: float) -> None:
         history, name = node.history, node.spec.name
@@ -322,7 +324,7 @@ class Derivation:
             },
         )
         if self._events is not None:
-            self._events.emit("failed", name, duration, exc, error)
+            self._events.emit("failed", name, duration, exc, error, source=_SOURCE)
         if node.hooks is not None:
             node.hooks.error(exc)
             self._start_hooks(node.hooks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -81,6 +82,20 @@ class RefreshEvent:
         key: For a fetch of a `RefresherFamily` key (``name`` is then the
             family's): the key as ``repr`` shows it, escaped and at most 80
             characters (keys come from requests). None for a refresher.
+        source: The kind of source fetched (``"http"``, ``"file"``, ``"python"``,
+            ``"derived"`` for a derived value's compute...), on ``started`` and the
+            event that ends a fetch; else None.
+        http_status: The HTTP status the last response of the fetch had, on the
+            event that ends it (``succeeded``, ``not_modified``, ``failed``), when
+            the source speaks HTTP and got one; else None.
+        size: The bytes of the body fetched (before parsing, after decoding), on
+            the event that ends a fetch, when the source reports it; else None.
+        origin: On ``started``, for a fetch that a caller asked for (refresh-now:
+            ``handle.refresh()``, ``refresh_soon()``, the admin endpoint, a webhook,
+            a request for a family key), the caller's `contextvars.Context` at that
+            moment, so that tracing can link the fetch to the request that caused
+            it. Only captured when a listener has a true ``wants_origin``
+            attribute (`asgi_refresh.otel.OpenTelemetryListener` does); else None.
     """
 
     kind: EventKind
@@ -90,6 +105,10 @@ class RefreshEvent:
     error: str | None = None
     exception: BaseException | None = None
     key: str | None = None
+    source: str | None = None
+    http_status: int | None = None
+    size: int | None = None
+    origin: contextvars.Context | None = None
 
 
 class Events:
@@ -112,6 +131,9 @@ class Events:
         self._send, self._receive = anyio.create_memory_object_stream[tuple[Listener, Awaitable[object]]](
             _QUEUE_SIZE
         )
+        # The callers' context is captured for a fetch only if a listener wants it
+        # (tracing): otherwise refresh-now costs nothing more.
+        self.wants_origin = any(getattr(each, "wants_origin", False) is True for each in self._listeners)
         self._dropped: set[int] = set()  # listeners (by id) whose events were dropped, logged once each
         self._raised: dict[int, _Raised] = {}  # listeners (by id) that raised: when it was logged at ERROR
 
@@ -124,8 +146,14 @@ class Events:
         error: str | None = None,
         *,
         key: str | None = None,
+        source: str | None = None,
+        http_status: int | None = None,
+        size: int | None = None,
+        origin: contextvars.Context | None = None,
     ) -> None:
-        event = RefreshEvent(kind, name, self._clock.wall(), duration, error, exception, key)
+        event = RefreshEvent(
+            kind, name, self._clock.wall(), duration, error, exception, key, source, http_status, size, origin
+        )
         for listener in self._listeners:
             try:
                 result = listener(event)
@@ -134,6 +162,10 @@ class Events:
                 continue
             if inspect.isawaitable(result):
                 self._queue(listener, result)
+
+    def origin(self) -> contextvars.Context | None:
+        """The caller's context, for a fetch it asks for now; None unless a listener wants it."""
+        return contextvars.copy_context() if self.wants_origin else None
 
     def _queue(self, listener: Listener, call: Awaitable[object]) -> None:
         try:

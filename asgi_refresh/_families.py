@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_refresh")
 
+_SOURCE = "python"  # what a family's fetch is, for its events (a refresher's plain function says the same)
+
 MAX_FAILING_SHOWN = 10
 """The most failing keys ``status()`` lists for a family (it counts them all)."""
 
@@ -303,6 +305,8 @@ class FamilyRun:
                 "(the lifespan has not started or has shut down)"
             )
         flight = entry.flight = Flight(on_grid=False)
+        if self._events is not None and self._events.wants_origin:
+            flight.origin = self._events.origin()  # tracing links the fetch to the request that asked
         cold = not entry.loaded
         self.loading += 1
         self.cold_loading += cold
@@ -317,7 +321,9 @@ class FamilyRun:
         try:
             started = clock.monotonic()
             if self._events is not None:
-                self._events.emit("started", name, key=shown_key(entry.key))
+                self._events.emit(
+                    "started", name, key=shown_key(entry.key), source=_SOURCE, origin=flight.origin
+                )
             try:
                 if self.store is None:
                     value, age = await self._timed_call(entry), 0.0
@@ -450,7 +456,7 @@ class FamilyRun:
             self.last_changed_at = wall
         if self._events is not None:
             key = shown_key(entry.key)
-            self._events.emit("succeeded", spec.name, duration, key=key)
+            self._events.emit("succeeded", spec.name, duration, key=key, source=_SOURCE)
             if changed:
                 self._events.emit("changed", spec.name, duration, key=key)
         entry.due = entry.fetched_at + spec.every - spec.every * spec.jitter * self._random.random()
@@ -482,7 +488,13 @@ class FamilyRun:
         self._log.failed(spec.name, entry, now=now, delay=delay, exc=exc)
         if self._events is not None:
             self._events.emit(
-                "failed", spec.name, self.last_duration, exc, entry.error, key=shown_key(entry.key)
+                "failed",
+                spec.name,
+                self.last_duration,
+                exc,
+                entry.error,
+                key=shown_key(entry.key),
+                source=_SOURCE,
             )
         self._look_again(entry, now)
 

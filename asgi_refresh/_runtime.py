@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import anyio
 
@@ -21,7 +21,7 @@ from . import _schedule as schedule
 from ._clock import Clock
 from ._contain import describe_error, escapes
 from ._duration import format_duration
-from ._events import Events, Listener
+from ._events import EventKind, Events, Listener
 from ._failure_log import FailureLog
 from ._fingerprint import content_digest
 from ._handle import Kind, LoopHome, RefreshError, RefreshHandle
@@ -51,6 +51,23 @@ logger = logging.getLogger("asgi_refresh")
 
 
 _CLOSE_TIMEOUT = 10.0  # closing sources when the runtime ends other than by `stop`
+
+
+class _Facts(TypedDict):
+    source: str
+    http_status: int | None
+    size: int | None
+
+
+def _facts(slot: Slot) -> _Facts:
+    """What the event ending a fetch says of it besides its outcome (looked up: not part of `Source`)."""
+    source = slot.source
+    status, size = getattr(source, "last_status", None), getattr(source, "last_size", None)
+    return {
+        "source": source.kind,
+        "http_status": status if type(status) is int else None,
+        "size": size if type(size) is int else None,
+    }
 
 
 class _FetchTimeout(TimeoutError):
@@ -379,6 +396,26 @@ class Runtime:
         """The value published for ``name`` now (or held to be published with its derived values)."""
         return self.publisher.current(name)
 
+    def versions(self) -> dict[str, str]:
+        """What identifies each published value, for tracing: its kept version, or when it changed.
+
+        The id of the version published (``3-9f2c41ab``) for a refresher that keeps
+        versions; else the time its value last changed (ISO 8601), which tells
+        two values apart as well. Derived values too; not families (per key).
+        """
+        found: dict[str, str] = {}
+        for name, slot in self.slots.items():
+            current = slot.kept.current
+            shown = current.id if current is not None else status.iso(slot.history.last_changed_at)
+            if shown is not None:
+                found[name] = shown
+        if self.derivation is not None:
+            for name, node in self.derivation.nodes.items():
+                shown = status.iso(node.history.last_changed_at)
+                if shown is not None:
+                    found[name] = shown
+        return found
+
     def reschedule(self, name: str, due: float) -> None:
         """Fetch ``name`` at ``due``, or never (``inf``) until woken."""
         self.scheduler.reschedule(self.slots[name], due)
@@ -399,7 +436,12 @@ class Runtime:
         """Start a fetch outside the schedule, unless one is under way: then that is it."""
         # The fetch runs in the scheduler's workers, not in the caller's task: a
         # request that gives up waiting must not cancel everyone else's fetch.
-        return slot.flight or self.scheduler.fetch_now(slot)
+        flight = slot.flight
+        if flight is None:
+            flight = self.scheduler.fetch_now(slot)
+            if self.events is not None and self.events.wants_origin:
+                flight.origin = self.events.origin()  # tracing links the fetch to this caller
+        return flight
 
     async def _fly(self, slot: Slot, flight: Flight) -> None:
         """Run one fetch for everyone waiting on ``flight``."""
@@ -420,7 +462,7 @@ class Runtime:
                 return
             started = self.clock.monotonic()
             if self.events is not None:
-                self.events.emit("started", slot.spec.name)
+                self.events.emit("started", slot.spec.name, source=slot.source.kind, origin=flight.origin)
             try:
                 answered = 0 if coordination is None else coordination.requested(slot.spec.name)
                 result = _unwrap(slot.spec, await self._fetch(slot, flight, started))
@@ -635,7 +677,7 @@ class Runtime:
         self.publisher.progress(slot)
         self.scheduler.after_success(slot, started, now, on_grid, result.refresh_in)
         if self.events is not None:
-            self.events.emit("succeeded", slot.spec.name, duration)
+            self.events.emit("succeeded", slot.spec.name, duration, **_facts(slot))
 
     def _record_success(
         self, slot: Slot, result: _Unwrapped, started: float, on_grid: bool, data: bytes | None = None
@@ -677,7 +719,8 @@ class Runtime:
                 extra={"refresher": spec.name, "outcome": slot.history.last_outcome, "duration": duration},
             )
         if self.events is not None:
-            self.events.emit("not_modified" if not_modified else "succeeded", spec.name, duration)
+            kind: EventKind = "not_modified" if not_modified else "succeeded"
+            self.events.emit(kind, spec.name, duration, **_facts(slot))
         if changed:
             self._announce_change(slot, old, value, duration)
 
@@ -759,7 +802,9 @@ class Runtime:
             traceback=not isinstance(exc, _FetchTimeout | SourceError),
         )
         if self.events is not None:
-            self.events.emit("failed", spec.name, slot.history.last_duration, exc, slot.history.last_error)
+            self.events.emit(
+                "failed", spec.name, slot.history.last_duration, exc, slot.history.last_error, **_facts(slot)
+            )
         if slot.hooks is not None:
             slot.hooks.error(exc)
             self._start_hooks(slot)

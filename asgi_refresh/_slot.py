@@ -24,7 +24,7 @@ def stopped_while_refreshing(name: str) -> RuntimeError:
 class Flight:
     """One fetch that any number of callers wait for: the single-flight unit."""
 
-    __slots__ = ("_done", "error", "finished", "on_grid", "value", "worker")
+    __slots__ = ("_done", "error", "finished", "on_grid", "origin", "value", "worker")
 
     def __init__(self, *, on_grid: bool) -> None:
         self._done: anyio.Event | None = None  # made only when someone waits
@@ -33,6 +33,7 @@ class Flight:
         self.error: BaseException | None = None
         self.on_grid = on_grid  # the scheduled refresh of a healthy refresher
         self.worker: Any = None  # the scheduler's worker that runs it: what its deadline cancels
+        self.origin: Any = None  # the context of the caller that asked for it, for tracing (`Events.origin`)
 
     async def wait(self) -> None:
         """Return once the fetch has finished."""

@@ -101,6 +101,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_cli",
             "fastapi",
             "prometheus",
+            "otel",
             "testing",
             "demo",
             "demo.__main__",

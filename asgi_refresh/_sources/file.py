@@ -124,6 +124,7 @@ class FileSource(Standalone, Source):
         self.max_bytes = max_bytes_option(owner, max_bytes)
         self._lock = threading.Lock()  # one read at a time, even past an abandoned one
         self._context: SourceContext | None = None
+        self.last_size: int | None = None  # of the last fetch's content, for its event
         self._signature: tuple[int, ...] | None = None  # of the last good content, once settled
         self._digest: bytes | None = None
         self._value: Any = None
@@ -155,10 +156,12 @@ class FileSource(Standalone, Source):
             RuntimeError: the source is not open.
         """
         context = SourceContext.required(self, self._context)
+        self.last_size = None  # the bytes read, for the fetch's event (tracing)
         read = await context.run_in_thread(self._read_if_changed)
         if isinstance(read, Fetched):
             return read
         signature, digest, data = read
+        self.last_size = len(data)
         value = await self._parser(context, data, str(self.path))
         # Remembered only once it parses: a half-written file is read again next time.
         previous, self._signature, self._digest, self._value = self._value, signature, digest, value

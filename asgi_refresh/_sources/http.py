@@ -184,6 +184,8 @@ class HTTPSource(Standalone, Source):
         self._open_client: httpx.AsyncClient | None = None
         self._etag: str | None = None
         self._last_modified: str | None = None
+        self.last_status: int | None = None  # of the last fetch's response, for its event
+        self.last_size: int | None = None  # of the last fetch's body, decoded, for its event
         self._cached: Any = None
         self._digest: bytes | None = None  # of the body behind the cached value
         self._expires_at: float | None = None  # of the cached value, if it was a Fresh (monotonic)
@@ -250,9 +252,12 @@ class HTTPSource(Standalone, Source):
                 headers["If-None-Match"] = self._etag
             if self._last_modified is not None:
                 headers["If-Modified-Since"] = self._last_modified
+        # What the fetch's event reports (tracing): the last response's status, the body's size.
+        self.last_status = self.last_size = None
         try:
             async with AsyncExitStack() as responses:
                 response = await self._send(client, headers, responses)
+                self.last_status = response.status_code
                 if response.status_code == 304 and self._loaded:
                     self._remember_validators(response, keep_missing=True)
                     return Fetched(
@@ -261,6 +266,7 @@ class HTTPSource(Standalone, Source):
                 if not response.is_success:
                     raise self._status_error(response)
                 body = await self._read(response)
+                self.last_size = len(body)
                 encoding = response.charset_encoding
                 unchanged = self._unchanged(response)
         except httpx.TimeoutException as exc:
