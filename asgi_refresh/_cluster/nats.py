@@ -199,6 +199,24 @@ class _LoopThread:
         return self._thread.is_alive()
 
 
+async def _discard(client: Any, timeout: float) -> None:  # noqa: ASYNC109 - bounds a close, not a scope
+    """Close a nats-py client, and its socket whatever happens to the close.
+
+    ``Client.close`` flushes what is pending before it closes the socket: a flush
+    that fails (the server went away), or a close cancelled because the call that
+    made the client was abandoned, leaves the socket open, to be garbage-collected
+    with a ResourceWarning. The client's transport is nats-py's own attribute.
+    """
+    try:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout)
+    finally:
+        transport = getattr(client, "_transport", None)
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+
+
 class NATSCoordinator(Coordinator):
     """Coordinates the processes of a cluster through a NATS server with JetStream.
 
@@ -327,8 +345,7 @@ class NATSCoordinator(Coordinator):
         client, self._client, self._js = self._client, None, None
         self._lost(CoordinatorUnavailable(f"{self.backend}: the coordinator was closed"))
         if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), self.timeout)
+            await _discard(client, self.timeout)
 
     # -- calls across threads ------------------------------------------------------
 
@@ -434,8 +451,7 @@ class NATSCoordinator(Coordinator):
         try:
             await asyncio.wait_for(client.connect(**options), self.timeout * 0.9)
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await client.close()
+            await _discard(client, self.timeout)
             if isinstance(exc, asyncio.TimeoutError | nats.errors.Error | OSError):
                 cause = last_error[0] if last_error else exc
                 raise CoordinatorUnavailable(
@@ -456,8 +472,7 @@ class NATSCoordinator(Coordinator):
             js = client.jetstream(timeout=self.timeout)
             await self._ensure_bucket(js)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await client.close()
+            await _discard(client, self.timeout)
             raise
         self._client, self._js = client, js
 
