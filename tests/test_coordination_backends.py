@@ -121,6 +121,22 @@ async def test_redis_ignores_foreign_messages_on_its_channel(redis_url: str) -> 
             assert await next_change(changes) == Change("stored", "names", 1)
 
 
+async def test_redis_connects_with_resp2_and_no_handshake_the_server_may_refuse(redis_url: str) -> None:
+    """RESP2, no HELLO: redis-py 8's RESP3 connect asks for maintenance notifications, which Valkey refuses."""
+    import redis
+
+    with redis.Redis.from_url(redis_url, protocol=2) as raw:
+        raw.config_resetstat()
+        async with RedisCoordinator(redis_url, prefix=f"resp{uuid.uuid4().hex[:8]}") as coordinator:
+            assert await coordinator.acquire("names", 10)
+            async with coordinator.subscribe():
+                await coordinator.store("names", b"1", {})
+        commands = raw.info("commandstats")
+    assert "cmdstat_hello" not in commands
+    assert not [name for name in commands if "maint" in name.lower()]
+    assert "cmdstat_evalsha" in commands or "cmdstat_eval" in commands
+
+
 async def test_redis_after_close_a_late_call_cannot_open_a_connection(redis_url: str) -> None:
     """A call abandoned at shutdown that runs after close fails instead of leaking a new socket."""
     import redis

@@ -386,6 +386,11 @@ class RedisCoordinator(BlockingCoordinator):
                 socket_connect_timeout=self.timeout * _SOCKET_SHARE,
                 retry=self._redis.retry.Retry(self._redis.backoff.NoBackoff(), 0),
                 health_check_interval=_HEALTH_CHECK_EVERY,
+                # RESP2, what the scripts' replies are read as. redis-py 8 speaks RESP3 by
+                # default and then asks for maintenance notifications at every connect, a
+                # command Valkey and Redis before 8 refuse: a round trip more per connect,
+                # and a connect failing half-way under load left its socket open.
+                protocol=2,
             )
         except ValueError as exc:
             raise ValueError(f"{self!r}: bad url: {self._scrub(str(exc))}") from None
