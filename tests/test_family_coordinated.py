@@ -200,11 +200,14 @@ async def test_a_lease_held_by_a_dead_process_is_waited_for_then_fetched_here(tm
         coordinator=SQLiteCoordinator(path, poll_interval=0.02),
         lease_ttl="0.2s",
     )
-    async with SQLiteCoordinator(path) as dead, LifespanManager(middleware, startup_timeout=10):
+    async with SQLiteCoordinator(path) as dead:
+        # Taken before this process starts polling the file every 20 ms: under load, the
+        # dead process's first write could wait past its timeout behind those.
         store = FamilyStore(middleware.families[0], dead, JSONCodec(), 0.2)
         assert await dead.acquire(store.record("EUR"), 60)  # and it never stores nor lets go
-        with anyio.fail_after(5):
-            assert await middleware.handle.get("rates", "EUR") == "EUR@1"
+        async with LifespanManager(middleware, startup_timeout=10):
+            with anyio.fail_after(5):
+                assert await middleware.handle.get("rates", "EUR") == "EUR@1"
 
 
 async def test_the_timeout_bounds_the_fetch_not_the_wait_for_a_dead_holder(tmp_path: Path) -> None:
@@ -221,8 +224,11 @@ async def test_the_timeout_bounds_the_fetch_not_the_wait_for_a_dead_holder(tmp_p
         coordinator=SQLiteCoordinator(path, poll_interval=0.02),
         lease_ttl="0.2s",
     )
-    async with SQLiteCoordinator(path) as dead, LifespanManager(middleware, startup_timeout=10):
+    async with SQLiteCoordinator(path) as dead:
+        # Taken before this process starts polling the file every 20 ms: under load, the
+        # dead process's first write could wait past its timeout behind those.
         store = FamilyStore(middleware.families[0], dead, JSONCodec(), 0.2)
         assert await dead.acquire(store.record("EUR"), 60)  # and it never stores nor lets go
-        with anyio.fail_after(5):
-            assert await middleware.handle.get("rates", "EUR") == "EUR@1"
+        async with LifespanManager(middleware, startup_timeout=10):
+            with anyio.fail_after(5):
+                assert await middleware.handle.get("rates", "EUR") == "EUR@1"
