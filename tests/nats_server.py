@@ -13,13 +13,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-_START_TIMEOUT = 10.0
+from .server_process import ServerProcess
 
 
 def nats_server_binary() -> str | None:
@@ -35,13 +34,6 @@ def nats_server_binary() -> str | None:
     return shutil.which("nats-server")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers(port: int) -> bool:
     """Whether a NATS server answers on ``port``: it greets every client with an INFO line."""
     try:
@@ -51,21 +43,20 @@ def _answers(port: int) -> bool:
         return False
 
 
-class NATSServer:
-    """One nats-server process with JetStream on a fixed loopback port, which a test may stop and start."""
+class NATSServer(ServerProcess):
+    """One nats-server process with JetStream on a fixed loopback port, which a test may stop and start.
+
+    Its JetStream data stays on disk from one start to the next.
+    """
+
+    name = "nats-server"
 
     def __init__(self, binary: str, directory: Path, *, jetstream: bool = True) -> None:
+        super().__init__()
         self.binary = binary
         self.jetstream = jetstream
         self.directory = directory
-        self.port = _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is up."""
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
         """Start the server on its port and wait until it greets a client."""
@@ -85,25 +76,7 @@ class NATSServer:
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not _answers(self.port):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                output = log.read_text(errors="replace") if log.exists() else "(no log)"
-                raise RuntimeError(f"nats-server did not start on port {self.port}:\n{output}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Stop the server (its JetStream data stays on disk for the next start)."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a server that ignores SIGTERM
-            process.kill()
-            process.wait()
+        self._wait_until(lambda: _answers(self.port), log)
 
 
 @pytest.fixture(scope="session")

