@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -134,6 +134,10 @@ class Events:
         # The callers' context is captured for a fetch only if a listener wants it
         # (tracing): otherwise refresh-now costs nothing more.
         self.wants_origin = any(getattr(each, "wants_origin", False) is True for each in self._listeners)
+        # Listeners that look at each request (tracing's versions read, when asked for).
+        self.request_hooks = tuple(
+            (each, hook) for each in self._listeners if callable(hook := getattr(each, "on_request", None))
+        )
         self._dropped: set[int] = set()  # listeners (by id) whose events were dropped, logged once each
         self._raised: dict[int, _Raised] = {}  # listeners (by id) that raised: when it was logged at ERROR
 
@@ -158,7 +162,7 @@ class Events:
             try:
                 result = listener(event)
             except BaseException as exc:  # a listener is user code: whatever it raises is contained
-                self._log_raised(listener, event, exc)
+                self._log_raised(listener, f" on {event.kind!r} of {event.name!r}", exc)
                 continue
             if inspect.isawaitable(result):
                 self._queue(listener, result)
@@ -200,7 +204,7 @@ class Events:
                 except BaseException as exc:  # a listener is user code: contained
                     if escapes(exc):
                         raise
-                    self._log_raised(listener, None, exc)
+                    self._log_raised(listener, "", exc)
         finally:
             self._send.close()
             # Calls never awaited are closed, so Python does not warn "never awaited".
@@ -212,10 +216,17 @@ class Events:
                 _close(call)
             receive.close()
 
-    def _log_raised(self, listener: Listener, event: RefreshEvent | None, exc: BaseException) -> None:
+    def observe_request(self, versions: Callable[[], Mapping[str, str]]) -> None:
+        """Call each listener's ``on_request`` with ``versions``; contain what it raises as for an event."""
+        for listener, hook in self.request_hooks:
+            try:
+                hook(versions)
+            except BaseException as exc:  # a listener is user code: the request goes on
+                self._log_raised(listener, " on a request (on_request)", exc)
+
+    def _log_raised(self, listener: Listener, where: str, exc: BaseException) -> None:
         """An ERROR with the traceback, unless this listener had one less than 5 minutes ago."""
         now = self._clock.monotonic()
-        where = "" if event is None else f" on {event.kind!r} of {event.name!r}"
         raised = self._raised.get(id(listener))
         if raised is not None and now - raised.logged_at < _REPEAT_ERROR_EVERY:
             raised.since += 1

@@ -140,10 +140,8 @@ class RefreshMiddleware:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.listeners = _checked_listeners(listeners)
         # Listeners that look at each request (tracing's versions read, when asked
-        # for): none in most apps, and then a request costs one test of an empty tuple.
-        self._on_request = tuple(
-            hook for hook in (getattr(each, "on_request", None) for each in self.listeners) if callable(hook)
-        )
+        # for): none in most apps, and then a request costs one test of a bool.
+        self._on_request = any(callable(getattr(each, "on_request", None)) for each in self.listeners)
         self.coordinator = _checked_coordinator(coordinator)
         self.codec: Codec | None = _checked_codec(codec)  # None: JSON (loaded with a coordinator)
         self.lease_ttl = positive_duration("RefreshMiddleware", "lease_ttl", lease_ttl)
@@ -188,7 +186,6 @@ class RefreshMiddleware:
         self._live: MutableMapping[str, Any] | None = None
         self._running: Runtime | None = None  # its runtime, for the admin endpoints
         self._warned_no_lifespan = False
-        self._hook_raised = False
 
     @classmethod
     def from_config(
@@ -278,15 +275,8 @@ class RefreshMiddleware:
     def _observe_request(self) -> None:
         """Hand the request-watching listeners the versions this request reads (lazily)."""
         runtime = self._running
-        if runtime is None:
-            return
-        for hook in self._on_request:
-            try:
-                hook(runtime.versions)
-            except Exception:  # a listener is user code: the request goes on
-                if not self._hook_raised:
-                    self._hook_raised = True
-                    logger.exception("asgi_refresh: a listener's on_request raised; ignored (logged once)")
+        if runtime is not None and runtime.events is not None:
+            runtime.events.observe_request(runtime.versions)
 
     async def _served_by_admin(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve an admin request; False for a path that only contains the prefix."""
