@@ -185,6 +185,10 @@ class Derivation:
                 value = await self._compute(node, arguments)
             except BaseException as exc:  # user code: its failure, never ours
                 if escapes(exc):
+                    if self._events is not None:  # its span (tracing) ends with it
+                        self._events.emit(
+                            "cancelled", spec.name, self._clock.monotonic() - started, source=_SOURCE
+                        )
                     raise
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
                     exc = RuntimeError("compute raised CancelledError without being cancelled")

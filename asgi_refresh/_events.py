@@ -24,6 +24,7 @@ EventKind = Literal[
     "succeeded",
     "not_modified",
     "failed",
+    "cancelled",
     "changed",
     "quarantined",
     "quarantine_ended",
@@ -49,7 +50,8 @@ class RefreshEvent:
 
     Every fetch sends ``started`` and then exactly one of ``succeeded``,
     ``not_modified`` (the source said the data is unchanged: an HTTP 304 or an
-    unchanged file) or ``failed``, unless shutdown cancels it first. A
+    unchanged file), ``failed`` or ``cancelled`` (shutdown stopped it before it
+    ended; ``duration`` is how long it had run, nothing was recorded). A
     ``succeeded`` fetch whose value differs from the published one is followed
     by ``changed`` once the new value is published.
 
@@ -71,7 +73,7 @@ class RefreshEvent:
 
     Attributes:
         kind: ``"started"``, ``"succeeded"``, ``"not_modified"``, ``"failed"``,
-            ``"changed"``, one of last known good's kinds above, or ``"webhook"``.
+            ``"cancelled"``, ``"changed"``, one of last known good's kinds above, or ``"webhook"``.
         name: The refresher's name (the hook's for ``webhook``).
         at: When it happened, in seconds since the epoch (the middleware's clock).
         duration: How long the fetch took, in seconds; None for ``started``.
@@ -84,7 +86,7 @@ class RefreshEvent:
             characters (keys come from requests). None for a refresher.
         source: The kind of source fetched (``"http"``, ``"file"``, ``"python"``,
             ``"derived"`` for a derived value's compute...), on ``started`` and the
-            event that ends a fetch; else None.
+            event that ends a fetch (``cancelled`` included); else None.
         http_status: The HTTP status the last response of the fetch had, on the
             event that ends it (``succeeded``, ``not_modified``, ``failed``), when
             the source speaks HTTP and got one; else None.

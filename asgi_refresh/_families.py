@@ -334,6 +334,14 @@ class FamilyRun:
                     value, age, entry.version = shared.value, shared.age, shared.version
             except BaseException as exc:  # whatever the user's fetch raises is data, not a crash
                 if escapes(exc):
+                    if self._events is not None:  # its span (tracing) ends with it
+                        self._events.emit(
+                            "cancelled",
+                            name,
+                            clock.monotonic() - started,
+                            key=shown_key(entry.key),
+                            source=_SOURCE,
+                        )
                     raise
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
                     exc = RuntimeError("fetch raised CancelledError without being cancelled")

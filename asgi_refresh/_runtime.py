@@ -486,6 +486,9 @@ class Runtime:
                     withheld = await self._screen(keeper, slot, result.value, data)
             except BaseException as exc:  # whatever the user's fetch raises is data, not a crash
                 if escapes(exc):
+                    if self.events is not None:  # its span (tracing) ends with it
+                        took = self.clock.monotonic() - started
+                        self.events.emit("cancelled", slot.spec.name, took, source=slot.source.kind)
                     raise
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
                     # A CancelledError nobody asked for (a library awaiting a future

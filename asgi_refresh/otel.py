@@ -62,7 +62,8 @@ class OpenTelemetryListener:
     - ``asgi_refresh.source``: the source's kind (``http``, ``file``, ``python``,
       ``derived``...).
     - ``asgi_refresh.key``: a family key's fetch: the key as logs show it.
-    - ``asgi_refresh.outcome``: ``succeeded``, ``not_modified`` or ``failed``.
+    - ``asgi_refresh.outcome``: ``succeeded``, ``not_modified`` or ``failed``;
+      ``cancelled`` for a fetch that shutdown stopped (its span ends then).
     - ``asgi_refresh.duration``: seconds, on the middleware's clock.
     - ``http.response.status_code``: the last HTTP response's status, when there was one.
     - ``asgi_refresh.size``: bytes of the body fetched, when the source tells.
@@ -229,6 +230,8 @@ class OpenTelemetryListener:
         elif kind in _FINISHED:
             self._end_span(event)
             self._finished(event)
+        elif kind == "cancelled":  # shutdown stopped the fetch: its span ends, nothing is counted
+            self._end_span(event)
         else:
             if kind == "quarantined":
                 span = self._spans.get((name, event.key))
@@ -257,7 +260,7 @@ class OpenTelemetryListener:
             start_time=_nanoseconds(event.at),
         )
         previous = self._spans.pop((event.name, event.key), None)
-        if previous is not None:  # its end never came (shutdown cancelled that fetch)
+        if previous is not None:  # its end never came (a listener before us raised on it?)
             previous.end()
         self._spans[(event.name, event.key)] = span
 

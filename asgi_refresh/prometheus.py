@@ -171,7 +171,7 @@ class PrometheusMetrics:
             self._webhooks.labels(name, event.error or "accepted").inc()
         elif kind in _FINISHED:
             self._finished(event)
-        else:
+        elif kind != "cancelled":  # a fetch shutdown stopped is no outcome to count
             self._last_known_good(name, kind)
 
     def _first_seen(self, name: str) -> None:

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from prometheus_client import CollectorRegistry, generate_latest
 
 from asgi_refresh import (
     Derived,
@@ -335,8 +336,6 @@ async def test_a_family_key_fetch_and_a_derived_compute_are_spanned() -> None:
 
 async def test_without_a_tracing_listener_no_context_is_captured() -> None:
     """Plain listeners and PrometheusMetrics do not ask for the origin: refresh-now stays as cheap as before."""
-    from prometheus_client import CollectorRegistry
-
     clock = FakeClock(START)
     events: list[RefreshEvent] = []
     middleware = RefreshMiddleware(
@@ -453,20 +452,73 @@ async def test_the_global_providers_are_the_default() -> None:
             assert (await http.get("/")).status_code == 200
 
 
-def test_a_fetch_whose_end_never_came_is_ended_by_the_next_one() -> None:
-    """Shutdown cancels a fetch without an outcome: its span ends when the next fetch of it starts."""
+async def test_a_fetch_a_key_fetch_and_a_compute_stopped_by_shutdown_end_their_spans_as_cancelled() -> None:
+    """Shutdown stops fetches under way: each span ends then, outcome cancelled, no error, nothing counted."""
     clock = FakeClock(START)
     telemetry = Telemetry(clock)
-    at = START.timestamp()
-    listener = telemetry.listener
-    listener(RefreshEvent("failed", "names", at, 1.0, "OSError: no start seen"))  # no span: nothing to end
-    listener(RefreshEvent("started", "names", at))
-    listener(RefreshEvent("started", "names", at + 10))
-    listener(RefreshEvent("succeeded", "names", at + 11, 1.0))
-    cut, ended = telemetry.fetches()
-    assert "asgi_refresh.outcome" not in (cut.attributes or {})
-    assert (ended.attributes or {})["asgi_refresh.outcome"] == "succeeded"
-    assert ended.start_time == int((at + 10) * 1e9)
+    registry = CollectorRegistry()
+    prometheus = PrometheusMetrics(registry, clock=clock)
+    events: list[RefreshEvent] = []
+    computes = 0
+
+    async def count(names: list[str]) -> int:
+        nonlocal computes
+        computes += 1
+        if computes > 1:
+            await hang()
+        return len(names)
+
+    async def rate(key: str) -> float:
+        return await hang()  # type: ignore[no-any-return]
+
+    async def read_rate(middleware: RefreshMiddleware) -> None:
+        with pytest.raises(RuntimeError, match="stopped while fetching"):
+            await middleware.handle.get("rates", "EUR")
+
+    async with (
+        anyio.create_task_group() as readers,
+        served(
+            telemetry,
+            clock,
+            Refresher("names", Upstream(["ada"], ["ada", "bob"]), every="1m", jitter=0),
+            Refresher("slow", Upstream("v1", hang), every="1m", jitter=0),
+            families=[RefresherFamily("rates", rate, every="1h", timeout="5m")],
+            derived=[Derived("count", count, inputs=["names"])],
+            listeners=[telemetry.listener, prometheus, events.append],
+        ) as (_, middleware),
+    ):
+        readers.start_soon(read_rate, middleware)  # a cold key: its fetch hangs
+        await clock.advance(60)  # names changes (its second compute hangs), slow hangs
+        assert computes == 2
+        assert [event.kind for event in events if event.name == "rates"] == ["started"]
+    cancelled = [
+        span
+        for span in telemetry.spans.get_finished_spans()
+        if (span.attributes or {}).get("asgi_refresh.outcome") == "cancelled"
+    ]
+    assert sorted(((span.attributes or {})["asgi_refresh.name"], span.name) for span in cancelled) == [
+        ("count", "asgi_refresh.compute"),
+        ("rates", "asgi_refresh.fetch"),
+        ("slow", "asgi_refresh.fetch"),
+    ]
+    for span in cancelled:
+        assert span.status.status_code == StatusCode.UNSET, "shutdown is no error of the fetch"
+        assert span.end_time is not None
+    assert [event.kind for event in events if event.name == "slow"] == [
+        "started",
+        "succeeded",
+        "changed",
+        "started",
+        "cancelled",
+    ]
+    (stopped,) = [event for event in events if event.kind == "cancelled" and event.name == "rates"]
+    assert (stopped.key, stopped.source) == ("'EUR'", "python")
+    found = telemetry.metrics()
+    assert found[("asgi_refresh.refreshes", named("slow", outcome="succeeded"))] == 1
+    assert not [key for key in found if ("asgi_refresh.outcome", "cancelled") in key[1]], (
+        "not an outcome counted"
+    )
+    assert 'outcome="cancelled"' not in generate_latest(registry).decode()
 
 
 async def test_a_request_hook_that_raises_is_logged_once_and_the_request_goes_on(
