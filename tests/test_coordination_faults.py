@@ -133,6 +133,21 @@ def state(*middlewares: RefreshMiddleware) -> list[dict[str, Any]]:
     return found
 
 
+class WatchedClock(FakeClock):
+    """A FakeClock that tells until when its tasks sleep: the lease poll's next turn shows it is done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeping_until: list[float] = []
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeping_until.append(deadline)
+        try:
+            await super().sleep_until(deadline)
+        finally:
+            self.sleeping_until.remove(deadline)
+
+
 def value(middleware: RefreshMiddleware) -> Any:
     return middleware.handle.value("names")
 
@@ -165,19 +180,28 @@ async def test_a_malformed_record_is_a_failed_load_of_that_refresher_not_a_stopp
     store: Store, poison: Poison, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Any damaged field: a new process still starts, nobody stops, and the holder's next store repairs it."""
-    clock = FakeClock()
+    clock = WatchedClock()
     upstream = Counting()
     holder = worker(store, upstream, clock)
     async with running(holder):
         assert value(holder) == {"version": 1}
         await clock.advance(5)  # a lease poll: the holder's startup is over (it may store again until then)
-        await anyio.sleep(0.1)
+        # That poll done, with whatever it stores (real time: slow on a loaded machine):
+        # a late store would repair the record before the newcomer reads it, a late read
+        # would make the holder report the damage itself.
+        share = runtime_of(holder.handle).coordination.shares["names"]  # type: ignore[union-attr]
+        await until(
+            lambda: 10.0 in clock.sleeping_until and share.version is not None and not share.storing,
+            what=lambda: state(holder),
+        )
         store.poisoner.apply("names", poison)
         newcomer = worker(store, upstream, clock, startup_timeout="5s")
         async with running(newcomer):
             # It started: the damaged record was a failed load, and it fetched for itself.
             assert isinstance(value(newcomer), dict)
-            assert coordination(holder)["error"] is None
+            # Not taken for an outage: the holder has not read the damaged entry yet, or
+            # (its watch saw it change) reports it as one it replaces at its next store.
+            assert coordination(holder)["error"] in (None, share.bad)
 
             # The damage is reported, naming the refresher, at the newcomer's first read of
             # it; had that read timed out (a loaded machine: CI runs this beside other
@@ -203,6 +227,7 @@ async def test_a_malformed_record_is_a_failed_load_of_that_refresher_not_a_stopp
             )
             await until(lambda: coordination(newcomer)["role"] == "follower")
             assert coordination(newcomer)["error"] is None
+            await until(lambda: coordination(holder)["error"] is None, what=lambda: coordination(holder))
             assert upstream.calls <= calls + 3, "a repair, maybe a refresh asked for, the scheduled fetch"
     assert not [m for m in warnings_of(caplog) if "Traceback" in m or "Exception" in m]
 
