@@ -260,7 +260,7 @@ class OpenTelemetryListener:
             start_time=_nanoseconds(event.at),
         )
         previous = self._spans.pop((event.name, event.key), None)
-        if previous is not None:  # its end never came (a listener before us raised on it?)
+        if previous is not None:  # its end never came (no event path leaves one now): never leak it
             previous.end()
         self._spans[(event.name, event.key)] = span
 

@@ -521,6 +521,22 @@ async def test_a_fetch_a_key_fetch_and_a_compute_stopped_by_shutdown_end_their_s
     assert 'outcome="cancelled"' not in generate_latest(registry).decode()
 
 
+def test_a_span_whose_end_never_came_is_ended_by_the_next_start_of_that_fetch() -> None:
+    """Events out of order (a second start, an end without a start) never leak a span nor raise."""
+    clock = FakeClock(START)
+    telemetry = Telemetry(clock)
+    at = START.timestamp()
+    listener = telemetry.listener
+    listener(RefreshEvent("failed", "names", at, 1.0, "OSError: no start seen"))  # no span: nothing to end
+    listener(RefreshEvent("started", "names", at))
+    listener(RefreshEvent("started", "names", at + 10))
+    listener(RefreshEvent("succeeded", "names", at + 11, 1.0))
+    cut, ended = telemetry.fetches()
+    assert "asgi_refresh.outcome" not in (cut.attributes or {})
+    assert (ended.attributes or {})["asgi_refresh.outcome"] == "succeeded"
+    assert ended.start_time == int((at + 10) * 1e9)
+
+
 async def test_a_request_hook_that_raises_is_logged_once_and_the_request_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
