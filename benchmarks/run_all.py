@@ -41,7 +41,7 @@ async def run(quick: bool) -> list[Row]:
             *await idle.measure(refreshers=1000, seconds=0.5),
             *await throughput.measure(refreshers=100, seconds=0.5, rounds=1),
             *await sources.measure(polls=2, rounds=1, seconds=0.2),
-            *await cluster.measure(seconds=1.0, changes=2, kills=1, lease_ttl=1.5),
+            *await cluster.measure(workers=2, seconds=1.0, changes=2, kills=1, lease_ttl=1.5),
             *await coordinator_idle.measure(refreshers=200, lease_ttl=1.5, polls=1),
             *await failure_logs.measure(refreshers=50, minutes=5),
             *await import_cost.measure(rounds=2),
