@@ -1,8 +1,9 @@
-"""What the benchmarks share: an in-process server, and the table they print."""
+"""What the benchmarks share: an in-process server, a free port, and the table they print."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,14 @@ async def trivial_app(scope: Any, receive: Any, send: Any) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def constant(value: int) -> Callable[[], Awaitable[int]]:

@@ -44,7 +44,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,20 +56,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from _common import Row, print_rows
+from _common import Row, free_port, print_rows
 
 from asgi_refresh.demo.upstream import Upstream, serve
 
 ROOT = Path(__file__).parent.parent
 APP = "tests.cluster_app:app"
 START_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _until(condition: Callable[[], bool], seconds: float, what: str) -> None:
@@ -85,7 +77,7 @@ class Worker:
     """One uvicorn process running the cluster app, its output in a log file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._file: IO[bytes] = log.open("wb")

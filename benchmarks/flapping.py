@@ -33,7 +33,6 @@ import collections
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import free_port
 
 from asgi_refresh.demo.upstream import Upstream, serve
 
@@ -56,13 +56,6 @@ from tests.redis_server import RedisServer, redis_server_binary  # noqa: E402
 
 APP = "tests.cluster_app:app"
 LOG_LINE = re.compile(r"^(\d+) (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -159,7 +152,7 @@ def measure(
         upstream_url = stack.enter_context(serve(upstream))
         bumper = Bumper(upstream, bump)
         stack.callback(bumper.stop)
-        port = _free_port()
+        port = free_port()
         log = directory / "server.log"
         env = {
             **os.environ,

@@ -42,8 +42,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
-from _common import Row, print_rows, trivial_app
-from cluster import Setup, _free_port, _until
+from _common import Row, free_port, print_rows, trivial_app
+from cluster import Setup, _until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' SSE upstream
 
@@ -70,7 +70,7 @@ def worker_latencies(changes: int, every: float, workers: int) -> tuple[list[flo
         log = Path(directory) / "changes.log"
         log.touch()
         command = [sys.executable, "-m", "uvicorn", "push_worker_app:app", "--app-dir", str(HERE)]
-        command += ["--host", "127.0.0.1", "--port", str(_free_port()), "--workers", str(workers)]
+        command += ["--host", "127.0.0.1", "--port", str(free_port()), "--workers", str(workers)]
         env = {**os.environ, "UPSTREAM_URL": base_url, "CHANGE_LOG": str(log), "EVERY": f"{every}s"}
         with (Path(directory) / "uvicorn.log").open("wb") as output:
             server = subprocess.Popen(

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import Row, Server, print_rows, trivial_app
+from _common import Row, Server, free_port, print_rows, trivial_app
 
 from asgi_refresh import Refresher, RefreshMiddleware
 
@@ -51,16 +50,9 @@ class _Values(BaseHTTPRequestHandler):
         return
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _first_answer(env: dict[str, str]) -> float:
     """Seconds from starting a uvicorn process to its first answer with every value."""
-    port = _free_port()
+    port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
         [

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,22 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
-from _common import Row, print_rows
+from _common import Row, free_port, print_rows
 from _loadgen import requests_per_second
 
 VARIANTS = ["bare", "refreshed", "repeat_every", "hand_written"]
 HERE = Path(__file__).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _start(variant: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

@@ -26,6 +26,7 @@ from asgi_refresh._admin import _cross_origin, _Headers, _not_loopback, forwardi
 from asgi_refresh.testing import FakeClock
 
 from .helpers import START, ScriptedApp, Upstream
+from .server_process import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -952,18 +953,11 @@ ADMIN_SERVERS = {
 """How each server is started (the ones on which the repeated header got through)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(params=list(ADMIN_SERVERS), scope="module")
 def admin_server(request: pytest.FixtureRequest) -> Iterator[int]:
     """A real server on 127.0.0.1 running tests/admin_server_app.py; yields its port."""
     name: str = request.param
-    port = _free_port()
+    port = free_port()
     arguments = ADMIN_SERVERS[name].format(app=SERVER_APP, port=port).split()
     process = subprocess.Popen(
         [sys.executable, *arguments],

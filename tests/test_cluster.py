@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,18 +31,12 @@ from .faults.proxy import FlappingProxy
 from .nats_server import NATSServer
 from .postgres_server import PostgresServer
 from .redis_server import RedisServer
+from .server_process import free_port
 
 ROOT = Path(__file__).parent.parent
 APP = "tests.cluster_app:app"
 BAD_SIGNS = ("Traceback", "Task was destroyed", "was never awaited", "Exception in")
 START_TIMEOUT = 30.0  # 8 interpreters starting at once on a 2-core CI machine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def until(condition: Callable[[], bool], seconds: float, what: Callable[[], object] | str = "") -> float:

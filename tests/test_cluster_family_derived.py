@@ -33,7 +33,8 @@ from asgi_refresh.demo.upstream import Upstream
 
 from .cluster_family_app import build_catalog
 from .redis_server import RedisServer
-from .test_cluster import START_TIMEOUT, Node, assert_clean, free_port, redis_env, until, upstream
+from .server_process import free_port
+from .test_cluster import START_TIMEOUT, Node, assert_clean, redis_env, until, upstream
 
 __all__ = ["upstream"]  # the fixture, shared with test_cluster
 

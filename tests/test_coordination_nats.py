@@ -7,7 +7,6 @@ import contextlib
 import gc
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from asgi_refresh._cluster.nats import (
 )
 from asgi_refresh._cluster.records import parse_head
 from tests.nats_server import NATSServer
+from tests.server_process import free_port
 
 T = TypeVar("T")
 
@@ -167,9 +167,7 @@ def test_the_config_file_makes_a_nats_coordinator(tmp_path: Path) -> None:
 
 async def test_nats_credentials_never_appear_in_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     """A server that cannot be reached is reported by host and port only, with nothing logged that holds a secret."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens there once it is closed
+    port = free_port()  # nothing listens there
     caplog.set_level(logging.DEBUG)
     for url in (f"nats://ada:s3cretpw@127.0.0.1:{port}", f"nats://s3crettoken@127.0.0.1:{port}"):
         async with NATSCoordinator(url, prefix=unique(), timeout=0.5) as coordinator:
@@ -505,9 +503,7 @@ async def test_nats_credentials_never_appear_in_status(caplog: pytest.LogCapture
 
     from asgi_refresh import Refresher, RefreshMiddleware
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         pass  # pragma: no cover - no request is made

@@ -33,8 +33,9 @@ from asgi_refresh.demo.app import (
 )
 from asgi_refresh.demo.upstream import Upstream, serve
 
+from .server_process import free_port
 from .test_admin_page import chromium
-from .test_real_servers import BAD_SIGNS, free_port
+from .test_real_servers import BAD_SIGNS
 
 pytestmark = pytest.mark.anyio
 

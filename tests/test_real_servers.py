@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from .server_process import free_port
 
 ROOT = Path(__file__).parent.parent
 COMPATIBILITY = ROOT / "docs" / "compatibility.md"
@@ -83,13 +84,6 @@ SERVERS = [
     Server("daphne", "daphne", lifespan=False),
 ]
 OBSERVED: dict[str, dict[str, Any]] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Running:
