@@ -602,8 +602,12 @@ async def test_a_refetch_stream_from_a_mapping_fetches_the_document_on_each_even
         handle = middleware.handle
         assert handle.value("flags") == {"v": "first"}
         await until(lambda: connected(middleware))
+        # The first GET, then the catch-up GET once connected: done before the events, so
+        # only an event can fetch the document (which each emit changes) from here on.
+        await until(lambda: server.doc_requests == 2)
         server.emit({"v": "ignored"}, event="other")
         server.emit({"v": "second"}, event="changed")
         await until(lambda: handle.value("flags") == {"v": "second"})
         stream = handle.status()["flags"]["stream"]
         assert stream["events"] == 1  # the "other" event did not count
+        assert server.doc_requests == 3  # nor fetch

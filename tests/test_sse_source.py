@@ -213,9 +213,11 @@ async def test_polls_fetch_url_while_the_stream_is_down_then_streams_again(
         await until(lambda: "HTTP 503" in stream(handle)["last_error"])
         server.refuse = False
         await until(lambda: stream(handle)["connected"], within=3)
+        at_connect = server.doc_requests
         server.emit({"v": "streamed"})
         await until(lambda: handle.value("flags") == {"v": "streamed"})
-        await anyio.sleep(0.05)  # the catch-up fetch after the reconnect is done
+        await until(lambda: server.doc_requests > at_connect)  # the catch-up fetch after the reconnect
+        await anyio.sleep(0.05)  # and a poll that was under way as the stream came back
         polls = server.doc_requests
         await anyio.sleep(0.5)  # five scheduled fetches: none reaches the server
         assert server.doc_requests == polls
@@ -379,12 +381,11 @@ async def test_on_event_refetch_fetches_the_document_on_each_event(upstream: tup
     source = SSESource(f"{base_url}/stream", on_event="refetch", fetch_url=f"{base_url}/doc")
     async with started(Refresher("flags", source, every="1h")) as handle:
         await until(lambda: stream(handle)["connected"])
-        await anyio.sleep(0.05)
-        before = server.doc_requests
+        await until(lambda: server.doc_requests == 2)  # the first GET, and the catch-up once connected
         server.emit("ignored")  # sets the document too
         server.document = {"v": 2}
         await until(lambda: handle.value("flags") == {"v": 2})
-        assert server.doc_requests == before + 1
+        assert server.doc_requests == 3
 
 
 async def test_shutdown_with_an_open_stream_is_prompt(upstream: tuple[SSEUpstream, str]) -> None:
