@@ -405,14 +405,15 @@ class RedisCoordinator(BlockingCoordinator):
         }
 
     def disconnect(self) -> None:
-        """Drop the sockets and refuse new ones; a thread still talking to a dead server ends by its timeout.
+        """Close the idle sockets and refuse new ones; a call still under way closes its own when it ends.
 
         A call abandoned at shutdown may run after this: the client's pool would open
         a connection for it that nobody closes (an unclosed socket, found by the
-        test suite's warnings). Its pool refuses instead, and that call fails. A call
-        that already had its connection when the pool dropped it reconnects that
-        connection itself (redis-py does so on the next command): the pool closes it
-        when the call gives it back, instead of keeping it.
+        test suite's warnings). Its pool refuses instead, and that call fails. A
+        connection in use is not closed from here: redis-py's connections are not
+        safe to disconnect from another thread (a disconnect between a connect's
+        socket and its assignment loses that socket, unclosed); the pool closes it
+        when the call gives it back, within the socket timeout if the server is dead.
         """
         client, self._client = self._client, None
         if client is not None:
@@ -429,7 +430,7 @@ class RedisCoordinator(BlockingCoordinator):
                 pool = client.connection_pool
                 pool.make_connection = refuse  # type: ignore[method-assign]  # shadows it
                 pool.release = close_instead  # type: ignore[method-assign]  # shadows it
-                client.close()
+                pool.disconnect(inuse_connections=False)
 
     # -- operations ----------------------------------------------------------------
 
@@ -611,10 +612,20 @@ class RedisCoordinator(BlockingCoordinator):
                 if message["type"] == "subscribe":
                     return
 
+        # Closed by whoever is last to use it: the caller if the call ended, else the
+        # call's (abandoned) thread when it ends; never from one thread under another.
+        handover = _Handover(pubsub)
+
+        def subscribed_or_handed_over() -> None:
+            try:
+                subscribed()
+            finally:
+                handover.done()
+
         try:
-            await self.call(subscribed)
+            await self.call(subscribed_or_handed_over)
         except BaseException:
-            _close_quietly(pubsub)
+            handover.drop()
             raise
         send, receive = anyio.create_memory_object_stream[Change | CoordinatorUnavailable](math.inf)
         stop = threading.Event()
@@ -718,6 +729,31 @@ def _parse_change(data: object) -> Change | None:
     except ValueError:  # BadRecord included
         pass
     return None
+
+
+class _Handover:
+    """A subscription given up by its caller while its thread may still run: the last to use it closes it."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+        self._lock = threading.Lock()
+        self._done = self._dropped = False
+
+    def done(self) -> None:
+        """In the subscribing thread, as it ends: close it if the caller has given it up."""
+        with self._lock:
+            self._done = True
+            close = self._dropped
+        if close:
+            _close_quietly(self._pubsub)
+
+    def drop(self) -> None:
+        """In the caller, on failure: close it now if the thread has ended, else leave that to the thread."""
+        with self._lock:
+            self._dropped = True
+            close = self._done
+        if close:
+            _close_quietly(self._pubsub)
 
 
 def _close_quietly(pubsub: Any) -> None:
