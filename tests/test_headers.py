@@ -56,7 +56,7 @@ def test_a_huge_delta_seconds_costs_nothing() -> None:
     """A million digits are read as 2^31 at once (int() would refuse past 4,300 digits anyway)."""
     started = time.perf_counter()
     assert delta_seconds("9" * 1_000_000) == MAX_DELTA
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 0.5  # ~1 ms; 0.5 s leaves room for a loaded machine
 
 
 @given(st.text(max_size=80))
