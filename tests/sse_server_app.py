@@ -8,7 +8,8 @@ and they wake the streams with ``call_soon_threadsafe``.
   event (with ``replay`` off, from the next one), with one it replays what came after
   that event, then sends each new one as it is emitted; ``: ping`` comments every
   ``keepalive`` seconds unless ``silent``.
-- ``GET /doc``: the current value as a JSON document (what polling fetches).
+- ``GET /doc``: the current value as a JSON document (what polling fetches); with a
+  ``doc_gate``, answered only once the test sets it (with what it read on arrival).
 - ``GET /elsewhere``: a redirect of the stream to another origin.
 """
 
@@ -37,10 +38,14 @@ class SSEUpstream:
         self.refuse = False  # new streams get a 503 (the stream is down)
         self.end_at_once = False  # new streams end right after their headers
         self.doc_delay = 0.0  # seconds /doc takes to answer, with what it read on arrival
+        # Set: /doc answers (with what it read on arrival) only once the test sets it.
+        self.doc_gate: threading.Event | None = None
         self.generation = 0  # drop(): the streams of an older generation end
         self.connections = 0
         self.last_event_ids: list[str | None] = []  # what each connection sent
         self.doc_requests = 0
+        self.doc_requests_at_connect: list[int] = []  # doc_requests as each stream was accepted
+        self.pings = 0  # keepalive comments sent
         self.stream_requests = 0
         self.retry_ms: int | None = None  # a retry: field sent first on each connection
         self.replay = True  # a connection without Last-Event-ID starts from the first event
@@ -95,6 +100,11 @@ class SSEUpstream:
                 body = json.dumps(self.document).encode()
             if self.doc_delay:
                 await asyncio.sleep(self.doc_delay)
+            gate = self.doc_gate
+            if gate is not None:
+                deadline = time.perf_counter() + 10  # never set (a failed test): answer anyway
+                while not gate.is_set() and time.perf_counter() < deadline:  # noqa: ASYNC110 - set by the test's thread
+                    await asyncio.sleep(0.001)
             await send(
                 {
                     "type": "http.response.start",
@@ -129,6 +139,7 @@ class SSEUpstream:
             return
         with self.lock:
             self.connections += 1
+            self.doc_requests_at_connect.append(self.doc_requests)
             self.last_event_ids.append(None if last_id is None else last_id.decode())
             generation = self.generation
             position = 0 if self.replay else len(self.events)  # without replay: new events only
@@ -172,6 +183,9 @@ class SSEUpstream:
                     }
                 )
             while not gone.is_set() and not self.end_at_once:
+                # Cleared before reading what is pending: an emit from now on (even one
+                # during the send below) leaves it set, and the wait returns at once.
+                woken.clear()
                 with self.lock:
                     pending = self.events[position:]
                     position = len(self.events)
@@ -189,12 +203,13 @@ class SSEUpstream:
                     )
                 elif pending:
                     position -= len(pending)  # held back while silent
-                woken.clear()
                 try:
                     await asyncio.wait_for(woken.wait(), self.keepalive if self.keepalive else None)
                 except TimeoutError:
                     if not self.silent:
                         await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
+                        with self.lock:
+                            self.pings += 1
             if not gone.is_set():
                 await send({"type": "http.response.body", "body": b""})
         finally:

@@ -424,9 +424,11 @@ async def test_a_drip_fed_body_is_read_to_the_end(upstream: HostileUpstream) -> 
 
 async def test_a_body_dripping_slower_than_the_timeout_times_out(upstream: HostileUpstream) -> None:
     """A byte less often than the read timeout: a timeout error, not a hang."""
-    upstream.route("/slower", Reply.json(list(range(100)), drip=1.0, piece=1))
+    # The timeout bounds the connect too: 1 s, so that a loaded machine's pause is no
+    # ConnectTimeout; the body's second byte comes 5 s after its first.
+    upstream.route("/slower", Reply.json(list(range(100)), drip=5.0, piece=1))
     started = time.perf_counter()
-    result = await fetch(HTTPSource(upstream.url("/slower"), timeout=0.2))
+    result = await fetch(HTTPSource(upstream.url("/slower"), timeout=1.0))
     assert isinstance(result, SourceError)
     assert str(result) == f"GET {upstream.url('/slower')}: timed out (ReadTimeout)"
     assert time.perf_counter() - started < 5

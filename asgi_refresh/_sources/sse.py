@@ -529,9 +529,12 @@ class SSESource(Standalone, Source):
                     continue
                 if self.events is not None and (event.event or "message") not in self.events:
                     continue
-                if not event.data and (self.on_event == "value" or not event.event):
+                if not event.data and (self.on_event == "value" or event.event in ("", "message")):
                     # Only an id, a retry or an event type (a ping): no value in it. With
-                    # on_event="refetch", a named event without data is a change signal.
+                    # on_event="refetch", a named event without data is a change signal;
+                    # one of the default type is not: httpx-sse names an unnamed event
+                    # "message", and once an id was sent it ends one at every blank line
+                    # (after each `: ping` comment), an id and nothing else.
                     continue
                 await self._receive(context, event.data)
 
