@@ -125,6 +125,7 @@ def everywhere(
 
     Each request on a new connection (the kernel picks the worker that accepts
     it), twelve at once so that a busy worker leaves the next one to another.
+    Each answer also says when it came (``answered_at``, `time.monotonic`).
     A client per thread: one client's pool shared by threads that each close their
     connection at once now and then read from a socket another thread closed.
     """
@@ -140,6 +141,7 @@ def everywhere(
         response = local.client.get(f"{node.url}{path}")
         assert response.status_code == 200, response.text
         page: dict[str, Any] = response.json()
+        page["answered_at"] = time.monotonic()
         return path, page
 
     def missing() -> list[str]:
@@ -172,14 +174,32 @@ def test_three_workers_fetch_each_key_of_a_family_once_per_interval(
     documents, url = upstream
     for key in KEYS:
         documents.set(f"/rate/{key}", rate(key, 1))
-    every = 2.0
-    env = backend_env(backend, url, tmp_path, request, MODE="family", EVERY=f"{every}s", LEASE_TTL="3s")
+    # Long enough that every worker asks for every key within one interval on a loaded
+    # machine (twelve requests at a time until each of the three has answered each), and
+    # a coordinator timeout that a loaded machine's slow SQLite call does not reach (past
+    # it, a process would rightly fetch for itself, as in an outage).
+    every = 8.0
+    env = backend_env(
+        backend,
+        url,
+        tmp_path,
+        request,
+        MODE="family",
+        EVERY=f"{every}s",
+        LEASE_TTL="3s",
+        COORDINATOR_TIMEOUT="5",
+    )
     paths = [f"/rate/{key}" for key in KEYS]
     with workers(env, server) as node:
         assert not documents.requests, "nothing is preloaded: a key loads on its first request"
         started = time.monotonic()
         answers = everywhere(node, paths)
-        cold = time.monotonic() - started
+        # When the last worker to get a key first had it (the key was stored after `started`).
+        cold = max(
+            min(page["answered_at"] for page in pages) - started
+            for path in paths
+            for pages in answers[path].values()
+        )
         fetched = {path: documents.requests[path] for path in paths}
         for key, path in zip(KEYS, paths, strict=True):
             served = [page["value"] for pages in answers[path].values() for page in pages]
@@ -189,8 +209,11 @@ def test_three_workers_fetch_each_key_of_a_family_once_per_interval(
         assert cold < every, f"the workers took {cold:.1f} s to get every key: too slow to count loads"
         assert fetched == dict.fromkeys(paths, 1), f"cold loads across {WORKERS} workers: {fetched}"
 
-        # A few intervals with new values upstream: every worker serves them, one fetch per
-        # key per interval for the cluster.
+        # Two and a half intervals with new values upstream: every worker serves them, one
+        # fetch per key per interval for the cluster (each worker fetching would be three
+        # per interval). Each refresh is due an interval after the last one ended: the
+        # schedule drifts a little later each time, and the window's half interval more
+        # keeps the second refresh in it.
         for key in KEYS:
             documents.set(f"/rate/{key}", rate(key, 2))
         before, started = documents.requests.copy(), time.monotonic()
@@ -205,7 +228,7 @@ def test_three_workers_fetch_each_key_of_a_family_once_per_interval(
             )
 
         until(all_new, 3 * every, "every worker serves the new value of every key")
-        time.sleep(max(0.0, started + 3 * every - time.monotonic()))
+        time.sleep(max(0.0, started + 2.5 * every - time.monotonic()))
         answers = everywhere(node, paths)
         after = documents.requests.copy()
         intervals = (time.monotonic() - started) / every

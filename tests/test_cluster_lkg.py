@@ -76,9 +76,19 @@ def act(node: Node, action: str, **params: str) -> httpx.Response:
 
 
 def split(nodes: list[Node]) -> tuple[Node, list[Node]]:
-    """The lease holder and the others (each process's role as its status reports it)."""
-    roles = [status(node)["coordination"]["role"] for node in nodes]
-    assert sorted(roles) == ["follower"] * (len(nodes) - 1) + ["leader"], roles
+    """The lease holder and the others (each process's role as its status reports it).
+
+    Read until one process leads and the others follow: with several processes on one
+    SQLite file, a call past the coordinator's timeout (1 s) on a loaded machine makes
+    a process "standalone" until its next lease poll.
+    """
+    roles: list[str] = []
+
+    def settled() -> bool:
+        roles[:] = [status(node)["coordination"]["role"] for node in nodes]
+        return sorted(roles) == ["follower"] * (len(nodes) - 1) + ["leader"]
+
+    until(settled, SETTLE, lambda: roles)
     leader = nodes[roles.index("leader")]
     return leader, [node for node in nodes if node is not leader]
 
@@ -236,15 +246,21 @@ def test_a_held_back_value_whose_summary_is_long_keeps_every_process_coordinated
         documents.set("/data", shrunk)
         watch = Watch(nodes, shrunk)
         until(lambda: watch.check() and quarantined(nodes), SETTLE, lambda: statuses(nodes))
-        fetches = documents.requests["/data"]
+        fetches, began = documents.requests["/data"], time.monotonic()
         watch.during(1.0)
+        fetched, window = documents.requests["/data"] - fetches, time.monotonic() - began
         assert not watch.published, watch.published[:1]
         for entry in statuses(nodes):
             assert entry["coordination"]["error"] is None, entry["coordination"]
             assert entry["last_error"] is None, entry["last_error"]
             assert entry["quarantined"]["summary"]["keys_removed_count"] == 45
             assert len(entry["quarantined"]["summary"]["keys_removed"]) == 20
-        assert documents.requests["/data"] - fetches <= 6, "only the lease holder fetches"
+        # One fetch every 0.3 s (6 in the 1 s window on an idle machine; three processes
+        # fetching would be three times that), however long a loaded machine's window is.
+        every = float(EVERY.removesuffix("s"))
+        assert fetched <= int(window / every) + 3, (
+            f"only the lease holder fetches: {fetched} in {window:.2f} s"
+        )
         _, followers = split(nodes)
         response = act(followers[0], "accept")
         assert response.status_code == 200, response.text
@@ -261,7 +277,9 @@ def test_two_actions_asked_on_two_followers_at_once_are_both_carried_out_or_refu
     documents, url = upstream
     full, shrunk = list(range(10)), [0, 1]
     documents.set("/data", full)
-    env = redis_env(redis_server, f"{url}/data", EVERY=EVERY, LEASE_TTL="3s", GUARD="max_shrink:0.5")
+    # lease_ttl 12 s: the lease lasts 8 s and is renewed every 4 s, so that at least 4 s
+    # of it are left whenever the holder is frozen, while the actions are written.
+    env = redis_env(redis_server, f"{url}/data", EVERY=EVERY, LEASE_TTL="12s", GUARD="max_shrink:0.5")
     with cluster(3, env) as nodes:
         until(lambda: values(nodes) == [full] * 3, SETTLE, lambda: values(nodes))
         documents.set("/data", shrunk)
@@ -281,7 +299,8 @@ def test_two_actions_asked_on_two_followers_at_once_are_both_carried_out_or_refu
             """Whether the control record has been stored ``count`` times."""
             return int(client.hget(record, "version") or 0) >= count
 
-        # Frozen for well under its lease (2 s): the holder reads neither action before both are asked.
+        # Frozen for well under what is left of its lease (4 s or more): the holder reads
+        # neither action before both are asked, and keeps the lease.
         os.kill(leader.pid, signal.SIGSTOP)
         try:
             threads = [ask(first, "accept")]

@@ -76,9 +76,11 @@ def test_a_burst_of_1000_deliveries_over_three_processes_costs_a_handful_of_fetc
         until(lambda: values(nodes) == [{"version": 2}] * 3, 10, lambda: values(nodes))
         time.sleep(2.5)  # the window for the refreshes queued at the end of the burst
         fetched = documents.requests["/data"] - before
-        # Each process starts at most one refresh per second and queues one more; the holder
-        # answers all of them with one fetch at a time.
-        limit = 2 * 3 * (int(burst) + 2)
+        # Each process starts at most one webhook refresh per second, and one at the end of
+        # the second its last delivery came in: int(burst) + 2 each, however long a loaded
+        # machine takes to send the burst. Each costs at most one fetch: the holder's, for
+        # everyone, which answers every request counted when it starts.
+        limit = 3 * (int(burst) + 2)
         print(f"\n1,000 deliveries in {burst:.2f} s over 3 processes: {fetched} upstream fetches")
-        assert 1 <= fetched <= min(limit, 12), (fetched, burst)
+        assert 1 <= fetched <= limit, (fetched, burst)
         assert_clean(nodes)
