@@ -1200,7 +1200,11 @@ class Coordination:
             assert isinstance(fetched_at, int | float)
             found.append(Version(number, digest, float(fetched_at), stored.data, value))
         if found:
-            kept = sorted([*slot.kept.versions, *found], key=lambda each: each.number)
+            # This process may have come to keep one of them while the others were read
+            # (a fetch, an adoption): its own is kept, not listed twice.
+            have = {each.number for each in slot.kept.versions}
+            new = [each for each in found if each.number not in have]
+            kept = sorted([*slot.kept.versions, *new], key=lambda each: each.number)
             slot.kept.versions = kept[-slot.spec.keep_versions :]
         share = self.shares[name]
         share.versions_stored = max([share.versions_stored, *(each.number for each in found)])
