@@ -27,6 +27,10 @@ from .test_admin_page import chromium
 ROOT = Path(__file__).parent.parent
 MERMAID = ROOT / "docs" / "assets" / "javascripts" / "mermaid.min.js"
 
+# Playwright's expect() waits 5 s by default: too little for a page on a loaded CI machine
+# (xdist workers, servers and Chromium sharing two cores). Each wait still ends at its condition.
+expect.set_options(timeout=15_000)
+
 # mkdocs-material draws each diagram into a closed shadow root; opened here, before
 # any of the page's scripts run, so that the test can see the SVG inside.
 OPEN_SHADOW_ROOTS = """
@@ -43,6 +47,9 @@ def needed(reason: str) -> None:
     pytest.skip(reason)
 
 
+# A whole mkdocs build (bounded on its own: 300 s), then Chromium: half a minute and more of
+# the suite's 60 s on a loaded CI machine.
+@pytest.mark.timeout(360)
 def test_the_sequence_diagram_renders_with_no_network(tmp_path: Path) -> None:
     """Concepts' sequence diagram is drawn as an SVG from the site's own Mermaid; nothing is fetched elsewhere."""
     browser_path = chromium()

@@ -48,8 +48,8 @@ class Hanging:
         self._condition = threading.Condition()
 
     def __call__(self, key: Any) -> str:
-        self.threads.append(threading.current_thread())
         with self._condition:
+            self.threads.append(threading.current_thread())
             self.thread_of[key] = threading.current_thread()
             self._condition.notify_all()
             # Bounded, so that a failing test cannot leave a thread behind for long.
@@ -77,14 +77,24 @@ class Hanging:
             self._all = True
             self._condition.notify_all()
 
-    def alive(self) -> int:
+    def live_threads(self) -> list[threading.Thread]:
         """The family's fetch threads that are still running, whether waited for or abandoned."""
-        return sum(thread.name == f"asgi_refresh:{self.family}" for thread in threading.enumerate())
+        return [thread for thread in threading.enumerate() if thread.name == f"asgi_refresh:{self.family}"]
+
+    def alive(self) -> int:
+        """How many of the family's fetch threads are still running."""
+        return len(self.live_threads())
 
     async def join(self) -> None:
-        """Release every key and wait for every thread to end."""
+        """Release every key and wait for every thread to end.
+
+        The threads running now are joined too, not only those that called fetch: a
+        thread just started has not run its body yet (it is not in ``threads``).
+        """
         self.release_all()
-        for thread in list(self.threads):
+        with self._condition:
+            called = list(self.threads)
+        for thread in [*called, *self.live_threads()]:
             await anyio.to_thread.run_sync(thread.join, 5)
 
 
@@ -264,8 +274,8 @@ async def test_warm_keys_keep_their_values_while_the_family_is_blocked() -> None
             assert len(fetch.threads) == threads
 
             await fetch.join()
-            await clock.advance("2s")  # their retries, after the backoff
-            await fetch.join()  # the retries' threads, which return at once
+            await clock.advance("2s")  # their retries, after the backoff: each starts a thread
+            await fetch.join()  # the retries' threads, which return at once (started or not yet run)
             await anyio.wait_all_tasks_blocked()
             assert len(fetch.threads) == threads + 2
             summary = handle.status()["rates"]["family"]

@@ -186,7 +186,11 @@ async def test_followers_see_the_age_of_the_snapshot_the_holder_started_from(tmp
             ScriptedApp(),
             refreshers=[Refresher("names", names, every="1h", max_stale="2h")],
             coordinator=SQLiteCoordinator(tmp_path / database, poll_interval=0.02),
-            lease_ttl="1s",
+            # The holder stores the snapshot it started from at its first lease poll (every
+            # third of lease_ttl), which the follower's startup waits for: 2 s here. Long
+            # enough that a renewal late on a busy machine (by more than 2 s) is needed to
+            # hand the follower the lease, and the fetch, instead: no expiry is waited for.
+            lease_ttl="6s",
             snapshot_dir=tmp_path / directory,
         )
 
@@ -218,7 +222,10 @@ async def test_a_process_taking_the_lease_over_can_roll_back_to_versions_it_neve
             ScriptedApp(),
             refreshers=[Refresher("names", names, every="1h", keep_versions=3)],
             coordinator=SQLiteCoordinator(tmp_path / "refresh.db", poll_interval=0.02),
-            lease_ttl=0.3,
+            # The takeover below is the first process stopping, which gives the lease back:
+            # no expiry is waited for. A long lease, so that a renewal late on a busy machine
+            # never lapses it meanwhile (a lapse would cost a fetch of the five values).
+            lease_ttl="30s",
         )
 
     first = worker()
@@ -265,6 +272,57 @@ async def test_a_follower_never_publishes_a_held_value_and_accept_on_it_acts_for
         await until(lambda: follower.handle.value("names") == [1])
         assert holder.handle.value("names") == [1]
         assert follower.handle.status()["names"]["quarantined"] is None
+
+
+async def test_a_version_kept_while_the_last_holders_are_read_is_listed_once(tmp_path: Path) -> None:
+    """Taking the lease over reads the kept versions one by one: one this process keeps meanwhile is not doubled."""
+    from asgi_refresh._slot import Version
+
+    values = iter([["a"], ["b"], ["c"], ["c"]])
+
+    async def names() -> list[str]:
+        return next(values)
+
+    injected: list[str] = []
+
+    class Meanwhile(SQLiteCoordinator):
+        """On reading version 3's record (1 and 2 read already), this process comes to keep version 1 (as a fetch would)."""
+
+        async def load(self, name: str) -> Any:
+            loaded = await super().load(name)
+            if name == "asgi_refresh__version3__names" and second is not None and not injected:
+                kept = runtime_of(second.handle).slots["names"].kept
+                kept.versions = [*kept.versions, Version(1, digests[1], time.time(), b'["a"]', ["a"])]
+                injected.append(name)
+            return loaded
+
+    def worker() -> RefreshMiddleware:
+        return RefreshMiddleware(
+            ScriptedApp(),
+            refreshers=[Refresher("names", names, every="1h", keep_versions=5)],
+            coordinator=Meanwhile(tmp_path / "refresh.db", poll_interval=0.02),
+            lease_ttl="30s",  # given back at the first's shutdown: no expiry waited for
+        )
+
+    second: RefreshMiddleware | None = None
+    first = worker()
+    async with LifespanManager(first, startup_timeout=10):
+        await until(lambda: role(first, "names") == "leader")
+        await first.handle.refresh("names")
+        await first.handle.refresh("names")
+        digests = {
+            int(number): digest
+            for number, _, digest in (
+                each["id"].partition("-") for each in first.handle.status()["names"]["versions"]
+            )
+        }
+    second = worker()
+    async with LifespanManager(second, startup_timeout=10):
+        await until(lambda: role(second, "names") == "leader")
+        await until(lambda: len(second.handle.status()["names"]["versions"]) >= 3)
+        assert injected, "the takeover read the kept versions"
+        listed = [each["id"] for each in second.handle.status()["names"]["versions"]]
+        assert listed == [f"{n}-{digests[n]}" for n in (3, 2, 1)], listed
 
 
 async def test_taking_a_lease_over_reads_no_control_record_for_a_refresher_without_actions(

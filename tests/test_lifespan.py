@@ -235,10 +235,12 @@ async def test_sync_fetch_that_hangs_does_not_block_shutdown() -> None:
     )
     server = FakeServer(middleware)
     try:
-        with anyio.fail_after(3):
+        # One bound on startup, the wait for a fetch thread to hang and shutdown, ample on a
+        # busy machine: a shutdown that waited for that thread (10 s from its hang) overruns it.
+        with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 await server.startup(tg)
-                assert await anyio.to_thread.run_sync(hanging.wait, 2)
+                assert await anyio.to_thread.run_sync(hanging.wait, 5)
                 assert await server.shutdown() == {"type": "lifespan.shutdown.complete"}
     finally:
         release.set()
