@@ -612,20 +612,20 @@ class RedisCoordinator(BlockingCoordinator):
                 if message["type"] == "subscribe":
                     return
 
-        # Closed by whoever is last to use it: the caller if the call ended, else the
-        # call's (abandoned) thread when it ends; never from one thread under another.
+        # On failure, closed by whichever lets go last: the caller, or the call's
+        # (abandoned) thread when it ends; never from one thread under another.
         handover = _Handover(pubsub)
 
-        def subscribed_or_handed_over() -> None:
+        def subscribed_then_let_go() -> None:
             try:
                 subscribed()
             finally:
-                handover.done()
+                handover.let_go()
 
         try:
-            await self.call(subscribed_or_handed_over)
+            await self.call(subscribed_then_let_go)
         except BaseException:
-            handover.drop()
+            handover.let_go()
             raise
         send, receive = anyio.create_memory_object_stream[Change | CoordinatorUnavailable](math.inf)
         stop = threading.Event()
@@ -732,27 +732,19 @@ def _parse_change(data: object) -> Change | None:
 
 
 class _Handover:
-    """A subscription given up by its caller while its thread may still run: the last to use it closes it."""
+    """A subscription its caller and the thread subscribing it both hold: the second to let go closes it."""
 
     def __init__(self, pubsub: Any) -> None:
         self._pubsub = pubsub
         self._lock = threading.Lock()
-        self._done = self._dropped = False
+        self._holders = 2
 
-    def done(self) -> None:
-        """In the subscribing thread, as it ends: close it if the caller has given it up."""
+    def let_go(self) -> None:
+        """The thread as it ends, the caller if it gives the subscription up; the last one closes it."""
         with self._lock:
-            self._done = True
-            close = self._dropped
-        if close:
-            _close_quietly(self._pubsub)
-
-    def drop(self) -> None:
-        """In the caller, on failure: close it now if the thread has ended, else leave that to the thread."""
-        with self._lock:
-            self._dropped = True
-            close = self._done
-        if close:
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
             _close_quietly(self._pubsub)
 
 
