@@ -527,14 +527,14 @@ class SSESource(Standalone, Source):
                 if event.event == guard.marker:
                     self._refuse(context, too_big(self.where, self.max_bytes, "over the limit", "an event"))
                     continue
-                if self.events is not None and (event.event or "message") not in self.events:
+                kind = event.event or "message"
+                if self.events is not None and kind not in self.events:
                     continue
-                if not event.data and (self.on_event == "value" or event.event in ("", "message")):
+                if not event.data and (self.on_event == "value" or kind == "message"):
                     # Only an id, a retry or an event type (a ping): no value in it. With
                     # on_event="refetch", a named event without data is a change signal;
-                    # one of the default type is not: httpx-sse names an unnamed event
-                    # "message", and once an id was sent it ends one at every blank line
-                    # (after each `: ping` comment), an id and nothing else.
+                    # one of the default type is not: once an id was sent, httpx-sse ends
+                    # one at every blank line (after each `: ping` comment), an id alone.
                     continue
                 await self._receive(context, event.data)
 
