@@ -7,7 +7,7 @@ from types import CodeType
 
 import pytest
 from hypothesis import settings
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from asgi_refresh.demo.upstream import serve
 from tests.faults.upstream import HostileUpstream
@@ -104,6 +104,11 @@ NATS_FIXTURES = frozenset({"nats_server", "nats_url", "stoppable_nats"})
 SERVER_STARTERS: tuple[object, ...] = (serve, HostileUpstream)
 # What drives Chromium.
 BROWSER_STARTERS: tuple[object, ...] = (sync_playwright,)
+
+# Playwright's expect() waits 5 s by default: too little for a page on a loaded CI machine
+# (xdist workers, servers and Chromium sharing two cores). Each wait still ends at its
+# condition; those that also wait on the demo's schedule say longer.
+expect.set_options(timeout=15_000)
 
 
 def calls_one_of(function: object, starters: tuple[object, ...]) -> bool:

@@ -42,10 +42,6 @@ from .sse_server_app import SSEUpstream
 TOKEN = "token-typed-into-the-page"
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "images" / "status-page.png"
 
-# Playwright's expect() waits 5 s by default: too little for a page on a loaded CI machine
-# (xdist workers, servers and Chromium sharing two cores). Each wait still ends at its condition.
-expect.set_options(timeout=15_000)
-
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -32,10 +32,6 @@ from .test_admin_page import chromium
 
 pytestmark = pytest.mark.anyio
 
-# Playwright's expect() waits 5 s by default: too little for a page on a loaded CI machine
-# (xdist workers, servers and Chromium sharing two cores). Each wait still ends at its
-# condition; those that also wait on the demo's schedule say longer.
-expect.set_options(timeout=15_000)
 
 REFUSED = {"detail": {"error": "a currency is three letters, like EUR", "refused": True}}
 

@@ -27,9 +27,6 @@ from .test_admin_page import chromium
 ROOT = Path(__file__).parent.parent
 MERMAID = ROOT / "docs" / "assets" / "javascripts" / "mermaid.min.js"
 
-# Playwright's expect() waits 5 s by default: too little for a page on a loaded CI machine
-# (xdist workers, servers and Chromium sharing two cores). Each wait still ends at its condition.
-expect.set_options(timeout=15_000)
 
 # mkdocs-material draws each diagram into a closed shadow root; opened here, before
 # any of the page's scripts run, so that the test can see the SVG inside.
