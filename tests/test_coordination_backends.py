@@ -551,7 +551,9 @@ def test_our_own_channel_messages_parse(name: str, number: int) -> None:
     )
 
 
-_REDIS_DAMAGE = st.one_of(st.binary(max_size=40), st.just(b"1.5"), st.just(b"-3"), st.just(b"9" * 20))
+_REDIS_DAMAGE = st.one_of(
+    st.binary(max_size=40), st.sampled_from([b"1.5", b"-3", b"9" * 20, b"00", b"007", b"+1", b" 1"])
+)
 _SQLITE_DAMAGE = st.one_of(  # no NULL: the schema refuses it for counters
     st.binary(max_size=40),
     st.text(max_size=40),
@@ -566,7 +568,8 @@ async def test_store_and_request_repair_damaged_counters_instead_of_failing(
     make: Make, data: st.DataObject
 ) -> None:
     """Counters damaged any way: a store and a refresh request still work, and leave a usable record."""
-    async with make() as coordinator:
+    # A fresh prefix per example: what one example damaged is not the next one's start.
+    async with make(prefix=f"example{uuid.uuid4().hex[:8]}") as coordinator:
         poisoner: Any
         damage: st.SearchStrategy[Any]
         if isinstance(coordinator, RedisCoordinator):
@@ -720,6 +723,8 @@ _HEAD_POISONS = [  # what damages a head (the counters, or the entry's type)
     "version is a fraction",
     "version is negative",
     "version has 30 digits",
+    "version has a leading zero",
+    "requested has a leading zero",
     "requested is text",
     "requested is huge",
     "answered is text",

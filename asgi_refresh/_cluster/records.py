@@ -101,7 +101,9 @@ def _text(what: str, raw: object, limit: int) -> str:
     raise BadRecord(f"{what} must be text (got {_kind(raw)})")
 
 
-_COUNT = re.compile(r"[0-9]{1,15}")
+# Written as Redis writes an integer (no sign, no leading zero): the only form Redis's
+# HINCRBY counts on, so the scripts and this parser agree on what a counter is.
+_COUNT = re.compile(r"0|[1-9][0-9]{0,14}")
 _NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")  # what the backends write: digits, a point, digits
 
 
@@ -112,7 +114,7 @@ def parse_count(what: str, raw: object) -> int:
     elif isinstance(raw, bytes | str):
         text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
         if _COUNT.fullmatch(text) is None:
-            raise BadRecord(f"{what} must be a whole number of at most 15 digits")
+            raise BadRecord(f"{what} must be a whole number of at most 15 digits, without leading zeros")
         value = int(text)
     else:
         raise BadRecord(f"{what} must be a whole number (got {_kind(raw)})")

@@ -74,7 +74,8 @@ if TYPE_CHECKING:
 # an expiry (or with an absurd one): each is replaced, not obeyed.
 _VALID = """
 local function counter(value)
-  return type(value) == 'string' and string.len(value) <= 15 and string.match(value, '^[0-9]+$') ~= nil
+  return type(value) == 'string' and string.len(value) <= 15
+    and (value == '0' or string.match(value, '^[1-9][0-9]*$') ~= nil)
 end
 local function kind(key)
   return redis.call('TYPE', key)['ok']

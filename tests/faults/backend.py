@@ -68,6 +68,9 @@ POISONS: dict[str, Poison] = {
     "version is negative": Poison("version", b"-1", -1),
     "version is text": Poison("version", b"abc", "abc"),
     "version has 30 digits": Poison("version", b"9" * 30, "9" * 30),
+    # Digits Redis's HINCRBY refuses (SQLite's integer affinity reads "007" as 7).
+    "version has a leading zero": Poison("version", b"007"),
+    "requested has a leading zero": Poison("requested", b"00"),
     "version is missing": Poison("version", DELETE, None),
     "answered is text": Poison("answered", b"soon", "soon"),
     "answered is a fraction": Poison("answered", b"2.5", 2.5),
