@@ -292,16 +292,17 @@ async def memory_rows(count: int = 10_000) -> list[Row]:
     ]
 
 
-async def measure(seconds: float = 4.0, keys: int = 1000) -> list[Row]:
-    return [*await latency_rows(keys, seconds), *await cold_key_rows(), *await memory_rows()]
+async def measure(seconds: float = 4.0, keys: int = 1000, memory_keys: int = 10_000) -> list[Row]:
+    return [*await latency_rows(keys, seconds), *await cold_key_rows(), *await memory_rows(memory_keys)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--memory-keys", type=int, default=10_000)
     args = parser.parse_args()
-    print_rows(asyncio.run(measure(args.seconds, args.keys)))
+    print_rows(asyncio.run(measure(args.seconds, args.keys, args.memory_keys)))
 
 
 if __name__ == "__main__":

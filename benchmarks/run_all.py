@@ -51,7 +51,7 @@ async def run(quick: bool) -> list[Row]:
             *await import_cost.measure(rounds=2),
             *await snapshots.measure(refreshers=20, rounds=1, refreshes=3),
             *await push.measure(changes=2, quiet=1.0, every=0.5, workers=2, deliveries=20),
-            *await families.measure(seconds=0.5, keys=100),
+            *await families.measure(seconds=0.5, keys=100, memory_keys=1000),
         ]
     return [
         *await overhead.measure(),
