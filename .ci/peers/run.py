@@ -148,7 +148,8 @@ def fetch(suite: Suite, work: Path) -> Path:
     download = work / "sdist"
     shutil.rmtree(download, ignore_errors=True)
     spec = f"{suite.name}=={suite.version}"
-    pip(sys.executable, "download", "--quiet", "--no-binary", ":all:", "--no-deps", "-d", str(download), spec)
+    quietly(sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--quiet",
+            "--no-binary", ":all:", "--no-deps", "-d", str(download), spec)  # fmt: skip
     found = list(download.glob("*.tar.gz"))
     if len(found) != 1:
         raise PeerError(f"{spec}: expected one sdist, pip downloaded {[p.name for p in found]}")
@@ -170,23 +171,16 @@ def install(suite: Suite, source: Path, venv: Path) -> Path:
     # One resolution for everything, so that a pin that conflicts with asgi-refresh's
     # own requirements fails here rather than being silently replaced. uv (which .ci/run
     # installs) resolves and installs what pip would, in a fraction of the time.
-    done = subprocess.run(
-        [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(python),
-         "-e", str(REPO), str(source), "-r", str(suite.requirements)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise PeerError(f"uv pip install into {venv} failed:\n{done.stdout}{done.stderr}")
+    quietly(sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(python),
+            "-e", str(REPO), str(source), "-r", str(suite.requirements))  # fmt: skip
     return python
 
 
-def pip(python: str, *args: str) -> None:
-    """Run pip quietly; on failure, show what it said."""
-    done = subprocess.run(
-        [python, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True
-    )
+def quietly(*command: str) -> None:
+    """Run ``command`` with its output captured; on failure, show what it said."""
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise PeerError(f"pip {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        raise PeerError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
 
 
 def run_tests(suite: Suite, source: Path, python: Path, mode: str, work: Path) -> dict[str, Any]:

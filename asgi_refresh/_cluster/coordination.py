@@ -1202,8 +1202,7 @@ class Coordination:
         if found:
             # This process may have come to keep one of them while the others were read
             # (a fetch, an adoption): its own is kept, not listed twice.
-            have = {each.number for each in slot.kept.versions}
-            new = [each for each in found if each.number not in have]
+            new = [each for each in found if not slot.kept.find(str(each.number))]
             kept = sorted([*slot.kept.versions, *new], key=lambda each: each.number)
             slot.kept.versions = kept[-slot.spec.keep_versions :]
         share = self.shares[name]
